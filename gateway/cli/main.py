@@ -1,0 +1,81 @@
+"""``xmpp-gateway`` console script: one entry point, subcommands in their own modules.
+
+Each module listed in :data:`COMMAND_MODULES` exposes ``register(subparsers)`` which adds
+its subcommand(s) and sets ``func`` (``(args) -> int`` exit status) on the parser.
+Every subcommand accepts ``-c/--config`` (default ``$XMPP_GATEWAY_CONFIG`` or
+``config/gateway.yaml``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+COMMAND_MODULES: tuple[str, ...] = (
+    "gateway.cli.run",
+    "gateway.cli.partner",
+    "gateway.cli.check",
+    "gateway.cli.cert",
+    "gateway.cli.contacts",
+)
+
+DEFAULT_CONFIG = Path("config/gateway.yaml")
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get("XMPP_GATEWAY_CONFIG") or DEFAULT_CONFIG)
+
+
+def config_parent(*, top_level: bool = False) -> argparse.ArgumentParser:
+    """Parent parser giving every subcommand the same ``-c/--config`` option.
+
+    Subcommands use ``parents=[config_parent()]``; their default is suppressed so that
+    ``xmpp-gateway -c X partner list`` and ``xmpp-gateway partner list -c X`` both work.
+    """
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=default_config_path() if top_level else argparse.SUPPRESS,
+        help="configuration file (default: $XMPP_GATEWAY_CONFIG or config/gateway.yaml)",
+    )
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xmpp-gateway",
+        description="XMPP server-to-server federation gateway for SIP communications systems",
+        parents=[config_parent(top_level=True)],
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # command module not written yet in this checkout
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. `xmpp-gateway partner list | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
