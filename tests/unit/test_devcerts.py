@@ -54,12 +54,17 @@ def test_ca_is_a_ca(ca) -> None:
 def test_leaf_names_and_extensions(ca) -> None:
     ca_cert, ca_key = ca
     cert, key = issue_certificate(
-        ca_cert, ca_key, ["a.example", "*.b.example", "Bücher.example"],
-        srv_names=True, key_type="ec",
+        ca_cert,
+        ca_key,
+        ["a.example", "*.b.example", "Bücher.example"],
+        srv_names=True,
+        key_type="ec",
     )
     san = _san(cert)
     assert san.get_values_for_type(x509.DNSName) == [
-        "a.example", "*.b.example", "xn--bcher-kva.example",
+        "a.example",
+        "*.b.example",
+        "xn--bcher-kva.example",
     ]
     others = {(o.type_id, o.value) for o in san.get_values_for_type(x509.OtherName)}
     assert (ID_ON_XMPPADDR, b"\x0c\x09a.example") in others
@@ -97,7 +102,11 @@ def test_eku_choices(ca) -> None:
 def test_no_xmpp_addrs_and_custom_cn(ca) -> None:
     ca_cert, ca_key = ca
     cert, _ = issue_certificate(
-        ca_cert, ca_key, ["a.example"], xmpp_addrs=False, common_name="other.example",
+        ca_cert,
+        ca_key,
+        ["a.example"],
+        xmpp_addrs=False,
+        common_name="other.example",
         key_type="ec",
     )
     assert _san(cert).get_values_for_type(x509.OtherName) == []
