@@ -1,0 +1,140 @@
+"""In-process development backend: local users without a SIP server.
+
+Why: ``make run`` and the S2S engine's integration tests need a :class:`LocalBackend` that
+needs nothing installed (GATEWAY-SPEC §6). Its behaviour is deliberately simple and fully
+determined by the stanzas it gets:
+
+* every ``user@<served domain>`` exists and is online (available presence);
+* every delivered stanza is recorded (:attr:`DevelopmentBackend.delivered`) and can be
+  awaited with :meth:`DevelopmentBackend.next_delivered`;
+* ``echo@<served domain>`` answers each message that has a body with the same body and type
+  (handy for manual and interop tests);
+* a presence subscription request is approved (``subscribed``) and followed by the local
+  user's available presence, and a probe is answered with available presence — what a SIP
+  presence server with auto-accepting users would do (RFC 6121 §3.1.3, §4.3.2);
+* iq requests are answered with ``service-unavailable`` (there is no SIP equivalent,
+  RFC 7247 covers only messages and presence) by raising :class:`DeliveryError`;
+* :meth:`DevelopmentBackend.inject` sends a stanza as if a local user had sent it.
+
+Replies go to the sink (the router), exactly as a real backend's would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from xml.etree.ElementTree import Element, SubElement
+
+from gateway.backend import DeliveryError, StanzaSink
+from gateway.sip.addresses import AddressError, parse_jid
+
+NS = "jabber:server"
+MESSAGE = f"{{{NS}}}message"
+PRESENCE = f"{{{NS}}}presence"
+IQ = f"{{{NS}}}iq"
+BODY = f"{{{NS}}}body"
+
+DEVELOPMENT_RESOURCE = "dev"
+ECHO_USER = "echo"
+
+
+def message(sender: str, recipient: str, body: str, *, message_type: str = "chat") -> Element:
+    """A ``jabber:server`` message stanza."""
+    stanza = Element(MESSAGE, {"from": sender, "to": recipient, "type": message_type})
+    SubElement(stanza, BODY).text = body
+    return stanza
+
+
+def presence(sender: str, recipient: str, presence_type: str | None = None) -> Element:
+    """A ``jabber:server`` presence stanza (``presence_type`` None = available)."""
+    attributes = {"from": sender, "to": recipient}
+    if presence_type:
+        attributes["type"] = presence_type
+    return Element(PRESENCE, attributes)
+
+
+class DevelopmentBackend:
+    """A :class:`gateway.backend.LocalBackend` whose users live in this process."""
+
+    def __init__(
+        self,
+        domains: Iterable[str],
+        *,
+        echo_user: str = ECHO_USER,
+        resource: str = DEVELOPMENT_RESOURCE,
+    ) -> None:
+        self.domains = frozenset(d.lower() for d in domains)
+        if not self.domains:
+            raise ValueError("the development backend needs at least one served domain")
+        self.echo_user = echo_user
+        self.resource = resource
+        self.delivered: list[Element] = []
+        self._queue: asyncio.Queue[Element] = asyncio.Queue()
+        self._sink: StanzaSink | None = None
+
+    async def start(self, sink: StanzaSink) -> None:
+        if self._sink is not None:
+            raise RuntimeError("development backend already started")
+        self._sink = sink
+
+    async def stop(self) -> None:
+        self._sink = None
+
+    async def deliver(self, stanza: Element) -> None:
+        """Record the stanza and act as a local user would (see module docstring)."""
+        if self._sink is None:
+            raise DeliveryError("service-unavailable", "backend not started", "wait")
+        recipient = self._local_recipient(stanza)
+        self.delivered.append(stanza)
+        self._queue.put_nowait(stanza)
+        sender = stanza.get("from", "")
+        local_jid = f"{recipient}/{self.resource}"
+        stanza_type = stanza.get("type")
+        if stanza_type == "error":
+            return  # never answer an error (RFC 6120 §8.3.1)
+        if stanza.tag == IQ:
+            if stanza_type in ("get", "set"):
+                raise DeliveryError("service-unavailable", "no iq service for SIP users")
+            return
+        if stanza.tag == MESSAGE:
+            body = stanza.findtext(BODY)
+            if recipient.split("@", 1)[0] == self.echo_user and body is not None:
+                await self._sink(
+                    message(local_jid, sender, body, message_type=stanza_type or "normal")
+                )
+            return
+        if stanza.tag == PRESENCE:
+            bare_sender = parse_jid(sender).bare
+            if stanza_type == "subscribe":
+                await self._sink(presence(recipient, bare_sender, "subscribed"))
+                await self._sink(presence(local_jid, bare_sender))
+            elif stanza_type == "probe":
+                await self._sink(presence(local_jid, bare_sender))
+
+    async def inject(self, stanza: Element) -> None:
+        """Send ``stanza`` toward XMPP as if a local user had sent it (its ``from`` must be a
+        local user)."""
+        if self._sink is None:
+            raise RuntimeError("development backend not started")
+        sender = parse_jid(stanza.get("from", ""))
+        if not sender.local or sender.domain not in self.domains:
+            raise ValueError(f"{stanza.get('from')!r} is not a user of {sorted(self.domains)}")
+        await self._sink(stanza)
+
+    async def next_delivered(self, timeout: float = 5.0) -> Element:
+        """The next stanza delivered to any local user; raises TimeoutError after
+        ``timeout`` seconds."""
+        return await asyncio.wait_for(self._queue.get(), timeout)
+
+    def _local_recipient(self, stanza: Element) -> str:
+        try:
+            recipient = parse_jid(stanza.get("to", ""))
+        except AddressError as exc:
+            raise DeliveryError("jid-malformed", str(exc), "modify") from exc
+        if recipient.domain not in self.domains:
+            raise DeliveryError(
+                "item-not-found", f"{recipient.domain} is not served by this backend"
+            )
+        if not recipient.local:
+            raise DeliveryError("service-unavailable", "no service at the bare domain")
+        return recipient.bare
