@@ -27,18 +27,43 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TypeAlias
 
-import idna
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
+from gateway.auth.identity import (
+    ID_ON_DNSSRV,
+    ID_ON_XMPPADDR,
+    InvalidDomainError,
+    normalize_domain,
+)
+
+__all__ = [
+    "DEFAULT_CA_VALIDITY",
+    "DEFAULT_LEAF_VALIDITY",
+    "EKU_BY_NAME",
+    "ID_ON_DNSSRV",
+    "ID_ON_XMPPADDR",
+    "KEY_TYPES",
+    "CertificateBuildError",
+    "PrivateKey",
+    "atomic_write",
+    "build_csr",
+    "certificates_to_pem",
+    "der_string",
+    "generate_private_key",
+    "issue_certificate",
+    "key_to_pem",
+    "make_ca",
+    "self_signed_certificate",
+    "to_a_label",
+    "write_key_and_cert",
+    "xmpp_general_names",
+]
+
 PrivateKey: TypeAlias = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
-#: id-on-xmppAddr, RFC 6120 §13.7.1.4 (also RFC 3920 §5.1.1).
-ID_ON_XMPPADDR = ObjectIdentifier("1.3.6.1.5.5.7.8.5")
-#: id-on-dnsSRV (SRVName), RFC 4985 §2; used for SRV-IDs (RFC 6125 §6.5.1, RFC 7590 §3.1).
-ID_ON_DNSSRV = ObjectIdentifier("1.3.6.1.5.5.7.8.7")
 
 #: Names accepted in ``extended_key_usages`` (dotted OIDs are accepted as well).
 EKU_BY_NAME: dict[str, ObjectIdentifier] = {
@@ -104,15 +129,10 @@ def to_a_label(domain: str) -> str:
     Certificates carry IDNs as A-labels (RFC 6125 §6.4.2); ``idna`` implements IDNA 2008
     with UTS #46 mapping, so ``Bücher.example`` becomes ``xn--bcher-kva.example``.
     """
-    domain = domain.rstrip(".")
-    if domain.startswith("*."):
-        return "*." + to_a_label(domain[2:])
-    if domain.isascii():
-        return domain.lower()
     try:
-        return idna.encode(domain, uts46=True).decode("ascii")
-    except idna.IDNAError as exc:
-        raise CertificateBuildError(f"invalid domain name {domain!r}: {exc}") from exc
+        return normalize_domain(domain)
+    except InvalidDomainError as exc:
+        raise CertificateBuildError(str(exc)) from exc
 
 
 def xmpp_general_names(
