@@ -1,0 +1,78 @@
+"""What the contact rules need to remember (GATEWAY-SPEC §3), behind a Protocol.
+
+Two facts per local user, both persistent across restarts:
+
+* which XMPP contacts (bare JIDs) the local user has authorized — needed for
+  public-unverified partners, recorded when the user subscribes to / approves a contact or an
+  operator runs ``xmpp-gateway contacts allow``;
+* whether the user is enabled for XMPP federation, as an override of the global default
+  (``federation.users_enabled_by_default``); no row = the default applies.
+
+Addresses are compared in a normalised form (:func:`normalize_bare_jid`): resource
+dropped, lower-cased. Lower-casing is the practical subset of RFC 7622's case mapping
+(UsernameCaseMapped localparts, domain names) that SIP user names and DNS names need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class StoreError(Exception):
+    """The store could not do what was asked (disk full, read-only, locked, corrupt, newer
+    schema, ...). The message says which file and what failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    local_user: str
+    remote_jid: str
+    granted_at: str  # ISO 8601 UTC
+    source: str  # how it was granted: "cli", "subscribe", "subscribed", ...
+
+
+@dataclass(frozen=True, slots=True)
+class UserSetting:
+    local_user: str
+    enabled: bool
+    updated_at: str  # ISO 8601 UTC
+
+
+def normalize_bare_jid(jid: str) -> str:
+    """``Alice@Contoso.Example/phone`` → ``alice@contoso.example``; ``ValueError`` when the
+    string is not ``local@domain[/resource]``."""
+    bare = jid.strip().split("/", 1)[0]
+    local, at, domain = bare.partition("@")
+    if not at or not local or not domain or "@" in domain or any(c.isspace() for c in bare):
+        raise ValueError(f"{jid!r} is not a user address of the form local@domain")
+    return f"{local}@{domain.rstrip('.')}".lower()
+
+
+class AuthorizationStore(Protocol):
+    """Synchronous store interface; see :class:`gateway.store.threaded.AsyncAuthorizationStore`
+    for the awaitable form the router uses."""
+
+    def is_authorized(self, local_user: str, remote_jid: str) -> bool:
+        """Has ``local_user`` authorized the bare JID of ``remote_jid``?"""
+
+    def allow(self, local_user: str, remote_jid: str, source: str = "cli") -> bool:
+        """Record an authorization; False if it already existed (kept with its first date)."""
+
+    def revoke(self, local_user: str, remote_jid: str) -> bool:
+        """Remove an authorization; False if there was none."""
+
+    def list_contacts(self, local_user: str) -> list[Authorization]:
+        """The user's authorizations, sorted by remote JID."""
+
+    def user_enabled(self, local_user: str, default: bool) -> bool:
+        """The per-user federation switch: the override if set, else ``default``."""
+
+    def set_user_enabled(self, local_user: str, enabled: bool | None) -> None:
+        """Set the override; None removes it (the global default applies again)."""
+
+    def list_users(self) -> list[UserSetting]:
+        """Every user with an override, sorted by address."""
+
+    def close(self) -> None:
+        """Release the database."""

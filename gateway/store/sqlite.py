@@ -1,0 +1,237 @@
+"""SQLite implementation of :class:`~gateway.store.authorizations.AuthorizationStore`.
+
+Why SQLite: embedded (``make run`` needs nothing else), transactional, and safe for the
+one daemon plus occasional ``xmpp-gateway contacts``/``users`` CLI processes that share
+the file. Choices:
+
+* **WAL journal** (``PRAGMA journal_mode=WAL``): the CLI can write while the gateway reads,
+  readers never block; ``synchronous=FULL`` because grants are rare and must survive a
+  power cut, not only a crash.
+* **busy timeout**: a writer waits up to ``busy_timeout`` seconds for another process'
+  write lock instead of failing at once; after that the caller gets :class:`StoreError`.
+* **schema version table + ordered migrations** (:data:`MIGRATIONS`): opening an older
+  file upgrades it inside one transaction; a file newer than this code is refused rather
+  than misread.
+* **one connection, one lock**: every method is short and synchronous and serialised by a
+  :class:`threading.Lock`, so the object may be used from any single thread at a time —
+  the CLI calls it directly, the daemon through
+  :class:`gateway.store.threaded.AsyncAuthorizationStore`, which runs each call in one
+  dedicated worker thread so that an ``fsync`` or a lock wait never stalls the event loop.
+* every :class:`sqlite3.Error`/:class:`OSError` becomes :class:`StoreError` naming the file
+  and the operation (disk full, read-only file system, locked database, not a database).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+from gateway.store.authorizations import (
+    Authorization,
+    StoreError,
+    UserSetting,
+    normalize_bare_jid,
+)
+
+T = TypeVar("T")
+
+# (version, statements). Append only; never edit a released migration.
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (
+        1,
+        (
+            """CREATE TABLE authorizations (
+                   local_user TEXT NOT NULL,
+                   remote_jid TEXT NOT NULL,
+                   granted_at TEXT NOT NULL,
+                   source TEXT NOT NULL,
+                   PRIMARY KEY (local_user, remote_jid)
+               ) WITHOUT ROWID""",
+            """CREATE TABLE user_settings (
+                   local_user TEXT PRIMARY KEY NOT NULL,
+                   enabled INTEGER NOT NULL CHECK (enabled IN (0, 1)),
+                   updated_at TEXT NOT NULL
+               ) WITHOUT ROWID""",
+        ),
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class SqliteAuthorizationStore:
+    """The authorization store in one SQLite file (created with its directory if missing)."""
+
+    def __init__(self, path: Path | str, *, busy_timeout: float = 5.0) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            if str(self.path) != ":memory:":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self.path,
+                timeout=busy_timeout,
+                isolation_level=None,  # explicit BEGIN/COMMIT below
+                check_same_thread=False,  # guarded by self._lock
+            )
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open authorization store {self.path}: {exc}") from exc
+        try:
+            self._run("set up", self._setup)
+        except StoreError:
+            self._db.close()
+            raise
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _run(self, what: str, operation: Callable[[], T]) -> T:
+        with self._lock:
+            try:
+                return operation()
+            except sqlite3.Error as exc:
+                raise StoreError(f"authorization store {self.path}: {what} failed: {exc}") from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _setup(self) -> None:
+        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() not in ("wal", "memory"):
+            raise sqlite3.OperationalError(f"could not enable WAL (journal_mode is {mode})")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        with self._write() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = db.execute("SELECT max(version) FROM schema_version").fetchone()
+            current = row[0] or 0
+            if current > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(
+                    f"schema version {current} is newer than this gateway supports "
+                    f"({SCHEMA_VERSION}); upgrade the gateway"
+                )
+            for version, statements in MIGRATIONS:
+                if version > current:
+                    for statement in statements:
+                        db.execute(statement)
+                    db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+
+    def schema_version(self) -> int:
+        return self._run(
+            "read schema version",
+            lambda: self._db.execute("SELECT max(version) FROM schema_version").fetchone()[0],
+        )
+
+    # -- authorizations ------------------------------------------------------------------
+
+    def is_authorized(self, local_user: str, remote_jid: str) -> bool:
+        key = (normalize_bare_jid(local_user), normalize_bare_jid(remote_jid))
+        return self._run(
+            "read authorization",
+            lambda: (
+                self._db.execute(
+                    "SELECT 1 FROM authorizations WHERE local_user = ? AND remote_jid = ?", key
+                ).fetchone()
+                is not None
+            ),
+        )
+
+    def allow(self, local_user: str, remote_jid: str, source: str = "cli") -> bool:
+        row = (normalize_bare_jid(local_user), normalize_bare_jid(remote_jid), _now(), source)
+
+        def insert() -> bool:
+            with self._write() as db:
+                cursor = db.execute(
+                    "INSERT OR IGNORE INTO authorizations"
+                    " (local_user, remote_jid, granted_at, source) VALUES (?, ?, ?, ?)",
+                    row,
+                )
+                return cursor.rowcount == 1
+
+        return self._run("record authorization", insert)
+
+    def revoke(self, local_user: str, remote_jid: str) -> bool:
+        key = (normalize_bare_jid(local_user), normalize_bare_jid(remote_jid))
+
+        def delete() -> bool:
+            with self._write() as db:
+                cursor = db.execute(
+                    "DELETE FROM authorizations WHERE local_user = ? AND remote_jid = ?", key
+                )
+                return cursor.rowcount == 1
+
+        return self._run("revoke authorization", delete)
+
+    def list_contacts(self, local_user: str) -> list[Authorization]:
+        user = normalize_bare_jid(local_user)
+        rows = self._run(
+            "list authorizations",
+            lambda: self._db.execute(
+                "SELECT local_user, remote_jid, granted_at, source FROM authorizations"
+                " WHERE local_user = ? ORDER BY remote_jid",
+                (user,),
+            ).fetchall(),
+        )
+        return [Authorization(*row) for row in rows]
+
+    # -- per-user switch -------------------------------------------------------------------
+
+    def user_enabled(self, local_user: str, default: bool) -> bool:
+        user = normalize_bare_jid(local_user)
+        row = self._run(
+            "read user setting",
+            lambda: self._db.execute(
+                "SELECT enabled FROM user_settings WHERE local_user = ?", (user,)
+            ).fetchone(),
+        )
+        return default if row is None else bool(row[0])
+
+    def set_user_enabled(self, local_user: str, enabled: bool | None) -> None:
+        user = normalize_bare_jid(local_user)
+
+        def write() -> None:
+            with self._write() as db:
+                if enabled is None:
+                    db.execute("DELETE FROM user_settings WHERE local_user = ?", (user,))
+                else:
+                    db.execute(
+                        "INSERT INTO user_settings (local_user, enabled, updated_at)"
+                        " VALUES (?, ?, ?) ON CONFLICT (local_user) DO UPDATE"
+                        " SET enabled = excluded.enabled, updated_at = excluded.updated_at",
+                        (user, int(enabled), _now()),
+                    )
+
+        self._run("write user setting", write)
+
+    def list_users(self) -> list[UserSetting]:
+        rows = self._run(
+            "list user settings",
+            lambda: self._db.execute(
+                "SELECT local_user, enabled, updated_at FROM user_settings ORDER BY local_user"
+            ).fetchall(),
+        )
+        return [UserSetting(user, bool(enabled), updated) for user, enabled, updated in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> SqliteAuthorizationStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,65 @@
+"""Awaitable access to a synchronous :class:`AuthorizationStore` for the event loop.
+
+Why a dedicated worker thread: even short SQLite calls can block for milliseconds to
+seconds (``fsync`` on commit, waiting for a CLI process' write lock up to the busy
+timeout); on the event loop that would stall every S2S stream. One thread — not a pool —
+keeps the calls in submission order (an ``allow`` followed by an ``is_authorized`` sees
+the grant) and matches SQLite's one-writer model; it is never the bottleneck for a table
+read once per inbound stanza from public-unverified partners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from gateway.store.authorizations import Authorization, AuthorizationStore, UserSetting
+
+T = TypeVar("T")
+
+
+class AsyncAuthorizationStore:
+    """The store's methods as coroutines, each run in the store's own worker thread."""
+
+    def __init__(self, store: AuthorizationStore) -> None:
+        self.store = store
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="authz-store")
+        self._closed = False
+
+    async def _call(self, function: Callable[..., T], *args: object) -> T:
+        if self._closed:
+            raise RuntimeError("authorization store is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(function, *args))
+
+    async def is_authorized(self, local_user: str, remote_jid: str) -> bool:
+        return await self._call(self.store.is_authorized, local_user, remote_jid)
+
+    async def allow(self, local_user: str, remote_jid: str, source: str = "cli") -> bool:
+        return await self._call(self.store.allow, local_user, remote_jid, source)
+
+    async def revoke(self, local_user: str, remote_jid: str) -> bool:
+        return await self._call(self.store.revoke, local_user, remote_jid)
+
+    async def list_contacts(self, local_user: str) -> list[Authorization]:
+        return await self._call(self.store.list_contacts, local_user)
+
+    async def user_enabled(self, local_user: str, default: bool) -> bool:
+        return await self._call(self.store.user_enabled, local_user, default)
+
+    async def set_user_enabled(self, local_user: str, enabled: bool | None) -> None:
+        await self._call(self.store.set_user_enabled, local_user, enabled)
+
+    async def list_users(self) -> list[UserSetting]:
+        return await self._call(self.store.list_users)
+
+    async def aclose(self) -> None:
+        """Finish queued calls, close the store, stop the thread."""
+        if self._closed:
+            return
+        await self._call(self.store.close)
+        self._closed = True
+        self._executor.shutdown(wait=True)
