@@ -1,0 +1,370 @@
+"""Outbound S2S stream: we are the Initiating Server (RFC 6120 §4-6, XEP-0220, XEP-0178).
+
+Negotiation follows the partner's permitted methods (GATEWAY-SPEC §2.2):
+
+- STARTTLS is used whenever offered unless tls=not-supported; when no permitted method
+  works without TLS, a peer that does not offer it is not talked to (never downgrade).
+- After TLS, SASL EXTERNAL is used when permitted, offered, and the peer's certificate
+  verifies for its domain; otherwise (or when SASL fails, XEP-0178 §3) dialback, when
+  the permitted set holds dialback for the stream's state.
+- The same stream also carries our ``db:verify`` requests when we act as Receiving
+  Server for an inbound dialback from this peer (XEP-0220 §2.1.2: reuse allowed).
+"""
+
+from __future__ import annotations
+
+from xml.etree.ElementTree import Element
+
+from gateway.config.model import PartnerPolicy
+from gateway.domain import normalize_domain
+from gateway.policy.negotiation import AuthMethod, Support
+from gateway.xmpp import elements as el
+from gateway.xmpp.errors import StreamError, parse_error_child
+from gateway.xmpp.events import (
+    DialbackVerifyAnswered,
+    Direction,
+    PairFailed,
+    StreamOpened,
+    is_stanza,
+)
+from gateway.xmpp.namespaces import NS_DIALBACK
+from gateway.xmpp.parser import StreamHeader
+from gateway.xmpp.stream import Phase, S2SStream, StreamContext
+from gateway.xmpp.xml import serialize
+
+
+class NotAuthenticated(Exception):
+    """A stanza was offered for a domain pair this stream is not (yet) authorized for."""
+
+
+class OutboundStream(S2SStream):
+    direction = Direction.OUTBOUND
+
+    def __init__(
+        self,
+        context: StreamContext,
+        *,
+        local_domain: str,
+        remote_domain: str,
+        partner: PartnerPolicy,
+        now: float,
+        peer_address: str = "",
+        direct_tls: bool = False,
+    ) -> None:
+        super().__init__(context, now=now, peer_address=peer_address)
+        self.local_domain = local_domain
+        self.remote_domain = remote_domain
+        self.partner = partner
+        self.direct_tls = direct_tls
+        self.peer_header_received = False
+        self._peer_dialback = False  # the peer declared jabber:server:dialback
+        self._sasl_sent = False
+        self._sasl_done = False
+        self._dialback_sent: set[tuple[str, str]] = set()
+        self._verify_queue: list[tuple[str, str, str, str]] = []
+        self._verify_sent: set[tuple[str, str, str]] = set()
+        self._dialback_channel = False  # may db:* elements be sent now?
+        self._failure_notes: list[str] = []
+        self._awaiting_tls = False
+        self._main_failure_reported = False
+        self.phase = Phase.CONNECTING
+
+    # ------------------------------------------------------------------ driver API
+
+    def initiate(self, now: float) -> None:
+        """Call once the TCP connection is up."""
+        self._now = now
+        if self.direct_tls:  # XEP-0368: TLS first, header after the handshake
+            self._start_tls(server_side=False, server_name=self.remote_domain)
+        else:
+            self._open()
+
+    def send_stanza(self, stanza: Element) -> None:
+        """Send one stanza; its from/to domains must be an authorized pair here."""
+        from_dom = stanza.get("from", "").partition("/")[0].rpartition("@")[2]
+        to_dom = stanza.get("to", "").partition("/")[0].rpartition("@")[2]
+        if self.phase is not Phase.OPEN or (to_dom, from_dom) not in self.pairs:
+            raise NotAuthenticated(f"{from_dom} → {to_dom} is not authorized on this stream")
+        self.stanzas_out += 1
+        self._stanza_activity(self._now)
+        self._write(serialize(stanza))
+
+    def can_send(self, local: str, remote: str) -> bool:
+        return self.phase is Phase.OPEN and (remote, local) in self.pairs
+
+    def request_verify(self, local: str, remote: str, stream_id: str, key: str) -> None:
+        """Ask ``remote`` (Authoritative Server) whether ``key`` is genuine (XEP-0220 §2.1.2)."""
+        self._verify_queue.append((local, remote, stream_id, key))
+        if self._dialback_channel:
+            self._flush_verifies()
+
+    # ------------------------------------------------------------------ negotiation
+
+    def _open(self) -> None:
+        self._send_header(from_=self.local_domain, to=self.remote_domain, stream_id=None)
+        self.phase = Phase.WAIT_HEADER
+
+    def _on_tls_ready(self) -> None:
+        self._open()  # RFC 6120 §5.4.3.3: a new stream over TLS
+
+    def _on_header(self, header: StreamHeader, now: float) -> None:
+        if self.phase is not Phase.WAIT_HEADER:
+            raise StreamError("invalid-xml", "unexpected second stream header")
+        self.peer_header_received = True
+        self.stream_id = header.id
+        self._peer_dialback = NS_DIALBACK in header.namespaces.values()
+        self._events.append(StreamOpened(header.from_, header.to, header.id, header.version))
+        self.phase = Phase.NEGOTIATING if not self.pairs else Phase.OPEN
+        if not header.version:
+            # RFC 3920 peer: no features will come; only dialback without TLS can work.
+            self._choose_authentication(el.OfferedFeatures(False, False, (), False))
+
+    def _on_element(self, element: Element, now: float) -> None:
+        if self.phase in (Phase.WAIT_HEADER, Phase.CONNECTING):
+            raise StreamError("not-well-formed", "element before the stream header")
+        if self._dispatch_common(element):
+            return
+        tag = element.tag
+        if tag == el.TAG_FEATURES:
+            self._on_features(el.OfferedFeatures.parse(element))
+        elif tag == el.TAG_PROCEED and self._awaiting_tls:
+            self._awaiting_tls = False
+            self._start_tls(server_side=False, server_name=self.remote_domain)
+        elif tag == el.TAG_TLS_FAILURE and self._awaiting_tls:
+            self._give_up("remote-server-not-found", f"{self.remote_domain} refused STARTTLS")
+        elif tag == el.TAG_SUCCESS and self._sasl_sent:
+            self._on_sasl_success()
+        elif tag == el.TAG_SASL_FAILURE and self._sasl_sent:
+            self._on_sasl_failure(el.sasl_failure_condition(element))
+        elif tag == el.TAG_DB_RESULT:
+            self._on_db_result(element)
+        elif tag == el.TAG_DB_VERIFY:
+            self._on_db_verify(element)
+        elif is_stanza(element):
+            raise StreamError(
+                "unsupported-stanza-type", "stanza on an outbound stream (no XEP-0288 negotiated)"
+            )
+        else:
+            raise StreamError("unsupported-stanza-type", f"unexpected element {tag}")
+
+    def _on_features(self, offered: el.OfferedFeatures) -> None:
+        partner = self.partner
+        assert partner is not None
+        if not self.tls_active:
+            use_tls = (
+                offered.starttls
+                and partner.tls is not Support.NOT_SUPPORTED
+                and self.ctx.tls_available
+            )
+            if use_tls:
+                self._send(el.starttls())
+                self._awaiting_tls = True
+                return
+            if offered.starttls_required:
+                why = (
+                    "partner policy tls=not-supported"
+                    if partner.tls is Support.NOT_SUPPORTED
+                    else "no certificate is configured here"
+                )
+                self._give_up(
+                    "remote-server-not-found", f"{self.remote_domain} requires TLS but {why}"
+                )
+                return
+            if partner.negotiation.tls_mandatory:
+                self._give_up(
+                    "remote-server-not-found",
+                    f"{self.remote_domain} does not offer STARTTLS; partner policy requires "
+                    f"TLS (tls={partner.tls}, permits {partner.negotiation.methods_text})",
+                    stream_error="policy-violation",
+                )
+                return
+        if self._sasl_done:
+            # Stream restarted after SASL success: the pair is authenticated now.
+            self._dialback_channel = True
+            self._authenticated(self.remote_domain, self.local_domain, AuthMethod.SASL_TLS)
+            self._flush_verifies()
+            return
+        self._choose_authentication(offered)
+
+    def _choose_authentication(self, offered: el.OfferedFeatures) -> None:
+        partner = self.partner
+        assert partner is not None and self.remote_domain and self.local_domain
+        negotiation = partner.negotiation
+        self._dialback_channel = True
+        self._flush_verifies()
+        if self.tls_active and negotiation.permits(AuthMethod.SASL_TLS):
+            if "EXTERNAL" not in offered.sasl_mechanisms:
+                self._failure_notes.append(f"{self.remote_domain} did not offer SASL EXTERNAL")
+            else:
+                assert self._peer_cert is not None
+                verdict = self.ctx.check_certificate(self._peer_cert, self.remote_domain)
+                if verdict.ok:
+                    self._send(el.sasl_external_auth(self.local_domain))
+                    self._sasl_sent = True
+                    self._dialback_channel = False  # nothing else during SASL (§6.4)
+                    return
+                self._failure_notes.append(f"certificate of {self.remote_domain}: {verdict.reason}")
+        self._try_dialback(offered_dialback=offered.dialback_errors or self._peer_dialback)
+
+    def _try_dialback(self, *, offered_dialback: bool) -> None:
+        partner = self.partner
+        assert partner is not None and self.remote_domain and self.local_domain
+        negotiation = partner.negotiation
+        if not negotiation.permits_dialback(over_tls=self.tls_active):
+            state = "over TLS" if self.tls_active else "without TLS"
+            self._failure_notes.append(
+                f"dialback {state} not permitted (partner policy permits "
+                f"{negotiation.methods_text})"
+            )
+        elif not offered_dialback:
+            self._failure_notes.append(f"{self.remote_domain} does not support dialback")
+        elif self.stream_id is None:
+            self._failure_notes.append(f"{self.remote_domain} sent no stream id for dialback")
+        else:
+            self._send_db_result(self.local_domain)
+            return
+        self._give_up(
+            "remote-server-not-found",
+            "cannot authenticate: " + "; ".join(self._failure_notes),
+            stream_error="policy-violation",
+        )
+
+    def _send_db_result(self, local: str) -> None:
+        assert self.remote_domain and self.stream_id
+        key = self.ctx.keys.generate(self.remote_domain, local, self.stream_id)
+        self._dialback_sent.add((self.remote_domain, local))
+        self._send(el.db_result_key(local, self.remote_domain, key))
+
+    # SASL EXTERNAL — XEP-0178 §3
+    def _on_sasl_success(self) -> None:
+        self._sasl_sent = False
+        self._sasl_done = True
+        self._restart_stream()
+        self._open()
+
+    def _on_sasl_failure(self, condition: str) -> None:
+        self._sasl_sent = False
+        self._dialback_channel = True
+        self._failure_notes.append(f"{self.remote_domain} refused SASL EXTERNAL <{condition}/>")
+        # XEP-0178 §3: fall back to dialback only where the policy permits it.
+        self._flush_verifies()
+        self._try_dialback(offered_dialback=self._peer_dialback)
+
+    # Dialback results — XEP-0220 §2.1.1 step 4
+    def _on_db_result(self, element: Element) -> None:
+        type_ = element.get("type")
+        try:
+            remote = normalize_domain(element.get("from", ""))
+            local = normalize_domain(element.get("to", ""))
+        except ValueError:
+            raise StreamError("invalid-from", "malformed dialback answer addresses") from None
+        if (remote, local) not in self._dialback_sent:
+            # XEP-0220 §5.1: unsolicited results are an attack vector; never act on them.
+            raise StreamError("not-authorized", "unsolicited dialback result")
+        self._dialback_sent.discard((remote, local))
+        if type_ == "valid":
+            method = AuthMethod.TLS_DIALBACK if self.tls_active else AuthMethod.TCP_DIALBACK
+            self._authenticated(remote, local, method)
+        elif type_ == "invalid":
+            reason = f"{remote} declared our dialback key invalid (dialback secret mismatch?)"
+            self._pair_failed(remote, local, "internal-server-error", reason)
+            self._close_gracefully(reason)
+        else:
+            condition, text = parse_error_child(element)
+            reason = (
+                f"{remote} answered dialback with error "
+                f"<{condition or 'undefined-condition'}/>" + (f": {text}" if text else "")
+            )
+            self._pair_failed(remote, local, "remote-server-timeout", reason)
+            if not self.pairs:
+                self._close_gracefully(reason)
+
+    def _pair_failed(self, remote: str, local: str, condition: str, reason: str) -> None:
+        if (remote, local) == (self.remote_domain, self.local_domain):
+            self._report_main_failure(condition, reason)
+        else:
+            self._events.append(PairFailed(remote, local, condition, reason))
+
+    # Dialback verification answers — XEP-0220 §2.1.2 step 3
+    def _on_db_verify(self, element: Element) -> None:
+        key = (element.get("from", ""), element.get("to", ""), element.get("id", ""))
+        try:
+            remote, local = normalize_domain(key[0]), normalize_domain(key[1])
+        except ValueError:
+            raise StreamError("invalid-from", "malformed db:verify answer addresses") from None
+        if (remote, local, key[2]) not in self._verify_sent:
+            raise StreamError("not-authorized", "unsolicited db:verify answer")
+        self._verify_sent.discard((remote, local, key[2]))
+        type_ = element.get("type")
+        if type_ in ("valid", "invalid"):
+            self._events.append(DialbackVerifyAnswered(remote, local, key[2], type_ == "valid"))
+        else:
+            condition, text = parse_error_child(element)
+            self._events.append(
+                DialbackVerifyAnswered(
+                    remote, local, key[2], None, f"<{condition or 'undefined-condition'}/> {text}"
+                )
+            )
+
+    def _flush_verifies(self) -> None:
+        for local, remote, stream_id, key in self._verify_queue:
+            self._verify_sent.add((remote, local, stream_id))
+            self._send(el.db_verify_request(local, remote, stream_id, key))
+        self._verify_queue.clear()
+
+    # ------------------------------------------------------------------ failure
+
+    def _give_up(self, bounce_condition: str, reason: str, *, stream_error: str = "") -> None:
+        """The main domain pair cannot be authenticated: report it and close."""
+        assert self.remote_domain and self.local_domain
+        self._report_main_failure(bounce_condition, reason)
+        if stream_error:
+            self.close(stream_error, reason)
+        else:
+            self._close_gracefully(reason)
+
+    def _report_main_failure(self, bounce_condition: str, reason: str) -> None:
+        if self._main_failure_reported:
+            return
+        self._main_failure_reported = True
+        assert self.remote_domain and self.local_domain
+        self._dialback_sent.discard((self.remote_domain, self.local_domain))
+        self._events.append(
+            PairFailed(self.remote_domain, self.local_domain, bounce_condition, reason)
+        )
+
+    def _on_finished(self) -> None:
+        reason = self.close_reason or "stream closed"
+        main = (self.remote_domain, self.local_domain)
+        if main not in self.pairs and self.remote_domain and self.local_domain:
+            timeout = self.close_error == "connection-timeout"
+            self._report_main_failure(
+                "remote-server-timeout" if timeout else "remote-server-not-found",
+                reason
+                if not self._failure_notes
+                else f"{reason} ({'; '.join(self._failure_notes)})",
+            )
+        for remote, local in sorted(self._dialback_sent):
+            self._events.append(
+                PairFailed(
+                    remote,
+                    local,
+                    "remote-server-not-found",
+                    f"stream closed during dialback: {reason}",
+                )
+            )
+        self._dialback_sent.clear()
+        for remote, local, stream_id in sorted(self._verify_sent):
+            self._events.append(
+                DialbackVerifyAnswered(
+                    remote, local, stream_id, None, f"stream closed before answering: {reason}"
+                )
+            )
+        for local, remote, stream_id, _key in self._verify_queue:
+            self._events.append(
+                DialbackVerifyAnswered(
+                    remote, local, stream_id, None, f"stream closed before sending: {reason}"
+                )
+            )
+        self._verify_sent.clear()
+        self._verify_queue.clear()

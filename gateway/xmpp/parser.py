@@ -1,0 +1,307 @@
+"""Hardened incremental parser for XMPP streams (sans-I/O: bytes in, items out).
+
+An XMPP stream is one long XML document whose depth-1 children are the stanzas
+(RFC 6120 §4). We parse it with Python's expat binding because it is incremental, fast
+and ships with CPython, and harden it the way defusedxml does, plus what RFC 6120 §11.1
+("restricted XML") demands:
+
+- no DTD at all (so no entity declarations, no billion laughs, no external entities),
+  no processing instructions, no comments → ``<restricted-xml/>``;
+- an XML declaration naming an encoding other than UTF-8 → ``<unsupported-encoding/>``
+  (RFC 6120 §11.6);
+- limits (RFC 6120 §13.12): stanza size, nesting depth, attribute count and length →
+  ``<policy-violation/>``. The stanza size limit also bounds what expat may buffer for an
+  unfinished token (a start tag that never ends), so memory per stream stays bounded.
+
+The output items are :class:`StreamHeader`, :class:`StanzaElement` (an
+``xml.etree.ElementTree.Element`` with ``{namespace}local`` tags) and :class:`StreamEnd`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from xml.etree.ElementTree import Element
+from xml.parsers import expat
+
+from gateway.xmpp.namespaces import NS_STREAMS
+
+if TYPE_CHECKING:
+    from gateway.config.model import Limits
+
+# expat reports names as "uri}local" with this separator; we prepend "{" to get the
+# ElementTree spelling "{uri}local" without any further string work.
+_SEP = "}"
+_STREAM_TAG = NS_STREAMS + _SEP + "stream"
+# Bytes handed to expat per call: bounds how far expat's buffer can grow before we check.
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ParserLimits:
+    max_stanza_bytes: int = 512 * 1024
+    max_depth: int = 32  # depth of a stanza's tree, the stanza itself being 1
+    max_attributes: int = 64
+    max_attribute_bytes: int = 16 * 1024
+
+    @classmethod
+    def from_limits(cls, limits: Limits) -> ParserLimits:
+        return cls(
+            max_stanza_bytes=limits.max_stanza_bytes,
+            max_depth=limits.max_depth,
+            max_attributes=limits.max_attributes,
+            max_attribute_bytes=limits.max_attribute_bytes,
+        )
+
+
+class XmlStreamError(Exception):
+    """The peer's XML cannot be accepted; ``condition`` is the RFC 6120 §4.9.3 stream error."""
+
+    def __init__(self, condition: str, text: str) -> None:
+        super().__init__(f"<{condition}/>: {text}")
+        self.condition = condition
+        self.text = text
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHeader:
+    """The opening ``<stream:stream>`` tag (RFC 6120 §4.7)."""
+
+    attrs: dict[str, str]
+    # prefix → namespace URI declared on the header; the default namespace under "".
+    namespaces: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def to(self) -> str | None:
+        return self.attrs.get("to")
+
+    @property
+    def from_(self) -> str | None:
+        return self.attrs.get("from")
+
+    @property
+    def id(self) -> str | None:
+        return self.attrs.get("id")
+
+    @property
+    def version(self) -> str | None:
+        return self.attrs.get("version")
+
+    @property
+    def default_ns(self) -> str | None:
+        return self.namespaces.get("")
+
+
+@dataclass(frozen=True, slots=True)
+class StanzaElement:
+    """A complete depth-1 element (stanza or stream-level element) and its size in bytes."""
+
+    element: Element
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """The peer's ``</stream:stream>``."""
+
+
+ParsedItem = StreamHeader | StanzaElement | StreamEnd
+
+
+def _name(expat_name: str) -> str:
+    return "{" + expat_name if _SEP in expat_name else expat_name
+
+
+class StreamParser:
+    """Incremental parser for one XML stream; :meth:`reset` after a stream restart."""
+
+    def __init__(self, limits: ParserLimits | None = None) -> None:
+        self.limits = limits or ParserLimits()
+        self._new_parser()
+
+    # ------------------------------------------------------------------ public API
+
+    def feed(self, data: bytes) -> list[ParsedItem]:
+        """Parse ``data``; return the items it completed. Raises :class:`XmlStreamError`."""
+        if self._failed is not None:
+            raise self._failed
+        items = self._items = []
+        try:
+            for start in range(0, len(data), _CHUNK):
+                chunk = data[start : start + _CHUNK]
+                self._fed += len(chunk)
+                self._parser.Parse(chunk, False)
+                self._check_pending()
+        except XmlStreamError as exc:
+            self._failed = exc
+            raise
+        except expat.ExpatError as exc:
+            self._failed = self._expat_error(exc)
+            raise self._failed from None
+        except RecursionError:
+            self._failed = XmlStreamError("policy-violation", "nesting too deep")
+            raise self._failed from None
+        return items
+
+    def reset(self) -> None:
+        """Start a fresh document: after STARTTLS and SASL the stream restarts (RFC 6120
+        §5.4.3.3, §6.4.6) and the peer sends a new header."""
+        self._new_parser()
+
+    # ------------------------------------------------------------------ internals
+
+    def _new_parser(self) -> None:
+        parser = expat.ParserCreate("UTF-8", _SEP)
+        parser.buffer_text = True
+        parser.ordered_attributes = True
+        parser.specified_attributes = True
+        parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+        parser.StartElementHandler = self._start
+        parser.EndElementHandler = self._end
+        parser.CharacterDataHandler = self._text
+        parser.StartNamespaceDeclHandler = self._ns_decl
+        parser.XmlDeclHandler = self._xml_decl
+        parser.StartDoctypeDeclHandler = self._forbidden_dtd
+        parser.EntityDeclHandler = self._forbidden_entity
+        parser.ExternalEntityRefHandler = self._forbidden_external
+        parser.ProcessingInstructionHandler = self._forbidden_pi
+        parser.CommentHandler = self._forbidden_comment
+        parser.SkippedEntityHandler = self._forbidden_skipped
+        self._parser = parser
+        self._items: list[ParsedItem] = []
+        self._stack: list[Element] = []
+        self._header_seen = False
+        self._namespaces: dict[str, str] = {}
+        self._fed = 0  # bytes given to this expat parser
+        self._boundary = 0  # byte offset where the current unfinished top-level item began
+        self._failed: XmlStreamError | None = None
+
+    def _check_pending(self) -> None:
+        # Bytes since the last complete item: a stanza in progress, or a token that expat
+        # is still buffering. Either way it is what an attacker could make us hold.
+        if self._fed - self._boundary > self.limits.max_stanza_bytes + 1024:
+            raise XmlStreamError(
+                "policy-violation",
+                f"stanza larger than {self.limits.max_stanza_bytes} bytes",
+            )
+
+    def _position(self) -> int:
+        return self._parser.CurrentByteIndex
+
+    def _ns_decl(self, prefix: str | None, uri: str | None) -> None:
+        if not self._header_seen:
+            self._namespaces[prefix or ""] = uri or ""
+
+    def _xml_decl(self, version: str | None, encoding: str | None, standalone: int) -> None:
+        if encoding and encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
+            raise XmlStreamError("unsupported-encoding", f"only UTF-8 is allowed, not {encoding}")
+
+    def _start(self, name: str, attributes: list[str]) -> None:
+        limits = self.limits
+        if len(attributes) > 2 * limits.max_attributes:
+            raise XmlStreamError(
+                "policy-violation", f"more than {limits.max_attributes} attributes on <{name}>"
+            )
+        attrib: dict[str, str] = {}
+        for index in range(0, len(attributes), 2):
+            value = attributes[index + 1]
+            if len(value) > limits.max_attribute_bytes:
+                raise XmlStreamError(
+                    "policy-violation",
+                    f"attribute longer than {limits.max_attribute_bytes} bytes",
+                )
+            attrib[_name(attributes[index])] = value
+        if not self._header_seen:
+            self._on_header(name, attrib)
+            return
+        stack = self._stack
+        if len(stack) >= limits.max_depth:
+            raise XmlStreamError(
+                "policy-violation", f"elements nested deeper than {limits.max_depth}"
+            )
+        element = Element(_name(name), attrib)
+        if stack:
+            stack[-1].append(element)
+        else:
+            self._boundary = self._position()
+        stack.append(element)
+
+    def _on_header(self, name: str, attrib: dict[str, str]) -> None:
+        if name != _STREAM_TAG:
+            if name.endswith(_SEP + "stream") or name == "stream":
+                raise XmlStreamError(
+                    "invalid-namespace", f"the stream element must be in {NS_STREAMS}"
+                )
+            raise XmlStreamError("bad-format", f"expected <stream:stream>, got <{_name(name)}>")
+        self._header_seen = True
+        self._boundary = self._fed
+        self._items.append(StreamHeader(attrib, dict(self._namespaces)))
+
+    def _end(self, name: str) -> None:
+        stack = self._stack
+        if not stack:  # closing the stream element itself
+            self._items.append(StreamEnd())
+            self._boundary = self._fed
+            return
+        element = stack.pop()
+        if not stack:
+            # CurrentByteIndex points at the end tag's '<'; count the end tag too.
+            end = self._position() + len(name) - name.find(_SEP) + 2
+            self._items.append(StanzaElement(element, max(end - self._boundary, 0)))
+            self._boundary = end
+            self._check_complete_size()
+
+    def _check_complete_size(self) -> None:
+        item = self._items[-1]
+        if isinstance(item, StanzaElement) and item.size > self.limits.max_stanza_bytes:
+            raise XmlStreamError(
+                "policy-violation", f"stanza larger than {self.limits.max_stanza_bytes} bytes"
+            )
+
+    def _text(self, data: str) -> None:
+        stack = self._stack
+        if not stack:
+            if data.strip():
+                raise XmlStreamError("bad-format", "text outside of a stanza")
+            # Whitespace keepalive between stanzas (RFC 6120 §4.6.1).
+            self._boundary = self._position() + len(data.encode())
+            return
+        current = stack[-1]
+        if len(current):
+            last = current[-1]
+            last.tail = (last.tail or "") + data
+        else:
+            current.text = (current.text or "") + data
+
+    @staticmethod
+    def _forbidden_dtd(*_: object) -> None:
+        raise XmlStreamError("restricted-xml", "document type declarations are not allowed")
+
+    @staticmethod
+    def _forbidden_entity(*_: object) -> None:
+        raise XmlStreamError("restricted-xml", "entity declarations are not allowed")
+
+    @staticmethod
+    def _forbidden_external(*_: object) -> int:
+        raise XmlStreamError("restricted-xml", "external entities are not allowed")
+
+    @staticmethod
+    def _forbidden_pi(*_: object) -> None:
+        raise XmlStreamError("restricted-xml", "processing instructions are not allowed")
+
+    @staticmethod
+    def _forbidden_comment(*_: object) -> None:
+        raise XmlStreamError("restricted-xml", "comments are not allowed")
+
+    @staticmethod
+    def _forbidden_skipped(*_: object) -> None:
+        raise XmlStreamError("restricted-xml", "entity references are not allowed")
+
+    @staticmethod
+    def _expat_error(exc: expat.ExpatError) -> XmlStreamError:
+        message = expat.errors.messages.get(exc.code, str(exc))
+        if exc.code == expat.errors.codes.get(expat.errors.XML_ERROR_UNBOUND_PREFIX):
+            return XmlStreamError("invalid-namespace", f"{message} (line {exc.lineno})")
+        return XmlStreamError(
+            "not-well-formed", f"{message} at line {exc.lineno}, column {exc.offset}"
+        )

@@ -1,0 +1,425 @@
+"""Sans-I/O S2S stream: the machinery shared by inbound and outbound streams.
+
+An ``S2SStream`` is one TCP connection's worth of XMPP server-to-server protocol
+(RFC 6120). It knows nothing about sockets or asyncio (h11/aioquic style):
+
+- the driver feeds received bytes with :meth:`receive_data`,
+- sends whatever :meth:`data_to_send` returns,
+- pulls :class:`~gateway.xmpp.events.Event` values with :meth:`next_event`,
+- asks :meth:`get_timer` for the next deadline and calls :meth:`handle_timer` then.
+
+Time is a value passed in (``now``), never read from a clock, so timeouts are tested
+without sleeping. TLS runs inside the core over memory BIOs (see ``tls.py``).
+The roles live in ``inbound.py`` (receiving and authoritative server) and
+``outbound.py`` (initiating server); policy comes from plain data in
+:class:`StreamContext` (the pure negotiation rule of ``gateway.policy``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from xml.etree.ElementTree import Element
+
+from gateway.auth.dialback_key import DialbackKeyGenerator
+from gateway.config.model import Limits, PartnerPolicy
+from gateway.policy.negotiation import AuthMethod
+from gateway.xmpp import elements as el
+from gateway.xmpp.errors import StreamError, parse_stream_error
+from gateway.xmpp.events import (
+    Direction,
+    Event,
+    PairAuthenticated,
+    StreamClosed,
+    TlsEstablished,
+)
+from gateway.xmpp.parser import (
+    ParserLimits,
+    StanzaElement,
+    StreamEnd,
+    StreamHeader,
+    StreamParser,
+    XmlStreamError,
+)
+from gateway.xmpp.tls import PeerCertificate, TlsEngine, TlsError, TlsProvider
+from gateway.xmpp.xml import STREAM_CLOSE, serialize, stream_header
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateVerdict:
+    ok: bool
+    reason: str  # "valid for b.example (DNS-ID b.example)" or the precise refusal
+
+
+CertificateChecker = Callable[[PeerCertificate, str], CertificateVerdict]
+
+
+def _new_stream_id() -> str:
+    # Unguessable: the stream id is an input of the dialback key (XEP-0185 §4).
+    return secrets.token_urlsafe(18)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamContext:
+    """Everything a stream needs to decide, as plain data and pure functions."""
+
+    local_domains: frozenset[str]
+    partner_for: Callable[[str], PartnerPolicy | None]
+    keys: DialbackKeyGenerator
+    check_certificate: CertificateChecker
+    tls: TlsProvider | None = None
+    limits: Limits = field(default_factory=Limits)
+    new_stream_id: Callable[[], str] = _new_stream_id
+
+    @property
+    def tls_available(self) -> bool:
+        return self.tls is not None and self.tls.available
+
+
+class Phase(Enum):
+    CONNECTING = "connecting"  # outbound, before our header went out (direct TLS)
+    WAIT_HEADER = "wait-header"
+    NEGOTIATING = "negotiating"  # features exchanged, STARTTLS/SASL/dialback going on
+    TLS_HANDSHAKE = "tls-handshake"
+    OPEN = "open"  # at least one domain pair authenticated
+    CLOSING = "closing"  # we sent </stream:stream>, waiting for the peer's
+    CLOSED = "closed"
+
+
+# Seconds to wait for the peer's closing tag after ours (RFC 6120 §4.4).
+CLOSE_GRACE = 5.0
+MAX_STREAM_RESTARTS = 4  # STARTTLS + SASL need two; more is a peer looping on us
+
+
+class S2SStream:
+    """Common machinery; see :class:`InboundStream` and :class:`OutboundStream`."""
+
+    direction: Direction
+
+    def __init__(
+        self,
+        context: StreamContext,
+        *,
+        now: float,
+        peer_address: str = "",
+    ) -> None:
+        self.ctx = context
+        self.peer_address = peer_address
+        self.created_at = now
+        self.phase = Phase.WAIT_HEADER
+        self.stream_id: str | None = None
+        self.local_domain: str | None = None
+        self.remote_domain: str | None = None
+        self.partner: PartnerPolicy | None = None
+        # Domain pairs (remote, local) authenticated on this stream, with their method.
+        self.pairs: dict[tuple[str, str], AuthMethod] = {}
+        self.stanzas_in = 0
+        self.stanzas_out = 0
+        self.close_reason = ""
+        self.close_error = ""
+        self._parser = StreamParser(ParserLimits.from_limits(context.limits))
+        self._tls: TlsEngine | None = None
+        self._tls_active = False
+        self._peer_cert: PeerCertificate | None = None
+        self._out = bytearray()  # plaintext-stream bytes (before TLS) ready to go
+        self._events: deque[Event] = deque()
+        self._header_sent = False
+        self._restarts = 0
+        self._negotiation_deadline: float | None = now + context.limits.negotiation_timeout
+        self._last_stanza = now
+        self._last_sent = now
+        self._close_deadline: float | None = None
+        self._now = now  # last time the driver told us
+
+    # ------------------------------------------------------------------ driver API
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Feed bytes read from the socket (ciphertext once TLS is on)."""
+        self._now = now
+        if self.phase is Phase.CLOSED or not data:
+            return
+        try:
+            if self._tls is not None:
+                data = self._tls.receive(data)
+                if not self._tls_active and self._tls.handshake_done:
+                    self._on_tls_established()
+                if self._tls.peer_closed and not data:
+                    self._finish("", "peer closed TLS (close_notify)", by_peer=True)
+                    return
+                if not data:
+                    return
+            self._feed_xml(data, now)
+        except StreamError as exc:
+            self._fail(exc)
+        except TlsError as exc:
+            self._abort(str(exc))
+
+    def data_to_send(self) -> bytes:
+        # Plaintext written before TLS started (e.g. <proceed/>) goes first, then records.
+        data = bytes(self._out)
+        self._out.clear()
+        if self._tls is not None:
+            data += self._tls.data_to_send()
+        return data
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def events(self) -> Iterator[Event]:
+        while self._events:
+            yield self._events.popleft()
+
+    def connection_lost(self, reason: str = "") -> None:
+        """The transport is gone (EOF, reset, write error)."""
+        if self.phase is Phase.CLOSED:
+            return
+        if self.phase is Phase.CLOSING:
+            self._finish(self.close_error, self.close_reason, by_peer=False)
+        else:
+            self._finish(
+                "", reason or "connection closed by peer without closing the stream", by_peer=True
+            )
+
+    def close(self, condition: str = "", text: str = "") -> None:
+        """Close the stream, with a stream error when ``condition`` is given."""
+        if condition:
+            self._fail(StreamError(condition, text))
+        else:
+            self._close_gracefully(text or "closed locally")
+
+    def get_timer(self) -> float | None:
+        if self.phase is Phase.CLOSED:
+            return None
+        if self.phase is Phase.CLOSING:
+            return self._close_deadline
+        candidates = [self._negotiation_deadline]
+        if self.pairs:
+            limits = self.ctx.limits
+            candidates.append(self._last_stanza + limits.idle_timeout)
+            candidates.append(self._last_sent + limits.keepalive_interval)
+        return min((c for c in candidates if c is not None), default=None)
+
+    def handle_timer(self, now: float) -> None:
+        self._now = now
+        if self.phase is Phase.CLOSED:
+            return
+        if self.phase is Phase.CLOSING:
+            if self._close_deadline is not None and now >= self._close_deadline:
+                self._finish(self.close_error, self.close_reason, by_peer=False)
+            return
+        if self._negotiation_deadline is not None and now >= self._negotiation_deadline:
+            self._fail(
+                StreamError(
+                    "connection-timeout",
+                    f"stream negotiation did not complete within "
+                    f"{self.ctx.limits.negotiation_timeout:g}s",
+                )
+            )
+            return
+        if self.pairs:
+            limits = self.ctx.limits
+            if now - self._last_stanza >= limits.idle_timeout:
+                self._close_gracefully(f"idle for {limits.idle_timeout:g}s")
+            elif now - self._last_sent >= limits.keepalive_interval:
+                self._write(b" ")  # RFC 6120 §4.6.1 whitespace keepalive
+
+    # ------------------------------------------------------------------ status
+
+    @property
+    def closed(self) -> bool:
+        return self.phase is Phase.CLOSED
+
+    @property
+    def tls_active(self) -> bool:
+        return self._tls_active
+
+    @property
+    def tls_version(self) -> str:
+        return self._tls.version if self._tls_active and self._tls else ""
+
+    @property
+    def tls_cipher(self) -> str:
+        return self._tls.cipher if self._tls_active and self._tls else ""
+
+    @property
+    def method(self) -> AuthMethod | None:
+        """The method that authenticated the stream's first domain pair."""
+        return next(iter(self.pairs.values()), None)
+
+    @property
+    def peer_certificate(self) -> PeerCertificate | None:
+        return self._peer_cert
+
+    # ------------------------------------------------------------------ for the roles
+
+    def _on_header(self, header: StreamHeader, now: float) -> None:
+        raise NotImplementedError
+
+    def _on_element(self, element: Element, now: float) -> None:
+        raise NotImplementedError
+
+    def _on_tls_ready(self) -> None:
+        """TLS handshake done: the role restarts the stream (RFC 6120 §5.4.3.3)."""
+        raise NotImplementedError
+
+    def _on_finished(self) -> None:
+        """Hook: the stream ended; roles report what is left pending."""
+
+    def _feed_xml(self, data: bytes, now: float) -> None:
+        try:
+            parsed = self._parser.feed(data)
+        except XmlStreamError as exc:
+            raise StreamError(exc.condition, exc.text) from None
+        for index, item in enumerate(parsed):
+            if self.phase in (Phase.CLOSED,):
+                return
+            if isinstance(item, StanzaElement):
+                self._on_element(item.element, now)
+                if self._tls is not None and not self._tls_active and index + 1 < len(parsed):
+                    # Bytes after <starttls/>/<proceed/> in the same read would be taken
+                    # as if protected by TLS: the STARTTLS command-injection attack.
+                    raise StreamError("policy-violation", "data after STARTTLS before TLS")
+            elif isinstance(item, StreamHeader):
+                self._check_header_basics(item)
+                self._on_header(item, now)
+            elif isinstance(item, StreamEnd):
+                self._on_stream_end()
+
+    def _check_header_basics(self, header: StreamHeader) -> None:
+        if header.default_ns != "jabber:server":
+            raise StreamError(
+                "invalid-namespace",
+                f"server-to-server streams use 'jabber:server', not {header.default_ns!r}",
+            )
+
+    def _on_stream_end(self) -> None:
+        if self.phase is Phase.CLOSING:
+            self._finish(self.close_error, self.close_reason, by_peer=False)
+            return
+        self._write(STREAM_CLOSE)
+        self._finish("", "peer closed the stream", by_peer=True)
+
+    def _on_peer_stream_error(self, element: Element) -> None:
+        condition, text = parse_stream_error(element)
+        reason = f"peer sent stream error <{condition}/>" + (f": {text}" if text else "")
+        if self.phase is not Phase.CLOSING:
+            self._write(STREAM_CLOSE)
+        self._finish(condition, reason, by_peer=True)
+
+    def _send_header(self, *, from_: str | None, to: str | None, stream_id: str | None) -> None:
+        self._write(stream_header(from_=from_, to=to, stream_id=stream_id))
+        self._header_sent = True
+
+    def _send(self, element: Element) -> None:
+        self._write(serialize(element))
+
+    def _write(self, data: bytes) -> None:
+        self._last_sent = self._now
+        if self._tls is not None:
+            if not self._tls_active:
+                # Nothing may be written mid-handshake; reaching this is a core bug.
+                raise RuntimeError("write attempted during the TLS handshake")
+            self._tls.send(data)
+        else:
+            self._out += data
+
+    def _start_tls(self, *, server_side: bool, server_name: str | None = None) -> None:
+        provider = self.ctx.tls
+        assert provider is not None  # callers check ctx.tls_available
+        self._restarts += 1
+        self._tls = (
+            provider.server_engine() if server_side else provider.client_engine(server_name or "")
+        )
+        self._tls_active = False
+        self.phase = Phase.TLS_HANDSHAKE
+
+    def _on_tls_established(self) -> None:
+        assert self._tls is not None
+        self._tls_active = True
+        self._peer_cert = self._tls.peer_certificate()
+        self._events.append(
+            TlsEstablished(self._tls.version, self._tls.cipher, self._peer_cert.leaf is not None)
+        )
+        self._parser.reset()
+        self._on_tls_ready()
+
+    def _restart_stream(self) -> None:
+        """After SASL success both sides start a fresh stream (RFC 6120 §6.4.6)."""
+        self._restarts += 1
+        if self._restarts > MAX_STREAM_RESTARTS:
+            raise StreamError("policy-violation", "too many stream restarts")
+        self._parser.reset()
+        self.phase = Phase.WAIT_HEADER
+
+    def _authenticated(self, remote: str, local: str, method: AuthMethod) -> None:
+        self.pairs[(remote, local)] = method
+        self._negotiation_deadline = None
+        if self.phase is Phase.NEGOTIATING:
+            self.phase = Phase.OPEN
+        self._events.append(PairAuthenticated(remote, local, method))
+
+    def _stanza_activity(self, now: float) -> None:
+        self._last_stanza = now
+
+    def _fail(self, error: StreamError) -> None:
+        """Send a stream error and close (RFC 6120 §4.9.1)."""
+        if self.phase in (Phase.CLOSED, Phase.CLOSING):
+            return
+        if self._tls is not None and not self._tls_active:
+            self._abort(f"<{error.condition}/> during TLS handshake: {error.text}")
+            return
+        if not self._header_sent:
+            # §4.9.1.1: an error before our header still needs a header first.
+            self._send_header(from_=self._header_from(), to=None, stream_id=self.stream_id)
+        self._send(error.to_element())
+        self.close_error = error.condition
+        self._begin_close(
+            f"sent stream error <{error.condition}/>" + (f": {error.text}" if error.text else "")
+        )
+
+    def _header_from(self) -> str | None:
+        return self.local_domain
+
+    def _close_gracefully(self, reason: str) -> None:
+        if self.phase in (Phase.CLOSED, Phase.CLOSING):
+            return
+        if not self._header_sent:
+            self._send_header(
+                from_=self._header_from(), to=self.remote_domain, stream_id=self.stream_id
+            )
+        self._begin_close(reason)
+
+    def _begin_close(self, reason: str) -> None:
+        self._write(STREAM_CLOSE)
+        if self._tls is not None and self._tls_active:
+            self._tls.close()
+        self.close_reason = reason
+        self.phase = Phase.CLOSING
+        self._close_deadline = self._now + CLOSE_GRACE
+        self._report_close(self.close_error, reason, by_peer=False)
+
+    def _abort(self, reason: str) -> None:
+        """Unrecoverable transport-level failure (TLS): no XML can be sent any more."""
+        self._finish("", reason, by_peer=False)
+
+    def _finish(self, error: str, reason: str, *, by_peer: bool) -> None:
+        already_reported = self.phase is Phase.CLOSING
+        self.phase = Phase.CLOSED
+        self._negotiation_deadline = None
+        if not already_reported:
+            self.close_error, self.close_reason = error, reason
+            self._report_close(error, reason, by_peer=by_peer)
+
+    def _report_close(self, error: str, reason: str, *, by_peer: bool) -> None:
+        self._on_finished()
+        self._events.append(StreamClosed(error, reason, by_peer))
+
+    def _dispatch_common(self, element: Element) -> bool:
+        """Elements every role handles the same way; True when handled."""
+        if element.tag == el.TAG_STREAM_ERROR:
+            self._on_peer_stream_error(element)
+            return True
+        return False

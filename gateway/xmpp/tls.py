@@ -1,0 +1,199 @@
+"""Sans-I/O TLS: a pyOpenSSL connection over memory BIOs.
+
+Why not the ``ssl`` module / ``loop.start_tls``? Federation must *see* a peer
+certificate that does not verify (untrusted issuer, serverAuth-only EKU, wrong name)
+and then decide by policy — fall back to dialback, or refuse with a precise reason
+(GATEWAY-SPEC §5). ``ssl`` can only abort the handshake on a bad client certificate;
+OpenSSL's verify callback (exposed by pyOpenSSL) lets us record each verification error
+and carry on, as Prosody (LuaSec) and ejabberd (fast_tls) do. Keeping TLS in the core
+also makes every STARTTLS path testable by piping bytes between two cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cryptography import x509
+from OpenSSL import SSL
+
+# OpenSSL X509_V_ERR_INVALID_PURPOSE: the certificate's EKU does not allow this use.
+# Public CAs now issue serverAuth-only certificates (GATEWAY-SPEC §5); a peer server
+# presenting one as its client certificate is still who it claims to be (RFC 6125).
+X509_V_ERR_INVALID_PURPOSE = 26
+
+
+class TlsError(Exception):
+    """The TLS layer failed (handshake or record error); the stream is lost."""
+
+
+@dataclass(slots=True)
+class VerifyError:
+    errno: int
+    depth: int
+    certificate: x509.Certificate | None
+
+
+@dataclass(slots=True)
+class PeerCertificate:
+    """What the peer presented and what OpenSSL thought of its chain."""
+
+    leaf: x509.Certificate | None
+    chain: list[x509.Certificate] = field(default_factory=list)
+    errors: list[VerifyError] = field(default_factory=list)
+
+    @property
+    def chain_errors(self) -> list[VerifyError]:
+        """Errors that matter: a wrong EKU on the leaf is not one (see module doc)."""
+        return [
+            e for e in self.errors if not (e.errno == X509_V_ERR_INVALID_PURPOSE and e.depth == 0)
+        ]
+
+
+def _record_verify_result(
+    conn: SSL.Connection, cert: object, errno: int, depth: int, ok: int
+) -> bool:
+    if not ok:
+        engine = conn.get_app_data()
+        if isinstance(engine, TlsEngine):
+            try:
+                parsed = cert.to_cryptography()  # type: ignore[attr-defined]
+            except Exception:
+                parsed = None
+            engine._verify_errors.append(VerifyError(errno, depth, parsed))
+    return True  # never abort here: the policy layer decides (module doc)
+
+
+def install_verify_callback(context: SSL.Context) -> None:
+    """Ask for (never require) the peer's certificate and record verification errors.
+
+    VERIFY_PEER without FAIL_IF_NO_PEER_CERT: a server context sends a CertificateRequest
+    (needed for SASL EXTERNAL, XEP-0178) yet accepts peers with no certificate, who can
+    still use dialback where the partner policy permits it.
+    """
+    context.set_verify(SSL.VERIFY_PEER, _record_verify_result)
+
+
+class TlsEngine:
+    """One TLS connection, bytes in / bytes out, no sockets."""
+
+    __slots__ = ("_conn", "_handshake_done", "_peer", "_peer_closed", "_verify_errors")
+
+    def __init__(
+        self, context: SSL.Context, *, server_side: bool, server_name: str | None = None
+    ) -> None:
+        self._conn = SSL.Connection(context, None)
+        self._conn.set_app_data(self)
+        self._verify_errors: list[VerifyError] = []
+        self._handshake_done = False
+        self._peer_closed = False
+        self._peer: PeerCertificate | None = None
+        if server_side:
+            self._conn.set_accept_state()
+        else:
+            if server_name:
+                self._conn.set_tlsext_host_name(server_name.encode("idna"))
+            self._conn.set_connect_state()
+            self._advance_handshake()  # produces the ClientHello
+
+    @property
+    def handshake_done(self) -> bool:
+        return self._handshake_done
+
+    @property
+    def peer_closed(self) -> bool:
+        return self._peer_closed
+
+    @property
+    def version(self) -> str:
+        return self._conn.get_protocol_version_name()
+
+    @property
+    def cipher(self) -> str:
+        return self._conn.get_cipher_name() or ""
+
+    @property
+    def server_name(self) -> str | None:
+        name = self._conn.get_servername()
+        return name.decode("ascii", "replace") if name else None
+
+    def peer_certificate(self) -> PeerCertificate:
+        if self._peer is None:
+            leaf = self._conn.get_peer_certificate(as_cryptography=True)
+            chain = self._conn.get_peer_cert_chain(as_cryptography=True) or []
+            self._peer = PeerCertificate(leaf, list(chain), list(self._verify_errors))
+        return self._peer
+
+    def _advance_handshake(self) -> None:
+        try:
+            self._conn.do_handshake()
+        except SSL.WantReadError:
+            return
+        except SSL.Error as exc:
+            raise TlsError(f"TLS handshake failed: {_describe(exc)}") from None
+        self._handshake_done = True
+
+    def receive(self, data: bytes) -> bytes:
+        """Feed ciphertext; return whatever application data it decrypted to."""
+        if data:
+            self._conn.bio_write(data)
+        if not self._handshake_done:
+            self._advance_handshake()
+            if not self._handshake_done:
+                return b""
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunks.append(self._conn.recv(65536))
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                self._peer_closed = True
+                break
+            except SSL.Error as exc:
+                raise TlsError(f"TLS error: {_describe(exc)}") from None
+        return b"".join(chunks)
+
+    def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self._conn.send(view)
+            except SSL.Error as exc:
+                raise TlsError(f"TLS error while sending: {_describe(exc)}") from None
+            view = view[sent:]
+
+    def data_to_send(self) -> bytes:
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunks.append(self._conn.bio_read(65536))
+            except SSL.WantReadError:
+                break
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        """Queue a close_notify alert (best effort: the stream is ending anyway)."""
+        with contextlib.suppress(SSL.Error):
+            self._conn.shutdown()
+
+
+def _describe(exc: SSL.Error) -> str:
+    parts = []
+    for entry in exc.args[0] if exc.args and isinstance(exc.args[0], list) else []:
+        if isinstance(entry, tuple) and len(entry) == 3:
+            parts.append(str(entry[2]))
+    return "; ".join(parts) or str(exc) or exc.__class__.__name__
+
+
+class TlsProvider(Protocol):
+    """Makes TLS engines from the configured certificates (see ``gateway.net.tls_config``)."""
+
+    @property
+    def available(self) -> bool:
+        """False when no certificate is configured: STARTTLS cannot be offered or used."""
+
+    def server_engine(self) -> TlsEngine: ...
+
+    def client_engine(self, server_name: str) -> TlsEngine: ...

@@ -1,0 +1,211 @@
+"""A deterministic in-memory 'network' of sans-I/O S2S cores, for unit tests.
+
+Each :class:`CoreServer` is one gateway's protocol core (StreamContext); :class:`World`
+connects their streams by passing bytes directly, and does the orchestration the asyncio
+layer does for real: one outbound stream per domain pair, db:verify routed over the
+outbound stream to the authoritative server (XEP-0220 §2.1.2), answers routed back to the
+inbound stream that asked. No sockets, no clock: ``now`` is a number the test moves.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.auth import devcerts
+from gateway.auth.dialback_key import DialbackKeyGenerator
+from gateway.auth.tls_provider import OpenSslTlsProvider, certificate_verdict
+from gateway.config.model import Limits, PartnerPolicy, PartnerType, TlsSettings
+from gateway.policy.negotiation import Support
+from gateway.xmpp.events import DialbackVerifyAnswered, DialbackVerifyNeeded, Event
+from gateway.xmpp.inbound import InboundStream
+from gateway.xmpp.outbound import OutboundStream
+from gateway.xmpp.stream import S2SStream, StreamContext
+
+
+@dataclass
+class Pki:
+    """A trusted CA, an unrelated CA and certificates written under ``root``."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.ca, self.ca_key = devcerts.make_ca("s2s-world CA", key_type="ec")
+        self.other_ca, _ = devcerts.make_ca("unrelated CA", key_type="ec")
+        (self.root / "ca.crt").write_bytes(devcerts.certificates_to_pem([self.ca]))
+        (self.root / "other-ca.crt").write_bytes(devcerts.certificates_to_pem([self.other_ca]))
+
+    def tls_settings(
+        self,
+        domain: str,
+        *,
+        trusts_peers: bool = True,
+        expired: bool = False,
+        cert_domain: str | None = None,
+    ) -> TlsSettings:
+        name = (
+            f"{domain}{'-expired' if expired else ''}{'-for-' + cert_domain if cert_domain else ''}"
+        )
+        crt, key = self.root / f"{name}.crt", self.root / f"{name}.key"
+        if not crt.exists():
+            kwargs = {}
+            if expired:
+                now = dt.datetime.now(dt.UTC)
+                kwargs = {
+                    "not_before": now - dt.timedelta(days=30),
+                    "not_after": now - dt.timedelta(days=1),
+                }
+            cert, pkey = devcerts.issue_certificate(
+                self.ca, self.ca_key, [cert_domain or domain], key_type="ec", **kwargs
+            )
+            devcerts.write_key_and_cert(crt, key, cert, pkey)
+        ca = self.root / ("ca.crt" if trusts_peers else "other-ca.crt")
+        return TlsSettings(certificate=crt, key=key, ca_file=ca, use_system_cas=False)
+
+
+def partner(
+    domain: str, tls: str = "optional", sasl: str = "optional", dialback: bool = True
+) -> PartnerPolicy:
+    return PartnerPolicy(domain, PartnerType.FEDERATED, Support(tls), Support(sasl), dialback)
+
+
+class CoreServer:
+    def __init__(
+        self,
+        domain: str,
+        partners: list[PartnerPolicy],
+        tls: TlsSettings | None,
+        *,
+        secret: str = "s3cr3t",
+        limits: Limits | None = None,
+    ) -> None:
+        self.domain = domain
+        index = {d: p for p in partners for d in p.domains}
+        provider = OpenSslTlsProvider(tls, (domain,)) if tls is not None else None
+        self.ctx = StreamContext(
+            local_domains=frozenset({domain}),
+            partner_for=index.get,
+            keys=DialbackKeyGenerator(secret),
+            check_certificate=certificate_verdict,
+            tls=provider,
+            limits=limits or Limits(),
+        )
+
+
+@dataclass
+class Link:
+    client: OutboundStream
+    server: InboundStream
+    client_owner: CoreServer
+    server_owner: CoreServer
+
+
+@dataclass
+class World:
+    servers: dict[str, CoreServer] = field(default_factory=dict)
+    now: float = 1000.0
+    links: list[Link] = field(default_factory=list)
+    events: list[tuple[str, S2SStream, Event]] = field(default_factory=list)
+    wire: list[tuple[str, bytes]] = field(default_factory=list)  # (direction label, bytes)
+    _outbound: dict[tuple[str, str], OutboundStream] = field(default_factory=dict)
+    _verify_waiters: dict[tuple[str, str, str, str], InboundStream] = field(default_factory=dict)
+
+    def add(self, server: CoreServer) -> CoreServer:
+        self.servers[server.domain] = server
+        return server
+
+    def outbound(self, local: str, remote: str) -> OutboundStream:
+        existing = self._outbound.get((local, remote))
+        if existing is not None and not existing.closed:
+            return existing
+        owner, peer = self.servers[local], self.servers[remote]
+        policy = owner.ctx.partner_for(remote)
+        assert policy is not None, f"{local} has no partner entry for {remote}"
+        client = OutboundStream(
+            owner.ctx, local_domain=local, remote_domain=remote, partner=policy, now=self.now
+        )
+        server = InboundStream(peer.ctx, now=self.now)
+        self.links.append(Link(client, server, owner, peer))
+        self._outbound[(local, remote)] = client
+        client.initiate(self.now)
+        return client
+
+    def run(self, max_rounds: int = 200) -> None:
+        for _ in range(max_rounds):
+            moved = False
+            for link in list(self.links):
+                up = link.client.data_to_send()
+                if up:
+                    moved = True
+                    self.wire.append(
+                        (f"{link.client_owner.domain}->{link.server_owner.domain}", up)
+                    )
+                    link.server.receive_data(up, self.now)
+                down = link.server.data_to_send()
+                if down:
+                    moved = True
+                    self.wire.append(
+                        (f"{link.server_owner.domain}->{link.client_owner.domain}", down)
+                    )
+                    link.client.receive_data(down, self.now)
+                moved |= self._drain(link.client_owner, link.client)
+                moved |= self._drain(link.server_owner, link.server)
+                if link.client.closed and link.server.closed:
+                    self.links.remove(link)
+                elif link.client.closed and not up and not link.client.data_to_send():
+                    link.server.connection_lost("TCP connection closed")
+                elif link.server.closed and not down and not link.server.data_to_send():
+                    link.client.connection_lost("TCP connection closed")
+            if not moved:
+                return
+        raise AssertionError("the cores did not settle")
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for link in self.links:
+            for stream in (link.client, link.server):
+                deadline = stream.get_timer()
+                if deadline is not None and deadline <= self.now:
+                    stream.handle_timer(self.now)
+        self.run()
+
+    def _drain(self, owner: CoreServer, stream: S2SStream) -> bool:
+        moved = False
+        for event in stream.events():
+            moved = True
+            self.events.append((owner.domain, stream, event))
+            if isinstance(event, DialbackVerifyNeeded) and isinstance(stream, InboundStream):
+                if event.remote_domain not in self.servers:
+                    stream.dialback_verified(
+                        event.remote_domain,
+                        event.local_domain,
+                        None,
+                        "remote-server-not-found",
+                        "unknown in this world",
+                    )
+                    continue
+                out = self.outbound(event.local_domain, event.remote_domain)
+                self._verify_waiters[
+                    (owner.domain, event.remote_domain, event.local_domain, event.stream_id)
+                ] = stream
+                out.request_verify(
+                    event.local_domain, event.remote_domain, event.stream_id, event.key
+                )
+            elif isinstance(event, DialbackVerifyAnswered):
+                waiter = self._verify_waiters.pop(
+                    (owner.domain, event.remote_domain, event.local_domain, event.stream_id), None
+                )
+                if waiter is not None:
+                    waiter.dialback_verified(
+                        event.remote_domain,
+                        event.local_domain,
+                        event.valid,
+                        "" if event.valid is not None else "remote-connection-failed",
+                        event.error,
+                    )
+        return moved
+
+    def of(self, owner: str, kind: type) -> list:
+        return [e for o, _s, e in self.events if o == owner and isinstance(e, kind)]
