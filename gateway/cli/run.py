@@ -1,0 +1,97 @@
+"""``xmpp-gateway run``, ``status`` and ``reload``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from gateway.cli.main import config_parent
+
+
+def register(subparsers: Any) -> None:
+    run = subparsers.add_parser("run", parents=[config_parent()],
+                                help="run the gateway in the foreground (SIGTERM stops it)")
+    run.set_defaults(func=_run)
+    status = subparsers.add_parser("status", parents=[config_parent()],
+                                   help="live S2S sessions of the running gateway")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=_status)
+    reload = subparsers.add_parser("reload", parents=[config_parent()],
+                                   help="re-read partners, policies and certificates")
+    reload.set_defaults(func=_reload)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from gateway.config.loader import ConfigError, load_config
+
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        print(f"xmpp-gateway: invalid configuration:\n{exc}", file=sys.stderr)
+        return None
+    except OSError as exc:
+        print(f"xmpp-gateway: cannot read {args.config}: {exc.strerror or exc}", file=sys.stderr)
+        return None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from gateway.daemon import run_gateway
+
+    config = _load(args)
+    if config is None:
+        return 2
+    return asyncio.run(run_gateway(config))
+
+
+def _ask(args: argparse.Namespace, command: str) -> dict[str, Any] | None:
+    from gateway.net.admin import query
+
+    config = _load(args)
+    if config is None:
+        return None
+    try:
+        return query(config.admin_socket, command)
+    except OSError as exc:
+        print(f"xmpp-gateway: no gateway answering on {config.admin_socket} "
+              f"({exc.strerror or exc}); is it running with this configuration?",
+              file=sys.stderr)
+        return None
+
+
+def _status(args: argparse.Namespace) -> int:
+    answer = _ask(args, "status")
+    if answer is None:
+        return 1
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    print(f"gateway pid {answer['pid']} serving {', '.join(answer['domains'])}; "
+          f"{answer['partners']} partners; {len(answer['sessions'])} streams")
+    header = ("PEER", "LOCAL", "DIR", "METHOD", "TLS", "CIPHER", "AGE", "IN", "OUT", "QUEUE")
+    rows = [header]
+    for s in answer["sessions"]:
+        rows.append((
+            s["peer_domain"] or "?", s["local_domain"] or "?", s["direction"],
+            s["method"] or f"({s['phase']})", s["tls_version"] or "-", s["cipher"] or "-",
+            f"{s['age_seconds']:.0f}s", str(s["stanzas_in"]), str(s["stanzas_out"]),
+            str(s.get("queue", 0)),
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    answer = _ask(args, "reload")
+    if answer is None:
+        return 1
+    if not answer.get("ok"):
+        print(f"reload refused, nothing changed: {answer.get('error')}", file=sys.stderr)
+        return 1
+    print(f"reloaded: {answer['partners']} partners, {answer['closed_sessions']} sessions "
+          f"closed" + (f" ({answer['note']})" if answer.get("note") else ""))
+    return 0

@@ -1,0 +1,247 @@
+"""The gateway process: wires configuration, S2S service, router, store and backend.
+
+Life cycle (issue: operations): SIGTERM/SIGINT → graceful stop (stop accepting, flush
+queues, bounce what cannot be sent, close streams with ``</stream:stream>``); SIGHUP or
+``xmpp-gateway reload`` → re-read partners, policies and certificates without dropping
+established sessions, closing only those whose partner was removed or whose method is no
+longer permitted; an invalid new configuration changes nothing and says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+from pathlib import Path
+from typing import Any
+
+from gateway.auth.dialback_key import DialbackKeyGenerator
+from gateway.auth.tls_provider import OpenSslTlsProvider, TlsConfigError, certificate_verdict
+from gateway.backend import LocalBackend
+from gateway.config.model import GatewayConfig
+from gateway.logs import configure_logging, log_event
+from gateway.net.admin import AdminServer
+from gateway.net.connection import StreamConnection
+from gateway.net.federation import S2SService
+from gateway.router import Router
+from gateway.xmpp.stream import StreamContext
+
+log = logging.getLogger("gateway.daemon")
+
+
+class StartupError(Exception):
+    """The gateway cannot start with this configuration (message says why)."""
+
+
+def make_backend(config: GatewayConfig) -> LocalBackend:
+    if config.sip.backend == "development":
+        from gateway.sip.development import DevelopmentBackend
+
+        return DevelopmentBackend(config.domains)
+    if config.sip.backend == "sip":
+        from gateway.sip.backend import SipBackend  # type: ignore[import-not-found]
+
+        return SipBackend.from_settings(config.sip, config.domains)  # type: ignore[no-any-return]
+    raise StartupError(f"unknown sip.backend {config.sip.backend!r}")
+
+
+def make_resolver(config: GatewayConfig) -> Any:
+    from gateway.dns.resolver import DnsPythonResolver
+
+    return DnsPythonResolver.from_settings(config.dns)
+
+
+def make_context(config: GatewayConfig, keys: DialbackKeyGenerator,
+                 partner_for: Any) -> StreamContext:
+    try:
+        provider = OpenSslTlsProvider(config.tls, config.domains)
+    except TlsConfigError as exc:
+        raise StartupError(str(exc)) from None
+    if not provider.available:
+        log_event(log, logging.WARNING, "tls.unavailable", certificate=str(config.tls.certificate),
+                  reason="certificate or key file missing: STARTTLS will not be offered or used")
+    return StreamContext(
+        local_domains=frozenset(config.domains),
+        partner_for=partner_for,
+        keys=keys,
+        check_certificate=certificate_verdict,
+        tls=provider,
+        limits=config.limits,
+    )
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, *, backend: LocalBackend | None = None,
+                 resolver: Any = None) -> None:
+        self.config = config
+        secret = config.dialback.secret or secrets.token_hex(32)
+        self.keys = DialbackKeyGenerator(secret)
+        self.backend = backend or make_backend(config)
+        self.resolver = resolver or make_resolver(config)
+        self.metrics: Any = None
+        self.store: Any = None
+        self.router: Router | None = None
+        self.s2s: S2SService | None = None
+        self.admin: AdminServer | None = None
+        self._stop = asyncio.Event()
+        self.reloads = 0
+
+    async def start(self) -> None:
+        from gateway.store import AsyncAuthorizationStore, StoreError, open_authorization_store
+
+        config = self.config
+        metrics_settings = getattr(config, "metrics", None)
+        if metrics_settings is not None and metrics_settings.enabled:
+            from gateway.metrics import Metrics
+
+            self.metrics = Metrics()
+            self.metrics.serve(metrics_settings.host, metrics_settings.port)
+        try:
+            Path(config.store.path).parent.mkdir(parents=True, exist_ok=True)
+            self.store = AsyncAuthorizationStore(open_authorization_store(config.store))
+        except (StoreError, OSError) as exc:
+            raise StartupError(f"store {config.store.path}: {exc}") from None
+        self.router = Router(config, self.backend, self.store, self.metrics)
+        context = make_context(config, self.keys, self._partner_for)
+        self.s2s = S2SService(config, context, self.resolver, on_stanza=self.router.from_xmpp,
+                              on_bounce=self.router.bounce, metrics=self.metrics)
+        self.router.s2s = self.s2s
+        await self.router.start()
+        try:
+            await self.s2s.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen: {exc.strerror or exc}") from None
+        self.admin = AdminServer(config.admin_socket, self)
+        await self.admin.start()
+        log_event(log, logging.INFO, "gateway.started", domains=",".join(config.domains),
+                  partners=len(config.partners), backend=config.sip.backend,
+                  listen=" ".join(f"{h}:{p}" for h, p in self.s2s.listening_addresses),
+                  pid=os.getpid())
+
+    def _partner_for(self, domain: str) -> Any:
+        assert self.s2s is not None
+        return self.s2s.partner_for(domain)
+
+    async def stop(self) -> None:
+        log_event(log, logging.INFO, "gateway.stopping")
+        if self.admin is not None:
+            await self.admin.stop()
+        if self.router is not None:
+            await self.router.stop(grace=2.0)
+        if self.s2s is not None:
+            await self.s2s.stop()
+        if self.store is not None:
+            await self.store.aclose()
+        if self.metrics is not None:
+            self.metrics.close()
+        log_event(log, logging.INFO, "gateway.stopped")
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        await self.start()
+        try:
+            await self._stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(sig)
+            await self.stop()
+
+    # ------------------------------------------------------------------ reload
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the configuration file; keep sessions the new policy still allows."""
+        from gateway.config.loader import ConfigError, load_config
+
+        source = self.config.source
+        if source is None:
+            return {"ok": False, "error": "configuration was not loaded from a file"}
+        try:
+            new = load_config(source)
+            provider = OpenSslTlsProvider(new.tls, new.domains)
+        except (ConfigError, TlsConfigError, OSError) as exc:
+            log_event(log, logging.ERROR, "gateway.reload_refused", reason=str(exc))
+            return {"ok": False, "error": str(exc)}
+        if new.domains != self.config.domains or new.listen != self.config.listen:
+            note = "served domains and listen addresses change only on restart"
+        else:
+            note = ""
+        assert self.s2s is not None and self.router is not None
+        old_ctx = self.s2s.ctx
+        new_ctx = StreamContext(
+            local_domains=old_ctx.local_domains, partner_for=self._partner_for, keys=self.keys,
+            check_certificate=certificate_verdict, tls=provider, limits=new.limits,
+        )
+        kept_domains = self.config.domains
+        listen = self.config.listen
+        self.config = _with_runtime_fields(new, kept_domains, listen)
+        self.s2s.config = self.config
+        self.s2s.ctx = new_ctx
+        self.router.config = self.config
+
+        def no_longer_permitted(conn: StreamConnection) -> bool:
+            stream = conn.stream
+            for (remote, _local), method in stream.pairs.items():
+                partner = self.s2s.partner_for(remote) if self.s2s else None
+                if partner is None or not partner.negotiation.permits(method):
+                    return True
+            return False
+
+        closed = self.s2s.close_sessions(
+            no_longer_permitted, "policy-violation",
+            "partner removed or its policy changed by a configuration reload")
+        self.reloads += 1
+        log_event(log, logging.INFO, "gateway.reloaded", partners=len(new.partners),
+                  closed_sessions=closed, note=note)
+        return {"ok": True, "closed_sessions": closed, "partners": len(new.partners),
+                "note": note}
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        sessions = self.s2s.describe() if self.s2s else []
+        queues = {
+            f"{s.local}->{s.remote}": len(s.queue)
+            for s in (self.s2s.sessions.values() if self.s2s else []) if s.queue
+        }
+        return {
+            "pid": os.getpid(),
+            "domains": list(self.config.domains),
+            "partners": len(self.config.partners),
+            "reloads": self.reloads,
+            "sessions": sessions,
+            "queues": queues,
+            "router": {
+                "delivered": self.router.delivered if self.router else 0,
+                "refused": self.router.refused if self.router else 0,
+            },
+        }
+
+
+def _with_runtime_fields(new: GatewayConfig, domains: tuple[str, ...],
+                         listen: Any) -> GatewayConfig:
+    import dataclasses
+
+    return dataclasses.replace(new, domains=domains, listen=listen)
+
+
+async def run_gateway(config: GatewayConfig) -> int:
+    configure_logging(config.logging.level, config.logging.format, config.logging.file)
+    gateway = Gateway(config)
+    try:
+        await gateway.serve_forever()
+    except StartupError as exc:
+        log_event(log, logging.ERROR, "gateway.start_failed", reason=str(exc))
+        with contextlib.suppress(Exception):
+            await gateway.stop()
+        return 1
+    return 0

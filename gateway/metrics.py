@@ -1,0 +1,53 @@
+"""Prometheus metrics (off by default; bound to localhost by default).
+
+Counters and a histogram the S2S service and router feed: sessions by method and
+direction, stanzas in/out, refusals by reason, handshake duration, DNS failures, bounces.
+A private registry keeps tests and several gateways in one process independent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sessions = Counter("xmpp_gateway_sessions_authenticated", "Authenticated S2S "
+                                "domain pairs", ["direction", "method"], registry=r)
+        self.stanzas_in = Counter("xmpp_gateway_stanzas_in", "Stanzas received over S2S",
+                                  ["peer"], registry=r)
+        self.stanzas_out = Counter("xmpp_gateway_stanzas_out", "Stanzas sent over S2S",
+                                   ["peer"], registry=r)
+        self.refusals = Counter("xmpp_gateway_refusals", "Refused partners or stanzas",
+                                ["reason"], registry=r)
+        self.bounces = Counter("xmpp_gateway_bounces", "Stanzas bounced to their sender",
+                               ["peer"], registry=r)
+        self.dns_failures = Counter("xmpp_gateway_dns_failures", "Failed DNS lookups",
+                                    ["peer"], registry=r)
+        self.handshakes = Histogram("xmpp_gateway_handshake_seconds",
+                                    "Outbound connect-to-authenticated time", ["method"],
+                                    registry=r)
+        self._server: Any = None
+
+    def count(self, what: str, label: str) -> None:
+        counter = getattr(self, what, None)
+        if isinstance(counter, Counter):
+            counter.labels(label).inc()
+
+    def session_authenticated(self, direction: str, method: str) -> None:
+        self.sessions.labels(direction, method).inc()
+
+    def handshake(self, seconds: float, method: str) -> None:
+        self.handshakes.labels(method).observe(seconds)
+
+    def serve(self, host: str, port: int) -> None:
+        self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None

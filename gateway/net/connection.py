@@ -1,0 +1,174 @@
+"""The thin asyncio layer under one sans-I/O S2S stream.
+
+It moves bytes between a transport and an :class:`~gateway.xmpp.stream.S2SStream`,
+keeps the stream's single timer armed, and hands every event to an owner (the
+:class:`~gateway.net.federation.S2SService`). All protocol decisions live in the core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from gateway.logs import log_event
+from gateway.xmpp.events import Event, PairAuthenticated, StreamClosed
+from gateway.xmpp.inbound import InboundStream
+from gateway.xmpp.outbound import OutboundStream
+from gateway.xmpp.stream import S2SStream
+
+log = logging.getLogger("gateway.s2s")
+_ids = itertools.count(1)
+
+EventHandler = Callable[["StreamConnection", Event], None]
+
+# Bytes buffered for a slow peer before we stop reading from that peer too (backpressure).
+WRITE_HIGH_WATER = 1024 * 1024
+
+
+class StreamConnection(asyncio.Protocol):
+    """One TCP connection carrying one S2S stream."""
+
+    def __init__(self, stream: S2SStream, on_event: EventHandler,
+                 on_gone: Callable[[StreamConnection], None]) -> None:
+        self.stream = stream
+        self.conn_id = next(_ids)
+        self._on_event = on_event
+        self._on_gone = on_gone
+        self.transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self.connected_at = self._loop.time()
+        self.peer_address = ""
+        self.closed = asyncio.Event()
+        self.authenticated_at: float | None = None
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer_address = f"{peer[0]}:{peer[1]}"
+            self.stream.peer_address = self.peer_address
+        if isinstance(self.stream, OutboundStream):
+            self.stream.initiate(self._loop.time())
+        self.pump()
+
+    def data_received(self, data: bytes) -> None:
+        self.stream.receive_data(data, self._loop.time())
+        self.pump()
+
+    def eof_received(self) -> bool | None:
+        self.stream.connection_lost("peer closed the TCP connection")
+        self.pump()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.stream.closed:
+            self.stream.connection_lost(
+                f"TCP connection lost: {exc}" if exc else "TCP connection closed"
+            )
+        self.transport = None
+        self.pump()
+        self._cancel_timer()
+        self.closed.set()
+        self._on_gone(self)
+
+    # ------------------------------------------------------------------ driving the core
+
+    def pump(self) -> None:
+        """Flush output, dispatch events, re-arm the timer; close when the core is done."""
+        stream = self.stream
+        data = stream.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+        for event in stream.events():
+            if isinstance(event, PairAuthenticated) and self.authenticated_at is None:
+                self.authenticated_at = self._loop.time()
+            try:
+                self._on_event(self, event)
+            except Exception:  # an owner bug must not kill the connection silently
+                log.exception("event handler failed", extra={})
+            if isinstance(event, StreamClosed):
+                self._log_closed(event)
+        # Handlers may have written more (e.g. dialback answers).
+        data = stream.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+        if stream.closed:
+            self._cancel_timer()
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.close()
+            return
+        self._arm_timer(stream.get_timer())
+
+    def _arm_timer(self, deadline: float | None) -> None:
+        if deadline == self._timer_at:
+            return
+        self._cancel_timer()
+        if deadline is not None:
+            self._timer_at = deadline
+            self._timer = self._loop.call_at(deadline, self._fire_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._timer_at = None
+
+    def _fire_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.stream.handle_timer(self._loop.time())
+        self.pump()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # ------------------------------------------------------------------ status
+
+    def describe(self) -> dict[str, Any]:
+        stream = self.stream
+        tls = stream.tls_version or None
+        method = stream.method
+        return {
+            "peer_domain": stream.remote_domain,
+            "local_domain": stream.local_domain,
+            "direction": "inbound" if isinstance(stream, InboundStream) else "outbound",
+            "method": str(method) if method else None,
+            "pairs": [
+                {"remote": r, "local": lo, "method": str(m)} for (r, lo), m in stream.pairs.items()
+            ],
+            "tls_version": tls,
+            "cipher": stream.tls_cipher or None,
+            "stream_id": stream.stream_id,
+            "peer_address": self.peer_address,
+            "age_seconds": round(self._loop.time() - self.connected_at, 3),
+            "stanzas_in": stream.stanzas_in,
+            "stanzas_out": stream.stanzas_out,
+            "phase": stream.phase.value,
+        }
+
+    def log_fields(self) -> dict[str, Any]:
+        stream = self.stream
+        return {
+            "peer": stream.remote_domain,
+            "local": stream.local_domain,
+            "direction": "inbound" if isinstance(stream, InboundStream) else "outbound",
+            "stream": stream.stream_id,
+            "method": str(stream.method) if stream.method else None,
+            "addr": self.peer_address,
+            "conn": self.conn_id,
+        }
+
+    def _log_closed(self, event: StreamClosed) -> None:
+        level = logging.INFO if not event.error or event.by_peer else logging.WARNING
+        log_event(log, level, "s2s.closed", **self.log_fields(),
+                  error=event.error, by="peer" if event.by_peer else "us", reason=event.reason)
