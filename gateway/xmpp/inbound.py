@@ -54,6 +54,7 @@ class InboundStream(S2SStream):
         self._sasl_attempts = 0
         self._sasl_waiting_response = False
         self._pending_dialback: dict[tuple[str, str], str] = {}
+        self.claimed_domain: str | None = None  # the header's 'from', before any check
         self._legacy = False  # peer sent no version: RFC 3920-era dialback-only stream
         if direct_tls:  # XEP-0368: TLS from the first byte, then the stream header
             self._start_tls(server_side=True)
@@ -143,6 +144,7 @@ class InboundStream(S2SStream):
         raw = header.from_
         if not raw:
             return self.remote_domain  # RFC 6120 §4.7.1: 'from' is only SHOULD
+        self.claimed_domain = raw  # for the log line even when refused below
         try:
             remote = normalize_domain(raw)
         except ValueError:
