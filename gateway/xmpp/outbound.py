@@ -67,6 +67,7 @@ class OutboundStream(S2SStream):
         self._failure_notes: list[str] = []
         self._awaiting_tls = False
         self._main_failure_reported = False
+        self.offered_features: list[el.OfferedFeatures] = []
         self.phase = Phase.CONNECTING
 
     # ------------------------------------------------------------------ driver API
@@ -148,6 +149,7 @@ class OutboundStream(S2SStream):
             raise StreamError("unsupported-stanza-type", f"unexpected element {tag}")
 
     def _on_features(self, offered: el.OfferedFeatures) -> None:
+        self.offered_features.append(offered)  # for diagnostics (check connectivity)
         partner = self.partner
         assert partner is not None
         if not self.tls_active:
