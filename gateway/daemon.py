@@ -205,6 +205,19 @@ class Gateway:
         return {"ok": True, "closed_sessions": closed, "partners": len(new.partners),
                 "note": note}
 
+    async def probe(self, domain: str) -> dict[str, Any]:
+        """``check connectivity``: a real outbound negotiation narrated step by step."""
+        from gateway.domain import DomainError, normalize_domain
+        from gateway.net.probe import probe
+
+        try:
+            remote = normalize_domain(domain)
+        except DomainError as exc:
+            return {"ok": False, "error": str(exc)}
+        assert self.s2s is not None
+        report = await probe(self.s2s, self.config.domains[0], remote)
+        return {**report.as_dict(), "error": "" if report.ok else report.verdict}
+
     # ------------------------------------------------------------------ status
 
     def status(self) -> dict[str, Any]:

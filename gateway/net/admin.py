@@ -56,6 +56,8 @@ class AdminServer:
                 answer: dict[str, Any] = {"ok": True, **self.gateway.status()}
             elif command == "reload":
                 answer = await self.gateway.reload()
+            elif command == "probe":
+                answer = await self.gateway.probe(str(request.get("domain", "")))
             else:
                 answer = {"ok": False, "error": f"unknown command {command!r}"}
         except (ValueError, TimeoutError, asyncio.LimitOverrunError) as exc:
@@ -69,14 +71,14 @@ class AdminServer:
             writer.close()
 
 
-def query(path: Path, command: str, timeout: float = 10.0) -> dict[str, Any]:
+def query(path: Path, command: str, timeout: float = 10.0, **arguments: Any) -> dict[str, Any]:
     """Client side (blocking, for the CLI)."""
     import socket
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(path))
-        sock.sendall(json.dumps({"command": command}).encode() + b"\n")
+        sock.sendall(json.dumps({"command": command, **arguments}).encode() + b"\n")
         data = bytearray()
         while not data.endswith(b"\n"):
             chunk = sock.recv(65536)
