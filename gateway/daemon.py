@@ -109,6 +109,7 @@ class Gateway:
         self.s2s = S2SService(config, context, self.resolver, on_stanza=self.router.from_xmpp,
                               on_bounce=self.router.bounce, metrics=self.metrics)
         self.router.s2s = self.s2s
+        self.router.on_pressure = self.s2s.set_reading_paused
         await self.router.start()
         try:
             await self.s2s.start()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 from xml.etree.ElementTree import Element
 
@@ -35,6 +36,11 @@ from gateway.xmpp.jid import JidError, bare_jid
 log = logging.getLogger("gateway.router")
 
 MAX_PENDING = 10_000
+# Inbound backpressure (issue: hardening): above HIGH queued stanzas the S2S service stops
+# reading from inbound streams; below LOW it resumes. TCP flow control then slows the
+# peers down instead of us buffering without bound or refusing stanzas.
+HIGH_WATER = 2_000
+LOW_WATER = 200
 
 
 class Router:
@@ -48,6 +54,8 @@ class Router:
         self._inbound: asyncio.Queue[tuple[Element, str, str]] = asyncio.Queue(MAX_PENDING)
         self._outbound: asyncio.Queue[Element] = asyncio.Queue(MAX_PENDING)
         self._workers: list[asyncio.Task[None]] = []
+        self.on_pressure: Callable[[bool], None] | None = None
+        self._pressure = False
         self.delivered = 0
         self.refused = 0
 
@@ -82,6 +90,15 @@ class Router:
             self._inbound.put_nowait((stanza, remote, local))
         except asyncio.QueueFull:
             self._reply_xmpp(stanza, "resource-constraint", "wait", "gateway overloaded")
+        if not self._pressure and self._inbound.qsize() >= HIGH_WATER:
+            self._set_pressure(True)
+
+    def _set_pressure(self, on: bool) -> None:
+        self._pressure = on
+        log_event(log, logging.INFO, "router.backpressure", state="on" if on else "off",
+                  queued=self._inbound.qsize())
+        if self.on_pressure is not None:
+            self.on_pressure(on)
 
     async def _inbound_worker(self) -> None:
         while True:
@@ -93,6 +110,8 @@ class Router:
                 self._reply_xmpp(stanza, "internal-server-error", "wait", "")
             finally:
                 self._inbound.task_done()
+                if self._pressure and self._inbound.qsize() <= LOW_WATER:
+                    self._set_pressure(False)
 
     async def _handle_inbound(self, stanza: Element, remote: str, local: str) -> None:
         try:

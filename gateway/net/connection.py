@@ -32,8 +32,15 @@ class StreamConnection(asyncio.Protocol):
     """One TCP connection carrying one S2S stream."""
 
     def __init__(self, stream: S2SStream, on_event: EventHandler,
-                 on_gone: Callable[[StreamConnection], None]) -> None:
+                 on_gone: Callable[[StreamConnection], None], *, rate_limit: int = 0) -> None:
         self.stream = stream
+        # Token bucket on received bytes (0 = unlimited): a flooding peer is slowed down
+        # by pausing reads (TCP backpressure), other sessions are not affected.
+        self._rate = rate_limit
+        self._tokens = float(rate_limit)
+        self._tokens_at = 0.0
+        self._throttled = False
+        self._pause_reasons: set[str] = set()
         self.conn_id = next(_ids)
         self._on_event = on_event
         self._on_gone = on_gone
@@ -61,8 +68,24 @@ class StreamConnection(asyncio.Protocol):
         self.pump()
 
     def data_received(self, data: bytes) -> None:
-        self.stream.receive_data(data, self._loop.time())
+        now = self._loop.time()
+        self.stream.receive_data(data, now)
         self.pump()
+        if self._rate:
+            self._spend(len(data), now)
+
+    def _spend(self, size: int, now: float) -> None:
+        rate = self._rate
+        self._tokens = min(float(rate), self._tokens + (now - self._tokens_at) * rate) - size
+        self._tokens_at = now
+        if self._tokens < 0 and not self._throttled and self.transport is not None:
+            self._throttled = True
+            self.set_reading(False, "rate")
+            self._loop.call_later(-self._tokens / rate, self._unthrottle)
+
+    def _unthrottle(self) -> None:
+        self._throttled = False
+        self.set_reading(True, "rate")
 
     def eof_received(self) -> bool | None:
         self.stream.connection_lost("peer closed the TCP connection")
@@ -127,6 +150,21 @@ class StreamConnection(asyncio.Protocol):
         self._timer_at = None
         self.stream.handle_timer(self._loop.time())
         self.pump()
+
+    def set_reading(self, reading: bool, why: str = "owner") -> None:
+        """Pause/resume reads; reading resumes only when no reason to pause is left."""
+        if reading:
+            self._pause_reasons.discard(why)
+        else:
+            self._pause_reasons.add(why)
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._pause_reasons:
+            if transport.is_reading():
+                transport.pause_reading()
+        elif not transport.is_reading():
+            transport.resume_reading()
 
     def abort(self) -> None:
         if self.transport is not None:

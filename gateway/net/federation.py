@@ -95,6 +95,7 @@ class S2SService:
         self._servers: list[asyncio.base_events.Server] = []
         self._accepting = True
         self._per_ip: dict[str, int] = {}
+        self.reading_paused = False
 
     # ------------------------------------------------------------------ config
 
@@ -125,7 +126,8 @@ class S2SService:
     def _accept(self, direct_tls: bool) -> asyncio.Protocol:
         stream = InboundStream(self.ctx, now=asyncio.get_running_loop().time(),
                                direct_tls=direct_tls)
-        conn = StreamConnection(stream, self._on_event, self._on_gone)
+        rate = getattr(self.config.limits, "inbound_bytes_per_second", 0)
+        conn = StreamConnection(stream, self._on_event, self._on_gone, rate_limit=rate)
         self.connections.add(conn)
         return _AdmissionGuard(self, conn)
 
@@ -144,6 +146,13 @@ class S2SService:
         self._per_ip[ip] = count
         conn.counted_ip = ip  # type: ignore[attr-defined]
         return ""
+
+    def set_reading_paused(self, paused: bool) -> None:
+        """Backpressure from the router: stop (or resume) reading inbound streams."""
+        self.reading_paused = paused
+        for conn in self.connections:
+            if isinstance(conn.stream, InboundStream):
+                conn.set_reading(not paused)
 
     # ------------------------------------------------------------------ sending
 
@@ -496,6 +505,8 @@ class _AdmissionGuard(asyncio.Protocol):
             transport.close()
             return
         self.conn.connection_made(transport)
+        if self.service.reading_paused:
+            self.conn.set_reading(False)
 
     def data_received(self, data: bytes) -> None:
         if not self.refused:
