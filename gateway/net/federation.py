@@ -185,6 +185,8 @@ class S2SService:
                 return
             except NotAuthenticated:
                 pass
+        if session.connection is None and (session.task is None or session.task.done()):
+            self._piggyback(session)
         if len(session.queue) >= self.config.limits.max_queue_per_domain:
             self.on_bounce(stanza, "resource-constraint",
                            f"more than {self.config.limits.max_queue_per_domain} stanzas "
@@ -192,6 +194,20 @@ class S2SService:
             return
         session.queue.append(stanza)
         self._ensure_connecting(session)
+
+    def _piggyback(self, session: OutboundSession) -> None:
+        """Reuse an open stream to the same peer for another local domain (XEP-0220 §2.4)."""
+        for other in self.sessions.values():
+            conn = other.connection
+            if other is session or other.remote != session.remote or conn is None:
+                continue
+            stream = conn.stream
+            if isinstance(stream, OutboundStream) and stream.add_local_domain(session.local):
+                session.connection = conn
+                conn.pump()
+                log_event(log, logging.DEBUG, "s2s.piggyback", **conn.log_fields(),
+                          added=session.local)
+                return
 
     def _ensure_connecting(self, session: OutboundSession) -> None:
         if session.task is not None and not session.task.done():
@@ -369,6 +385,9 @@ class S2SService:
             session.outcome.set_result((False, event.condition, event.reason, retry))
         elif session.connection is conn:
             self._bounce_queue(session, event.condition, event.reason)
+            if (event.remote_domain, event.local_domain) != (conn.stream.remote_domain,
+                                                             conn.stream.local_domain):
+                session.connection = None  # a piggybacked pair: next time, a new stream
 
     def _on_verify_needed(self, conn: StreamConnection, event: DialbackVerifyNeeded) -> None:
         """Receiving Server role: ask the Authoritative Server (XEP-0220 §2.1.2)."""
@@ -412,8 +431,9 @@ class S2SService:
                 del self._verify_waiters[key]
         stream = conn.stream
         if isinstance(stream, OutboundStream):
-            session = self.sessions.get((stream.local_domain or "", stream.remote_domain or ""))
-            if session is not None and session.connection is conn:
+            for session in self.sessions.values():
+                if session.connection is not conn:
+                    continue
                 session.connection = None
                 if session.outcome is not None and not session.outcome.done():
                     session.outcome.set_result(

@@ -93,6 +93,26 @@ class OutboundStream(S2SStream):
     def can_send(self, local: str, remote: str) -> bool:
         return self.phase is Phase.OPEN and (remote, local) in self.pairs
 
+    def add_local_domain(self, local: str) -> bool:
+        """Authenticate another of our domains on this stream (XEP-0220 §2.4 piggybacking).
+
+        Returns False when it cannot be tried here (the caller opens a new stream): the
+        stream is not open, ``local`` is not served, or the partner policy does not permit
+        dialback in the stream's state. Success or failure arrives as PairAuthenticated /
+        PairFailed for (remote, local).
+        """
+        partner = self.partner
+        if (self.phase is not Phase.OPEN or partner is None or self.stream_id is None
+                or local not in self.ctx.local_domains):
+            return False
+        pair = (self.remote_domain, local)
+        if pair in self.pairs or pair in self._dialback_sent:
+            return True
+        if not partner.negotiation.permits_dialback(over_tls=self.tls_active):
+            return False
+        self._send_db_result(local)
+        return True
+
     def request_verify(self, local: str, remote: str, stream_id: str, key: str) -> None:
         """Ask ``remote`` (Authoritative Server) whether ``key`` is genuine (XEP-0220 §2.1.2)."""
         self._verify_queue.append((local, remote, stream_id, key))
