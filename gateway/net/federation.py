@@ -61,6 +61,7 @@ class OutboundSession:
     task: asyncio.Task[None] | None = None
     # db:verify requests waiting for a stream: (local, remote, stream_id, key)
     pending_verifies: list[tuple[str, str, str, str]] = field(default_factory=list)
+    attempt: StreamConnection | None = None  # the connection being set up by _connect
     failures: int = 0
     last_failure: str = ""
     outcome: asyncio.Future[tuple[bool, str, str, bool]] | None = None
@@ -247,6 +248,7 @@ class S2SService:
                 )
                 conn = StreamConnection(stream, self._on_event, self._on_gone)
                 session.outcome = loop.create_future()
+                session.attempt = conn
                 self.connections.add(conn)
                 where = f"{target.host}[{address}]:{target.port}"
                 try:
@@ -335,7 +337,7 @@ class S2SService:
                       cipher=event.cipher, peer_cert=event.peer_certificate_present)
         elif isinstance(event, StreamClosed) and isinstance(stream, OutboundStream):
             session = self.sessions.get((stream.local_domain or "", stream.remote_domain or ""))
-            if session is not None and session.outcome is not None \
+            if session is not None and session.attempt is conn and session.outcome is not None \
                     and not session.outcome.done():
                 session.outcome.set_result(
                     (False, "remote-server-not-found", event.reason,
@@ -379,7 +381,7 @@ class S2SService:
         if session is None:
             return
         if session.outcome is not None and not session.outcome.done() \
-                and session.connection is conn:
+                and session.attempt is conn:
             stream = conn.stream
             retry = isinstance(stream, OutboundStream) and not stream.peer_header_received
             session.outcome.set_result((False, event.condition, event.reason, retry))
