@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 from xml.etree.ElementTree import Element
 
 from gateway.backend import DeliveryError, LocalBackend
-from gateway.config.model import GatewayConfig
+from gateway.config.model import GatewayConfig, PartnerType
 from gateway.logs import log_event
 from gateway.policy.contacts import (
     Refusal,
@@ -39,6 +40,7 @@ MAX_PENDING = 10_000
 # Inbound backpressure (issue: hardening): above HIGH queued stanzas the S2S service stops
 # reading from inbound streams; below LOW it resumes. TCP flow control then slows the
 # peers down instead of us buffering without bound or refusing stanzas.
+USER_CACHE_SECONDS = 5.0
 HIGH_WATER = 2_000
 LOW_WATER = 200
 
@@ -55,6 +57,7 @@ class Router:
         self._outbound: asyncio.Queue[Element] = asyncio.Queue(MAX_PENDING)
         self._workers: list[asyncio.Task[None]] = []
         self.on_pressure: Callable[[bool], None] | None = None
+        self._enabled_cache: dict[str, tuple[bool, float]] = {}
         self._pressure = False
         self.delivered = 0
         self.refused = 0
@@ -126,9 +129,13 @@ class Router:
             self._reply_xmpp(stanza, "jid-malformed", "modify", str(exc))
             return
         partner = self.config.partner_for(remote)
-        enabled = await self.store.user_enabled(
-            local_user, self.config.federation.users_enabled_by_default)
-        authorized = await self.store.is_authorized(local_user, remote_bare)
+        enabled = await self._user_enabled(local_user)
+        partner_type = partner.partner_type if partner else None
+        # Only public-unverified contacts need the authorization lookup (spec §3).
+        authorized = (
+            partner_type is PartnerType.FEDERATED or partner_type is PartnerType.PUBLIC_VERIFIED
+            or await self.store.is_authorized(local_user, remote_bare)
+        )
         decision = inbound_decision(
             kind, partner.partner_type if partner else None, user_enabled=enabled,
             contact_authorized=authorized, allow_unlisted=self.config.federation.allow_unlisted)
@@ -155,6 +162,21 @@ class Router:
                       sender=sender, recipient=recipient, condition=exc.condition,
                       reason=exc.text)
             self._reply_xmpp(stanza, exc.condition, exc.error_type, exc.text)
+
+    async def _user_enabled(self, local_user: str) -> bool:
+        """The per-user federation switch, cached for USER_CACHE_SECONDS: the store is
+        changed by ``xmpp-gateway users …`` from another process, so the cache must be
+        short-lived, but one lookup per stanza would cap throughput at the thread hop."""
+        now = time.monotonic()
+        cached = self._enabled_cache.get(local_user)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        enabled = await self.store.user_enabled(
+            local_user, self.config.federation.users_enabled_by_default)
+        if len(self._enabled_cache) > 100_000:
+            self._enabled_cache.clear()
+        self._enabled_cache[local_user] = (enabled, now + USER_CACHE_SECONDS)
+        return enabled
 
     def _reply_xmpp(self, stanza: Element, condition: str, error_type: str, text: str) -> None:
         reply = make_error_reply(stanza, condition, text, error_type)
@@ -195,8 +217,7 @@ class Router:
             return
         remote = remote_bare.rpartition("@")[2]
         partner = self.config.partner_for(remote)
-        enabled = await self.store.user_enabled(
-            local_user, self.config.federation.users_enabled_by_default)
+        enabled = await self._user_enabled(local_user)
         decision = outbound_decision(
             kind, partner.partner_type if partner else None, user_enabled=enabled,
             allow_unlisted=self.config.federation.allow_unlisted)
