@@ -41,6 +41,7 @@ class StreamConnection(asyncio.Protocol):
         self._tokens_at = 0.0
         self._throttled = False
         self._pause_reasons: set[str] = set()
+        self._pump_scheduled = False
         self.conn_id = next(_ids)
         self._on_event = on_event
         self._on_gone = on_gone
@@ -131,6 +132,17 @@ class StreamConnection(asyncio.Protocol):
                 self.transport.close()
             return
         self._arm_timer(stream.get_timer())
+
+    def schedule_pump(self) -> None:
+        """Pump once at the end of this loop iteration: many stanzas sent in a burst then
+        share one TLS record flush and one socket write instead of one each."""
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            self._loop.call_soon(self._scheduled_pump)
+
+    def _scheduled_pump(self) -> None:
+        self._pump_scheduled = False
+        self.pump()
 
     def _arm_timer(self, deadline: float | None) -> None:
         if deadline == self._timer_at:

@@ -181,7 +181,7 @@ class S2SService:
                 and conn.stream.can_send(local, remote):
             try:
                 conn.stream.send_stanza(stanza)
-                conn.pump()
+                conn.schedule_pump()
                 self._count("stanzas_out", remote)
                 return
             except NotAuthenticated:

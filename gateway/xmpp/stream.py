@@ -125,6 +125,7 @@ class S2SStream:
         self._tls_active = False
         self._peer_cert: PeerCertificate | None = None
         self._out = bytearray()  # plaintext-stream bytes (before TLS) ready to go
+        self._tls_plain: list[bytes] = []  # cleartext waiting to be encrypted
         self._events: deque[Event] = deque()
         self._header_sent = False
         self._restarts = 0
@@ -162,8 +163,18 @@ class S2SStream:
         data = bytes(self._out)
         self._out.clear()
         if self._tls is not None:
+            self._flush_tls()
             data += self._tls.data_to_send()
         return data
+
+    def _flush_tls(self) -> None:
+        if self._tls is not None and self._tls_plain:
+            plain = b"".join(self._tls_plain)
+            self._tls_plain.clear()
+            try:
+                self._tls.send(plain)
+            except TlsError as exc:
+                self._abort(str(exc))
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -322,7 +333,9 @@ class S2SStream:
             if not self._tls_active:
                 # Nothing may be written mid-handshake; reaching this is a core bug.
                 raise RuntimeError("write attempted during the TLS handshake")
-            self._tls.send(data)
+            # Encrypted in data_to_send(): a burst of stanzas becomes a few full TLS
+            # records instead of one small record each.
+            self._tls_plain.append(data)
         else:
             self._out += data
 
@@ -395,6 +408,7 @@ class S2SStream:
     def _begin_close(self, reason: str) -> None:
         self._write(STREAM_CLOSE)
         if self._tls is not None and self._tls_active:
+            self._flush_tls()
             self._tls.close()
         self.close_reason = reason
         self.phase = Phase.CLOSING
