@@ -1,0 +1,33 @@
+"""Fixtures for integration tests: a PKI, and a real dnsmasq with the test domains."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.dnsmasq import DnsmasqServer, free_port
+from tests.unit.s2s_world import Pki
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def dns_for_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, int]]]:
+    """dnsmasq holding SRV records: a.example and b.example on 127.0.0.1, distinct ports."""
+    import socket
+
+    ports = {
+        "a.example": free_port(kind=socket.SOCK_STREAM),
+        "b.example": free_port(kind=socket.SOCK_STREAM),
+    }
+    server = DnsmasqServer(
+        tmp_path_factory.mktemp("dns"),
+        host_records={"xmpp.a.example": "127.0.0.1", "xmpp.b.example": "127.0.0.1"},
+        srv_records=[(f"_xmpp-server._tcp.{d}", f"xmpp.{d}", p, 0, 5) for d, p in ports.items()],
+    )
+    with server:
+        yield server.nameserver, ports

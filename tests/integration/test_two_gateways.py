@@ -1,0 +1,262 @@
+"""Two gateway instances federating over loopback, found through a real DNS server.
+
+Issue 4 "done when": every pairing of valid matrix rows (gateway A's policy for B x B's
+policy for A x certificates trusted or not) either succeeds with the method an
+independent oracle predicts — asserted on both sides' session records — and carries
+messages both ways, or fails with the bounce and log reason the oracle predicts. DNS is a
+real dnsmasq holding the SRV records of both domains; the gateways are real ``Gateway``
+objects with real sockets, TLS and the SQLite store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import logging
+from pathlib import Path
+
+import pytest
+
+from gateway.config.model import (
+    DialbackSettings,
+    GatewayConfig,
+    ListenAddress,
+    PartnerPolicy,
+    PartnerType,
+    StoreSettings,
+)
+from gateway.daemon import Gateway
+from gateway.dns.resolver import DnsPythonResolver
+from gateway.policy.negotiation import Support
+from gateway.sip.development import message
+from tests.unit.s2s_world import Pki
+
+MATRIX = Path(__file__).resolve().parents[3] / "shared" / "spec" / "negotiation-matrix.csv"
+SASL, TLS_DB, TCP_DB = "SASL over TLS", "TLS Dialback", "TCP Dialback"
+
+
+def _support(text: str) -> Support:
+    text = text.strip().lower().replace(" ", "").replace("-", "")
+    return Support.NOT_SUPPORTED if text == "notsupported" else Support(text)
+
+
+def _rows() -> list[tuple[Support, Support, bool, frozenset[str]]]:
+    with MATRIX.open(newline="") as handle:
+        rows = []
+        for row in csv.DictReader(handle):
+            if row["valid"] != "yes":
+                continue
+            methods = frozenset(m.strip() for m in row["expected_methods"].split(";"))
+            rows.append(
+                (_support(row["tls"]), _support(row["sasl"]), row["dialback"] == "True", methods)
+            )
+    return rows
+
+
+ROWS = _rows()
+
+
+def oracle(row_a: tuple, row_b: tuple, trusted: bool) -> str | None:
+    """The method A→B should end up with, from the spec alone (None = must fail).
+
+    TLS is used when neither side has it not-supported; then SASL EXTERNAL when both
+    permit it and the certificates verify, else TLS dialback when both permit it; without
+    TLS only TCP dialback can work."""
+    tls_a, _, _, perm_a = row_a
+    tls_b, _, _, perm_b = row_b
+    both = perm_a & perm_b
+    if Support.NOT_SUPPORTED not in (tls_a, tls_b):
+        if SASL in both and trusted:
+            return SASL
+        return TLS_DB if TLS_DB in both else None
+    return TCP_DB if TCP_DB in both else None
+
+
+def _label(row: tuple) -> str:
+    return f"tls={row[0]},sasl={row[1]},db={'t' if row[2] else 'f'}"
+
+
+def partner(domain: str, row: tuple) -> PartnerPolicy:
+    return PartnerPolicy(domain, PartnerType.FEDERATED, row[0], row[1], row[2])
+
+
+class Pair:
+    """Gateways A (a.example) and B (b.example), started per test."""
+
+    def __init__(self, tmp: Path, pki: Pki, dns: str, ports: dict[str, int]) -> None:
+        self.tmp, self.pki, self.dns, self.ports = tmp, pki, dns, ports
+        self.gateways: dict[str, Gateway] = {}
+
+    async def start(
+        self,
+        policy_a: PartnerPolicy | None,
+        policy_b: PartnerPolicy | None,
+        *,
+        trusted: bool = True,
+        b_cert_for: str | None = None,
+        a_trusts_b: bool = True,
+    ) -> None:
+        for domain, policy in (("a.example", policy_a), ("b.example", policy_b)):
+            tls = self.pki.tls_settings(
+                domain,
+                trusts_peers=trusted and (a_trusts_b or domain != "a.example"),
+                cert_domain=b_cert_for if domain == "b.example" else None,
+            )
+            config = GatewayConfig(
+                domains=(domain,),
+                partners=(policy,) if policy else (),
+                listen=(ListenAddress("127.0.0.1", self.ports[domain]),),
+                tls=tls,
+                dialback=DialbackSettings(f"secret-of-{domain}"),
+                store=StoreSettings(self.tmp / domain / "store.sqlite3"),
+                admin_socket=self.tmp / domain / "admin.sock",
+            )
+            resolver = DnsPythonResolver(nameservers=(self.dns,), timeout=2.0)
+            gateway = Gateway(config, resolver=resolver)
+            await gateway.start()
+            self.gateways[domain] = gateway
+
+    @property
+    def a(self) -> Gateway:
+        return self.gateways["a.example"]
+
+    @property
+    def b(self) -> Gateway:
+        return self.gateways["b.example"]
+
+    async def stop(self) -> None:
+        for gateway in self.gateways.values():
+            await gateway.stop()
+        self.gateways.clear()
+
+    def methods(self, gateway: Gateway, direction: str) -> set[str]:
+        return {
+            s["method"]
+            for s in gateway.status()["sessions"]
+            if s["direction"] == direction and s["method"]
+        }
+
+
+@pytest.fixture
+async def pair(tmp_path: Path, pki: Pki, dns_for_pair: tuple[str, dict[str, int]]):
+    dns, ports = dns_for_pair
+    p = Pair(tmp_path, pki, dns, ports)
+    try:
+        yield p
+    finally:
+        await p.stop()
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["trusted", "untrusted"])
+@pytest.mark.parametrize("row_b", ROWS, ids=_label)
+@pytest.mark.parametrize("row_a", ROWS, ids=_label)
+async def test_pairing(pair: Pair, row_a: tuple, row_b: tuple, trusted: bool) -> None:
+    expected = oracle(row_a, row_b, trusted)
+    await pair.start(partner("b.example", row_a), partner("a.example", row_b), trusted=trusted)
+    await pair.a.backend.inject(message("alice@a.example/pc", "echo@b.example", "ping"))
+    if expected is None:
+        bounce = await pair.a.backend.next_delivered(10)
+        assert bounce.get("type") == "error", "a refused pairing must bounce the message"
+        assert bounce.get("from") == "echo@b.example"
+        assert not pair.b.backend.delivered
+        return
+    delivered = await pair.b.backend.next_delivered(10)
+    assert (delivered.get("from"), delivered.findtext("{jabber:server}body")) == (
+        "alice@a.example/pc",
+        "ping",
+    )
+    echo = await pair.a.backend.next_delivered(10)
+    assert echo.get("type") != "error", f"echo bounced: {echo}"
+    assert (echo.get("from"), echo.get("to")) == ("echo@b.example/dev", "alice@a.example/pc")
+    assert pair.methods(pair.a, "outbound") == {expected}
+    assert expected in pair.methods(pair.b, "inbound")
+    # The echo went B→A on B's own outbound stream, negotiated with the mirrored policies.
+    assert pair.methods(pair.b, "outbound") == {oracle(row_b, row_a, trusted)}
+
+
+async def _bounce_and_logs(pair: Pair, caplog: pytest.LogCaptureFixture) -> tuple[str, str]:
+    caplog.set_level(logging.INFO, logger="gateway")
+    await pair.a.backend.inject(message("alice@a.example/pc", "echo@b.example", "ping"))
+    bounce = await pair.a.backend.next_delivered(10)
+    assert bounce.get("type") == "error"
+    error = bounce.find("{jabber:server}error")
+    assert error is not None
+    condition = next(c.tag.rpartition("}")[2] for c in error if not c.tag.endswith("}text"))
+    await asyncio.sleep(0.05)  # let the peer log its side of the close
+    return condition, "\n".join(
+        r.getMessage() + " " + str(getattr(r, "gw_fields", "")) for r in caplog.records
+    )
+
+
+async def test_tls_required_against_tls_not_supported(pair: Pair, caplog) -> None:
+    await pair.start(
+        partner("b.example", (Support.REQUIRED, Support.OPTIONAL, True, None)),
+        partner("a.example", (Support.NOT_SUPPORTED, Support.NOT_SUPPORTED, True, None)),
+    )
+    condition, logs = await _bounce_and_logs(pair, caplog)
+    assert condition == "remote-server-not-found"
+    assert "b.example does not offer STARTTLS; partner policy requires TLS" in logs
+    assert "sent stream error <policy-violation/>" in logs
+
+
+async def test_sasl_required_against_untrusted_certificate(pair: Pair, caplog) -> None:
+    policy = (Support.REQUIRED, Support.REQUIRED, False, None)
+    await pair.start(partner("b.example", policy), partner("a.example", policy), a_trusts_b=False)
+    condition, logs = await _bounce_and_logs(pair, caplog)
+    assert condition == "remote-server-not-found"
+    assert "certificate of b.example: issuer not trusted" in logs
+
+
+async def test_sasl_required_when_the_peer_does_not_trust_us(pair: Pair, caplog) -> None:
+    policy = (Support.REQUIRED, Support.REQUIRED, False, None)
+    await pair.start(partner("b.example", policy), partner("a.example", policy), trusted=False)
+    condition, logs = await _bounce_and_logs(pair, caplog)
+    assert condition == "remote-server-not-found"
+    assert "b.example did not offer SASL EXTERNAL" in logs
+
+
+async def test_sasl_required_against_certificate_for_another_domain(pair: Pair, caplog) -> None:
+    policy = (Support.REQUIRED, Support.REQUIRED, False, None)
+    await pair.start(
+        partner("b.example", policy), partner("a.example", policy), b_cert_for="other.example"
+    )
+    condition, logs = await _bounce_and_logs(pair, caplog)
+    assert condition == "remote-server-not-found"
+    assert "name mismatch (presented: other.example; expected: b.example)" in logs
+
+
+async def test_unlisted_domain_is_refused(pair: Pair, caplog) -> None:
+    await pair.start(partner("b.example", (Support.OPTIONAL, Support.OPTIONAL, True, None)), None)
+    condition, logs = await _bounce_and_logs(pair, caplog)
+    assert condition == "remote-server-not-found"
+    assert "a.example is not a federation partner of this gateway" in logs
+    assert "sent stream error <policy-violation/>" in logs  # B's side
+    assert "peer sent stream error <policy-violation/>" in logs  # A's side
+
+
+async def test_dialback_disabled_on_a_dialback_only_path(pair: Pair, caplog) -> None:
+    await pair.start(
+        partner("b.example", (Support.REQUIRED, Support.NOT_SUPPORTED, True, None)),
+        partner("a.example", (Support.REQUIRED, Support.REQUIRED, False, None)),
+    )
+    condition, logs = await _bounce_and_logs(pair, caplog)
+    assert condition == "remote-server-timeout"
+    assert (
+        "answered dialback with error <not-authorized/>: partner policy for a.example "
+        "permits only SASL over TLS (dialback not allowed)"
+    ) in logs
+
+
+async def test_status_reports_tls_version_and_counters(pair: Pair) -> None:
+    policy = (Support.REQUIRED, Support.REQUIRED, False, None)
+    await pair.start(partner("b.example", policy), partner("a.example", policy))
+    for index in range(3):
+        await pair.a.backend.inject(message("alice@a.example/pc", "bob@b.example", f"m{index}"))
+    for _ in range(3):
+        await pair.b.backend.next_delivered(10)
+    outbound = [s for s in pair.a.status()["sessions"] if s["direction"] == "outbound"]
+    assert len(outbound) == 1
+    session = outbound[0]
+    assert session["peer_domain"] == "b.example" and session["method"] == SASL
+    assert session["tls_version"] in ("TLSv1.2", "TLSv1.3") and session["cipher"]
+    assert session["stanzas_out"] == 3
