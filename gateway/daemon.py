@@ -63,6 +63,9 @@ def make_context(config: GatewayConfig, keys: DialbackKeyGenerator,
     if not provider.available:
         log_event(log, logging.WARNING, "tls.unavailable", certificate=str(config.tls.certificate),
                   reason="certificate or key file missing: STARTTLS will not be offered or used")
+    if config.tls.ca_file is not None and not Path(config.tls.ca_file).exists():
+        log_event(log, logging.WARNING, "tls.ca_missing", ca_file=str(config.tls.ca_file),
+                  reason="tls.ca_file does not exist: only the system CAs are trusted")
     return StreamContext(
         local_domains=frozenset(config.domains),
         partner_for=partner_for,

@@ -42,7 +42,9 @@ def _base_context(settings: TlsSettings) -> SSL.Context:
     try:
         if settings.use_system_cas:
             context.set_default_verify_paths()
-        if settings.ca_file is not None:
+        # A missing CA file is reported by `check config` and at start-up (tls.ca_missing);
+        # an unreadable or malformed one is an error.
+        if settings.ca_file is not None and Path(settings.ca_file).exists():
             context.load_verify_locations(str(settings.ca_file))
     except SSL.Error as exc:
         raise TlsConfigError(f"cannot load CA file {settings.ca_file}: {exc}") from None

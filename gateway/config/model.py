@@ -122,6 +122,9 @@ class Limits:
     max_queue_per_domain: int = 1000
     max_connections: int = 10000
     max_connections_per_ip: int = 100
+    # Per inbound stream, bytes/s before reads are paused (0 = unlimited); a flood on one
+    # session then slows that peer down through TCP instead of starving the others.
+    inbound_bytes_per_second: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +133,15 @@ class FederationSettings:
     allow_unlisted: bool = False
     # Default for the per-user XMPP federation switch (per-user overrides live in the store).
     users_enabled_by_default: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """Prometheus endpoint: off by default, bound to localhost by default."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9269
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +157,7 @@ class GatewayConfig:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     limits: Limits = field(default_factory=Limits)
     federation: FederationSettings = field(default_factory=FederationSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     admin_socket: Path = Path("run/gateway.sock")
     source: Path | None = None  # file this was loaded from, for messages
 

@@ -1,0 +1,233 @@
+"""``xmpp-gateway partner add|set|show|list|remove`` — the XMPP allowed-partner cmdlets.
+
+Mirrors New-/Set-/Get-/Remove-CsXmppAllowedPartner. An invalid (tls, sasl, dialback)
+combination is refused with the negotiation matrix's words and exit status 2, and the file
+is left untouched; a valid one prints the matrix's warnings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from gateway.cli.main import config_parent
+from gateway.config.model import PartnerPolicy, PartnerType
+from gateway.policy.negotiation import Support, negotiate
+
+SUPPORTS = [s.value for s in Support]
+TYPES = [t.value for t in PartnerType]
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "yes", "1", "on"):
+        return True
+    if value in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
+def register(subparsers: Any) -> None:
+    partner = subparsers.add_parser("partner", help="manage federation partners")
+    commands = partner.add_subparsers(dest="partner_command", metavar="ACTION")
+    commands.required = True
+
+    def policy_options(p: argparse.ArgumentParser, *, creating: bool) -> None:
+        p.add_argument("--type", choices=TYPES, required=creating,
+                       help="partner type (contact rules)")
+        p.add_argument("--tls", choices=SUPPORTS)
+        p.add_argument("--sasl", choices=SUPPORTS)
+        p.add_argument("--dialback", type=_bool, metavar="true|false")
+        p.add_argument("--description")
+
+    add = commands.add_parser("add", parents=[config_parent()], help="add a partner")
+    add.add_argument("domain")
+    policy_options(add, creating=True)
+    add.add_argument("--additional-domain", action="append", default=[], metavar="DOMAIN")
+    add.set_defaults(func=_add)
+
+    set_ = commands.add_parser("set", parents=[config_parent()], help="change a partner")
+    set_.add_argument("domain")
+    policy_options(set_, creating=False)
+    set_.add_argument("--add-domain", action="append", default=[], metavar="DOMAIN")
+    set_.add_argument("--remove-domain", action="append", default=[], metavar="DOMAIN")
+    set_.set_defaults(func=_set)
+
+    show = commands.add_parser("show", parents=[config_parent()], help="show one partner")
+    show.add_argument("domain")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=_show)
+
+    list_ = commands.add_parser("list", parents=[config_parent()], help="list partners")
+    list_.add_argument("--json", action="store_true")
+    list_.set_defaults(func=_list)
+
+    remove = commands.add_parser("remove", parents=[config_parent()], help="remove a partner")
+    remove.add_argument("domain")
+    remove.set_defaults(func=_remove)
+
+
+def _refuse_combination(tls: Support, sasl: Support, dialback: bool) -> bool:
+    outcome = negotiate(tls, sasl, dialback)
+    if outcome.valid:
+        return False
+    print(f"refused: tls={tls}, sasl={sasl}, dialback={str(dialback).lower()}: "
+          f"{outcome.error}", file=sys.stderr)
+    return True
+
+
+def _print_warnings(policy: PartnerPolicy) -> None:
+    for warning in policy.negotiation.warnings:
+        print(f"warning: {warning}")
+
+
+def _edit(args: argparse.Namespace, action: Any) -> int:
+    from gateway.config.editor import PartnerNotFound
+    from gateway.config.loader import ConfigError
+    from gateway.domain import DomainError
+
+    try:
+        return int(action())
+    except PartnerNotFound as exc:
+        print(f"error: {exc} is not a partner in {args.config}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(f"refused, {args.config} unchanged:\n{exc}", file=sys.stderr)
+        return 2
+    except DomainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {args.config}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
+def _add(args: argparse.Namespace) -> int:
+    from gateway.config.editor import add_partner
+    from gateway.domain import normalize_domain
+
+    tls = Support(args.tls or "optional")
+    sasl = Support(args.sasl or "optional")
+    dialback = True if args.dialback is None else args.dialback
+    if _refuse_combination(tls, sasl, dialback):
+        return 2
+
+    def action() -> int:
+        entry = {"domain": normalize_domain(args.domain), "type": args.type, "tls": str(tls),
+                 "sasl": str(sasl), "dialback": dialback,
+                 "additional_domains": args.additional_domain or None,
+                 "description": args.description}
+        config = add_partner(args.config, entry)
+        policy = config.partner_for(entry["domain"])
+        assert policy is not None
+        print(f"added {policy.primary_domain}: permits {policy.negotiation.methods_text}")
+        _print_warnings(policy)
+        return 0
+
+    return _edit(args, action)
+
+
+def _set(args: argparse.Namespace) -> int:
+    from gateway.config.editor import set_partner
+    from gateway.config.loader import load_config
+    from gateway.domain import normalize_domain
+
+    def action() -> int:
+        current = load_config(args.config).partner_for(normalize_domain(args.domain))
+        if current is None:
+            from gateway.config.editor import PartnerNotFound
+
+            raise PartnerNotFound(args.domain)
+        tls = Support(args.tls) if args.tls else current.tls
+        sasl = Support(args.sasl) if args.sasl else current.sasl
+        dialback = current.dialback if args.dialback is None else args.dialback
+        if _refuse_combination(tls, sasl, dialback):
+            return 2
+        updates = {"type": args.type, "tls": args.tls, "sasl": args.sasl,
+                   "dialback": args.dialback, "description": args.description}
+        config = set_partner(args.config, args.domain, updates, args.add_domain,
+                             args.remove_domain)
+        policy = config.partner_for(current.primary_domain)
+        assert policy is not None
+        print(f"updated {policy.primary_domain}: permits {policy.negotiation.methods_text}")
+        _print_warnings(policy)
+        return 0
+
+    return _edit(args, action)
+
+
+def _remove(args: argparse.Namespace) -> int:
+    from gateway.config.editor import remove_partner
+
+    def action() -> int:
+        remove_partner(args.config, args.domain)
+        print(f"removed {args.domain}")
+        return 0
+
+    return _edit(args, action)
+
+
+def _describe(policy: PartnerPolicy) -> dict[str, Any]:
+    return {"domain": policy.primary_domain, "additional_domains": list(policy.additional_domains),
+            "type": str(policy.partner_type), "tls": str(policy.tls), "sasl": str(policy.sasl),
+            "dialback": policy.dialback, "description": policy.description,
+            "permitted_methods": [str(m) for m in policy.negotiation.methods],
+            "warnings": list(policy.negotiation.warnings)}
+
+
+def _loaded(args: argparse.Namespace) -> Any:
+    from gateway.config.loader import ConfigError, load_config
+
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        print(f"invalid configuration:\n{exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"error: {args.config}: {exc.strerror or exc}", file=sys.stderr)
+    return None
+
+
+def _show(args: argparse.Namespace) -> int:
+    from gateway.domain import DomainError, normalize_domain
+
+    config = _loaded(args)
+    if config is None:
+        return 1
+    try:
+        policy = config.partner_for(normalize_domain(args.domain))
+    except DomainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if policy is None:
+        print(f"error: {args.domain} is not a partner in {args.config}", file=sys.stderr)
+        return 1
+    data = _describe(policy)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    for key, value in data.items():
+        if isinstance(value, list):
+            value = "; ".join(str(v) for v in value) or "-"
+        print(f"{key.replace('_', ' '):20} {value}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    config = _loaded(args)
+    if config is None:
+        return 1
+    rows = [_describe(p) for p in config.partners]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = [("DOMAINS", "TYPE", "TLS", "SASL", "DIALBACK", "PERMITTED METHODS")]
+    for row in rows:
+        table.append((", ".join([row["domain"], *row["additional_domains"]]), row["type"],
+                      row["tls"], row["sasl"], str(row["dialback"]).lower(),
+                      "; ".join(row["permitted_methods"])))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
