@@ -358,7 +358,7 @@ def load_config_text(text: str, source: Path | None = None,
         values = checker.mapping(document, "", 1, _top_level_spec(checker), ("domains",))
     except _Skip:
         raise ConfigError(checker.problems) from None
-    if "domains" in values and not values["domains"]:
+    if "domains" in values and not values["domains"] and not document.get("domains"):
         checker.problem(checker.key_line(document, "domains"), "domains",
                         "must name at least one served domain")
     partners = values.get("partners", ())

@@ -11,7 +11,6 @@ objects with real sockets, TLS and the SQLite store.
 from __future__ import annotations
 
 import asyncio
-import csv
 import logging
 from pathlib import Path
 
@@ -29,28 +28,14 @@ from gateway.daemon import Gateway
 from gateway.dns.resolver import DnsPythonResolver
 from gateway.policy.negotiation import Support
 from gateway.sip.development import message
+from tests.support.matrix import matrix_rows
 from tests.unit.s2s_world import Pki
 
-MATRIX = Path(__file__).resolve().parents[3] / "shared" / "spec" / "negotiation-matrix.csv"
 SASL, TLS_DB, TCP_DB = "SASL over TLS", "TLS Dialback", "TCP Dialback"
 
 
-def _support(text: str) -> Support:
-    text = text.strip().lower().replace(" ", "").replace("-", "")
-    return Support.NOT_SUPPORTED if text == "notsupported" else Support(text)
-
-
 def _rows() -> list[tuple[Support, Support, bool, frozenset[str]]]:
-    with MATRIX.open(newline="") as handle:
-        rows = []
-        for row in csv.DictReader(handle):
-            if row["valid"] != "yes":
-                continue
-            methods = frozenset(m.strip() for m in row["expected_methods"].split(";"))
-            rows.append(
-                (_support(row["tls"]), _support(row["sasl"]), row["dialback"] == "True", methods)
-            )
-    return rows
+    return [(r.tls, r.sasl, r.dialback, frozenset(r.methods)) for r in matrix_rows() if r.valid]
 
 
 ROWS = _rows()
