@@ -28,41 +28,29 @@ from gateway.daemon import Gateway
 from gateway.dns.resolver import DnsPythonResolver
 from gateway.policy.negotiation import Support
 from gateway.sip.development import message
-from tests.support.matrix import matrix_rows
+from tests.support.matrix import MatrixRow, expected_method, matrix_rows
 from tests.unit.s2s_world import Pki
 
-SASL, TLS_DB, TCP_DB = "SASL over TLS", "TLS Dialback", "TCP Dialback"
+SASL = "SASL over TLS"
 
 
-def _rows() -> list[tuple[Support, Support, bool, frozenset[str]]]:
-    return [(r.tls, r.sasl, r.dialback, frozenset(r.methods)) for r in matrix_rows() if r.valid]
+ROWS = [r for r in matrix_rows() if r.valid]
 
 
-ROWS = _rows()
+def oracle(row_a: MatrixRow, row_b: MatrixRow, trusted: bool) -> str | None:
+    return expected_method(row_a, row_b, trusted)
 
 
-def oracle(row_a: tuple, row_b: tuple, trusted: bool) -> str | None:
-    """The method A→B should end up with, from the spec alone (None = must fail).
-
-    TLS is used when neither side has it not-supported; then SASL EXTERNAL when both
-    permit it and the certificates verify, else TLS dialback when both permit it; without
-    TLS only TCP dialback can work."""
-    tls_a, _, _, perm_a = row_a
-    tls_b, _, _, perm_b = row_b
-    both = perm_a & perm_b
-    if Support.NOT_SUPPORTED not in (tls_a, tls_b):
-        if SASL in both and trusted:
-            return SASL
-        return TLS_DB if TLS_DB in both else None
-    return TCP_DB if TCP_DB in both else None
+def _label(row: MatrixRow) -> str:
+    return row.label
 
 
-def _label(row: tuple) -> str:
-    return f"tls={row[0]},sasl={row[1]},db={'t' if row[2] else 'f'}"
+def _policy(tls: Support, sasl: Support, dialback: bool) -> MatrixRow:
+    return MatrixRow(tls, sasl, dialback, True, (), "")
 
 
-def partner(domain: str, row: tuple) -> PartnerPolicy:
-    return PartnerPolicy(domain, PartnerType.FEDERATED, row[0], row[1], row[2])
+def partner(domain: str, row: MatrixRow) -> PartnerPolicy:
+    return PartnerPolicy(domain, PartnerType.FEDERATED, row.tls, row.sasl, row.dialback)
 
 
 class Pair:
@@ -135,7 +123,7 @@ async def pair(tmp_path: Path, pki: Pki, dns_for_pair: tuple[str, dict[str, int]
 @pytest.mark.parametrize("trusted", [True, False], ids=["trusted", "untrusted"])
 @pytest.mark.parametrize("row_b", ROWS, ids=_label)
 @pytest.mark.parametrize("row_a", ROWS, ids=_label)
-async def test_pairing(pair: Pair, row_a: tuple, row_b: tuple, trusted: bool) -> None:
+async def test_pairing(pair: Pair, row_a: MatrixRow, row_b: MatrixRow, trusted: bool) -> None:
     expected = oracle(row_a, row_b, trusted)
     await pair.start(partner("b.example", row_a), partner("a.example", row_b), trusted=trusted)
     await pair.a.backend.inject(message("alice@a.example/pc", "echo@b.example", "ping"))
@@ -175,8 +163,8 @@ async def _bounce_and_logs(pair: Pair, caplog: pytest.LogCaptureFixture) -> tupl
 
 async def test_tls_required_against_tls_not_supported(pair: Pair, caplog) -> None:
     await pair.start(
-        partner("b.example", (Support.REQUIRED, Support.OPTIONAL, True, None)),
-        partner("a.example", (Support.NOT_SUPPORTED, Support.NOT_SUPPORTED, True, None)),
+        partner("b.example", _policy(Support.REQUIRED, Support.OPTIONAL, True)),
+        partner("a.example", _policy(Support.NOT_SUPPORTED, Support.NOT_SUPPORTED, True)),
     )
     condition, logs = await _bounce_and_logs(pair, caplog)
     assert condition == "remote-server-not-found"
@@ -185,7 +173,7 @@ async def test_tls_required_against_tls_not_supported(pair: Pair, caplog) -> Non
 
 
 async def test_sasl_required_against_untrusted_certificate(pair: Pair, caplog) -> None:
-    policy = (Support.REQUIRED, Support.REQUIRED, False, None)
+    policy = _policy(Support.REQUIRED, Support.REQUIRED, False)
     await pair.start(partner("b.example", policy), partner("a.example", policy), a_trusts_b=False)
     condition, logs = await _bounce_and_logs(pair, caplog)
     assert condition == "remote-server-not-found"
@@ -193,7 +181,7 @@ async def test_sasl_required_against_untrusted_certificate(pair: Pair, caplog) -
 
 
 async def test_sasl_required_when_the_peer_does_not_trust_us(pair: Pair, caplog) -> None:
-    policy = (Support.REQUIRED, Support.REQUIRED, False, None)
+    policy = _policy(Support.REQUIRED, Support.REQUIRED, False)
     await pair.start(partner("b.example", policy), partner("a.example", policy), trusted=False)
     condition, logs = await _bounce_and_logs(pair, caplog)
     assert condition == "remote-server-not-found"
@@ -201,7 +189,7 @@ async def test_sasl_required_when_the_peer_does_not_trust_us(pair: Pair, caplog)
 
 
 async def test_sasl_required_against_certificate_for_another_domain(pair: Pair, caplog) -> None:
-    policy = (Support.REQUIRED, Support.REQUIRED, False, None)
+    policy = _policy(Support.REQUIRED, Support.REQUIRED, False)
     await pair.start(
         partner("b.example", policy), partner("a.example", policy), b_cert_for="other.example"
     )
@@ -211,7 +199,7 @@ async def test_sasl_required_against_certificate_for_another_domain(pair: Pair, 
 
 
 async def test_unlisted_domain_is_refused(pair: Pair, caplog) -> None:
-    await pair.start(partner("b.example", (Support.OPTIONAL, Support.OPTIONAL, True, None)), None)
+    await pair.start(partner("b.example", _policy(Support.OPTIONAL, Support.OPTIONAL, True)), None)
     condition, logs = await _bounce_and_logs(pair, caplog)
     assert condition == "remote-server-not-found"
     assert "a.example is not a federation partner of this gateway" in logs
@@ -221,8 +209,8 @@ async def test_unlisted_domain_is_refused(pair: Pair, caplog) -> None:
 
 async def test_dialback_disabled_on_a_dialback_only_path(pair: Pair, caplog) -> None:
     await pair.start(
-        partner("b.example", (Support.REQUIRED, Support.NOT_SUPPORTED, True, None)),
-        partner("a.example", (Support.REQUIRED, Support.REQUIRED, False, None)),
+        partner("b.example", _policy(Support.REQUIRED, Support.NOT_SUPPORTED, True)),
+        partner("a.example", _policy(Support.REQUIRED, Support.REQUIRED, False)),
     )
     condition, logs = await _bounce_and_logs(pair, caplog)
     assert condition == "remote-server-timeout"
@@ -233,7 +221,7 @@ async def test_dialback_disabled_on_a_dialback_only_path(pair: Pair, caplog) -> 
 
 
 async def test_status_reports_tls_version_and_counters(pair: Pair) -> None:
-    policy = (Support.REQUIRED, Support.REQUIRED, False, None)
+    policy = _policy(Support.REQUIRED, Support.REQUIRED, False)
     await pair.start(partner("b.example", policy), partner("a.example", policy))
     for index in range(3):
         await pair.a.backend.inject(message("alice@a.example/pc", "bob@b.example", f"m{index}"))

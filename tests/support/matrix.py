@@ -43,3 +43,17 @@ def matrix_rows() -> list[MatrixRow]:
             )
             for row in csv.DictReader(handle)
         ]
+
+
+def expected_method(a: MatrixRow, b: MatrixRow, trusted: bool) -> str | None:
+    """The method A→B should end up with, from the spec alone (None = must fail).
+
+    TLS is used when neither side has it not-supported; then SASL EXTERNAL when both permit
+    it and the certificates verify, else TLS dialback when both permit it; without TLS only
+    TCP dialback can work."""
+    both = set(a.methods) & set(b.methods)
+    if Support.NOT_SUPPORTED not in (a.tls, b.tls):
+        if "SASL over TLS" in both and trusted:
+            return "SASL over TLS"
+        return "TLS Dialback" if "TLS Dialback" in both else None
+    return "TCP Dialback" if "TCP Dialback" in both else None
