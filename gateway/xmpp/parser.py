@@ -200,7 +200,8 @@ class StreamParser:
         limits = self.limits
         if len(attributes) > 2 * limits.max_attributes:
             raise XmlStreamError(
-                "policy-violation", f"more than {limits.max_attributes} attributes on <{_name(name)}>"
+                "policy-violation",
+                f"more than {limits.max_attributes} attributes on <{_name(name)}>",
             )
         attrib: dict[str, str] = {}
         for index in range(0, len(attributes), 2):
