@@ -133,10 +133,12 @@ class Gateway:
         log_event(log, logging.INFO, "gateway.stopping")
         if self.admin is not None:
             await self.admin.stop()
-        if self.router is not None:
-            await self.router.stop(grace=2.0)
+        # S2S first: it bounces what it could not send to the local senders, which needs
+        # the router and the backend still running; then the router drains and stops.
         if self.s2s is not None:
             await self.s2s.stop()
+        if self.router is not None:
+            await self.router.stop(grace=2.0)
         if self.store is not None:
             await self.store.aclose()
         if self.metrics is not None:

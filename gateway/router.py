@@ -58,6 +58,7 @@ class Router:
         self._workers: list[asyncio.Task[None]] = []
         self.on_pressure: Callable[[bool], None] | None = None
         self._enabled_cache: dict[str, tuple[bool, float]] = {}
+        self._bounces: set[asyncio.Task[None]] = set()
         self._pressure = False
         self.delivered = 0
         self.refused = 0
@@ -84,6 +85,8 @@ class Router:
     async def _drain(self) -> None:
         await self._inbound.join()
         await self._outbound.join()
+        while self._bounces:
+            await asyncio.gather(*list(self._bounces), return_exceptions=True)
 
     # ------------------------------------------------------------------ XMPP → local
 
@@ -252,7 +255,9 @@ class Router:
             log_event(log, logging.INFO, "s2s.undeliverable", to=stanza.get("to"),
                       condition=condition, reason=text)
             return
-        asyncio.get_running_loop().create_task(self._deliver_bounce(reply, condition, text))
+        task = asyncio.get_running_loop().create_task(self._deliver_bounce(reply, condition, text))
+        self._bounces.add(task)
+        task.add_done_callback(self._bounces.discard)
 
     async def _deliver_bounce(self, reply: Element, condition: str, text: str) -> None:
         try:
