@@ -22,6 +22,7 @@ from gateway.xmpp.events import DialbackVerifyAnswered, DialbackVerifyNeeded, Ev
 from gateway.xmpp.inbound import InboundStream
 from gateway.xmpp.outbound import OutboundStream
 from gateway.xmpp.stream import S2SStream, StreamContext
+from gateway.xmpp.tls import TlsEngine
 
 
 @dataclass
@@ -80,12 +81,14 @@ class CoreServer:
         *,
         secret: str = "s3cr3t",
         limits: Limits | None = None,
+        extra_domains: tuple[str, ...] = (),
     ) -> None:
         self.domain = domain
+        self.domains = (domain, *extra_domains)
         index = {d: p for p in partners for d in p.domains}
-        provider = OpenSslTlsProvider(tls, (domain,)) if tls is not None else None
+        provider = OpenSslTlsProvider(tls, self.domains) if tls is not None else None
         self.ctx = StreamContext(
-            local_domains=frozenset({domain}),
+            local_domains=frozenset(self.domains),
             partner_for=index.get,
             keys=DialbackKeyGenerator(secret),
             check_certificate=certificate_verdict,
@@ -109,25 +112,60 @@ class World:
     links: list[Link] = field(default_factory=list)
     events: list[tuple[str, S2SStream, Event]] = field(default_factory=list)
     wire: list[tuple[str, bytes]] = field(default_factory=list)  # (direction label, bytes)
+    # What each core's XML parser was given, i.e. the wire after TLS decryption:
+    # (receiving domain, stream, bytes). Lets tests assert on bytes sent inside TLS.
+    plain: list[tuple[str, S2SStream, bytes]] = field(default_factory=list)
+    all_links: list[Link] = field(default_factory=list)  # links stay here after closing
+    piggyback: bool = False  # a second local domain reuses an open stream (XEP-0220 §2.4)
     _outbound: dict[tuple[str, str], OutboundStream] = field(default_factory=dict)
     _verify_waiters: dict[tuple[str, str, str, str], InboundStream] = field(default_factory=dict)
 
     def add(self, server: CoreServer) -> CoreServer:
-        self.servers[server.domain] = server
+        for domain in server.domains:
+            self.servers[domain] = server
         return server
+
+    def _tap(self, owner: CoreServer, stream: S2SStream) -> None:
+        """Record the cleartext each core parses (a per-instance wrapper: test tooling)."""
+        feed = stream._feed_xml
+
+        def tapped(data: bytes, now: float) -> None:
+            self.plain.append((owner.domain, stream, data))
+            feed(data, now)
+
+        stream._feed_xml = tapped  # type: ignore[method-assign]
+
+    def plaintext_to(self, domain: str, stream: S2SStream | None = None) -> bytes:
+        """All cleartext ``domain``'s core parsed (on ``stream`` only, when given)."""
+        return b"".join(
+            data for owner, s, data in self.plain
+            if owner == domain and (stream is None or s is stream)
+        )
 
     def outbound(self, local: str, remote: str) -> OutboundStream:
         existing = self._outbound.get((local, remote))
         if existing is not None and not existing.closed:
             return existing
         owner, peer = self.servers[local], self.servers[remote]
+        existing = next(
+            (s for (_lo, r), s in self._outbound.items() if r == remote and not s.closed
+             and s.ctx is owner.ctx and s.add_local_domain(local)),
+            None,
+        ) if self.piggyback else None
+        if existing is not None:
+            self._outbound[(local, remote)] = existing
+            return existing
         policy = owner.ctx.partner_for(remote)
         assert policy is not None, f"{local} has no partner entry for {remote}"
         client = OutboundStream(
             owner.ctx, local_domain=local, remote_domain=remote, partner=policy, now=self.now
         )
         server = InboundStream(peer.ctx, now=self.now)
-        self.links.append(Link(client, server, owner, peer))
+        self._tap(owner, client)
+        self._tap(peer, server)
+        link = Link(client, server, owner, peer)
+        self.links.append(link)
+        self.all_links.append(link)
         self._outbound[(local, remote)] = client
         client.initiate(self.now)
         return client
@@ -209,3 +247,59 @@ class World:
 
     def of(self, owner: str, kind: type) -> list:
         return [e for o, _s, e in self.events if o == owner and isinstance(e, kind)]
+
+
+class RawPeer:
+    """The test plays the remote server against one core stream with literal bytes.
+
+    ``send`` writes cleartext (encrypted first once :meth:`start_tls_client` /
+    :meth:`start_tls_server` switched this side to TLS) and returns the cleartext the core
+    answered; handshake records are pumped both ways until both sides are quiet.
+    """
+
+    def __init__(self, stream: S2SStream, now: float = 0.0) -> None:
+        self.stream = stream
+        self.now = now
+        self.tls: TlsEngine | None = None
+        self.events: list[Event] = []
+
+    def send(self, data: bytes, *, then_tls: TlsEngine | None = None) -> bytes:
+        if self.tls is not None:
+            self.tls.send(data)
+            data = self.tls.data_to_send()
+        self.stream.receive_data(data, self.now)
+        if then_tls is not None:  # e.g. we sent <proceed/>: the core's next bytes are TLS
+            self.tls = then_tls
+        return self.pump()
+
+    def start_tls_client(self, engine: TlsEngine) -> bytes:
+        """After the core's <proceed/>: handshake as the TLS client (we initiated)."""
+        self.tls = engine
+        self.stream.receive_data(engine.data_to_send(), self.now)
+        return self.pump()
+
+    def pump(self) -> bytes:
+        got = bytearray()
+        for _ in range(50):
+            out = self.stream.data_to_send()
+            self.events += self.stream.events()
+            if not out:
+                break
+            if self.tls is None:
+                got += out
+                continue
+            got += self.tls.receive(out)
+            back = self.tls.data_to_send()
+            if back:
+                self.stream.receive_data(back, self.now)
+        self.events += self.stream.events()
+        return bytes(got)
+
+    def of(self, kind: type) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+def accepting_stream(world: World, client: OutboundStream) -> InboundStream:
+    """The inbound stream at the other end of ``client``."""
+    [server] = [link.server for link in world.all_links if link.client is client]
+    return server
