@@ -31,6 +31,9 @@ class DnsmasqServer:
     address: str = "127.0.0.1"
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    # e.g. ["ip", "netns", "exec", NS]: run inside a network namespace; readiness is then
+    # read from dnsmasq's log since the test process cannot query into the namespace.
+    prefix: tuple[str, ...] = ()
 
     @property
     def nameserver(self) -> str:
@@ -59,7 +62,9 @@ class DnsmasqServer:
                 args.append(f"--srv-host={name}")  # dnsmasq: no target = "service not here"
             else:
                 args.append(f"--srv-host={name},{target},{port},{priority},{weight}")
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [*self.prefix, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -71,6 +76,12 @@ class DnsmasqServer:
         raise RuntimeError("dnsmasq did not start answering within 5 s")
 
     def _answers(self) -> bool:
+        if self.prefix:
+            log = self.workdir / "dnsmasq.log"
+            return log.exists() and "started" in log.read_text(errors="replace")
+        return self._query_ok()
+
+    def _query_ok(self) -> bool:
         import dns.message
         import dns.query
 

@@ -1,0 +1,259 @@
+"""Interop harness: a network namespace with DNS, a real Prosody, and the gateway.
+
+Follows ../shared/interop/README.md: namespace with loopback 127.0.0.2-5, dnsmasq on
+127.0.0.53 (``.example`` TLD, ``--local=/example/``), Prosody as a child process with a
+generated config, the gateway as ``xmpp-gateway run``, slixmpp users in the namespace.
+Everything is stopped by PID and the namespace removed, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.dnsmasq import DnsmasqServer
+from tests.unit.s2s_world import Pki
+
+REPO = Path(__file__).resolve().parents[2]
+IPS = {"a.example": "127.0.0.2", "b.example": "127.0.0.3", "gw.example": "127.0.0.4"}
+
+
+def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60, **kwargs)
+
+
+def stop_process(process: subprocess.Popen | None, timeout: float = 10) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+@dataclass
+class Namespace:
+    name: str
+    workdir: Path
+    dns: DnsmasqServer | None = None
+
+    @property
+    def exec(self) -> list[str]:
+        return ["ip", "netns", "exec", self.name]
+
+    def up(self) -> None:
+        run(["ip", "netns", "add", self.name])
+        try:
+            run([*self.exec, "ip", "link", "set", "lo", "up"])
+            for ip in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.53"):
+                subprocess.run([*self.exec, "ip", "addr", "add", f"{ip}/8", "dev", "lo"],
+                               capture_output=True)  # 127.0.0.0/8 already covers some
+            etc = Path("/etc/netns") / self.name
+            etc.mkdir(parents=True, exist_ok=True)
+            (etc / "resolv.conf").write_text("nameserver 127.0.0.53\n")
+            (etc / "hosts").write_text("127.0.0.1 localhost\n")
+            self.dns = DnsmasqServer(
+                self.workdir / "dns", address="127.0.0.53", port=53, prefix=tuple(self.exec),
+                host_records={**{f"xmpp.{d}": ip for d, ip in IPS.items()}, **IPS},
+                srv_records=[(f"_xmpp-server._tcp.{d}", f"xmpp.{d}", 5269, 0, 5) for d in IPS],
+            ).start()
+        except BaseException:
+            self.down()
+            raise
+
+    def down(self) -> None:
+        if self.dns is not None:
+            self.dns.stop()
+        subprocess.run(["ip", "netns", "delete", self.name], capture_output=True)
+        shutil.rmtree(Path("/etc/netns") / self.name, ignore_errors=True)
+
+
+PROSODY_CFG = """
+run_as_root = true
+daemonize = false
+pidfile = "{dir}/prosody.pid"
+data_path = "{dir}/data"
+log = {{ debug = "{dir}/prosody.log" }}
+interfaces = {{ "{ip}" }}
+s2s_interfaces = {{ "{ip}" }}
+c2s_ports = {{ 5222 }}
+s2s_ports = {{ 5269 }}
+http_ports = {{}}
+https_ports = {{}}
+modules_enabled = {{ "roster", "saslauth", "tls", "dialback", "disco", "ping", "presence" }}
+modules_disabled = {{ "s2s_bidi", {disabled} }}
+authentication = "internal_plain"
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+s2s_require_encryption = {require_encryption}
+s2s_secure_auth = {secure_auth}
+ssl = {{ certificate = "{cert}"; key = "{key}"; cafile = "{cafile}" }}
+VirtualHost "{domain}"
+"""
+
+
+@dataclass
+class Prosody:
+    ns: Namespace
+    pki: Pki
+    domain: str = "a.example"
+    tls: bool = True
+    secure_auth: bool = True
+    require_encryption: bool = True
+    trusts_gateway: bool = True
+    process: subprocess.Popen | None = None
+    dir: Path = field(init=False)
+
+    def start(self) -> Prosody:
+        self.dir = self.ns.workdir / f"prosody-{self.domain}"
+        shutil.rmtree(self.dir, ignore_errors=True)
+        (self.dir / "data").mkdir(parents=True)
+        tls = self.pki.tls_settings(self.domain)
+        cafile = self.pki.root / ("ca.crt" if self.trusts_gateway else "other-ca.crt")
+        for path in (tls.certificate, tls.key):
+            os.chmod(path, 0o644)
+        config = self.dir / "prosody.cfg.lua"
+        config.write_text(PROSODY_CFG.format(
+            dir=self.dir, ip=IPS[self.domain], domain=self.domain, cert=tls.certificate,
+            key=tls.key, cafile=cafile, disabled='"tls"' if not self.tls else "",
+            require_encryption=str(self.require_encryption).lower(),
+            secure_auth=str(self.secure_auth).lower()))
+        run([*self.ns.exec, "prosodyctl", "--config", str(config), "register", "user",
+             self.domain, "pw"])
+        out = (self.dir / "stdout").open("wb")
+        self.process = subprocess.Popen([*self.ns.exec, "prosody", "--config", str(config)],
+                                        stdout=out, stderr=subprocess.STDOUT)
+        self._wait_listening()
+        return self
+
+    def _wait_listening(self) -> None:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"prosody exited: {(self.dir / 'stdout').read_text()}")
+            connect = f"import socket; socket.create_connection(('{IPS[self.domain]}', 5222), 1)"
+            probe = subprocess.run([*self.ns.exec, sys.executable, "-c", connect],
+                                   capture_output=True)
+            if probe.returncode == 0:
+                return
+            time.sleep(0.2)
+        raise RuntimeError("prosody did not start listening")
+
+    @property
+    def log(self) -> str:
+        path = self.dir / "prosody.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+@dataclass
+class GatewayProcess:
+    ns: Namespace
+    pki: Pki
+    partners: list[dict]
+    domain: str = "gw.example"
+    process: subprocess.Popen | None = None
+    dir: Path = field(init=False)
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "gateway.yaml"
+
+    def start(self) -> GatewayProcess:
+        self.dir = self.ns.workdir / "gateway"
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        tls = self.pki.tls_settings(self.domain)
+        lines = [f"domains: [{self.domain}]",
+                 f"listen: [{{host: {IPS[self.domain]}, port: 5269}}]",
+                 f"tls: {{certificate: {tls.certificate}, key: {tls.key}, "
+                 f"ca_file: {self.pki.root / 'ca.crt'}, use_system_cas: false}}",
+                 "dialback: {secret: interop-secret}",
+                 "dns: {nameservers: ['127.0.0.53'], timeout: 3}",
+                 "logging: {level: debug}",
+                 "limits: {negotiation_timeout: 10}",
+                 "store: {path: store.sqlite3}", "admin_socket: admin.sock", "partners:"]
+        for p in self.partners:
+            lines.append("  - {" + ", ".join(f"{k}: {v}" for k, v in p.items()) + "}")
+        self.config.write_text("\n".join(lines) + "\n")
+        out = (self.dir / "gateway.log").open("wb")
+        self.process = subprocess.Popen(
+            [*self.ns.exec, sys.executable, "-m", "gateway.cli.main", "-c", str(self.config),
+             "run"], stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        deadline = time.monotonic() + 15
+        while not (self.dir / "admin.sock").exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"gateway did not start: {self.log}")
+            time.sleep(0.05)
+        return self
+
+    def status(self) -> dict:
+        result = run([sys.executable, "-m", "gateway.cli.main", "-c", str(self.config), "status",
+                      "--json"], cwd=REPO)
+        return json.loads(result.stdout)
+
+    @property
+    def log(self) -> str:
+        path = self.dir / "gateway.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+CLIENT = r"""
+import asyncio, json, sys, slixmpp
+jid, host, peer = sys.argv[1], sys.argv[2], sys.argv[3]
+async def main():
+    client = slixmpp.ClientXMPP(jid, "pw")
+    client.enable_starttls = False
+    client.enable_direct_tls = False
+    client.enable_plaintext = True
+    client.plugin["feature_mechanisms"].unencrypted_plain = True
+    loop = asyncio.get_event_loop()
+    ready, messages, presences = loop.create_future(), [], []
+    client.add_event_handler("session_start", lambda _: ready.done() or ready.set_result(True))
+    client.add_event_handler("message", lambda m: messages.append(
+        {"from": str(m["from"]), "to": str(m["to"]), "type": m["type"], "body": m["body"],
+         "error": m["error"]["condition"] if m["type"] == "error" else ""}))
+    for event in ("presence", "presence_subscribed", "presence_available"):
+        client.add_event_handler(event, lambda p, e=event: presences.append(
+            {"from": str(p["from"]), "type": p["type"], "event": e}))
+    client.connect(host, 5222)
+    await asyncio.wait_for(ready, 10)
+    client.send_presence()
+    client.send_message(mto=peer, mbody="hello gateway", mtype="chat")
+    client.send_presence(pto=peer.split("/")[0], ptype="subscribe")
+    for _ in range(150):
+        if messages and any(p["type"] in ("subscribed", "available") and
+                            p["from"].startswith(peer.split("/")[0]) for p in presences):
+            break
+        if messages and messages[0]["type"] == "error":
+            break
+        await asyncio.sleep(0.1)
+    print(json.dumps({"messages": messages, "presences": presences}))
+    client.disconnect()
+    await asyncio.sleep(0.2)
+asyncio.run(main())
+"""
+
+
+def xmpp_client(ns: Namespace, jid: str, host: str, peer: str) -> dict:
+    script = ns.workdir / "client.py"
+    script.write_text(CLIENT)
+    result = subprocess.run([*ns.exec, sys.executable, str(script), jid, host, peer],
+                            capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise RuntimeError(f"client failed: {result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])

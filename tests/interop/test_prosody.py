@@ -1,0 +1,131 @@
+"""The gateway against a real Prosody, both directions, for each negotiation scenario.
+
+Prosody a.example user sends a message to echo@gw.example (Prosody → gateway, inbound for
+us) and gets the echo back (gateway → Prosody, outbound), and subscribes to its presence
+(the development backend approves and sends presence back). The method is asserted from
+the gateway's session records and from Prosody's own debug log.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.interop.harness import GatewayProcess, Namespace, Prosody, xmpp_client
+from tests.unit.s2s_world import Pki
+
+
+def scenario(ns: Namespace, pki: Pki, partner: dict, **prosody) -> tuple[dict, Prosody,
+                                                                          GatewayProcess]:
+    server = Prosody(ns, pki, **prosody).start()
+    gateway = GatewayProcess(ns, pki, [{"domain": "a.example", "type": "federated", **partner}])
+    try:
+        gateway.start()
+        result = xmpp_client(ns, "user@a.example", "127.0.0.2", "echo@gw.example")
+        return result, server, gateway
+    except BaseException:
+        server.stop()
+        gateway.stop()
+        raise
+
+
+def explain(name: str, server: Prosody, gateway: GatewayProcess) -> str:
+    return (f"scenario {name}\n--- gateway log (tail) ---\n{gateway.log[-3000:]}\n"
+            f"--- prosody log (s2s lines) ---\n" + "\n".join(
+                line for line in server.log.splitlines() if "s2s" in line or "dialback" in line
+                or "TLS" in line)[-3000:])
+
+
+def assert_exchange(result: dict, name: str, server: Prosody, gateway: GatewayProcess) -> None:
+    why = explain(name, server, gateway)
+    messages = [m for m in result["messages"] if m["type"] != "error"]
+    assert messages, f"no echo came back: {result}\n{why}"
+    assert messages[0]["from"] == "echo@gw.example/dev" and messages[0]["body"] == \
+        "hello gateway", why
+    assert messages[0]["to"].startswith("user@a.example"), why
+    # Approval arrives as 'subscribed' or, after Prosody's roster processing, as the
+    # contact's available presence (only sent once the subscription is approved).
+    assert any(p["type"] in ("subscribed", "available") and
+               p["from"].startswith("echo@gw.example") for p in result["presences"]), \
+        f"no subscription approval/presence: {result}\n{why}"
+
+
+def methods(gateway: GatewayProcess) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {"inbound": set(), "outbound": set()}
+    for session in gateway.status()["sessions"]:
+        if session["method"]:
+            found[session["direction"]].add(session["method"])
+    return found
+
+
+CASES = {
+    "sasl-external": ({"tls": "required", "sasl": "required", "dialback": "false"},
+                      {"secure_auth": True}, "SASL over TLS"),
+    "tls-dialback": ({"tls": "required", "sasl": "not-supported", "dialback": "true"},
+                     {"secure_auth": False, "trusts_gateway": False}, "TLS Dialback"),
+    "tcp-dialback": ({"tls": "not-supported", "sasl": "not-supported", "dialback": "true"},
+                     {"tls": False, "secure_auth": False, "require_encryption": False},
+                     "TCP Dialback"),
+    "best-of-optional": ({"tls": "optional", "sasl": "optional", "dialback": "true"},
+                         {"secure_auth": False}, "SASL over TLS"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_scenario(ns: Namespace, pki: Pki, name: str) -> None:
+    partner, prosody, expected = CASES[name]
+    result, server, gateway = scenario(ns, pki, partner, **prosody)
+    try:
+        assert_exchange(result, name, server, gateway)
+        assert methods(gateway) == {"inbound": {expected}, "outbound": {expected}}, \
+            explain(name, server, gateway)
+        log = server.log
+        if expected == "SASL over TLS":
+            assert "mechanism='EXTERNAL'" in log or 'mechanism="EXTERNAL"' in log, log[-2000:]
+        else:
+            assert "dialback" in log.lower() and "verified dialback key" in log, log[-2000:]
+        if expected != "TCP Dialback":
+            assert "Stream encrypted" in log
+    finally:
+        server.stop()
+        gateway.stop()
+
+
+REFUSALS = {
+    "tls-required-vs-tls-off": (
+        {"tls": "required", "sasl": "optional", "dialback": "true"},
+        {"tls": False, "secure_auth": False, "require_encryption": False},
+        "TLS is required for a.example before anything else"),
+    "sasl-required-vs-untrusted-cert": (
+        {"tls": "required", "sasl": "required", "dialback": "false"},
+        {"secure_auth": False, "trusts_gateway": False},
+        "did not offer SASL EXTERNAL"),
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSALS))
+def test_refusal(ns: Namespace, pki: Pki, name: str) -> None:
+    partner, prosody, reason = REFUSALS[name]
+    result, server, gateway = scenario(ns, pki, partner, **prosody)
+    try:
+        why = explain(name, server, gateway)
+        assert not [m for m in result["messages"] if m["type"] != "error"], why
+        assert reason in gateway.log, why
+        # The refused direction has no authenticated session (the other may: Prosody
+        # trusts us in the sasl case, we do not get its trust back).
+        assert not methods(gateway)["outbound"], why
+    finally:
+        server.stop()
+        gateway.stop()
+
+
+def test_unlisted_domain_is_refused(ns: Namespace, pki: Pki) -> None:
+    server = Prosody(ns, pki, secure_auth=False).start()
+    gateway = GatewayProcess(ns, pki, [{"domain": "b.example", "type": "federated"}]).start()
+    try:
+        result = xmpp_client(ns, "user@a.example", "127.0.0.2", "echo@gw.example")
+        why = explain("unlisted", server, gateway)
+        assert not [m for m in result["messages"] if m["type"] != "error"], why
+        assert "a.example is not a federation partner of this gateway" in gateway.log, why
+    finally:
+        server.stop()
+        gateway.stop()
