@@ -215,6 +215,10 @@ class StreamParser:
         if not self._header_seen:
             self._on_header(name, attrib)
             return
+        if name == _STREAM_TAG:
+            # A second header without a restart would otherwise be buffered as a "stanza"
+            # until the size limit; it is a schema violation (RFC 6120 §4.7, §11.4).
+            raise XmlStreamError("invalid-xml", "unexpected second stream header")
         stack = self._stack
         if len(stack) >= limits.max_depth:
             raise XmlStreamError(
