@@ -123,7 +123,11 @@ class InboundStream(S2SStream):
             self.stream_id = self.ctx.new_stream_id()
         self._events.append(StreamOpened(header.from_, to, self.stream_id, header.version))
         self._legacy = not header.version
-        self._send_header(from_=local, to=remote, stream_id=self.stream_id)
+        # RFC 6120 §4.7.5: no 'version' from the peer means 0.9; answer without one.
+        self._send_header(
+            from_=local, to=remote, stream_id=self.stream_id,
+            version=None if self._legacy else "1.0",
+        )
         if self._legacy:
             # RFC 3920 peers get no features; only TCP dialback can work (XEP-0220 §2).
             if (

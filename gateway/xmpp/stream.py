@@ -320,8 +320,15 @@ class S2SStream:
             self._write(STREAM_CLOSE)
         self._finish(condition, reason, by_peer=True)
 
-    def _send_header(self, *, from_: str | None, to: str | None, stream_id: str | None) -> None:
-        self._write(stream_header(from_=from_, to=to, stream_id=stream_id))
+    def _send_header(
+        self,
+        *,
+        from_: str | None,
+        to: str | None,
+        stream_id: str | None,
+        version: str | None = "1.0",
+    ) -> None:
+        self._write(stream_header(from_=from_, to=to, stream_id=stream_id, version=version))
         self._header_sent = True
 
     def _send(self, element: Element) -> None:
