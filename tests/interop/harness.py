@@ -8,6 +8,7 @@ Everything is stopped by PID and the namespace removed, also when a test fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -163,6 +164,9 @@ class GatewayProcess:
     pki: Pki
     partners: list[dict]
     domain: str = "gw.example"
+    # ejabberd 23.01 crashes (badarg in xmpp_stream_pkix:get_cert_domains) on a client
+    # certificate carrying id-on-xmppAddr; see docs/interop.md.
+    xmpp_addrs: bool = True
     process: subprocess.Popen | None = None
     dir: Path = field(init=False)
 
@@ -174,7 +178,7 @@ class GatewayProcess:
         self.dir = self.ns.workdir / "gateway"
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True)
-        tls = self.pki.tls_settings(self.domain)
+        tls = self.pki.tls_settings(self.domain, xmpp_addrs=self.xmpp_addrs)
         lines = [f"domains: [{self.domain}]",
                  f"listen: [{{host: {IPS[self.domain]}, port: 5269}}]",
                  f"tls: {{certificate: {tls.certificate}, key: {tls.key}, "
@@ -257,3 +261,125 @@ def xmpp_client(ns: Namespace, jid: str, host: str, peer: str) -> dict:
     if result.returncode != 0:
         raise RuntimeError(f"client failed: {result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+EJABBERD_YML = """hosts:
+  - "{domain}"
+loglevel: debug
+certfiles:
+  - "{dir}/{domain}.pem"
+ca_file: "{cafile}"
+s2s_use_starttls: {starttls}
+s2s_access: all
+listen:
+  - port: 5222
+    ip: "{ip}"
+    module: ejabberd_c2s
+    starttls: false
+  - port: 5269
+    ip: "{ip}"
+    module: ejabberd_s2s_in
+auth_method: internal
+acl:
+  local:
+    user_regexp: ""
+access_rules:
+  local:
+    allow: local
+  c2s:
+    allow: all
+  s2s:
+    allow: all
+modules:
+  mod_roster: {{}}
+  mod_disco: {{}}
+  mod_ping: {{}}
+{dialback}
+"""
+
+
+@dataclass
+class Ejabberd:
+    """ejabberd 23.01 as a child process (recipe: ../shared/interop/README.md)."""
+
+    ns: Namespace
+    pki: Pki
+    domain: str = "b.example"
+    starttls: str = "required"  # required | optional | false
+    dialback: bool = True
+    trusts_gateway: bool = True
+    process: subprocess.Popen | None = None
+    dir: Path = field(init=False)
+
+    def ctl(self, *args: str) -> list[str]:
+        return [*self.ns.exec, "ejabberdctl", "--config-dir", str(self.dir), "--spool",
+                str(self.dir / "spool"), "--logs", str(self.dir / "logs"), "--node",
+                f"ejabberd-{self.ns.name}@localhost", *args]
+
+    def start(self) -> Ejabberd:
+        import pwd
+
+        # Its own world-traversable directory: ejabberd runs as user 'ejabberd', which
+        # cannot enter pytest's 0700 temporary directories.
+        import tempfile
+
+        self.dir = Path(tempfile.mkdtemp(prefix=f"gw-interop-ejabberd-{self.domain}-"))
+        os.chmod(self.dir, 0o755)
+        for sub in ("spool", "logs"):
+            (self.dir / sub).mkdir(parents=True)
+        tls = self.pki.tls_settings(self.domain)
+        (self.dir / f"{self.domain}.pem").write_bytes(
+            Path(tls.certificate).read_bytes() + Path(tls.key).read_bytes())
+        cafile = self.pki.root / ("ca.crt" if self.trusts_gateway else "other-ca.crt")
+        shutil.copy(cafile, self.dir / "ca.crt")
+        (self.dir / "ejabberd.yml").write_text(EJABBERD_YML.format(
+            domain=self.domain, dir=self.dir, cafile=self.dir / "ca.crt", ip=IPS[self.domain],
+            starttls=self.starttls, dialback="  mod_s2s_dialback: {}" if self.dialback else ""))
+        (self.dir / "ejabberdctl.cfg").write_text(
+            f'EJABBERD_CONFIG_PATH={self.dir / "ejabberd.yml"}\n'
+            f'EJABBERD_PID_PATH={self.dir / "ejabberd.pid"}\n'
+            'ERL_OPTIONS="-env ERL_CRASH_DUMP_BYTES 0"\n')
+        shutil.copy("/etc/ejabberd/inetrc", self.dir / "inetrc")
+        user = pwd.getpwnam("ejabberd")
+        for path in [self.dir, *self.dir.rglob("*")]:
+            os.chown(path, user.pw_uid, user.pw_gid)
+        out = (self.dir / "stdout").open("wb")
+        self.process = subprocess.Popen(self.ctl("foreground"), stdout=out,
+                                        stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ejabberd exited: {(self.dir / 'stdout').read_text()}")
+            status = subprocess.run(self.ctl("status"), capture_output=True, text=True)
+            if "is started" in status.stdout and "ejabberd" in status.stdout and \
+                    "running" in status.stdout:
+                break
+            time.sleep(0.5)
+        else:
+            raise RuntimeError(f"ejabberd did not start: {self.log[-2000:]}")
+        run(self.ctl("register", "user", self.domain, "pw"))
+        return self
+
+    saved_log: str = ""
+
+    @property
+    def log(self) -> str:
+        path = self.dir / "logs" / "ejabberd.log"
+        return path.read_text(errors="replace") if path.exists() else self.saved_log
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            subprocess.run(self.ctl("stop"), capture_output=True, timeout=30)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                stop_process(self.process)
+        # epmd outlives ejabberd; stop the one in our namespace by its PID.
+        found = subprocess.run([*self.ns.exec, "ss", "-ltnpH", "sport = :4369"],
+                               capture_output=True, text=True).stdout
+        for part in found.split("pid=")[1:]:
+            pid = int(part.split(",")[0])
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        self.saved_log = self.log
+        shutil.rmtree(self.dir, ignore_errors=True)

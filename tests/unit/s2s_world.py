@@ -45,10 +45,12 @@ class Pki:
         trusts_peers: bool = True,
         expired: bool = False,
         cert_domain: str | None = None,
+        xmpp_addrs: bool = True,
     ) -> TlsSettings:
         name = (
             f"{domain}{'-expired' if expired else ''}{'-for-' + cert_domain if cert_domain else ''}"
         )
+        name += "" if xmpp_addrs else "-noxmppaddr"
         crt, key = self.root / f"{name}.crt", self.root / f"{name}.key"
         if not crt.exists():
             kwargs = {}
@@ -59,7 +61,8 @@ class Pki:
                     "not_after": now - dt.timedelta(days=1),
                 }
             cert, pkey = devcerts.issue_certificate(
-                self.ca, self.ca_key, [cert_domain or domain], key_type="ec", **kwargs
+                self.ca, self.ca_key, [cert_domain or domain], key_type="ec",
+                xmpp_addrs=xmpp_addrs, **kwargs
             )
             devcerts.write_key_and_cert(crt, key, cert, pkey)
         ca = self.root / ("ca.crt" if trusts_peers else "other-ca.crt")
