@@ -335,6 +335,11 @@ class S2SStream:
         self._write(serialize(element))
 
     def _write(self, data: bytes) -> None:
+        if self.phase in (Phase.CLOSING, Phase.CLOSED):
+            # RFC 6120 §4.4: nothing may follow our </stream:stream>. Elements the peer
+            # sent before seeing it are still processed (stanzas delivered), but answers
+            # to them (e.g. a db:verify) would be junk after the document element.
+            return
         self._last_sent = self._now
         if self._tls is not None:
             if not self._tls_active:
