@@ -70,9 +70,15 @@ class Pki:
 
 
 def partner(
-    domain: str, tls: str = "optional", sasl: str = "optional", dialback: bool = True
+    domain: str,
+    tls: str = "optional",
+    sasl: str = "optional",
+    dialback: bool = True,
+    additional_domains: tuple[str, ...] = (),
 ) -> PartnerPolicy:
-    return PartnerPolicy(domain, PartnerType.FEDERATED, Support(tls), Support(sasl), dialback)
+    return PartnerPolicy(
+        domain, PartnerType.FEDERATED, Support(tls), Support(sasl), dialback, additional_domains
+    )
 
 
 class CoreServer:
@@ -163,15 +169,20 @@ class World:
         client = OutboundStream(
             owner.ctx, local_domain=local, remote_domain=remote, partner=policy, now=self.now
         )
+        self._outbound[(local, remote)] = client
+        self.connect(owner, client, peer)
+        return client
+
+    def connect(self, owner: CoreServer, client: OutboundStream, peer: CoreServer) -> Link:
+        """Wire ``client`` (of ``owner``) to a new inbound stream of ``peer`` and start it."""
         server = InboundStream(peer.ctx, now=self.now)
         self._tap(owner, client)
         self._tap(peer, server)
         link = Link(client, server, owner, peer)
         self.links.append(link)
         self.all_links.append(link)
-        self._outbound[(local, remote)] = client
         client.initiate(self.now)
-        return client
+        return link
 
     def run(self, max_rounds: int = 200) -> None:
         for _ in range(max_rounds):
@@ -218,22 +229,7 @@ class World:
             moved = True
             self.events.append((owner.domain, stream, event))
             if isinstance(event, DialbackVerifyNeeded) and isinstance(stream, InboundStream):
-                if event.remote_domain not in self.servers:
-                    stream.dialback_verified(
-                        event.remote_domain,
-                        event.local_domain,
-                        None,
-                        "remote-server-not-found",
-                        "unknown in this world",
-                    )
-                    continue
-                out = self.outbound(event.local_domain, event.remote_domain)
-                self._verify_waiters[
-                    (owner.domain, event.remote_domain, event.local_domain, event.stream_id)
-                ] = stream
-                out.request_verify(
-                    event.local_domain, event.remote_domain, event.stream_id, event.key
-                )
+                self.request_verification(owner, stream, event)
             elif isinstance(event, DialbackVerifyAnswered):
                 waiter = self._verify_waiters.pop(
                     (owner.domain, event.remote_domain, event.local_domain, event.stream_id), None
@@ -247,6 +243,26 @@ class World:
                         event.error,
                     )
         return moved
+
+    def request_verification(
+        self, owner: CoreServer, stream: InboundStream, event: DialbackVerifyNeeded
+    ) -> None:
+        """Receiving role: send db:verify to the authoritative server over an outbound
+        stream, and hand its answer back to ``stream`` (XEP-0220 §2.1.2)."""
+        if event.remote_domain not in self.servers:
+            stream.dialback_verified(
+                event.remote_domain,
+                event.local_domain,
+                None,
+                "remote-server-not-found",
+                "unknown in this world",
+            )
+            return
+        out = self.outbound(event.local_domain, event.remote_domain)
+        self._verify_waiters[
+            (owner.domain, event.remote_domain, event.local_domain, event.stream_id)
+        ] = stream
+        out.request_verify(event.local_domain, event.remote_domain, event.stream_id, event.key)
 
     def of(self, owner: str, kind: type) -> list:
         return [e for o, _s, e in self.events if o == owner and isinstance(e, kind)]

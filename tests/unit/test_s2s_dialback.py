@@ -7,8 +7,6 @@ not match) run between cores in the in-memory ``World``. Keys follow XEP-0185.
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from gateway.auth.dialback_key import DialbackKeyGenerator
@@ -40,11 +38,10 @@ A_SECRET = "secret-of-a"
 B_SECRET = "secret-of-b"
 
 
-def receiving(*partners: PartnerPolicy, extra: tuple[str, ...] = ()) -> RawPeer:
-    server = fixed_ids(CoreServer("b.example", list(partners), None, secret=B_SECRET,
-                                  extra_domains=extra))
+def receiving(*partners: PartnerPolicy, header: bytes = PEER_HEADER) -> RawPeer:
+    server = fixed_ids(CoreServer("b.example", list(partners), None, secret=B_SECRET))
     peer = RawPeer(InboundStream(server.ctx, now=0.0))
-    peer.send(PEER_HEADER)
+    peer.send(header)
     return peer
 
 
@@ -121,20 +118,17 @@ def test_dialback_for_an_unlisted_domain_is_forbidden() -> None:
     assert not peer.of(DialbackVerifyNeeded) and not peer.stream.closed
 
 
-@pytest.mark.parametrize(
-    "policy, text",
-    [
-        (("optional", "optional", False),
-         "partner policy for a.example permits only SASL over TLS (dialback not allowed on an "
-         "unencrypted stream)"),
-    ],
-)
-def test_dialback_not_permitted_by_policy(policy: tuple[str, str, bool], text: str) -> None:
-    # The stream's partner (c.example) allows dialback; a.example's entry does not.
-    peer = receiving(partner("a.example", *policy), partner("c.example", *TCP_ONLY))
-    peer.stream.partner = None  # the header named a.example: keep the checks per domain
+def test_dialback_not_permitted_by_policy() -> None:
+    # The stream is c.example's (TCP dialback allowed); a.example's entry permits only SASL.
+    peer = receiving(partner("a.example", "optional", "optional", dialback=False),
+                     partner("c.example", *TCP_ONLY),
+                     header=PEER_HEADER.replace(b"from='a.example'", b"from='c.example'"))
     answer = peer.send(db_result("a.example", "b.example", "k"))
-    assert answer == db_error("result", "b.example", "a.example", "not-authorized", text)
+    assert answer == db_error(
+        "result", "b.example", "a.example", "not-authorized",
+        "partner policy for a.example permits only SASL over TLS (dialback not allowed on an "
+        "unencrypted stream)")
+    assert not peer.of(DialbackVerifyNeeded) and not peer.stream.closed
 
 
 def test_dialback_over_plain_tcp_needs_tls_for_this_partner() -> None:
@@ -340,6 +334,7 @@ def test_verify_requests_wait_for_the_dialback_channel_and_fail_on_close() -> No
     peer.stream.request_verify("a.example", "b.example", "in-7", "k1")
     assert peer.pump() == b""  # no header from b.example yet: queued
     peer.stream.connection_lost("reset")
+    peer.pump()
     [event] = peer.of(DialbackVerifyAnswered)
     assert (event.valid, event.stream_id) == (None, "in-7")
     assert event.error == "stream closed before sending: reset"
@@ -351,7 +346,7 @@ def test_verify_requests_wait_for_the_dialback_channel_and_fail_on_close() -> No
 def tcp_world(a_secret: str = A_SECRET, *, piggyback: bool = False) -> World:
     world = World(piggyback=piggyback)
     world.add(CoreServer("a.example", [partner("b.example", *TCP_ONLY)], None, secret=a_secret,
-                         extra_domains=("a2.example",)))
+                         extra_domains=("a2.example", "a3.example")))
     b_policy = PartnerPolicy("a.example", PartnerType.FEDERATED, Support.NOT_SUPPORTED,
                              Support.NOT_SUPPORTED, True, ("a2.example",))
     world.add(CoreServer("b.example", [b_policy], None, secret=B_SECRET))
@@ -374,61 +369,63 @@ def test_forged_key_from_an_impostor() -> None:
     """Someone claiming a.example without a.example's secret is declared invalid."""
     world = tcp_world()
     impostor = CoreServer("a.example", [partner("b.example", *TCP_ONLY)], None, secret="guess")
-    world.servers["impostor"] = impostor
     client = OutboundStream(impostor.ctx, local_domain="a.example", remote_domain="b.example",
                             partner=partner("b.example", *TCP_ONLY), now=world.now)
-    server = InboundStream(world.servers["b.example"].ctx, now=world.now)
-    from tests.unit.s2s_world import Link
-
-    link = Link(client, server, impostor, world.servers["b.example"])
-    world.links.append(link)
-    world.all_links.append(link)
-    client.initiate(world.now)
+    link = world.connect(impostor, client, world.servers["b.example"])
     world.run()
-    assert not server.pairs and server.closed
-    assert b'<db:result from="b.example" to="a.example" type="invalid"/>' in b"".join(
-        data for label, data in world.wire if label == "b.example->a.example")
+    assert not link.server.pairs and link.server.closed
+    assert world.plaintext_to("a.example", client).startswith(
+        b"<?xml version='1.0'?><stream:stream")
+    assert b'<db:result from="b.example" to="a.example" type="invalid"/></stream:stream>' in (
+        world.plaintext_to("a.example", client))
     [failed] = [e for _o, s, e in world.events if s is client and isinstance(e, PairFailed)]
     assert failed.condition == "internal-server-error"
+    # The genuine a.example's authoritative answer was "invalid":
+    assert [e.valid for e in world.of("b.example", DialbackVerifyAnswered)
+            if e.stream_id == link.server.stream_id] == [False]
 
 
 def test_replayed_key_from_another_stream() -> None:
     """A key sniffed from one stream is worthless on another (the stream id is in it)."""
     world = tcp_world()
-    out = world.outbound("a.example", "b.example")
+    world.outbound("a.example", "b.example")
     world.run()
-    sniffed = [e for e in world.of("b.example", DialbackVerifyNeeded)][0]
+    [sniffed] = world.of("b.example", DialbackVerifyNeeded)
     # The attacker opens its own stream to b.example and replays the key.
-    server = fixed_ids(CoreServer("b.example", [partner("a.example", *TCP_ONLY)], None,
-                                  secret=B_SECRET))
-    peer = RawPeer(InboundStream(dataclasses.replace(
-        server.ctx, new_stream_id=lambda: "attacker-stream").__class__(
-        **{f.name: getattr(server.ctx, f.name) for f in dataclasses.fields(server.ctx)}),
-        now=0.0))
+    b_server = world.servers["b.example"]
+    attacked = InboundStream(b_server.ctx, now=world.now)
+    peer = RawPeer(attacked, now=world.now)
     peer.send(PEER_HEADER)
-    assert peer.stream.stream_id != sniffed.stream_id
-    peer.send(db_result("a.example", "b.example", sniffed.key))
+    assert attacked.stream_id != sniffed.stream_id
+    assert peer.send(db_result("a.example", "b.example", sniffed.key)) == b""
     [needed] = peer.of(DialbackVerifyNeeded)
-    # The authoritative server (a.example) judges it for the new stream id: invalid.
-    keys = world.servers["a.example"].ctx.keys
-    assert keys.verify(sniffed.key, "b.example", "a.example", sniffed.stream_id)
-    assert not keys.verify(needed.key, "b.example", "a.example", needed.stream_id)
-    assert out.method is not None
+    assert needed.key == sniffed.key
+    world.request_verification(b_server, attacked, needed)
+    world.run()
+    assert peer.pump() == (b'<db:result from="b.example" to="a.example" type="invalid"/>'
+                           b"</stream:stream>")
+    assert not attacked.pairs
 
 
 def test_secret_mismatch_between_nodes() -> None:
     """Two nodes of a.example with different secrets: the key is declared invalid."""
     world = tcp_world()
-    world.servers["a.example"].ctx = dataclasses.replace(
-        world.servers["a.example"].ctx, keys=DialbackKeyGenerator("node-1"))
     out = world.outbound("a.example", "b.example")
-    # The authoritative answer comes from "node 2" (another secret).
-    node2 = CoreServer("a.example", [partner("b.example", *TCP_ONLY)], None, secret="node-2")
-    world.servers["a.example"] = node2
+    # The authoritative answer comes from another node of a.example (another secret).
+    world.servers["a.example"] = CoreServer("a.example", [partner("b.example", *TCP_ONLY)],
+                                            None, secret="node-2")
     world.run()
     [failed] = world.of("a.example", PairFailed)
-    assert failed.reason == "b.example declared our dialback key invalid (dialback secret mismatch?)"
+    assert failed.reason == (
+        "b.example declared our dialback key invalid (dialback secret mismatch?)")
     assert out.closed
+    # b.example closed right after "invalid": the db:verify a.example had sent it on the
+    # same stream in the meantime gets no answer after </stream:stream> (RFC 6120 §4.4).
+    to_a = world.plaintext_to("a.example", out)
+    assert to_a.endswith(b'<db:result from="b.example" to="a.example" type="invalid"/>'
+                         b"</stream:stream>")
+    [closed] = [e for _o, s, e in world.events if s is out and isinstance(e, StreamClosed)]
+    assert closed.error == ""
 
 
 def test_piggybacking_a_second_local_domain() -> None:
@@ -454,14 +451,19 @@ def test_piggybacked_domain_rejected_keeps_the_first_pair() -> None:
     world = tcp_world(piggyback=True)
     out = world.outbound("a.example", "b.example")
     world.run()
-    # b.example's entry for A does not list a3.example.
-    world.servers["a.example"].ctx = dataclasses.replace(
-        world.servers["a.example"].ctx,
-        local_domains=world.servers["a.example"].ctx.local_domains | {"a3.example"})
-    out.ctx = world.servers["a.example"].ctx
-    assert out.add_local_domain("a3.example")
+    assert out.add_local_domain("a3.example")  # served by A, unknown to B's entry
     world.run()
     [failed] = [e for e in world.of("a.example", PairFailed) if e.local_domain == "a3.example"]
+    assert failed.condition == "remote-server-timeout"
     assert failed.reason == ("b.example answered dialback with error <forbidden/>: "
                              "a3.example is not a federation partner of this gateway")
     assert not out.closed and out.can_send("a.example", "b.example")
+
+
+def test_piggybacking_refused_where_it_cannot_work() -> None:
+    world = tcp_world(piggyback=True)
+    out = world.outbound("a.example", "b.example")
+    assert not out.add_local_domain("a2.example")  # not open yet
+    world.run()
+    assert not out.add_local_domain("z.example")  # not a domain we serve
+    assert out.add_local_domain("a.example")  # already authenticated: nothing to do
