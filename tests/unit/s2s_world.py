@@ -10,6 +10,7 @@ inbound stream that asked. No sockets, no clock: ``now`` is a number the test mo
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,6 +126,8 @@ class World:
     # (receiving domain, stream, bytes). Lets tests assert on bytes sent inside TLS.
     plain: list[tuple[str, S2SStream, bytes]] = field(default_factory=list)
     all_links: list[Link] = field(default_factory=list)  # links stay here after closing
+    # A man in the middle: rewrites the bytes of each hop, (label, bytes) -> bytes.
+    tamper: Callable[[str, bytes], bytes] | None = None
     piggyback: bool = False  # a second local domain reuses an open stream (XEP-0220 §2.4)
     _outbound: dict[tuple[str, str], OutboundStream] = field(default_factory=dict)
     _verify_waiters: dict[tuple[str, str, str, str], InboundStream] = field(default_factory=dict)
@@ -191,16 +194,16 @@ class World:
                 up = link.client.data_to_send()
                 if up:
                     moved = True
-                    self.wire.append(
-                        (f"{link.client_owner.domain}->{link.server_owner.domain}", up)
-                    )
+                    label = f"{link.client_owner.domain}->{link.server_owner.domain}"
+                    up = self.tamper(label, up) if self.tamper else up
+                    self.wire.append((label, up))
                     link.server.receive_data(up, self.now)
                 down = link.server.data_to_send()
                 if down:
                     moved = True
-                    self.wire.append(
-                        (f"{link.server_owner.domain}->{link.client_owner.domain}", down)
-                    )
+                    label = f"{link.server_owner.domain}->{link.client_owner.domain}"
+                    down = self.tamper(label, down) if self.tamper else down
+                    self.wire.append((label, down))
                     link.client.receive_data(down, self.now)
                 moved |= self._drain(link.client_owner, link.client)
                 moved |= self._drain(link.server_owner, link.server)
