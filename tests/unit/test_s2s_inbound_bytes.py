@@ -169,13 +169,14 @@ def test_dialback_key_declared_invalid_closes_the_stream() -> None:
     assert out.endswith(b"</stream:stream>")
 
 
-def test_dialback_not_permitted_by_policy_gets_a_dialback_error(pki: Pki) -> None:
-    stream = inbound(None, partner("c.example"), partner("a.example", "optional", "optional",
-                                                         dialback=False))
-    feed(stream, HEADER)
-    out = feed(stream, b"<db:result from='a.example' to='b.example'>k</db:result>")
-    assert out.startswith(b"<db:result from=\"b.example\" to=\"a.example\" type=\"error\">"
-                          b"<error type=\"cancel\"><not-authorized xmlns=")
+def test_tls_mandatory_policy_without_a_certificate_is_refused_at_the_header() -> None:
+    # dialback=false leaves only SASL over TLS: nothing may happen in the clear, and with
+    # no certificate configured TLS cannot happen either.
+    stream = inbound(None, partner("a.example", "optional", "optional", dialback=False))
+    out = feed(stream, HEADER)
+    assert b"<policy-violation xmlns=" in out
+    assert b"TLS is required for a.example but no certificate is configured" in out
+    assert feed(stream, b"<db:result from='a.example' to='b.example'>k</db:result>") == b""
 
 
 def test_dialback_for_unlisted_domain_is_forbidden() -> None:
