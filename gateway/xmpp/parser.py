@@ -20,6 +20,7 @@ The output items are :class:`StreamHeader`, :class:`StanzaElement` (an
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING
 from xml.etree.ElementTree import Element
 from xml.parsers import expat
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 # expat reports names as "uri}local" with this separator; we prepend "{" to get the
 # ElementTree spelling "{uri}local" without any further string work.
 _SEP = "}"
-_STREAM_TAG = NS_STREAMS + _SEP + "stream"
+_STREAM_TAG = "{" + NS_STREAMS + "}stream"  # ElementTree spelling
 # Bytes handed to expat per call: bounds how far expat's buffer can grow before we check.
 _CHUNK = 64 * 1024
 
@@ -108,8 +109,13 @@ class StreamEnd:
 ParsedItem = StreamHeader | StanzaElement | StreamEnd
 
 
+@lru_cache(maxsize=4096)  # the same few names recur in every stanza
 def _name(expat_name: str) -> str:
-    return "{" + expat_name if _SEP in expat_name else expat_name
+    # expat gives "uri}local", "uri}local}prefix" (namespace_prefixes) or "local".
+    if _SEP not in expat_name:
+        return expat_name
+    uri, _, rest = expat_name.partition(_SEP)
+    return "{" + uri + _SEP + rest.partition(_SEP)[0]
 
 
 class StreamParser:
@@ -155,6 +161,7 @@ class StreamParser:
         parser.buffer_text = True
         parser.ordered_attributes = True
         parser.specified_attributes = True
+        parser.namespace_prefixes = True  # prefixes count in the size of an end tag
         parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
         parser.StartElementHandler = self._start
         parser.EndElementHandler = self._end
@@ -212,10 +219,11 @@ class StreamParser:
                     f"attribute longer than {limits.max_attribute_bytes} bytes",
                 )
             attrib[_name(attributes[index])] = value
+        tag = _name(name)
         if not self._header_seen:
-            self._on_header(name, attrib)
+            self._on_header(tag, attrib)
             return
-        if name == _STREAM_TAG:
+        if tag == _STREAM_TAG:
             # A second header without a restart would otherwise be buffered as a "stanza"
             # until the size limit; it is a schema violation (RFC 6120 §4.7, §11.4).
             raise XmlStreamError("invalid-xml", "unexpected second stream header")
@@ -224,20 +232,20 @@ class StreamParser:
             raise XmlStreamError(
                 "policy-violation", f"elements nested deeper than {limits.max_depth}"
             )
-        element = Element(_name(name), attrib)
+        element = Element(tag, attrib)
         if stack:
             stack[-1].append(element)
         else:
             self._boundary = self._position()
         stack.append(element)
 
-    def _on_header(self, name: str, attrib: dict[str, str]) -> None:
-        if name != _STREAM_TAG:
-            if name.endswith(_SEP + "stream") or name == "stream":
+    def _on_header(self, tag: str, attrib: dict[str, str]) -> None:
+        if tag != _STREAM_TAG:
+            if tag.endswith("}stream") or tag == "stream":
                 raise XmlStreamError(
                     "invalid-namespace", f"the stream element must be in {NS_STREAMS}"
                 )
-            raise XmlStreamError("bad-format", f"expected <stream:stream>, got <{_name(name)}>")
+            raise XmlStreamError("bad-format", f"expected <stream:stream>, got <{tag}>")
         self._header_seen = True
         self._boundary = self._fed
         self._items.append(StreamHeader(attrib, dict(self._namespaces)))
@@ -250,8 +258,21 @@ class StreamParser:
             return
         element = stack.pop()
         if not stack:
-            # CurrentByteIndex points at the end tag's '<'; count the end tag too.
-            end = self._position() + len(name) - name.find(_SEP) + 2
+            # CurrentByteIndex points at the '<' of the end tag, or just past an empty
+            # element (<presence/>). Count the end tag with its prefix (</db:result>) so
+            # that sizes, and so the size limit, are exact.
+            end = self._position()
+            parts = name.split(_SEP)  # [uri, local, prefix] / [uri, local] / [local]
+            qname_length = len(parts[1]) + len(parts[2]) + 1 if len(parts) == 3 else len(
+                parts[-1]
+            )
+            if len(element) or element.text:
+                end += qname_length + 3  # "</" qname ">"
+            else:
+                # <x/> (the position is already past it) or <x></x>: look at the bytes.
+                context = self._parser.GetInputContext() or b""
+                if context[:2] == b"</" and context[2 + qname_length : 3 + qname_length] == b">":
+                    end += qname_length + 3
             self._items.append(StanzaElement(element, max(end - self._boundary, 0)))
             self._boundary = end
             self._check_complete_size()
