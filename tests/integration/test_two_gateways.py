@@ -233,3 +233,58 @@ async def test_status_reports_tls_version_and_counters(pair: Pair) -> None:
     assert session["peer_domain"] == "b.example" and session["method"] == SASL
     assert session["tls_version"] in ("TLSv1.2", "TLSv1.3") and session["cipher"]
     assert session["stanzas_out"] == 3
+
+
+async def test_direct_tls_and_sni_certificate_choice(tmp_path: Path, pki: Pki) -> None:
+    """XEP-0368: B publishes only _xmpps-server._tcp and listens with direct TLS; B serves
+    two domains with a certificate each (chosen by SNI), and A reaches both."""
+    import socket
+
+    from gateway.config.model import CertificateFiles, ListenAddress
+    from tests.support.dnsmasq import DnsmasqServer, free_port
+
+    port_a, port_b = free_port(kind=socket.SOCK_STREAM), free_port(kind=socket.SOCK_STREAM)
+    dns = DnsmasqServer(
+        tmp_path / "dns",
+        host_records={"xmpp.a.example": "127.0.0.1", "xmpp.b.example": "127.0.0.1"},
+        srv_records=[("_xmpp-server._tcp.a.example", "xmpp.a.example", port_a, 0, 5),
+                     ("_xmpps-server._tcp.b.example", "xmpp.b.example", port_b, 0, 5),
+                     ("_xmpps-server._tcp.b2.example", "xmpp.b.example", port_b, 0, 5)],
+    )
+    sasl_only = _policy(Support.REQUIRED, Support.REQUIRED, False)
+    with dns:
+        tls_b = pki.tls_settings("b.example")
+        tls_b2 = pki.tls_settings("b2.example")
+        import dataclasses
+
+        tls_b = dataclasses.replace(tls_b, per_domain={
+            "b2.example": CertificateFiles(tls_b2.certificate, tls_b2.key)})
+        config_b = GatewayConfig(
+            domains=("b.example", "b2.example"), partners=(partner("a.example", sasl_only),),
+            listen=(ListenAddress("127.0.0.1", port_b, direct_tls=True),), tls=tls_b,
+            dialback=DialbackSettings("b"), store=StoreSettings(tmp_path / "b.sqlite3"),
+            admin_socket=tmp_path / "b.sock")
+        config_a = GatewayConfig(
+            domains=("a.example",),
+            partners=(PartnerPolicy("b.example", PartnerType.FEDERATED, Support.REQUIRED,
+                                    Support.REQUIRED, False, ("b2.example",)),),
+            listen=(ListenAddress("127.0.0.1", port_a),), tls=pki.tls_settings("a.example"),
+            dialback=DialbackSettings("a"), store=StoreSettings(tmp_path / "a.sqlite3"),
+            admin_socket=tmp_path / "a.sock")
+        resolver = DnsPythonResolver(nameservers=(dns.nameserver,), timeout=2.0)
+        a, b = Gateway(config_a, resolver=resolver), Gateway(config_b, resolver=resolver)
+        await a.start()
+        await b.start()
+        try:
+            for domain in ("b.example", "b2.example"):
+                await a.backend.inject(message("alice@a.example/pc", f"bob@{domain}", domain))
+                delivered = await b.backend.next_delivered(10)
+                assert delivered.get("to") == f"bob@{domain}"
+            outbound = [s for s in a.status()["sessions"] if s["direction"] == "outbound"]
+            assert {s["method"] for s in outbound} == {SASL}
+            assert {s["peer_domain"] for s in outbound} == {"b.example", "b2.example"}
+            # SASL EXTERNAL succeeded for b2.example: its own certificate was presented.
+            # A's certificate check for b2.example would have failed on b.example's cert.
+        finally:
+            await a.stop()
+            await b.stop()
