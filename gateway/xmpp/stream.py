@@ -35,6 +35,7 @@ from gateway.xmpp.events import (
     PairAuthenticated,
     StreamClosed,
     TlsEstablished,
+    is_stanza,
 )
 from gateway.xmpp.parser import (
     ParserLimits,
@@ -287,6 +288,8 @@ class S2SStream:
         for index, item in enumerate(parsed):
             if self.phase in (Phase.CLOSED,):
                 return
+            if self.phase is Phase.CLOSING and not self._wanted_while_closing(item):
+                continue
             if isinstance(item, StanzaElement):
                 self._on_element(item.element, now)
                 if self._tls is not None and not self._tls_active and index + 1 < len(parsed):
@@ -298,6 +301,18 @@ class S2SStream:
                 self._on_header(item, now)
             elif isinstance(item, StreamEnd):
                 self._on_stream_end()
+
+    def _wanted_while_closing(self, item: StreamHeader | StanzaElement | StreamEnd) -> bool:
+        """After our </stream:stream> only the peer's end, its stream error and, after a
+        graceful close, stanzas already in flight still count (RFC 6120 §4.4). After a
+        stream error nothing else does (§4.9.1.1): the roles must not act on elements of
+        a stream that failed, e.g. before it even had an id."""
+        if isinstance(item, StreamEnd):
+            return True
+        if not isinstance(item, StanzaElement):
+            return False
+        tag = item.element.tag
+        return tag == el.TAG_STREAM_ERROR or (not self.close_error and is_stanza(item.element))
 
     def _check_header_basics(self, header: StreamHeader) -> None:
         if header.default_ns != "jabber:server":
