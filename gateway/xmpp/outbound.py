@@ -132,7 +132,7 @@ class OutboundStream(S2SStream):
         if self.phase is not Phase.WAIT_HEADER:
             raise StreamError("invalid-xml", "unexpected second stream header")
         self.peer_header_received = True
-        self.stream_id = header.id
+        self.stream_id = header.id or None  # id='' is no id: dialback cannot use it
         self._peer_dialback = NS_DIALBACK in header.namespaces.values()
         self._events.append(StreamOpened(header.from_, header.to, header.id, header.version))
         self.phase = Phase.NEGOTIATING if not self.pairs else Phase.OPEN
