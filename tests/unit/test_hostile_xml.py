@@ -236,3 +236,16 @@ def test_huge_attribute_value_of_entities() -> None:
     parser.feed(PEER_HEADER)
     with pytest.raises(XmlStreamError, match="attribute longer than 1000"):
         parser.feed(b"<m a='" + b"&#65;" * 1001 + b"'/>")
+
+
+def test_nothing_is_acted_on_after_a_stream_error() -> None:
+    """Found by the fuzzer: a header refused with a stream error, then a db:result in a
+    later read, reached the dialback code of a stream without an id (AssertionError)."""
+    peer = inbound(None, partner("a.example", "not-supported", "not-supported"))
+    answer = peer.send(PEER_HEADER.replace(b"xmlns='jabber:server'", b"xmlns='jab]]>ber'"))
+    assert answer.endswith(b"</stream:error></stream:stream>")
+    assert peer.send(b"<db:result from='a.example' to='b.example'>k</db:result>"
+                     b"<message from='x@a.example' to='y@b.example'/>") == b""
+    assert [type(e).__name__ for e in peer.events] == ["StreamClosed"]
+    assert peer.send(b"</stream:stream>") == b""
+    assert peer.stream.closed

@@ -543,6 +543,14 @@ def test_outbound_peer_without_stream_id() -> None:
         "policy-violation", "cannot authenticate: b.example sent no stream id for dialback")
 
 
+def test_outbound_peer_with_an_empty_stream_id() -> None:
+    """Found by the fuzzer: id='' reached the key generation (AssertionError)."""
+    peer, _ = outbound(None, partner("b.example", "not-supported", "not-supported"))
+    answer = peer.send(B_HEADER.replace(b"id='b-1'", b"id=''") + B_FEATURES_DIALBACK)
+    assert answer == stream_error(
+        "policy-violation", "cannot authenticate: b.example sent no stream id for dialback")
+
+
 def test_outbound_stanza_from_peer_is_refused() -> None:
     peer, _ = outbound(None, partner("b.example", "not-supported", "not-supported"))
     peer.send(B_HEADER + B_FEATURES_DIALBACK)
