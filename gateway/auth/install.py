@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import warnings
 from pathlib import Path
 
 from cryptography import x509
@@ -38,9 +39,28 @@ def _trust_store(config: GatewayConfig) -> list[x509.Certificate]:
 
         paths = ssl.get_default_verify_paths()
         if paths.cafile and Path(paths.cafile).exists():
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError), warnings.catch_warnings():
+                # Some system bundles hold legacy roots with non-positive serials.
+                warnings.simplefilter("ignore")
                 roots += x509.load_pem_x509_certificates(Path(paths.cafile).read_bytes())
     return roots
+
+
+def verify_chain(config: GatewayConfig, leaf: x509.Certificate,
+                 intermediates: list[x509.Certificate]) -> None:
+    """Raise CertificateRefused unless leaf + intermediates verify to a trusted root."""
+    roots = _trust_store(config)
+    if not roots:
+        raise CertificateRefused("no trusted roots configured (tls.ca_file / system CAs) "
+                                 "to verify the chain against")
+    now = dt.datetime.now(dt.UTC)
+    verifier = PolicyBuilder().store(Store(roots)).time(now).build_server_verifier(
+        x509.DNSName(config.domains[0].encode("idna").decode()))
+    try:
+        verifier.verify(leaf, [c for c in intermediates if c != leaf])
+    except VerificationError as exc:
+        raise CertificateRefused(f"the chain does not verify to a trusted root ({exc}); "
+                                 "pass the intermediates with --chain") from None
 
 
 def check_and_install(config: GatewayConfig, cert_path: Path, key_path: Path | None,
@@ -69,17 +89,7 @@ def check_and_install(config: GatewayConfig, cert_path: Path, key_path: Path | N
         if not identity.ok:
             raise CertificateRefused(f"it does not cover served domain {domain}: "
                                      f"{identity.reason}")
-    roots = _trust_store(config)
-    if not roots:
-        raise CertificateRefused("no trusted roots configured (tls.ca_file / system CAs) "
-                                 "to verify the chain against")
-    verifier = PolicyBuilder().store(Store(roots)).time(now).build_server_verifier(
-        x509.DNSName(config.domains[0].encode("idna").decode()))
-    try:
-        verifier.verify(leaf, [c for c in intermediates if c != leaf])
-    except VerificationError as exc:
-        raise CertificateRefused(f"the chain does not verify to a trusted root ({exc}); "
-                                 "pass the intermediates with --chain") from None
+    verify_chain(config, leaf, intermediates)
     report = []
     if leaf.not_valid_after_utc - now < EXPIRY_WARNING:
         report.append(f"warning: the certificate expires on {leaf.not_valid_after_utc:%Y-%m-%d}")

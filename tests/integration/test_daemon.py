@@ -132,6 +132,15 @@ def test_processes_status_probe_reload_and_sigterm(tmp_path: Path, pki: Pki, dns
         assert "OK: a.example → b.example authenticated with SASL over TLS" in good.stdout
         assert "certificate: valid" in good.stdout and "TLS: TLSv1.3" in good.stdout
 
+        dns_check = cli(a, "check", "dns")
+        assert dns_check.returncode == 1  # c.example has no records
+        assert "ok    partner b.example: SRV _xmpp-server._tcp.b.example" in dns_check.stdout
+        assert "FAIL  partner c.example" in dns_check.stdout
+        certs = cli(a, "check", "certs")
+        assert "ok    covers a.example: DNS-ID a.example matches a.example" in certs.stdout
+        assert "ok    partner b.example: certificate: valid" in certs.stdout
+        assert "FAIL  partner c.example: no TLS handshake" in certs.stdout
+
         bad = cli(a, "check", "connectivity", "c.example")  # no DNS records at all
         assert bad.returncode == 1
         assert "FAILED" in bad.stdout and "hint:" in bad.stdout
