@@ -1,107 +1,280 @@
-"""Asynchronous peer lookup with dnspython (RFC 6120 §3.2, XEP-0368).
+"""Peer lookup over DNS with dnspython's asyncio resolver (RFC 6120 §3.2, XEP-0368).
 
-The nameserver is configurable ("host" or "host:port") so tests and operators can point
-the gateway at their own DNS server; empty means /etc/resolv.conf.
+The ordering rules live in gateway.dns.srv (pure); this module only asks the DNS and turns
+its failures into one precise :class:`DnsResolutionError` each, so a refusal in the log says
+which query failed and how ("no SRV and no A record" rather than a bare
+remote-server-not-found). The nameservers are configurable ("host" or "host:port") so
+operators and tests can point the gateway at their own DNS server; none means the system
+configuration (/etc/resolv.conf).
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import logging
 import random
-from typing import Protocol
+from typing import Literal, Protocol
 
 import dns.asyncresolver
 import dns.exception
-import dns.rdatatype
+import dns.name
+import dns.nameserver
 import dns.resolver
 
 from gateway.config.model import DnsSettings
-from gateway.dns.srv import ConnectTarget, SrvRecord, plan_targets
+from gateway.dns.srv import (
+    XMPP_SERVER_SERVICE,
+    XMPPS_SERVER_SERVICE,
+    ConnectTarget,
+    NoServiceError,
+    SrvRecord,
+    plan_targets,
+)
+from gateway.logs import log_event
+
+log = logging.getLogger(__name__)
+
+FailureKind = Literal["nxdomain", "no-service", "servfail", "timeout", "no-address"]
+DEFAULT_CACHE_SIZE = 512  # names; dnspython's LRU cache honours each answer's TTL
+PER_TRY_TIMEOUT = 2.0  # dnspython's own default: retry a silent server within the lifetime
 
 
 class DnsResolutionError(Exception):
-    """``kind``: nxdomain | no-service | servfail | timeout | no-address."""
+    """A lookup that gave no usable answer.
 
-    def __init__(self, kind: str, message: str) -> None:
+    ``kind`` is one of:
+
+    - ``nxdomain``: the name does not exist (for address lookups; SRV names that do not exist
+      just mean "no SRV records" and lead to the RFC 6120 §3.2.2 fallback);
+    - ``no-service``: the domain's ``_xmpp-server._tcp`` SRV target is ``.`` (RFC 2782);
+    - ``servfail``: the nameserver failed (SERVFAIL, REFUSED or another error rcode, or a
+      malformed answer);
+    - ``timeout``: no answer within the configured ``dns.timeout``;
+    - ``no-address``: the name exists but has neither A nor AAAA records.
+
+    The message names the query (type and name) and, where known, the nameserver.
+    """
+
+    def __init__(self, kind: FailureKind, message: str) -> None:
         super().__init__(message)
-        self.kind = kind
+        self.kind: FailureKind = kind
 
 
 class Resolver(Protocol):
-    async def resolve_targets(self, domain: str) -> list[ConnectTarget]: ...
+    """What the S2S engine needs from DNS; :class:`DnsPythonResolver` is the implementation."""
 
-    async def resolve_addresses(self, host: str) -> list[str]: ...
+    async def resolve_targets(self, domain: str) -> list[ConnectTarget]:
+        """Hosts and ports to try for ``domain``, best first (see gateway.dns.srv)."""
+        ...
+
+    async def resolve_addresses(self, host: str) -> list[str]:
+        """IPv6 and IPv4 addresses of ``host`` as text, IPv6 first."""
+        ...
 
 
-def _nameserver(spec: str) -> tuple[str, int]:
-    host, sep, port = spec.rpartition(":")
-    if sep and host and not host.endswith("]") and ":" in host:  # bare IPv6 address
-        return spec, 53
-    if sep and host:
-        return host.strip("[]"), int(port)
-    return spec, 53
+def parse_nameserver(spec: str) -> tuple[str, int]:
+    """``"127.0.0.53"``, ``"127.0.0.1:5353"``, ``"::1"`` or ``"[::1]:5353"`` → (address, port).
+
+    Nameservers must be IP addresses: a resolver cannot look up its own nameserver's name.
+    """
+    text = spec.strip()
+    host, port = text, 53
+    if text.startswith("["):
+        close = text.find("]")
+        rest = text[close + 1 :] if close > 0 else ""
+        if close < 0 or (rest and not rest.startswith(":")):
+            raise ValueError(f"nameserver {spec!r}: expected [IPv6] or [IPv6]:port")
+        host = text[1:close]
+        if rest:
+            port = _port(spec, rest[1:])
+    elif text.count(":") == 1:  # IPv4 or name with a port; bare IPv6 has several colons
+        host, port_text = text.split(":")
+        port = _port(spec, port_text)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f"nameserver {spec!r}: {host!r} is not an IP address "
+            "(write host or host:port, IPv6 with a port as [address]:port)"
+        ) from None
+    return host, port
+
+
+def _port(spec: str, text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"nameserver {spec!r}: port {text!r} is not a number from 1 to 65535")
+    return int(text)
 
 
 class DnsPythonResolver:
+    """:class:`Resolver` on ``dns.asyncresolver``.
+
+    ``timeout`` bounds each public call: the SRV queries run concurrently and the A and AAAA
+    queries run concurrently, each with ``timeout`` as its dnspython lifetime. Answers are
+    cached (bounded LRU, each kept no longer than its TTL) unless ``cache_size`` is 0.
+    """
+
     def __init__(
         self,
         nameservers: tuple[str, ...] = (),
         timeout: float = 5.0,
         direct_tls: bool = True,
         rng: random.Random | None = None,
+        cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
+        if timeout <= 0:
+            raise ValueError(f"dns timeout must be positive, not {timeout}")
         if nameservers:
             self._resolver = dns.asyncresolver.Resolver(configure=False)
-            parsed = [_nameserver(n) for n in nameservers]
-            self._resolver.nameservers = [h for h, _ in parsed]
-            self._resolver.port = parsed[0][1]
+            self._resolver.nameservers = [
+                dns.nameserver.Do53Nameserver(*parse_nameserver(spec)) for spec in nameservers
+            ]
+            self.nameserver_text = ", ".join(nameservers)
         else:
-            self._resolver = dns.asyncresolver.Resolver()
+            try:
+                self._resolver = dns.asyncresolver.Resolver()
+            except dns.resolver.NoResolverConfiguration as exc:
+                raise ValueError(
+                    "no nameserver in /etc/resolv.conf; set dns.nameservers in the configuration"
+                ) from exc
+            self.nameserver_text = "system resolver (/etc/resolv.conf)"
         self._resolver.lifetime = timeout
-        self._resolver.timeout = timeout
+        self._resolver.timeout = min(PER_TRY_TIMEOUT, timeout)
+        self._resolver.cache = dns.resolver.LRUCache(cache_size) if cache_size > 0 else None
+        self.timeout = timeout
         self.direct_tls = direct_tls
-        self.rng = rng or random.Random()
+        self.rng = rng if rng is not None else random.Random()
 
     @classmethod
     def from_settings(cls, settings: DnsSettings) -> DnsPythonResolver:
         return cls(settings.nameservers, settings.timeout, settings.direct_tls)
 
-    async def _srv(self, name: str) -> list[SrvRecord]:
-        try:
-            answer = await self._resolver.resolve(name, "SRV")
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return []
-        except dns.resolver.LifetimeTimeout as exc:
-            raise DnsResolutionError("timeout", f"SRV {name}: no answer in time") from exc
-        except dns.resolver.NoNameservers as exc:
-            raise DnsResolutionError("servfail", f"SRV {name}: server failure") from exc
-        return [SrvRecord(r.priority, r.weight, r.port, r.target.to_text()) for r in answer]
-
     async def resolve_targets(self, domain: str) -> list[ConnectTarget]:
-        xmpps = await self._srv(f"_xmpps-server._tcp.{domain}.") if self.direct_tls else []
-        xmpp = await self._srv(f"_xmpp-server._tcp.{domain}.")
+        """SRV lookup per RFC 6120 §3.2.1 and XEP-0368, ordered by gateway.dns.srv.
+
+        Both SRV names are asked at the same time. If only the ``_xmpps-server`` query fails
+        and ``_xmpp-server`` has records, those are used (logged); if ``_xmpp-server`` has
+        none, the failure is raised, since we cannot tell direct-TLS targets from "no SRV".
+        """
+        name = _absolute(domain, "SRV", domain)
+        xmpp_query = self._srv_or_error(f"{XMPP_SERVER_SERVICE}.{name}")
+        if self.direct_tls:
+            xmpps, xmpp = await asyncio.gather(
+                self._srv_or_error(f"{XMPPS_SERVER_SERVICE}.{name}"), xmpp_query
+            )
+        else:
+            xmpps, xmpp = [], await xmpp_query
+        if isinstance(xmpp, DnsResolutionError):
+            raise xmpp
+        if isinstance(xmpps, DnsResolutionError):
+            if not xmpp:
+                raise xmpps
+            log_event(
+                log,
+                logging.WARNING,
+                "dns.srv_failed",
+                peer=domain,
+                reason=str(xmpps),
+                action=f"using {XMPP_SERVER_SERVICE} records only",
+            )
+            xmpps = []
         try:
-            return plan_targets(domain, xmpps, xmpp, self.rng, prefer_direct_tls=self.direct_tls)
-        except LookupError as exc:
+            return plan_targets(
+                domain.rstrip("."), xmpps, xmpp, self.rng, prefer_direct_tls=self.direct_tls
+            )
+        except NoServiceError as exc:
             raise DnsResolutionError("no-service", str(exc)) from None
 
     async def resolve_addresses(self, host: str) -> list[str]:
-        addresses: list[str] = []
-        nxdomain = False
-        for rdtype in ("AAAA", "A"):
-            try:
-                answer = await self._resolver.resolve(f"{host}.", rdtype)
-                addresses.extend(r.to_text() for r in answer)
-            except dns.resolver.NXDOMAIN:
-                nxdomain = True
-            except dns.resolver.NoAnswer:
-                continue
-            except dns.resolver.LifetimeTimeout as exc:
-                raise DnsResolutionError("timeout", f"{rdtype} {host}: no answer in time") from exc
-            except dns.resolver.NoNameservers as exc:
-                raise DnsResolutionError("servfail", f"{rdtype} {host}: server failure") from exc
-        if not addresses:
-            kind = "nxdomain" if nxdomain else "no-address"
+        """AAAA then A addresses of ``host`` (both asked at once).
+
+        IPv6 comes first as RFC 8305 recommends; the caller tries the addresses in turn and an
+        unreachable IPv6 address fails fast. Happy Eyeballs racing is not done. An IP literal
+        is returned as it is.
+        """
+        try:
+            ipaddress.ip_address(host)
+            return [host]
+        except ValueError:
+            pass
+        name = _absolute(host, "A/AAAA", host)
+        v6, v4 = await asyncio.gather(
+            self._addresses(name, "AAAA"), self._addresses(name, "A"), return_exceptions=True
+        )
+        found = [a for r in (v6, v4) if isinstance(r, list) for a in r]
+        for result in (v6, v4):
+            if isinstance(result, BaseException) and not isinstance(result, DnsResolutionError):
+                raise result
+        if found:
+            for result in (v6, v4):  # e.g. a server that drops AAAA queries
+                if isinstance(result, DnsResolutionError):
+                    log_event(
+                        log, logging.INFO, "dns.partial_answer", host=host, reason=str(result)
+                    )
+            return found
+        errors = [r for r in (v6, v4) if isinstance(r, DnsResolutionError)]
+        for kind in ("nxdomain", "timeout", "servfail"):
+            for error in errors:
+                if error.kind == kind:
+                    raise error
+        raise DnsResolutionError(
+            "no-address", f"A/AAAA {name}: the name exists but has no A or AAAA record"
+        )
+
+    async def _srv_or_error(self, name: str) -> list[SrvRecord] | DnsResolutionError:
+        try:
+            return await self._srv(name)
+        except DnsResolutionError as exc:
+            return exc
+
+    async def _srv(self, name: str) -> list[SrvRecord]:
+        """SRV records at ``name``; none when the name or the records do not exist."""
+        try:
+            answer = await self._resolver.resolve(name, "SRV", search=False)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return []
+        except dns.exception.DNSException as exc:
+            raise self._failure("SRV", name, exc) from exc
+        return [
+            SrvRecord(r.priority, r.weight, r.port, r.target.to_text(omit_final_dot=True) or ".")
+            for r in answer
+        ]
+
+    async def _addresses(self, name: str, rdtype: str) -> list[str]:
+        try:
+            answer = await self._resolver.resolve(name, rdtype, search=False)
+        except dns.resolver.NXDOMAIN as exc:
             raise DnsResolutionError(
-                kind, f"{host} has no A/AAAA records" + (" (NXDOMAIN)" if nxdomain else "")
+                "nxdomain", f"A/AAAA {name}: the name does not exist (NXDOMAIN)"
+            ) from exc
+        except dns.resolver.NoAnswer:
+            return []
+        except dns.exception.DNSException as exc:
+            raise self._failure(rdtype, name, exc) from exc
+        return [r.to_text() for r in answer]
+
+    def _failure(
+        self, rdtype: str, name: str, exc: dns.exception.DNSException
+    ) -> DnsResolutionError:
+        query = f"{rdtype} {name}"
+        if isinstance(exc, dns.exception.Timeout):
+            return DnsResolutionError(
+                "timeout",
+                f"{query}: no answer within {self.timeout:g} s from {self.nameserver_text}",
             )
-        return addresses
+        if isinstance(exc, dns.resolver.NoNameservers):
+            answers = [f"{e[0]} port {e[2]} answered {e[3]}" for e in exc.kwargs.get("errors", [])]
+            detail = "; ".join(answers) or f"no nameserver answered ({self.nameserver_text})"
+            return DnsResolutionError("servfail", f"{query}: server failure: {detail}")
+        return DnsResolutionError("servfail", f"{query}: {exc}")
+
+
+def _absolute(name: str, rdtype: str, original: str) -> str:
+    """``name`` as an absolute DNS name (no search list), checked for DNS syntax."""
+    try:
+        return dns.name.from_text(name).to_text()
+    except (dns.exception.DNSException, UnicodeError) as exc:
+        raise DnsResolutionError(
+            "nxdomain", f"{rdtype} {original}: not a valid domain name ({exc})"
+        ) from None
