@@ -23,7 +23,8 @@ from tests.support.dnsmasq import DnsmasqServer
 from tests.unit.s2s_world import Pki
 
 REPO = Path(__file__).resolve().parents[2]
-IPS = {"a.example": "127.0.0.2", "b.example": "127.0.0.3", "gw.example": "127.0.0.4"}
+IPS = {"a.example": "127.0.0.2", "b.example": "127.0.0.3", "gw.example": "127.0.0.4",
+       "load.example": "127.0.0.5"}  # load.example: the benchmark load generator
 
 
 def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
@@ -83,7 +84,7 @@ run_as_root = true
 daemonize = false
 pidfile = "{dir}/prosody.pid"
 data_path = "{dir}/data"
-log = {{ debug = "{dir}/prosody.log" }}
+log = {{ {log_level} = "{dir}/prosody.log" }}
 interfaces = {{ "{ip}" }}
 s2s_interfaces = {{ "{ip}" }}
 c2s_ports = {{ 5222 }}
@@ -111,6 +112,7 @@ class Prosody:
     secure_auth: bool = True
     require_encryption: bool = True
     trusts_gateway: bool = True
+    log_level: str = "debug"
     process: subprocess.Popen | None = None
     dir: Path = field(init=False)
 
@@ -127,7 +129,7 @@ class Prosody:
             dir=self.dir, ip=IPS[self.domain], domain=self.domain, cert=tls.certificate,
             key=tls.key, cafile=cafile, disabled='"tls"' if not self.tls else "",
             require_encryption=str(self.require_encryption).lower(),
-            secure_auth=str(self.secure_auth).lower()))
+            secure_auth=str(self.secure_auth).lower(), log_level=self.log_level))
         run([*self.ns.exec, "prosodyctl", "--config", str(config), "register", "user",
              self.domain, "pw"])
         out = (self.dir / "stdout").open("wb")
@@ -167,6 +169,7 @@ class GatewayProcess:
     # ejabberd 23.01 crashes (badarg in xmpp_stream_pkix:get_cert_domains) on a client
     # certificate carrying id-on-xmppAddr; see docs/interop.md.
     xmpp_addrs: bool = True
+    log_level: str = "debug"
     process: subprocess.Popen | None = None
     dir: Path = field(init=False)
 
@@ -185,7 +188,7 @@ class GatewayProcess:
                  f"ca_file: {self.pki.root / 'ca.crt'}, use_system_cas: false}}",
                  "dialback: {secret: interop-secret}",
                  "dns: {nameservers: ['127.0.0.53'], timeout: 3}",
-                 "logging: {level: debug}",
+                 f"logging: {{level: {self.log_level}}}",
                  "limits: {negotiation_timeout: 10}",
                  "store: {path: store.sqlite3}", "admin_socket: admin.sock", "partners:"]
         for p in self.partners:
@@ -265,7 +268,7 @@ def xmpp_client(ns: Namespace, jid: str, host: str, peer: str) -> dict:
 
 EJABBERD_YML = """hosts:
   - "{domain}"
-loglevel: debug
+loglevel: {log_level}
 certfiles:
   - "{dir}/{domain}.pem"
 ca_file: "{cafile}"
@@ -308,6 +311,7 @@ class Ejabberd:
     starttls: str = "required"  # required | optional | false
     dialback: bool = True
     trusts_gateway: bool = True
+    log_level: str = "debug"
     process: subprocess.Popen | None = None
     dir: Path = field(init=False)
 
@@ -334,7 +338,8 @@ class Ejabberd:
         shutil.copy(cafile, self.dir / "ca.crt")
         (self.dir / "ejabberd.yml").write_text(EJABBERD_YML.format(
             domain=self.domain, dir=self.dir, cafile=self.dir / "ca.crt", ip=IPS[self.domain],
-            starttls=self.starttls, dialback="  mod_s2s_dialback: {}" if self.dialback else ""))
+            starttls=self.starttls, dialback="  mod_s2s_dialback: {}" if self.dialback else "",
+            log_level=self.log_level))
         (self.dir / "ejabberdctl.cfg").write_text(
             f'EJABBERD_CONFIG_PATH={self.dir / "ejabberd.yml"}\n'
             f'EJABBERD_PID_PATH={self.dir / "ejabberd.pid"}\n'
