@@ -14,7 +14,8 @@ import asyncio
 import ipaddress
 import logging
 import random
-from typing import Literal, Protocol
+from collections.abc import Awaitable
+from typing import Literal, Protocol, TypeVar
 
 import dns.asyncresolver
 import dns.exception
@@ -34,6 +35,7 @@ from gateway.dns.srv import (
 from gateway.logs import log_event
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 FailureKind = Literal["nxdomain", "no-service", "servfail", "timeout", "no-address"]
 DEFAULT_CACHE_SIZE = 512  # names; dnspython's LRU cache honours each answer's TTL
@@ -125,11 +127,15 @@ class DnsPythonResolver:
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"dns timeout must be positive, not {timeout}")
+        # dnspython names a server "Do53:ADDRESS@PORT" in its errors; we say it as configured.
+        self._server_names: dict[str, str] = {}
         if nameservers:
             self._resolver = dns.asyncresolver.Resolver(configure=False)
-            self._resolver.nameservers = [
-                dns.nameserver.Do53Nameserver(*parse_nameserver(spec)) for spec in nameservers
-            ]
+            servers = {
+                spec: dns.nameserver.Do53Nameserver(*parse_nameserver(spec)) for spec in nameservers
+            }
+            self._resolver.nameservers = list(servers.values())
+            self._server_names = {str(server): spec for spec, server in servers.items()}
             self.nameserver_text = ", ".join(nameservers)
         else:
             try:
@@ -158,10 +164,10 @@ class DnsPythonResolver:
         none, the failure is raised, since we cannot tell direct-TLS targets from "no SRV".
         """
         name = _absolute(domain, "SRV", domain)
-        xmpp_query = self._srv_or_error(f"{XMPP_SERVER_SERVICE}.{name}")
+        xmpp_query = _or_error(self._srv(f"{XMPP_SERVER_SERVICE}.{name}"))
         if self.direct_tls:
             xmpps, xmpp = await asyncio.gather(
-                self._srv_or_error(f"{XMPPS_SERVER_SERVICE}.{name}"), xmpp_query
+                _or_error(self._srv(f"{XMPPS_SERVER_SERVICE}.{name}")), xmpp_query
             )
         else:
             xmpps, xmpp = [], await xmpp_query
@@ -200,12 +206,9 @@ class DnsPythonResolver:
             pass
         name = _absolute(host, "A/AAAA", host)
         v6, v4 = await asyncio.gather(
-            self._addresses(name, "AAAA"), self._addresses(name, "A"), return_exceptions=True
+            _or_error(self._addresses(name, "AAAA")), _or_error(self._addresses(name, "A"))
         )
-        found = [a for r in (v6, v4) if isinstance(r, list) for a in r]
-        for result in (v6, v4):
-            if isinstance(result, BaseException) and not isinstance(result, DnsResolutionError):
-                raise result
+        found = [address for result in (v6, v4) if isinstance(result, list) for address in result]
         if found:
             for result in (v6, v4):  # e.g. a server that drops AAAA queries
                 if isinstance(result, DnsResolutionError):
@@ -221,12 +224,6 @@ class DnsPythonResolver:
         raise DnsResolutionError(
             "no-address", f"A/AAAA {name}: the name exists but has no A or AAAA record"
         )
-
-    async def _srv_or_error(self, name: str) -> list[SrvRecord] | DnsResolutionError:
-        try:
-            return await self._srv(name)
-        except DnsResolutionError as exc:
-            return exc
 
     async def _srv(self, name: str) -> list[SrvRecord]:
         """SRV records at ``name``; none when the name or the records do not exist."""
@@ -264,10 +261,22 @@ class DnsPythonResolver:
                 f"{query}: no answer within {self.timeout:g} s from {self.nameserver_text}",
             )
         if isinstance(exc, dns.resolver.NoNameservers):
-            answers = [f"{e[0]} port {e[2]} answered {e[3]}" for e in exc.kwargs.get("errors", [])]
+            answers = [
+                f"{self._server_names.get(e[0], e[0])} answered {e[3]}"
+                for e in exc.kwargs.get("errors", [])
+            ]
             detail = "; ".join(answers) or f"no nameserver answered ({self.nameserver_text})"
             return DnsResolutionError("servfail", f"{query}: server failure: {detail}")
         return DnsResolutionError("servfail", f"{query}: {exc}")
+
+
+async def _or_error(lookup: Awaitable[_T]) -> _T | DnsResolutionError:
+    """The lookup's result or its DnsResolutionError, so two queries can run side by side
+    and both outcomes be weighed (other exceptions propagate)."""
+    try:
+        return await lookup
+    except DnsResolutionError as exc:
+        return exc
 
 
 def _absolute(name: str, rdtype: str, original: str) -> str:

@@ -200,7 +200,7 @@ async def test_servfail(tmp_path: Path) -> None:
             await resolver.resolve_targets("broken.example")
         assert info.value.kind == "servfail"
         assert str(info.value).startswith("SRV _xmpp-server._tcp.broken.example.: server failure")
-        assert "answered SERVFAIL" in str(info.value)
+        assert str(info.value).endswith(f"server failure: {server.nameserver} answered SERVFAIL")
         with pytest.raises(DnsResolutionError) as info:
             await resolver.resolve_addresses("xmpp.broken.example")
         assert info.value.kind == "servfail"
@@ -214,7 +214,9 @@ async def test_refused_counts_as_server_failure(
     with pytest.raises(DnsResolutionError) as info:
         await resolver_for(server).resolve_addresses("anything.example")
     assert info.value.kind == "servfail"
-    assert "answered REFUSED" in str(info.value)
+    assert str(info.value) == (
+        f"AAAA anything.example.: server failure: {server.nameserver} answered REFUSED"
+    )
 
 
 # --- cache and configuration --------------------------------------------------------------
@@ -287,3 +289,30 @@ def test_nameserver_forms(spec: str, parsed: tuple[str, int]) -> None:
 def test_bad_nameserver_is_refused_at_construction(spec: str, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("[", r"\[")):
         DnsPythonResolver((spec,))
+
+
+async def test_failed_direct_tls_query_leaves_starttls_records(
+    dnsmasq_server: Callable[..., DnsmasqServer],
+    silent_nameserver: SilentNameserver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # dnsmasq forwards the two _xmpps-server names to a server that never answers.
+    silent = silent_nameserver.nameserver.replace(":", "#")
+    server = dnsmasq_server(
+        host_records={"x.partial.example": "127.0.0.2"},
+        srv_records=[("_xmpp-server._tcp.partial.example", "x.partial.example", 5269, 0, 0)],
+        extra_args=(
+            f"--server=/_xmpps-server._tcp.partial.example/{silent}",
+            f"--server=/_xmpps-server._tcp.bare.example/{silent}",
+        ),
+    )
+    resolver = DnsPythonResolver((server.nameserver,), timeout=0.3)
+    with caplog.at_level("WARNING", logger="gateway.dns.resolver"):
+        targets = await resolver.resolve_targets("partial.example")
+    assert [(t.host, t.direct_tls) for t in targets] == [("x.partial.example", False)]
+    assert [r.getMessage() for r in caplog.records] == ["dns.srv_failed"]
+    # Without _xmpp-server records the failure decides: "no SRV" cannot be concluded.
+    with pytest.raises(DnsResolutionError) as info:
+        await resolver.resolve_targets("bare.example")
+    assert info.value.kind == "timeout"
+    assert str(info.value).startswith("SRV _xmpps-server._tcp.bare.example.: no answer within")
