@@ -1,0 +1,1 @@
+"""Helpers for tests: real servers (dnsmasq) run as child processes, and shared data."""
