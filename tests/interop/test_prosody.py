@@ -129,3 +129,40 @@ def test_unlisted_domain_is_refused(ns: Namespace, pki: Pki) -> None:
     finally:
         server.stop()
         gateway.stop()
+
+
+def test_check_connectivity_against_prosody(ns: Namespace, pki: Pki) -> None:
+    """`xmpp-gateway check connectivity` narrates a real negotiation with Prosody: OK for a
+    matching policy, a precise failure with a hint for a misconfigured one."""
+    import subprocess
+    import sys
+
+    from tests.interop.harness import REPO
+
+    server = Prosody(ns, pki, tls=False, secure_auth=False, require_encryption=False).start()
+    gateway = GatewayProcess(ns, pki, [
+        {"domain": "a.example", "type": "federated", "tls": "optional", "sasl": "optional"}])
+    try:
+        gateway.start()
+
+        def check() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*ns.exec, sys.executable, "-m", "gateway.cli.main", "-c", str(gateway.config),
+                 "check", "connectivity", "a.example"],
+                capture_output=True, text=True, timeout=60, cwd=REPO)
+
+        good = check()
+        assert good.returncode == 0, good.stdout + good.stderr
+        assert "OK: gw.example → a.example authenticated with TCP Dialback" in good.stdout
+        assert "DNS: xmpp.a.example:5269" in good.stdout
+        gateway.stop()
+        gateway = GatewayProcess(ns, pki, [
+            {"domain": "a.example", "type": "federated", "tls": "required", "sasl": "optional"}])
+        gateway.start()
+        bad = check()
+        assert bad.returncode == 1
+        assert "a.example does not offer STARTTLS" in bad.stdout
+        assert "hint: the partner has TLS off" in bad.stdout
+    finally:
+        gateway.stop()
+        server.stop()
