@@ -51,7 +51,10 @@ def make_backend(config: GatewayConfig) -> LocalBackend:
 def make_resolver(config: GatewayConfig) -> Any:
     from gateway.dns.resolver import DnsPythonResolver
 
-    return DnsPythonResolver.from_settings(config.dns)
+    try:
+        return DnsPythonResolver.from_settings(config.dns)
+    except ValueError as exc:
+        raise StartupError(f"dns: {exc}") from None
 
 
 def make_context(config: GatewayConfig, keys: DialbackKeyGenerator,

@@ -197,6 +197,18 @@ class _Checker:
             raise _Skip
         return tuple(str(v) for v in value)
 
+    def nameservers(self, value: Any, path: str, line: int | None) -> tuple[str, ...]:
+        from gateway.dns.resolver import parse_nameserver
+
+        servers = self.string_list(value, path, line)
+        for server in servers:
+            try:
+                parse_nameserver(server)
+            except ValueError as exc:
+                self.problem(line, path, str(exc))
+                raise _Skip from None
+        return servers
+
     # -------------------------------------------------------------- sections
 
     def section(self, cls: type, spec: dict[str, Callable[[Any, str, int | None], Any]],
@@ -320,7 +332,7 @@ def _top_level_spec(c: _Checker) -> dict[str, Callable[[Any, str, int | None], A
             "use_system_cas": c.boolean, "min_version": c.choice(("1.2", "1.3")),
             "per_domain": c.per_domain}),
         "dialback": c.section(DialbackSettings, {"secret": c.string}),
-        "dns": c.section(DnsSettings, {"nameservers": c.string_list, "timeout": c.seconds,
+        "dns": c.section(DnsSettings, {"nameservers": c.nameservers, "timeout": c.seconds,
                                        "direct_tls": c.boolean}),
         "store": c.section(StoreSettings, {"path": c.path}),
         "sip": c.section(SipSettings, {

@@ -76,3 +76,8 @@ def test_all_problems_are_reported_at_once() -> None:
 def test_invalid_domain() -> None:
     [problem] = problems("domains: ['bad domain!']\n")
     assert problem.startswith("gw.yaml:1: domains[0]: 'bad domain!' is not a valid domain")
+
+
+def test_nameserver_must_be_an_address() -> None:
+    [problem] = problems("domains: [a.example]\ndns: {nameservers: [dns.google]}\n")
+    assert problem.startswith("gw.yaml:2: dns.nameservers: nameserver 'dns.google'")
