@@ -1,0 +1,138 @@
+"""Resource attacks against a running gateway (issue: hardening, item 3): connection
+floods from one address, slowloris, unbounded outbound queues, stanza floods."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import socket
+import time
+from pathlib import Path
+
+from gateway.config.model import (
+    DialbackSettings,
+    GatewayConfig,
+    Limits,
+    ListenAddress,
+    StoreSettings,
+)
+from gateway.daemon import Gateway
+from gateway.dns.resolver import DnsPythonResolver
+from gateway.policy.negotiation import Support
+from gateway.sip.development import message
+from gateway.xmpp.xml import stream_header
+from tests.integration.test_two_gateways import Pair, _policy, pair, partner  # noqa: F401
+
+OPEN = _policy(Support.OPTIONAL, Support.OPTIONAL, True)
+
+
+def pair_config(pair: Pair, domain: str, policy) -> GatewayConfig:  # noqa: F811
+    return GatewayConfig(
+        domains=(domain,), partners=(policy,),
+        listen=(ListenAddress("127.0.0.1", pair.ports[domain]),),
+        tls=pair.pki.tls_settings(domain), dialback=DialbackSettings("s"),
+        store=StoreSettings(pair.tmp / domain / "store.sqlite3"),
+        admin_socket=pair.tmp / domain / "admin.sock")
+
+
+async def _restart_b(pair: Pair, limits: Limits) -> Gateway:  # noqa: F811
+    config = dataclasses.replace(pair.b.config, limits=limits)
+    await pair.b.stop()
+    b = Gateway(config, resolver=DnsPythonResolver(nameservers=(pair.dns,), timeout=2.0))
+    await b.start()
+    pair.gateways["b.example"] = b
+    return b
+
+
+async def test_connection_flood_from_one_address(pair: Pair) -> None:  # noqa: F811
+    await pair.start(partner("b.example", OPEN), partner("a.example", OPEN))
+    await _restart_b(pair, Limits(max_connections_per_ip=5))
+    port = pair.ports["b.example"]
+    held = []
+    for _ in range(5):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        held.append(writer)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    assert await asyncio.wait_for(reader.read(100), 5) == b""  # refused at once
+    writer.close()
+    for w in held:
+        w.close()
+    await asyncio.sleep(0.1)
+    # Once they are gone, federation from that address works again.
+    await pair.a.backend.inject(message("alice@a.example/pc", "bob@b.example", "after"))
+    assert (await pair.b.backend.next_delivered(10)).findtext("{jabber:server}body") == "after"
+
+
+async def test_slowloris_is_cut_by_the_negotiation_timeout(pair: Pair) -> None:  # noqa: F811
+    await pair.start(partner("b.example", OPEN), partner("a.example", OPEN))
+    await _restart_b(pair, Limits(negotiation_timeout=1.0))
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.ports["b.example"])
+    header = stream_header(from_="a.example", to="b.example", stream_id=None)
+    started = time.monotonic()
+    received = b""
+    for byte in header[:60]:  # trickle, one byte every 100 ms
+        writer.write(bytes([byte]))
+        with contextlib.suppress(TimeoutError):
+            received += await asyncio.wait_for(reader.read(4096), 0.1)
+        if b"connection-timeout" in received or time.monotonic() - started > 5:
+            break
+    if b"connection-timeout" not in received:
+        received += await asyncio.wait_for(reader.read(4096), 3)
+    assert b"<connection-timeout xmlns=" in received
+    assert time.monotonic() - started < 3
+    writer.close()
+
+
+async def test_outbound_queue_is_bounded_and_bounces(pair: Pair) -> None:  # noqa: F811
+    silent = socket.socket()
+    silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    silent.bind(("127.0.0.1", pair.ports["b.example"]))
+    silent.listen(50)  # TCP accepted, never a stream header: the session never opens
+    try:
+        config = dataclasses.replace(
+            pair_config(pair, "a.example", partner("b.example", OPEN)),
+            limits=Limits(max_queue_per_domain=10))
+        a = Gateway(config, resolver=DnsPythonResolver(nameservers=(pair.dns,), timeout=2.0))
+        await a.start()
+        pair.gateways = {"a.example": a}
+        for index in range(15):
+            await a.backend.inject(message("alice@a.example/pc", "bob@b.example", f"m{index}"))
+        bounced = [await a.backend.next_delivered(10) for _ in range(5)]
+        assert all(b.get("type") == "error" for b in bounced)
+        assert all(b.find("{jabber:server}error/{urn:ietf:params:xml:ns:xmpp-stanzas}"
+                          "resource-constraint") is not None for b in bounced)
+        assert sum(a.status()["queues"].values()) == 10
+        await a.stop()  # the 10 queued ones are bounced, none lost
+        pair.gateways = {}
+        errors = [s for s in a.backend.delivered if s.get("type") == "error"]
+        assert len(errors) == 15
+    finally:
+        silent.close()
+
+
+async def test_stanza_flood_is_throttled_not_dropped(pair: Pair, tmp_path: Path) -> None:  # noqa: F811
+    await pair.start(partner("b.example", OPEN), partner("a.example", OPEN))
+    rate = 200_000  # bytes/s per inbound stream
+    b = await _restart_b(pair, Limits(inbound_bytes_per_second=rate))
+    await pair.a.backend.inject(message("alice@a.example/pc", "bob@b.example", "warm-up"))
+    await b.backend.next_delivered(10)  # the session is up: nothing waits in a queue
+    b.backend.delivered.clear()
+    b.router.delivered = 0
+    n = 5000
+    body = "x" * 80
+    started = time.monotonic()
+    for index in range(n):
+        pair.a.s2s.send(message("alice@a.example/pc", "bob@b.example", f"{index} {body}"))
+    size = len(b'<message from="alice@a.example/pc" to="bob@b.example" type="chat"><body>'
+               b"0000 </body></message>") + len(body)
+    while b.router.delivered < n:
+        assert time.monotonic() - started < 60, f"only {b.router.delivered} of {n} delivered"
+        await asyncio.sleep(0.05)
+    elapsed = time.monotonic() - started
+    # Everything arrived, in order, and no faster than the rate allows, minus one burst
+    # (a read takes up to 256 KiB from the socket before the bucket can pause it).
+    burst = 256 * 1024 + rate
+    assert elapsed >= (n * size - burst) / rate * 0.8
+    bodies = [s.findtext("{jabber:server}body") for s in b.backend.delivered]
+    assert [int(x.split()[0]) for x in bodies] == list(range(n))
