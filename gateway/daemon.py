@@ -116,6 +116,10 @@ class Gateway:
                               on_bounce=self.router.bounce, metrics=self.metrics)
         self.router.s2s = self.s2s
         self.router.on_pressure = self.s2s.set_reading_paused
+        if self.metrics is not None:
+            s2s = self.s2s
+            self.metrics.watch(lambda: sum(len(x.queue) for x in s2s.sessions.values()),
+                               lambda: len(s2s.connections))
         await self.router.start()
         try:
             await self.s2s.start()

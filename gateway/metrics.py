@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 
 class Metrics:
@@ -31,7 +33,15 @@ class Metrics:
         self.handshakes = Histogram("xmpp_gateway_handshake_seconds",
                                     "Outbound connect-to-authenticated time", ["method"],
                                     registry=r)
+        self.queue_depth = Gauge("xmpp_gateway_queue_depth",
+                                 "Stanzas waiting for an outbound session", registry=r)
+        self.open_streams = Gauge("xmpp_gateway_streams", "Open S2S streams", registry=r)
         self._server: Any = None
+
+    def watch(self, queued: Callable[[], int], streams: Callable[[], int]) -> None:
+        """Gauges read at scrape time from the live S2S service."""
+        self.queue_depth.set_function(queued)
+        self.open_streams.set_function(streams)
 
     def count(self, what: str, label: str) -> None:
         counter = getattr(self, what, None)

@@ -37,3 +37,5 @@ async def test_metrics_after_three_messages(pair: Pair) -> None:  # noqa: F811
     assert ('xmpp_gateway_sessions_authenticated_total{direction="outbound",'
             'method="SASL over TLS"} 1.0') in text
     assert 'xmpp_gateway_handshake_seconds_count{method="SASL over TLS"} 1.0' in text
+    assert "xmpp_gateway_queue_depth 0.0" in text
+X
