@@ -38,4 +38,4 @@ async def test_metrics_after_three_messages(pair: Pair) -> None:  # noqa: F811
             'method="SASL over TLS"} 1.0') in text
     assert 'xmpp_gateway_handshake_seconds_count{method="SASL over TLS"} 1.0' in text
     assert "xmpp_gateway_queue_depth 0.0" in text
-X
+    assert "xmpp_gateway_streams 1.0" in text  # A: its one outbound stream to B
