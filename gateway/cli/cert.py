@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway.cli.common import load_or_report
 from gateway.cli.main import config_parent
 
 
@@ -50,16 +51,6 @@ def register(subparsers: Any) -> None:
     install.set_defaults(func=_install)
 
 
-def _config(args: argparse.Namespace) -> Any:
-    from gateway.config.loader import ConfigError, load_config
-
-    try:
-        return load_config(args.config)
-    except (ConfigError, OSError) as exc:
-        print(f"error: {args.config}: {exc}", file=sys.stderr)
-        return None
-
-
 def _request(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -71,7 +62,7 @@ def _request(args: argparse.Namespace) -> int:
         key_to_pem,
     )
 
-    config = _config(args)
+    config = load_or_report(args)
     if config is None:
         return 1
     key_path = args.out_dir / "gateway.key"
@@ -102,7 +93,7 @@ def _selfsigned(args: argparse.Namespace) -> int:
         write_key_and_cert,
     )
 
-    config = _config(args)
+    config = load_or_report(args)
     if config is None:
         return 1
     if args.out_dir is not None:
@@ -128,7 +119,7 @@ def _selfsigned(args: argparse.Namespace) -> int:
 def _install(args: argparse.Namespace) -> int:
     from gateway.auth.install import CertificateRefused, check_and_install
 
-    config = _config(args)
+    config = load_or_report(args)
     if config is None:
         return 1
     try:

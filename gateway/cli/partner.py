@@ -12,6 +12,7 @@ import json
 import sys
 from typing import Any
 
+from gateway.cli.common import load_or_report
 from gateway.cli.main import config_parent
 from gateway.config.model import PartnerPolicy, PartnerType
 from gateway.policy.negotiation import Support, negotiate
@@ -177,22 +178,10 @@ def _describe(policy: PartnerPolicy) -> dict[str, Any]:
             "warnings": list(policy.negotiation.warnings)}
 
 
-def _loaded(args: argparse.Namespace) -> Any:
-    from gateway.config.loader import ConfigError, load_config
-
-    try:
-        return load_config(args.config)
-    except ConfigError as exc:
-        print(f"invalid configuration:\n{exc}", file=sys.stderr)
-    except OSError as exc:
-        print(f"error: {args.config}: {exc.strerror or exc}", file=sys.stderr)
-    return None
-
-
 def _show(args: argparse.Namespace) -> int:
     from gateway.domain import DomainError, normalize_domain
 
-    config = _loaded(args)
+    config = load_or_report(args)
     if config is None:
         return 1
     try:
@@ -215,7 +204,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    config = _loaded(args)
+    config = load_or_report(args)
     if config is None:
         return 1
     rows = [_describe(p) for p in config.partners]

@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Any
 
+from gateway.cli.common import load_or_report
 from gateway.cli.main import config_parent
 
 
@@ -24,23 +25,10 @@ def register(subparsers: Any) -> None:
     reload.set_defaults(func=_reload)
 
 
-def _load(args: argparse.Namespace) -> Any:
-    from gateway.config.loader import ConfigError, load_config
-
-    try:
-        return load_config(args.config)
-    except ConfigError as exc:
-        print(f"xmpp-gateway: invalid configuration:\n{exc}", file=sys.stderr)
-        return None
-    except OSError as exc:
-        print(f"xmpp-gateway: cannot read {args.config}: {exc.strerror or exc}", file=sys.stderr)
-        return None
-
-
 def _run(args: argparse.Namespace) -> int:
     from gateway.daemon import run_gateway
 
-    config = _load(args)
+    config = load_or_report(args)
     if config is None:
         return 2
     return asyncio.run(run_gateway(config))
@@ -49,7 +37,7 @@ def _run(args: argparse.Namespace) -> int:
 def _ask(args: argparse.Namespace, command: str) -> dict[str, Any] | None:
     from gateway.net.admin import query
 
-    config = _load(args)
+    config = load_or_report(args)
     if config is None:
         return None
     try:
