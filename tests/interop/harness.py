@@ -170,6 +170,7 @@ class GatewayProcess:
     # certificate carrying id-on-xmppAddr; see docs/interop.md.
     xmpp_addrs: bool = True
     log_level: str = "debug"
+    allow_unlisted: bool = False
     process: subprocess.Popen | None = None
     dir: Path = field(init=False)
 
@@ -189,8 +190,11 @@ class GatewayProcess:
                  "dialback: {secret: interop-secret}",
                  "dns: {nameservers: ['127.0.0.53'], timeout: 3}",
                  f"logging: {{level: {self.log_level}}}",
-                 "limits: {negotiation_timeout: 10}",
+                 "limits: {negotiation_timeout: 10, max_connections_per_ip: 5000}",
+                 f"federation: {{allow_unlisted: {str(self.allow_unlisted).lower()}}}",
                  "store: {path: store.sqlite3}", "admin_socket: admin.sock", "partners:"]
+        if not self.partners:
+            lines[-1] = "partners: []"
         for p in self.partners:
             lines.append("  - {" + ", ".join(f"{k}: {v}" for k, v in p.items()) + "}")
         self.config.write_text("\n".join(lines) + "\n")
