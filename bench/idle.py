@@ -47,7 +47,8 @@ async def main() -> None:
         dialback=DialbackSettings("bench"), dns=DnsSettings(("127.0.0.53",), 3.0),
         store=StoreSettings(Path(workdir) / "idle.sqlite3"),
         admin_socket=Path(workdir) / "idle.sock",
-        limits=Limits(idle_timeout=3600, keepalive_interval=3600, max_queue_per_domain=10),
+        limits=Limits(idle_timeout=3600, keepalive_interval=3600, max_queue_per_domain=10,
+                      negotiation_timeout=120, connect_timeout=30),
     )
     gateway = Gateway(config)
     await gateway.start()
@@ -60,7 +61,7 @@ async def main() -> None:
             stanza = Element("{jabber:server}message", {
                 "from": f"idle@{domain}", "to": recipient, "type": "error"})
             gateway.s2s.send(stanza)
-            if index % 50 == 49:
+            if index % 25 == 24:
                 await _wait_open(gateway, receiver, index + 1, started)
         await _wait_open(gateway, receiver, k, started)
         print(json.dumps({"sessions": k, "seconds_to_open": time.monotonic() - started}),

@@ -9,6 +9,7 @@ docs/benchmarks.md with the ratios.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -70,8 +71,9 @@ def idle_memory(ns: Namespace, pki: Pki, receiver: str, recipient: str, k: int,
         after = rss_kib(pid)
     finally:
         if process.stdin:
-            process.stdin.write("\n")
-            process.stdin.flush()
+            with contextlib.suppress(BrokenPipeError):
+                process.stdin.write("\n")
+                process.stdin.flush()
         try:
             process.wait(60)
         except subprocess.TimeoutExpired:
