@@ -1,0 +1,87 @@
+"""Faults (issue: hardening, item 5): every stanza is delivered or bounced with an error
+to its sender, and the log says which — DNS timeout and SERVFAIL, a peer that vanishes,
+a local backend that is down."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from gateway.daemon import Gateway
+from gateway.dns.resolver import DnsPythonResolver
+from gateway.policy.negotiation import Support
+from gateway.sip.development import message
+from tests.integration.test_two_gateways import Pair, _policy, pair, partner  # noqa: F401
+from tests.support.dnsmasq import SilentNameserver, servfail_dnsmasq
+
+OPEN = _policy(Support.OPTIONAL, Support.OPTIONAL, True)
+STANZAS = "{urn:ietf:params:xml:ns:xmpp-stanzas}"
+
+
+def condition(stanza) -> str:
+    error = stanza.find("{jabber:server}error")
+    assert error is not None, f"not an error: {stanza.attrib}"
+    return next(c.tag[len(STANZAS):] for c in error if c.tag.startswith(STANZAS)
+                and not c.tag.endswith("}text"))
+
+
+async def _a_with_resolver(pair: Pair, resolver) -> Gateway:  # noqa: F811
+    await pair.start(partner("b.example", OPEN), partner("a.example", OPEN))
+    config = pair.a.config
+    await pair.a.stop()
+    a = Gateway(dataclasses.replace(config), resolver=resolver)
+    await a.start()
+    pair.gateways["a.example"] = a
+    return a
+
+
+async def test_dns_timeout_bounces_with_remote_server_timeout(pair: Pair, caplog) -> None:  # noqa: F811
+    caplog.set_level(logging.INFO, logger="gateway")
+    with SilentNameserver() as silent:
+        a = await _a_with_resolver(pair, DnsPythonResolver((silent.nameserver,), timeout=0.5))
+        await a.backend.inject(message("alice@a.example/pc", "bob@b.example", "hi"))
+        bounce = await a.backend.next_delivered(10)
+    assert condition(bounce) == "remote-server-timeout"
+    assert any("DNS:" in str(getattr(r, "gw_fields", "")) for r in caplog.records)
+
+
+async def test_dns_servfail_bounces_with_remote_server_not_found(pair: Pair,  # noqa: F811
+                                                                 tmp_path: Path) -> None:
+    with servfail_dnsmasq(tmp_path / "servfail") as server:
+        a = await _a_with_resolver(pair, DnsPythonResolver((server.nameserver,), timeout=2))
+        await a.backend.inject(message("alice@a.example/pc", "bob@b.example", "hi"))
+        bounce = await a.backend.next_delivered(10)
+    assert condition(bounce) == "remote-server-not-found"
+    assert "server failure" in (bounce.findtext(f"{{jabber:server}}error/{STANZAS}text") or "")
+
+
+async def test_peer_vanishing_mid_stanza_loses_nothing(pair: Pair) -> None:  # noqa: F811
+    """B disappears (process-like abort of every socket); A's next stanzas either go
+    through a fresh session once B is back or bounce — none vanish."""
+    await pair.start(partner("b.example", OPEN), partner("a.example", OPEN))
+    await pair.a.backend.inject(message("alice@a.example/pc", "bob@b.example", "first"))
+    await pair.b.backend.next_delivered(10)
+    b_config = pair.b.config
+    for conn in list(pair.b.s2s.connections):  # type: ignore[union-attr]
+        conn.abort()  # RST, no closing handshake, as if the host died
+    await pair.b.stop()
+    for index in range(3):
+        await pair.a.backend.inject(message("alice@a.example/pc", "bob@b.example", f"m{index}"))
+    bounces = [await pair.a.backend.next_delivered(15) for _ in range(3)]
+    assert [condition(b) for b in bounces] == ["remote-server-not-found"] * 3
+    # B comes back: traffic flows again on a new session.
+    b = Gateway(b_config, resolver=DnsPythonResolver(nameservers=(pair.dns,), timeout=2.0))
+    await b.start()
+    pair.gateways["b.example"] = b
+    await pair.a.backend.inject(message("alice@a.example/pc", "bob@b.example", "back"))
+    assert (await b.backend.next_delivered(15)).findtext("{jabber:server}body") == "back"
+
+
+async def test_local_backend_down_answers_the_remote_sender(pair: Pair) -> None:  # noqa: F811
+    await pair.start(partner("b.example", OPEN), partner("a.example", OPEN))
+    await pair.b.backend.stop()  # the SIP side is gone
+    await pair.a.backend.inject(message("alice@a.example/pc", "bob@b.example", "anyone?"))
+    reply = await pair.a.backend.next_delivered(10)
+    assert reply.get("from") == "bob@b.example" and condition(reply) == "service-unavailable"
+
