@@ -136,3 +136,38 @@ async def test_stanza_flood_is_throttled_not_dropped(pair: Pair, tmp_path: Path)
     assert elapsed >= (n * size - burst) / rate * 0.8
     bodies = [s.findtext("{jabber:server}body") for s in b.backend.delivered]
     assert [int(x.split()[0]) for x in bodies] == list(range(n))
+
+
+async def test_other_sessions_keep_working_during_a_flood(pair: Pair) -> None:  # noqa: F811
+    """While A floods B with 20,000 stanzas, B's own session toward A still delivers
+    promptly, every flood stanza arrives, and memory stays bounded (backpressure)."""
+    import resource
+
+    await pair.start(partner("b.example", OPEN), partner("a.example", OPEN))
+    await pair.a.backend.inject(message("alice@a.example/pc", "bob@b.example", "warm-up"))
+    await pair.b.backend.next_delivered(10)
+    await pair.b.backend.inject(message("bob@b.example/pc", "alice@a.example", "warm-up"))
+    await pair.a.backend.next_delivered(10)
+    pair.b.router.delivered = 0
+    n = 20_000
+    for index in range(n):
+        pair.a.s2s.send(message("alice@a.example/pc", "bob@b.example", f"flood {index}"))
+    latencies = []
+    for probe in range(5):
+        sent = time.monotonic()
+        await pair.b.backend.inject(message("bob@b.example/pc", "alice@a.example", f"p{probe}"))
+        while True:
+            got = await pair.a.backend.next_delivered(10)
+            if got.findtext("{jabber:server}body") == f"p{probe}":
+                break
+        latencies.append(time.monotonic() - sent)
+        await asyncio.sleep(0.05)
+    started = time.monotonic()
+    while pair.b.router.delivered < n:
+        assert time.monotonic() - started < 60, f"{pair.b.router.delivered} of {n}"
+        await asyncio.sleep(0.05)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"flood: {n} stanzas delivered; other session latency max "
+          f"{max(latencies) * 1000:.0f} ms; peak RSS of the test process {peak_mib:.0f} MiB")
+    assert max(latencies) < 2.0
+    assert peak_mib < 1024
