@@ -85,3 +85,26 @@ async def test_local_backend_down_answers_the_remote_sender(pair: Pair) -> None:
     reply = await pair.a.backend.next_delivered(10)
     assert reply.get("from") == "bob@b.example" and condition(reply) == "service-unavailable"
 
+
+
+async def test_full_store_bounces_with_an_error_and_keeps_running(pair: Pair) -> None:  # noqa: F811
+    """SQLITE_FULL (a full disk) while recording a subscription: the local sender gets
+    internal-server-error, the gateway keeps routing everything else."""
+    from xml.etree.ElementTree import Element
+
+    await pair.start(partner("b.example", OPEN), partner("a.example", OPEN))
+    db = pair.a.store.store._db
+    db.execute(f"PRAGMA max_page_count={db.execute('PRAGMA page_count').fetchone()[0]}")
+    for index in range(200):  # fill the last free pages
+        try:
+            pair.a.store.store.allow("filler@a.example", f"u{index}-{'x' * 300}@c.example")
+        except Exception:
+            break
+    subscribe = Element("{jabber:server}presence", {
+        "from": "alice@a.example", "to": "bob@b.example", "type": "subscribe"})
+    await pair.a.backend.inject(subscribe)
+    reply = await pair.a.backend.next_delivered(10)
+    assert reply.get("type") == "error" and condition(reply) == "internal-server-error"
+    await pair.a.backend.inject(message("alice@a.example/pc", "bob@b.example", "still here"))
+    assert (await pair.b.backend.next_delivered(10)).findtext("{jabber:server}body") == \
+        "still here"
