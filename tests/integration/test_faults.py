@@ -4,6 +4,7 @@ a local backend that is down."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from pathlib import Path
@@ -108,3 +109,40 @@ async def test_full_store_bounces_with_an_error_and_keeps_running(pair: Pair) ->
     await pair.a.backend.inject(message("alice@a.example/pc", "bob@b.example", "still here"))
     assert (await pair.b.backend.next_delivered(10)).findtext("{jabber:server}body") == \
         "still here"
+
+
+async def test_slow_backend_applies_backpressure_and_loses_nothing(pair: Pair,  # noqa: F811
+                                                                   caplog) -> None:
+    """A SIP side that takes 1 ms per stanza: the router queue passes its high-water mark,
+    the gateway stops reading the peer's stream (TCP backpressure) instead of buffering
+    without bound, and every stanza is delivered, in order."""
+    from gateway.router import HIGH_WATER
+    from gateway.sip.development import DevelopmentBackend
+
+    caplog.set_level(logging.INFO, logger="gateway")
+    await pair.start(partner("b.example", OPEN), partner("a.example", OPEN))
+    backend = pair.b.backend
+    assert isinstance(backend, DevelopmentBackend)
+    original = backend.deliver
+
+    async def slow_deliver(stanza) -> None:
+        await asyncio.sleep(0.001)
+        await original(stanza)
+
+    await pair.a.backend.inject(message("alice@a.example/pc", "bob@b.example", "warm-up"))
+    await backend.next_delivered(10)  # the session is up: nothing waits in A's queue
+    backend.delivered.clear()
+    pair.b.router.delivered = 0
+    backend.deliver = slow_deliver  # type: ignore[method-assign]
+    n = HIGH_WATER + 1500
+    for index in range(n):
+        pair.a.s2s.send(message("alice@a.example/pc", "bob@b.example", str(index)))
+    deadline = asyncio.get_running_loop().time() + 60
+    while pair.b.router.delivered < n:
+        assert asyncio.get_running_loop().time() < deadline, pair.b.router.delivered
+        await asyncio.sleep(0.05)
+    bodies = [int(s.findtext("{jabber:server}body") or -1) for s in backend.delivered]
+    assert bodies == list(range(n))
+    states = [getattr(r, "gw_fields", {}).get("state") for r in caplog.records
+              if r.getMessage() == "router.backpressure"]
+    assert states[:2] == ["on", "off"]
