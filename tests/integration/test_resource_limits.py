@@ -171,3 +171,16 @@ async def test_other_sessions_keep_working_during_a_flood(pair: Pair) -> None:  
           f"{max(latencies) * 1000:.0f} ms; peak RSS of the test process {peak_mib:.0f} MiB")
     assert max(latencies) < 2.0
     assert peak_mib < 1024
+
+
+async def test_global_connection_limit(pair: Pair) -> None:  # noqa: F811
+    await pair.start(partner("b.example", OPEN), partner("a.example", OPEN))
+    await _restart_b(pair, Limits(max_connections=4, max_connections_per_ip=100))
+    port = pair.ports["b.example"]
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+    await asyncio.sleep(0.05)
+    # The fifth is over the global limit (counted before admission): closed at once.
+    assert await asyncio.wait_for(held[-1][0].read(100), 5) == b""
+    for _reader, writer in held[:-1]:
+        assert not writer.is_closing()
+        writer.close()
