@@ -48,9 +48,9 @@ test-unit: venv
 
 lint: venv
 	$(PY) -m ruff check gateway tests bench
-	$(PY) -m ruff format --check gateway tests bench || true
 
 bench: debs venv
+	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) -m bench.run
 
 clean:

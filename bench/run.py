@@ -167,6 +167,9 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2))
     write_markdown(report, args)
+    from bench.plots import main as plots
+
+    plots(out / "results.json")
     print(json.dumps(report, indent=2))
     return 0
 
@@ -207,8 +210,10 @@ def write_markdown(report: dict, args: argparse.Namespace) -> None:
     lines += ["", "Idle sessions: distinct peer domains d0001.load.example … with one "
               "wildcard certificate, SASL EXTERNAL, kept open with keepalives off; RSS of the "
               "receiver process (ejabberd: its beam.smp) before and 2 s after all are up.", "",
-              "Not measured yet: XMPP→SIP latency through Kamailio (needs the SIP backend); "
-              "no plots yet.", ""]
+              "Not measured yet: XMPP→SIP latency through Kamailio (needs the SIP backend).",
+              "", *[f"![{k}](benchmarks/{k}.png)" for k in (
+                  "messages_per_second", "handshake_p50_ms", "handshake_p99_ms",
+                  "kib_per_session")], ""]
     (ROOT / "docs" / "benchmarks.md").write_text("\n".join(lines))
 
 
