@@ -37,36 +37,44 @@ def register(subparsers: Any) -> None:
 
     def policy_options(p: argparse.ArgumentParser, *, creating: bool) -> None:
         p.add_argument("--type", choices=TYPES, required=creating,
-                       help="partner type (contact rules)")
-        p.add_argument("--tls", choices=SUPPORTS)
-        p.add_argument("--sasl", choices=SUPPORTS)
-        p.add_argument("--dialback", type=_bool, metavar="true|false")
-        p.add_argument("--description")
+                       help="contact rules (GATEWAY-SPEC §3)")
+        p.add_argument("--tls", choices=SUPPORTS, help="STARTTLS" + (
+            " (default optional)" if creating else ""))
+        p.add_argument("--sasl", choices=SUPPORTS, help="SASL EXTERNAL with certificates, "
+                       "XEP-0178" + (" (default optional)" if creating else ""))
+        p.add_argument("--dialback", type=_bool, metavar="true|false",
+                       help="server dialback, XEP-0220" + (" (default true)" if creating
+                                                          else ""))
+        p.add_argument("--description", help="free text" + (" (default empty)" if creating
+                                                            else ""))
 
     add = commands.add_parser("add", parents=[config_parent()], help="add a partner")
-    add.add_argument("domain")
+    add.add_argument("domain", help="primary domain of the partner deployment")
     policy_options(add, creating=True)
-    add.add_argument("--additional-domain", action="append", default=[], metavar="DOMAIN")
+    add.add_argument("--additional-domain", action="append", default=[], metavar="DOMAIN",
+                     help="another domain of the same partner (repeatable)")
     add.set_defaults(func=_add)
 
     set_ = commands.add_parser("set", parents=[config_parent()], help="change a partner")
-    set_.add_argument("domain")
+    set_.add_argument("domain", help="any domain of the partner entry")
     policy_options(set_, creating=False)
-    set_.add_argument("--add-domain", action="append", default=[], metavar="DOMAIN")
-    set_.add_argument("--remove-domain", action="append", default=[], metavar="DOMAIN")
+    set_.add_argument("--add-domain", action="append", default=[], metavar="DOMAIN",
+                      help="add an additional domain (repeatable)")
+    set_.add_argument("--remove-domain", action="append", default=[], metavar="DOMAIN",
+                      help="remove an additional domain (repeatable)")
     set_.set_defaults(func=_set)
 
     show = commands.add_parser("show", parents=[config_parent()], help="show one partner")
-    show.add_argument("domain")
-    show.add_argument("--json", action="store_true")
+    show.add_argument("domain", help="any domain of the partner entry")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=_show)
 
     list_ = commands.add_parser("list", parents=[config_parent()], help="list partners")
-    list_.add_argument("--json", action="store_true")
+    list_.add_argument("--json", action="store_true", help="machine-readable output")
     list_.set_defaults(func=_list)
 
     remove = commands.add_parser("remove", parents=[config_parent()], help="remove a partner")
-    remove.add_argument("domain")
+    remove.add_argument("domain", help="any domain of the partner entry")
     remove.set_defaults(func=_remove)
 
 
@@ -84,8 +92,18 @@ def _print_warnings(policy: PartnerPolicy) -> None:
         print(f"warning: {warning}")
 
 
+def _domain(text: str) -> str:
+    """Normalised domain, or a DomainError that names the text it was about."""
+    from gateway.domain import DomainError, normalize_domain
+
+    try:
+        return normalize_domain(text)
+    except DomainError as exc:
+        raise DomainError(f"{text!r} is not a valid domain: {exc}") from None
+
+
 def _edit(args: argparse.Namespace, action: Any) -> int:
-    from gateway.config.editor import PartnerNotFound
+    from gateway.config.editor import ConcurrentEdit, PartnerNotFound
     from gateway.config.loader import ConfigError
     from gateway.domain import DomainError
 
@@ -100,6 +118,9 @@ def _edit(args: argparse.Namespace, action: Any) -> int:
     except DomainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ConcurrentEdit as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"error: {args.config}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -107,7 +128,6 @@ def _edit(args: argparse.Namespace, action: Any) -> int:
 
 def _add(args: argparse.Namespace) -> int:
     from gateway.config.editor import add_partner
-    from gateway.domain import normalize_domain
 
     tls = Support(args.tls or "optional")
     sasl = Support(args.sasl or "optional")
@@ -116,9 +136,9 @@ def _add(args: argparse.Namespace) -> int:
         return 2
 
     def action() -> int:
-        entry = {"domain": normalize_domain(args.domain), "type": args.type, "tls": str(tls),
+        entry = {"domain": _domain(args.domain), "type": args.type, "tls": str(tls),
                  "sasl": str(sasl), "dialback": dialback,
-                 "additional_domains": args.additional_domain or None,
+                 "additional_domains": [_domain(d) for d in args.additional_domain] or None,
                  "description": args.description}
         config = add_partner(args.config, entry)
         policy = config.partner_for(entry["domain"])
@@ -131,15 +151,18 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _set(args: argparse.Namespace) -> int:
-    from gateway.config.editor import set_partner
+    from gateway.config.editor import PartnerNotFound, set_partner
     from gateway.config.loader import load_config
-    from gateway.domain import normalize_domain
+
+    changes = (args.type, args.tls, args.sasl, args.dialback, args.description)
+    if all(c is None for c in changes) and not (args.add_domain or args.remove_domain):
+        print("error: nothing to change: give --type, --tls, --sasl, --dialback, "
+              "--description, --add-domain or --remove-domain", file=sys.stderr)
+        return 2
 
     def action() -> int:
-        current = load_config(args.config).partner_for(normalize_domain(args.domain))
+        current = load_config(args.config).partner_for(_domain(args.domain))
         if current is None:
-            from gateway.config.editor import PartnerNotFound
-
             raise PartnerNotFound(args.domain)
         tls = Support(args.tls) if args.tls else current.tls
         sasl = Support(args.sasl) if args.sasl else current.sasl
@@ -148,8 +171,9 @@ def _set(args: argparse.Namespace) -> int:
             return 2
         updates = {"type": args.type, "tls": args.tls, "sasl": args.sasl,
                    "dialback": args.dialback, "description": args.description}
-        config = set_partner(args.config, args.domain, updates, args.add_domain,
-                             args.remove_domain)
+        config = set_partner(args.config, args.domain, updates,
+                             [_domain(d) for d in args.add_domain],
+                             [_domain(d) for d in args.remove_domain])
         policy = config.partner_for(current.primary_domain)
         assert policy is not None
         print(f"updated {policy.primary_domain}: permits {policy.negotiation.methods_text}")
@@ -163,8 +187,9 @@ def _remove(args: argparse.Namespace) -> int:
     from gateway.config.editor import remove_partner
 
     def action() -> int:
-        remove_partner(args.config, args.domain)
-        print(f"removed {args.domain}")
+        domain = _domain(args.domain)
+        remove_partner(args.config, domain)
+        print(f"removed the partner entry of {domain}")
         return 0
 
     return _edit(args, action)
@@ -179,13 +204,13 @@ def _describe(policy: PartnerPolicy) -> dict[str, Any]:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from gateway.domain import DomainError, normalize_domain
+    from gateway.domain import DomainError
 
     config = load_or_report(args)
     if config is None:
         return 1
     try:
-        policy = config.partner_for(normalize_domain(args.domain))
+        policy = config.partner_for(_domain(args.domain))
     except DomainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -210,6 +235,9 @@ def _list(args: argparse.Namespace) -> int:
     rows = [_describe(p) for p in config.partners]
     if args.json:
         print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no partners in {args.config} (add one with: xmpp-gateway partner add)")
         return 0
     table = [("DOMAINS", "TYPE", "TLS", "SASL", "DIALBACK", "PERMITTED METHODS")]
     for row in rows:

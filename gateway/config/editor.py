@@ -1,101 +1,224 @@
 """Comment-preserving, atomic edits of the partner list (``xmpp-gateway partner …``).
 
-The whole edited document is validated with the loader *before* anything is written; an
-invalid result raises :class:`ConfigError` and the file stays byte-for-byte untouched.
-Writes go to a temporary file in the same directory, are fsynced and renamed over the
-original (keeping its mode), so a crash never leaves half a configuration.
+The file is edited the way an administrator would by hand: ruamel.yaml's round-trip mode
+keeps comments, key order, quoting and flow/block style, and the file's own indentation
+is detected and reused, so an edit changes only the lines of the entry concerned.
+
+Safety, in order:
+
+1. the whole edited document is validated with the loader *before* anything is written;
+   an invalid result raises :class:`ConfigError` and the file stays byte-for-byte
+   untouched;
+2. the new text goes to a temporary file in the same directory, is fsynced and renamed
+   over the original (keeping its mode, and its owner where we may), then the directory
+   is fsynced: a crash leaves either the old file or the new one, never half of one;
+3. if the file changed on disk while we were editing (another ``partner`` command, an
+   editor), nothing is written and :class:`ConcurrentEdit` says so — no lost update.
+
+A symbolic link is followed: the file it points to is replaced, the link stays.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import itertools
 import os
+import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError
 
-from gateway.config.loader import ConfigError, ConfigProblem, load_config_text
+from gateway.config.loader import ConfigError, ConfigProblem, load_config, load_config_text
 from gateway.config.model import GatewayConfig
 from gateway.domain import DomainError, normalize_domain
 
+__all__ = [
+    "ConcurrentEdit",
+    "PartnerNotFound",
+    "add_partner",
+    "edit_partners",
+    "remove_partner",
+    "set_partner",
+]
+
+# Key order of a new entry: the order of GATEWAY-SPEC §2 and of config/gateway.yaml.
+PARTNER_KEYS = ("domain", "type", "tls", "sasl", "dialback", "additional_domains",
+                "description")
+
 
 class PartnerNotFound(LookupError):
-    pass
+    """No partner entry has this domain (primary or additional); ``str()`` is the domain."""
 
 
-def _yaml() -> YAML:
+class ConcurrentEdit(RuntimeError):
+    """The file changed on disk between reading and writing; nothing was written."""
+
+
+_BLOCK_KEY = re.compile(r"^(?P<indent> *)[^\s#-][^#]*:\s*(#.*)?$")
+_SEQUENCE_ITEM = re.compile(r"^(?P<indent> *)- ")
+
+
+def _indentation(text: str) -> tuple[int, int, int]:
+    """(mapping, sequence, offset) indentation as the file uses them (ruamel's terms).
+
+    ruamel.yaml writes one indentation style for the whole document; reusing the file's
+    own keeps untouched sections byte-for-byte as they were.
+    """
+    mapping = sequence = offset = None
+    lines = [line for line in text.splitlines() if line.strip() and
+             not line.lstrip().startswith("#")]
+    for current, following in itertools.pairwise(lines):
+        parent = _BLOCK_KEY.match(current)
+        if not parent:
+            continue
+        depth = len(parent["indent"])
+        item = _SEQUENCE_ITEM.match(following)
+        child_indent = len(following) - len(following.lstrip(" "))
+        if item and sequence is None and len(item["indent"]) >= depth:
+            offset = len(item["indent"]) - depth
+            sequence = offset + 2
+        elif not item and mapping is None and child_indent > depth:
+            mapping = child_indent - depth
+        if mapping is not None and sequence is not None:
+            break
+    mapping = mapping or 2
+    if sequence is None:  # no block sequence yet: indent like the mappings, dash inside
+        offset, sequence = mapping, mapping + 2
+    assert offset is not None
+    return mapping, max(sequence, offset + 2), offset
+
+
+def _yaml(text: str) -> YAML:
     yaml = YAML(typ="rt")
     yaml.preserve_quotes = True
-    yaml.indent(mapping=2, sequence=4, offset=2)
+    yaml.width = 4096  # never re-wrap an administrator's long lines
+    mapping, sequence, offset = _indentation(text)
+    yaml.indent(mapping=mapping, sequence=sequence, offset=offset)
+    # Write null as "null" (ruamel's default is an empty value) so `file: null` stays put.
+    yaml.representer.add_representer(
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
     return yaml
 
 
+def _names(entry: Any) -> Iterable[str]:
+    if not isinstance(entry, dict):
+        return ()
+    extra = entry.get("additional_domains") or []
+    return [entry.get("domain", ""), *(extra if isinstance(extra, list) else [extra])]
+
+
+def _same(name: Any, domain: str) -> bool:
+    try:
+        return normalize_domain(str(name)) == domain
+    except DomainError:
+        return False
+
+
 def _find(partners: CommentedSeq, domain: str) -> int | None:
+    """Index of the entry that has ``domain`` (normalised) as primary or additional."""
     for index, entry in enumerate(partners):
-        if not isinstance(entry, dict):
-            continue
-        names = [entry.get("domain", ""), *(entry.get("additional_domains") or [])]
-        for name in names:
-            try:
-                if normalize_domain(str(name)) == domain:
-                    return index
-            except DomainError:
-                continue
+        if any(_same(name, domain) for name in _names(entry)):
+            return index
     return None
 
 
 def edit_partners(path: Path, change: Callable[[CommentedSeq], None]) -> GatewayConfig:
-    """Apply ``change`` to the partner list, validate, write atomically; return the result."""
-    path = Path(path)
-    original = path.read_text(encoding="utf-8")
-    yaml = _yaml()
-    document = yaml.load(original)
+    """Apply ``change`` to the partner list, validate, write atomically; return the result.
+
+    ``change`` may raise (:class:`PartnerNotFound`, :class:`ConfigError`) to abandon the
+    edit; nothing is written then either.
+    """
+    shown = Path(path)  # messages name the file as the administrator did
+    path = shown.resolve()  # follow a symlink: replace its target, keep the link
+    original = path.read_bytes()
+    base_dir = shown.parent.resolve()  # the anchor load_config(shown) uses
+    try:
+        text = original.decode("utf-8")
+        yaml = _yaml(text)
+        document = yaml.load(text)
+    except (UnicodeDecodeError, YAMLError):
+        # The file need not be valid to be edited (removing a bad entry fixes it), but it
+        # must be YAML; the loader says where it is not.
+        load_config(shown)
+        raise
+    if document is None:
+        document = CommentedMap()
     if not isinstance(document, CommentedMap):
-        raise ConfigError([ConfigProblem(str(path), 1, "", "the file is not a YAML mapping")])
+        raise ConfigError([ConfigProblem(str(shown), 1, "", None,
+                                         "the file is not a YAML mapping of keys")])
     partners = document.get("partners")
     if partners is None:
         partners = CommentedSeq()
         document["partners"] = partners
+    elif not isinstance(partners, CommentedSeq):
+        line = document.lc.key("partners")[0] + 1
+        raise ConfigError([ConfigProblem(str(shown), line, "partners", partners,
+                                         "must be a list of partner entries")])
     change(partners)
     buffer = io.StringIO()
     yaml.dump(document, buffer)
-    text = buffer.getvalue()
-    config = load_config_text(text, source=path, base_dir=path.parent.resolve())
-    _atomic_write(path, text)
+    new_text = buffer.getvalue()
+    config = load_config_text(new_text, source=shown, base_dir=base_dir)
+    _atomic_write(path, new_text.encode("utf-8"), expected=original)
     return config
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    mode = path.stat().st_mode & 0o7777
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def _atomic_write(path: Path, data: bytes, *, expected: bytes) -> None:
+    status = path.stat()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
+        os.chmod(tmp, status.st_mode & 0o7777)
+        with contextlib.suppress(PermissionError):  # not root: it becomes ours, as usual
+            os.chown(tmp, status.st_uid, status.st_gid)
+        if path.read_bytes() != expected:
+            raise ConcurrentEdit(f"{path} was changed by someone else while it was being "
+                                 "edited; nothing was written — run the command again")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # make the rename itself durable
+    finally:
+        os.close(directory)
+
+
+def _domain_list(domains: Iterable[str]) -> CommentedSeq:
+    """A flow-style list, as in the example file: ``[conference.a.example]``."""
+    seq = CommentedSeq(domains)
+    seq.fa.set_flow_style()
+    return seq
 
 
 def add_partner(path: Path, entry: dict[str, Any]) -> GatewayConfig:
+    """Append a partner entry (keys of :data:`PARTNER_KEYS`; None values are left out)."""
     domain = normalize_domain(entry["domain"])
 
     def change(partners: CommentedSeq) -> None:
-        if _find(partners, domain) is not None:
-            raise ConfigError([ConfigProblem(str(path), None, "partners",
-                                             f"{domain} is already a partner (use partner set)")])
+        index = _find(partners, domain)
+        if index is not None:
+            owner = partners[index].get("domain")
+            detail = "a partner" if _same(owner, domain) else f"a domain of partner {owner}"
+            raise ConfigError([ConfigProblem(
+                str(path), _item_line(partners, index), f"partners[{index}]", domain,
+                f"{domain} is already {detail} (use partner set)")])
         item = CommentedMap()
-        for key in ("domain", "type", "tls", "sasl", "dialback", "additional_domains",
-                    "description"):
-            if key in entry and entry[key] is not None:
-                item[key] = entry[key]
+        for key in PARTNER_KEYS:
+            value = entry.get(key)
+            if value is None or (key == "additional_domains" and not value):
+                continue
+            item[key] = _domain_list(value) if key == "additional_domains" else value
         partners.append(item)
 
     return edit_partners(path, change)
@@ -103,7 +226,9 @@ def add_partner(path: Path, entry: dict[str, Any]) -> GatewayConfig:
 
 def set_partner(path: Path, domain: str, updates: dict[str, Any],
                 add_domains: list[str], remove_domains: list[str]) -> GatewayConfig:
+    """Change the entry that has ``domain``: keys with a None value are left as they are."""
     domain = normalize_domain(domain)
+    removing = [normalize_domain(d) for d in remove_domains]
 
     def change(partners: CommentedSeq) -> None:
         index = _find(partners, domain)
@@ -111,22 +236,35 @@ def set_partner(path: Path, domain: str, updates: dict[str, Any],
             raise PartnerNotFound(domain)
         item = partners[index]
         for key, value in updates.items():
+            if key not in PARTNER_KEYS or key in ("domain", "additional_domains"):
+                raise ValueError(f"partner key {key!r} cannot be set this way")
             if value is not None:
                 item[key] = value
-        if add_domains or remove_domains:
-            current = [str(d) for d in (item.get("additional_domains") or [])]
-            removing = {normalize_domain(d) for d in remove_domains}
-            kept = [d for d in current if normalize_domain(d) not in removing]
-            kept += [d for d in add_domains if d not in kept]
-            if kept:
-                item["additional_domains"] = kept
-            else:
-                item.pop("additional_domains", None)
+        if not (add_domains or removing):
+            return
+        current = item.get("additional_domains") or []
+        if isinstance(current, str):
+            current = [current]
+        for name in removing:
+            if not any(_same(d, name) for d in current):
+                raise ConfigError([ConfigProblem(
+                    str(path), _item_line(partners, index),
+                    f"partners[{index}].additional_domains", name,
+                    f"{name} is not an additional domain of partner {item.get('domain')}")])
+        kept = [d for d in current if not any(_same(d, name) for name in removing)]
+        kept += list(add_domains)
+        if isinstance(current, CommentedSeq):  # keep its style and comments
+            current[:] = kept
+        elif kept:
+            item["additional_domains"] = _domain_list(kept)
+        if not kept:
+            item.pop("additional_domains", None)
 
     return edit_partners(path, change)
 
 
 def remove_partner(path: Path, domain: str) -> GatewayConfig:
+    """Remove the entry that has ``domain`` (primary or additional)."""
     domain = normalize_domain(domain)
 
     def change(partners: CommentedSeq) -> None:
@@ -136,3 +274,10 @@ def remove_partner(path: Path, domain: str) -> GatewayConfig:
         del partners[index]
 
     return edit_partners(path, change)
+
+
+def _item_line(seq: CommentedSeq, index: int) -> int | None:
+    try:
+        return int(seq.lc.item(index)[0]) + 1
+    except (AttributeError, KeyError, TypeError):
+        return None
