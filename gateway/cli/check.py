@@ -1,42 +1,100 @@
-"""``xmpp-gateway check config|connectivity`` — diagnostics.
+"""``xmpp-gateway check …`` — diagnostics, one sub-subcommand per check.
 
 ``check config`` validates a file offline; ``check connectivity DOMAIN`` asks the running
-gateway (admin socket) to negotiate with DOMAIN for real and narrates each step.
+gateway (admin socket) to negotiate with DOMAIN for real and narrates each step;
+``check dns`` and ``check certs`` look at our records and certificates.
+
+Adding a check: call :func:`add_check` at import time of your module, and list the module
+in :data:`CHECK_MODULES` (or import it from a module that is already imported)::
+
+    from gateway.cli.check import add_check
+
+    def _configure(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--json", action="store_true")
+
+    def _handler(args: argparse.Namespace) -> int:  # exit status: 0 fine, 1 problems
+        ...
+
+    add_check("store", "the SQLite store opens and is writable", _configure, _handler)
+
+Every check gets ``-c/--config``. :func:`add_check` called after the parser was built
+(e.g. from another command module's ``register``) still adds the check to it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.cli.main import config_parent
 
+Handler = Callable[[argparse.Namespace], int]
+Configure = Callable[[argparse.ArgumentParser], None]
+
+# Modules whose import registers more checks (missing ones are skipped, as in main.py).
+CHECK_MODULES: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One ``xmpp-gateway check NAME``: help text, extra options, handler → exit status."""
+
+    name: str
+    help: str
+    configure: Configure | None
+    handler: Handler
+
+
+CHECKS: dict[str, Check] = {}  # in registration order (the order of ``check -h``)
+_live: list[Any] = []  # the sub-subparsers of the parser built last, for late additions
+
+
+def add_check(name: str, help: str, configure: Configure | None, handler: Handler) -> Check:
+    """Register (or replace) ``check NAME``; returns the registered :class:`Check`.
+
+    ``configure(parser)`` adds the check's own options (None: only ``-c``);
+    ``handler(args)`` runs it and returns the exit status.
+    """
+    check = Check(name, help, configure, handler)
+    CHECKS[name] = check
+    if _live and name not in _live[-1].choices:
+        _add_parser(_live[-1], check)
+    return check
+
+
+def _add_parser(checks: Any, check: Check) -> None:
+    parser = checks.add_parser(check.name, parents=[config_parent()], help=check.help,
+                               description=check.help)
+    if check.configure is not None:
+        check.configure(parser)
+    parser.set_defaults(func=check.handler)
+
 
 def register(subparsers: Any) -> None:
-    check = subparsers.add_parser("check", help="diagnostics")
-    checks = check.add_subparsers(dest="check_command", metavar="WHAT")
+    for module in CHECK_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+    parser = subparsers.add_parser("check", help=f"diagnostics ({', '.join(CHECKS)})")
+    checks = parser.add_subparsers(dest="check_command", metavar="WHAT")
     checks.required = True
-    config = checks.add_parser("config", parents=[config_parent()],
-                               help="validate the configuration file")
-    config.set_defaults(func=_config)
-    connectivity = checks.add_parser("connectivity", parents=[config_parent()],
-                                     help="negotiate with a partner for real, step by step")
-    connectivity.add_argument("domain")
-    connectivity.add_argument("--json", action="store_true")
-    connectivity.set_defaults(func=_connectivity)
-    dns = checks.add_parser("dns", parents=[config_parent()],
-                            help="our SRV records point here; each partner resolves")
-    dns.set_defaults(func=_dns)
-    certs = checks.add_parser("certs", parents=[config_parent()],
-                              help="our certificate (coverage, expiry, chain); partners' over TLS")
-    certs.add_argument("--no-partners", action="store_true",
-                       help="only check our own certificate")
-    certs.set_defaults(func=_certs)
+    for check in CHECKS.values():
+        _add_parser(checks, check)
+    _live[:] = [checks]
+
+
+# ---------------------------------------------------------------- check config
 
 
 def _config(args: argparse.Namespace) -> int:
+    """Validate offline: every problem with file:line, else each partner's methods."""
     from gateway.config.loader import ConfigError, config_warnings, load_config
 
     try:
@@ -209,3 +267,21 @@ def _certs(args: argparse.Namespace) -> int:
                 problems += 1
     print("certificates: OK" if not problems else f"certificates: {problems} problem(s)")
     return 0 if not problems else 1
+
+
+def _connectivity_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("domain", help="a partner domain")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _certs_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-partners", action="store_true",
+                        help="only check our own certificate")
+
+
+add_check("config", "validate the configuration file", None, _config)
+add_check("connectivity", "negotiate with a partner for real, step by step",
+          _connectivity_options, _connectivity)
+add_check("dns", "our SRV records point here; each partner resolves", None, _dns)
+add_check("certs", "our certificate (coverage, expiry, chain); partners' over TLS",
+          _certs_options, _certs)
