@@ -32,7 +32,8 @@ from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import YAMLError
+from ruamel.yaml.error import CommentMark, YAMLError
+from ruamel.yaml.tokens import CommentToken
 
 from gateway.config.loader import ConfigError, ConfigProblem, load_config, load_config_text
 from gateway.config.model import GatewayConfig
@@ -160,7 +161,18 @@ def edit_partners(path: Path, change: Callable[[CommentedSeq], None]) -> Gateway
         line = document.lc.key("partners")[0] + 1
         raise ConfigError([ConfigProblem(str(shown), line, "partners", partners,
                                          "must be a list of partner entries")])
+    if not partners:
+        partners.fa.set_block_style()  # a first entry is written like the example's
     change(partners)
+    if partners.ca.comment is not None and not partners.ca.comment[1]:
+        partners.ca.comment = None  # an emptied start comment, also on the parent's key
+        slot = document.ca.items.get("partners")
+        if slot and len(slot) > 3 and not slot[3]:
+            slot[3] = None
+    if not partners:
+        # ruamel.yaml writes an empty *block* list after comments as a "[]" in column 0,
+        # which is not YAML; a flow list is indented under its key and stays valid.
+        partners.fa.set_flow_style()
     buffer = io.StringIO()
     yaml.dump(document, buffer)
     new_text = buffer.getvalue()
@@ -271,9 +283,101 @@ def remove_partner(path: Path, domain: str) -> GatewayConfig:
         index = _find(partners, domain)
         if index is None:
             raise PartnerNotFound(domain)
-        del partners[index]
+        _delete_entry(partners, index)
 
     return edit_partners(path, change)
+
+
+def _delete_entry(seq: CommentedSeq, index: int) -> None:
+    """Delete ``seq[index]`` together with the comment block written right above it.
+
+    ruamel.yaml stores full-line comments with the node *before* them: the comment above
+    entry i hangs off the last value of entry i-1 (or is the list's start comment), and
+    the comment above entry i+1 hangs off entry i. A plain ``del`` would leave entry i's
+    comment above entry i+1 and drop entry i+1's. So: the comment lines directly above
+    the removed entry go with it (lines before a blank line stay: they are about
+    something else), and the lines that followed it move up to take their place.
+    """
+    following = _comment_text(_split_trailing(seq[index])[1])
+    if index > 0:
+        own, leading = _split_trailing(seq[index - 1])
+        _set_trailing(seq[index - 1], own, _join(_kept(_comment_text(leading)), following))
+    else:
+        tokens = seq.ca.comment[1] if seq.ca.comment and seq.ca.comment[1] else []
+        leading = "".join(" " * (t.column or 0) + t.value if t.value.startswith("#")
+                          else t.value for t in tokens)
+        lines = _join(_kept(_comment_text(leading)), following)
+        if seq.ca.comment and seq.ca.comment[1] is not None:
+            seq.ca.comment[1][:] = _comment_tokens(lines)  # shared with the parent's key
+        elif lines:
+            seq.ca.comment = [None, _comment_tokens(lines)]
+    del seq[index]
+
+
+def _comment_text(text: str) -> list[str]:
+    """Comment text as lines ("" = blank line)."""
+    return text.split("\n")[:-1] if text else []
+
+
+def _kept(lines: list[str]) -> list[str]:
+    """The part of a comment block that is not about the entry below it."""
+    blanks = [i for i, line in enumerate(lines) if not line.strip()]
+    return lines[: blanks[-1] + 1] if blanks else []
+
+
+def _join(kept: list[str], following: list[str]) -> list[str]:
+    if kept and following and not kept[-1].strip() and not following[0].strip():
+        following = following[1:]
+    return kept + following
+
+
+def _comment_tokens(lines: list[str]) -> list[CommentToken]:
+    return [CommentToken(line.lstrip(" ") + "\n",
+                         CommentMark(len(line) - len(line.lstrip(" "))), None)
+            for line in lines]
+
+
+def _trailing_slot(node: Any) -> tuple[dict[Any, Any], Any, int] | None:
+    """Where ruamel.yaml keeps the comment that follows ``node``'s last scalar."""
+    if isinstance(node, CommentedMap) and node:
+        key, position = list(node)[-1], 2
+    elif isinstance(node, CommentedSeq) and node:
+        key, position = len(node) - 1, 0
+    else:
+        return None
+    slot = node.ca.items.get(key)
+    if slot and slot[position] is not None:
+        return node.ca.items, key, position
+    inner = _trailing_slot(node[key])
+    return inner or (node.ca.items, key, position)
+
+
+def _split_trailing(node: Any) -> tuple[str, str]:
+    """(end-of-line comment, following full-line comments) after ``node``."""
+    found = _trailing_slot(node)
+    if found is None:
+        return "", ""
+    items, key, position = found
+    slot = items.get(key)
+    token = slot[position] if slot else None
+    if token is None:
+        return "", ""
+    own, _, rest = token.value.partition("\n")
+    return own, rest
+
+
+def _set_trailing(node: Any, own: str, lines: list[str]) -> None:
+    found = _trailing_slot(node)
+    if found is None:
+        return
+    items, key, position = found
+    slot = items.setdefault(key, [None, None, None, None])
+    if not own and not lines:
+        slot[position] = None
+        return
+    token = slot[position] or CommentToken("", CommentMark(0), None)
+    token.value = own + "\n" + "".join(line + "\n" for line in lines)
+    slot[position] = token
 
 
 def _item_line(seq: CommentedSeq, index: int) -> int | None:

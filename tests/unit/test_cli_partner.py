@@ -286,3 +286,32 @@ def test_a_concurrent_change_is_not_overwritten(config: Path) -> None:
         edit_partners(config, change)
     assert config.read_text() == theirs
     assert [p for p in os.listdir(config.parent) if p.endswith(".tmp")] == []
+
+
+def test_remove_takes_the_entry_comment_and_keeps_the_others(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    head = "domains: [gw.example]\npartners:\n\n  # Not about any entry\n\n"
+    entries = {
+        "a": "  # Partner A\n  - domain: a.example\n    type: federated   # A's type\n",
+        "b": "\n  # Partner B\n  - domain: b.example\n    type: federated\n",
+        "c": "  # Partner C\n  - domain: c.example\n    type: federated\n",
+    }
+    tail = "# Logging\nlogging: {level: info}\n"
+    for removed, expected in [
+        ("a", head + entries["b"].lstrip("\n") + entries["c"] + tail),
+        ("b", head + entries["a"] + "\n" + entries["c"] + tail),
+        ("c", head + entries["a"] + entries["b"] + tail),
+    ]:
+        path.write_text(head + "".join(entries.values()) + tail)
+        assert run(path, "partner", "remove", f"{removed}.example") == 0
+        assert path.read_text() == expected, removed
+
+
+def test_removing_the_last_partner_keeps_the_list_valid(config: Path) -> None:
+    assert run(config, "partner", "remove", "prosody.localhost") == 0
+    text = config.read_text()
+    assert "  # - domain: chat.example.org" in text  # the commented-out example stays
+    assert "# A local Prosody" not in text  # the entry's own comment went with it
+    assert load_config(config).partners == ()
+    assert run(config, "partner", "add", "x.example", "--type", "federated") == 0
+    assert [p.primary_domain for p in load_config(config).partners] == ["x.example"]
