@@ -42,9 +42,12 @@ def make_backend(config: GatewayConfig) -> LocalBackend:
 
         return DevelopmentBackend(config.domains)
     if config.sip.backend == "sip":
-        from gateway.sip.backend import SipBackend  # type: ignore[import-not-found]
+        from gateway.sip.backend import SipBackend
 
-        return SipBackend.from_settings(config.sip, config.domains)  # type: ignore[no-any-return]
+        try:
+            return SipBackend.from_settings(config.sip, config.domains, config.tls)
+        except (ValueError, OSError) as exc:
+            raise StartupError(f"sip: {exc}") from None
     raise StartupError(f"unknown sip.backend {config.sip.backend!r}")
 
 

@@ -475,7 +475,8 @@ def _top_level_spec(c: _Checker) -> dict[str, Converter]:
         "sip": c.section(SipSettings, {
             "backend": c.choice(("development", "sip")), "proxy_host": c.string,
             "proxy_port": c.integer(1, 65535), "transport": c.choice(("udp", "tcp", "tls")),
-            "local_host": c.string, "local_port": c.integer(1, 65535)}),
+            "local_host": c.string, "local_port": c.integer(1, 65535),
+            "subscription_expires": c.integer(60, 86400)}),
         "logging": c.section(LoggingSettings, {
             "level": c.choice(("debug", "info", "warning", "error")),
             "format": c.choice(("text", "json")), "file": c.optional_path}),

@@ -98,6 +98,9 @@ class SipSettings:
     transport: str = "udp"  # udp | tcp | tls
     local_host: str = "127.0.0.1"
     local_port: int = 5062
+    # Lifetime asked for the presence subscriptions the gateway makes and grants
+    # (RFC 6665 §4.1.2.1 Expires; refreshed before it runs out).
+    subscription_expires: int = 3600
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,81 @@
+"""Presence subscription dialogs (RFC 6665 §4, RFC 3261 §12), plain data.
+
+The gateway holds two kinds of ``presence`` subscriptions, both keyed by
+``(watcher, presentity)`` as bare addresses (RFC 7248 §4 to §6):
+
+* :class:`WatchDialog`: an XMPP contact watches a SIP user. The gateway is the SIP
+  *subscriber* on the contact's behalf, refreshes the subscription before it expires and
+  turns each NOTIFY into XMPP presence;
+* :class:`NotifierDialog`: a SIP user watches an XMPP contact. The gateway is the SIP
+  *notifier* on the contact's behalf and sends a NOTIFY whenever the contact's XMPP
+  presence or subscription state changes.
+
+In-dialog requests are built here so both kinds follow the same RFC 3261 §12.2.1.1 rules
+(Request-URI = remote target, Route = route set, tags and CSeq of the dialog).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.sip.message import NameAddr, SipRequest, new_branch
+from gateway.sip.pidf import UNAVAILABLE, PresenceState
+
+
+@dataclass(slots=True)
+class Dialog:
+    call_id: str
+    local: NameAddr  # our side, with our tag
+    remote: NameAddr  # their side; tag filled when known
+    remote_target: str
+    contact: str  # our Contact URI
+    route_set: list[str] = field(default_factory=list)
+    cseq: int = 0
+    expires_at: float = 0.0
+
+    def request(self, method: str, via_transport: str, via_host: str) -> SipRequest:
+        self.cseq += 1
+        request = SipRequest([], b"", method, self.remote_target)
+        request.add("via", f"SIP/2.0/{via_transport} {via_host};branch={new_branch()};rport")
+        request.add("max-forwards", "70")
+        for route in self.route_set:
+            request.add("route", route)
+        request.add("from", str(self.local))
+        request.add("to", str(self.remote))
+        request.add("call-id", self.call_id)
+        request.add("cseq", f"{self.cseq} {method}")
+        request.add("contact", f"<{self.contact}>")
+        return request
+
+
+@dataclass(slots=True)
+class WatchDialog(Dialog):
+    """XMPP contact → SIP user (the gateway subscribes)."""
+
+    xmpp_watcher: str = ""
+    sip_user: str = ""
+    established: bool = False  # a 2xx or NOTIFY arrived
+    announced: bool = False  # XMPP was told 'subscribed'
+    state: PresenceState = UNAVAILABLE
+    refreshing: bool = False
+
+
+@dataclass(slots=True)
+class NotifierDialog(Dialog):
+    """SIP user → XMPP contact (the gateway notifies)."""
+
+    sip_watcher: str = ""
+    xmpp_contact: str = ""
+    active: bool = False  # the XMPP contact approved ('subscribed')
+    expires_in: int = 3600
+
+
+def subscription_state(value: str) -> tuple[str, dict[str, str]]:
+    """``Subscription-State: active;expires=600`` → ("active", {"expires": "600"})
+    (RFC 6665 §8.2.3)."""
+    state, *params = value.split(";")
+    parsed: dict[str, str] = {}
+    for param in params:
+        name, _, val = param.partition("=")
+        parsed[name.strip().lower()] = val.strip()
+    return state.strip().lower(), parsed

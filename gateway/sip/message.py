@@ -1,0 +1,435 @@
+"""SIP messages: parsing and serialisation (RFC 3261 §7, §20, §25), sans-I/O.
+
+Why our own: the gateway needs only the non-INVITE half of SIP (MESSAGE, SUBSCRIBE,
+NOTIFY, OPTIONS) and must treat every byte from the network as hostile, so a small parser
+with explicit limits is easier to trust than a general stack (see docs/sip.md for the
+libraries we evaluated).
+
+What this module guarantees:
+
+* a message is a start line, header fields and a body of exactly ``Content-Length``
+  bytes (RFC 3261 §18.3: mandatory on stream transports; on UDP a missing length means
+  "the rest of the datagram");
+* header names are matched case-insensitively and compact forms (``i``, ``f``, ``t``,
+  ``v``, ``m``, ``l``, ``c``, ``o``, ``u``, ``k``, ``s``, ``e``, ``r``; RFC 3261 §7.3.3,
+  RFC 6665 §8.2.1) are expanded on input; folded header lines (§7.3.1) are unfolded;
+* the five headers every request and response needs to be matched to a transaction
+  (Via, From, To, Call-ID, CSeq; §8.1.1) are present, or :class:`SipParseError` is raised;
+* size limits bound memory: :data:`MAX_HEADER_BYTES` for the head,
+  :data:`MAX_BODY_BYTES` for the body.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+MAX_HEADER_BYTES = 16 * 1024
+MAX_BODY_BYTES = 64 * 1024
+MAX_HEADERS = 128
+
+_COMPACT = {
+    "i": "call-id", "m": "contact", "e": "content-encoding", "l": "content-length",
+    "c": "content-type", "f": "from", "s": "subject", "k": "supported", "t": "to",
+    "v": "via", "o": "event", "u": "allow-events", "r": "refer-to",
+}
+# Spelling used when we serialise a header we only know in lower case.
+_CANONICAL = {
+    "call-id": "Call-ID", "cseq": "CSeq", "www-authenticate": "WWW-Authenticate",
+    "mime-version": "MIME-Version",
+}
+_REQUIRED = ("via", "from", "to", "call-id", "cseq")
+# RFC 3261 §7.3.1: these may be combined into one line with commas.
+_MULTI_VALUED = frozenset({"via", "route", "record-route", "contact", "allow", "supported",
+                           "require", "accept", "allow-events"})
+
+REASONS = {
+    100: "Trying", 200: "OK", 202: "Accepted", 400: "Bad Request", 403: "Forbidden",
+    404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+    413: "Request Entity Too Large", 415: "Unsupported Media Type", 480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist", 482: "Loop Detected", 483: "Too Many Hops",
+    486: "Busy Here", 488: "Not Acceptable Here", 489: "Bad Event", 500: "Server Internal Error",
+    501: "Not Implemented", 503: "Service Unavailable", 504: "Server Time-out", 603: "Decline",
+}
+BRANCH_MAGIC = "z9hG4bK"  # RFC 3261 §8.1.1.7
+
+
+class SipParseError(ValueError):
+    """Bytes that are not an acceptable SIP message; ``status`` is the response a server
+    should send if it can (400 for syntax, 413 for size), 0 when it cannot reply."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+def header_key(name: str) -> str:
+    """The lower-case long form of a header name."""
+    lowered = name.strip().lower()
+    return _COMPACT.get(lowered, lowered)
+
+
+def canonical_name(name: str) -> str:
+    key = header_key(name)
+    return _CANONICAL.get(key) or "-".join(part.capitalize() for part in key.split("-"))
+
+
+def split_values(value: str) -> list[str]:
+    """Split a comma-separated header value, ignoring commas inside quotes and ``<>``."""
+    parts: list[str] = []
+    depth = 0
+    quoted = False
+    start = 0
+    index = 0
+    while index < len(value):
+        char = value[index]
+        if quoted:
+            if char == "\\":
+                index += 1
+            elif char == '"':
+                quoted = False
+        elif char == '"':
+            quoted = True
+        elif char == "<":
+            depth += 1
+        elif char == ">":
+            depth = max(0, depth - 1)
+        elif char == "," and depth == 0:
+            parts.append(value[start:index].strip())
+            start = index + 1
+        index += 1
+    parts.append(value[start:].strip())
+    return [part for part in parts if part]
+
+
+@dataclass(slots=True)
+class SipMessage:
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+    def get(self, name: str) -> str | None:
+        key = header_key(name)
+        for header, value in self.headers:
+            if header_key(header) == key:
+                return value
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        """All values of a header, comma-combined lines split for multi-valued headers."""
+        key = header_key(name)
+        values: list[str] = []
+        for header, value in self.headers:
+            if header_key(header) == key:
+                values.extend(split_values(value) if key in _MULTI_VALUED else [value])
+        return values
+
+    def set(self, name: str, value: str) -> None:
+        self.remove(name)
+        self.headers.append((canonical_name(name), value))
+
+    def add(self, name: str, value: str) -> None:
+        self.headers.append((canonical_name(name), value))
+
+    def remove(self, name: str) -> None:
+        key = header_key(name)
+        self.headers = [(h, v) for h, v in self.headers if header_key(h) != key]
+
+    @property
+    def call_id(self) -> str:
+        return self.get("call-id") or ""
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        return parse_cseq(self.get("cseq") or "")
+
+    @property
+    def top_via(self) -> Via:
+        vias = self.get_all("via")
+        if not vias:
+            raise SipParseError("no Via header")
+        return parse_via(vias[0])
+
+    @property
+    def from_(self) -> NameAddr:
+        return parse_name_addr(self.get("from") or "")
+
+    @property
+    def to(self) -> NameAddr:
+        return parse_name_addr(self.get("to") or "")
+
+    @property
+    def content_type(self) -> str:
+        """The media type without parameters, lower-cased ('' when absent)."""
+        return (self.get("content-type") or "").split(";", 1)[0].strip().lower()
+
+    def _serialize(self, start_line: str) -> bytes:
+        lines = [start_line]
+        lines.extend(f"{name}: {value}" for name, value in self.headers
+                     if header_key(name) != "content-length")
+        lines.append(f"Content-Length: {len(self.body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + self.body
+
+
+@dataclass(slots=True)
+class SipRequest(SipMessage):
+    method: str = ""
+    uri: str = ""
+
+    def serialize(self) -> bytes:
+        return self._serialize(f"{self.method} {self.uri} SIP/2.0")
+
+    def __repr__(self) -> str:
+        return f"<SipRequest {self.method} {self.uri} call-id={self.call_id!r}>"
+
+
+@dataclass(slots=True)
+class SipResponse(SipMessage):
+    status: int = 200
+    reason: str = "OK"
+
+    def serialize(self) -> bytes:
+        return self._serialize(f"SIP/2.0 {self.status} {self.reason}")
+
+    def __repr__(self) -> str:
+        return f"<SipResponse {self.status} {self.reason} call-id={self.call_id!r}>"
+
+
+@dataclass(frozen=True, slots=True)
+class Via:
+    transport: str
+    host: str
+    port: int | None
+    params: dict[str, str]
+
+    @property
+    def branch(self) -> str:
+        return self.params.get("branch", "")
+
+    @property
+    def sent_by(self) -> str:
+        return f"{self.host}:{self.port}" if self.port else self.host
+
+
+@dataclass(frozen=True, slots=True)
+class NameAddr:
+    """A ``From``/``To``/``Contact``/``Route`` value: display name, URI, parameters."""
+
+    uri: str
+    display: str = ""
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tag(self) -> str:
+        return self.params.get("tag", "")
+
+    def with_tag(self, tag: str) -> NameAddr:
+        return NameAddr(self.uri, self.display, {**self.params, "tag": tag})
+
+    def __str__(self) -> str:
+        display = f'"{self.display}" ' if self.display else ""
+        params = "".join(f";{k}={v}" if v else f";{k}" for k, v in self.params.items())
+        return f"{display}<{self.uri}>{params}"
+
+
+def _params(text: str) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for item in text.split(";"):
+        item = item.strip()
+        if item:
+            name, _, value = item.partition("=")
+            params[name.strip().lower()] = value.strip().strip('"')
+    return params
+
+
+def parse_name_addr(value: str) -> NameAddr:
+    """RFC 3261 §20.10/§25.1 ``name-addr / addr-spec`` with header parameters."""
+    text = value.strip()
+    if not text:
+        raise SipParseError("empty address header")
+    if "<" in text:
+        display, _, rest = text.partition("<")
+        uri, closing, params = rest.partition(">")
+        if not closing:
+            raise SipParseError(f"unterminated '<' in {value!r}")
+        return NameAddr(uri.strip(), display.strip().strip('"'), _params(params))
+    # addr-spec form: parameters after the URI belong to the header (§20.10).
+    uri, _, params = text.partition(";")
+    return NameAddr(uri.strip(), "", _params(params))
+
+
+def parse_via(value: str) -> Via:
+    """RFC 3261 §20.42: ``SIP/2.0/UDP host[:port];params``."""
+    protocol, _, rest = value.strip().partition(" ")
+    parts = protocol.split("/")
+    if len(parts) != 3 or parts[0].upper() != "SIP":
+        raise SipParseError(f"bad Via {value!r}")
+    sent_by, _, params = rest.strip().partition(";")
+    sent_by = sent_by.strip()
+    port: int | None = None
+    if sent_by.startswith("["):
+        host, _, after = sent_by[1:].partition("]")
+        if after.startswith(":"):
+            port = _port(after[1:], value)
+    else:
+        host, colon, port_text = sent_by.partition(":")
+        if colon:
+            port = _port(port_text, value)
+    if not host:
+        raise SipParseError(f"Via without host: {value!r}")
+    return Via(parts[2].upper(), host, port, _params(params))
+
+
+def _port(text: str, value: str) -> int:
+    if not text.strip().isdigit() or not 0 < int(text) < 65536:
+        raise SipParseError(f"bad port in {value!r}")
+    return int(text)
+
+
+def parse_cseq(value: str) -> tuple[int, str]:
+    number, _, method = value.strip().partition(" ")
+    if not number.isdigit() or not method.strip():
+        raise SipParseError(f"bad CSeq {value!r}")
+    return int(number), method.strip().upper()
+
+
+def new_branch() -> str:
+    return BRANCH_MAGIC + secrets.token_hex(8)
+
+
+def new_tag() -> str:
+    return secrets.token_hex(6)
+
+
+def new_call_id(host: str) -> str:
+    return f"{secrets.token_hex(10)}@{host}"
+
+
+def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipResponse:
+    """Parse one complete message (a UDP datagram, or what :class:`StreamDeframer` cut)."""
+    head_end = data.find(b"\r\n\r\n")
+    separator = 4
+    if head_end < 0:
+        head_end = data.find(b"\n\n")
+        separator = 2
+    if head_end < 0:
+        if len(data) > MAX_HEADER_BYTES:
+            raise SipParseError("header section too large", 413)
+        raise SipParseError("no blank line after the headers")
+    if head_end > MAX_HEADER_BYTES:
+        raise SipParseError("header section too large", 413)
+    try:
+        head = data[:head_end].decode("utf-8")
+    except UnicodeDecodeError:
+        raise SipParseError("header section is not UTF-8") from None
+    lines: list[str] = []
+    for line in head.replace("\r\n", "\n").split("\n"):
+        if line[:1] in (" ", "\t") and lines:
+            lines[-1] += " " + line.strip()  # RFC 3261 §7.3.1 folding
+        elif line:
+            lines.append(line)
+    if not lines:
+        raise SipParseError("empty message", 0)
+    start, headers = lines[0], lines[1:]
+    if len(headers) > MAX_HEADERS:
+        raise SipParseError("too many header fields", 413)
+    parsed_headers: list[tuple[str, str]] = []
+    for line in headers:
+        name, colon, value = line.partition(":")
+        if not colon or not name.strip() or " " in name.strip():
+            raise SipParseError(f"malformed header line {line[:60]!r}")
+        parsed_headers.append((name.strip(), value.strip()))
+    message: SipRequest | SipResponse
+    if start.startswith("SIP/"):
+        version, _, rest = start.partition(" ")
+        code, _, reason = rest.partition(" ")
+        if version != "SIP/2.0" or not code.isdigit() or not 100 <= int(code) <= 699:
+            raise SipParseError(f"bad status line {start[:60]!r}", 0)
+        message = SipResponse(parsed_headers, b"", int(code), reason)
+    else:
+        parts = start.split(" ")
+        if len(parts) != 3 or parts[2] != "SIP/2.0" or not parts[0].isalpha():
+            raise SipParseError(f"bad request line {start[:60]!r}")
+        message = SipRequest(parsed_headers, b"", parts[0].upper(), parts[1])
+    rest = data[head_end + separator:]
+    length_text = message.get("content-length")
+    if length_text is None:
+        if stream:
+            raise SipParseError("Content-Length is required on stream transports")
+        length = len(rest)
+    else:
+        if not length_text.isdigit():
+            raise SipParseError(f"bad Content-Length {length_text!r}")
+        length = int(length_text)
+    if length > MAX_BODY_BYTES:
+        raise SipParseError("body too large", 413)
+    if length > len(rest):
+        raise SipParseError("body shorter than Content-Length")
+    message.body = rest[:length]
+    for name in _REQUIRED:
+        if message.get(name) is None:
+            raise SipParseError(f"missing {canonical_name(name)} header")
+    message.cseq  # noqa: B018 - validates CSeq
+    message.top_via  # noqa: B018 - validates the Via we answer to
+    if isinstance(message, SipRequest) and message.cseq[1] != message.method:
+        raise SipParseError("CSeq method does not match the request method")
+    return message
+
+
+class StreamDeframer:
+    """Cuts a TCP/TLS byte stream into messages using Content-Length (RFC 3261 §18.3).
+
+    Keep-alive CRLFs between messages (RFC 5626 §3.5.1) are skipped. A head longer than
+    :data:`MAX_HEADER_BYTES` or a body over :data:`MAX_BODY_BYTES` raises
+    :class:`SipParseError`: the connection must then be closed, since framing is lost.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buffer += data
+        messages: list[bytes] = []
+        while True:
+            while self._buffer[:2] == b"\r\n":
+                del self._buffer[:2]
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buffer) > MAX_HEADER_BYTES:
+                    raise SipParseError("header section too large", 413)
+                return messages
+            if end > MAX_HEADER_BYTES:
+                raise SipParseError("header section too large", 413)
+            length = _content_length(bytes(self._buffer[:end]))
+            if length > MAX_BODY_BYTES:
+                raise SipParseError("body too large", 413)
+            total = end + 4 + length
+            if len(self._buffer) < total:
+                return messages
+            messages.append(bytes(self._buffer[:total]))
+            del self._buffer[:total]
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() in (b"content-length", b"l"):
+            text = value.strip()
+            if not text.isdigit():
+                raise SipParseError(f"bad Content-Length {text[:20]!r}")
+            return int(text)
+    raise SipParseError("Content-Length is required on stream transports")
+
+
+def make_response(request: SipRequest, status: int, reason: str | None = None,
+                  *, to_tag: str = "") -> SipResponse:
+    """A response to ``request`` (RFC 3261 §8.2.6.2): Via, From, Call-ID, CSeq copied,
+    To copied with our tag added when the request had none."""
+    response = SipResponse([], b"", status, reason or REASONS.get(status, "Unknown"))
+    for name in ("via", "from", "to", "call-id", "cseq"):
+        for header, value in request.headers:
+            if header_key(header) == name:
+                response.headers.append((canonical_name(name), value))
+    if to_tag and status > 100 and not request.to.tag:
+        response.set("to", str(request.to.with_tag(to_tag)))
+    return response

@@ -1,0 +1,203 @@
+"""Non-INVITE SIP transactions (RFC 3261 §17.1.2, §17.2.2), sans-I/O.
+
+The gateway only originates and answers non-INVITE requests (MESSAGE, SUBSCRIBE, NOTIFY,
+OPTIONS), so this layer implements exactly those two state machines:
+
+* client (§17.1.2.2): on an unreliable transport the request is retransmitted at T1,
+  doubling up to T2 (after a provisional response: every T2); Timer F (64·T1) ends the
+  transaction with a timeout, which the caller maps to 408 (§8.1.3.1);
+* server (§17.2.2): a retransmitted request is absorbed and answered with the last
+  response sent; the final response is kept for Timer J (64·T1 on UDP, 0 on TCP).
+
+A request is matched to its server transaction by the top Via's branch, sent-by and the
+CSeq method (§17.2.3); a response to its client transaction by branch and CSeq method
+(§17.1.3). ACK to a final response we gave an INVITE is absorbed here (we never accept
+INVITEs; see :mod:`gateway.sip.backend`).
+
+The layer never touches sockets or clocks: callers pass ``now`` and read
+:attr:`TransactionLayer.outbox` (``(flow, bytes)`` pairs to send) after each call.
+``flow`` is opaque here: the asyncio transport's handle for "where to send".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.sip.message import SipParseError, SipRequest, SipResponse
+
+T1 = 0.5
+T2 = 4.0
+T4 = 5.0
+TIMER_F = 64 * T1
+
+
+@dataclass(slots=True)
+class ClientTransaction:
+    key: tuple[str, str]
+    request: SipRequest
+    flow: Any
+    reliable: bool
+    context: Any
+    started: float
+    deadline: float
+    wire: bytes = b""
+    interval: float = T1
+    next_send: float | None = None
+    final: SipResponse | None = None
+    provisional: bool = False
+
+
+@dataclass(slots=True)
+class ServerTransaction:
+    key: tuple[str, str, str]
+    request: SipRequest
+    flow: Any
+    reliable: bool
+    last_response: bytes = b""
+    expires: float | None = None  # set once a final response was sent
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    request: SipRequest
+    transaction: tuple[str, str, str]
+    flow: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived:
+    response: SipResponse
+    request: SipRequest
+    context: Any
+    elapsed: float
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionTimedOut:
+    request: SipRequest
+    context: Any
+
+
+@dataclass(frozen=True, slots=True)
+class StrayResponse:
+    response: SipResponse
+
+
+Event = RequestReceived | ResponseReceived | TransactionTimedOut | StrayResponse
+
+
+@dataclass
+class TransactionLayer:
+    """Both transaction tables and their timers; see the module docstring."""
+
+    reliable: bool
+    outbox: list[tuple[Any, bytes]] = field(default_factory=list)
+    clients: dict[tuple[str, str], ClientTransaction] = field(default_factory=dict)
+    servers: dict[tuple[str, str, str], ServerTransaction] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ client side
+
+    def send_request(self, request: SipRequest, flow: Any, now: float,
+                     context: Any = None) -> None:
+        """Start a client transaction for ``request`` (its top Via carries the branch)."""
+        key = (request.top_via.branch, request.method)
+        if key in self.clients:
+            raise ValueError(f"a client transaction with branch {key[0]} exists")
+        wire = request.serialize()
+        txn = ClientTransaction(key, request, flow, self.reliable, context, now,
+                                now + TIMER_F, wire)
+        if not self.reliable:
+            txn.next_send = now + T1
+        self.clients[key] = txn
+        self.outbox.append((flow, wire))
+
+    def _client_response(self, response: SipResponse, now: float) -> list[Event]:
+        try:
+            key = (response.top_via.branch, response.cseq[1])
+        except SipParseError:
+            return [StrayResponse(response)]
+        txn = self.clients.get(key)
+        if txn is None or txn.final is not None:
+            return [] if txn is not None else [StrayResponse(response)]
+        if response.status < 200:
+            txn.provisional = True
+            if txn.next_send is not None:
+                txn.interval = T2
+            return []
+        txn.final = response
+        del self.clients[key]  # Timer K only absorbs retransmitted responses; we ignore those
+        return [ResponseReceived(response, txn.request, txn.context, now - txn.started)]
+
+    # ------------------------------------------------------------------ server side
+
+    def _server_request(self, request: SipRequest, flow: Any) -> list[Event]:
+        via = request.top_via
+        method = "INVITE" if request.method == "ACK" else request.method
+        key = (via.branch, via.sent_by, method)
+        txn = self.servers.get(key)
+        if request.method == "ACK":
+            return []  # ACK for a non-2xx final answer to an INVITE (§17.2.1): absorbed
+        if txn is not None:
+            if txn.last_response:
+                self.outbox.append((flow, txn.last_response))  # retransmission (§17.2.2)
+            return []
+        self.servers[key] = ServerTransaction(key, request, flow, self.reliable)
+        return [RequestReceived(request, key, flow)]
+
+    def respond(self, transaction: tuple[str, str, str], response: SipResponse,
+                now: float) -> bool:
+        """Send ``response`` in a server transaction; False if the transaction is gone."""
+        txn = self.servers.get(transaction)
+        if txn is None or txn.expires is not None:
+            return False
+        wire = response.serialize()
+        txn.last_response = wire
+        self.outbox.append((txn.flow, wire))
+        if response.status >= 200:
+            if self.reliable:
+                del self.servers[transaction]
+            else:
+                txn.expires = now + TIMER_F  # Timer J
+        return True
+
+    # ------------------------------------------------------------------ input and timers
+
+    def receive(self, message: SipRequest | SipResponse, flow: Any, now: float) -> list[Event]:
+        if isinstance(message, SipResponse):
+            return self._client_response(message, now)
+        return self._server_request(message, flow)
+
+    def next_deadline(self) -> float | None:
+        times = [t for txn in self.clients.values()
+                 for t in (txn.deadline, txn.next_send) if t is not None]
+        times.extend(txn.expires for txn in self.servers.values() if txn.expires is not None)
+        return min(times) if times else None
+
+    def handle_timers(self, now: float) -> list[Event]:
+        events: list[Event] = []
+        for key, txn in list(self.clients.items()):
+            if now >= txn.deadline:
+                del self.clients[key]
+                events.append(TransactionTimedOut(txn.request, txn.context))
+            elif txn.next_send is not None and now >= txn.next_send:
+                self.outbox.append((txn.flow, txn.wire))
+                txn.interval = T2 if txn.provisional else min(txn.interval * 2, T2)
+                txn.next_send = now + txn.interval
+        for key, server in list(self.servers.items()):
+            if server.expires is not None and now >= server.expires:
+                del self.servers[key]
+        return events
+
+    def fail_flow(self, flow: Any) -> list[Event]:
+        """A stream connection died: its client transactions fail now (§17.1.4: a
+        transport error is reported like a timeout), its server transactions are gone."""
+        events: list[Event] = []
+        for key, txn in list(self.clients.items()):
+            if txn.flow == flow:
+                del self.clients[key]
+                events.append(TransactionTimedOut(txn.request, txn.context))
+        for key, server in list(self.servers.items()):
+            if server.flow == flow:
+                del self.servers[key]
+        return events

@@ -1,0 +1,197 @@
+"""The asyncio side of the SIP backend: UDP, TCP and TLS endpoints (RFC 3261 §18).
+
+Thin on purpose: bytes in → :func:`parse_message` → the backend's handler; bytes out ←
+the transaction layer's outbox. A *flow* names where bytes go:
+
+* UDP: ``("udp", (host, port))``; responses go to the address the request came from
+  (the ``rport`` behaviour of RFC 3581, which is what a proxy in front of us expects);
+* TCP/TLS: ``("tcp", n)`` for connection number ``n``; :data:`PROXY_FLOW` is the
+  connection we open to the configured proxy (our outbound proxy, RFC 3261 §8.1.2) and
+  re-open on demand. Requests the proxy sends us arrive on connections it opens to our
+  listening socket; their responses go back on the same connection (§18.2.2).
+
+A stream connection whose framing breaks (bad Content-Length, oversized head) is closed:
+nothing after it can be trusted to be a message boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from gateway.logs import log_event
+from gateway.sip.message import SipParseError, StreamDeframer
+
+log = logging.getLogger("gateway.sip.transport")
+
+PROXY_FLOW = ("tcp", 0)
+Flow = tuple[str, Any]
+MessageHandler = Callable[[bytes, Flow, tuple[str, int]], None]
+FlowLost = Callable[[Flow], None]
+
+
+class _Datagram(asyncio.DatagramProtocol):
+    def __init__(self, owner: SipTransport) -> None:
+        self.owner = owner
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if data.strip(b"\r\n"):  # bare CRLF = keep-alive ping (RFC 5626 §4.4.1)
+            self.owner.on_message(data, ("udp", addr[:2]), addr[:2])
+
+    def error_received(self, exc: Exception) -> None:
+        log_event(log, logging.DEBUG, "sip.udp_error", reason=str(exc))
+
+
+class _Stream(asyncio.Protocol):
+    def __init__(self, owner: SipTransport, number: int) -> None:
+        self.owner = owner
+        self.flow: Flow = ("tcp", number)
+        self.deframer = StreamDeframer()
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] = ("", 0)
+        self.pending: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername") or ("", 0)
+        self.peer = (peer[0], peer[1])
+        self.owner.streams[self.flow] = self
+        for data in self.pending:
+            transport.write(data)
+        self.pending.clear()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self.deframer.feed(data)
+        except SipParseError as exc:
+            log_event(log, logging.WARNING, "sip.framing_error", peer=f"{self.peer[0]}:"
+                      f"{self.peer[1]}", reason=exc.reason, action="connection closed")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        for message in messages:
+            self.owner.on_message(message, self.flow, self.peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.owner.streams.get(self.flow) is self:
+            del self.owner.streams[self.flow]
+        self.owner.on_flow_lost(self.flow)
+
+
+class SipTransport:
+    """One listening endpoint plus the connection to the proxy (stream transports)."""
+
+    def __init__(self, kind: str, local: tuple[str, int], proxy: tuple[str, int],
+                 on_message: MessageHandler, on_flow_lost: FlowLost, *,
+                 server_ssl: ssl.SSLContext | None = None,
+                 client_ssl: ssl.SSLContext | None = None) -> None:
+        if kind not in ("udp", "tcp", "tls"):
+            raise ValueError(f"unknown SIP transport {kind!r}")
+        if kind == "tls" and (server_ssl is None or client_ssl is None):
+            raise ValueError("SIP over TLS needs a server and a client TLS context")
+        self.kind = kind
+        self.local = local
+        self.proxy = proxy
+        self.on_message = on_message
+        self.on_flow_lost = on_flow_lost
+        self.server_ssl = server_ssl
+        self.client_ssl = client_ssl
+        self.streams: dict[Flow, _Stream] = {}
+        self._numbers = itertools.count(1)
+        self._udp: asyncio.DatagramTransport | None = None
+        self._server: asyncio.Server | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._proxy_stream: _Stream | None = None
+
+    @property
+    def reliable(self) -> bool:
+        return self.kind != "udp"
+
+    @property
+    def proxy_flow(self) -> Flow:
+        return ("udp", self.proxy) if self.kind == "udp" else PROXY_FLOW
+
+    @property
+    def via_transport(self) -> str:
+        return self.kind.upper()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.kind == "udp":
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Datagram(self), local_addr=self.local)
+            self._udp = transport
+            self.local = transport.get_extra_info("sockname")[:2]
+        else:
+            self._server = await loop.create_server(
+                lambda: _Stream(self, next(self._numbers)), self.local[0], self.local[1],
+                ssl=self.server_ssl)
+            self.local = self._server.sockets[0].getsockname()[:2]
+
+    def send(self, flow: Flow, data: bytes) -> None:
+        if flow[0] == "udp":
+            if self._udp is not None:
+                self._udp.sendto(data, flow[1])
+            return
+        if flow == PROXY_FLOW:
+            self._send_to_proxy(data)
+            return
+        stream = self.streams.get(flow)
+        if stream is None or stream.transport is None:
+            log_event(log, logging.INFO, "sip.flow_gone", flow=str(flow[1]),
+                      reason="connection closed before the response was sent")
+            return
+        stream.transport.write(data)
+
+    def _send_to_proxy(self, data: bytes) -> None:
+        stream = self._proxy_stream
+        if stream is not None and stream.transport is not None:
+            stream.transport.write(data)
+            return
+        if stream is None:
+            stream = self._proxy_stream = _Stream(self, 0)
+        stream.pending.append(data)
+        if self._connecting is None:
+            self._connecting = asyncio.get_running_loop().create_task(self._connect(stream))
+
+    async def _connect(self, stream: _Stream) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.create_connection(
+                lambda: stream, self.proxy[0], self.proxy[1], ssl=self.client_ssl,
+                server_hostname=self.proxy[0] if self.client_ssl else None)
+        except (OSError, ssl.SSLError) as exc:
+            log_event(log, logging.WARNING, "sip.proxy_unreachable",
+                      proxy=f"{self.proxy[0]}:{self.proxy[1]}", transport=self.kind,
+                      reason=str(exc) or type(exc).__name__)
+            stream.pending.clear()
+            self._proxy_stream = None
+            self.on_flow_lost(PROXY_FLOW)
+        finally:
+            self._connecting = None
+
+    def forget_proxy_stream(self) -> None:
+        """Called when the proxy connection closed: the next send reconnects."""
+        if self._proxy_stream is not None and self._proxy_stream.transport is None:
+            self._proxy_stream = None
+
+    async def close(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connecting
+        for stream in list(self.streams.values()):
+            if stream.transport is not None:
+                stream.transport.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        if self._udp is not None:
+            self._udp.close()

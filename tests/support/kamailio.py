@@ -1,0 +1,167 @@
+"""A real Kamailio (Debian package 5.6) started by a test: registrar, proxy and presence
+server for one SIP domain, routing every other domain to the XMPP gateway.
+
+The configuration is generated per run (ports, domain, gateway address) from
+../shared/interop/kamailio/minimal-registrar.cfg's proven skeleton plus the presence
+modules: ``presence`` + ``presence_xml`` with a ``db_text`` database copied from the
+package's table definitions into a temporary directory. ``force_active`` makes every
+presence subscription active at once: authorizing watchers is the job of the gateway's
+contact rules, not of this test server.
+
+Started in the foreground (``-DD -E``), stopped by PID (SIGTERM to the main process stops
+its children), logs kept for failure reports.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
+DBTEXT_TABLES = Path("/usr/share/kamailio/dbtext/kamailio")
+TABLES = ("version", "presentity", "active_watchers", "watchers", "xcap", "location")
+
+CONFIG = """#!KAMAILIO
+debug={debug}
+log_stderror=yes
+fork=yes
+children=2
+tcp_children=2
+listen=udp:{host}:{port}
+listen=tcp:{host}:{port}
+alias="{domain}"
+mpath="{modules}/"
+loadmodule "pv.so"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "maxfwd.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "xlog.so"
+loadmodule "sanity.so"
+loadmodule "db_text.so"
+loadmodule "presence.so"
+loadmodule "presence_xml.so"
+modparam("presence", "db_url", "text://{dbdir}")
+modparam("presence", "server_address", "sip:{host}:{port}")
+modparam("presence", "subs_db_mode", 0)
+modparam("presence_xml", "db_url", "text://{dbdir}")
+modparam("presence_xml", "force_active", 1)
+modparam("usrloc", "db_mode", 0)
+
+request_route {{
+  if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
+  if (!sanity_check()) {{ xlog("L_WARN", "sanity check failed for $rm from $si\\n"); exit; }}
+  if (has_totag()) {{
+    if (is_method("SUBSCRIBE") && uri == myself) {{ route(PRESENCE); }}
+    t_relay();
+    exit;
+  }}
+  if (is_method("REGISTER")) {{ save("location"); exit; }}
+  if ($rd == "{domain}" || uri == myself) {{
+    if (is_method("PUBLISH|SUBSCRIBE")) {{ route(PRESENCE); }}
+    if (is_method("OPTIONS") && $rU == $null) {{ sl_send_reply("200", "OK"); exit; }}
+    if (!lookup("location")) {{ sl_send_reply("404", "Not Found"); exit; }}
+    t_relay();
+    exit;
+  }}
+  # Any other domain is XMPP: the gateway's SIP side.
+  $du = "sip:{gateway_host}:{gateway_port};transport={gateway_transport}";
+  t_relay();
+  exit;
+}}
+
+route[PRESENCE] {{
+  if (!t_newtran()) {{ sl_reply_error(); exit; }}
+  if (is_method("PUBLISH")) {{ handle_publish(); }} else {{ handle_subscribe(); }}
+  t_release();
+  exit;
+}}
+"""
+
+
+class Kamailio:
+    def __init__(self, workdir: Path, *, domain: str, host: str = "127.0.0.1", port: int,
+                 gateway: tuple[str, int], gateway_transport: str = "udp",
+                 prefix: list[str] | None = None, debug: int = 2) -> None:
+        self.workdir, self.domain, self.host, self.port = workdir, domain, host, port
+        self.gateway, self.gateway_transport = gateway, gateway_transport
+        self.prefix = prefix or []
+        self.debug = debug
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "kamailio.log"
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "kamailio.cfg"
+
+    def write_config(self) -> Path:
+        dbdir = self.workdir / "db"
+        dbdir.mkdir(parents=True, exist_ok=True)
+        for table in TABLES:
+            shutil.copy(DBTEXT_TABLES / table, dbdir / table)
+        self.config_path.write_text(CONFIG.format(
+            debug=self.debug, host=self.host, port=self.port, domain=self.domain,
+            modules=MODULES, dbdir=dbdir, gateway_host=self.gateway[0],
+            gateway_port=self.gateway[1], gateway_transport=self.gateway_transport))
+        return self.config_path
+
+    def start(self, timeout: float = 15.0) -> Kamailio:
+        self.write_config()
+        check = subprocess.run([*self.prefix, "kamailio", "-c", "-f", str(self.config_path)],
+                               capture_output=True, text=True, timeout=30)
+        if check.returncode != 0:
+            raise RuntimeError(f"kamailio config check failed:\n{check.stderr[-3000:]}")
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [*self.prefix, "kamailio", "-DD", "-E", "-f", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT)
+        self._wait_ready(timeout)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Ready when it answers OPTIONS on UDP (and its TCP port accepts)."""
+        deadline = time.monotonic() + timeout
+        probe = (f"OPTIONS sip:{self.host}:{self.port} SIP/2.0\r\n"
+                 f"Via: SIP/2.0/UDP {self.host}:9;branch=z9hG4bKprobe{{n}}\r\n"
+                 f"Max-Forwards: 70\r\nFrom: <sip:probe@{self.domain}>;tag=p\r\n"
+                 f"To: <sip:{self.host}>\r\nCall-ID: probe{{n}}\r\nCSeq: 1 OPTIONS\r\n"
+                 "Content-Length: 0\r\n\r\n")
+        attempt = 0
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"kamailio exited:\n{self.log()[-3000:]}")
+            attempt += 1
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                    udp.settimeout(0.3)
+                    udp.bind((self.host, 0))
+                    text = probe.replace("{n}", str(attempt)).replace(
+                        f"{self.host}:9", f"{self.host}:{udp.getsockname()[1]}")
+                    udp.sendto(text.encode(), (self.host, self.port))
+                    if udp.recv(4096).startswith(b"SIP/2.0 200"):
+                        with socket.create_connection((self.host, self.port), timeout=1):
+                            return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"kamailio not ready after {timeout}s:\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)

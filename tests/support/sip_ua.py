@@ -1,0 +1,229 @@
+"""A small SIP user agent for tests: registers, publishes presence, subscribes, sends and
+receives MESSAGEs — what a SIP softphone's IM/presence side does (RFC 3261, 3428, 3903,
+6665). It sends everything to one proxy (its outbound proxy), over UDP or TCP.
+
+It reuses the gateway's message parser/serialiser only (the wire format); the dialog and
+transaction behaviour here is its own, written the plain way a UA does it, so the gateway's
+transaction/dialog code is tested against something it does not share.
+
+Incoming requests: MESSAGE and NOTIFY are answered at once (``answers`` sets the status,
+default 200) and queued in :attr:`messages` / :attr:`notifies`; everything else is queued
+in :attr:`requests` for the test to answer with :meth:`reply`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from dataclasses import dataclass, field
+
+from gateway.sip.message import (
+    SipRequest,
+    SipResponse,
+    StreamDeframer,
+    make_response,
+    parse_message,
+    parse_name_addr,
+)
+
+PIDF = "application/pidf+xml"
+
+
+def pidf(entity: str, basic: str = "open", note: str = "", activity: str = "") -> bytes:
+    person = (f'<dm:person id="p1"><rpid:activities><rpid:{activity}/></rpid:activities>'
+              f"</dm:person>") if activity else ""
+    note_xml = f"<note>{note}</note>" if note else ""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<presence xmlns="urn:ietf:params:xml:ns:pidf" '
+        'xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" '
+        'xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid" '
+        f'entity="sip:{entity}"><tuple id="t1"><status><basic>{basic}</basic></status>'
+        f"{note_xml}</tuple>{person}</presence>"
+    ).encode()
+
+
+@dataclass
+class UaDialog:
+    call_id: str
+    local_tag: str
+    remote_tag: str
+    target: str
+    local_uri: str
+    remote_uri: str
+    cseq: int = 1
+    route: list[str] = field(default_factory=list)
+
+
+class SipUserAgent(asyncio.DatagramProtocol, asyncio.Protocol):
+    def __init__(self, user: str, domain: str, proxy: tuple[str, int], *,
+                 host: str = "127.0.0.1", transport: str = "udp") -> None:
+        self.user, self.domain, self.proxy, self.host = user, domain, proxy, host
+        self.kind = transport
+        self.aor = f"sip:{user}@{domain}"
+        self.port = 0
+        self.messages: asyncio.Queue[SipRequest] = asyncio.Queue()
+        self.notifies: asyncio.Queue[SipRequest] = asyncio.Queue()
+        self.requests: asyncio.Queue[SipRequest] = asyncio.Queue()
+        self.answers: dict[str, int] = {"MESSAGE": 200, "NOTIFY": 200}
+        self.dialogs: dict[str, UaDialog] = {}  # by remote AOR (our subscriptions)
+        self._waiting: dict[str, asyncio.Future[SipResponse]] = {}
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Transport | None = None
+        self._server: asyncio.Server | None = None
+        self._deframer = StreamDeframer()
+        self._etag = ""
+
+    # ------------------------------------------------------------------ wiring
+
+    async def start(self) -> SipUserAgent:
+        loop = asyncio.get_running_loop()
+        if self.kind == "udp":
+            self._udp, _ = await loop.create_datagram_endpoint(
+                lambda: self, local_addr=(self.host, 0))
+            self.port = self._udp.get_extra_info("sockname")[1]
+        else:
+            self._tcp, _ = await loop.create_connection(lambda: self, *self.proxy)
+            self.port = self._tcp.get_extra_info("sockname")[1]
+        return self
+
+    async def close(self) -> None:
+        for transport in (self._udp, self._tcp):
+            if transport is not None:
+                transport.close()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if data.strip():
+            self._handle(parse_message(data))
+
+    def data_received(self, data: bytes) -> None:
+        for chunk in self._deframer.feed(data):
+            self._handle(parse_message(chunk, stream=True))
+
+    def _write(self, data: bytes) -> None:
+        if self._udp is not None:
+            self._udp.sendto(data, self.proxy)
+        elif self._tcp is not None:
+            self._tcp.write(data)
+
+    @property
+    def contact(self) -> str:
+        suffix = "" if self.kind == "udp" else ";transport=tcp"
+        return f"sip:{self.user}@{self.host}:{self.port}{suffix}"
+
+    # ------------------------------------------------------------------ requests
+
+    def _new(self, method: str, uri: str, to: str, *, to_tag: str = "", from_tag: str = "",
+             call_id: str = "", cseq: int = 1, route: list[str] | None = None) -> SipRequest:
+        branch = "z9hG4bK" + secrets.token_hex(8)
+        request = SipRequest([], b"", method, uri)
+        request.add("via", f"SIP/2.0/{self.kind.upper()} {self.host}:{self.port};"
+                    f"branch={branch};rport")
+        request.add("max-forwards", "70")
+        for hop in route or []:
+            request.add("route", hop)
+        request.add("from", f"<{self.aor}>;tag={from_tag or secrets.token_hex(4)}")
+        request.add("to", f"<{to}>" + (f";tag={to_tag}" if to_tag else ""))
+        request.add("call-id", call_id or secrets.token_hex(8) + "@" + self.host)
+        request.add("cseq", f"{cseq} {method}")
+        request.add("contact", f"<{self.contact}>")
+        return request
+
+    async def request(self, request: SipRequest, timeout: float = 5.0) -> SipResponse:
+        branch = request.top_via.branch
+        future: asyncio.Future[SipResponse] = asyncio.get_running_loop().create_future()
+        self._waiting[branch] = future
+        self._write(request.serialize())
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._waiting.pop(branch, None)
+
+    async def register(self, expires: int = 300) -> SipResponse:
+        request = self._new("REGISTER", f"sip:{self.domain}", self.aor)
+        request.set("expires", str(expires))
+        return await self.request(request)
+
+    async def send_message(self, to: str, text: str,
+                           content_type: str = "text/plain;charset=UTF-8") -> SipResponse:
+        request = self._new("MESSAGE", to, to)
+        request.add("content-type", content_type)
+        request.body = text.encode()
+        return await self.request(request)
+
+    async def publish(self, basic: str = "open", note: str = "", activity: str = "",
+                      expires: int = 600) -> SipResponse:
+        request = self._new("PUBLISH", self.aor, self.aor)
+        request.add("event", "presence")
+        request.add("expires", str(expires))
+        if self._etag:
+            request.add("sip-if-match", self._etag)
+        request.add("content-type", PIDF)
+        request.body = pidf(f"{self.user}@{self.domain}", basic, note, activity)
+        response = await self.request(request)
+        self._etag = response.get("sip-etag") or self._etag
+        return response
+
+    async def subscribe(self, to: str, expires: int = 600) -> SipResponse:
+        dialog = self.dialogs.get(to)
+        if dialog is None:
+            request = self._new("SUBSCRIBE", to, to)
+        else:
+            dialog.cseq += 1
+            request = self._new("SUBSCRIBE", dialog.target, dialog.remote_uri,
+                                to_tag=dialog.remote_tag, from_tag=dialog.local_tag,
+                                call_id=dialog.call_id, cseq=dialog.cseq, route=dialog.route)
+        request.add("event", "presence")
+        request.add("accept", PIDF)
+        request.add("expires", str(expires))
+        response = await self.request(request)
+        if dialog is None and response.status < 300:
+            contact = response.get("contact")
+            self.dialogs[to] = UaDialog(
+                request.call_id, request.from_.tag, response.to.tag,
+                parse_name_addr(contact).uri if contact else to, self.aor, to,
+                route=list(reversed(response.get_all("record-route"))))
+        if expires == 0:
+            self.dialogs.pop(to, None)
+        return response
+
+    def reply(self, request: SipRequest, status: int, *headers: tuple[str, str]) -> None:
+        response = make_response(request, status, to_tag=secrets.token_hex(4))
+        for name, value in headers:
+            response.add(name, value)
+        self._write(response.serialize())
+
+    # ------------------------------------------------------------------ input
+
+    def _handle(self, message: SipRequest | SipResponse) -> None:
+        if isinstance(message, SipResponse):
+            if message.status < 200:
+                return
+            future = self._waiting.get(message.top_via.branch)
+            if future is not None and not future.done():
+                future.set_result(message)
+            return
+        if message.method == "ACK":
+            return
+        if message.method in self.answers:
+            self.reply(message, self.answers[message.method])
+            queue = self.messages if message.method == "MESSAGE" else self.notifies
+            queue.put_nowait(message)
+            return
+        self.requests.put_nowait(message)
+
+    async def next_notify(self, *, timeout: float = 5.0, state: str = "") -> SipRequest:
+        """The next NOTIFY, skipping those whose Subscription-State is not ``state``."""
+        async with asyncio.timeout(timeout):
+            while True:
+                notify = await self.notifies.get()
+                current = (notify.get("subscription-state") or "").split(";")[0]
+                if not state or current == state:
+                    return notify
+
+    async def drain(self) -> None:
+        for queue in (self.messages, self.notifies, self.requests):
+            with contextlib.suppress(asyncio.QueueEmpty):
+                while True:
+                    queue.get_nowait()
