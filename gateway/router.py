@@ -54,7 +54,8 @@ class Router:
         self.metrics = metrics
         self.s2s: Any = None  # S2SService, set by the daemon
         self._inbound: asyncio.Queue[tuple[Element, str, str]] = asyncio.Queue(MAX_PENDING)
-        self._outbound: asyncio.Queue[Element] = asyncio.Queue(MAX_PENDING)
+        self._outbound: asyncio.Queue[tuple[Element, asyncio.Future[None] | None]] = (
+            asyncio.Queue(MAX_PENDING))
         self._workers: list[asyncio.Task[None]] = []
         self.on_pressure: Callable[[bool], None] | None = None
         self._enabled_cache: dict[str, tuple[bool, float]] = {}
@@ -80,6 +81,12 @@ class Router:
         for task in self._workers:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        while not self._outbound.empty():  # not routed within the grace period
+            stanza, decided = self._outbound.get_nowait()
+            log_event(log, logging.WARNING, "router.unrouted_at_stop", sender=stanza.get("from"),
+                      recipient=stanza.get("to"), reason="gateway stopping")
+            if decided is not None and not decided.done():
+                decided.set_result(None)
         await self.backend.stop()
 
     async def _drain(self) -> None:
@@ -193,15 +200,25 @@ class Router:
     # ------------------------------------------------------------------ local → XMPP
 
     async def from_local(self, stanza: Element) -> None:
-        """The backend's sink: a local user's stanza toward XMPP."""
+        """The backend's sink: a local user's stanza toward XMPP.
+
+        Returns once the router has decided: the stanza is on its way to the S2S service,
+        or its error reply has already been handed to :meth:`LocalBackend.deliver`. A SIP
+        backend relies on this to answer a MESSAGE with the refusal (RFC 7247 §8.1)
+        instead of a blind ``202 Accepted``. Stanzas are still handled one at a time, in
+        order, by the outbound worker.
+        """
+        decided: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
-            self._outbound.put_nowait(stanza)
+            self._outbound.put_nowait((stanza, decided))
         except asyncio.QueueFull:
             await self._bounce_local(stanza, "resource-constraint", "gateway overloaded")
+            return
+        await asyncio.shield(decided)
 
     async def _outbound_worker(self) -> None:
         while True:
-            stanza = await self._outbound.get()
+            stanza, decided = await self._outbound.get()
             try:
                 await self._handle_outbound(stanza)
             except Exception:
@@ -209,6 +226,8 @@ class Router:
                 await self._bounce_local(stanza, "internal-server-error", "")
             finally:
                 self._outbound.task_done()
+                if decided is not None and not decided.done():
+                    decided.set_result(None)
 
     async def _handle_outbound(self, stanza: Element) -> None:
         try:

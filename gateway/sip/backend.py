@@ -418,6 +418,8 @@ class SipBackend:
     def _xmpp_presence(self, stanza: Element, contact: str, resource: str,
                        local_user: str) -> None:
         kind = stanza.get("type") or "available"
+        log_event(log, logging.DEBUG, "sip.xmpp_presence", contact=contact, resource=resource,
+                  local_user=local_user, kind=kind)
         if kind in ("available", "unavailable"):
             resources = self.xmpp_presence.setdefault(contact, {})
             if kind == "available":

@@ -113,6 +113,7 @@ class Prosody:
     require_encryption: bool = True
     trusts_gateway: bool = True
     log_level: str = "debug"
+    users: tuple[str, ...] = ("user",)
     process: subprocess.Popen | None = None
     dir: Path = field(init=False)
 
@@ -130,8 +131,9 @@ class Prosody:
             key=tls.key, cafile=cafile, disabled='"tls"' if not self.tls else "",
             require_encryption=str(self.require_encryption).lower(),
             secure_auth=str(self.secure_auth).lower(), log_level=self.log_level))
-        run([*self.ns.exec, "prosodyctl", "--config", str(config), "register", "user",
-             self.domain, "pw"])
+        for user in self.users:
+            run([*self.ns.exec, "prosodyctl", "--config", str(config), "register", user,
+                 self.domain, "pw"])
         out = (self.dir / "stdout").open("wb")
         self.process = subprocess.Popen([*self.ns.exec, "prosody", "--config", str(config)],
                                         stdout=out, stderr=subprocess.STDOUT)
@@ -171,6 +173,7 @@ class GatewayProcess:
     xmpp_addrs: bool = True
     log_level: str = "debug"
     allow_unlisted: bool = False
+    sip: dict | None = None  # the `sip:` section (backend: sip …); None = development
     process: subprocess.Popen | None = None
     dir: Path = field(init=False)
 
@@ -192,7 +195,10 @@ class GatewayProcess:
                  f"logging: {{level: {self.log_level}}}",
                  "limits: {negotiation_timeout: 10, max_connections_per_ip: 5000}",
                  f"federation: {{allow_unlisted: {str(self.allow_unlisted).lower()}}}",
-                 "store: {path: store.sqlite3}", "admin_socket: admin.sock", "partners:"]
+                 "store: {path: store.sqlite3}", "admin_socket: admin.sock"]
+        if self.sip is not None:
+            lines.append("sip: {" + ", ".join(f"{k}: {v}" for k, v in self.sip.items()) + "}")
+        lines.append("partners:")
         if not self.partners:
             lines[-1] = "partners: []"
         for p in self.partners:

@@ -18,11 +18,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
 DBTEXT_TABLES = Path("/usr/share/kamailio/dbtext/kamailio")
+REPO = Path(__file__).resolve().parents[2]
 TABLES = ("version", "presentity", "active_watchers", "watchers", "xcap", "location")
 
 CONFIG = """#!KAMAILIO
@@ -87,6 +89,27 @@ route[PRESENCE] {{
 """
 
 
+def answers_options(host: str, port: int, domain: str) -> bool:
+    """One OPTIONS over UDP answered 200, and a TCP connect that succeeds."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.settimeout(0.3)
+            udp.bind((host, 0))
+            local = udp.getsockname()[1]
+            probe = (f"OPTIONS sip:{host}:{port} SIP/2.0\r\n"
+                     f"Via: SIP/2.0/UDP {host}:{local};branch=z9hG4bKprobe{local}\r\n"
+                     f"Max-Forwards: 70\r\nFrom: <sip:probe@{domain}>;tag=p\r\n"
+                     f"To: <sip:{host}>\r\nCall-ID: probe{local}\r\nCSeq: 1 OPTIONS\r\n"
+                     "Content-Length: 0\r\n\r\n")
+            udp.sendto(probe.encode(), (host, port))
+            if not udp.recv(4096).startswith(b"SIP/2.0 200"):
+                return False
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 class Kamailio:
     def __init__(self, workdir: Path, *, domain: str, host: str = "127.0.0.1", port: int,
                  gateway: tuple[str, int], gateway_transport: str = "udp",
@@ -127,30 +150,23 @@ class Kamailio:
         return self
 
     def _wait_ready(self, timeout: float) -> None:
-        """Ready when it answers OPTIONS on UDP (and its TCP port accepts)."""
+        """Ready when it answers OPTIONS on UDP and its TCP port accepts (probed from inside
+        the namespace when the server runs in one)."""
         deadline = time.monotonic() + timeout
-        probe = (f"OPTIONS sip:{self.host}:{self.port} SIP/2.0\r\n"
-                 f"Via: SIP/2.0/UDP {self.host}:9;branch=z9hG4bKprobe{{n}}\r\n"
-                 f"Max-Forwards: 70\r\nFrom: <sip:probe@{self.domain}>;tag=p\r\n"
-                 f"To: <sip:{self.host}>\r\nCall-ID: probe{{n}}\r\nCSeq: 1 OPTIONS\r\n"
-                 "Content-Length: 0\r\n\r\n")
-        attempt = 0
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"kamailio exited:\n{self.log()[-3000:]}")
-            attempt += 1
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                    udp.settimeout(0.3)
-                    udp.bind((self.host, 0))
-                    text = probe.replace("{n}", str(attempt)).replace(
-                        f"{self.host}:9", f"{self.host}:{udp.getsockname()[1]}")
-                    udp.sendto(text.encode(), (self.host, self.port))
-                    if udp.recv(4096).startswith(b"SIP/2.0 200"):
-                        with socket.create_connection((self.host, self.port), timeout=1):
-                            return
-            except OSError:
-                time.sleep(0.1)
+            if self.prefix:
+                code = ("import sys; from tests.support.kamailio import answers_options; "
+                        f"sys.exit(0 if answers_options({self.host!r}, {self.port}, "
+                        f"{self.domain!r}) else 1)")
+                ready = subprocess.run([*self.prefix, sys.executable, "-c", code],
+                                       cwd=REPO, capture_output=True).returncode == 0
+            else:
+                ready = answers_options(self.host, self.port, self.domain)
+            if ready:
+                return
+            time.sleep(0.1)
         raise RuntimeError(f"kamailio not ready after {timeout}s:\n{self.log()[-3000:]}")
 
     def log(self) -> str:

@@ -56,7 +56,24 @@ class UaDialog:
     route: list[str] = field(default_factory=list)
 
 
-class SipUserAgent(asyncio.DatagramProtocol, asyncio.Protocol):
+class _Connection(asyncio.Protocol):
+    """One TCP connection of the UA (to the proxy, or accepted from it)."""
+
+    def __init__(self, ua: SipUserAgent) -> None:
+        self.ua = ua
+        self.deframer = StreamDeframer()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for chunk in self.deframer.feed(data):
+            self.ua._handle(parse_message(chunk, stream=True), self)
+
+
+class SipUserAgent(asyncio.DatagramProtocol):
     def __init__(self, user: str, domain: str, proxy: tuple[str, int], *,
                  host: str = "127.0.0.1", transport: str = "udp") -> None:
         self.user, self.domain, self.proxy, self.host = user, domain, proxy, host
@@ -70,10 +87,10 @@ class SipUserAgent(asyncio.DatagramProtocol, asyncio.Protocol):
         self.dialogs: dict[str, UaDialog] = {}  # by remote AOR (our subscriptions)
         self._waiting: dict[str, asyncio.Future[SipResponse]] = {}
         self._udp: asyncio.DatagramTransport | None = None
-        self._tcp: asyncio.Transport | None = None
+        self._outgoing: _Connection | None = None
         self._server: asyncio.Server | None = None
-        self._deframer = StreamDeframer()
         self._etag = ""
+        self._arrived_on: dict[int, _Connection] = {}  # request → its TCP connection
 
     # ------------------------------------------------------------------ wiring
 
@@ -84,28 +101,34 @@ class SipUserAgent(asyncio.DatagramProtocol, asyncio.Protocol):
                 lambda: self, local_addr=(self.host, 0))
             self.port = self._udp.get_extra_info("sockname")[1]
         else:
-            self._tcp, _ = await loop.create_connection(lambda: self, *self.proxy)
-            self.port = self._tcp.get_extra_info("sockname")[1]
+            # Like a softphone: requests go out on our connection to the proxy, and we
+            # listen on the port our Via and Contact name, where the proxy connects to
+            # deliver requests to us (RFC 3261 §18.1.1, §18.2.1).
+            self._server = await loop.create_server(lambda: _Connection(self), self.host, 0)
+            self.port = self._server.sockets[0].getsockname()[1]
+            self._outgoing = _Connection(self)
+            await loop.create_connection(lambda: self._outgoing, *self.proxy)
         return self
 
     async def close(self) -> None:
-        for transport in (self._udp, self._tcp):
-            if transport is not None:
-                transport.close()
+        if self._udp is not None:
+            self._udp.close()
+        if self._outgoing is not None and self._outgoing.transport is not None:
+            self._outgoing.transport.close()
+        if self._server is not None:
+            self._server.close()
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if data.strip():
             self._handle(parse_message(data))
 
-    def data_received(self, data: bytes) -> None:
-        for chunk in self._deframer.feed(data):
-            self._handle(parse_message(chunk, stream=True))
-
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, connection: _Connection | None = None) -> None:
         if self._udp is not None:
             self._udp.sendto(data, self.proxy)
-        elif self._tcp is not None:
-            self._tcp.write(data)
+            return
+        target = connection or self._outgoing
+        if target is not None and target.transport is not None:
+            target.transport.write(data)
 
     @property
     def contact(self) -> str:
@@ -188,15 +211,17 @@ class SipUserAgent(asyncio.DatagramProtocol, asyncio.Protocol):
             self.dialogs.pop(to, None)
         return response
 
-    def reply(self, request: SipRequest, status: int, *headers: tuple[str, str]) -> None:
+    def reply(self, request: SipRequest, status: int, *headers: tuple[str, str],
+              connection: _Connection | None = None) -> None:
         response = make_response(request, status, to_tag=secrets.token_hex(4))
         for name, value in headers:
             response.add(name, value)
-        self._write(response.serialize())
+        self._write(response.serialize(), connection or self._arrived_on.get(id(request)))
 
     # ------------------------------------------------------------------ input
 
-    def _handle(self, message: SipRequest | SipResponse) -> None:
+    def _handle(self, message: SipRequest | SipResponse,
+                connection: _Connection | None = None) -> None:
         if isinstance(message, SipResponse):
             if message.status < 200:
                 return
@@ -206,8 +231,10 @@ class SipUserAgent(asyncio.DatagramProtocol, asyncio.Protocol):
             return
         if message.method == "ACK":
             return
+        if connection is not None:
+            self._arrived_on[id(message)] = connection
         if message.method in self.answers:
-            self.reply(message, self.answers[message.method])
+            self.reply(message, self.answers[message.method], connection=connection)
             queue = self.messages if message.method == "MESSAGE" else self.notifies
             queue.put_nowait(message)
             return
@@ -220,6 +247,15 @@ class SipUserAgent(asyncio.DatagramProtocol, asyncio.Protocol):
                 notify = await self.notifies.get()
                 current = (notify.get("subscription-state") or "").split(";")[0]
                 if not state or current == state:
+                    return notify
+
+    async def notify_where(self, predicate, *, timeout: float = 10.0) -> SipRequest:
+        """The next NOTIFY for which ``predicate(notify)`` holds (others are skipped: a
+        presence change may take several notifications to settle)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                notify = await self.notifies.get()
+                if predicate(notify):
                     return notify
 
     async def drain(self) -> None:

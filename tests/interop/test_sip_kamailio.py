@@ -1,0 +1,216 @@
+"""End to end: a Prosody user and a SIP user talk through the gateway and a real Kamailio.
+
+Topology, all inside the interop network namespace:
+
+    Prosody a.example (127.0.0.2) ──S2S── gateway gw.example (127.0.0.4:5269)
+                                              │ SIP (UDP or TCP), sip.backend: sip
+                                          Kamailio 5.6 (127.0.0.4:5070): registrar, proxy,
+                                          presence server for gw.example
+                                              │
+                                          SIP UA sipuser@gw.example (registered)
+
+For each partner type of a.example the conversation covers both message directions, a
+subscription each way with PIDF presence, and the status-note rule (GATEWAY-SPEC §3);
+for public-unverified it shows the refusal before, and the success after, the SIP user
+authorizes the contact by subscribing to it (adding it as a contact).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.sip.pidf import PresenceState, parse_pidf
+from tests.interop.harness import IPS, GatewayProcess, Namespace, Prosody
+from tests.interop.in_namespace import XmppUser, run_in_namespace
+from tests.support.kamailio import Kamailio
+from tests.support.sip_ua import SipUserAgent
+
+GW = IPS["gw.example"]
+KAMAILIO_PORT = 5070
+GATEWAY_SIP_PORT = 5062
+USERS = ("fed", "pv", "pu", "tcp")
+
+
+@pytest.fixture(scope="module")
+def prosody(ns: Namespace, pki) -> Iterator[Prosody]:
+    server = Prosody(ns, pki, secure_auth=False, users=USERS).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def kamailio(ns: Namespace, transport: str) -> Kamailio:
+    workdir = ns.workdir / f"kamailio-{transport}"
+    workdir.mkdir(exist_ok=True)
+    return Kamailio(workdir, domain="gw.example", host=GW, port=KAMAILIO_PORT,
+                    gateway=(GW, GATEWAY_SIP_PORT), gateway_transport=transport,
+                    prefix=ns.exec).start()
+
+
+def gateway(ns: Namespace, pki, partner_type: str, transport: str = "udp") -> GatewayProcess:
+    return GatewayProcess(
+        ns, pki, [{"domain": "a.example", "type": partner_type, "tls": "optional",
+                   "sasl": "optional", "dialback": "true"}],
+        log_level="info",
+        sip={"backend": "sip", "proxy_host": GW, "proxy_port": KAMAILIO_PORT,
+             "transport": transport, "local_host": GW, "local_port": GATEWAY_SIP_PORT},
+    ).start()
+
+
+def explain(gw: GatewayProcess, sip: Kamailio) -> str:
+    return (f"\n--- gateway log (tail) ---\n{gw.log[-4000:]}"
+            f"\n--- kamailio log (tail) ---\n{sip.log()[-2500:]}")
+
+
+async def sip_user(name: str, transport: str = "udp") -> SipUserAgent:
+    ua = await SipUserAgent(name, "gw.example", (GW, KAMAILIO_PORT), host=GW,
+                            transport=transport).start()
+    assert (await ua.register()).status == 200
+    assert (await ua.publish("open", note="at my desk")).status == 200
+    return ua
+
+
+async def xmpp_to_sip_message(xmpp: XmppUser, ua: SipUserAgent, text: str) -> None:
+    xmpp.client.send_message(mto=f"{ua.user}@gw.example", mbody=text, mtype="chat")
+    message = await asyncio.wait_for(ua.messages.get(), 10)
+    assert message.body.decode() == text
+    assert message.from_.uri == f"sip:{xmpp.client.boundjid.user}@a.example"
+    assert message.content_type == "text/plain"
+
+
+async def sip_to_xmpp_message(xmpp: XmppUser, ua: SipUserAgent, text: str) -> None:
+    response = await ua.send_message(f"sip:{xmpp.client.boundjid.user}@a.example", text)
+    assert response.status == 202, response
+    message = await xmpp.next_message()
+    assert (message["from"], message["type"], message["body"]) == (
+        f"{ua.user}@gw.example/sip", "chat", text)
+
+
+async def xmpp_watches_sip(xmpp: XmppUser, ua: SipUserAgent, *, sees_note: bool) -> None:
+    """Prosody user subscribes to the SIP user: subscribed + presence from the PIDF."""
+    sip_jid = f"{ua.user}@gw.example"
+    xmpp.client.send_presence(pto=sip_jid, ptype="subscribe")
+    await xmpp.presence_where(lambda p: p["from"] == sip_jid and p["type"] == "subscribed")
+    available = await xmpp.presence_where(
+        lambda p: p["from"] == f"{sip_jid}/sip" and p["type"] == "available")
+    assert available["status"] == ("at my desk" if sees_note else ""), available
+    # A presence change on the SIP side (PUBLISH) reaches the XMPP watcher.
+    assert (await ua.publish("open", note="on a call", activity="on-the-phone")).status == 200
+    busy = await xmpp.presence_where(
+        lambda p: p["from"] == f"{sip_jid}/sip" and p["show"] == "dnd")
+    assert busy["status"] == ("on a call" if sees_note else ""), busy
+
+
+async def sip_watches_xmpp(xmpp: XmppUser, ua: SipUserAgent) -> None:
+    """SIP user subscribes to the Prosody user (slixmpp approves automatically)."""
+    contact = f"sip:{xmpp.client.boundjid.user}@a.example"
+    response = await ua.subscribe(contact)
+    assert response.status == 202, response
+    await ua.notify_where(lambda n: _state(n) == "active" and parse_pidf(n.body).available,
+                          timeout=15)
+    xmpp.client.send_presence(pshow="away", pstatus="lunch")
+    await ua.notify_where(lambda n: parse_pidf(n.body) == PresenceState(True, "away", "lunch"))
+
+
+def _state(notify) -> str:
+    return (notify.get("subscription-state") or "").split(";")[0]
+
+
+def run_scenario(ns: Namespace, scenario) -> None:
+    run_in_namespace(ns.name, scenario, timeout=90)
+
+
+@pytest.mark.parametrize("partner_type", ["federated", "public-verified"])
+def test_partner_without_authorization(ns: Namespace, pki, prosody: Prosody,
+                                       partner_type: str) -> None:
+    user = "fed" if partner_type == "federated" else "pv"
+    sip = kamailio(ns, "udp")
+    gw = gateway(ns, pki, partner_type)
+
+    async def scenario() -> None:
+        ua = await sip_user(f"sip{user}")
+        xmpp = await XmppUser(f"{user}@a.example", IPS["a.example"]).start()
+        try:
+            await xmpp_to_sip_message(xmpp, ua, f"hello from XMPP ({partner_type})")
+            await sip_to_xmpp_message(xmpp, ua, f"hello from SIP ({partner_type})")
+            await xmpp_watches_sip(xmpp, ua, sees_note=partner_type == "federated")
+            await sip_watches_xmpp(xmpp, ua)
+        finally:
+            await xmpp.stop()
+            await ua.close()
+
+    try:
+        run_scenario(ns, scenario)
+    except BaseException as exc:
+        raise AssertionError(f"{partner_type}: {exc!r}{explain(gw, sip)}") from exc
+    finally:
+        gw.stop()
+        sip.stop()
+
+
+def test_public_unverified_needs_authorization(ns: Namespace, pki, prosody: Prosody) -> None:
+    sip = kamailio(ns, "udp")
+    gw = gateway(ns, pki, "public-unverified")
+
+    async def scenario() -> None:
+        ua = await sip_user("sippu")
+        xmpp = await XmppUser("pu@a.example", IPS["a.example"]).start()
+        try:
+            # Before: the message is refused with an error that does not reveal whether
+            # sippu exists, the subscription is answered 'unsubscribed', and nothing
+            # reaches the SIP side.
+            xmpp.client.send_message(mto="sippu@gw.example", mbody="may I?", mtype="chat")
+            refused = await xmpp.next_message()
+            assert (refused["type"], refused["error"]) == ("error", "service-unavailable")
+            xmpp.client.send_presence(pto="sippu@gw.example", ptype="subscribe")
+            await xmpp.presence_where(
+                lambda p: p["from"] == "sippu@gw.example" and p["type"] == "unsubscribed")
+            assert ua.messages.empty()
+            # The SIP user adds the contact (subscribes to its presence): authorization.
+            await sip_watches_xmpp(xmpp, ua)
+            # After: messages and subscriptions work; status notes stay hidden.
+            await xmpp_to_sip_message(xmpp, ua, "thanks for adding me")
+            await sip_to_xmpp_message(xmpp, ua, "you're welcome")
+            await xmpp_watches_sip(xmpp, ua, sees_note=False)
+        finally:
+            await xmpp.stop()
+            await ua.close()
+
+    try:
+        run_scenario(ns, scenario)
+        assert "public-unverified contact not authorized by the local user" in gw.log
+    except BaseException as exc:
+        raise AssertionError(f"public-unverified: {exc!r}{explain(gw, sip)}") from exc
+    finally:
+        gw.stop()
+        sip.stop()
+
+
+def test_sip_over_tcp(ns: Namespace, pki, prosody: Prosody) -> None:
+    """The same conversation with the gateway and the UA speaking SIP over TCP."""
+    sip = kamailio(ns, "tcp")
+    gw = gateway(ns, pki, "federated", transport="tcp")
+
+    async def scenario() -> None:
+        ua = await sip_user("siptcp", transport="tcp")
+        xmpp = await XmppUser("tcp@a.example", IPS["a.example"]).start()
+        try:
+            await xmpp_to_sip_message(xmpp, ua, "over TCP")
+            await sip_to_xmpp_message(xmpp, ua, "back over TCP")
+            await xmpp_watches_sip(xmpp, ua, sees_note=True)
+            await sip_watches_xmpp(xmpp, ua)
+        finally:
+            await xmpp.stop()
+            await ua.close()
+
+    try:
+        run_scenario(ns, scenario)
+    except BaseException as exc:
+        raise AssertionError(f"tcp: {exc!r}{explain(gw, sip)}") from exc
+    finally:
+        gw.stop()
+        sip.stop()
