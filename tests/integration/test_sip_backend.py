@@ -1,0 +1,428 @@
+"""The SIP backend over real sockets against a SIP user agent standing where the proxy is.
+
+Here the UA plays the proxy/presence-server side itself (answers SUBSCRIBE, sends NOTIFY)
+so that every mapping rule and error path can be driven exactly; tests/interop/
+test_sip_kamailio.py runs the same backend behind a real Kamailio.
+
+Two set-ups:
+* ``backend``: the SipBackend alone, its sink recording what it hands to the router;
+* ``gateway``: a whole Gateway (real router, SQLite store, contact rules) with
+  ``sip.backend: sip``, for the refusals that the router decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from xml.etree.ElementTree import Element, SubElement
+
+import pytest
+
+from gateway.backend import DeliveryError
+from gateway.config.model import (
+    DialbackSettings,
+    GatewayConfig,
+    ListenAddress,
+    PartnerPolicy,
+    PartnerType,
+    SipSettings,
+    StoreSettings,
+)
+from gateway.daemon import Gateway
+from gateway.dns.resolver import DnsPythonResolver
+from gateway.policy.negotiation import Support
+from gateway.sip.backend import SipBackend
+from gateway.sip.development import message, presence
+from gateway.sip.message import SipRequest, make_response, new_branch
+from gateway.sip.pidf import PresenceState, parse_pidf
+from tests.support.dnsmasq import free_port
+from tests.support.sip_ua import SipUserAgent, pidf
+
+STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+SIP_DOMAIN = "sip.example"
+
+
+class Recorder:
+    """The backend's sink: records stanzas; optionally answers some with an error, as
+    the router does for a refused stanza, before returning."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Element] = asyncio.Queue()
+        self.backend: SipBackend | None = None
+        self.refuse_with = ""
+
+    async def __call__(self, stanza: Element) -> None:
+        await self.queue.put(stanza)
+        if self.refuse_with and self.backend is not None:
+            error = Element(stanza.tag, {"from": stanza.get("to", ""),
+                                         "to": stanza.get("from", ""), "type": "error",
+                                         "id": stanza.get("id", "")})
+            SubElement(SubElement(error, "{jabber:server}error", {"type": "cancel"}),
+                       f"{{{STANZAS}}}{self.refuse_with}")
+            await self.backend.deliver(error)
+
+    async def next(self, timeout: float = 5.0) -> Element:
+        return await asyncio.wait_for(self.queue.get(), timeout)
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[tuple[SipBackend, SipUserAgent, Recorder]]:
+    ua = await SipUserAgent("alice", SIP_DOMAIN, ("127.0.0.1", 9)).start()
+    sip = SipBackend([SIP_DOMAIN], proxy=("127.0.0.1", ua.port), local=("127.0.0.1", 0))
+    recorder = Recorder()
+    recorder.backend = sip
+    await sip.start(recorder)
+    ua.proxy = sip.transport.local
+    try:
+        yield sip, ua, recorder
+    finally:
+        await sip.stop(grace=0.5)
+        await ua.close()
+
+
+def condition(stanza: Element) -> str:
+    error = stanza.find("{jabber:server}error")
+    assert error is not None, stanza.attrib
+    return next(child.tag.rpartition("}")[2] for child in error)
+
+
+# ---------------------------------------------------------------------- messages
+
+
+async def test_xmpp_message_becomes_sip_message(backend) -> None:
+    sip, ua, _ = backend
+    await sip.deliver(message("bob@xmpp.example/phone", "alice@sip.example", "héllo <3"))
+    request = await asyncio.wait_for(ua.messages.get(), 5)
+    assert request.uri == "sip:alice@sip.example"
+    assert request.from_.uri == "sip:bob@xmpp.example" and request.from_.tag
+    assert request.to.uri == "sip:alice@sip.example"
+    assert request.get("content-type") == "text/plain;charset=UTF-8"
+    assert request.body.decode() == "héllo <3"
+
+
+@pytest.mark.parametrize(("status", "expected"), [(480, "recipient-unavailable"),
+                                                  (404, "item-not-found"),
+                                                  (603, "service-unavailable"),
+                                                  (488, "not-acceptable")])
+async def test_sip_failure_comes_back_as_xmpp_error(backend, status: int, expected: str) -> None:
+    sip, ua, recorder = backend
+    ua.answers["MESSAGE"] = status
+    original = message("bob@xmpp.example/phone", "alice@sip.example", "are you there?")
+    original.set("id", "m1")
+    await sip.deliver(original)
+    error = await recorder.next()
+    assert (error.get("type"), error.get("id"), error.get("from"), error.get("to")) == (
+        "error", "m1", "alice@sip.example", "bob@xmpp.example/phone")
+    assert condition(error) == expected
+    assert f"SIP {status}" in (error.findtext(f"{{jabber:server}}error/{{{STANZAS}}}text") or "")
+
+
+async def test_bodiless_message_is_not_sent(backend) -> None:
+    sip, ua, _ = backend
+    composing = message("bob@xmpp.example/p", "alice@sip.example", "")
+    composing.remove(composing[0])
+    await sip.deliver(composing)
+    await sip.deliver(message("bob@xmpp.example/p", "alice@sip.example", "second"))
+    first = await asyncio.wait_for(ua.messages.get(), 5)
+    assert first.body == b"second"
+
+
+async def test_what_sip_cannot_carry_is_refused(backend) -> None:
+    sip, _, _ = backend
+    iq = Element("{jabber:server}iq", {"from": "bob@xmpp.example/p", "to": "alice@sip.example",
+                                       "type": "get", "id": "q"})
+    with pytest.raises(DeliveryError) as refused:
+        await sip.deliver(iq)
+    assert refused.value.condition == "service-unavailable"
+    with pytest.raises(DeliveryError) as other:
+        await sip.deliver(message("bob@xmpp.example/p", "carol@elsewhere.example", "x"))
+    assert other.value.condition == "item-not-found"
+
+
+async def test_sip_message_becomes_xmpp_message_and_gets_202(backend) -> None:
+    _, ua, recorder = backend
+    response = await ua.send_message("sip:bob@xmpp.example", "hi from SIP")
+    assert response.status == 202
+    stanza = await recorder.next()
+    assert (stanza.tag, stanza.get("from"), stanza.get("to"), stanza.get("type")) == (
+        "{jabber:server}message", "alice@sip.example/sip", "bob@xmpp.example", "chat")
+    assert stanza.findtext("{jabber:server}body") == "hi from SIP"
+
+
+@pytest.mark.parametrize(("refusal", "status"), [("forbidden", 403),
+                                                 ("service-unavailable", 503),
+                                                 ("not-allowed", 403)])
+async def test_router_refusal_becomes_sip_error(backend, refusal: str, status: int) -> None:
+    _, ua, recorder = backend
+    recorder.refuse_with = refusal
+    response = await ua.send_message("sip:bob@xmpp.example", "blocked?")
+    assert response.status == status
+
+
+async def test_bad_sip_messages_get_precise_answers(backend) -> None:
+    _, ua, recorder = backend
+    html = await ua.send_message("sip:bob@xmpp.example", "<b>x</b>", "text/html")
+    assert (html.status, html.get("accept")) == (415, "text/plain")
+    own_domain = await ua.send_message("sip:carol@sip.example", "loop?")
+    assert own_domain.status == 404
+    foreign = SipUserAgent("eve", "evil.example", ua.proxy)
+    await foreign.start()
+    try:
+        spoofed = await foreign.send_message("sip:bob@xmpp.example", "spoof")
+        assert spoofed.status == 403
+    finally:
+        await foreign.close()
+    assert recorder.queue.empty()
+
+
+async def test_retransmitted_message_is_delivered_once(backend) -> None:
+    _, ua, recorder = backend
+    request = ua._new("MESSAGE", "sip:bob@xmpp.example", "sip:bob@xmpp.example")
+    request.add("content-type", "text/plain")
+    request.body = b"once"
+    first = await ua.request(request)
+    second = await ua.request(request)  # same branch: a UDP retransmission
+    assert first.status == second.status == 202
+    assert (await recorder.next()).findtext("{jabber:server}body") == "once"
+    await asyncio.sleep(0.2)
+    assert recorder.queue.empty()
+
+
+async def test_other_methods_and_garbage(backend) -> None:
+    sip, ua, _ = backend
+    options = await ua.request(ua._new("OPTIONS", "sip:bob@xmpp.example", "sip:bob@xmpp.example"))
+    assert options.status == 200 and "MESSAGE" in (options.get("allow") or "")
+    invite = await ua.request(ua._new("INVITE", "sip:bob@xmpp.example", "sip:bob@xmpp.example"))
+    assert (invite.status, invite.get("allow")) == (405, "MESSAGE, SUBSCRIBE, NOTIFY, OPTIONS")
+    unknown = await ua.request(ua._new("FROBNICATE", "sip:bob@xmpp.example",
+                                       "sip:bob@xmpp.example"))
+    assert unknown.status == 501
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+        for junk in (b"\x00\xff garbage", b"MESSAGE sip:x SIP/2.0\r\n\r\n", b"A" * 65000):
+            raw.sendto(junk, sip.transport.local)
+    after = await ua.send_message("sip:bob@xmpp.example", "still alive")
+    assert after.status == 202
+
+
+# ---------------------------------------------------------------------- SIP user watches XMPP
+
+
+async def test_sip_subscription_to_xmpp_contact(backend) -> None:
+    sip, ua, recorder = backend
+    response = await ua.subscribe("sip:bob@xmpp.example", expires=600)
+    assert (response.status, response.get("expires")) == (202, "600")
+    pending = await ua.next_notify()
+    assert (pending.get("subscription-state") or "").startswith("pending")
+    request = await recorder.next()
+    assert (request.get("type"), request.get("from"), request.get("to")) == (
+        "subscribe", "alice@sip.example", "bob@xmpp.example")
+    # The contact approves: active, with what we know of its presence (nothing yet).
+    await sip.deliver(presence("bob@xmpp.example", "alice@sip.example", "subscribed"))
+    active = await ua.next_notify()
+    assert (active.get("subscription-state") or "").startswith("active")
+    assert parse_pidf(active.body) == PresenceState(False)
+    # Its presence changes: one NOTIFY each, aggregated over resources.
+    busy = presence("bob@xmpp.example/desk", "alice@sip.example")
+    SubElement(busy, "{jabber:server}show").text = "dnd"
+    SubElement(busy, "{jabber:server}status").text = "writing"
+    await sip.deliver(busy)
+    assert parse_pidf((await ua.next_notify()).body) == PresenceState(True, "dnd", "writing")
+    await sip.deliver(presence("bob@xmpp.example/phone", "alice@sip.example"))
+    assert parse_pidf((await ua.next_notify()).body) == PresenceState(True)  # most available
+    await sip.deliver(presence("bob@xmpp.example/phone", "alice@sip.example", "unavailable"))
+    assert parse_pidf((await ua.next_notify()).body).show == "dnd"
+    # Refresh, then unsubscribe (Expires: 0) → terminated + XMPP unsubscribe.
+    assert (await ua.subscribe("sip:bob@xmpp.example", expires=300)).status == 200
+    refreshed = await ua.next_notify()
+    assert (refreshed.get("subscription-state") or "").startswith("active")
+    assert (await ua.subscribe("sip:bob@xmpp.example", expires=0)).status == 200
+    final = await ua.next_notify()
+    assert final.get("subscription-state") == "terminated;reason=timeout"
+    unsubscribe = await recorder.next()
+    assert unsubscribe.get("type") == "unsubscribe"
+    assert not sip.notifiers
+
+
+async def test_xmpp_contact_refuses_sip_subscription(backend) -> None:
+    sip, ua, recorder = backend
+    assert (await ua.subscribe("sip:bob@xmpp.example")).status == 202
+    await ua.next_notify()
+    await recorder.next()
+    await sip.deliver(presence("bob@xmpp.example", "alice@sip.example", "unsubscribed"))
+    final = await ua.next_notify()
+    assert final.get("subscription-state") == "terminated;reason=rejected"
+    assert not sip.notifiers
+
+
+async def test_subscription_event_and_interval_checks(backend) -> None:
+    _, ua, _ = backend
+    request = ua._new("SUBSCRIBE", "sip:bob@xmpp.example", "sip:bob@xmpp.example")
+    request.add("event", "dialog")
+    assert (await ua.request(request)).status == 489
+    brief = ua._new("SUBSCRIBE", "sip:bob@xmpp.example", "sip:bob@xmpp.example")
+    brief.add("event", "presence")
+    brief.add("expires", "5")
+    answer = await ua.request(brief)
+    assert (answer.status, answer.get("min-expires")) == (423, "60")
+    stray = ua._new("NOTIFY", "sip:bob@127.0.0.1", "sip:bob@xmpp.example", to_tag="nope")
+    stray.add("event", "presence")
+    stray.add("subscription-state", "active")
+    assert (await ua.request(stray)).status == 481
+
+
+async def test_stop_deactivates_subscriptions(backend) -> None:
+    sip, ua, recorder = backend
+    assert (await ua.subscribe("sip:bob@xmpp.example")).status == 202
+    await ua.next_notify()
+    await recorder.next()
+    await sip.stop(grace=1.0)
+    final = await ua.next_notify()
+    assert final.get("subscription-state") == "terminated;reason=deactivated"
+
+
+# ---------------------------------------------------------------------- XMPP watches SIP
+
+
+async def answer_subscribe(ua: SipUserAgent, status: int = 202) -> tuple[SipRequest, str]:
+    request = await asyncio.wait_for(ua.requests.get(), 5)
+    assert request.method == "SUBSCRIBE"
+    tag = secrets.token_hex(4)
+    response_headers = [("Expires", request.get("expires") or "0"),
+                        ("Contact", f"<sip:presence@127.0.0.1:{ua.port}>")]
+    response = make_response(request, status, to_tag=tag)
+    for name, value in response_headers:
+        response.add(name, value)
+    ua._write(response.serialize())
+    return request, tag
+
+
+def notify_for(ua: SipUserAgent, subscribe: SipRequest, tag: str, state: str,
+               body: bytes = b"", cseq: int = 1) -> SipRequest:
+    contact = subscribe.get("contact") or ""
+    notify = SipRequest([], b"", "NOTIFY", contact.strip("<>"))
+    notify.add("via", f"SIP/2.0/UDP 127.0.0.1:{ua.port};branch={new_branch()};rport")
+    notify.add("max-forwards", "70")
+    notify.add("from", f"<{subscribe.to.uri}>;tag={tag}")
+    notify.add("to", subscribe.get("from") or "")
+    notify.add("call-id", subscribe.call_id)
+    notify.add("cseq", f"{cseq} NOTIFY")
+    notify.add("contact", f"<sip:presence@127.0.0.1:{ua.port}>")
+    notify.add("event", "presence")
+    notify.add("subscription-state", state)
+    if body:
+        notify.add("content-type", "application/pidf+xml")
+        notify.body = body
+    return notify
+
+
+async def test_xmpp_subscription_to_sip_user(backend) -> None:
+    sip, ua, recorder = backend
+    await sip.deliver(presence("bob@xmpp.example", "alice@sip.example", "subscribe"))
+    subscribe, tag = await answer_subscribe(ua)
+    assert (subscribe.uri, subscribe.from_.uri, subscribe.get("event"),
+            subscribe.get("accept")) == ("sip:alice@sip.example", "sip:bob@xmpp.example",
+                                         "presence", "application/pidf+xml")
+    ok = await ua.request(notify_for(ua, subscribe, tag, "active;expires=3600",
+                                     pidf("alice@sip.example", "open", "in the lab", "busy")))
+    assert ok.status == 200
+    subscribed = await recorder.next()
+    assert (subscribed.get("type"), subscribed.get("from"), subscribed.get("to")) == (
+        "subscribed", "alice@sip.example", "bob@xmpp.example")
+    available = await recorder.next()
+    assert available.get("from") == "alice@sip.example/sip" and available.get("type") is None
+    assert (available.findtext("{jabber:server}show"),
+            available.findtext("{jabber:server}status")) == ("dnd", "in the lab")
+    # A probe is answered from what we know, without a new SUBSCRIBE.
+    await sip.deliver(presence("bob@xmpp.example", "alice@sip.example", "probe"))
+    assert (await recorder.next()).findtext("{jabber:server}show") == "dnd"
+    assert ua.requests.empty()
+    # The SIP side ends it: unavailable, then unsubscribed.
+    await ua.request(notify_for(ua, subscribe, tag, "terminated;reason=rejected", cseq=2))
+    assert (await recorder.next()).get("type") == "unavailable"
+    assert (await recorder.next()).get("type") == "unsubscribed"
+    assert not sip.watches
+
+
+async def test_xmpp_unsubscribe_ends_the_sip_subscription(backend) -> None:
+    sip, ua, recorder = backend
+    await sip.deliver(presence("bob@xmpp.example", "alice@sip.example", "subscribe"))
+    subscribe, tag = await answer_subscribe(ua)
+    await ua.request(notify_for(ua, subscribe, tag, "active;expires=3600",
+                                pidf("alice@sip.example")))
+    await recorder.next()
+    await recorder.next()
+    await sip.deliver(presence("bob@xmpp.example", "alice@sip.example", "unsubscribe"))
+    ending = await asyncio.wait_for(ua.requests.get(), 5)
+    assert (ending.method, ending.get("expires"), ending.call_id, ending.to.tag) == (
+        "SUBSCRIBE", "0", subscribe.call_id, tag)
+
+
+@pytest.mark.parametrize(("status", "expected"), [(403, "unsubscribed"), (500, "error")])
+async def test_refused_sip_subscription(backend, status: int, expected: str) -> None:
+    sip, ua, recorder = backend
+    await sip.deliver(presence("bob@xmpp.example", "alice@sip.example", "subscribe"))
+    await answer_subscribe(ua, status)
+    answer = await recorder.next()
+    assert (answer.get("type"), answer.get("from"), answer.get("to")) == (
+        expected, "alice@sip.example", "bob@xmpp.example")
+    if expected == "error":
+        assert condition(answer) == "internal-server-error"
+    assert not sip.watches
+
+
+# ---------------------------------------------------------------------- whole gateway
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path, pki, dns_for_pair) -> AsyncIterator[tuple[Gateway,
+                                                                            SipUserAgent]]:
+    dns, _ports = dns_for_pair
+    ua = await SipUserAgent("alice", SIP_DOMAIN, ("127.0.0.1", 9)).start()
+    sip_port = free_port()
+    config = GatewayConfig(
+        domains=(SIP_DOMAIN,),
+        partners=(PartnerPolicy("nowhere.example", PartnerType.FEDERATED, Support.OPTIONAL,
+                                Support.OPTIONAL, True),),
+        listen=(ListenAddress("127.0.0.1", free_port(kind=socket.SOCK_STREAM)),),
+        tls=pki.tls_settings(SIP_DOMAIN),
+        dialback=DialbackSettings("secret"),
+        store=StoreSettings(tmp_path / "store.sqlite3"),
+        admin_socket=tmp_path / "admin.sock",
+        sip=SipSettings(backend="sip", proxy_host="127.0.0.1", proxy_port=ua.port,
+                        local_host="127.0.0.1", local_port=sip_port),
+    )
+    gw = Gateway(config, resolver=DnsPythonResolver(nameservers=(dns,), timeout=2.0))
+    await gw.start()
+    ua.proxy = ("127.0.0.1", sip_port)
+    try:
+        yield gw, ua
+    finally:
+        await gw.stop()
+        await ua.close()
+
+
+async def test_contact_rules_answer_sip_requests(gateway) -> None:
+    gw, ua = gateway
+    unlisted = await ua.send_message("sip:bob@unlisted.example", "hello?")
+    assert unlisted.status == 403  # not-allowed (RFC 7247 §8.1)
+    # (set before carol's first stanza: the router caches the per-user switch for 5 s)
+    await gw.store.set_user_enabled("carol@sip.example", False)
+    carol = await SipUserAgent("carol", SIP_DOMAIN, ua.proxy).start()
+    try:
+        disabled = await carol.send_message("sip:bob@nowhere.example", "hello?")
+        assert disabled.status == 403  # forbidden
+    finally:
+        await carol.close()
+
+
+async def test_late_xmpp_failure_is_told_to_the_sip_user(gateway) -> None:
+    _, ua = gateway
+    accepted = await ua.send_message("sip:bob@nowhere.example", "are you there?")
+    assert accepted.status == 202  # on its way; XMPP has no delivery receipts
+    notice = await asyncio.wait_for(ua.messages.get(), 15)  # DNS fails: no such domain
+    assert notice.from_.uri == "sip:bob@nowhere.example"
+    assert notice.body.decode().startswith(
+        "[message to bob@nowhere.example not delivered: remote-server-not-found]")
