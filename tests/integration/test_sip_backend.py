@@ -426,3 +426,64 @@ async def test_late_xmpp_failure_is_told_to_the_sip_user(gateway) -> None:
     assert notice.from_.uri == "sip:bob@nowhere.example"
     assert notice.body.decode().startswith(
         "[message to bob@nowhere.example not delivered: remote-server-not-found]")
+
+
+# ---------------------------------------------------------------------- TLS
+
+
+async def test_sip_over_tls(pki) -> None:
+    """Two backends back to back over TLS: A's proxy is B. Each verifies the other's
+    certificate against the test CA (B's name: localhost), so a message mapped by A
+    arrives at B only through a verified TLS connection."""
+    tls = pki.tls_settings("localhost")
+    settings_b = SipSettings(backend="sip", transport="tls", proxy_host="localhost",
+                             proxy_port=9, local_host="127.0.0.1", local_port=free_port(
+                                 kind=socket.SOCK_STREAM))
+    b = SipBackend.from_settings(settings_b, ["xmpp.example"], tls)
+    received = Recorder()
+    await b.start(received)
+    settings_a = SipSettings(backend="sip", transport="tls", proxy_host="localhost",
+                             proxy_port=settings_b.local_port, local_host="127.0.0.1",
+                             local_port=free_port(kind=socket.SOCK_STREAM))
+    a = SipBackend.from_settings(settings_a, [SIP_DOMAIN], tls)
+    answers = Recorder()
+    await a.start(answers)
+    try:
+        await a.deliver(message("bob@xmpp.example/p", "alice@sip.example", "over TLS"))
+        stanza = await received.next()
+        assert (stanza.get("from"), stanza.get("to"), stanza.findtext("{jabber:server}body")) \
+            == ("bob@xmpp.example/sip", "alice@sip.example", "over TLS")
+        assert answers.queue.empty()  # B answered 202: no error came back to A's sink
+        assert a.transport.streams and next(iter(a.transport.streams.values())).transport \
+            .get_extra_info("ssl_object") is not None
+    finally:
+        await a.stop(grace=0.5)
+        await b.stop(grace=0.5)
+
+
+async def test_sip_tls_refuses_an_untrusted_proxy(pki) -> None:
+    trusted = pki.tls_settings("localhost")
+    untrusted = pki.tls_settings("localhost", trusts_peers=False)
+    settings_b = SipSettings(backend="sip", transport="tls", proxy_host="localhost",
+                             proxy_port=9, local_host="127.0.0.1",
+                             local_port=free_port(kind=socket.SOCK_STREAM))
+    b = SipBackend.from_settings(settings_b, ["xmpp.example"], trusted)
+    received = Recorder()
+    await b.start(received)
+    settings_a = SipSettings(backend="sip", transport="tls", proxy_host="localhost",
+                             proxy_port=settings_b.local_port, local_host="127.0.0.1",
+                             local_port=free_port(kind=socket.SOCK_STREAM))
+    a = SipBackend.from_settings(settings_a, [SIP_DOMAIN], untrusted)  # other CA
+    answers = Recorder()
+    await a.start(answers)
+    try:
+        original = message("bob@xmpp.example/p", "alice@sip.example", "secret")
+        original.set("id", "t1")
+        await a.deliver(original)
+        error = await answers.next(10)  # transport failure = timeout (RFC 3261 §17.1.4)
+        assert (error.get("type"), error.get("id")) == ("error", "t1")
+        assert condition(error) == "remote-server-timeout"
+        assert received.queue.empty()
+    finally:
+        await a.stop(grace=0.5)
+        await b.stop(grace=0.5)
