@@ -37,7 +37,7 @@ Handler = Callable[[argparse.Namespace], int]
 Configure = Callable[[argparse.ArgumentParser], None]
 
 # Modules whose import registers more checks (missing ones are skipped, as in main.py).
-CHECK_MODULES: tuple[str, ...] = ()
+CHECK_MODULES: tuple[str, ...] = ("gateway.cli.check_sip",)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -109,6 +110,7 @@ class SipTransport:
         self._server: asyncio.Server | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._proxy_stream: _Stream | None = None
+        self.last_error = ""  # why the last connection to the proxy failed
 
     @property
     def reliable(self) -> bool:
@@ -168,9 +170,11 @@ class SipTransport:
                 lambda: stream, self.proxy[0], self.proxy[1], ssl=self.client_ssl,
                 server_hostname=self.proxy[0] if self.client_ssl else None)
         except (OSError, ssl.SSLError) as exc:
+            self.last_error = (os.strerror(exc.errno) if exc.errno else str(exc)) or \
+                type(exc).__name__
             log_event(log, logging.WARNING, "sip.proxy_unreachable",
                       proxy=f"{self.proxy[0]}:{self.proxy[1]}", transport=self.kind,
-                      reason=str(exc) or type(exc).__name__)
+                      reason=self.last_error)
             stream.pending.clear()
             self._proxy_stream = None
             self.on_flow_lost(PROXY_FLOW)
