@@ -75,16 +75,23 @@ def install_verify_callback(context: SSL.Context) -> None:
     context.set_verify(SSL.VERIFY_PEER, _record_verify_result)
 
 
+# Ciphertext moved between Python and OpenSSL's memory BIOs per call (see TlsEngine.receive):
+# bounds what each BIO keeps allocated for the rest of the connection.
+BIO_SLICE = 8 * 1024
+
+
 class TlsEngine:
     """One TLS connection, bytes in / bytes out, no sockets."""
 
-    __slots__ = ("_conn", "_handshake_done", "_peer", "_peer_closed", "_verify_errors")
+    __slots__ = ("_conn", "_handshake_done", "_outgoing", "_peer", "_peer_closed",
+                 "_verify_errors")
 
     def __init__(
         self, context: SSL.Context, *, server_side: bool, server_name: str | None = None
     ) -> None:
         self._conn = SSL.Connection(context, None)
         self._conn.set_app_data(self)
+        self._outgoing: list[bytes] = []
         self._verify_errors: list[VerifyError] = []
         self._handshake_done = False
         self._peer_closed = False
@@ -135,43 +142,69 @@ class TlsEngine:
         self._handshake_done = True
 
     def receive(self, data: bytes) -> bytes:
-        """Feed ciphertext; return whatever application data it decrypted to."""
-        if data:
-            self._conn.bio_write(data)
-        if not self._handshake_done:
-            self._advance_handshake()
-            if not self._handshake_done:
-                return b""
+        """Feed ciphertext; return whatever application data it decrypted to.
+
+        The ciphertext goes into OpenSSL's memory BIO in slices of :data:`BIO_SLICE`, each
+        decrypted before the next: a memory BIO keeps the largest buffer it ever held for
+        the life of the connection (OpenSSL bss_mem.c never shrinks it), so one 256 KiB
+        read would otherwise stay allocated by every session that was once busy.
+        """
         chunks: list[bytes] = []
+        view = memoryview(data)
+        while True:
+            if view:
+                self._conn.bio_write(view[:BIO_SLICE])
+                view = view[BIO_SLICE:]
+            if not self._handshake_done:
+                self._advance_handshake()
+                if not self._handshake_done:
+                    if view:
+                        continue
+                    return b""
+            self._drain_plaintext(chunks)
+            if not view or self._peer_closed:
+                return b"".join(chunks)
+
+    def _drain_plaintext(self, chunks: list[bytes]) -> None:
         while True:
             try:
                 chunks.append(self._conn.recv(65536))
             except SSL.WantReadError:
-                break
+                return
             except SSL.ZeroReturnError:
                 self._peer_closed = True
-                break
+                return
             except SSL.Error as exc:
                 raise TlsError(f"TLS error: {_describe(exc)}") from None
-        return b"".join(chunks)
 
     def send(self, data: bytes) -> None:
+        """Encrypt ``data``; the records are collected by :meth:`data_to_send`. Written in
+        slices of :data:`BIO_SLICE`, the outgoing BIO drained after each (see receive)."""
         view = memoryview(data)
         while view:
             try:
-                sent = self._conn.send(view)
+                sent = self._conn.send(view[:BIO_SLICE])
             except SSL.Error as exc:
                 raise TlsError(f"TLS error while sending: {_describe(exc)}") from None
             view = view[sent:]
+            if view:
+                self._drain_ciphertext()
 
-    def data_to_send(self) -> bytes:
-        chunks: list[bytes] = []
+    def _drain_ciphertext(self) -> None:
+        outgoing = self._outgoing
         while True:
             try:
-                chunks.append(self._conn.bio_read(65536))
+                outgoing.append(self._conn.bio_read(65536))
             except SSL.WantReadError:
-                break
-        return b"".join(chunks)
+                return
+
+    def data_to_send(self) -> bytes:
+        self._drain_ciphertext()
+        if not self._outgoing:
+            return b""
+        data = b"".join(self._outgoing)
+        self._outgoing.clear()
+        return data
 
     def close(self) -> None:
         """Queue a close_notify alert (best effort: the stream is ending anyway)."""
