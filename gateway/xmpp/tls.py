@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 
 # OpenSSL X509_V_ERR_INVALID_PURPOSE: the certificate's EKU does not allow this use.
@@ -37,11 +38,19 @@ class VerifyError:
 
 @dataclass(slots=True)
 class PeerCertificate:
-    """What the peer presented and what OpenSSL thought of its chain."""
+    """What the peer presented and what OpenSSL thought of its chain.
 
-    leaf: x509.Certificate | None
-    chain: list[x509.Certificate] = field(default_factory=list)
+    Only the leaf's DER is kept and parsed on each use (a few times per stream: at
+    authentication and for piggybacked domains): a parsed certificate with its extension
+    objects costs a few KiB per idle session for nothing (issue: memory per session).
+    """
+
+    leaf_der: bytes | None
     errors: list[VerifyError] = field(default_factory=list)
+
+    @property
+    def leaf(self) -> x509.Certificate | None:
+        return None if self.leaf_der is None else x509.load_der_x509_certificate(self.leaf_der)
 
     @property
     def chain_errors(self) -> list[VerifyError]:
@@ -128,8 +137,8 @@ class TlsEngine:
     def peer_certificate(self) -> PeerCertificate:
         if self._peer is None:
             leaf = self._conn.get_peer_certificate(as_cryptography=True)
-            chain = self._conn.get_peer_cert_chain(as_cryptography=True) or []
-            self._peer = PeerCertificate(leaf, list(chain), list(self._verify_errors))
+            der = leaf.public_bytes(Encoding.DER) if leaf is not None else None
+            self._peer = PeerCertificate(der, list(self._verify_errors))
         return self._peer
 
     def _advance_handshake(self) -> None:
