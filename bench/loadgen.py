@@ -4,7 +4,8 @@ It is a gateway instance serving ``load.example`` (so receivers doing dialback c
 its keys) that opens one authenticated S2S session to the receiver and pushes N messages
 through it, then measures handshakes with ``gateway.net.probe``. Prints one JSON line.
 
-    python -m bench.loadgen RECEIVER_DOMAIN RECIPIENT N HANDSHAKES PKI_DIR WORKDIR COUNTER
+    python -m bench.loadgen RECEIVER_DOMAIN RECIPIENT N HANDSHAKES PKI_DIR WORKDIR COUNTER [METHOD]
+METHOD is ``sasl`` (TLS + SASL EXTERNAL, default) or ``dialback`` (TLS + dialback).
 COUNTER says how to know the receiver processed the messages: ``c2s:HOST`` (a logged-in
 user that counts them) or ``admin:SOCKET`` (the gateway's router counter).
 """
@@ -38,12 +39,16 @@ from gateway.sip.development import message
 TIMEOUT = 300.0  # every run is bounded
 
 
-async def main() -> None:
-    receiver, recipient, total, handshakes, pki, workdir, counter = sys.argv[1:8]
-    n, k = int(total), int(handshakes)
-    pki_dir, work = Path(pki), Path(workdir)
-    policy = PartnerPolicy(receiver, PartnerType.FEDERATED, Support.REQUIRED, Support.REQUIRED,
-                           False)
+def load_gateway(receiver: str, pki_dir: Path, work: Path, *, method: str = "sasl") -> Gateway:
+    """The sending side: a gateway serving load.example on 127.0.0.5, its only partner the
+    receiver, authenticated by SASL EXTERNAL (``method="sasl"``) or by dialback over TLS
+    (``method="dialback"``: the receiver then verifies our key against 127.0.0.5:5269)."""
+    if method == "sasl":
+        policy = PartnerPolicy(receiver, PartnerType.FEDERATED, Support.REQUIRED,
+                               Support.REQUIRED, False)
+    else:
+        policy = PartnerPolicy(receiver, PartnerType.FEDERATED, Support.REQUIRED,
+                               Support.NOT_SUPPORTED, True)
     config = GatewayConfig(
         domains=("load.example",), partners=(policy,),
         listen=(ListenAddress("127.0.0.5", 5269),),
@@ -51,7 +56,21 @@ async def main() -> None:
                         ca_file=pki_dir / "ca.crt", use_system_cas=False),
         dialback=DialbackSettings("bench"), dns=DnsSettings(("127.0.0.53",), 3.0),
         store=StoreSettings(work / "loadgen.sqlite3"), admin_socket=work / "loadgen.sock")
-    gateway = Gateway(config)
+    return Gateway(config)
+
+
+def admin_counter(socket_path: str):
+    """How many stanzas the receiving gateway's router has delivered to its backend."""
+    def received() -> int:
+        return int(query(Path(socket_path), "status")["router"]["delivered"])
+    return received
+
+
+async def main() -> None:
+    receiver, recipient, total, handshakes, pki, workdir, counter = sys.argv[1:8]
+    method = sys.argv[8] if len(sys.argv) > 8 else "sasl"
+    n, k = int(total), int(handshakes)
+    gateway = load_gateway(receiver, Path(pki), Path(workdir), method=method)
     await gateway.start()
     assert gateway.s2s is not None
     sink = None
@@ -63,10 +82,7 @@ async def main() -> None:
             def received() -> int:
                 return sink.count
         else:
-            socket_path = counter[len("admin:"):]
-
-            def received() -> int:
-                return int(query(Path(socket_path), "status")["router"]["delivered"])
+            received = admin_counter(counter[len("admin:"):])
 
         sender = "load@load.example/bench"
         gateway.s2s.send(message(sender, recipient, "warm-up"))
@@ -109,7 +125,7 @@ async def main() -> None:
             "handshake_p99_ms": 1000 * latencies[min(len(latencies) - 1,
                                                      int(0.99 * len(latencies)))]
             if latencies else None,
-            "method": "SASL over TLS",
+            "method": report.method if latencies else "",
         }))
     finally:
         if sink is not None:

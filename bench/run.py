@@ -16,22 +16,27 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.interop.harness import Ejabberd, GatewayProcess, Namespace, Prosody
+from tests.support.kamailio import Kamailio
 from tests.unit.s2s_world import Pki
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def loadgen(ns: Namespace, pki: Pki, receiver: str, recipient: str, n: int, k: int,
-            counter: str) -> dict:
+            counter: str, method: str = "sasl") -> dict:
     result = subprocess.run(
         [*ns.exec, sys.executable, "-m", "bench.loadgen", receiver, recipient, str(n), str(k),
-         str(pki.root), str(ns.workdir), counter],
-        capture_output=True, text=True, timeout=600, cwd=ROOT)
+         str(pki.root), str(ns.workdir), counter, method],
+        capture_output=True, text=True, timeout=900, cwd=ROOT)
     if result.returncode != 0:
-        raise RuntimeError(f"loadgen against {receiver} failed:\n{result.stderr[-3000:]}")
+        raise RuntimeError(f"loadgen ({method}) against {receiver} failed:\n"
+                           f"{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -83,6 +88,108 @@ def idle_memory(ns: Namespace, pki: Pki, receiver: str, recipient: str, k: int,
             "seconds_to_open": opened["seconds_to_open"]}
 
 
+@dataclass(frozen=True)
+class Receiver:
+    """How to run and observe one receiving server for the same load."""
+
+    domain: str
+    start: Callable[[Namespace, Pki, str], Any]  # method -> a started server
+    counter: Callable[[Any], str]  # how the loadgen knows a message was processed
+    pid: Callable[[Any, Namespace], int]  # the process whose RSS is measured
+
+
+def _gateway(ns: Namespace, pki: Pki, method: str) -> GatewayProcess:
+    if method == "idle":  # distinct unlisted peer domains for the idle-session run
+        return GatewayProcess(ns, pki, [], log_level="warning", allow_unlisted=True).start()
+    rules = ({"tls": "required", "sasl": "required", "dialback": "false"} if method == "sasl"
+             else {"tls": "required", "sasl": "optional", "dialback": "true"})
+    return GatewayProcess(ns, pki, [{"domain": "load.example", "type": "federated", **rules}],
+                          log_level="warning").start()
+
+
+RECEIVERS = {
+    "gateway": Receiver("gw.example", _gateway,
+                        lambda gw: f"admin:{gw.dir / 'admin.sock'}",
+                        lambda gw, _ns: gw.process.pid),
+    # secure_auth false: dialback is accepted (SASL EXTERNAL still offered and preferred).
+    "prosody": Receiver("a.example",
+                        lambda ns, pki, _m: Prosody(ns, pki, log_level="warn",
+                                                    secure_auth=False).start(),
+                        lambda _p: "c2s:127.0.0.2", lambda p, _ns: p.process.pid),
+    "ejabberd": Receiver("b.example",
+                         lambda ns, pki, _m: Ejabberd(ns, pki, log_level="warning").start(),
+                         lambda _e: "c2s:127.0.0.3",
+                         lambda _e, ns: beam_pid(f"ejabberd-{ns.name}@localhost")),
+}
+
+
+def measure_receiver(ns: Namespace, pki: Pki, receiver: Receiver,
+                     args: argparse.Namespace) -> dict:
+    """Throughput and handshakes for each method, then idle memory, for one receiver."""
+    result: dict[str, Any] = {}
+    recipient = f"user@{receiver.domain}"
+    for method in ("sasl", "dialback"):
+        server = receiver.start(ns, pki, method)
+        try:
+            result[method] = loadgen(ns, pki, receiver.domain, recipient, args.messages,
+                                     args.handshakes, receiver.counter(server), method)
+            if method == "sasl" and receiver.domain != "gw.example":
+                result["idle"] = idle_memory(ns, pki, receiver.domain, recipient,
+                                             args.idle_sessions, receiver.pid(server, ns))
+        finally:
+            server.stop()
+    if receiver.domain == "gw.example":
+        server = receiver.start(ns, pki, "idle")
+        try:
+            result["idle"] = idle_memory(ns, pki, receiver.domain, recipient,
+                                         args.idle_sessions, receiver.pid(server, ns))
+        finally:
+            server.stop()
+    return result
+
+
+def sip_latency(ns: Namespace, pki: Pki, n: int, rate: float) -> dict:
+    """XMPP→SIP: S2S into the gateway, SIP through Kamailio to a registered UA."""
+    gw_ip, kamailio_port, gateway_sip_port = "127.0.0.4", 5070, 5062
+    workdir = ns.workdir / "kamailio"
+    workdir.mkdir(exist_ok=True)
+    kamailio = Kamailio(workdir, domain="gw.example", host=gw_ip, port=kamailio_port,
+                        gateway=(gw_ip, gateway_sip_port), prefix=ns.exec, debug=1).start()
+    gateway = GatewayProcess(
+        ns, pki, [{"domain": "load.example", "type": "federated", "tls": "required",
+                   "sasl": "required", "dialback": "false"}], log_level="warning",
+        sip={"backend": "sip", "proxy_host": gw_ip, "proxy_port": kamailio_port,
+             "transport": "udp", "local_host": gw_ip, "local_port": gateway_sip_port})
+    sink = None
+    try:
+        gateway.start()
+        sink = subprocess.Popen(
+            [*ns.exec, sys.executable, "-m", "bench.sip_sink", gw_ip, str(kamailio_port),
+             "user", "gw.example", str(n), str(60 + n / rate)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        assert sink.stdout is not None
+        ready = sink.stdout.readline()
+        if '"ready"' not in ready:
+            raise RuntimeError(f"SIP sink did not register: {sink.stderr.read()[-2000:]}")
+        load = subprocess.run(
+            [*ns.exec, sys.executable, "-m", "bench.sip_load", "gw.example", "user@gw.example",
+             str(n), str(rate), str(pki.root), str(ns.workdir),
+             str(gateway.dir / "admin.sock")],
+            capture_output=True, text=True, timeout=120 + n / rate, cwd=ROOT)
+        if load.returncode != 0:
+            raise RuntimeError(f"SIP load failed: {load.stderr[-3000:]}")
+        stats = json.loads(sink.stdout.readline())
+        sink.wait(30)
+        return {**stats, **json.loads(load.stdout.strip().splitlines()[-1]),
+                "transport": "udp", "path": "S2S (TLS+SASL) -> gateway -> Kamailio -> UA"}
+    finally:
+        if sink is not None and sink.poll() is None:
+            sink.kill()
+            sink.wait(10)
+        gateway.stop()
+        kamailio.stop()
+
+
 def versions() -> dict[str, str]:
     def first_line(cmd: list[str]) -> str:
         try:
@@ -93,6 +200,7 @@ def versions() -> dict[str, str]:
     return {
         "prosody": first_line(["dpkg-query", "-W", "-f=${Version}", "prosody"]),
         "ejabberd": first_line(["dpkg-query", "-W", "-f=${Version}", "ejabberd"]),
+        "kamailio": first_line(["dpkg-query", "-W", "-f=${Version}", "kamailio"]),
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
     }
@@ -103,6 +211,12 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--handshakes", type=int, default=50)
     parser.add_argument("--idle-sessions", type=int, default=1000)
+    parser.add_argument("--sip-messages", type=int, default=10_000)
+    parser.add_argument("--sip-rate", type=float, default=1000.0, help="msg/s offered")
+    parser.add_argument("--skip-sip", action="store_true", help="no XMPP->SIP latency run")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write results.json, benchmarks.md and the plots here instead of "
+                             "bench/results and docs/ (smoke runs)")
     args = parser.parse_args()
     workdir = Path(f"/tmp/xmpp-gateway-bench-{os.getpid()}")
     workdir.mkdir(parents=True)
@@ -123,98 +237,94 @@ def main() -> int:
             pki.ca, pki.ca_key, ["*.load.example"], key_type="ec", xmpp_addrs=False)
         devcerts.write_key_and_cert(pki.root / "wild.load.example.crt",
                                     pki.root / "wild.load.example.key", wild, wild_key)
-        gateway = GatewayProcess(ns, pki, [{"domain": "load.example", "type": "federated",
-                                            "tls": "required", "sasl": "required",
-                                            "dialback": "false"}], log_level="warning")
-        gateway.start()
-        try:
-            results["gateway"] = loadgen(ns, pki, "gw.example", "user@gw.example",
-                                         args.messages, args.handshakes,
-                                         f"admin:{gateway.dir / 'admin.sock'}")
-        finally:
-            gateway.stop()
-        gateway = GatewayProcess(ns, pki, [], log_level="warning", allow_unlisted=True)
-        gateway.start()
-        try:
-            assert gateway.process is not None
-            results["gateway"]["idle"] = idle_memory(ns, pki, "gw.example", "user@gw.example",
-                                                     args.idle_sessions, gateway.process.pid)
-        finally:
-            gateway.stop()
-        prosody = Prosody(ns, pki, log_level="warn").start()
-        try:
-            results["prosody"] = loadgen(ns, pki, "a.example", "user@a.example",
-                                         args.messages, args.handshakes, "c2s:127.0.0.2")
-            assert prosody.process is not None
-            results["prosody"]["idle"] = idle_memory(ns, pki, "a.example", "user@a.example",
-                                                     args.idle_sessions, prosody.process.pid)
-        finally:
-            prosody.stop()
-        ejabberd = Ejabberd(ns, pki, log_level="warning").start()
-        try:
-            results["ejabberd"] = loadgen(ns, pki, "b.example", "user@b.example",
-                                          args.messages, args.handshakes, "c2s:127.0.0.3")
-            results["ejabberd"]["idle"] = idle_memory(
-                ns, pki, "b.example", "user@b.example", args.idle_sessions,
-                beam_pid(f"ejabberd-{ns.name}@localhost"))
-        finally:
-            ejabberd.stop()
+        for name, receiver in RECEIVERS.items():
+            results[name] = measure_receiver(ns, pki, receiver, args)
+        if not args.skip_sip:
+            results["gateway"]["sip"] = sip_latency(ns, pki, args.sip_messages, args.sip_rate)
     finally:
         ns.down()
     report = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "versions": versions(), "results": results}
-    out = ROOT / "bench" / "results"
+    out = args.out or ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2))
     write_markdown(report, args)
     from bench.plots import main as plots
 
-    plots(out / "results.json")
+    plots(out / "results.json", (args.out / "benchmarks") if args.out else None)
     print(json.dumps(report, indent=2))
     return 0
 
 
-def write_markdown(report: dict, args: argparse.Namespace) -> None:
+METHODS = {"sasl": "TLS + SASL EXTERNAL", "dialback": "TLS + dialback"}
+SERVER_METRICS = (
+    ("Inbound throughput, msg/s (higher is better)", "messages_per_second", "{:,.0f}"),
+    ("Handshake p50, ms (lower is better)", "handshake_p50_ms", "{:.1f}"),
+    ("Handshake p99, ms (lower is better)", "handshake_p99_ms", "{:.1f}"),
+)
+
+
+def comparison_rows(report: dict) -> list[tuple[str, str, float, float, float]]:
+    """(label, format, gateway, Prosody, ejabberd) for every compared metric."""
     r = report["results"]
-    g, p, e = r["gateway"], r["prosody"], r["ejabberd"]
-    rows = [
-        ("Inbound throughput, msg/s (higher is better)", "messages_per_second", "{:,.0f}"),
-        ("Handshake p50, ms (lower is better)", "handshake_p50_ms", "{:.1f}"),
-        ("Handshake p99, ms (lower is better)", "handshake_p99_ms", "{:.1f}"),
-    ]
+    rows = []
+    for method, method_label in METHODS.items():
+        for label, key, fmt in SERVER_METRICS:
+            rows.append((f"{label}, {method_label}", fmt, *(r[name][method][key] for name in (
+                "gateway", "prosody", "ejabberd"))))
+    rows.append((f"Memory per idle session, KiB RSS ({r['gateway']['idle']['sessions']:,} "
+                 "sessions; lower is better)", "{:.1f}",
+                 *(r[name]["idle"]["kib_per_session"] for name in ("gateway", "prosody",
+                                                                   "ejabberd"))))
+    return rows
+
+
+def write_markdown(report: dict, args: argparse.Namespace) -> None:
+    v = report["versions"]
     lines = [
         "# Benchmarks", "",
-        f"Measured {report['when']} by `make bench` (bench/run.py) on "
-        f"{report['versions']['machine']}; Prosody {report['versions']['prosody']}, ejabberd "
-        f"{report['versions']['ejabberd']}, Python {report['versions']['python']}.", "",
-        f"Load: one S2S session (TLS + SASL EXTERNAL) from bench/loadgen.py to the receiver, "
-        f"{args.messages:,} chat messages; the receiver delivers each to an online local user "
-        "(Prosody/ejabberd: a logged-in c2s client that counts them; the gateway: its "
-        "development backend, counted by its router). Handshake: "
-        f"{args.handshakes} sequential new sessions (DNS, TCP, STARTTLS, SASL EXTERNAL), "
-        "time to authenticated. Caveat: the gateway's local delivery is an in-process call to its "
-        "backend, while Prosody and ejabberd write every message to a c2s socket, so the "
-        "throughput comparison favours the gateway on the delivery step; the S2S parsing, TLS "
-        "and routing work is the same kind on all three.", "",
+        f"Measured {report['when']} by `make bench` (bench/run.py) on {v['machine']}; "
+        f"Prosody {v['prosody']}, ejabberd {v['ejabberd']}, Kamailio {v.get('kamailio', '?')}, "
+        f"Python {v['python']}. Raw numbers: bench/results/results.json.", "",
+        f"Load: one S2S session from bench/loadgen.py to the receiver, authenticated either by "
+        f"TLS + SASL EXTERNAL or by TLS + dialback (XEP-0220, the receiver verifying our key "
+        f"over a second connection), then {args.messages:,} chat messages; the receiver delivers "
+        "each to an online local user (Prosody/ejabberd: a logged-in c2s client that counts "
+        "them; the gateway: its development backend, counted by its router). Handshake: "
+        f"{args.handshakes} sequential new sessions (DNS, TCP, STARTTLS, then SASL EXTERNAL or "
+        "dialback), time to authenticated. Caveat: the gateway's local delivery is an in-process "
+        "call to its backend, while Prosody and ejabberd write every message to a c2s socket, "
+        "so the throughput comparison favours the gateway on the delivery step; the S2S "
+        "parsing, TLS and routing work is the same kind on all three.", "",
         "| Metric | gateway | Prosody | ejabberd | gateway/Prosody | gateway/ejabberd |",
         "|---|---|---|---|---|---|",
     ]
-    for label, key, fmt in rows:
-        lines.append(f"| {label} | {fmt.format(g[key])} | {fmt.format(p[key])} | "
-                     f"{fmt.format(e[key])} | {g[key] / p[key]:.2f} | {g[key] / e[key]:.2f} |")
-    gi, pi, ei = g["idle"], p["idle"], e["idle"]
-    key = "kib_per_session"
-    lines.append(f"| Memory per idle session, KiB RSS ({gi['sessions']:,} sessions; lower is "
-                 f"better) | {gi[key]:.1f} | {pi[key]:.1f} | {ei[key]:.1f} | "
-                 f"{gi[key] / pi[key]:.2f} | {gi[key] / ei[key]:.2f} |")
+    for label, fmt, g, p, e in comparison_rows(report):
+        lines.append(f"| {label} | {fmt.format(g)} | {fmt.format(p)} | {fmt.format(e)} | "
+                     f"{g / p:.2f} | {g / e:.2f} |")
     lines += ["", "Idle sessions: distinct peer domains d0001.load.example … with one "
               "wildcard certificate, SASL EXTERNAL, kept open with keepalives off; RSS of the "
-              "receiver process (ejabberd: its beam.smp) before and 2 s after all are up.", "",
-              "Not measured yet: XMPP→SIP latency through Kamailio (needs the SIP backend).",
-              "", *[f"![{k}](benchmarks/{k}.png)" for k in (
-                  "messages_per_second", "handshake_p50_ms", "handshake_p99_ms",
-                  "kib_per_session")], ""]
-    (ROOT / "docs" / "benchmarks.md").write_text("\n".join(lines))
+              "receiver process (ejabberd: its beam.smp) before and 2 s after all are up.", ""]
+    sip = report["results"]["gateway"].get("sip")
+    if sip:
+        lines += [
+            "## XMPP→SIP latency", "",
+            f"{sip['sent']:,} chat messages offered at {sip['offered_rate']:,.0f} msg/s over "
+            "one S2S session (TLS + SASL EXTERNAL) to the gateway (`sip.backend: sip`, UDP), "
+            "relayed by Kamailio to a registered SIP UA (bench/sip_sink.py) that answers 200. "
+            "Latency: the sender's CLOCK_MONOTONIC in the body to the UA's at arrival (same "
+            "machine), so it covers S2S, the gateway's routing and SIP mapping, and Kamailio.", "",
+            "| Received | p50 ms | p90 ms | p99 ms | max ms |", "|---|---|---|---|---|",
+            f"| {sip['received']:,} of {sip['expected']:,} | {sip['latency_p50_ms']:.2f} | "
+            f"{sip['latency_p90_ms']:.2f} | {sip['latency_p99_ms']:.2f} | "
+            f"{sip['latency_max_ms']:.2f} |", ""]
+    lines += [f"![{k}](benchmarks/{k}.png)" for k in PLOTS] + [""]
+    target = args.out / "benchmarks.md" if args.out else ROOT / "docs" / "benchmarks.md"
+    target.write_text("\n".join(lines))
+
+
+PLOTS = ("messages_per_second", "handshake_p50_ms", "handshake_p99_ms", "kib_per_session",
+         "sip_latency")
 
 
 if __name__ == "__main__":
