@@ -338,7 +338,7 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipRespo
         name, colon, value = line.partition(":")
         if not colon or not name.strip() or " " in name.strip():
             raise SipParseError(f"malformed header line {line[:60]!r}")
-        parsed_headers.append((name.strip(), value.strip()))
+        parsed_headers.append((name.strip(" \t"), value.strip(" \t")))  # LWS only (§7.3.1)
     message: SipRequest | SipResponse
     if start.startswith("SIP/"):
         version, _, rest = start.partition(" ")

@@ -292,6 +292,7 @@ listen:
   - port: 5269
     ip: "{ip}"
     module: ejabberd_s2s_in
+    backlog: 1024  # default 5: bursts of new S2S connections (benchmark) lose SYNs
 auth_method: internal
 acl:
   local:
