@@ -13,6 +13,7 @@ Two set-ups:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import socket
 from collections.abc import AsyncIterator
@@ -431,39 +432,11 @@ async def test_late_xmpp_failure_is_told_to_the_sip_user(gateway) -> None:
 # ---------------------------------------------------------------------- TLS
 
 
-async def test_sip_over_tls(pki) -> None:
-    """Two backends back to back over TLS: A's proxy is B. Each verifies the other's
-    certificate against the test CA (B's name: localhost), so a message mapped by A
-    arrives at B only through a verified TLS connection."""
-    tls = pki.tls_settings("localhost")
-    settings_b = SipSettings(backend="sip", transport="tls", proxy_host="localhost",
-                             proxy_port=9, local_host="127.0.0.1", local_port=free_port(
-                                 kind=socket.SOCK_STREAM))
-    b = SipBackend.from_settings(settings_b, ["xmpp.example"], tls)
-    received = Recorder()
-    await b.start(received)
-    settings_a = SipSettings(backend="sip", transport="tls", proxy_host="localhost",
-                             proxy_port=settings_b.local_port, local_host="127.0.0.1",
-                             local_port=free_port(kind=socket.SOCK_STREAM))
-    a = SipBackend.from_settings(settings_a, [SIP_DOMAIN], tls)
-    answers = Recorder()
-    await a.start(answers)
-    try:
-        await a.deliver(message("bob@xmpp.example/p", "alice@sip.example", "over TLS"))
-        stanza = await received.next()
-        assert (stanza.get("from"), stanza.get("to"), stanza.findtext("{jabber:server}body")) \
-            == ("bob@xmpp.example/sip", "alice@sip.example", "over TLS")
-        assert answers.queue.empty()  # B answered 202: no error came back to A's sink
-        assert a.transport.streams and next(iter(a.transport.streams.values())).transport \
-            .get_extra_info("ssl_object") is not None
-    finally:
-        await a.stop(grace=0.5)
-        await b.stop(grace=0.5)
-
-
-async def test_sip_tls_refuses_an_untrusted_proxy(pki) -> None:
+@contextlib.asynccontextmanager
+async def back_to_back(pki, a_trusts_b: bool = True):
+    """Backend A (sip.example) whose proxy is backend B (xmpp.example), over TLS; B's
+    certificate names localhost. Yields (A, A's sink, B's sink)."""
     trusted = pki.tls_settings("localhost")
-    untrusted = pki.tls_settings("localhost", trusts_peers=False)
     settings_b = SipSettings(backend="sip", transport="tls", proxy_host="localhost",
                              proxy_port=9, local_host="127.0.0.1",
                              local_port=free_port(kind=socket.SOCK_STREAM))
@@ -473,10 +446,32 @@ async def test_sip_tls_refuses_an_untrusted_proxy(pki) -> None:
     settings_a = SipSettings(backend="sip", transport="tls", proxy_host="localhost",
                              proxy_port=settings_b.local_port, local_host="127.0.0.1",
                              local_port=free_port(kind=socket.SOCK_STREAM))
-    a = SipBackend.from_settings(settings_a, [SIP_DOMAIN], untrusted)  # other CA
+    a_tls = trusted if a_trusts_b else pki.tls_settings("localhost", trusts_peers=False)
+    a = SipBackend.from_settings(settings_a, [SIP_DOMAIN], a_tls)
     answers = Recorder()
     await a.start(answers)
     try:
+        yield a, answers, received
+    finally:
+        await a.stop(grace=0.5)
+        await b.stop(grace=0.5)
+
+
+async def test_sip_over_tls(pki) -> None:
+    """Each side verifies the other's certificate against the test CA, so a message
+    mapped by A arrives at B only through a verified TLS connection."""
+    async with back_to_back(pki) as (a, answers, received):
+        await a.deliver(message("bob@xmpp.example/p", "alice@sip.example", "over TLS"))
+        stanza = await received.next()
+        assert (stanza.get("from"), stanza.get("to"), stanza.findtext("{jabber:server}body")) \
+            == ("bob@xmpp.example/sip", "alice@sip.example", "over TLS")
+        assert answers.queue.empty()  # B answered 202: no error came back to A's sink
+        assert a.transport.streams and next(iter(a.transport.streams.values())).transport \
+            .get_extra_info("ssl_object") is not None
+
+
+async def test_sip_tls_refuses_an_untrusted_proxy(pki) -> None:
+    async with back_to_back(pki, a_trusts_b=False) as (a, answers, received):
         original = message("bob@xmpp.example/p", "alice@sip.example", "secret")
         original.set("id", "t1")
         await a.deliver(original)
@@ -484,6 +479,3 @@ async def test_sip_tls_refuses_an_untrusted_proxy(pki) -> None:
         assert (error.get("type"), error.get("id")) == ("error", "t1")
         assert condition(error) == "remote-server-timeout"
         assert received.queue.empty()
-    finally:
-        await a.stop(grace=0.5)
-        await b.stop(grace=0.5)

@@ -18,7 +18,7 @@ authorizes the contact by subscribing to it (adding it as a contact).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
@@ -120,97 +120,74 @@ def _state(notify) -> str:
     return (notify.get("subscription-state") or "").split(";")[0]
 
 
-def run_scenario(ns: Namespace, scenario) -> None:
-    run_in_namespace(ns.name, scenario, timeout=90)
-
-
-@pytest.mark.parametrize("partner_type", ["federated", "public-verified"])
-def test_partner_without_authorization(ns: Namespace, pki, prosody: Prosody,
-                                       partner_type: str) -> None:
-    user = "fed" if partner_type == "federated" else "pv"
-    sip = kamailio(ns, "udp")
-    gw = gateway(ns, pki, partner_type)
+def converse(ns: Namespace, pki, partner_type: str, user: str,
+             steps: Callable[[XmppUser, SipUserAgent], Awaitable[None]],
+             transport: str = "udp") -> GatewayProcess:
+    """Start Kamailio and the gateway, register SIP user ``sip<user>``, log in Prosody user
+    ``<user>@a.example`` and run ``steps`` between them inside the namespace; on failure,
+    the gateway's and Kamailio's logs are part of the message. Returns the (stopped)
+    gateway for log checks."""
+    sip = kamailio(ns, transport)
+    gw = gateway(ns, pki, partner_type, transport=transport)
 
     async def scenario() -> None:
-        ua = await sip_user(f"sip{user}")
+        ua = await sip_user(f"sip{user}", transport=transport)
         xmpp = await XmppUser(f"{user}@a.example", IPS["a.example"]).start()
         try:
-            await xmpp_to_sip_message(xmpp, ua, f"hello from XMPP ({partner_type})")
-            await sip_to_xmpp_message(xmpp, ua, f"hello from SIP ({partner_type})")
-            await xmpp_watches_sip(xmpp, ua, sees_note=partner_type == "federated")
-            await sip_watches_xmpp(xmpp, ua)
+            await steps(xmpp, ua)
         finally:
             await xmpp.stop()
             await ua.close()
 
     try:
-        run_scenario(ns, scenario)
+        run_in_namespace(ns.name, scenario, timeout=90)
     except BaseException as exc:
-        raise AssertionError(f"{partner_type}: {exc!r}{explain(gw, sip)}") from exc
+        raise AssertionError(f"{partner_type}/{transport}: {exc!r}{explain(gw, sip)}") from exc
     finally:
         gw.stop()
         sip.stop()
+    return gw
+
+
+async def full_conversation(xmpp: XmppUser, ua: SipUserAgent, *, sees_note: bool) -> None:
+    await xmpp_to_sip_message(xmpp, ua, "hello from XMPP")
+    await sip_to_xmpp_message(xmpp, ua, "hello from SIP")
+    await xmpp_watches_sip(xmpp, ua, sees_note=sees_note)
+    await sip_watches_xmpp(xmpp, ua)
+
+
+@pytest.mark.parametrize(("partner_type", "user"), [("federated", "fed"),
+                                                    ("public-verified", "pv")])
+def test_partner_without_authorization(ns: Namespace, pki, prosody: Prosody,
+                                       partner_type: str, user: str) -> None:
+    converse(ns, pki, partner_type, user, lambda xmpp, ua: full_conversation(
+        xmpp, ua, sees_note=partner_type == "federated"))
 
 
 def test_public_unverified_needs_authorization(ns: Namespace, pki, prosody: Prosody) -> None:
-    sip = kamailio(ns, "udp")
-    gw = gateway(ns, pki, "public-unverified")
+    async def steps(xmpp: XmppUser, ua: SipUserAgent) -> None:
+        # Before: the message is refused with an error that does not reveal whether
+        # sippu exists, the subscription is answered 'unsubscribed', and nothing
+        # reaches the SIP side.
+        xmpp.client.send_message(mto="sippu@gw.example", mbody="may I?", mtype="chat")
+        refused = await xmpp.next_message()
+        assert (refused["type"], refused["error"]) == ("error", "service-unavailable")
+        xmpp.client.send_presence(pto="sippu@gw.example", ptype="subscribe")
+        await xmpp.presence_where(
+            lambda p: p["from"] == "sippu@gw.example" and p["type"] == "unsubscribed")
+        assert ua.messages.empty()
+        # The SIP user adds the contact (subscribes to its presence): authorization.
+        await sip_watches_xmpp(xmpp, ua)
+        # After: messages and subscriptions work; status notes stay hidden.
+        await xmpp_to_sip_message(xmpp, ua, "thanks for adding me")
+        await sip_to_xmpp_message(xmpp, ua, "you're welcome")
+        await xmpp_watches_sip(xmpp, ua, sees_note=False)
 
-    async def scenario() -> None:
-        ua = await sip_user("sippu")
-        xmpp = await XmppUser("pu@a.example", IPS["a.example"]).start()
-        try:
-            # Before: the message is refused with an error that does not reveal whether
-            # sippu exists, the subscription is answered 'unsubscribed', and nothing
-            # reaches the SIP side.
-            xmpp.client.send_message(mto="sippu@gw.example", mbody="may I?", mtype="chat")
-            refused = await xmpp.next_message()
-            assert (refused["type"], refused["error"]) == ("error", "service-unavailable")
-            xmpp.client.send_presence(pto="sippu@gw.example", ptype="subscribe")
-            await xmpp.presence_where(
-                lambda p: p["from"] == "sippu@gw.example" and p["type"] == "unsubscribed")
-            assert ua.messages.empty()
-            # The SIP user adds the contact (subscribes to its presence): authorization.
-            await sip_watches_xmpp(xmpp, ua)
-            # After: messages and subscriptions work; status notes stay hidden.
-            await xmpp_to_sip_message(xmpp, ua, "thanks for adding me")
-            await sip_to_xmpp_message(xmpp, ua, "you're welcome")
-            await xmpp_watches_sip(xmpp, ua, sees_note=False)
-        finally:
-            await xmpp.stop()
-            await ua.close()
-
-    try:
-        run_scenario(ns, scenario)
-        assert "public-unverified contact not authorized by the local user" in gw.log
-    except BaseException as exc:
-        raise AssertionError(f"public-unverified: {exc!r}{explain(gw, sip)}") from exc
-    finally:
-        gw.stop()
-        sip.stop()
+    gw = converse(ns, pki, "public-unverified", "pu", steps)
+    assert "public-unverified contact not authorized by the local user" in gw.log
 
 
 def test_sip_over_tcp(ns: Namespace, pki, prosody: Prosody) -> None:
     """The same conversation with the gateway and the UA speaking SIP over TCP."""
-    sip = kamailio(ns, "tcp")
-    gw = gateway(ns, pki, "federated", transport="tcp")
-
-    async def scenario() -> None:
-        ua = await sip_user("siptcp", transport="tcp")
-        xmpp = await XmppUser("tcp@a.example", IPS["a.example"]).start()
-        try:
-            await xmpp_to_sip_message(xmpp, ua, "over TCP")
-            await sip_to_xmpp_message(xmpp, ua, "back over TCP")
-            await xmpp_watches_sip(xmpp, ua, sees_note=True)
-            await sip_watches_xmpp(xmpp, ua)
-        finally:
-            await xmpp.stop()
-            await ua.close()
-
-    try:
-        run_scenario(ns, scenario)
-    except BaseException as exc:
-        raise AssertionError(f"tcp: {exc!r}{explain(gw, sip)}") from exc
-    finally:
-        gw.stop()
-        sip.stop()
+    converse(ns, pki, "federated", "tcp", lambda xmpp, ua: full_conversation(
+        xmpp, ua, sees_note=True), transport="tcp")
