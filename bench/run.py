@@ -289,6 +289,8 @@ def main() -> int:
     out = args.out or ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2))
+    if args.out is None:  # the published copy, next to the report and plots
+        (ROOT / "docs" / "benchmarks" / "results.json").write_text(json.dumps(report, indent=2))
     write_markdown(report, args)
     from bench.plots import main as plots
 
@@ -327,7 +329,8 @@ def write_markdown(report: dict, args: argparse.Namespace) -> None:
         "# Benchmarks", "",
         f"Measured {report['when']} by `make bench` (bench/run.py) on {v['machine']}; "
         f"Prosody {v['prosody']}, ejabberd {v['ejabberd']}, Kamailio {v.get('kamailio', '?')}, "
-        f"Python {v['python']}. Raw numbers: bench/results/results.json.", "",
+        f"Python {v['python']}. Raw numbers: "
+        "[benchmarks/results.json](benchmarks/results.json).", "",
         f"Load: one S2S session from bench/loadgen.py to the receiver, authenticated either by "
         f"TLS + SASL EXTERNAL or by TLS + dialback (XEP-0220, the receiver verifying our key "
         f"over a second connection), then {args.messages:,} chat messages; the receiver delivers "
