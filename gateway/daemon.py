@@ -253,6 +253,11 @@ class Gateway:
                 "delivered": self.router.delivered if self.router else 0,
                 "refused": self.router.refused if self.router else 0,
             },
+            # The SIP side's own figures (subscriptions held, transactions in flight …)
+            # when the backend has any to tell.
+            "backend": {"kind": self.config.sip.backend,
+                        **(self.backend.describe() if hasattr(self.backend, "describe")
+                           else {})},
         }
 
 

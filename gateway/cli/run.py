@@ -70,6 +70,12 @@ def _status(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    backend = answer.get("backend") or {}
+    if backend.get("kind") == "sip":
+        print(f"SIP ({backend.get('transport')}): {backend.get('watches', 0)} subscriptions to "
+              f"SIP users, {backend.get('notifiers', 0)} from SIP users, "
+              f"{backend.get('transactions', 0)} requests in flight; "
+              f"{backend.get('sent', 0)} sent, {backend.get('received', 0)} received")
     return 0
 
 

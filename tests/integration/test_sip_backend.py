@@ -479,3 +479,12 @@ async def test_sip_tls_refuses_an_untrusted_proxy(pki) -> None:
         assert (error.get("type"), error.get("id")) == ("error", "t1")
         assert condition(error) == "remote-server-timeout"
         assert received.queue.empty()
+
+
+async def test_status_reports_the_sip_side(gateway) -> None:
+    gw, ua = gateway
+    assert (await ua.subscribe("sip:bob@nowhere.example")).status == 202
+    await ua.next_notify()
+    backend = gw.status()["backend"]
+    assert (backend["kind"], backend["transport"], backend["notifiers"]) == ("sip", "udp", 1)
+    assert backend["received"] >= 1 and backend["sent"] >= 1
