@@ -15,13 +15,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import gc
-import os
-import shutil
 import sys
 import tracemalloc
 from pathlib import Path
 
-from gateway.auth import devcerts
+from bench.setup import bench_namespace
 from gateway.config.model import (
     DialbackSettings,
     DnsSettings,
@@ -33,9 +31,7 @@ from gateway.config.model import (
     StoreSettings,
 )
 from gateway.daemon import Gateway
-from tests.interop.harness import Namespace
 from tests.interop.in_namespace import run_in_namespace
-from tests.unit.s2s_world import Pki
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,16 +47,8 @@ def main() -> int:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     k = int(args[0]) if args else 500
     trace = "--trace" in sys.argv
-    workdir = Path(f"/tmp/xmpp-gateway-idle-{os.getpid()}")
-    workdir.mkdir(parents=True)
-    ns = Namespace(f"gwi{os.getpid()}", workdir)
-    ns.up()
-    try:
-        pki = Pki(workdir / "pki")
-        wild, wild_key = devcerts.issue_certificate(
-            pki.ca, pki.ca_key, ["*.load.example"], key_type="ec", xmpp_addrs=False)
-        devcerts.write_key_and_cert(pki.root / "wild.load.example.crt",
-                                    pki.root / "wild.load.example.key", wild, wild_key)
+    with bench_namespace("idle", keep_workdir=False) as (ns, pki):
+        workdir = ns.workdir
         config = GatewayConfig(
             domains=("gw.example",), partners=(),
             listen=(ListenAddress("127.0.0.4", 5269),), tls=pki.tls_settings("gw.example"),
@@ -114,9 +102,6 @@ def main() -> int:
                 await gateway.stop()
 
         run_in_namespace(ns.name, scenario, timeout=600)
-    finally:
-        ns.down()
-        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

@@ -48,24 +48,15 @@ def tls_child(mode: str) -> float:
     """In a PYTHONMALLOC=malloc child: KiB in use per server-side TLS connection."""
     from OpenSSL import SSL
 
-    from gateway.auth.tls_provider import OpenSslTlsProvider
+    from tests.support.tls_pair import TlsPairFactory
     from tests.unit.s2s_world import Pki
 
-    pki = Pki(Path(tempfile.mkdtemp(prefix="memprofile-")))
-    server = OpenSslTlsProvider(pki.tls_settings("gw.example"), ("gw.example",))
-    client = OpenSslTlsProvider(pki.tls_settings("a.example"), ("a.example",))
-    if mode == "no-client-cert":
-        server._server.set_verify(SSL.VERIFY_NONE)  # measurement only: a dialback-only peer
+    factory = TlsPairFactory(Pki(Path(tempfile.mkdtemp(prefix="memprofile-"))))
+    if mode == "no-client-cert":  # measurement only: a dialback-only peer
+        factory.server._server.set_verify(SSL.VERIFY_NONE)
 
     def pair():
-        s, c = server.server_engine(), client.client_engine("gw.example", "a.example")
-        for _ in range(10):
-            data = c.data_to_send()
-            if data:
-                s.receive(data)
-            data = s.data_to_send()
-            if data:
-                c.receive(data)
+        s, c = factory.handshake()
         s.peer_certificate()
         if mode == "traffic":
             c.send(b"x" * 200_000)

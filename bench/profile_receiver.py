@@ -14,14 +14,12 @@ from __future__ import annotations
 import asyncio
 import cProfile
 import io
-import os
 import pstats
-import shutil
 import sys
 import time
 from pathlib import Path
 
-from gateway.auth import devcerts
+from bench.setup import bench_namespace
 from gateway.config.model import (
     DialbackSettings,
     DnsSettings,
@@ -34,9 +32,7 @@ from gateway.config.model import (
 )
 from gateway.daemon import Gateway
 from gateway.policy.negotiation import Support
-from tests.interop.harness import Namespace
 from tests.interop.in_namespace import run_in_namespace
-from tests.unit.s2s_world import Pki
 
 ROOT = Path(__file__).resolve().parents[1]
 # Entry points of the inbound path; their cumulative time (own time + callees, C included)
@@ -55,19 +51,8 @@ ENTRY_POINTS = (
 
 def main() -> int:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
-    workdir = Path(f"/tmp/xmpp-gateway-profile-{os.getpid()}")
-    workdir.mkdir(parents=True)
-    ns = Namespace(f"gwp{os.getpid()}", workdir)
-    ns.up()
-    try:
-        pki = Pki(workdir / "pki")
-        load = pki.tls_settings("load.example", xmpp_addrs=False)
-        shutil.copy(load.certificate, pki.root / "load.example.crt")
-        shutil.copy(load.key, pki.root / "load.example.key")
-        wild, wild_key = devcerts.issue_certificate(
-            pki.ca, pki.ca_key, ["*.load.example"], key_type="ec", xmpp_addrs=False)
-        devcerts.write_key_and_cert(pki.root / "wild.load.example.crt",
-                                    pki.root / "wild.load.example.key", wild, wild_key)
+    with bench_namespace("profile", keep_workdir=False) as (ns, pki):
+        workdir = ns.workdir
         config = GatewayConfig(
             domains=("gw.example",),
             partners=(PartnerPolicy("load.example", PartnerType.FEDERATED, Support.REQUIRED,
@@ -97,9 +82,6 @@ def main() -> int:
                 await gateway.stop()
 
         elapsed = run_in_namespace(ns.name, scenario, timeout=700)
-    finally:
-        ns.down()
-        shutil.rmtree(workdir, ignore_errors=True)
     stats = pstats.Stats(profiler)
     total = max(row[3] for row in stats.stats.values())  # the outermost cumulative time
     print(f"{n:,} messages received in {elapsed:.1f} s under the profiler "

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.setup import bench_namespace
 from tests.interop.harness import Ejabberd, GatewayProcess, Namespace, Prosody
 from tests.support.kamailio import Kamailio
 from tests.unit.s2s_world import Pki
@@ -255,25 +256,8 @@ def main() -> int:
         from bench.plots import main as plots
 
         return plots(out / "results.json", (args.out / "benchmarks") if args.out else None)
-    workdir = Path(f"/tmp/xmpp-gateway-bench-{os.getpid()}")
-    workdir.mkdir(parents=True)
-    ns = Namespace(f"gwb{os.getpid()}", workdir)
-    ns.up()
     results: dict[str, dict] = {}
-    try:
-        pki = Pki(workdir / "pki")
-        # DNS-IDs only: ejabberd 23.01 crashes on xmppAddr client certificates (docs/interop.md).
-        load = pki.tls_settings("load.example", xmpp_addrs=False)
-        import shutil
-
-        shutil.copy(load.certificate, pki.root / "load.example.crt")
-        shutil.copy(load.key, pki.root / "load.example.key")
-        from gateway.auth import devcerts
-
-        wild, wild_key = devcerts.issue_certificate(
-            pki.ca, pki.ca_key, ["*.load.example"], key_type="ec", xmpp_addrs=False)
-        devcerts.write_key_and_cert(pki.root / "wild.load.example.crt",
-                                    pki.root / "wild.load.example.key", wild, wild_key)
+    with bench_namespace("bench") as (ns, pki):
         if args.only_sip:
             results["gateway"] = {"sip": sip_latency(ns, pki, args.sip_messages, args.sip_rate)}
             print(json.dumps(results, indent=2))
@@ -282,8 +266,6 @@ def main() -> int:
             results[name] = measure_receiver(ns, pki, receiver, args)
         if not args.skip_sip:
             results["gateway"]["sip"] = sip_latency(ns, pki, args.sip_messages, args.sip_rate)
-    finally:
-        ns.down()
     report = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "versions": versions(), "results": results}
     out = args.out or ROOT / "bench" / "results"

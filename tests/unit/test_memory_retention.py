@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.auth.tls_provider import OpenSslTlsProvider
 from gateway.xmpp.parser import StanzaElement, StreamParser
 from gateway.xmpp.tls import BIO_SLICE
+from tests.support.tls_pair import TlsPairFactory
 from tests.unit.s2s_world import Pki
 
 HEADER = (b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'"
@@ -59,23 +59,7 @@ def test_long_text_in_many_pieces_is_exact(size: int) -> None:
 
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory: pytest.TempPathFactory):
-    pki = Pki(Path(tmp_path_factory.mktemp("pki")))
-    server = OpenSslTlsProvider(pki.tls_settings("b.example"), ("b.example",))
-    client = OpenSslTlsProvider(pki.tls_settings("a.example"), ("a.example",))
-
-    def pair():
-        s, c = server.server_engine(), client.client_engine("b.example", "a.example")
-        for _ in range(10):
-            data = c.data_to_send()
-            if data:
-                s.receive(data)
-            data = s.data_to_send()
-            if data:
-                c.receive(data)
-        assert s.handshake_done and c.handshake_done
-        return s, c
-
-    return pair
+    return TlsPairFactory(Pki(Path(tmp_path_factory.mktemp("pki"))), "b.example").handshake
 
 
 def test_large_transfers_arrive_intact_in_bounded_records(engines) -> None:
