@@ -7,6 +7,7 @@ GW := $(VENV)/bin/xmpp-gateway
 CONFIG ?= config/gateway.yaml
 # Debian packages the test suite runs for real (interop, SIP side, DNS, namespaces).
 TEST_DEBS := prosody ejabberd dnsmasq-base lua-unbound kamailio kamailio-presence-modules \
+             kamailio-tls-modules \
              sip-tester iproute2 openssl
 
 .PHONY: help venv certs run test test-unit lint bench clean debs

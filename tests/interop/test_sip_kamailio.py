@@ -31,7 +31,7 @@ from tests.support.sip_ua import SipUserAgent
 GW = IPS["gw.example"]
 KAMAILIO_PORT = 5070
 GATEWAY_SIP_PORT = 5062
-USERS = ("fed", "pv", "pu", "tcp")
+USERS = ("fed", "pv", "pu", "tcp", "tls")
 
 
 @pytest.fixture(scope="module")
@@ -43,20 +43,29 @@ def prosody(ns: Namespace, pki) -> Iterator[Prosody]:
         server.stop()
 
 
-def kamailio(ns: Namespace, transport: str) -> Kamailio:
+def kamailio(ns: Namespace, pki, transport: str) -> Kamailio:
+    """Kamailio for gw.example; with ``tls`` it also listens on TLS (KAMAILIO_PORT + 1) with
+    the gw.example certificate, which the gateway verifies against the test CA."""
     workdir = ns.workdir / f"kamailio-{transport}"
     workdir.mkdir(exist_ok=True)
+    tls = None
+    if transport == "tls":
+        settings = pki.tls_settings("gw.example")
+        tls = (settings.certificate, settings.key)
     return Kamailio(workdir, domain="gw.example", host=GW, port=KAMAILIO_PORT,
                     gateway=(GW, GATEWAY_SIP_PORT), gateway_transport=transport,
-                    prefix=ns.exec).start()
+                    prefix=ns.exec, tls=tls).start()
 
 
 def gateway(ns: Namespace, pki, partner_type: str, transport: str = "udp") -> GatewayProcess:
+    # Over TLS the proxy is named, not numbered: its certificate says gw.example (resolved
+    # by the namespace's dnsmasq to 127.0.0.4).
+    proxy = ("gw.example", KAMAILIO_PORT + 1) if transport == "tls" else (GW, KAMAILIO_PORT)
     return GatewayProcess(
         ns, pki, [{"domain": "a.example", "type": partner_type, "tls": "optional",
                    "sasl": "optional", "dialback": "true"}],
         log_level="info",
-        sip={"backend": "sip", "proxy_host": GW, "proxy_port": KAMAILIO_PORT,
+        sip={"backend": "sip", "proxy_host": proxy[0], "proxy_port": proxy[1],
              "transport": transport, "local_host": GW, "local_port": GATEWAY_SIP_PORT},
     ).start()
 
@@ -127,11 +136,12 @@ def converse(ns: Namespace, pki, partner_type: str, user: str,
     ``<user>@a.example`` and run ``steps`` between them inside the namespace; on failure,
     the gateway's and Kamailio's logs are part of the message. Returns the (stopped)
     gateway for log checks."""
-    sip = kamailio(ns, transport)
+    sip = kamailio(ns, pki, transport)
     gw = gateway(ns, pki, partner_type, transport=transport)
 
     async def scenario() -> None:
-        ua = await sip_user(f"sip{user}", transport=transport)
+        # The phone stays on UDP/TCP; with "tls" only the gateway<->proxy leg is TLS.
+        ua = await sip_user(f"sip{user}", transport="udp" if transport == "tls" else transport)
         xmpp = await XmppUser(f"{user}@a.example", IPS["a.example"]).start()
         try:
             await steps(xmpp, ua)
@@ -191,3 +201,11 @@ def test_sip_over_tcp(ns: Namespace, pki, prosody: Prosody) -> None:
     """The same conversation with the gateway and the UA speaking SIP over TCP."""
     converse(ns, pki, "federated", "tcp", lambda xmpp, ua: full_conversation(
         xmpp, ua, sees_note=True), transport="tcp")
+
+
+def test_sip_over_tls_to_kamailio(ns: Namespace, pki, prosody: Prosody) -> None:
+    """The gateway<->Kamailio leg over TLS (Kamailio's tls.so), certificates verified by
+    the gateway; messages and presence both ways."""
+    gw = converse(ns, pki, "federated", "tls", lambda xmpp, ua: full_conversation(
+        xmpp, ua, sees_note=True), transport="tls")
+    assert "transport=tls" in gw.log and "sip.proxy_unreachable" not in gw.log

@@ -35,7 +35,7 @@ children=2
 tcp_children=2
 listen=udp:{host}:{port}
 listen=tcp:{host}:{port}
-alias="{domain}"
+{tls_listen}alias="{domain}"
 mpath="{modules}/"
 loadmodule "pv.so"
 loadmodule "tm.so"
@@ -51,7 +51,7 @@ loadmodule "sanity.so"
 loadmodule "db_text.so"
 loadmodule "presence.so"
 loadmodule "presence_xml.so"
-modparam("presence", "db_url", "text://{dbdir}")
+{tls_module}modparam("presence", "db_url", "text://{dbdir}")
 modparam("presence", "server_address", "sip:{host}:{port}")
 modparam("presence", "subs_db_mode", 0)
 modparam("presence_xml", "db_url", "text://{dbdir}")
@@ -110,16 +110,40 @@ def answers_options(host: str, port: int, domain: str) -> bool:
         return False
 
 
+TLS_CFG = """[server:default]
+method = TLSv1.2+
+verify_certificate = no
+require_certificate = no
+certificate = {certificate}
+private_key = {key}
+
+[client:default]
+method = TLSv1.2+
+verify_certificate = no
+require_certificate = no
+"""
+
+
 class Kamailio:
+    """``tls=(certificate, key)`` adds a TLS listener on ``port + 1`` (module tls.so from
+    Debian's kamailio-tls-modules); the proxy does not verify the gateway's certificate,
+    the gateway verifies the proxy's."""
+
     def __init__(self, workdir: Path, *, domain: str, host: str = "127.0.0.1", port: int,
                  gateway: tuple[str, int], gateway_transport: str = "udp",
-                 prefix: list[str] | None = None, debug: int = 2) -> None:
+                 prefix: list[str] | None = None, debug: int = 2,
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.workdir, self.domain, self.host, self.port = workdir, domain, host, port
         self.gateway, self.gateway_transport = gateway, gateway_transport
         self.prefix = prefix or []
         self.debug = debug
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "kamailio.log"
+
+    @property
+    def tls_port(self) -> int:
+        return self.port + 1
 
     @property
     def config_path(self) -> Path:
@@ -130,7 +154,14 @@ class Kamailio:
         dbdir.mkdir(parents=True, exist_ok=True)
         for table in TABLES:
             shutil.copy(DBTEXT_TABLES / table, dbdir / table)
+        tls_listen = tls_module = ""
+        if self.tls is not None:
+            tls_cfg = self.workdir / "tls.cfg"
+            tls_cfg.write_text(TLS_CFG.format(certificate=self.tls[0], key=self.tls[1]))
+            tls_listen = f"enable_tls=yes\nlisten=tls:{self.host}:{self.tls_port}\n"
+            tls_module = f'loadmodule "tls.so"\nmodparam("tls", "config", "{tls_cfg}")\n'
         self.config_path.write_text(CONFIG.format(
+            tls_listen=tls_listen, tls_module=tls_module,
             debug=self.debug, host=self.host, port=self.port, domain=self.domain,
             modules=MODULES, dbdir=dbdir, gateway_host=self.gateway[0],
             gateway_port=self.gateway[1], gateway_transport=self.gateway_transport))
