@@ -149,13 +149,11 @@ def _connectivity(args: argparse.Namespace) -> int:
 def _dns(args: argparse.Namespace) -> int:
     import asyncio
 
-    from gateway.config.loader import ConfigError, load_config
+    from gateway.cli.common import load_or_report
     from gateway.dns.resolver import DnsPythonResolver
 
-    try:
-        config = load_config(args.config)
-    except (ConfigError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    config = load_or_report(args)
+    if config is None:
         return 1
     resolver = DnsPythonResolver.from_settings(config.dns)
     listening = {(address.host, address.port) for address in config.listen}
@@ -209,12 +207,10 @@ def _certs(args: argparse.Namespace) -> int:
     from cryptography import x509
 
     from gateway.auth.identity import check_identity
-    from gateway.config.loader import ConfigError, load_config
+    from gateway.cli.common import load_or_report
 
-    try:
-        config = load_config(args.config)
-    except (ConfigError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    config = load_or_report(args)
+    if config is None:
         return 1
     problems = 0
     try:

@@ -266,6 +266,20 @@ asyncio.run(main())
 """
 
 
+def assert_echo_exchange(result: dict, user: str, why: str) -> None:
+    """What xmpp_client's run must show when federation works: the echo user's reply to
+    ``user`` and the approval of the subscription (as 'subscribed' or, after the server's
+    roster processing, as the contact's available presence, only sent once approved)."""
+    messages = [m for m in result["messages"] if m["type"] != "error"]
+    assert messages, f"no echo came back: {result}\n{why}"
+    assert messages[0]["from"] == "echo@gw.example/dev" and messages[0]["body"] == \
+        "hello gateway", f"{result}\n{why}"
+    assert messages[0]["to"].startswith(user), why
+    assert any(p["type"] in ("subscribed", "available") and
+               p["from"].startswith("echo@gw.example") for p in result["presences"]), \
+        f"no subscription approval/presence: {result}\n{why}"
+
+
 def xmpp_client(ns: Namespace, jid: str, host: str, peer: str) -> dict:
     script = ns.workdir / "client.py"
     script.write_text(CLIENT)

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.interop.harness import Ejabberd, GatewayProcess, Namespace, xmpp_client
+from tests.interop.harness import (
+    Ejabberd,
+    GatewayProcess,
+    Namespace,
+    assert_echo_exchange,
+    xmpp_client,
+)
 from tests.interop.test_prosody import methods
 from tests.unit.s2s_world import Pki
 
@@ -52,11 +58,7 @@ def test_scenario(ns: Namespace, pki: Pki, name: str) -> None:
     result, server, gateway = run_scenario(ns, pki, partner, **options)
     try:
         why = explain(name, server, gateway)
-        echoes = [m for m in result["messages"] if m["type"] != "error"]
-        assert echoes and echoes[0]["from"] == "echo@gw.example/dev", f"{result}\n{why}"
-        assert echoes[0]["body"] == "hello gateway", why
-        assert any(p["type"] in ("subscribed", "available") and
-                   p["from"].startswith("echo@gw.example") for p in result["presences"]), why
+        assert_echo_exchange(result, "user@b.example", why)
         assert methods(gateway) == {"inbound": {expected}, "outbound": {expected}}, why
         log = server.log
         if expected == "SASL over TLS":
