@@ -271,11 +271,11 @@ class SipBackend:
     def _on_request(self, event: RequestReceived) -> None:
         method = event.request.method
         if method == "MESSAGE":
-            self._spawn(self._incoming_message(event))
+            self._spawn(self._answering(event, self._incoming_message(event)))
         elif method == "SUBSCRIBE":
-            self._spawn(self._incoming_subscribe(event))
+            self._spawn(self._answering(event, self._incoming_subscribe(event)))
         elif method == "NOTIFY":
-            self._spawn(self._incoming_notify(event))
+            self._spawn(self._answering(event, self._incoming_notify(event)))
         elif method == "OPTIONS":
             self._reply(event, 200, headers=[("Allow", ALLOW), ("Accept", "text/plain")])
         elif method in ("INVITE", "BYE", "CANCEL", "PUBLISH", "REGISTER", "REFER", "INFO",
@@ -283,6 +283,15 @@ class SipBackend:
             self._reply(event, 405, headers=[("Allow", ALLOW)])
         else:
             self._reply(event, 501)
+
+    async def _answering(self, event: RequestReceived, handler: Any) -> None:
+        """Run a request's handler; if it fails, the request still gets a final answer
+        (500), so the peer stops retransmitting and our server transaction ends."""
+        try:
+            await handler
+        except Exception:
+            log.exception("SIP %s handler failed", event.request.method)
+            self._reply(event, 500)  # no effect if an answer was already sent
 
     # ------------------------------------------------------------------ messages
 
@@ -514,6 +523,14 @@ class SipBackend:
             return
         del self.watches[key]
         status = 408 if response is None else response.status
+        if dialog.established and status in (408, 481, 500, 503, 504):
+            # A refresh failed because the notifier lost the subscription (restarted) or
+            # did not answer: subscribe afresh rather than end the XMPP subscription
+            # (RFC 6665 §4.1.2.2); a failure of that new SUBSCRIBE is reported as usual.
+            log_event(log, logging.INFO, "sip.resubscribe", contact=dialog.xmpp_watcher,
+                      local_user=dialog.sip_user, status=status)
+            self._watch(dialog.xmpp_watcher, dialog.sip_user)
+            return
         condition = xmpp_condition_for(status)
         log_event(log, logging.INFO, "sip.subscribe_failed", contact=dialog.xmpp_watcher,
                   local_user=dialog.sip_user, status=status, condition=condition)

@@ -488,3 +488,35 @@ async def test_status_reports_the_sip_side(gateway) -> None:
     backend = gw.status()["backend"]
     assert (backend["kind"], backend["transport"], backend["notifiers"]) == ("sip", "udp", 1)
     assert backend["received"] >= 1 and backend["sent"] >= 1
+
+
+async def test_failed_handler_still_answers(backend) -> None:
+    _, ua, recorder = backend
+
+    async def broken_sink(_stanza: Element) -> None:
+        raise RuntimeError("router exploded")
+
+    backend[0]._sink = broken_sink
+    response = await ua.send_message("sip:bob@xmpp.example", "boom")
+    assert response.status == 500
+    assert not backend[0].layer.servers or all(
+        txn.expires is not None for txn in backend[0].layer.servers.values())
+
+
+async def test_failed_refresh_subscribes_afresh(backend) -> None:
+    sip, ua, recorder = backend
+    await sip.deliver(presence("bob@xmpp.example", "alice@sip.example", "subscribe"))
+    subscribe, tag = await answer_subscribe(ua)
+    await ua.request(notify_for(ua, subscribe, tag, "active;expires=3600",
+                                pidf("alice@sip.example")))
+    assert (await recorder.next()).get("type") == "subscribed"
+    await recorder.next()
+    sip.watches[("bob@xmpp.example", "alice@sip.example")].expires_at = 0.1  # due now
+    refresh = await asyncio.wait_for(ua.requests.get(), 5)
+    assert (refresh.method, refresh.to.tag, refresh.call_id) == ("SUBSCRIBE", tag,
+                                                                 subscribe.call_id)
+    ua.reply(refresh, 481)  # the presence server lost it (restarted)
+    fresh = await asyncio.wait_for(ua.requests.get(), 5)
+    assert (fresh.method, fresh.to.tag) == ("SUBSCRIBE", "")
+    assert fresh.call_id != subscribe.call_id
+    assert recorder.queue.empty()  # XMPP was told nothing: the subscription carries on
