@@ -491,16 +491,15 @@ async def test_status_reports_the_sip_side(gateway) -> None:
 
 
 async def test_failed_handler_still_answers(backend) -> None:
-    _, ua, recorder = backend
+    sip, ua, _ = backend
 
     async def broken_sink(_stanza: Element) -> None:
         raise RuntimeError("router exploded")
 
-    backend[0]._sink = broken_sink
+    sip._sink = broken_sink
     response = await ua.send_message("sip:bob@xmpp.example", "boom")
     assert response.status == 500
-    assert not backend[0].layer.servers or all(
-        txn.expires is not None for txn in backend[0].layer.servers.values())
+    assert all(txn.expires is not None for txn in sip.layer.servers.values())
 
 
 async def test_failed_refresh_subscribes_afresh(backend) -> None:
