@@ -113,6 +113,8 @@ class Gateway:
             self.store = AsyncAuthorizationStore(open_authorization_store(config.store))
         except (StoreError, OSError) as exc:
             raise StartupError(f"store {config.store.path}: {exc}") from None
+        if hasattr(self.backend, "use_store"):
+            self.backend.use_store(self.store)
         self.router = Router(config, self.backend, self.store, self.metrics)
         context = make_context(config, self.keys, self._partner_for)
         self.s2s = S2SService(config, context, self.resolver, on_stanza=self.router.from_xmpp,

@@ -113,6 +113,7 @@ class SipBackend:
         self._sink: StanzaSink | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
+        self._store: Any = None  # remembers XMPP→SIP subscriptions across restarts
         self.sent = 0
         self.received = 0
 
@@ -130,15 +131,29 @@ class SipBackend:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def use_store(self, store: Any) -> None:
+        """Remember active XMPP→SIP presence subscriptions in ``store`` (async
+        ``add_watch``/``remove_watch``/``list_watches``): after a restart the XMPP side
+        still considers itself subscribed and will not ask again, so the gateway must
+        subscribe again by itself (RFC 6121 §3: the subscription outlives sessions)."""
+        self._store = store
+
     async def start(self, sink: StanzaSink) -> None:
         if self._sink is not None:
             raise RuntimeError("SIP backend already started")
         await self.transport.start()
         self._sink = sink
         self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="sip-timers")
+        restored = 0
+        if self._store is not None:
+            for watcher, sip_user in await self._store.list_watches():
+                if parse_jid(sip_user).domain in self.domains:
+                    self._watch(watcher, sip_user)
+                    restored += 1
         log_event(log, logging.INFO, "sip.started", transport=self.transport.kind,
                   local=f"{self.transport.local[0]}:{self.transport.local[1]}",
-                  proxy=f"{self.transport.proxy[0]}:{self.transport.proxy[1]}")
+                  proxy=f"{self.transport.proxy[0]}:{self.transport.proxy[1]}",
+                  subscriptions_restored=restored)
 
     async def stop(self, grace: float = 2.0) -> None:
         """End our subscriptions (RFC 6665 §4.4.1 ``deactivated``: the watcher may
@@ -443,6 +458,7 @@ class SipBackend:
         elif kind == "subscribe":
             self._watch(contact, local_user)
         elif kind == "unsubscribe":
+            self._remember(contact, local_user, False)
             watch = self.watches.pop((contact, local_user), None)
             if watch is not None and watch.established:
                 self._send_subscribe(watch, expires=0)
@@ -490,6 +506,11 @@ class SipBackend:
         self.watches[key] = dialog
         self._send_subscribe(dialog, expires=self.subscription_expires)
 
+    def _remember(self, watcher: str, sip_user: str, active: bool) -> None:
+        if self._store is not None:
+            operation = self._store.add_watch if active else self._store.remove_watch
+            self._spawn(operation(watcher, sip_user))
+
     async def _announce(self, dialog: WatchDialog) -> None:
         user_jid = parse_jid(dialog.sip_user)
         await self._emit(_presence(user_jid.bare, dialog.xmpp_watcher, "subscribed"))
@@ -536,6 +557,7 @@ class SipBackend:
                   local_user=dialog.sip_user, status=status, condition=condition)
         user = parse_jid(dialog.sip_user).bare
         if status in (403, 404, 480, 489, 603, 604) and not dialog.established:
+            self._remember(dialog.xmpp_watcher, dialog.sip_user, False)
             self._spawn(self._emit(_presence(user, dialog.xmpp_watcher, "unsubscribed")))
         else:
             error = _presence(user, dialog.xmpp_watcher, "error")
@@ -564,6 +586,7 @@ class SipBackend:
                 # RFC 6665 §4.1.3: the subscriber may (should) subscribe again.
                 self._watch(dialog.xmpp_watcher, dialog.sip_user)
                 return
+            self._remember(dialog.xmpp_watcher, dialog.sip_user, False)
             if dialog.state.available:
                 await self._emit(UNAVAILABLE.to_stanza(f"{user}/sip", dialog.xmpp_watcher))
             await self._emit(_presence(user, dialog.xmpp_watcher, "unsubscribed"))
@@ -584,6 +607,7 @@ class SipBackend:
             dialog.state = UNAVAILABLE
         if not dialog.announced:
             dialog.announced = True
+            self._remember(dialog.xmpp_watcher, dialog.sip_user, True)
             await self._emit(_presence(user, dialog.xmpp_watcher, "subscribed"))
         await self._emit(dialog.state.to_stanza(f"{user}/sip", dialog.xmpp_watcher))
 

@@ -74,5 +74,14 @@ class AuthorizationStore(Protocol):
     def list_users(self) -> list[UserSetting]:
         """Every user with an override, sorted by address."""
 
+    def add_watch(self, watcher: str, sip_user: str) -> None:
+        """Remember that XMPP ``watcher`` is subscribed to ``sip_user``'s presence."""
+
+    def remove_watch(self, watcher: str, sip_user: str) -> None:
+        """Forget that subscription (no error if there was none)."""
+
+    def list_watches(self) -> list[tuple[str, str]]:
+        """Every remembered (watcher, SIP user) subscription."""
+
     def close(self) -> None:
         """Release the database."""

@@ -59,6 +59,20 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
                ) WITHOUT ROWID""",
         ),
     ),
+    (
+        2,
+        (
+            # Presence subscriptions an XMPP contact holds to a SIP user, remembered so
+            # that the SIP backend can subscribe again after a restart (the XMPP side
+            # still considers itself subscribed and will not ask again).
+            """CREATE TABLE presence_watches (
+                   watcher TEXT NOT NULL,
+                   sip_user TEXT NOT NULL,
+                   since TEXT NOT NULL,
+                   PRIMARY KEY (watcher, sip_user)
+               ) WITHOUT ROWID""",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -225,6 +239,37 @@ class SqliteAuthorizationStore:
             ).fetchall(),
         )
         return [UserSetting(user, bool(enabled), updated) for user, enabled, updated in rows]
+
+    # -- presence subscriptions to SIP users ------------------------------------------------
+
+    def add_watch(self, watcher: str, sip_user: str) -> None:
+        row = (normalize_bare_jid(watcher), normalize_bare_jid(sip_user), _now())
+
+        def insert() -> None:
+            with self._write() as db:
+                db.execute("INSERT OR IGNORE INTO presence_watches (watcher, sip_user, since)"
+                           " VALUES (?, ?, ?)", row)
+
+        self._run("record presence subscription", insert)
+
+    def remove_watch(self, watcher: str, sip_user: str) -> None:
+        key = (normalize_bare_jid(watcher), normalize_bare_jid(sip_user))
+
+        def delete() -> None:
+            with self._write() as db:
+                db.execute("DELETE FROM presence_watches WHERE watcher = ? AND sip_user = ?",
+                           key)
+
+        self._run("remove presence subscription", delete)
+
+    def list_watches(self) -> list[tuple[str, str]]:
+        rows = self._run(
+            "list presence subscriptions",
+            lambda: self._db.execute(
+                "SELECT watcher, sip_user FROM presence_watches ORDER BY sip_user, watcher"
+            ).fetchall(),
+        )
+        return [(watcher, sip_user) for watcher, sip_user in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -56,6 +56,15 @@ class AsyncAuthorizationStore:
     async def list_users(self) -> list[UserSetting]:
         return await self._call(self.store.list_users)
 
+    async def add_watch(self, watcher: str, sip_user: str) -> None:
+        await self._call(self.store.add_watch, watcher, sip_user)
+
+    async def remove_watch(self, watcher: str, sip_user: str) -> None:
+        await self._call(self.store.remove_watch, watcher, sip_user)
+
+    async def list_watches(self) -> list[tuple[str, str]]:
+        return await self._call(self.store.list_watches)
+
     async def aclose(self) -> None:
         """Finish queued calls, close the store, stop the thread."""
         if self._closed:

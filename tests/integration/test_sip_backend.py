@@ -519,3 +519,53 @@ async def test_failed_refresh_subscribes_afresh(backend) -> None:
     assert (fresh.method, fresh.to.tag) == ("SUBSCRIBE", "")
     assert fresh.call_id != subscribe.call_id
     assert recorder.queue.empty()  # XMPP was told nothing: the subscription carries on
+
+
+async def test_subscriptions_to_sip_users_survive_a_restart(tmp_path: Path) -> None:
+    """The XMPP side keeps its subscription across our restart and will not ask again, so
+    the backend remembers it in the store and subscribes again when it starts."""
+    from gateway.store import AsyncAuthorizationStore, SqliteAuthorizationStore
+
+    store = AsyncAuthorizationStore(SqliteAuthorizationStore(tmp_path / "gw.sqlite3"))
+    ua = await SipUserAgent("alice", SIP_DOMAIN, ("127.0.0.1", 9)).start()
+    first = SipBackend([SIP_DOMAIN], proxy=("127.0.0.1", ua.port), local=("127.0.0.1", 0))
+    first.use_store(store)
+    recorder = Recorder()
+    await first.start(recorder)
+    ua.proxy = first.transport.local
+    try:
+        await first.deliver(presence("bob@xmpp.example", "alice@sip.example", "subscribe"))
+        subscribe, tag = await answer_subscribe(ua)
+        await ua.request(notify_for(ua, subscribe, tag, "active;expires=3600",
+                                    pidf("alice@sip.example")))
+        assert (await recorder.next()).get("type") == "subscribed"
+        await recorder.next()
+        async with asyncio.timeout(5):
+            while await store.list_watches() != [("bob@xmpp.example", "alice@sip.example")]:
+                await asyncio.sleep(0.02)
+        stopping = asyncio.ensure_future(first.stop(grace=2.0))
+        ending = await asyncio.wait_for(ua.requests.get(), 5)
+        assert (ending.method, ending.get("expires")) == ("SUBSCRIBE", "0")
+        ua.reply(ending, 200)
+        await stopping
+        assert await store.list_watches() == [("bob@xmpp.example", "alice@sip.example")]
+
+        second = SipBackend([SIP_DOMAIN], proxy=("127.0.0.1", ua.port), local=("127.0.0.1", 0))
+        second.use_store(store)
+        await second.start(recorder)
+        ua.proxy = second.transport.local
+        try:
+            again = await asyncio.wait_for(ua.requests.get(), 5)
+            assert (again.method, again.uri, again.from_.uri, again.to.tag) == (
+                "SUBSCRIBE", "sip:alice@sip.example", "sip:bob@xmpp.example", "")
+            ua.reply(again, 202, ("Expires", "3600"))
+            await second.deliver(presence("bob@xmpp.example", "alice@sip.example",
+                                          "unsubscribe"))
+            async with asyncio.timeout(5):
+                while await store.list_watches():
+                    await asyncio.sleep(0.02)
+        finally:
+            await second.stop(grace=0.5)
+    finally:
+        await ua.close()
+        await store.aclose()

@@ -201,3 +201,37 @@ def test_concurrent_processes_share_the_file(tmp_path: Path) -> None:
         assert daemon.is_authorized(ALICE, BOB)
     finally:
         daemon.close()
+
+
+def test_presence_watches(store: SqliteAuthorizationStore) -> None:
+    assert store.list_watches() == []
+    store.add_watch("Bob@Fabrikam.example/phone", ALICE)
+    store.add_watch(BOB, ALICE)  # the same subscription: kept once
+    store.add_watch(BOB, "carol@contoso.example")
+    assert store.list_watches() == [(BOB, ALICE), (BOB, "carol@contoso.example")]
+    store.remove_watch(BOB, ALICE)
+    store.remove_watch(BOB, ALICE)  # already gone: no error
+    assert store.list_watches() == [(BOB, "carol@contoso.example")]
+
+
+def test_version_1_database_is_migrated(tmp_path: Path) -> None:
+    """A store written by a gateway before presence watches existed opens, keeps its data
+    and gains the table."""
+    path = tmp_path / "gw.sqlite3"
+    with sqlite3.connect(path) as raw:
+        raw.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY)")
+        raw.execute("INSERT INTO schema_version VALUES (1)")
+        raw.execute("CREATE TABLE authorizations (local_user TEXT NOT NULL, remote_jid TEXT "
+                    "NOT NULL, granted_at TEXT NOT NULL, source TEXT NOT NULL, PRIMARY KEY "
+                    "(local_user, remote_jid)) WITHOUT ROWID")
+        raw.execute("CREATE TABLE user_settings (local_user TEXT PRIMARY KEY NOT NULL, enabled "
+                    "INTEGER NOT NULL CHECK (enabled IN (0, 1)), updated_at TEXT NOT NULL) "
+                    "WITHOUT ROWID")
+        raw.execute("INSERT INTO authorizations VALUES (?, ?, '2026-01-01', 'cli')",
+                    (ALICE, BOB))
+    raw.close()
+    with SqliteAuthorizationStore(path) as migrated:
+        assert migrated.schema_version() == SCHEMA_VERSION == 2
+        assert migrated.is_authorized(ALICE, BOB)
+        migrated.add_watch(BOB, ALICE)
+        assert migrated.list_watches() == [(BOB, ALICE)]
