@@ -341,7 +341,13 @@ class Ejabberd:
     dir: Path = field(init=False)
 
     def ctl(self, *args: str) -> list[str]:
-        return [*self.ns.exec, "ejabberdctl", "--config-dir", str(self.dir), "--spool",
+        # Run as user 'ejabberd' ourselves instead of letting ejabberdctl `su` to it: the
+        # su session gets PAM's soft limit of 1,024 open files, and ejabberd then fails its
+        # accepts ("too many open files") long before 1,000 S2S sessions. setpriv keeps our
+        # limits (an administrator would set LimitNOFILE= in the unit).
+        user = ["env", "HOME=/var/lib/ejabberd", "setpriv", "--reuid", "ejabberd",
+                "--regid", "ejabberd", "--init-groups"]
+        return [*self.ns.exec, *user, "ejabberdctl", "--config-dir", str(self.dir), "--spool",
                 str(self.dir / "spool"), "--logs", str(self.dir / "logs"), "--node",
                 f"ejabberd-{self.ns.name}@localhost", *args]
 
