@@ -102,6 +102,7 @@ class Gateway:
         from gateway.store import AsyncAuthorizationStore, StoreError, open_authorization_store
 
         config = self.config
+        self._check_fd_limit()
         metrics_settings = getattr(config, "metrics", None)
         if metrics_settings is not None and metrics_settings.enabled:
             from gateway.metrics import Metrics
@@ -237,6 +238,27 @@ class Gateway:
         return {**report.as_dict(), "error": "" if report.ok else report.verdict}
 
     # ------------------------------------------------------------------ status
+
+    def _check_fd_limit(self) -> None:
+        from gateway.net.fdlimit import ensure_fd_limit
+
+        maximum = self.config.limits.max_connections
+        try:
+            limit = ensure_fd_limit(maximum)
+        except (ValueError, OSError) as exc:
+            log_event(log, logging.WARNING, "limits.open_files", reason=str(exc),
+                      max_connections=maximum)
+            return
+        if not limit.sufficient:
+            log_event(log, logging.WARNING, "limits.open_files", soft=limit.now,
+                      wanted=limit.wanted, max_connections=maximum,
+                      reason="the hard limit on open files is below limits.max_connections: "
+                             "connections beyond it fail with 'too many open files'; raise "
+                             "it (systemd: LimitNOFILE=, shell: ulimit -Hn) or lower "
+                             "limits.max_connections")
+        elif limit.now != limit.before:
+            log_event(log, logging.INFO, "limits.open_files", raised_from=limit.before,
+                      to=limit.now, max_connections=maximum)
 
     def status(self) -> dict[str, Any]:
         sessions = self.s2s.describe() if self.s2s else []

@@ -52,4 +52,9 @@ def test_systemd_unit() -> None:
     assert "CAP_NET_BIND_SERVICE" in service["AmbientCapabilities"]
     assert service["ExecReload"].endswith("-HUP $MAINPID")
     assert service["ExecStart"].endswith("xmpp-gateway run")
+    # Enough descriptors for the default limits.max_connections (gateway/net/fdlimit.py).
+    from gateway.config.model import Limits
+    from gateway.net.fdlimit import RESERVE
+
+    assert int(service["LimitNOFILE"]) >= Limits().max_connections + RESERVE
     assert unit["Install"]["WantedBy"] == "multi-user.target"
