@@ -108,6 +108,9 @@ class SipBackend:
         self.watches: dict[tuple[str, str], WatchDialog] = {}
         self.notifiers: dict[tuple[str, str], NotifierDialog] = {}
         self.xmpp_presence: dict[str, dict[str, PresenceState]] = {}
+        # Call-ID → dialog, so that an in-dialog request finds its subscription without a
+        # scan (entries of ended dialogs are dropped lazily, see _current and _purge).
+        self._by_call_id: dict[str, WatchDialog | NotifierDialog] = {}
         self._inflight: dict[str, str | None] = {}  # SIP→XMPP message id → error condition
         self._ids = itertools.count(1)
         self._sink: StanzaSink | None = None
@@ -185,12 +188,34 @@ class SipBackend:
         self._sink = None
 
     async def _tick(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(TICK)
             now = time.monotonic()
             self._dispatch(self.layer.handle_timers(now))
-            self._refresh_dialogs(now)
+            ticks += 1
+            if ticks % 10 == 0:  # subscriptions live for minutes: once a second is plenty
+                self._refresh_dialogs(now)
+                self._purge_index()
             self._flush()
+
+    def _current(self, call_id: str, local_tag: str) -> WatchDialog | NotifierDialog | None:
+        """The live dialog with this Call-ID and our tag, if any (RFC 3261 §12.2.2)."""
+        dialog = self._by_call_id.get(call_id)
+        if dialog is None or dialog.local.tag != local_tag:
+            return None
+        if isinstance(dialog, WatchDialog):
+            live = self.watches.get((dialog.xmpp_watcher, dialog.sip_user)) is dialog
+        else:
+            live = self.notifiers.get((dialog.sip_watcher, dialog.xmpp_contact)) is dialog
+        if not live:
+            del self._by_call_id[call_id]
+            return None
+        return dialog
+
+    def _purge_index(self) -> None:
+        for call_id, dialog in list(self._by_call_id.items()):
+            self._current(call_id, dialog.local.tag)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -504,6 +529,7 @@ class SipBackend:
                              NameAddr(user_uri), user_uri, self._contact_for(contact_uri),
                              xmpp_watcher=contact, sip_user=local_user)
         self.watches[key] = dialog
+        self._by_call_id[dialog.call_id] = dialog
         self._send_subscribe(dialog, expires=self.subscription_expires)
 
     def _remember(self, watcher: str, sip_user: str, active: bool) -> None:
@@ -566,9 +592,8 @@ class SipBackend:
 
     async def _incoming_notify(self, event: RequestReceived) -> None:
         request = event.request
-        dialog = next((d for d in self.watches.values()
-                       if d.call_id == request.call_id and d.local.tag == request.to.tag), None)
-        if dialog is None:
+        dialog = self._current(request.call_id, request.to.tag)
+        if not isinstance(dialog, WatchDialog):
             self._reply(event, 481)
             return
         self._reply(event, 200)
@@ -665,17 +690,17 @@ class SipBackend:
         previous = self.notifiers.get((watcher, contact))
         dialog.active = previous.active if previous is not None else False
         self.notifiers[(watcher, contact)] = dialog
+        self._by_call_id[dialog.call_id] = dialog
         self._notify(dialog)
         await self._emit(_presence(watcher, contact, "subscribe"))
 
     def _refresh_subscription(self, event: RequestReceived, expires: int) -> None:
         request = event.request
-        found = next(((key, d) for key, d in self.notifiers.items()
-                      if d.call_id == request.call_id and d.local.tag == request.to.tag), None)
-        if found is None:
+        dialog = self._current(request.call_id, request.to.tag)
+        if not isinstance(dialog, NotifierDialog):
             self._reply(event, 481)
             return
-        key, dialog = found
+        key = (dialog.sip_watcher, dialog.xmpp_contact)
         self._reply(event, 200, to_tag=dialog.local.tag,
                     headers=[("Expires", str(expires)), ("Contact", f"<{dialog.contact}>")])
         if expires == 0:
