@@ -137,7 +137,11 @@ class Prosody:
         out = (self.dir / "stdout").open("wb")
         self.process = subprocess.Popen([*self.ns.exec, "prosody", "--config", str(config)],
                                         stdout=out, stderr=subprocess.STDOUT)
-        self._wait_listening()
+        try:
+            self._wait_listening()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _wait_listening(self) -> None:
@@ -382,6 +386,16 @@ class Ejabberd:
         out = (self.dir / "stdout").open("wb")
         self.process = subprocess.Popen(self.ctl("foreground"), stdout=out,
                                         stderr=subprocess.STDOUT)
+        try:
+            self._wait_started()
+            run(self.ctl("register", "user", self.domain, "pw"))
+        except BaseException:
+            self.stop()  # never leave a VM (and its epmd) behind a failed start
+            raise
+        return self
+
+    def _wait_started(self) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -389,12 +403,9 @@ class Ejabberd:
             status = subprocess.run(self.ctl("status"), capture_output=True, text=True)
             if "is started" in status.stdout and "ejabberd" in status.stdout and \
                     "running" in status.stdout:
-                break
+                return
             time.sleep(0.5)
-        else:
-            raise RuntimeError(f"ejabberd did not start: {self.log[-2000:]}")
-        run(self.ctl("register", "user", self.domain, "pw"))
-        return self
+        raise RuntimeError(f"ejabberd did not start: {self.log[-2000:]}")
 
     saved_log: str = ""
 
