@@ -50,7 +50,7 @@ from gateway.backend import DeliveryError, StanzaSink
 from gateway.logs import log_event
 from gateway.sip.addresses import AddressError, jid_to_sip, parse_jid, parse_sip_uri, sip_to_jid
 from gateway.sip.dialogs import NotifierDialog, WatchDialog, subscription_state
-from gateway.sip.errors import sip_status_for, xmpp_condition_for, xmpp_error_type
+from gateway.sip.errors import sip_status_for, xmpp_condition_for
 from gateway.sip.message import (
     NameAddr,
     SipParseError,
@@ -72,6 +72,7 @@ from gateway.sip.transaction import (
     TransactionTimedOut,
 )
 from gateway.sip.transport import Flow, SipTransport
+from gateway.xmpp.errors import error_child, make_error_reply, parse_error_child
 
 log = logging.getLogger("gateway.sip")
 
@@ -392,13 +393,18 @@ class SipBackend:
             log_event(log, logging.DEBUG, "sip.message_without_body", sender=sender,
                       recipient=local_user, reason="no SIP equivalent (RFC 7572 §4)")
             return
-        from_uri = jid_to_sip(sender).uri
-        request = self._request("MESSAGE", jid_to_sip(local_user).uri,
-                                NameAddr(from_uri, params={"tag": new_tag()}),
-                                NameAddr(jid_to_sip(local_user).uri))
+        self._send(self._message_to(local_user, sender, body),
+                   lambda response: self._message_outcome(stanza, response))
+
+    def _message_to(self, local_user: str, sender: str, text: str) -> SipRequest:
+        """A text/plain MESSAGE (RFC 3428) to a local SIP user from an XMPP address."""
+        user_uri = jid_to_sip(local_user).uri
+        request = self._request("MESSAGE", user_uri,
+                                NameAddr(jid_to_sip(sender).uri, params={"tag": new_tag()}),
+                                NameAddr(user_uri))
         request.add("content-type", "text/plain;charset=UTF-8")
-        request.body = body.encode("utf-8")
-        self._send(request, lambda response: self._message_outcome(stanza, response))
+        request.body = text.encode("utf-8")
+        return request
 
     def _message_outcome(self, stanza: Element, response: SipResponse | None) -> None:
         if response is not None and response.status < 300:
@@ -410,7 +416,9 @@ class SipBackend:
         condition = xmpp_condition_for(status)
         log_event(log, logging.INFO, "sip.message_failed", sender=stanza.get("from"),
                   recipient=stanza.get("to"), status=status, condition=condition)
-        self._spawn(self._emit(_error_reply(stanza, condition, f"SIP {status} {reason}")))
+        reply = make_error_reply(stanza, condition, f"SIP {status} {reason}")
+        if reply is not None:
+            self._spawn(self._emit(reply))
 
     def _late_error(self, stanza: Element, local_user: str) -> None:
         """An XMPP error for a message our SIP user sent, after we answered 202."""
@@ -420,14 +428,9 @@ class SipBackend:
         note = f"[message to {contact} not delivered: {condition}]"
         if text:
             note += f" {text}"
-        request = self._request("MESSAGE", jid_to_sip(local_user).uri,
-                                NameAddr(jid_to_sip(contact).uri, params={"tag": new_tag()}),
-                                NameAddr(jid_to_sip(local_user).uri))
-        request.add("content-type", "text/plain;charset=UTF-8")
-        request.body = note.encode("utf-8")
         log_event(log, logging.INFO, "sip.delivery_failure_notice", recipient=local_user,
                   contact=contact, condition=condition)
-        self._send(request, lambda _response: None)
+        self._send(self._message_to(local_user, contact, note), lambda _response: None)
 
     # ------------------------------------------------------------------ XMPP input
 
@@ -587,7 +590,7 @@ class SipBackend:
             self._spawn(self._emit(_presence(user, dialog.xmpp_watcher, "unsubscribed")))
         else:
             error = _presence(user, dialog.xmpp_watcher, "error")
-            error.append(_error_element(condition))
+            error.append(error_child(condition))
             self._spawn(self._emit(error))
 
     async def _incoming_notify(self, event: RequestReceived) -> None:
@@ -770,32 +773,8 @@ def _presence(sender: str, recipient: str, kind: str) -> Element:
     return Element(PRESENCE, {"from": sender, "to": recipient, "type": kind})
 
 
-def _error_element(condition: str, text: str = "") -> Element:
-    error = Element(f"{{{NS}}}error", {"type": xmpp_error_type(condition)})
-    SubElement(error, f"{{urn:ietf:params:xml:ns:xmpp-stanzas}}{condition}")
-    if text:
-        SubElement(error, "{urn:ietf:params:xml:ns:xmpp-stanzas}text").text = text
-    return error
-
-
-def _error_reply(stanza: Element, condition: str, text: str) -> Element:
-    """The error the SIP side gave, addressed back to the XMPP sender (RFC 6120 §8.3.1)."""
-    reply = Element(stanza.tag, {"from": stanza.get("to", ""), "to": stanza.get("from", ""),
-                                 "type": "error"})
-    if stanza.get("id"):
-        reply.set("id", stanza.get("id", ""))
-    reply.append(_error_element(condition, text))
-    return reply
-
-
 def _error_condition(stanza: Element) -> str:
-    error = stanza.find(f"{{{NS}}}error")
-    if error is not None:
-        for child in error:
-            if child.tag.startswith("{urn:ietf:params:xml:ns:xmpp-stanzas}") and \
-                    not child.tag.endswith("}text"):
-                return child.tag.rpartition("}")[2]
-    return "undefined-condition"
+    return parse_error_child(stanza)[0] or "undefined-condition"
 
 
 def _tls_contexts(tls: Any) -> tuple[ssl.SSLContext, ssl.SSLContext]:

@@ -1,8 +1,8 @@
 """Error mapping between SIP responses and XMPP stanza errors (RFC 7247 §8).
 
 Both tables follow RFC 7247 §8.1 (XMPP → SIP) and §8.2 (SIP → XMPP); where the RFC
-leaves a choice we note it. The XMPP error ``type`` follows RFC 6120 §8.3.3's usual type
-for the condition.
+leaves a choice we note it. The XMPP error ``type`` for a condition comes from
+:data:`gateway.xmpp.errors.STANZA_CONDITION_TYPES`, like every other error we generate.
 """
 
 from __future__ import annotations
@@ -77,12 +77,6 @@ SIP_TO_XMPP: dict[int, str] = {
     606: "not-acceptable",
 }
 
-_WAIT = {"internal-server-error", "recipient-unavailable", "remote-server-timeout",
-         "resource-constraint", "unexpected-request"}
-_MODIFY = {"bad-request", "jid-malformed", "not-acceptable", "redirect", "gone"}
-_AUTH = {"not-authorized", "registration-required", "forbidden", "subscription-required"}
-
-
 def sip_status_for(condition: str) -> int:
     """The SIP final response for an XMPP error condition (unknown → 400, as RFC 7247
     maps undefined-condition)."""
@@ -97,14 +91,3 @@ def xmpp_condition_for(status: int) -> str:
     if 300 <= status < 400:
         return "redirect"
     return SIP_TO_XMPP.get(status // 100 * 100, "undefined-condition")
-
-
-def xmpp_error_type(condition: str) -> str:
-    """RFC 6120 §8.3.2 error type usually paired with ``condition``."""
-    if condition in _WAIT:
-        return "wait"
-    if condition in _MODIFY:
-        return "modify"
-    if condition in _AUTH:
-        return "auth"
-    return "cancel"

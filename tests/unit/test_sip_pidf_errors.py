@@ -12,9 +12,9 @@ from gateway.sip.errors import (
     XMPP_TO_SIP,
     sip_status_for,
     xmpp_condition_for,
-    xmpp_error_type,
 )
 from gateway.sip.pidf import PidfError, PresenceState, parse_pidf, to_pidf
+from gateway.xmpp.errors import STANZA_CONDITION_TYPES, error_child
 
 NS = "jabber:server"
 
@@ -125,4 +125,6 @@ def test_sip_table_conditions_are_real_conditions() -> None:
     ("recipient-unavailable", "wait"), ("bad-request", "modify"), ("forbidden", "auth"),
     ("item-not-found", "cancel"), ("service-unavailable", "cancel")])
 def test_error_types(condition: str, error_type: str) -> None:
-    assert xmpp_error_type(condition) == error_type
+    """The SIP side's errors use the gateway's one condition → type table."""
+    assert STANZA_CONDITION_TYPES[condition] == error_type
+    assert error_child(condition).get("type") == error_type
