@@ -1,9 +1,9 @@
 """``xmpp-gateway check sip`` — is the configured SIP proxy there and answering?
 
 Sends one ``OPTIONS`` (RFC 3261 §11) to ``sip.proxy_host:proxy_port`` over the configured
-transport, from an ephemeral port (the running gateway keeps its own), through the same
-transaction layer the backend uses (so UDP retransmissions and Timer F apply, bounded by
-``--timeout``), and says what came back. Exit 0 on any final answer from the proxy (even
+transport, from an ephemeral port (the running gateway keeps its own), with the SIP
+backend itself (so UDP retransmissions and TLS verification are exactly the gateway's,
+bounded by ``--timeout``), and says what came back. Exit 0 on any final answer from the proxy (even
 404: it is alive and speaking SIP), 1 when nothing usable came back.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -18,13 +19,7 @@ from typing import Any
 
 from gateway.cli.check import add_check
 from gateway.cli.common import load_or_report
-from gateway.sip.message import SipRequest, SipResponse, new_branch, new_call_id, new_tag
-from gateway.sip.transaction import (
-    ResponseReceived,
-    TransactionLayer,
-    TransactionTimedOut,
-)
-from gateway.sip.transport import SipTransport
+from gateway.sip.backend import SipBackend
 
 HINTS = {
     "udp": "is the proxy listening on UDP there, and does a firewall drop the datagrams?",
@@ -34,63 +29,25 @@ HINTS = {
 }
 
 
-async def options_ping(sip: Any, tls: Any, timeout: float) -> dict[str, Any]:
+async def options_ping(sip: Any, tls: Any, domains: tuple[str, ...],
+                       timeout: float) -> dict[str, Any]:
     """One OPTIONS to the proxy; a result dict (never raises for network trouble)."""
-    from gateway.sip.backend import _tls_contexts
+    backend = SipBackend.from_settings(dataclasses.replace(sip, local_port=0), domains, tls)
 
-    server_ssl = client_ssl = None
-    if sip.transport == "tls":
-        server_ssl, client_ssl = _tls_contexts(tls)
-    layer = TransactionLayer(reliable=sip.transport != "udp")
-    done: asyncio.Future[SipResponse | None] = asyncio.get_running_loop().create_future()
+    async def no_local_users(_stanza: Any) -> None:
+        """Nothing is routed during a check."""
 
-    def on_message(data: bytes, flow: Any, _peer: Any) -> None:
-        from gateway.sip.message import SipParseError, parse_message
-
-        try:
-            message = parse_message(data, stream=flow[0] != "udp")
-        except SipParseError:
-            return
-        settle(layer.receive(message, flow, time.monotonic()))
-
-    def settle(events: list[Any]) -> None:
-        for event in events:
-            if isinstance(event, ResponseReceived) and not done.done():
-                done.set_result(event.response)
-            elif isinstance(event, TransactionTimedOut) and not done.done():
-                done.set_result(None)
-
-    transport = SipTransport(sip.transport, (sip.local_host, 0),
-                             (sip.proxy_host, sip.proxy_port), on_message,
-                             lambda flow: settle(layer.fail_flow(flow)),
-                             server_ssl=server_ssl, client_ssl=client_ssl)
-    await transport.start()
-    host, port = transport.local
-    request = SipRequest([], b"", "OPTIONS", f"sip:{sip.proxy_host}:{sip.proxy_port}")
-    request.add("via", f"SIP/2.0/{transport.via_transport} {host}:{port};"
-                f"branch={new_branch()};rport")
-    request.add("max-forwards", "70")
-    request.add("from", f"<sip:gateway-check@{host}>;tag={new_tag()}")
-    request.add("to", f"<sip:{sip.proxy_host}:{sip.proxy_port}>")
-    request.add("call-id", new_call_id(host))
-    request.add("cseq", "1 OPTIONS")
+    await backend.start(no_local_users)
     started = time.monotonic()
     try:
-        layer.send_request(request, transport.proxy_flow, started)
-        deadline = started + timeout
-        while not done.done() and time.monotonic() < deadline:
-            for flow, data in layer.outbox:
-                transport.send(flow, data)
-            layer.outbox.clear()
-            settle(layer.handle_timers(time.monotonic()))
-            await asyncio.wait([done], timeout=0.05)
-        response = done.result() if done.done() else None
+        response = await backend.options(timeout)
     finally:
-        await transport.close()
+        await backend.stop(grace=0)
     result: dict[str, Any] = {"proxy": f"{sip.proxy_host}:{sip.proxy_port}",
                               "transport": sip.transport, "ok": response is not None}
     if response is None:
-        result["problem"] = (f"cannot connect: {transport.last_error}" if transport.last_error
+        last_error = backend.transport.last_error
+        result["problem"] = (f"cannot connect: {last_error}" if last_error
                              else f"no answer within {timeout:g}s")
         result["hint"] = HINTS[sip.transport]
     else:
@@ -116,7 +73,8 @@ def _handler(args: argparse.Namespace) -> int:
         return 0
     logging.getLogger("gateway.sip").setLevel(logging.ERROR)  # the result says it all
     try:
-        result = asyncio.run(options_ping(config.sip, config.tls, args.timeout))
+        result = asyncio.run(options_ping(config.sip, config.tls, config.domains,
+                                          args.timeout))
     except (OSError, ValueError) as exc:
         result = {"proxy": f"{config.sip.proxy_host}:{config.sip.proxy_port}",
                   "transport": config.sip.transport, "ok": False,

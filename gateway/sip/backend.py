@@ -750,6 +750,24 @@ class SipBackend:
         rank = {"chat": 0, "": 1, "away": 2, "xa": 3, "dnd": 4}
         return min(resources.values(), key=lambda state: rank.get(state.show, 5))
 
+    async def options(self, timeout: float) -> SipResponse | None:
+        """One OPTIONS to the proxy (RFC 3261 §11), through the same transport and
+        transaction layer as everything else: the proxy's final answer, or None when
+        there was none within ``timeout`` (or the connection failed: see
+        ``transport.last_error``)."""
+        answered: asyncio.Future[SipResponse | None] = (
+            asyncio.get_running_loop().create_future())
+        target = f"sip:{self.transport.proxy[0]}:{self.transport.proxy[1]}"
+        request = self._request(
+            "OPTIONS", target,
+            NameAddr(f"sip:gateway-check@{self._hostport()}", params={"tag": new_tag()}),
+            NameAddr(target))
+        self._send(request, lambda response: answered.done() or answered.set_result(response))
+        try:
+            return await asyncio.wait_for(asyncio.shield(answered), timeout)
+        except TimeoutError:
+            return None
+
     def describe(self) -> dict[str, Any]:
         return {"transport": self.transport.kind, "watches": len(self.watches),
                 "notifiers": len(self.notifiers), "transactions": len(self.layer.clients),
