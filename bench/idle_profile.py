@@ -19,16 +19,10 @@ import sys
 import tracemalloc
 from pathlib import Path
 
-from bench.setup import bench_namespace
+from bench.setup import bench_namespace, receiver_config
 from gateway.config.model import (
-    DialbackSettings,
-    DnsSettings,
     FederationSettings,
-    GatewayConfig,
     Limits,
-    ListenAddress,
-    LoggingSettings,
-    StoreSettings,
 )
 from gateway.daemon import Gateway
 from tests.interop.in_namespace import run_in_namespace
@@ -49,13 +43,8 @@ def main() -> int:
     trace = "--trace" in sys.argv
     with bench_namespace("idle", keep_workdir=False) as (ns, pki):
         workdir = ns.workdir
-        config = GatewayConfig(
-            domains=("gw.example",), partners=(),
-            listen=(ListenAddress("127.0.0.4", 5269),), tls=pki.tls_settings("gw.example"),
-            dialback=DialbackSettings("bench"), dns=DnsSettings(("127.0.0.53",), 3.0),
-            store=StoreSettings(workdir / "gw.sqlite3"), admin_socket=workdir / "gw.sock",
-            logging=LoggingSettings(level="warning"),
-            federation=FederationSettings(allow_unlisted=True),
+        config = receiver_config(
+            ns, pki, partners=(), federation=FederationSettings(allow_unlisted=True),
             limits=Limits(max_connections_per_ip=5000, negotiation_timeout=120))
 
         async def scenario() -> None:

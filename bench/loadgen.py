@@ -17,6 +17,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.c2s_sink import C2SSink
@@ -66,6 +67,19 @@ def admin_counter(socket_path: str):
     return received
 
 
+async def warm_up(gateway: Gateway, sender: str, recipient: str,
+                  received: Callable[[], int]) -> None:
+    """Send one message and wait until the receiver counted it: the S2S session is then
+    established and authenticated, so what follows measures only the load."""
+    assert gateway.s2s is not None
+    gateway.s2s.send(message(sender, recipient, "warm-up"))
+    deadline = time.monotonic() + 30
+    while received() < 1:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"warm-up message to {recipient} never arrived")
+        await asyncio.sleep(0.01)
+
+
 async def main() -> None:
     receiver, recipient, total, handshakes, pki, workdir, counter = sys.argv[1:8]
     method = sys.argv[8] if len(sys.argv) > 8 else "sasl"
@@ -85,12 +99,7 @@ async def main() -> None:
             received = admin_counter(counter[len("admin:"):])
 
         sender = "load@load.example/bench"
-        gateway.s2s.send(message(sender, recipient, "warm-up"))
-        deadline = time.monotonic() + 30
-        while received() < 1:
-            if time.monotonic() > deadline:
-                raise TimeoutError("warm-up message never arrived")
-            await asyncio.sleep(0.01)
+        await warm_up(gateway, sender, recipient, received)
         base = received()
         stanzas = [message(sender, recipient, f"benchmark message {i:06d} with some text")
                    for i in range(n)]

@@ -11,26 +11,11 @@ bench/loadgen.py pushes N messages over one TLS + SASL EXTERNAL session; prints 
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
-from pathlib import Path
 
 import tests.interop.in_namespace as in_namespace
-from bench.setup import bench_namespace
-from gateway.config.model import (
-    DialbackSettings,
-    DnsSettings,
-    GatewayConfig,
-    ListenAddress,
-    LoggingSettings,
-    PartnerPolicy,
-    PartnerType,
-    StoreSettings,
-)
+from bench.setup import bench_namespace, push_load, receiver_config
 from gateway.daemon import Gateway
-from gateway.policy.negotiation import Support
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def receive(loop_name: str, n: int) -> float:
@@ -40,28 +25,13 @@ def receive(loop_name: str, n: int) -> float:
 
         runner = uvloop.run
     with bench_namespace("loop", keep_workdir=False) as (ns, pki):
-        work = ns.workdir
-        config = GatewayConfig(
-            domains=("gw.example",),
-            partners=(PartnerPolicy("load.example", PartnerType.FEDERATED, Support.REQUIRED,
-                                    Support.REQUIRED, False),),
-            listen=(ListenAddress("127.0.0.4", 5269),), tls=pki.tls_settings("gw.example"),
-            dialback=DialbackSettings("bench"), dns=DnsSettings(("127.0.0.53",), 3.0),
-            store=StoreSettings(work / "gw.sqlite3"), admin_socket=work / "gw.sock",
-            logging=LoggingSettings(level="warning"))
+        config = receiver_config(ns, pki)
 
         async def scenario() -> float:
             gateway = Gateway(config)
             await gateway.start()
             try:
-                process = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "bench.loadgen", "gw.example", "user@gw.example",
-                    str(n), "0", str(pki.root), str(work), f"admin:{work / 'gw.sock'}",
-                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT)
-                out, err = await process.communicate()
-                if process.returncode != 0:
-                    raise RuntimeError(err.decode()[-3000:])
-                return float(json.loads(out.decode().splitlines()[-1])["messages_per_second"])
+                return float((await push_load(ns, pki, n))["messages_per_second"])
             finally:
                 await gateway.stop()
 

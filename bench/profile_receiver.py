@@ -11,30 +11,16 @@ stream state machine, router, asyncio) in the total.
 
 from __future__ import annotations
 
-import asyncio
 import cProfile
 import io
 import pstats
 import sys
 import time
-from pathlib import Path
 
-from bench.setup import bench_namespace
-from gateway.config.model import (
-    DialbackSettings,
-    DnsSettings,
-    GatewayConfig,
-    ListenAddress,
-    LoggingSettings,
-    PartnerPolicy,
-    PartnerType,
-    StoreSettings,
-)
+from bench.setup import bench_namespace, push_load, receiver_config
 from gateway.daemon import Gateway
-from gateway.policy.negotiation import Support
 from tests.interop.in_namespace import run_in_namespace
 
-ROOT = Path(__file__).resolve().parents[1]
 # Entry points of the inbound path; their cumulative time (own time + callees, C included)
 # says where a message's cost goes. They nest only where noted.
 ENTRY_POINTS = (
@@ -52,15 +38,7 @@ ENTRY_POINTS = (
 def main() -> int:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
     with bench_namespace("profile", keep_workdir=False) as (ns, pki):
-        workdir = ns.workdir
-        config = GatewayConfig(
-            domains=("gw.example",),
-            partners=(PartnerPolicy("load.example", PartnerType.FEDERATED, Support.REQUIRED,
-                                    Support.REQUIRED, False),),
-            listen=(ListenAddress("127.0.0.4", 5269),),
-            tls=pki.tls_settings("gw.example"), dialback=DialbackSettings("bench"),
-            dns=DnsSettings(("127.0.0.53",), 3.0), store=StoreSettings(workdir / "gw.sqlite3"),
-            admin_socket=workdir / "gw.sock", logging=LoggingSettings(level="warning"))
+        config = receiver_config(ns, pki)
         profiler = cProfile.Profile()
 
         async def scenario() -> float:
@@ -69,14 +47,10 @@ def main() -> int:
             try:
                 profiler.enable()
                 started = time.perf_counter()
-                process = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "bench.loadgen", "gw.example", "user@gw.example",
-                    str(n), "0", str(pki.root), str(workdir), f"admin:{workdir / 'gw.sock'}",
-                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT)
-                _out, err = await asyncio.wait_for(process.communicate(), 600)
-                profiler.disable()
-                if process.returncode != 0:
-                    raise RuntimeError(err.decode()[-3000:])
+                try:
+                    await push_load(ns, pki, n)
+                finally:
+                    profiler.disable()
                 return time.perf_counter() - started
             finally:
                 await gateway.stop()

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.loadgen import admin_counter, load_gateway
+from bench.loadgen import admin_counter, load_gateway, warm_up
 from gateway.sip.development import message
 
 TIMEOUT = 120.0
@@ -31,12 +31,7 @@ async def main() -> None:
     delivered = admin_counter(admin)
     sender = "load@load.example/bench"
     try:
-        gateway.s2s.send(message(sender, recipient, "warm-up"))
-        deadline = time.monotonic() + 30
-        while delivered() < 1:
-            if time.monotonic() > deadline:
-                raise TimeoutError("warm-up message never reached the gateway's backend")
-            await asyncio.sleep(0.01)
+        await warm_up(gateway, sender, recipient, delivered)
         await asyncio.sleep(0.5)
         started = time.monotonic()
         sent = 0
