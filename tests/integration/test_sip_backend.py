@@ -319,6 +319,20 @@ def notify_for(ua: SipUserAgent, subscribe: SipRequest, tag: str, state: str,
     return notify
 
 
+async def watch_established(sip: SipBackend, ua: SipUserAgent,
+                            recorder: Recorder) -> tuple[SipRequest, str]:
+    """bob@xmpp.example subscribes to alice, the UA (as presence server) accepts and sends
+    an active NOTIFY with open presence; XMPP gets 'subscribed' then the presence.
+    Returns the gateway's SUBSCRIBE and the notifier's tag."""
+    await sip.deliver(presence("bob@xmpp.example", "alice@sip.example", "subscribe"))
+    subscribe, tag = await answer_subscribe(ua)
+    await ua.request(notify_for(ua, subscribe, tag, "active;expires=3600",
+                                pidf("alice@sip.example")))
+    assert (await recorder.next()).get("type") == "subscribed"
+    assert (await recorder.next()).get("from") == "alice@sip.example/sip"
+    return subscribe, tag
+
+
 async def test_xmpp_subscription_to_sip_user(backend) -> None:
     sip, ua, recorder = backend
     await sip.deliver(presence("bob@xmpp.example", "alice@sip.example", "subscribe"))
@@ -349,12 +363,7 @@ async def test_xmpp_subscription_to_sip_user(backend) -> None:
 
 async def test_xmpp_unsubscribe_ends_the_sip_subscription(backend) -> None:
     sip, ua, recorder = backend
-    await sip.deliver(presence("bob@xmpp.example", "alice@sip.example", "subscribe"))
-    subscribe, tag = await answer_subscribe(ua)
-    await ua.request(notify_for(ua, subscribe, tag, "active;expires=3600",
-                                pidf("alice@sip.example")))
-    await recorder.next()
-    await recorder.next()
+    subscribe, tag = await watch_established(sip, ua, recorder)
     await sip.deliver(presence("bob@xmpp.example", "alice@sip.example", "unsubscribe"))
     ending = await asyncio.wait_for(ua.requests.get(), 5)
     assert (ending.method, ending.get("expires"), ending.call_id, ending.to.tag) == (
@@ -504,12 +513,7 @@ async def test_failed_handler_still_answers(backend) -> None:
 
 async def test_failed_refresh_subscribes_afresh(backend) -> None:
     sip, ua, recorder = backend
-    await sip.deliver(presence("bob@xmpp.example", "alice@sip.example", "subscribe"))
-    subscribe, tag = await answer_subscribe(ua)
-    await ua.request(notify_for(ua, subscribe, tag, "active;expires=3600",
-                                pidf("alice@sip.example")))
-    assert (await recorder.next()).get("type") == "subscribed"
-    await recorder.next()
+    subscribe, tag = await watch_established(sip, ua, recorder)
     sip.watches[("bob@xmpp.example", "alice@sip.example")].expires_at = 0.1  # due now
     refresh = await asyncio.wait_for(ua.requests.get(), 5)
     assert (refresh.method, refresh.to.tag, refresh.call_id) == ("SUBSCRIBE", tag,
@@ -534,12 +538,7 @@ async def test_subscriptions_to_sip_users_survive_a_restart(tmp_path: Path) -> N
     await first.start(recorder)
     ua.proxy = first.transport.local
     try:
-        await first.deliver(presence("bob@xmpp.example", "alice@sip.example", "subscribe"))
-        subscribe, tag = await answer_subscribe(ua)
-        await ua.request(notify_for(ua, subscribe, tag, "active;expires=3600",
-                                    pidf("alice@sip.example")))
-        assert (await recorder.next()).get("type") == "subscribed"
-        await recorder.next()
+        await watch_established(first, ua, recorder)
         async with asyncio.timeout(5):
             while await store.list_watches() != [("bob@xmpp.example", "alice@sip.example")]:
                 await asyncio.sleep(0.02)
