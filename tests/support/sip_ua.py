@@ -216,7 +216,8 @@ class SipUserAgent(asyncio.DatagramProtocol):
         response = make_response(request, status, to_tag=secrets.token_hex(4))
         for name, value in headers:
             response.add(name, value)
-        self._write(response.serialize(), connection or self._arrived_on.get(id(request)))
+        arrived_on = self._arrived_on.pop(id(request), None)  # answered: forget it
+        self._write(response.serialize(), connection or arrived_on)
 
     # ------------------------------------------------------------------ input
 
