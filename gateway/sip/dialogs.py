@@ -79,3 +79,10 @@ def subscription_state(value: str) -> tuple[str, dict[str, str]]:
         name, _, val = param.partition("=")
         parsed[name.strip().lower()] = val.strip()
     return state.strip().lower(), parsed
+
+
+def header_int(value: str | None, default: int) -> int:
+    """A non-negative integer header value (Expires, RFC 3261 §20.19), or ``default``."""
+    if value is None or not value.strip().isdigit():
+        return default
+    return int(value.strip())

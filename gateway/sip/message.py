@@ -21,6 +21,7 @@ What this module guarantees:
 
 from __future__ import annotations
 
+import os
 import secrets
 from dataclasses import dataclass, field
 
@@ -64,19 +65,37 @@ class SipParseError(ValueError):
         self.status = status
 
 
+_KEYS: dict[str, str] = {}
+_NAMES: dict[str, str] = {}
+_NAME_CACHE_LIMIT = 4096  # names come from the network: never let the caches grow unbounded
+
+
 def header_key(name: str) -> str:
     """The lower-case long form of a header name."""
-    lowered = name.strip().lower()
-    return _COMPACT.get(lowered, lowered)
+    key = _KEYS.get(name)
+    if key is None:
+        lowered = name.strip().lower()
+        key = _COMPACT.get(lowered, lowered)
+        if len(_KEYS) < _NAME_CACHE_LIMIT:
+            _KEYS[name] = key
+    return key
 
 
 def canonical_name(name: str) -> str:
-    key = header_key(name)
-    return _CANONICAL.get(key) or "-".join(part.capitalize() for part in key.split("-"))
+    spelled = _NAMES.get(name)
+    if spelled is None:
+        key = header_key(name)
+        spelled = _CANONICAL.get(key) or "-".join(part.capitalize() for part in key.split("-"))
+        if len(_NAMES) < _NAME_CACHE_LIMIT:
+            _NAMES[name] = spelled
+    return spelled
 
 
 def split_values(value: str) -> list[str]:
     """Split a comma-separated header value, ignoring commas inside quotes and ``<>``."""
+    if "," not in value:
+        stripped = value.strip()
+        return [stripped] if stripped else []
     parts: list[str] = []
     depth = 0
     quoted = False
@@ -105,15 +124,31 @@ def split_values(value: str) -> list[str]:
 
 @dataclass(slots=True)
 class SipMessage:
+    """Start line aside, a message is its header fields in order and a body.
+
+    ``headers`` keeps every field as received (name spelling included) so that responses
+    copy them faithfully (RFC 3261 §8.2.6.2). Change it only through :meth:`add`,
+    :meth:`set` and :meth:`remove`: lookups go through an index (long-form lower-case
+    name → first value) built on first use, because a message is looked up a dozen times
+    on the hot path and a scan with name normalisation per lookup dominated its cost.
+    """
+
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
+    _index: dict[str, str] | None = field(default=None, repr=False, compare=False, kw_only=True)
+    _via: Via | None = field(default=None, repr=False, compare=False, kw_only=True)
+
+    def _lookup(self) -> dict[str, str]:
+        index = self._index
+        if index is None:
+            index = {}
+            for header, value in self.headers:
+                index.setdefault(header_key(header), value)
+            self._index = index
+        return index
 
     def get(self, name: str) -> str | None:
-        key = header_key(name)
-        for header, value in self.headers:
-            if header_key(header) == key:
-                return value
-        return None
+        return self._lookup().get(header_key(name))
 
     def get_all(self, name: str) -> list[str]:
         """All values of a header, comma-combined lines split for multi-valued headers."""
@@ -126,47 +161,56 @@ class SipMessage:
 
     def set(self, name: str, value: str) -> None:
         self.remove(name)
-        self.headers.append((canonical_name(name), value))
+        self.add(name, value)
 
     def add(self, name: str, value: str) -> None:
         self.headers.append((canonical_name(name), value))
+        self._index = None
+        self._via = None
 
     def remove(self, name: str) -> None:
         key = header_key(name)
         self.headers = [(h, v) for h, v in self.headers if header_key(h) != key]
+        self._index = None
+        self._via = None
 
     @property
     def call_id(self) -> str:
-        return self.get("call-id") or ""
+        return self._lookup().get("call-id") or ""
 
     @property
     def cseq(self) -> tuple[int, str]:
-        return parse_cseq(self.get("cseq") or "")
+        return parse_cseq(self._lookup().get("cseq") or "")
 
     @property
     def top_via(self) -> Via:
-        vias = self.get_all("via")
-        if not vias:
-            raise SipParseError("no Via header")
-        return parse_via(vias[0])
+        via = self._via
+        if via is None:
+            first = self._lookup().get("via")
+            if first is None:
+                raise SipParseError("no Via header")
+            if "," in first:
+                first = split_values(first)[0]
+            via = self._via = parse_via(first)
+        return via
 
     @property
     def from_(self) -> NameAddr:
-        return parse_name_addr(self.get("from") or "")
+        return parse_name_addr(self._lookup().get("from") or "")
 
     @property
     def to(self) -> NameAddr:
-        return parse_name_addr(self.get("to") or "")
+        return parse_name_addr(self._lookup().get("to") or "")
 
     @property
     def content_type(self) -> str:
         """The media type without parameters, lower-cased ('' when absent)."""
-        return (self.get("content-type") or "").split(";", 1)[0].strip().lower()
+        return (self._lookup().get("content-type") or "").split(";", 1)[0].strip().lower()
 
     def _serialize(self, start_line: str) -> bytes:
         lines = [start_line]
         lines.extend(f"{name}: {value}" for name, value in self.headers
-                     if header_key(name) != "content-length")
+                     if name != "Content-Length" and header_key(name) != "content-length")
         lines.append(f"Content-Length: {len(self.body)}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + self.body
 
@@ -293,16 +337,40 @@ def parse_cseq(value: str) -> tuple[int, str]:
     return int(number), method.strip().upper()
 
 
+class _Ids:
+    """Branches, tags and Call-IDs: a random 64-bit prefix per process (re-drawn after a
+    fork) followed by a counter. RFC 3261 asks branches to be unique across space and
+    time (§8.1.1.7) and tags/Call-IDs to be globally unique with 32 bits of randomness
+    (§19.3); the prefix gives that, the counter gives uniqueness within the process, and
+    a counter is much cheaper than a getrandom() system call per identifier."""
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._prefix = ""
+        self._next = 0
+
+    def __call__(self) -> str:
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._prefix = secrets.token_hex(8)
+            self._next = secrets.randbelow(1 << 20)
+        self._next += 1
+        return f"{self._prefix}{self._next:x}"
+
+
+_unique = _Ids()
+
+
 def new_branch() -> str:
-    return BRANCH_MAGIC + secrets.token_hex(8)
+    return BRANCH_MAGIC + _unique()
 
 
 def new_tag() -> str:
-    return secrets.token_hex(6)
+    return _unique()
 
 
 def new_call_id(host: str) -> str:
-    return f"{secrets.token_hex(10)}@{host}"
+    return f"{_unique()}@{host}"
 
 
 def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipResponse:
@@ -425,11 +493,19 @@ def make_response(request: SipRequest, status: int, reason: str | None = None,
                   *, to_tag: str = "") -> SipResponse:
     """A response to ``request`` (RFC 3261 §8.2.6.2): Via, From, Call-ID, CSeq copied,
     To copied with our tag added when the request had none."""
-    response = SipResponse([], b"", status, reason or REASONS.get(status, "Unknown"))
-    for name in ("via", "from", "to", "call-id", "cseq"):
+    copied: list[tuple[str, str]] = []
+    for name in _RESPONSE_COPIED:
         for header, value in request.headers:
             if header_key(header) == name:
-                response.headers.append((canonical_name(name), value))
-    if to_tag and status > 100 and not request.to.tag:
-        response.set("to", str(request.to.with_tag(to_tag)))
+                copied.append((_RESPONSE_NAMES[name], value))
+    response = SipResponse(copied, b"", status, reason or REASONS.get(status, "Unknown"))
+    if to_tag and status > 100:
+        to = request.to
+        if not to.tag:
+            response.set("to", str(to.with_tag(to_tag)))
     return response
+
+
+_RESPONSE_COPIED = ("via", "from", "to", "call-id", "cseq")
+_RESPONSE_NAMES = {"via": "Via", "from": "From", "to": "To", "call-id": "Call-ID",
+                   "cseq": "CSeq"}

@@ -11,8 +11,20 @@ OPTIONS), so this layer implements exactly those two state machines:
 
 A request is matched to its server transaction by the top Via's branch, sent-by and the
 CSeq method (§17.2.3); a response to its client transaction by branch and CSeq method
-(§17.1.3). ACK to a final response we gave an INVITE is absorbed here (we never accept
-INVITEs; see :mod:`gateway.sip.backend`).
+(§17.1.3), and only when it arrived over the flow the request was sent on: a response
+from anywhere else could be forged by whoever guesses a branch. ACK to a final response
+we gave an INVITE is absorbed here (we never accept INVITEs; see :mod:`gateway.sip.backend`).
+
+Timers cost O(expired), not O(transactions): every Timer F and Timer J runs for the
+same duration from a monotonic start, so their deadlines arrive in insertion order and
+sit in FIFO queues; retransmission times differ per transaction and sit in a heap.
+Entries of transactions that ended early are skipped when they come up (lazy deletion).
+At thousands of requests per second a sweep over every transaction each tick cost more
+than the requests themselves.
+
+A server transaction that answered finally keeps only what absorbing a retransmission
+needs (its key, flow and response bytes), not the parsed request, for the 32 s of
+Timer J: that bounds its memory to about the size of the response.
 
 The layer never touches sockets or clocks: callers pass ``now`` and read
 :attr:`TransactionLayer.outbox` (``(flow, bytes)`` pairs to send) after each call.
@@ -21,6 +33,8 @@ The layer never touches sockets or clocks: callers pass ``now`` and read
 
 from __future__ import annotations
 
+import heapq
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +44,7 @@ T1 = 0.5
 T2 = 4.0
 T4 = 5.0
 TIMER_F = 64 * T1
+TIMER_J = 64 * T1
 
 
 @dataclass(slots=True)
@@ -51,7 +66,7 @@ class ClientTransaction:
 @dataclass(slots=True)
 class ServerTransaction:
     key: tuple[str, str, str]
-    request: SipRequest
+    request: SipRequest | None  # released once the final response is sent
     flow: Any
     reliable: bool
     last_response: bytes = b""
@@ -81,7 +96,12 @@ class TransactionTimedOut:
 
 @dataclass(frozen=True, slots=True)
 class StrayResponse:
+    """A response that matches no client transaction (late retransmission, or a guess);
+    ``misdirected`` when it matched one but arrived from somewhere else than where the
+    request went."""
+
     response: SipResponse
+    misdirected: bool = False
 
 
 Event = RequestReceived | ResponseReceived | TransactionTimedOut | StrayResponse
@@ -95,6 +115,11 @@ class TransactionLayer:
     outbox: list[tuple[Any, bytes]] = field(default_factory=list)
     clients: dict[tuple[str, str], ClientTransaction] = field(default_factory=dict)
     servers: dict[tuple[str, str, str], ServerTransaction] = field(default_factory=dict)
+    # (expiry, transaction) in expiry order: Timer J of servers that answered finally
+    _server_deadlines: deque[tuple[float, ServerTransaction]] = field(default_factory=deque)
+    # (next_send, sequence, transaction): UDP retransmissions
+    _resends: list[tuple[float, int, ClientTransaction]] = field(default_factory=list)
+    _sequence: int = 0
 
     # ------------------------------------------------------------------ client side
 
@@ -109,10 +134,12 @@ class TransactionLayer:
                                 now + TIMER_F, wire)
         if not self.reliable:
             txn.next_send = now + T1
-        self.clients[key] = txn
+            self._sequence += 1
+            heapq.heappush(self._resends, (txn.next_send, self._sequence, txn))
+        self.clients[key] = txn  # insertion order = Timer F order (see handle_timers)
         self.outbox.append((flow, wire))
 
-    def _client_response(self, response: SipResponse, now: float) -> list[Event]:
+    def _client_response(self, response: SipResponse, flow: Any, now: float) -> list[Event]:
         try:
             key = (response.top_via.branch, response.cseq[1])
         except SipParseError:
@@ -120,6 +147,8 @@ class TransactionLayer:
         txn = self.clients.get(key)
         if txn is None or txn.final is not None:
             return [] if txn is not None else [StrayResponse(response)]
+        if txn.flow != flow:
+            return [StrayResponse(response, misdirected=True)]
         if response.status < 200:
             txn.provisional = True
             if txn.next_send is not None:
@@ -158,35 +187,52 @@ class TransactionLayer:
             if self.reliable:
                 del self.servers[transaction]
             else:
-                txn.expires = now + TIMER_F  # Timer J
+                txn.expires = now + TIMER_J
+                txn.request = None
+                self._server_deadlines.append((txn.expires, txn))
         return True
 
     # ------------------------------------------------------------------ input and timers
 
     def receive(self, message: SipRequest | SipResponse, flow: Any, now: float) -> list[Event]:
         if isinstance(message, SipResponse):
-            return self._client_response(message, now)
+            return self._client_response(message, flow, now)
         return self._server_request(message, flow)
 
     def next_deadline(self) -> float | None:
-        times = [t for txn in self.clients.values()
-                 for t in (txn.deadline, txn.next_send) if t is not None]
-        times.extend(txn.expires for txn in self.servers.values() if txn.expires is not None)
+        times = [next(iter(self.clients.values())).deadline] if self.clients else []
+        if self._resends:
+            times.append(self._resends[0][0])
+        if self._server_deadlines:
+            times.append(self._server_deadlines[0][0])
         return min(times) if times else None
 
     def handle_timers(self, now: float) -> list[Event]:
         events: list[Event] = []
-        for key, txn in list(self.clients.items()):
-            if now >= txn.deadline:
-                del self.clients[key]
-                events.append(TransactionTimedOut(txn.request, txn.context))
-            elif txn.next_send is not None and now >= txn.next_send:
-                self.outbox.append((txn.flow, txn.wire))
-                txn.interval = T2 if txn.provisional else min(txn.interval * 2, T2)
-                txn.next_send = now + txn.interval
-        for key, server in list(self.servers.items()):
-            if server.expires is not None and now >= server.expires:
-                del self.servers[key]
+        clients, resends = self.clients, self._resends
+        # Every client transaction gets Timer F at start, so the dict's insertion order is
+        # deadline order: the expired ones are at its front. Answered ones left the dict,
+        # so nothing here keeps a finished transaction alive.
+        while clients:
+            txn = next(iter(clients.values()))
+            if txn.deadline > now:
+                break
+            del clients[txn.key]
+            events.append(TransactionTimedOut(txn.request, txn.context))
+        while resends and resends[0][0] <= now:
+            due, _seq, txn = heapq.heappop(resends)
+            if clients.get(txn.key) is not txn or txn.next_send != due:
+                continue  # answered or timed out since
+            self.outbox.append((txn.flow, txn.wire))
+            txn.interval = T2 if txn.provisional else min(txn.interval * 2, T2)
+            txn.next_send = now + txn.interval
+            self._sequence += 1
+            heapq.heappush(resends, (txn.next_send, self._sequence, txn))
+        servers, expiring = self.servers, self._server_deadlines
+        while expiring and expiring[0][0] <= now:
+            _expires, server = expiring.popleft()
+            if servers.get(server.key) is server:
+                del servers[server.key]
         return events
 
     def fail_flow(self, flow: Any) -> list[Event]:

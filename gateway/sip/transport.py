@@ -12,6 +12,13 @@ the transaction layer's outbox. A *flow* names where bytes go:
 
 A stream connection whose framing breaks (bad Content-Length, oversized head) is closed:
 nothing after it can be trusted to be a message boundary.
+
+UDP has no flow control: a burst larger than the socket's receive buffer is dropped by
+the kernel before we see it. The buffer is therefore raised at start to
+``sip.udp_receive_buffer`` (as Kamailio does for its own sockets), with SO_RCVBUFFORCE
+when we may (root/CAP_NET_ADMIN) so ``net.core.rmem_max`` does not cap it; what the
+kernel granted is logged, with a warning and the sysctl to fix it when it is less, and
+the socket's own drop counter (``/proc/net/udp``) is shown in ``status``.
 """
 
 from __future__ import annotations
@@ -21,8 +28,11 @@ import contextlib
 import itertools
 import logging
 import os
+import socket
 import ssl
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from gateway.logs import log_event
@@ -31,6 +41,10 @@ from gateway.sip.message import SipParseError, StreamDeframer
 log = logging.getLogger("gateway.sip.transport")
 
 PROXY_FLOW = ("tcp", 0)
+DEFAULT_UDP_RECEIVE_BUFFER = 8 * 1024 * 1024
+# Linux's SO_RCVBUFFORCE (asm-generic/socket.h), which Python's socket module does not name:
+# like SO_RCVBUF but not capped by net.core.rmem_max, for a process with CAP_NET_ADMIN.
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform == "linux" else None)
 Flow = tuple[str, Any]
 MessageHandler = Callable[[bytes, Flow, tuple[str, int]], None]
 FlowLost = Callable[[Flow], None]
@@ -63,9 +77,20 @@ class _Stream(asyncio.Protocol):
         peer = transport.get_extra_info("peername") or ("", 0)
         self.peer = (peer[0], peer[1])
         self.owner.streams[self.flow] = self
+        if self.owner.input_paused:
+            transport.pause_reading()
         for data in self.pending:
             transport.write(data)
         self.pending.clear()
+
+    def pause(self, paused: bool) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if paused and transport.is_reading():
+            transport.pause_reading()
+        elif not paused and not transport.is_reading():
+            transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -92,7 +117,8 @@ class SipTransport:
     def __init__(self, kind: str, local: tuple[str, int], proxy: tuple[str, int],
                  on_message: MessageHandler, on_flow_lost: FlowLost, *,
                  server_ssl: ssl.SSLContext | None = None,
-                 client_ssl: ssl.SSLContext | None = None) -> None:
+                 client_ssl: ssl.SSLContext | None = None,
+                 udp_receive_buffer: int = 0) -> None:
         if kind not in ("udp", "tcp", "tls"):
             raise ValueError(f"unknown SIP transport {kind!r}")
         if kind == "tls" and (server_ssl is None or client_ssl is None):
@@ -111,6 +137,10 @@ class SipTransport:
         self._connecting: asyncio.Task[None] | None = None
         self._proxy_stream: _Stream | None = None
         self.last_error = ""  # why the last connection to the proxy failed
+        self.udp_receive_buffer = udp_receive_buffer or DEFAULT_UDP_RECEIVE_BUFFER
+        self.udp_buffer_granted = 0
+        self.input_paused = False
+        self._udp_proxy: tuple[str, int] | None = None
 
     @property
     def reliable(self) -> bool:
@@ -118,7 +148,9 @@ class SipTransport:
 
     @property
     def proxy_flow(self) -> Flow:
-        return ("udp", self.proxy) if self.kind == "udp" else PROXY_FLOW
+        """Where requests to the proxy go; over UDP its resolved address, which is also
+        where its responses must come from (see :mod:`gateway.sip.transaction`)."""
+        return ("udp", self._udp_proxy or self.proxy) if self.kind == "udp" else PROXY_FLOW
 
     @property
     def via_transport(self) -> str:
@@ -131,11 +163,84 @@ class SipTransport:
                 lambda: _Datagram(self), local_addr=self.local)
             self._udp = transport
             self.local = transport.get_extra_info("sockname")[:2]
+            self._raise_receive_buffer(transport.get_extra_info("socket"))
+            self._udp_proxy = await self._resolve_proxy(transport.get_extra_info("socket"))
         else:
             self._server = await loop.create_server(
                 lambda: _Stream(self, next(self._numbers)), self.local[0], self.local[1],
                 ssl=self.server_ssl)
             self.local = self._server.sockets[0].getsockname()[:2]
+
+    def _raise_receive_buffer(self, sock: Any) -> None:
+        wanted = self.udp_receive_buffer
+        for option in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
+            if option is None:
+                continue
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, wanted)
+                break
+            except OSError:
+                continue
+        # Linux reports twice what was granted (it counts its bookkeeping too).
+        self.udp_buffer_granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+        if self.udp_buffer_granted < wanted:
+            log_event(log, logging.WARNING, "sip.udp_buffer",
+                      wanted=wanted, granted=self.udp_buffer_granted,
+                      reason="the kernel capped the UDP receive buffer: bursts beyond it are "
+                             "dropped before the gateway sees them",
+                      hint=f"sysctl -w net.core.rmem_max={wanted} (or run with "
+                           "CAP_NET_ADMIN)")
+        else:
+            log_event(log, logging.INFO, "sip.udp_buffer", granted=self.udp_buffer_granted)
+
+    async def _resolve_proxy(self, sock: Any) -> tuple[str, int]:
+        """The proxy's numeric address in our socket's family (responses are matched
+        against it, and a name would never equal the address they come from)."""
+        host, port = self.proxy
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, family=sock.family,
+                                           type=socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise OSError(f"cannot resolve the SIP proxy {host}: {exc}") from None
+        return infos[0][4][0], infos[0][4][1]
+
+    def pause_input(self, paused: bool) -> None:
+        """Stop (or resume) reading every stream connection: TCP flow control then slows
+        the proxy down while the XMPP side cannot take more (UDP uses 503 instead)."""
+        if paused == self.input_paused:
+            return
+        self.input_paused = paused
+        for stream in list(self.streams.values()):
+            stream.pause(paused)
+        log_event(log, logging.INFO, "sip.input", state="paused" if paused else "resumed",
+                  transport=self.kind)
+
+    def udp_drops(self) -> int | None:
+        """Datagrams the kernel dropped at our socket because its buffer was full (the
+        ``drops`` column of /proc/net/udp for our socket's inode), None if unknown."""
+        if self._udp is None:
+            return None
+        sock = self._udp.get_extra_info("socket")
+        try:
+            inode = str(os.fstat(sock.fileno()).st_ino)
+        except (OSError, ValueError):
+            return None
+        for table in ("/proc/net/udp", "/proc/net/udp6"):
+            with contextlib.suppress(OSError):
+                for line in Path(table).read_text().splitlines()[1:]:
+                    fields = line.split()
+                    if len(fields) >= 13 and fields[9] == inode:
+                        return int(fields[12])
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"input_paused": self.input_paused,
+                                "connections": len(self.streams)}
+        if self.kind == "udp":
+            info.update(udp_receive_buffer=self.udp_buffer_granted,
+                        udp_drops=self.udp_drops())
+        return info
 
     def send(self, flow: Flow, data: bytes) -> None:
         if flow[0] == "udp":

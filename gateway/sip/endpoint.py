@@ -1,0 +1,263 @@
+"""The gateway's SIP endpoint: transport + transaction layer + timers + flow control.
+
+Everything the SIP handlers (:mod:`gateway.sip.messaging`, :mod:`gateway.sip.watching`,
+:mod:`gateway.sip.notifying`) share: sending a request in a client transaction, answering
+one in a server transaction, building requests, and the one timer that drives
+retransmissions and timeouts (RFC 3261 §17).
+
+Flow control toward the proxy (issue: SIP at the speed of S2S): at most ``max_in_flight``
+client transactions are outstanding; further requests wait in a FIFO backlog and leave it
+as answers come back. The XMPP side waits (:meth:`SipEndpoint.wait_for_room`) while
+the backlog is not empty, which stops the router, which stops reading the S2S streams: a
+burst from a partner is slowed down by TCP instead of being refused. Requests that SIP
+itself causes (a NOTIFY answering a SUBSCRIBE) join the same backlog, and while it is
+longer than the window :attr:`SipEndpoint.overloaded` tells the backend to answer new
+SIP work with 503 + Retry-After (RFC 3261 §21.5.4): the proxy sees a bounded rate, never
+a flood. Completed transactions leave the window at once (we keep no Timer K state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from gateway.logs import log_event
+from gateway.sip.message import (
+    NameAddr,
+    SipParseError,
+    SipRequest,
+    SipResponse,
+    make_response,
+    new_branch,
+    new_call_id,
+    new_tag,
+    parse_message,
+)
+from gateway.sip.transaction import (
+    RequestReceived,
+    ResponseReceived,
+    StrayResponse,
+    TransactionLayer,
+    TransactionTimedOut,
+)
+from gateway.sip.transport import Flow, SipTransport
+
+log = logging.getLogger("gateway.sip")
+
+TICK = 0.1
+DEFAULT_MAX_IN_FLIGHT = 1000
+OnResponse = Callable[[SipResponse | None], None]
+RequestHandler = Callable[[RequestReceived], None]
+
+
+class SipEndpoint:
+    """One SIP endpoint next to one proxy (see the module docstring)."""
+
+    def __init__(self, *, transport: str, proxy: tuple[str, int], local: tuple[str, int],
+                 server_ssl: ssl.SSLContext | None = None,
+                 client_ssl: ssl.SSLContext | None = None,
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+                 udp_receive_buffer: int = 0) -> None:
+        if max_in_flight < 1:
+            raise ValueError("sip.max_in_flight must be at least 1")
+        self.transport = SipTransport(transport, local, proxy, self._on_bytes,
+                                      self._on_flow_lost, server_ssl=server_ssl,
+                                      client_ssl=client_ssl,
+                                      udp_receive_buffer=udp_receive_buffer)
+        self.layer = TransactionLayer(reliable=self.transport.reliable)
+        self.max_in_flight = max_in_flight
+        self.backlog: deque[tuple[SipRequest, OnResponse]] = deque()
+        self.on_request: RequestHandler = self._no_handler
+        self._room = asyncio.Event()
+        self._room.set()
+        self._ticker: asyncio.Task[None] | None = None
+        self.on_tick: Callable[[float], None] | None = None  # once a second
+        self.sent = 0
+        self.received = 0
+        self.malformed = 0
+        self.misdirected = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        await self.transport.start()
+        self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="sip-timers")
+
+    async def drain(self, grace: float) -> bool:
+        """Wait up to ``grace`` seconds for outstanding and queued requests."""
+        deadline = time.monotonic() + grace
+        while (self.layer.clients or self.backlog) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return not (self.layer.clients or self.backlog)
+
+    async def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        await self.transport.close()
+
+    async def _tick(self) -> None:
+        ticks = 0
+        while True:
+            await asyncio.sleep(TICK)
+            now = time.monotonic()
+            self._dispatch(self.layer.handle_timers(now))
+            self._pump_backlog()
+            self._flush()
+            ticks += 1
+            if ticks % 10 == 0 and self.on_tick is not None:
+                self.on_tick(now)
+
+    # ------------------------------------------------------------------ flow control
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.layer.clients)
+
+    @property
+    def overloaded(self) -> bool:
+        """More requests wait for the proxy than the window holds: new SIP work is asked
+        to come back later (503 + Retry-After) until the backlog has drained."""
+        return len(self.backlog) >= self.max_in_flight
+
+    async def wait_for_room(self) -> None:
+        """Return when a request sent now would not have to wait in the backlog."""
+        while self.backlog or len(self.layer.clients) >= self.max_in_flight:
+            self._room.clear()
+            await self._room.wait()
+
+    def _pump_backlog(self) -> None:
+        backlog, clients, window = self.backlog, self.layer.clients, self.max_in_flight
+        now = time.monotonic()
+        while backlog and len(clients) < window:
+            request, on_response = backlog.popleft()
+            self.layer.send_request(request, self.transport.proxy_flow, now, on_response)
+        if not backlog and len(clients) <= window - max(1, window // 4):
+            self._room.set()  # hysteresis: wake the XMPP side for a batch, not one by one
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, request: SipRequest, on_response: OnResponse) -> None:
+        """Send ``request`` to the proxy in a client transaction (or queue it behind the
+        window); ``on_response`` gets the final response, or None on timeout."""
+        self.sent += 1
+        if self.backlog or len(self.layer.clients) >= self.max_in_flight:
+            self.backlog.append((request, on_response))
+            return
+        self.layer.send_request(request, self.transport.proxy_flow, time.monotonic(),
+                                on_response)
+        self._flush()
+
+    def reply(self, event: RequestReceived, status: int, reason: str | None = None, *,
+              to_tag: str = "", headers: Iterable[tuple[str, str]] = ()) -> None:
+        response = make_response(event.request, status, reason, to_tag=to_tag or new_tag())
+        for name, value in headers:
+            response.add(name, value)
+        self.layer.respond(event.transaction, response, time.monotonic())
+        self._flush()
+
+    def new_request(self, method: str, uri: str, sender: NameAddr, recipient: NameAddr,
+                    contact: str | None = None) -> SipRequest:
+        """An out-of-dialog request (RFC 3261 §8.1.1) with a fresh Call-ID and branch."""
+        headers = [
+            ("Via", f"SIP/2.0/{self.transport.via_transport} {self.hostport};"
+                    f"branch={new_branch()};rport"),
+            ("Max-Forwards", "70"),
+            ("From", str(sender)),
+            ("To", str(recipient)),
+            ("Call-ID", new_call_id(self.transport.local[0])),
+            ("CSeq", f"1 {method}"),
+        ]
+        if contact:
+            headers.append(("Contact", f"<{contact}>"))
+        return SipRequest(headers, b"", method, uri)
+
+    @property
+    def hostport(self) -> str:
+        host, port = self.transport.local[0], self.transport.local[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def contact_for(self, user_uri: str) -> str:
+        """Our Contact URI for a dialog held on behalf of ``user_uri``."""
+        user = user_uri.split(":", 1)[1].rpartition("@")[0]
+        kind = self.transport.kind
+        suffix = "" if kind == "udp" else f";transport={kind}"
+        scheme = "sips" if kind == "tls" else "sip"
+        return f"{scheme}:{user}@{self.hostport}{suffix}"
+
+    def _flush(self) -> None:
+        layer = self.layer
+        if layer.outbox:
+            outbox, layer.outbox = layer.outbox, []
+            send = self.transport.send
+            for flow, data in outbox:
+                send(flow, data)
+
+    # ------------------------------------------------------------------ receiving
+
+    def _on_bytes(self, data: bytes, flow: Flow, peer: tuple[str, int]) -> None:
+        try:
+            message = parse_message(data, stream=flow[0] != "udp")
+        except SipParseError as exc:
+            self.malformed += 1
+            log_event(log, logging.WARNING, "sip.malformed", peer=f"{peer[0]}:{peer[1]}",
+                      reason=exc.reason, action="dropped")
+            return
+        self.received += 1
+        self._dispatch(self.layer.receive(message, flow, time.monotonic()))
+        self._flush()
+
+    def _on_flow_lost(self, flow: Flow) -> None:
+        if flow == self.transport.proxy_flow:
+            self.transport.forget_proxy_stream()
+        self._dispatch(self.layer.fail_flow(flow))
+
+    def _dispatch(self, events: list[Any]) -> None:
+        answered = False
+        for event in events:
+            if isinstance(event, ResponseReceived | TransactionTimedOut):
+                answered = True
+                callback = event.context
+                response = event.response if isinstance(event, ResponseReceived) else None
+                if callback is not None:
+                    try:
+                        callback(response)
+                    except Exception:
+                        log.exception("SIP response handler failed")
+            elif isinstance(event, RequestReceived):
+                try:
+                    self.on_request(event)
+                except Exception:
+                    # The request still gets a final answer, so the peer stops
+                    # retransmitting and our server transaction ends.
+                    log.exception("SIP %s handler failed", event.request.method)
+                    self.reply(event, 500)  # no effect if an answer was already sent
+            elif isinstance(event, StrayResponse):
+                if event.misdirected:
+                    self.misdirected += 1
+                    log_event(log, logging.WARNING, "sip.misdirected_response",
+                              status=event.response.status, call_id=event.response.call_id,
+                              reason="response did not come from where the request went")
+                else:
+                    log_event(log, logging.DEBUG, "sip.stray_response",
+                              status=event.response.status, call_id=event.response.call_id)
+        if answered and (self.backlog or not self._room.is_set()):
+            self._pump_backlog()
+
+    def _no_handler(self, event: RequestReceived) -> None:
+        self.reply(event, 503)
+
+    def describe(self) -> dict[str, Any]:
+        return {"transport": self.transport.kind, "in_flight": self.in_flight,
+                "backlog": len(self.backlog), "max_in_flight": self.max_in_flight,
+                "sent": self.sent, "received": self.received, "malformed": self.malformed,
+                "misdirected_responses": self.misdirected,
+                **self.transport.describe()}

@@ -1,0 +1,45 @@
+"""Who speaks to whom in a SIP request from a local user toward XMPP (RFC 7247 §5).
+
+Pure functions over a parsed request: the XMPP sender comes from ``From`` and the
+recipient from the Request-URI, and each is checked before anything reaches XMPP:
+
+* the sender's domain must be one we serve: XMPP partners trust our domain on the
+  strength of our certificate or dialback, so a SIP request may only speak for users of
+  our own domains (anything else is 403);
+* the recipient must be outside our domains: a request for a SIP domain here was routed
+  to us by mistake (404), not something to relay over S2S;
+* both must map to valid JIDs (400 otherwise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from gateway.sip.addresses import AddressError, parse_sip_uri, sip_to_jid
+from gateway.sip.message import SipParseError, SipRequest
+
+
+class Refused(Exception):
+    """A request the gateway answers with ``status`` instead of relaying it."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def request_parties(request: SipRequest, served: Collection[str]) -> tuple[str, str]:
+    """(full XMPP sender, bare XMPP recipient) of a request from a local SIP user."""
+    try:
+        sender = parse_sip_uri(request.from_.uri)
+        recipient = parse_sip_uri(request.uri)
+    except (AddressError, SipParseError) as exc:
+        raise Refused(400, str(exc)) from None
+    if sender.host not in served:
+        raise Refused(403, f"sender domain {sender.host} is not served by this gateway")
+    if recipient.host in served:
+        raise Refused(404, f"{recipient.host} is a SIP domain, not an XMPP one")
+    try:
+        return sip_to_jid(sender).full, sip_to_jid(recipient, resource="").bare
+    except AddressError as exc:
+        raise Refused(400, str(exc)) from None
