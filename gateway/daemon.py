@@ -122,6 +122,7 @@ class Gateway:
                               on_bounce=self.router.bounce, metrics=self.metrics)
         self.router.s2s = self.s2s
         self.router.on_pressure = self.s2s.set_reading_paused
+        self.s2s.on_congestion = self.router.on_s2s_congestion
         if self.metrics is not None:
             s2s = self.s2s
             self.metrics.watch(lambda: sum(len(x.queue) for x in s2s.sessions.values()),
@@ -277,6 +278,8 @@ class Gateway:
                 "delivered": self.router.delivered if self.router else 0,
                 "refused": self.router.refused if self.router else 0,
             },
+            # Stanzas neither delivered nor answered, by reason (gateway/drops.py).
+            "dropped": self.router.drops.describe() if self.router else {},
             # The SIP side's own figures (subscriptions held, transactions in flight …)
             # when the backend has any to tell.
             "backend": {"kind": self.config.sip.backend,

@@ -27,6 +27,9 @@ class Metrics:
                                 ["reason"], registry=r)
         self.bounces = Counter("xmpp_gateway_bounces", "Stanzas bounced to their sender",
                                ["peer"], registry=r)
+        self.dropped = Counter("xmpp_gateway_dropped", "Stanzas neither delivered nor "
+                               "answered with an error (see gateway/drops.py)", ["reason"],
+                               registry=r)
         self.dns_failures = Counter("xmpp_gateway_dns_failures", "Failed DNS lookups",
                                     ["peer"], registry=r)
         self.handshakes = Histogram("xmpp_gateway_handshake_seconds",

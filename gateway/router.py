@@ -6,8 +6,21 @@ with the authorization store, and turns every failure into an XMPP error to the 
 §8.5.1 demands silence) dropped *with a log line saying why*; never lost silently.
 
 Stanzas are processed in arrival order by one worker per direction so that a slow
-backend cannot reorder a conversation; the queues are bounded (backpressure = bounce
-with ``resource-constraint``).
+backend cannot reorder a conversation. Overload slows senders down instead of refusing
+their stanzas (issue: SIP at the speed of S2S):
+
+* XMPP → local: above :data:`HIGH_WATER` queued stanzas the S2S service stops reading
+  inbound streams, below :data:`LOW_WATER` it resumes; the backend makes the worker wait
+  while the SIP proxy has a window's worth of requests outstanding, so a burst ends up
+  held back by TCP flow control at the partner. The queue therefore holds at most
+  HIGH_WATER plus what one read of each inbound stream carries.
+* local → XMPP: while this queue is above HIGH_WATER, or the S2S queue toward a domain
+  is over ``limits.max_queue_per_domain`` (:meth:`Router.xmpp_congested`), the backend
+  asks its senders to wait (SIP: 503 + Retry-After over UDP, no reading over TCP).
+  A stanza that could be decided at once (nothing queued before it, no store access)
+  skips the queue: the common case costs no task switch.
+
+What still cannot be delivered or answered is counted in :class:`gateway.drops.DropCounter`.
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ from xml.etree.ElementTree import Element
 
 from gateway.backend import DeliveryError, LocalBackend
 from gateway.config.model import GatewayConfig, PartnerType
+from gateway.drops import DropCounter
 from gateway.logs import log_event
 from gateway.policy.contacts import (
     Refusal,
@@ -36,13 +50,12 @@ from gateway.xmpp.jid import JidError, bare_jid
 
 log = logging.getLogger("gateway.router")
 
-MAX_PENDING = 10_000
-# Inbound backpressure (issue: hardening): above HIGH queued stanzas the S2S service stops
-# reading from inbound streams; below LOW it resumes. TCP flow control then slows the
-# peers down instead of us buffering without bound or refusing stanzas.
+# Backpressure marks (see the module docstring): the queues themselves are unbounded
+# because their producers stop producing at HIGH_WATER.
 USER_CACHE_SECONDS = 5.0
 HIGH_WATER = 2_000
 LOW_WATER = 200
+OnDecided = Callable[[], None] | None
 
 
 class Router:
@@ -53,14 +66,17 @@ class Router:
         self.store = store  # AsyncAuthorizationStore
         self.metrics = metrics
         self.s2s: Any = None  # S2SService, set by the daemon
-        self._inbound: asyncio.Queue[tuple[Element, str, str]] = asyncio.Queue(MAX_PENDING)
-        self._outbound: asyncio.Queue[tuple[Element, asyncio.Future[None] | None]] = (
-            asyncio.Queue(MAX_PENDING))
+        self._inbound: asyncio.Queue[tuple[Element, str, str]] = asyncio.Queue()
+        self._outbound: asyncio.Queue[tuple[Element, OnDecided]] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
         self.on_pressure: Callable[[bool], None] | None = None
         self._enabled_cache: dict[str, tuple[bool, float]] = {}
         self._bounces: set[asyncio.Task[None]] = set()
         self._pressure = False
+        self._local_pressure = False
+        self._input_paused = False
+        self._congested_domains: set[str] = set()
+        self.drops = DropCounter(metrics)
         self.delivered = 0
         self.refused = 0
 
@@ -70,6 +86,8 @@ class Router:
             loop.create_task(self._inbound_worker(), name="router-inbound"),
             loop.create_task(self._outbound_worker(), name="router-outbound"),
         ]
+        if hasattr(self.backend, "attach_router"):
+            self.backend.attach_router(self)
         await self.backend.start(self.from_local)
 
     async def stop(self, grace: float = 3.0) -> None:
@@ -83,10 +101,14 @@ class Router:
                 await task
         while not self._outbound.empty():  # not routed within the grace period
             stanza, decided = self._outbound.get_nowait()
-            log_event(log, logging.WARNING, "router.unrouted_at_stop", sender=stanza.get("from"),
-                      recipient=stanza.get("to"), reason="gateway stopping")
-            if decided is not None and not decided.done():
-                decided.set_result(None)
+            self.drops.record("unrouted-at-stop", direction="outbound",
+                              sender=stanza.get("from"), recipient=stanza.get("to"))
+            if decided is not None:
+                decided()
+        while not self._inbound.empty():
+            stanza, remote, _local = self._inbound.get_nowait()
+            self.drops.record("unrouted-at-stop", direction="inbound", peer=remote,
+                              sender=stanza.get("from"), recipient=stanza.get("to"))
         await self.backend.stop()
 
     async def _drain(self) -> None:
@@ -98,11 +120,9 @@ class Router:
     # ------------------------------------------------------------------ XMPP → local
 
     def from_xmpp(self, stanza: Element, remote: str, local: str) -> None:
-        """Called by the S2S service for each accepted inbound stanza (never blocks)."""
-        try:
-            self._inbound.put_nowait((stanza, remote, local))
-        except asyncio.QueueFull:
-            self._reply_xmpp(stanza, "resource-constraint", "wait", "gateway overloaded")
+        """Called by the S2S service for each accepted inbound stanza (never blocks, never
+        refuses: above HIGH_WATER the S2S service is told to stop reading)."""
+        self._inbound.put_nowait((stanza, remote, local))
         if not self._pressure and self._inbound.qsize() >= HIGH_WATER:
             self._set_pressure(True)
 
@@ -192,6 +212,10 @@ class Router:
         reply = make_error_reply(stanza, condition, text, error_type)
         if reply is not None:
             self._send_xmpp(reply)
+        else:  # an error cannot be answered with an error (RFC 6120 §8.3.1)
+            self.drops.record("error-not-deliverable", direction="inbound",
+                              sender=stanza.get("from"), recipient=stanza.get("to"),
+                              condition=condition)
 
     def _send_xmpp(self, stanza: Element) -> None:
         if self.s2s is not None:
@@ -205,16 +229,53 @@ class Router:
         Returns once the router has decided: the stanza is on its way to the S2S service,
         or its error reply has already been handed to :meth:`LocalBackend.deliver`. A SIP
         backend relies on this to answer a MESSAGE with the refusal (RFC 7247 §8.1)
-        instead of a blind ``202 Accepted``. Stanzas are still handled one at a time, in
-        order, by the outbound worker.
+        instead of a blind ``202 Accepted``. Stanzas are still handled in order.
         """
-        decided: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        try:
-            self._outbound.put_nowait((stanza, decided))
-        except asyncio.QueueFull:
-            await self._bounce_local(stanza, "resource-constraint", "gateway overloaded")
-            return
+        decided = asyncio.get_running_loop().create_future()
+        self.submit_local(stanza, lambda: decided.done() or decided.set_result(None))
         await asyncio.shield(decided)
+
+    def submit_local(self, stanza: Element, on_decided: OnDecided = None) -> None:
+        """Like :meth:`from_local` without a task per stanza: ``on_decided`` is called
+        once the router has decided (at once when nothing is queued before the stanza
+        and no store access is needed, else by the outbound worker, in order)."""
+        if self._outbound.empty() and self._route_now(stanza):
+            if on_decided is not None:
+                on_decided()
+            return
+        self._outbound.put_nowait((stanza, on_decided))
+        self._update_local_pressure()
+
+    def xmpp_congested(self, domain: str) -> bool:
+        """Whether a new stanza toward ``domain`` should wait (see the module docstring)."""
+        return self._local_pressure or domain in self._congested_domains
+
+    def on_s2s_congestion(self, domain: str, congested: bool) -> None:
+        """The S2S service's word that its queue toward ``domain`` is over (back under)
+        its bound."""
+        if congested:
+            self._congested_domains.add(domain)
+        else:
+            self._congested_domains.discard(domain)
+        self._update_local_pressure()
+
+    def _update_local_pressure(self) -> None:
+        """Recompute both kinds of local backpressure: this router's own queue (every
+        destination waits) and congested S2S domains (only stanzas toward them wait,
+        except on a stream transport from the proxy, which can only be paused whole)."""
+        queued = self._outbound.qsize()
+        limit = LOW_WATER if self._local_pressure else HIGH_WATER - 1
+        queue_full = queued > limit
+        if queue_full != self._local_pressure:
+            self._local_pressure = queue_full
+            log_event(log, logging.INFO, "router.local_backpressure",
+                      state="on" if queue_full else "off", queued=queued)
+        paused = queue_full or bool(self._congested_domains)
+        if paused != self._input_paused:
+            self._input_paused = paused
+            pause = getattr(self.backend, "input_paused", None)
+            if pause is not None:
+                pause(paused)
 
     async def _outbound_worker(self) -> None:
         while True:
@@ -226,8 +287,33 @@ class Router:
                 await self._bounce_local(stanza, "internal-server-error", "")
             finally:
                 self._outbound.task_done()
-                if decided is not None and not decided.done():
-                    decided.set_result(None)
+                if decided is not None:
+                    decided()
+                if self._input_paused:
+                    self._update_local_pressure()
+
+    def _route_now(self, stanza: Element) -> bool:
+        """Route ``stanza`` at once if that needs no waiting: a well-formed stanza that
+        the contact rules allow with no store side effect, from a user whose federation
+        switch is cached. False = not handled, queue it."""
+        try:
+            kind = stanza_kind(stanza)
+            local_user, remote_bare = bare_jid(stanza.get("from", "")), bare_jid(
+                stanza.get("to", ""))
+        except (ValueError, JidError):
+            return False
+        cached = self._enabled_cache.get(local_user)
+        if cached is None or cached[1] <= time.monotonic():
+            return False
+        remote = remote_bare.rpartition("@")[2]
+        partner = self.config.partner_for(remote)
+        decision = outbound_decision(
+            kind, partner.partner_type if partner else None, user_enabled=cached[0],
+            allow_unlisted=self.config.federation.allow_unlisted)
+        if not decision.allowed or decision.effects:
+            return False
+        self._send_xmpp(strip_status(stanza) if decision.strip_status else stanza)
+        return True
 
     async def _handle_outbound(self, stanza: Element) -> None:
         try:
@@ -263,16 +349,18 @@ class Router:
     def bounce(self, stanza: Element, condition: str, text: str) -> None:
         """S2S could not deliver a local user's stanza: tell the sender (RFC 6120 §8.3)."""
         reply = make_error_reply(stanza, condition, text, _error_type(condition))
-        if reply is None:
-            log_event(log, logging.INFO, "s2s.dropped_error", condition=condition, reason=text,
-                      to=stanza.get("to"))
+        if reply is None:  # an error that could not be delivered is not answered (§8.3.1)
+            self.drops.record("error-not-deliverable", direction="outbound",
+                              sender=stanza.get("from"), recipient=stanza.get("to"),
+                              condition=condition, reason=text)
             return
         sender_domain = (stanza.get("from") or "").partition("/")[0].rpartition("@")[2]
         if sender_domain not in self.config.domains:
-            # An error reply we generated toward a remote sender failed too: log only
-            # (never answer an error with an error).
-            log_event(log, logging.INFO, "s2s.undeliverable", to=stanza.get("to"),
-                      condition=condition, reason=text)
+            # An error reply we generated toward a remote sender failed too: nobody to
+            # tell (never answer an error with an error).
+            self.drops.record("reply-not-deliverable", direction="outbound",
+                              sender=stanza.get("from"), recipient=stanza.get("to"),
+                              condition=condition, reason=text)
             return
         task = asyncio.get_running_loop().create_task(self._deliver_bounce(reply, condition, text))
         self._bounces.add(task)
@@ -284,14 +372,23 @@ class Router:
             log_event(log, logging.INFO, "s2s.bounced", to=reply.get("to"),
                       condition=condition, reason=text)
         except DeliveryError as exc:
-            log_event(log, logging.WARNING, "s2s.bounce_failed", to=reply.get("to"),
-                      condition=condition, reason=text, backend_error=exc.condition)
+            self.drops.record("bounce-not-deliverable", direction="outbound",
+                              recipient=reply.get("to"), condition=condition, reason=text,
+                              backend_error=exc.condition)
 
     async def _bounce_local(self, stanza: Element, condition: str, text: str) -> None:
         reply = make_error_reply(stanza, condition, text, _error_type(condition))
-        if reply is not None:
-            with contextlib.suppress(DeliveryError):
-                await self.backend.deliver(reply)
+        if reply is None:
+            self.drops.record("error-not-deliverable", direction="outbound",
+                              sender=stanza.get("from"), recipient=stanza.get("to"),
+                              condition=condition, reason=text)
+            return
+        try:
+            await self.backend.deliver(reply)
+        except DeliveryError as exc:
+            self.drops.record("bounce-not-deliverable", direction="outbound",
+                              recipient=reply.get("to"), condition=condition, reason=text,
+                              backend_error=exc.condition)
 
 
 def _error_type(condition: str) -> str:

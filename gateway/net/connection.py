@@ -53,6 +53,10 @@ class StreamConnection(asyncio.Protocol):
         self.peer_address = ""
         self.closed = asyncio.Event()
         self.authenticated_at: float | None = None
+        # The transport holds more than WRITE_HIGH_WATER unsent bytes: the owner stops
+        # handing us stanzas until on_writable says the peer has caught up.
+        self.write_paused = False
+        self.on_writable: Callable[[StreamConnection], None] | None = None
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -88,6 +92,14 @@ class StreamConnection(asyncio.Protocol):
     def _unthrottle(self) -> None:
         self._throttled = False
         self.set_reading(True, "rate")
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.on_writable is not None:
+            self.on_writable(self)
 
     def eof_received(self) -> bool | None:
         self.stream.connection_lost("peer closed the TCP connection")

@@ -47,6 +47,7 @@ from gateway.xmpp.stream import StreamContext
 log = logging.getLogger("gateway.s2s")
 
 InboundHandler = Callable[[Element, str, str], None]
+FLUSH_SLICE = 256  # stanzas written between checks of the transport's write buffer
 BounceHandler = Callable[[Element, str, str], None]
 
 
@@ -65,6 +66,7 @@ class OutboundSession:
     failures: int = 0
     last_failure: str = ""
     outcome: asyncio.Future[tuple[bool, str, str, bool]] | None = None
+    congested: bool = False  # queue over limits.max_queue_per_domain (see S2SService.send)
 
 
 def unlisted_partner(domain: str) -> PartnerPolicy:
@@ -97,6 +99,9 @@ class S2SService:
         self._accepting = True
         self._per_ip: dict[str, int] = {}
         self.reading_paused = False
+        # Told when the queue toward a domain goes over (back under) its bound, so the
+        # local side can hold its senders back: (remote domain, congested).
+        self.on_congestion: Callable[[str, bool], None] | None = None
 
     # ------------------------------------------------------------------ config
 
@@ -177,7 +182,8 @@ class S2SService:
         if session is None:
             session = self.sessions[(local, remote)] = OutboundSession(local, remote)
         conn = session.connection
-        if conn is not None and not session.queue and isinstance(conn.stream, OutboundStream) \
+        if conn is not None and not session.queue and not conn.write_paused \
+                and isinstance(conn.stream, OutboundStream) \
                 and conn.stream.can_send(local, remote):
             try:
                 conn.stream.send_stanza(stanza)
@@ -188,13 +194,25 @@ class S2SService:
                 pass
         if session.connection is None and (session.task is None or session.task.done()):
             self._piggyback(session)
-        if len(session.queue) >= self.config.limits.max_queue_per_domain:
-            self.on_bounce(stanza, "resource-constraint",
-                           f"more than {self.config.limits.max_queue_per_domain} stanzas "
-                           f"queued for {remote}")
-            return
+        # Never refused for being one too many: the queue is the wait. Over its bound the
+        # domain is congested, which holds back its sources (the local side, and inbound
+        # streams from that domain, whose error replies land here) until it drains.
         session.queue.append(stanza)
+        if not session.congested and len(session.queue) > self.config.limits.max_queue_per_domain:
+            self._set_congested(session, True)
         self._ensure_connecting(session)
+
+    def _set_congested(self, session: OutboundSession, congested: bool) -> None:
+        session.congested = congested
+        log_event(log, logging.INFO, "s2s.congestion", peer=session.remote,
+                  local=session.local, direction="outbound",
+                  state="on" if congested else "off", queued=len(session.queue))
+        for conn in self.connections:
+            if isinstance(conn.stream, InboundStream) \
+                    and conn.stream.remote_domain == session.remote:
+                conn.set_reading(not congested, f"queue-{session.remote}")
+        if self.on_congestion is not None:
+            self.on_congestion(session.remote, congested)
 
     def _piggyback(self, session: OutboundSession) -> None:
         """Reuse an open stream to the same peer for another local domain (XEP-0220 §2.4)."""
@@ -247,6 +265,7 @@ class S2SService:
                     partner=partner, now=loop.time(), direct_tls=target.direct_tls,
                 )
                 conn = StreamConnection(stream, self._on_event, self._on_gone)
+                conn.on_writable = self._on_writable
                 session.outcome = loop.create_future()
                 session.attempt = conn
                 self.connections.add(conn)
@@ -315,6 +334,8 @@ class S2SService:
             stanza = session.queue.popleft()
             self._count("bounces", session.remote)
             self.on_bounce(stanza, condition, reason)
+        if session.congested:
+            self._set_congested(session, False)
 
     # ------------------------------------------------------------------ events
 
@@ -362,15 +383,27 @@ class S2SService:
             self._flush(session)
 
     def _flush(self, session: OutboundSession) -> None:
+        """Send what is queued, in slices, until the peer stops taking it (the transport
+        buffer passes its high-water mark: the rest waits for :meth:`_on_writable`)."""
         conn = session.connection
         if conn is None or not isinstance(conn.stream, OutboundStream):
             return
         stream = conn.stream
-        while session.queue and stream.can_send(session.local, session.remote):
-            stanza = session.queue.popleft()
-            stream.send_stanza(stanza)
-            self._count("stanzas_out", session.remote)
+        queue = session.queue
+        while queue and not conn.write_paused and stream.can_send(session.local,
+                                                                  session.remote):
+            for _ in range(min(len(queue), FLUSH_SLICE)):
+                stream.send_stanza(queue.popleft())
+                self._count("stanzas_out", session.remote)
+            conn.pump()
         conn.pump()
+        if session.congested and len(queue) <= self.config.limits.max_queue_per_domain // 2:
+            self._set_congested(session, False)
+
+    def _on_writable(self, conn: StreamConnection) -> None:
+        for session in list(self.sessions.values()):
+            if session.connection is conn and session.queue:
+                self._flush(session)
 
     def _on_pair_failed(self, conn: StreamConnection, event: PairFailed) -> None:
         log_event(log, logging.WARNING, "s2s.refused", **conn.log_fields(),
