@@ -10,10 +10,12 @@ TEST_DEBS := prosody ejabberd dnsmasq-base lua-unbound kamailio kamailio-presenc
              kamailio-tls-modules \
              sip-tester iproute2 openssl
 
-.PHONY: help venv certs run test test-unit lint bench clean debs
+.PHONY: help venv certs run demo test test-unit lint bench clean debs
 
 help:
 	@echo "make run    - install into .venv, make dev certificates, start the gateway"
+	@echo "make demo   - watch it federate with a real Prosody in a throw-away namespace (root)"
+	@echo "              DEMO=sip make demo: with Kamailio and a SIP phone (sip backend)"
 	@echo "make test   - install test dependencies (apt + pip) and run the whole suite"
 	@echo "make lint   - ruff"
 	@echo "make bench  - benchmarks against Prosody and ejabberd (not part of make test)"
@@ -40,15 +42,20 @@ debs:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# DEMO=sip (or `make demo DEMO=sip`): the SIP backend with Kamailio and a SIP user agent.
+demo: debs venv
+	$(if $(filter-out sip,$(DEMO)),$(error DEMO=$(DEMO): the variants are `make demo` and `DEMO=sip make demo`))
+	$(PY) -m demo $(if $(filter sip,$(DEMO)),--sip)
+
 test: debs venv
-	$(PY) -m ruff check gateway tests bench
+	$(PY) -m ruff check gateway tests bench demo
 	$(PY) -m pytest -q -ra
 
 test-unit: venv
 	$(PY) -m pytest -q tests/unit
 
 lint: venv
-	$(PY) -m ruff check gateway tests bench
+	$(PY) -m ruff check gateway tests bench demo
 
 bench: debs venv
 	$(PY) -m pip install -q -e '.[test,bench]'

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import os
 import sys
 from collections.abc import Sequence
@@ -47,12 +48,21 @@ def config_parent(*, top_level: bool = False) -> argparse.ArgumentParser:
     return parent
 
 
+def installed_version() -> str:
+    """The version of the installed distribution (its metadata, not a copy in the code)."""
+    try:
+        return importlib.metadata.version("xmpp-gateway")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xmpp-gateway",
         description="XMPP server-to-server federation gateway for SIP communications systems",
         parents=[config_parent(top_level=True)],
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in COMMAND_MODULES:

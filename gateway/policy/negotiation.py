@@ -1,7 +1,8 @@
 """The negotiation rule: which S2S authentication methods a partner entry permits.
 
 GATEWAY-SPEC §2.1 describes 18 combinations of (tls, sasl, dialback) in a table
-(``negotiation-matrix.csv``). One rule reproduces the whole table, so we implement
+(``negotiation-matrix.csv`` beside this module, from the Lync Server 2013 documentation;
+see ``negotiation-matrix.md``). One rule reproduces the whole table, so we implement
 the rule, not the table, and the tests check the rule against every row of the CSV.
 
 This module is pure: plain values in, plain values out. The config validator, the

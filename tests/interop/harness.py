@@ -1,6 +1,6 @@
 """Interop harness: a network namespace with DNS, a real Prosody, and the gateway.
 
-Follows ../shared/interop/README.md: namespace with loopback 127.0.0.2-5, dnsmasq on
+The team's interop recipe (docs/interop.md): namespace with loopback 127.0.0.2-5, dnsmasq on
 127.0.0.53 (``.example`` TLD, ``--local=/example/``), Prosody as a child process with a
 generated config, the gateway as ``xmpp-gateway run``, slixmpp users in the namespace.
 Everything is stopped by PID and the namespace removed, also when a test fails.
@@ -332,7 +332,7 @@ modules:
 
 @dataclass
 class Ejabberd:
-    """ejabberd 23.01 as a child process (recipe: ../shared/interop/README.md)."""
+    """ejabberd 23.01 as a child process (recipe: docs/interop.md)."""
 
     ns: Namespace
     pki: Pki

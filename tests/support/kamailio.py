@@ -1,12 +1,11 @@
 """A real Kamailio (Debian package 5.6) started by a test: registrar, proxy and presence
 server for one SIP domain, routing every other domain to the XMPP gateway.
 
-The configuration is generated per run (ports, domain, gateway address) from
-../shared/interop/kamailio/minimal-registrar.cfg's proven skeleton plus the presence
-modules: ``presence`` + ``presence_xml`` with a ``db_text`` database copied from the
-package's table definitions into a temporary directory. ``force_active`` makes every
-presence subscription active at once: authorizing watchers is the job of the gateway's
-contact rules, not of this test server.
+The configuration is generated per run (ports, domain, gateway address): a minimal
+registrar/proxy skeleton plus the presence modules: ``presence`` + ``presence_xml`` with
+a ``db_text`` database copied from the package's table definitions into a temporary
+directory. ``force_active`` makes every presence subscription active at once: authorizing
+watchers is the job of the gateway's contact rules, not of this test server.
 
 Started in the foreground (``-DD -E``), stopped by PID (SIGTERM to the main process stops
 its children), logs kept for failure reports.

@@ -1,14 +1,19 @@
-"""Loads ../shared/spec/negotiation-matrix.csv, the normative table (never copied)."""
+"""Loads the normative negotiation matrix, the project's copy shipped in the package.
+
+``gateway/policy/negotiation-matrix.csv`` (provenance: ``negotiation-matrix.md`` beside it)
+is read through :mod:`importlib.resources`, so the tests check the very file the wheel
+carries, from a checkout or from an installed package alike."""
 
 from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
 from gateway.policy.negotiation import Support
 
-MATRIX = Path(__file__).resolve().parents[3] / "shared" / "spec" / "negotiation-matrix.csv"
+MATRIX: Traversable = files("gateway.policy") / "negotiation-matrix.csv"
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,7 @@ def _support(text: str) -> Support:
 
 def matrix_rows() -> list[MatrixRow]:
     if not MATRIX.is_file():
-        raise FileNotFoundError(f"the normative matrix is missing: {MATRIX} (clone ../shared)")
+        raise FileNotFoundError(f"the normative matrix is missing from the package: {MATRIX}")
     with MATRIX.open(newline="", encoding="utf-8") as handle:
         return [
             MatrixRow(

@@ -1,7 +1,8 @@
 """The negotiation rule against every row of the normative matrix.
 
-The rows come from ../shared/spec/negotiation-matrix.csv (tests/support/matrix.py finds it
-from this checkout and fails with the path it looked at when it is absent)."""
+The rows come from gateway/policy/negotiation-matrix.csv, the project's copy of the table
+(tests/support/matrix.py reads it from the package and fails with the path it looked at
+when it is absent)."""
 
 from __future__ import annotations
 

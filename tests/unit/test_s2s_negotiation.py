@@ -28,9 +28,9 @@ from gateway.config.model import PartnerPolicy, PartnerType
 from gateway.policy.negotiation import Support
 from gateway.sip.development import message
 from gateway.xmpp.events import PairAuthenticated, PairFailed, StanzaReceived, StreamClosed
+from tests.support.matrix import MATRIX
 from tests.unit.s2s_world import CoreServer, Pki, World, accepting_stream
 
-MATRIX = Path(__file__).resolve().parents[3] / "shared" / "spec" / "negotiation-matrix.csv"
 SASL, TLS_DB, TCP_DB = "SASL over TLS", "TLS Dialback", "TCP Dialback"
 A, B = "a.example", "b.example"
 
