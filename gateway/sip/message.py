@@ -494,10 +494,11 @@ def make_response(request: SipRequest, status: int, reason: str | None = None,
     """A response to ``request`` (RFC 3261 §8.2.6.2): Via, From, Call-ID, CSeq copied,
     To copied with our tag added when the request had none."""
     copied: list[tuple[str, str]] = []
-    for name in _RESPONSE_COPIED:
-        for header, value in request.headers:
-            if header_key(header) == name:
-                copied.append((_RESPONSE_NAMES[name], value))
+    names = _RESPONSE_NAMES
+    for header, value in request.headers:  # one pass; Via order is kept (§8.2.6.2)
+        spelled = names.get(header_key(header))
+        if spelled is not None:
+            copied.append((spelled, value))
     response = SipResponse(copied, b"", status, reason or REASONS.get(status, "Unknown"))
     if to_tag and status > 100:
         to = request.to
@@ -506,6 +507,5 @@ def make_response(request: SipRequest, status: int, reason: str | None = None,
     return response
 
 
-_RESPONSE_COPIED = ("via", "from", "to", "call-id", "cseq")
 _RESPONSE_NAMES = {"via": "Via", "from": "From", "to": "To", "call-id": "Call-ID",
                    "cseq": "CSeq"}

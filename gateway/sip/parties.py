@@ -14,8 +14,9 @@ recipient from the Request-URI, and each is checked before anything reaches XMPP
 from __future__ import annotations
 
 from collections.abc import Collection
+from functools import lru_cache
 
-from gateway.sip.addresses import AddressError, parse_sip_uri, sip_to_jid
+from gateway.sip.addresses import AddressError, SipAddress, parse_sip_uri, sip_to_jid
 from gateway.sip.message import SipParseError, SipRequest
 
 
@@ -31,8 +32,8 @@ class Refused(Exception):
 def request_parties(request: SipRequest, served: Collection[str]) -> tuple[str, str]:
     """(full XMPP sender, bare XMPP recipient) of a request from a local SIP user."""
     try:
-        sender = parse_sip_uri(request.from_.uri)
-        recipient = parse_sip_uri(request.uri)
+        sender = _sip_address(request.from_.uri)
+        recipient = _sip_address(request.uri)
     except (AddressError, SipParseError) as exc:
         raise Refused(400, str(exc)) from None
     if sender.host not in served:
@@ -40,6 +41,23 @@ def request_parties(request: SipRequest, served: Collection[str]) -> tuple[str, 
     if recipient.host in served:
         raise Refused(404, f"{recipient.host} is a SIP domain, not an XMPP one")
     try:
-        return sip_to_jid(sender).full, sip_to_jid(recipient, resource="").bare
+        return _full_jid(sender), _bare_jid(recipient)
     except AddressError as exc:
         raise Refused(400, str(exc)) from None
+
+
+# The same users talk again and again: the URI parsing and XEP-0106 escaping of an
+# address are done once per address, not once per request (bounded caches).
+@lru_cache(maxsize=16384)
+def _sip_address(uri: str) -> SipAddress:
+    return parse_sip_uri(uri)
+
+
+@lru_cache(maxsize=16384)
+def _full_jid(address: SipAddress) -> str:
+    return sip_to_jid(address).full
+
+
+@lru_cache(maxsize=16384)
+def _bare_jid(address: SipAddress) -> str:
+    return sip_to_jid(address, resource="").bare

@@ -31,6 +31,7 @@ import os
 import socket
 import ssl
 import sys
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ from gateway.sip.message import SipParseError, StreamDeframer
 log = logging.getLogger("gateway.sip.transport")
 
 PROXY_FLOW = ("tcp", 0)
+UDP_BATCH = 256  # datagrams read per readiness event
+UDP_MAX_DATAGRAM = 65535
 DEFAULT_UDP_RECEIVE_BUFFER = 8 * 1024 * 1024
 # Linux's SO_RCVBUFFORCE (asm-generic/socket.h), which Python's socket module does not name:
 # like SO_RCVBUF but not capped by net.core.rmem_max, for a process with CAP_NET_ADMIN.
@@ -50,16 +53,64 @@ MessageHandler = Callable[[bytes, Flow, tuple[str, int]], None]
 FlowLost = Callable[[Flow], None]
 
 
-class _Datagram(asyncio.DatagramProtocol):
-    def __init__(self, owner: SipTransport) -> None:
+class _UdpEndpoint:
+    """A UDP socket read in batches: asyncio's datagram transport takes one datagram per
+    readiness event, i.e. one trip through the event loop and one epoll call per SIP
+    message; here every readiness drains up to :data:`UDP_BATCH` datagrams. Sends go
+    straight to the socket; only when the kernel's send buffer is full do they queue
+    (bounded by the window of the layers above) until the socket is writable."""
+
+    def __init__(self, owner: SipTransport, sock: socket.socket) -> None:
         self.owner = owner
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self.backlog: deque[tuple[bytes, tuple[str, int]]] = deque()
+        self.loop.add_reader(sock.fileno(), self._readable)
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if data.strip(b"\r\n"):  # bare CRLF = keep-alive ping (RFC 5626 §4.4.1)
-            self.owner.on_message(data, ("udp", addr[:2]), addr[:2])
+    def _readable(self) -> None:
+        recvfrom, on_message = self.sock.recvfrom, self.owner.on_message
+        for _ in range(UDP_BATCH):
+            try:
+                data, addr = recvfrom(UDP_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ICMP errors reported on the socket, e.g. refused
+                log_event(log, logging.DEBUG, "sip.udp_error", reason=str(exc))
+                continue
+            if data.strip(b"\r\n"):  # bare CRLF = keep-alive ping (RFC 5626 §4.4.1)
+                peer = addr[:2]
+                on_message(data, ("udp", peer), peer)
 
-    def error_received(self, exc: Exception) -> None:
-        log_event(log, logging.DEBUG, "sip.udp_error", reason=str(exc))
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        if not self.backlog:
+            try:
+                self.sock.sendto(data, addr)
+                return
+            except (BlockingIOError, InterruptedError):
+                self.loop.add_writer(self.sock.fileno(), self._writable)
+            except OSError as exc:
+                log_event(log, logging.DEBUG, "sip.udp_error", reason=str(exc),
+                          to=f"{addr[0]}:{addr[1]}")
+                return
+        self.backlog.append((data, addr))
+
+    def _writable(self) -> None:
+        while self.backlog:
+            data, addr = self.backlog[0]
+            try:
+                self.sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log_event(log, logging.DEBUG, "sip.udp_error", reason=str(exc))
+            self.backlog.popleft()
+        self.loop.remove_writer(self.sock.fileno())
+
+    def close(self) -> None:
+        if self.sock.fileno() >= 0:
+            self.loop.remove_reader(self.sock.fileno())
+            self.loop.remove_writer(self.sock.fileno())
+            self.sock.close()
 
 
 class _Stream(asyncio.Protocol):
@@ -132,7 +183,7 @@ class SipTransport:
         self.client_ssl = client_ssl
         self.streams: dict[Flow, _Stream] = {}
         self._numbers = itertools.count(1)
-        self._udp: asyncio.DatagramTransport | None = None
+        self._udp: _UdpEndpoint | None = None
         self._server: asyncio.Server | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._proxy_stream: _Stream | None = None
@@ -159,12 +210,19 @@ class SipTransport:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         if self.kind == "udp":
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Datagram(self), local_addr=self.local)
-            self._udp = transport
-            self.local = transport.get_extra_info("sockname")[:2]
-            self._raise_receive_buffer(transport.get_extra_info("socket"))
-            self._udp_proxy = await self._resolve_proxy(transport.get_extra_info("socket"))
+            infos = await loop.getaddrinfo(self.local[0], self.local[1],
+                                           type=socket.SOCK_DGRAM)
+            sock = socket.socket(infos[0][0], socket.SOCK_DGRAM)
+            try:
+                sock.setblocking(False)
+                sock.bind(infos[0][4])
+                self._raise_receive_buffer(sock)
+                self._udp_proxy = await self._resolve_proxy(sock)
+            except BaseException:
+                sock.close()
+                raise
+            self.local = sock.getsockname()[:2]
+            self._udp = _UdpEndpoint(self, sock)
         else:
             self._server = await loop.create_server(
                 lambda: _Stream(self, next(self._numbers)), self.local[0], self.local[1],
@@ -221,7 +279,7 @@ class SipTransport:
         ``drops`` column of /proc/net/udp for our socket's inode), None if unknown."""
         if self._udp is None:
             return None
-        sock = self._udp.get_extra_info("socket")
+        sock = self._udp.sock
         try:
             inode = str(os.fstat(sock.fileno()).st_ino)
         except (OSError, ValueError):
