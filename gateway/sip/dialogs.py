@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.sip.message import NameAddr, SipRequest, new_branch
+from gateway.sip.message import NameAddr, SipRequest, Via, new_branch
 from gateway.sip.pidf import UNAVAILABLE, PresenceState
 
 
@@ -35,8 +35,11 @@ class Dialog:
 
     def request(self, method: str, via_transport: str, via_host: str) -> SipRequest:
         self.cseq += 1
-        request = SipRequest([], b"", method, self.remote_target)
-        request.add("via", f"SIP/2.0/{via_transport} {via_host};branch={new_branch()};rport")
+        branch = new_branch()
+        request = SipRequest([], b"", method, self.remote_target,
+                             _via=Via(via_transport, via_host, None,
+                                      {"branch": branch, "rport": ""}))
+        request.add("via", f"SIP/2.0/{via_transport} {via_host};branch={branch};rport")
         request.add("max-forwards", "70")
         for route in self.route_set:
             request.add("route", route)

@@ -33,6 +33,7 @@ from gateway.sip.message import (
     SipParseError,
     SipRequest,
     SipResponse,
+    Via,
     make_response,
     new_branch,
     new_call_id,
@@ -167,9 +168,10 @@ class SipEndpoint:
     def new_request(self, method: str, uri: str, sender: NameAddr, recipient: NameAddr,
                     contact: str | None = None) -> SipRequest:
         """An out-of-dialog request (RFC 3261 §8.1.1) with a fresh Call-ID and branch."""
+        branch = new_branch()
         headers = [
             ("Via", f"SIP/2.0/{self.transport.via_transport} {self.hostport};"
-                    f"branch={new_branch()};rport"),
+                    f"branch={branch};rport"),
             ("Max-Forwards", "70"),
             ("From", str(sender)),
             ("To", str(recipient)),
@@ -178,7 +180,11 @@ class SipEndpoint:
         ]
         if contact:
             headers.append(("Contact", f"<{contact}>"))
-        return SipRequest(headers, b"", method, uri)
+        return SipRequest(headers, b"", method, uri, _via=self._via(branch))
+
+    def _via(self, branch: str) -> Via:
+        host, port = self.transport.local[0], self.transport.local[1]
+        return Via(self.transport.via_transport, host, port, {"branch": branch, "rport": ""})
 
     @property
     def hostport(self) -> str:

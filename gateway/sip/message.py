@@ -137,6 +137,8 @@ class SipMessage:
     body: bytes = b""
     _index: dict[str, str] | None = field(default=None, repr=False, compare=False, kw_only=True)
     _via: Via | None = field(default=None, repr=False, compare=False, kw_only=True)
+    _cseq: tuple[int, str] | None = field(default=None, repr=False, compare=False,
+                                          kw_only=True)
 
     def _lookup(self) -> dict[str, str]:
         index = self._index
@@ -165,14 +167,15 @@ class SipMessage:
 
     def add(self, name: str, value: str) -> None:
         self.headers.append((canonical_name(name), value))
-        self._index = None
-        self._via = None
+        if self._index is not None:
+            self._index.setdefault(header_key(name), value)
 
     def remove(self, name: str) -> None:
         key = header_key(name)
         self.headers = [(h, v) for h, v in self.headers if header_key(h) != key]
         self._index = None
         self._via = None
+        self._cseq = None
 
     @property
     def call_id(self) -> str:
@@ -180,7 +183,28 @@ class SipMessage:
 
     @property
     def cseq(self) -> tuple[int, str]:
-        return parse_cseq(self._lookup().get("cseq") or "")
+        cseq = self._cseq
+        if cseq is None:
+            cseq = self._cseq = parse_cseq(self._lookup().get("cseq") or "")
+        return cseq
+
+    @property
+    def branch(self) -> str:
+        """The top Via's branch: what matches a response to its client transaction
+        (RFC 3261 §17.1.3). Read without parsing the whole Via, which a response to us
+        only needs for this."""
+        if self._via is not None:
+            return self._via.branch
+        first = self._lookup().get("via") or ""
+        start = first.find("branch=")
+        if start < 0:
+            return self.top_via.branch  # unusual spelling (spaces, case): the full parser
+        start += 7
+        end = start
+        length = len(first)
+        while end < length and first[end] not in ";, \t":
+            end += 1
+        return first[start:end]
 
     @property
     def top_via(self) -> Via:
@@ -390,37 +414,44 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipRespo
         head = data[:head_end].decode("utf-8")
     except UnicodeDecodeError:
         raise SipParseError("header section is not UTF-8") from None
-    lines: list[str] = []
-    for line in head.replace("\r\n", "\n").split("\n"):
-        if line[:1] in (" ", "\t") and lines:
-            lines[-1] += " " + line.strip()  # RFC 3261 §7.3.1 folding
-        elif line:
-            lines.append(line)
-    if not lines:
+    if "\n " in head or "\n\t" in head or "\n\n" in head or head.count("\n") != head.count(
+            "\r\n"):
+        lines = _unfold(head)
+    else:  # the usual case: CRLF line ends, no folding, no empty lines
+        lines = head.split("\r\n")
+    if not lines or not lines[0]:
         raise SipParseError("empty message", 0)
-    start, headers = lines[0], lines[1:]
-    if len(headers) > MAX_HEADERS:
+    start = lines[0]
+    if len(lines) > MAX_HEADERS + 1:
         raise SipParseError("too many header fields", 413)
     parsed_headers: list[tuple[str, str]] = []
-    for line in headers:
+    index: dict[str, str] = {}
+    keys = _KEYS
+    for position in range(1, len(lines)):
+        line = lines[position]
         name, colon, value = line.partition(":")
-        if not colon or not name.strip() or " " in name.strip():
+        name = name.strip(" \t")
+        if not colon or not name or " " in name or "\t" in name:
             raise SipParseError(f"malformed header line {line[:60]!r}")
-        parsed_headers.append((name.strip(" \t"), value.strip(" \t")))  # LWS only (§7.3.1)
+        value = value.strip(" \t")  # LWS only (§7.3.1)
+        parsed_headers.append((name, value))
+        key = keys.get(name) or header_key(name)
+        if key not in index:
+            index[key] = value
     message: SipRequest | SipResponse
     if start.startswith("SIP/"):
         version, _, rest = start.partition(" ")
         code, _, reason = rest.partition(" ")
         if version != "SIP/2.0" or not code.isdigit() or not 100 <= int(code) <= 699:
             raise SipParseError(f"bad status line {start[:60]!r}", 0)
-        message = SipResponse(parsed_headers, b"", int(code), reason)
+        message = SipResponse(parsed_headers, b"", int(code), reason, _index=index)
     else:
         parts = start.split(" ")
         if len(parts) != 3 or parts[2] != "SIP/2.0" or not parts[0].isalpha():
             raise SipParseError(f"bad request line {start[:60]!r}")
-        message = SipRequest(parsed_headers, b"", parts[0].upper(), parts[1])
+        message = SipRequest(parsed_headers, b"", parts[0].upper(), parts[1], _index=index)
     rest = data[head_end + separator:]
-    length_text = message.get("content-length")
+    length_text = index.get("content-length")
     if length_text is None:
         if stream:
             raise SipParseError("Content-Length is required on stream transports")
@@ -435,13 +466,28 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipRespo
         raise SipParseError("body shorter than Content-Length")
     message.body = rest[:length]
     for name in _REQUIRED:
-        if message.get(name) is None:
+        if name not in index:
             raise SipParseError(f"missing {canonical_name(name)} header")
-    message.cseq  # noqa: B018 - validates CSeq
-    message.top_via  # noqa: B018 - validates the Via we answer to
-    if isinstance(message, SipRequest) and message.cseq[1] != message.method:
-        raise SipParseError("CSeq method does not match the request method")
+    message._cseq = parse_cseq(index["cseq"])  # validates CSeq
+    if isinstance(message, SipRequest):
+        message.top_via  # noqa: B018 - validates the Via we answer to
+        if message._cseq[1] != message.method:
+            raise SipParseError("CSeq method does not match the request method")
+    elif not message.branch:  # a response is matched by the branch alone (§17.1.3)
+        raise SipParseError("response without a Via branch")
     return message
+
+
+def _unfold(head: str) -> list[str]:
+    """Lines of a head with bare-LF line ends, folded lines (RFC 3261 §7.3.1) or empty
+    lines: the slow path of :func:`parse_message`."""
+    lines: list[str] = []
+    for line in head.replace("\r\n", "\n").split("\n"):
+        if line[:1] in (" ", "\t") and lines:
+            lines[-1] += " " + line.strip()
+        elif line:
+            lines.append(line)
+    return lines
 
 
 class StreamDeframer:

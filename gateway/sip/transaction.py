@@ -126,7 +126,7 @@ class TransactionLayer:
     def send_request(self, request: SipRequest, flow: Any, now: float,
                      context: Any = None) -> None:
         """Start a client transaction for ``request`` (its top Via carries the branch)."""
-        key = (request.top_via.branch, request.method)
+        key = (request.branch, request.method)
         if key in self.clients:
             raise ValueError(f"a client transaction with branch {key[0]} exists")
         wire = request.serialize()
@@ -141,7 +141,7 @@ class TransactionLayer:
 
     def _client_response(self, response: SipResponse, flow: Any, now: float) -> list[Event]:
         try:
-            key = (response.top_via.branch, response.cseq[1])
+            key = (response.branch, response.cseq[1])
         except SipParseError:
             return [StrayResponse(response)]
         txn = self.clients.get(key)
