@@ -165,9 +165,10 @@ class SipEndpoint:
         self.layer.respond(event.transaction, response, time.monotonic())
         self._flush()
 
-    def new_request(self, method: str, uri: str, sender: NameAddr, recipient: NameAddr,
-                    contact: str | None = None) -> SipRequest:
-        """An out-of-dialog request (RFC 3261 §8.1.1) with a fresh Call-ID and branch."""
+    def new_request(self, method: str, uri: str, sender: NameAddr | str,
+                    recipient: NameAddr | str, contact: str | None = None) -> SipRequest:
+        """An out-of-dialog request (RFC 3261 §8.1.1) with a fresh Call-ID and branch;
+        ``sender``/``recipient`` as From/To values (a :class:`NameAddr` or its text)."""
         branch = new_branch()
         headers = [
             ("Via", f"SIP/2.0/{self.transport.via_transport} {self.hostport};"

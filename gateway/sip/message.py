@@ -22,6 +22,7 @@ What this module guarantees:
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 
@@ -53,6 +54,7 @@ REASONS = {
     501: "Not Implemented", 503: "Service Unavailable", 504: "Server Time-out", 603: "Decline",
 }
 BRANCH_MAGIC = "z9hG4bK"  # RFC 3261 §8.1.1.7
+_BRANCH = re.compile(r";[ \t]*branch=([^;, \t]+)")
 
 
 class SipParseError(ValueError):
@@ -139,6 +141,9 @@ class SipMessage:
     _via: Via | None = field(default=None, repr=False, compare=False, kw_only=True)
     _cseq: tuple[int, str] | None = field(default=None, repr=False, compare=False,
                                           kw_only=True)
+    # Whether ``headers`` holds a Content-Length (a parsed message does): serialising
+    # writes the real length instead, so that one must be left out.
+    _has_length: bool = field(default=False, repr=False, compare=False, kw_only=True)
 
     def _lookup(self) -> dict[str, str]:
         index = self._index
@@ -167,12 +172,17 @@ class SipMessage:
 
     def add(self, name: str, value: str) -> None:
         self.headers.append((canonical_name(name), value))
+        key = header_key(name)
         if self._index is not None:
-            self._index.setdefault(header_key(name), value)
+            self._index.setdefault(key, value)
+        if key == "content-length":
+            self._has_length = True
 
     def remove(self, name: str) -> None:
         key = header_key(name)
         self.headers = [(h, v) for h, v in self.headers if header_key(h) != key]
+        if key == "content-length":
+            self._has_length = False
         self._index = None
         self._via = None
         self._cseq = None
@@ -195,16 +205,10 @@ class SipMessage:
         only needs for this."""
         if self._via is not None:
             return self._via.branch
-        first = self._lookup().get("via") or ""
-        start = first.find("branch=")
-        if start < 0:
+        found = _BRANCH.search(self._lookup().get("via") or "")
+        if found is None:
             return self.top_via.branch  # unusual spelling (spaces, case): the full parser
-        start += 7
-        end = start
-        length = len(first)
-        while end < length and first[end] not in ";, \t":
-            end += 1
-        return first[start:end]
+        return found.group(1)
 
     @property
     def top_via(self) -> Via:
@@ -232,11 +236,12 @@ class SipMessage:
         return (self._lookup().get("content-type") or "").split(";", 1)[0].strip().lower()
 
     def _serialize(self, start_line: str) -> bytes:
-        lines = [start_line]
-        lines.extend(f"{name}: {value}" for name, value in self.headers
-                     if name != "Content-Length" and header_key(name) != "content-length")
-        lines.append(f"Content-Length: {len(self.body)}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + self.body
+        headers = self.headers
+        if self._has_length:
+            headers = [(n, v) for n, v in headers if header_key(n) != "content-length"]
+        lines = "".join([f"{name}: {value}\r\n" for name, value in headers])
+        return (f"{start_line}\r\n{lines}Content-Length: {len(self.body)}\r\n\r\n"
+                .encode() + self.body)
 
 
 @dataclass(slots=True)
@@ -414,11 +419,9 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipRespo
         head = data[:head_end].decode("utf-8")
     except UnicodeDecodeError:
         raise SipParseError("header section is not UTF-8") from None
-    if "\n " in head or "\n\t" in head or "\n\n" in head or head.count("\n") != head.count(
-            "\r\n"):
+    lines = head.split("\r\n")  # the usual case: CRLF line ends, no folding, no empty lines
+    if head.count("\n") != len(lines) - 1 or "\n " in head or "\n\t" in head:
         lines = _unfold(head)
-    else:  # the usual case: CRLF line ends, no folding, no empty lines
-        lines = head.split("\r\n")
     if not lines or not lines[0]:
         raise SipParseError("empty message", 0)
     start = lines[0]
@@ -444,12 +447,14 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipRespo
         code, _, reason = rest.partition(" ")
         if version != "SIP/2.0" or not code.isdigit() or not 100 <= int(code) <= 699:
             raise SipParseError(f"bad status line {start[:60]!r}", 0)
-        message = SipResponse(parsed_headers, b"", int(code), reason, _index=index)
+        message = SipResponse(parsed_headers, b"", int(code), reason, _index=index,
+                              _has_length="content-length" in index)
     else:
         parts = start.split(" ")
         if len(parts) != 3 or parts[2] != "SIP/2.0" or not parts[0].isalpha():
             raise SipParseError(f"bad request line {start[:60]!r}")
-        message = SipRequest(parsed_headers, b"", parts[0].upper(), parts[1], _index=index)
+        message = SipRequest(parsed_headers, b"", parts[0].upper(), parts[1], _index=index,
+                             _has_length="content-length" in index)
     rest = data[head_end + separator:]
     length_text = index.get("content-length")
     if length_text is None:

@@ -117,7 +117,10 @@ class TransactionLayer:
     servers: dict[tuple[str, str, str], ServerTransaction] = field(default_factory=dict)
     # (expiry, transaction) in expiry order: Timer J of servers that answered finally
     _server_deadlines: deque[tuple[float, ServerTransaction]] = field(default_factory=deque)
-    # (next_send, sequence, transaction): UDP retransmissions
+    # UDP retransmissions: every first one is due T1 after the start, so those wait in
+    # start order in a FIFO; later ones (intervals differ) in a heap of
+    # (next_send, sequence, transaction)
+    _first_resends: deque[ClientTransaction] = field(default_factory=deque)
     _resends: list[tuple[float, int, ClientTransaction]] = field(default_factory=list)
     _sequence: int = 0
 
@@ -134,8 +137,7 @@ class TransactionLayer:
                                 now + TIMER_F, wire)
         if not self.reliable:
             txn.next_send = now + T1
-            self._sequence += 1
-            heapq.heappush(self._resends, (txn.next_send, self._sequence, txn))
+            self._first_resends.append(txn)
         self.clients[key] = txn  # insertion order = Timer F order (see handle_timers)
         self.outbox.append((flow, wire))
 
@@ -201,6 +203,8 @@ class TransactionLayer:
 
     def next_deadline(self) -> float | None:
         times = [next(iter(self.clients.values())).deadline] if self.clients else []
+        if self._first_resends:
+            times.append(self._first_resends[0].next_send or 0.0)
         if self._resends:
             times.append(self._resends[0][0])
         if self._server_deadlines:
@@ -219,21 +223,29 @@ class TransactionLayer:
                 break
             del clients[txn.key]
             events.append(TransactionTimedOut(txn.request, txn.context))
+        first = self._first_resends
+        while first and (first[0].next_send or 0.0) <= now:
+            txn = first.popleft()
+            if clients.get(txn.key) is txn and txn.next_send is not None:
+                self._resend(txn, now)
         while resends and resends[0][0] <= now:
             due, _seq, txn = heapq.heappop(resends)
             if clients.get(txn.key) is not txn or txn.next_send != due:
                 continue  # answered or timed out since
-            self.outbox.append((txn.flow, txn.wire))
-            txn.interval = T2 if txn.provisional else min(txn.interval * 2, T2)
-            txn.next_send = now + txn.interval
-            self._sequence += 1
-            heapq.heappush(resends, (txn.next_send, self._sequence, txn))
+            self._resend(txn, now)
         servers, expiring = self.servers, self._server_deadlines
         while expiring and expiring[0][0] <= now:
             _expires, server = expiring.popleft()
             if servers.get(server.key) is server:
                 del servers[server.key]
         return events
+
+    def _resend(self, txn: ClientTransaction, now: float) -> None:
+        self.outbox.append((txn.flow, txn.wire))
+        txn.interval = T2 if txn.provisional else min(txn.interval * 2, T2)
+        txn.next_send = now + txn.interval
+        self._sequence += 1
+        heapq.heappush(self._resends, (txn.next_send, self._sequence, txn))
 
     def fail_flow(self, flow: Any) -> list[Event]:
         """A stream connection died: its client transactions fail now (§17.1.4: a
