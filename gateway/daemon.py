@@ -116,6 +116,8 @@ class Gateway:
             raise StartupError(f"store {config.store.path}: {exc}") from None
         if hasattr(self.backend, "use_store"):
             self.backend.use_store(self.store)
+        if self.metrics is not None and hasattr(self.backend, "use_metrics"):
+            self.backend.use_metrics(self.metrics)
         self.router = Router(config, self.backend, self.store, self.metrics)
         context = make_context(config, self.keys, self._partner_for)
         self.s2s = S2SService(config, context, self.resolver, on_stanza=self.router.from_xmpp,

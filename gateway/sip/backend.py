@@ -48,6 +48,7 @@ from xml.etree.ElementTree import Element, SubElement
 
 from gateway.backend import DeliveryError, StanzaSink
 from gateway.logs import log_event
+from gateway.sip import tls as sip_tls
 from gateway.sip.addresses import AddressError, jid_to_sip, parse_jid, parse_sip_uri, sip_to_jid
 from gateway.sip.dialogs import NotifierDialog, WatchDialog, subscription_state
 from gateway.sip.errors import sip_status_for, xmpp_condition_for
@@ -72,6 +73,7 @@ from gateway.sip.transaction import (
     TransactionTimedOut,
 )
 from gateway.sip.transport import Flow, SipTransport
+from gateway.sip.trust import SourceTrust, asserted_sender, resolve_addresses
 from gateway.xmpp.errors import error_child, make_error_reply, parse_error_child
 
 log = logging.getLogger("gateway.sip")
@@ -97,7 +99,10 @@ class SipBackend:
                  local: tuple[str, int] = ("127.0.0.1", 5062),
                  subscription_expires: int = MAX_EXPIRES,
                  server_ssl: ssl.SSLContext | None = None,
-                 client_ssl: ssl.SSLContext | None = None) -> None:
+                 client_ssl: ssl.SSLContext | None = None,
+                 trusted_sources: Iterable[str] = (),
+                 peer_names: tuple[str, ...] | None = None,
+                 trust_asserted_identity: bool = False) -> None:
         self.domains = frozenset(d.lower() for d in domains)
         if not self.domains:
             raise ValueError("the SIP backend needs at least one served domain")
@@ -120,18 +125,32 @@ class SipBackend:
         self._store: Any = None  # remembers XMPP→SIP subscriptions across restarts
         self.sent = 0
         self.received = 0
+        # Trust (issue 13, gateway.sip.trust): sources beyond the proxy, certificate names
+        # required of inbound TLS peers (None: no client certificate asked), PAI use.
+        self.trusted_sources = tuple(trusted_sources)
+        self.transport.peer_names = peer_names
+        self.transport.on_refused = self._on_untrusted
+        self.trust_asserted_identity = trust_asserted_identity
+        self.metrics: Any = None
+        self.untrusted = 0
 
     @classmethod
     def from_settings(cls, settings: Any, domains: Iterable[str],
                       tls: Any = None) -> SipBackend:
         server_ssl = client_ssl = None
+        peer_names = None
         if settings.transport == "tls":
-            server_ssl, client_ssl = _tls_contexts(tls)
+            server_ssl, client_ssl = sip_tls.contexts(tls, settings)
+            if getattr(settings, "require_client_certificate", False):
+                peer_names = sip_tls.expected_peer_names(settings)
         return cls(domains, transport=settings.transport,
                    proxy=(settings.proxy_host, settings.proxy_port),
                    local=(settings.local_host, settings.local_port),
                    subscription_expires=getattr(settings, "subscription_expires", MAX_EXPIRES),
-                   server_ssl=server_ssl, client_ssl=client_ssl)
+                   server_ssl=server_ssl, client_ssl=client_ssl,
+                   trusted_sources=getattr(settings, "trusted_sources", ()),
+                   peer_names=peer_names,
+                   trust_asserted_identity=getattr(settings, "trust_asserted_identity", False))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -145,6 +164,7 @@ class SipBackend:
     async def start(self, sink: StanzaSink) -> None:
         if self._sink is not None:
             raise RuntimeError("SIP backend already started")
+        await self._trust_proxy()
         await self.transport.start()
         self._sink = sink
         self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="sip-timers")
@@ -158,6 +178,37 @@ class SipBackend:
                   local=f"{self.transport.local[0]}:{self.transport.local[1]}",
                   proxy=f"{self.transport.proxy[0]}:{self.transport.proxy[1]}",
                   subscriptions_restored=restored)
+
+    def use_metrics(self, metrics: Any) -> None:
+        """Count refused untrusted sources on ``metrics.sip_untrusted`` (issue 13)."""
+        self.metrics = metrics
+
+    async def _trust_proxy(self) -> None:
+        """Requests are accepted from the proxy's addresses and ``trusted_sources`` only.
+        Over UDP our requests go to (and responses must come from) the first address, so
+        a name in ``proxy_host`` is resolved once here."""
+        host, port = self.transport.proxy
+        try:
+            addresses = await resolve_addresses(host)
+        except OSError as exc:
+            addresses = ()
+            log_event(log, logging.WARNING, "sip.proxy_unresolved", proxy=host,
+                      reason=str(exc), trusted=",".join(self.trusted_sources) or "nobody")
+        self.transport.trust = SourceTrust.build(addresses, self.trusted_sources)
+        if addresses and self.transport.kind == "udp":
+            self.transport.proxy = (addresses[0], port)
+
+    def _on_untrusted(self, transport: str, peer: tuple[str, int], why: str,
+                      method: str) -> None:
+        self.untrusted += 1
+        answered = method.isalpha() and method.isupper() and method != "ACK"
+        action = "403" if answered else "dropped"
+        log_event(log, logging.WARNING, "sip.untrusted", peer=f"{peer[0]}:{peer[1]}",
+                  transport=transport, method=method, reason=why,
+                  action=action if transport == "udp" else f"{action}, connection closed")
+        if self.metrics is not None:
+            self.metrics.count("sip_untrusted", "certificate" if "certificate" in why
+                               else "source")
 
     async def stop(self, grace: float = 2.0) -> None:
         """End our subscriptions (RFC 6665 §4.4.1 ``deactivated``: the watcher may
@@ -305,6 +356,14 @@ class SipBackend:
                     callback(response)
             elif isinstance(event, RequestReceived):
                 self._on_request(event)
+            elif isinstance(event, StrayResponse) and event.misrouted:
+                self.untrusted += 1
+                log_event(log, logging.WARNING, "sip.misrouted_response",
+                          flow=str(event.flow[1]), status=event.response.status,
+                          call_id=event.response.call_id, action="ignored",
+                          reason="not from where the request was sent")
+                if self.metrics is not None:
+                    self.metrics.count("sip_untrusted", "response")
             elif isinstance(event, StrayResponse):
                 log_event(log, logging.DEBUG, "sip.stray_response",
                           status=event.response.status, call_id=event.response.call_id)
@@ -370,6 +429,12 @@ class SipBackend:
         try:
             sender = parse_sip_uri(request.from_.uri)
             recipient = parse_sip_uri(request.uri)
+            asserted = asserted_sender(request) if self.trust_asserted_identity else None
+            if asserted is not None:  # RFC 3325 §9.1; the transport admitted trusted only
+                if sender.host not in self.domains:
+                    raise _Refused(403, f"sender domain {sender.host} is not served by "
+                                   "this gateway")
+                sender = parse_sip_uri(asserted)
         except (AddressError, SipParseError) as exc:
             raise _Refused(400, str(exc)) from None
         if sender.host not in self.domains:
@@ -793,17 +858,3 @@ def _presence(sender: str, recipient: str, kind: str) -> Element:
 
 def _error_condition(stanza: Element) -> str:
     return parse_error_child(stanza)[0] or "undefined-condition"
-
-
-def _tls_contexts(tls: Any) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """Server context from the gateway's certificate, client context verifying the proxy
-    against ``tls.ca_file`` (and the system CAs when ``use_system_cas``)."""
-    if tls is None:
-        raise ValueError("sip.transport tls needs the tls section (certificate, key, ca_file)")
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(str(tls.certificate), str(tls.key))
-    client = ssl.create_default_context(
-        cafile=str(tls.ca_file) if tls.ca_file else None)
-    if not tls.ca_file and not getattr(tls, "use_system_cas", True):
-        raise ValueError("sip.transport tls needs tls.ca_file or tls.use_system_cas")
-    return server, client

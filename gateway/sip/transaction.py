@@ -11,8 +11,10 @@ OPTIONS), so this layer implements exactly those two state machines:
 
 A request is matched to its server transaction by the top Via's branch, sent-by and the
 CSeq method (§17.2.3); a response to its client transaction by branch and CSeq method
-(§17.1.3). ACK to a final response we gave an INVITE is absorbed here (we never accept
-INVITEs; see :mod:`gateway.sip.backend`).
+(§17.1.3) — and only when it arrived on the flow the request was sent on (issue 13: a
+response from anywhere else is a forgery, or at best a misrouted copy). ACK to a final
+response we gave an INVITE is absorbed here (we never accept INVITEs; see
+:mod:`gateway.sip.backend`).
 
 The layer never touches sockets or clocks: callers pass ``now`` and read
 :attr:`TransactionLayer.outbox` (``(flow, bytes)`` pairs to send) after each call.
@@ -82,6 +84,8 @@ class TransactionTimedOut:
 @dataclass(frozen=True, slots=True)
 class StrayResponse:
     response: SipResponse
+    flow: Any = None
+    misrouted: bool = False  # matched a transaction, but came from elsewhere (ignored)
 
 
 Event = RequestReceived | ResponseReceived | TransactionTimedOut | StrayResponse
@@ -112,12 +116,14 @@ class TransactionLayer:
         self.clients[key] = txn
         self.outbox.append((flow, wire))
 
-    def _client_response(self, response: SipResponse, now: float) -> list[Event]:
+    def _client_response(self, response: SipResponse, flow: Any, now: float) -> list[Event]:
         try:
             key = (response.top_via.branch, response.cseq[1])
         except SipParseError:
             return [StrayResponse(response)]
         txn = self.clients.get(key)
+        if txn is not None and txn.flow != flow:
+            return [StrayResponse(response, flow, misrouted=True)]
         if txn is None or txn.final is not None:
             return [] if txn is not None else [StrayResponse(response)]
         if response.status < 200:
@@ -165,7 +171,7 @@ class TransactionLayer:
 
     def receive(self, message: SipRequest | SipResponse, flow: Any, now: float) -> list[Event]:
         if isinstance(message, SipResponse):
-            return self._client_response(message, now)
+            return self._client_response(message, flow, now)
         return self._server_request(message, flow)
 
     def next_deadline(self) -> float | None:

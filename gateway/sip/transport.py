@@ -12,6 +12,13 @@ the transaction layer's outbox. A *flow* names where bytes go:
 
 A stream connection whose framing breaks (bad Content-Length, oversized head) is closed:
 nothing after it can be trusted to be a message boundary.
+
+Trust (issue 13, :mod:`gateway.sip.trust`): bytes from a source outside
+:attr:`SipTransport.trust` never reach the parser's consumer. A request gets one ``403``
+(UDP: sent once, no transaction, so never retransmitted; TCP/TLS: then the connection is
+closed), anything else is dropped, and :attr:`SipTransport.on_refused` is told (log and
+metric). With :attr:`SipTransport.peer_names` set (mutual TLS), an inbound TLS connection
+whose verified certificate does not name the proxy is refused the same way.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from typing import Any
 
 from gateway.logs import log_event
 from gateway.sip.message import SipParseError, StreamDeframer
+from gateway.sip.trust import SourceTrust, certificate_names_match, refusal_for
 
 log = logging.getLogger("gateway.sip.transport")
 
@@ -34,6 +42,9 @@ PROXY_FLOW = ("tcp", 0)
 Flow = tuple[str, Any]
 MessageHandler = Callable[[bytes, Flow, tuple[str, int]], None]
 FlowLost = Callable[[Flow], None]
+# (transport, peer, why, method): a message from an untrusted source was refused
+Refused = Callable[[str, tuple[str, int], str, str], None]
+UNTRUSTED_GRACE = 5.0  # seconds an untrusted connection may stay open without a request
 
 
 class _Datagram(asyncio.DatagramProtocol):
@@ -41,8 +52,12 @@ class _Datagram(asyncio.DatagramProtocol):
         self.owner = owner
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if data.strip(b"\r\n"):  # bare CRLF = keep-alive ping (RFC 5626 §4.4.1)
-            self.owner.on_message(data, ("udp", addr[:2]), addr[:2])
+        if not data.strip(b"\r\n"):  # bare CRLF = keep-alive ping (RFC 5626 §4.4.1)
+            return
+        if not self.owner.admits(addr[0]):
+            self.owner.refuse(data, addr[:2], "source not trusted", self.owner.send_udp, None)
+            return
+        self.owner.on_message(data, ("udp", addr[:2]), addr[:2])
 
     def error_received(self, exc: Exception) -> None:
         log_event(log, logging.DEBUG, "sip.udp_error", reason=str(exc))
@@ -56,6 +71,7 @@ class _Stream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] = ("", 0)
         self.pending: list[bytes] = []
+        self.refusal = ""  # why this connection is not trusted ("" = trusted)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -63,6 +79,10 @@ class _Stream(asyncio.Protocol):
         peer = transport.get_extra_info("peername") or ("", 0)
         self.peer = (peer[0], peer[1])
         self.owner.streams[self.flow] = self
+        if self.flow != PROXY_FLOW:  # the one we opened is the proxy by construction
+            self.refusal = self.owner.stream_refusal(self.peer, transport)
+            if self.refusal:
+                asyncio.get_running_loop().call_later(UNTRUSTED_GRACE, transport.close)
         for data in self.pending:
             transport.write(data)
         self.pending.clear()
@@ -76,8 +96,17 @@ class _Stream(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return
+        if self.refusal:
+            if messages and self.transport is not None:
+                self.owner.refuse(messages[0], self.peer, self.refusal, self._write,
+                                  self.transport)
+            return
         for message in messages:
             self.owner.on_message(message, self.flow, self.peer)
+
+    def _write(self, data: bytes, _peer: tuple[str, int]) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -111,6 +140,43 @@ class SipTransport:
         self._connecting: asyncio.Task[None] | None = None
         self._proxy_stream: _Stream | None = None
         self.last_error = ""  # why the last connection to the proxy failed
+        self.trust: SourceTrust | None = None  # None: every source (set by the backend)
+        self.peer_names: tuple[str, ...] | None = None  # mutual TLS: names the peer needs
+        self.on_refused: Refused | None = None
+
+    # ------------------------------------------------------------------ trust (issue 13)
+
+    def admits(self, ip: str) -> bool:
+        return self.trust is None or self.trust.is_trusted(ip)
+
+    def stream_refusal(self, peer: tuple[str, int], transport: asyncio.BaseTransport) -> str:
+        """Why an inbound connection is not trusted ("" when it is)."""
+        if not self.admits(peer[0]):
+            return "source not trusted"
+        ssl_object = transport.get_extra_info("ssl_object")
+        if self.peer_names is not None and ssl_object is not None:
+            reason = certificate_names_match(ssl_object.getpeercert(binary_form=True),
+                                             self.peer_names)
+            if reason:
+                return reason
+        return ""
+
+    def send_udp(self, data: bytes, peer: tuple[str, int]) -> None:
+        if self._udp is not None:
+            self._udp.sendto(data, peer)
+
+    def refuse(self, data: bytes, peer: tuple[str, int], why: str,
+               send: Callable[[bytes, tuple[str, int]], None],
+               connection: asyncio.BaseTransport | None) -> None:
+        """Answer a request from an untrusted peer 403 once, drop anything else; a stream
+        is closed after the answer (its later bytes are not read)."""
+        answer, method = refusal_for(data, stream=connection is not None)
+        if answer is not None:
+            send(answer, peer)
+        if connection is not None:
+            connection.close()
+        if self.on_refused is not None:
+            self.on_refused(self.kind, peer, why, method)
 
     @property
     def reliable(self) -> bool:

@@ -107,7 +107,8 @@ class SipUserAgent(asyncio.DatagramProtocol):
             self._server = await loop.create_server(lambda: _Connection(self), self.host, 0)
             self.port = self._server.sockets[0].getsockname()[1]
             self._outgoing = _Connection(self)
-            await loop.create_connection(lambda: self._outgoing, *self.proxy)
+            await loop.create_connection(lambda: self._outgoing, *self.proxy,
+                                         local_addr=(self.host, 0))
         return self
 
     async def close(self) -> None:
