@@ -175,6 +175,8 @@ class SipBackend:
                     self._watch(watcher, sip_user)
                     restored += 1
         log_event(log, logging.INFO, "sip.started", transport=self.transport.kind,
+                  trusted=self.transport.trust.describe() if self.transport.trust else "",
+                  client_certificate="required" if self.transport.peer_names else "",
                   local=f"{self.transport.local[0]}:{self.transport.local[1]}",
                   proxy=f"{self.transport.proxy[0]}:{self.transport.proxy[1]}",
                   subscriptions_restored=restored)
@@ -197,6 +199,15 @@ class SipBackend:
         self.transport.trust = SourceTrust.build(addresses, self.trusted_sources)
         if addresses and self.transport.kind == "udp":
             self.transport.proxy = (addresses[0], port)
+
+    async def update_trust(self, settings: Any) -> None:
+        """Reload: new ``trusted_sources``/``trust_asserted_identity`` apply at once (the
+        proxy's name is resolved again too)."""
+        self.trusted_sources = tuple(settings.trusted_sources)
+        self.trust_asserted_identity = settings.trust_asserted_identity
+        await self._trust_proxy()
+        log_event(log, logging.INFO, "sip.trust_updated",
+                  trusted=self.transport.trust.describe() if self.transport.trust else "")
 
     def _on_untrusted(self, transport: str, peer: tuple[str, int], why: str,
                       method: str) -> None:

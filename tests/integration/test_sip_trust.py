@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -29,43 +28,16 @@ from gateway.config.model import SipSettings
 from gateway.metrics import Metrics
 from gateway.sip.backend import SipBackend
 from gateway.sip.development import message
-from gateway.sip.message import SipResponse, StreamDeframer, make_response, parse_message
+from gateway.sip.message import make_response, parse_message
 from tests.integration.test_sip_backend import Recorder, condition
 from tests.support.dnsmasq import free_port
+from tests.support.sip_attacker import spoofed, status_of, stream_exchange, udp_exchange
 from tests.support.sip_ua import SipUserAgent
 
 GATEWAY = "127.0.0.9"
 PROXY = "127.0.0.10"
 ATTACKER = "127.0.0.11"
 SIP_DOMAIN = "sip.example"
-
-
-def spoofed(method: str, transport: str, source: tuple[str, int], *, sender: str = "ceo",
-            call_id: str = "", from_tag: str = "", to_tag: str = "",
-            extra: str = "") -> bytes:
-    """A request as an attacker writes it: From one of our users, to an XMPP contact."""
-    body = b"I am the CEO, wire money" if method == "MESSAGE" else b""
-    headers = [
-        f"{method} sip:victim@xmpp.example SIP/2.0",
-        f"Via: SIP/2.0/{transport.upper()} {source[0]}:{source[1]};"
-        f"branch=z9hG4bK{secrets.token_hex(6)};rport",
-        "Max-Forwards: 70",
-        f"From: <sip:{sender}@{SIP_DOMAIN}>;tag={from_tag or secrets.token_hex(4)}",
-        "To: <sip:victim@xmpp.example>" + (f";tag={to_tag}" if to_tag else ""),
-        f"Call-ID: {call_id or secrets.token_hex(8)}",
-        f"CSeq: 1 {method}",
-        f"Contact: <sip:{sender}@{source[0]}:{source[1]}>",
-    ]
-    if method == "MESSAGE":
-        headers.append("Content-Type: text/plain")
-    if method in ("SUBSCRIBE", "NOTIFY"):
-        headers += ["Event: presence", "Expires: 600"]
-    if method == "NOTIFY":
-        headers.append("Subscription-State: active;expires=600")
-    if extra:
-        headers.append(extra)
-    headers.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(headers) + "\r\n\r\n").encode() + body
 
 
 def untrusted_count(metrics: Metrics, reason: str) -> float:
@@ -95,77 +67,6 @@ async def sip_backend(transport: str = "udp", *, proxy_port: int = 9,
         yield backend, recorder, metrics
     finally:
         await backend.stop(grace=0.5)
-
-
-# ---------------------------------------------------------------------- raw clients
-
-
-async def udp_exchange(source: str, target: tuple[str, int], make: object,
-                       listen: float = 1.5) -> list[bytes]:
-    """Send one datagram from ``source`` (``make(port)`` builds it) and collect every
-    datagram that comes back within ``listen`` seconds (to see retransmissions too)."""
-    loop = asyncio.get_running_loop()
-    received: asyncio.Queue[bytes] = asyncio.Queue()
-
-    class Client(asyncio.DatagramProtocol):
-        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-            received.put_nowait(data)
-
-    transport, _ = await loop.create_datagram_endpoint(Client, local_addr=(source, 0))
-    try:
-        port = transport.get_extra_info("sockname")[1]
-        transport.sendto(make(port), target)  # type: ignore[operator]
-        await asyncio.sleep(listen)
-    finally:
-        transport.close()
-    return [received.get_nowait() for _ in range(received.qsize())]
-
-
-async def stream_exchange(source: str, target: tuple[str, int], make: object, *,
-                          context: ssl.SSLContext | None = None, second: bool = True,
-                          ) -> tuple[list[bytes], bool]:
-    """Connect from ``source``, send a request (and a second one after the answer), and
-    return (messages received, whether the gateway closed the connection)."""
-    reader, writer = await asyncio.open_connection(
-        target[0], target[1], local_addr=(source, 0), ssl=context,
-        server_hostname="localhost" if context else None)
-    port = writer.get_extra_info("sockname")[1]
-    deframer = StreamDeframer()
-    messages: list[bytes] = []
-    closed = False
-    try:
-        writer.write(make(port))  # type: ignore[operator]
-        async with asyncio.timeout(5):
-            while not messages:
-                data = await reader.read(65536)
-                if not data:
-                    return messages, True
-                messages += deframer.feed(data)
-        if not second:
-            return messages, False
-        with contextlib.suppress(ConnectionError):
-            writer.write(make(port))  # type: ignore[operator]
-            await writer.drain()
-        async with asyncio.timeout(5):
-            while True:
-                data = await reader.read(65536)
-                if not data:
-                    closed = True
-                    break
-                messages += deframer.feed(data)
-    except (ConnectionError, ssl.SSLError):
-        closed = True
-    finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
-    return messages, closed
-
-
-def status_of(data: bytes) -> int:
-    response = parse_message(data, stream=True)
-    assert isinstance(response, SipResponse), data[:80]
-    return response.status
 
 
 # ---------------------------------------------------------------------- spoofed requests

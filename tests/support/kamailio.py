@@ -35,6 +35,9 @@ children=2
 tcp_children=2
 listen=udp:{host}:{port}
 listen=tcp:{host}:{port}
+# Connections Kamailio opens (to the gateway) start from its own address, not from the
+# host's primary one: the gateway trusts requests by source address (docs/sip.md).
+tcp_source_ipv4={host}
 {tls_listen}alias="{domain}"
 mpath="{modules}/"
 loadmodule "pv.so"
@@ -112,32 +115,37 @@ def answers_options(host: str, port: int, domain: str) -> bool:
 
 TLS_CFG = """[server:default]
 method = TLSv1.2+
-verify_certificate = no
-require_certificate = no
+verify_certificate = {verify}
+require_certificate = {verify}
 certificate = {certificate}
 private_key = {key}
-
+{ca_list}
 [client:default]
 method = TLSv1.2+
-verify_certificate = no
-require_certificate = no
-"""
+verify_certificate = {verify}
+require_certificate = {verify}
+certificate = {certificate}
+private_key = {key}
+{ca_list}"""
 
 
 class Kamailio:
     """``tls=(certificate, key)`` adds a TLS listener on ``port + 1`` (module tls.so from
-    Debian's kamailio-tls-modules); the proxy does not verify the gateway's certificate,
-    the gateway verifies the proxy's."""
+    Debian's kamailio-tls-modules) and presents that certificate in both directions. With
+    ``ca`` (a CA file) the TLS is mutual both ways: ``verify_certificate`` and
+    ``require_certificate`` on for the connections the gateway opens to Kamailio and for
+    those Kamailio opens to the gateway, i.e. each side verifies the other's certificate."""
 
     def __init__(self, workdir: Path, *, domain: str, host: str = "127.0.0.1", port: int,
                  gateway: tuple[str, int], gateway_transport: str = "udp",
                  prefix: list[str] | None = None, debug: int = 2,
-                 tls: tuple[Path, Path] | None = None) -> None:
+                 tls: tuple[Path, Path] | None = None, ca: Path | None = None) -> None:
         self.workdir, self.domain, self.host, self.port = workdir, domain, host, port
         self.gateway, self.gateway_transport = gateway, gateway_transport
         self.prefix = prefix or []
         self.debug = debug
         self.tls = tls
+        self.ca = ca
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "kamailio.log"
 
@@ -157,7 +165,9 @@ class Kamailio:
         tls_listen = tls_module = ""
         if self.tls is not None:
             tls_cfg = self.workdir / "tls.cfg"
-            tls_cfg.write_text(TLS_CFG.format(certificate=self.tls[0], key=self.tls[1]))
+            tls_cfg.write_text(TLS_CFG.format(
+                certificate=self.tls[0], key=self.tls[1], verify="yes" if self.ca else "no",
+                ca_list=f"ca_list = {self.ca}\n" if self.ca else ""))
             tls_listen = f"enable_tls=yes\nlisten=tls:{self.host}:{self.tls_port}\n"
             tls_module = f'loadmodule "tls.so"\nmodparam("tls", "config", "{tls_cfg}")\n'
         self.config_path.write_text(CONFIG.format(
