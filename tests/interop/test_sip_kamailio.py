@@ -40,7 +40,7 @@ GW = IPS["gw.example"]
 PHONE = "127.0.0.6"  # the SIP phones' host: not trusted by the gateway
 KAMAILIO_PORT = 5070
 GATEWAY_SIP_PORT = 5062
-USERS = ("fed", "pv", "pu", "tcp", "tls")
+USERS = ("fed", "pv", "pu", "tcp", "tls", "auth")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,8 @@ def prosody(ns: Namespace, pki) -> Iterator[Prosody]:
         server.stop()
 
 
-def kamailio(ns: Namespace, pki, transport: str) -> Kamailio:
+def kamailio(ns: Namespace, pki, transport: str,
+             passwords: dict[str, str] | None = None) -> Kamailio:
     """Kamailio for gw.example; with ``tls`` it also listens on TLS (KAMAILIO_PORT + 1) with
     the gw.example certificate, which the gateway verifies against the test CA."""
     workdir = ns.workdir / f"kamailio-{transport}"
@@ -63,10 +64,11 @@ def kamailio(ns: Namespace, pki, transport: str) -> Kamailio:
         tls, ca = (settings.certificate, settings.key), pki.root / "ca.crt"
     return Kamailio(workdir, domain="gw.example", host=GW, port=KAMAILIO_PORT,
                     gateway=(GW, GATEWAY_SIP_PORT), gateway_transport=transport,
-                    prefix=ns.exec, tls=tls, ca=ca).start()
+                    prefix=ns.exec, tls=tls, ca=ca, passwords=passwords).start()
 
 
-def gateway(ns: Namespace, pki, partner_type: str, transport: str = "udp") -> GatewayProcess:
+def gateway(ns: Namespace, pki, partner_type: str, transport: str = "udp",
+            **sip: str) -> GatewayProcess:
     # Over TLS the proxy is named, not numbered: its certificate says gw.example (resolved
     # by the namespace's dnsmasq to 127.0.0.4).
     proxy = ("gw.example", KAMAILIO_PORT + 1) if transport == "tls" else (GW, KAMAILIO_PORT)
@@ -77,7 +79,7 @@ def gateway(ns: Namespace, pki, partner_type: str, transport: str = "udp") -> Ga
         log_level="info",
         sip={"backend": "sip", "proxy_host": proxy[0], "proxy_port": proxy[1],
              "transport": transport, "local_host": GW, "local_port": GATEWAY_SIP_PORT,
-             **mutual},
+             **mutual, **sip},
     ).start()
 
 
@@ -269,3 +271,55 @@ def test_only_kamailio_is_trusted(ns: Namespace, pki, prosody: Prosody,
     assert all(f"peer={PHONE}:" in line for line in refusals[:2])
     if transport == "tls":
         assert "client certificate names a.example, not gw.example" in refusals[2]
+
+
+def test_kamailio_authenticates_phones(ns: Namespace, pki, prosody: Prosody) -> None:
+    """docs/sip.md's Kamailio route: phones authenticate (digest) before anything reaches
+    the gateway, Kamailio replaces any P-Asserted-Identity a phone wrote with the
+    authenticated user, and the gateway (trust_asserted_identity) takes the sender from it."""
+    sip = kamailio(ns, pki, "udp", passwords={"sipauth": "s3cret"})
+    gw = gateway(ns, pki, "federated", trust_asserted_identity="true")
+    contact = "sip:auth@a.example"
+
+    async def message_with(ua: SipUserAgent, text: str, asserted: str = ""):
+        request = ua._new("MESSAGE", contact, contact)
+        request.add("content-type", "text/plain;charset=UTF-8")
+        if asserted:
+            request.add("p-asserted-identity", asserted)
+        request.body = text.encode()
+        return await ua.request(request)
+
+    async def scenario() -> None:
+        phone = await SipUserAgent("sipauth", "gw.example", (GW, KAMAILIO_PORT), host=PHONE,
+                                   password="s3cret").start()
+        wrong = await SipUserAgent("sipauth", "gw.example", (GW, KAMAILIO_PORT), host=PHONE,
+                                   password="guess").start()
+        impostor = await SipUserAgent("ceo", "gw.example", (GW, KAMAILIO_PORT), host=PHONE,
+                                      password="s3cret", auth_user="sipauth").start()
+        xmpp = await XmppUser("auth@a.example", IPS["a.example"]).start()
+        try:
+            assert (await phone.register()).status == 200
+            # The phone asserts someone else: Kamailio replaces it, the gateway sees sipauth.
+            answer = await message_with(phone, "hello", asserted="<sip:ceo@gw.example>")
+            assert answer.status == 202, answer
+            received = await xmpp.next_message()
+            assert (received["from"], received["body"]) == ("sipauth@gw.example/sip", "hello")
+            # A wrong password, and a right one used with another user's From: refused by
+            # Kamailio, nothing reaches the gateway or the XMPP user.
+            assert (await message_with(wrong, "let me in")).status in (401, 403, 407)
+            assert (await message_with(impostor, "I am the CEO")).status in (401, 403, 407)
+            with pytest.raises(TimeoutError):
+                await xmpp.next_message(timeout=2)
+        finally:
+            await xmpp.stop()
+            for ua in (phone, wrong, impostor):
+                await ua.close()
+
+    try:
+        run_in_namespace(ns.name, scenario, timeout=90)
+    except BaseException as exc:
+        raise AssertionError(f"auth: {exc!r}{explain(gw, sip)}") from exc
+    finally:
+        gw.stop()
+        sip.stop()
+    assert "sip.untrusted" not in gw.log
