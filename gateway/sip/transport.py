@@ -232,9 +232,13 @@ class SipTransport:
     async def _connect(self, stream: _Stream) -> None:
         loop = asyncio.get_running_loop()
         try:
+            # From our SIP address, not the host's primary one: the proxy may recognise
+            # the gateway by source address (docs/sip.md, Security), as we recognise it.
+            source = None if self.local[0] in ("", "0.0.0.0", "::") else (self.local[0], 0)
             await loop.create_connection(
                 lambda: stream, self.proxy[0], self.proxy[1], ssl=self.client_ssl,
-                server_hostname=self.proxy[0] if self.client_ssl else None)
+                server_hostname=self.proxy[0] if self.client_ssl else None,
+                local_addr=source)
         except (OSError, ssl.SSLError) as exc:
             self.last_error = (os.strerror(exc.errno) if exc.errno else str(exc)) or \
                 type(exc).__name__

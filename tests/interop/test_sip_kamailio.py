@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
+from gateway.auth import devcerts
 from gateway.sip.pidf import PresenceState, parse_pidf
 from tests.interop.harness import IPS, GatewayProcess, Namespace, Prosody
 from tests.interop.in_namespace import XmppUser, run_in_namespace
@@ -273,12 +274,16 @@ def test_only_kamailio_is_trusted(ns: Namespace, pki, prosody: Prosody,
         assert "client certificate names a.example, not gw.example" in refusals[2]
 
 
-def test_kamailio_authenticates_phones(ns: Namespace, pki, prosody: Prosody) -> None:
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_kamailio_authenticates_phones(ns: Namespace, pki, prosody: Prosody,
+                                       transport: str) -> None:
     """docs/sip.md's Kamailio route: phones authenticate (digest) before anything reaches
     the gateway, Kamailio replaces any P-Asserted-Identity a phone wrote with the
-    authenticated user, and the gateway (trust_asserted_identity) takes the sender from it."""
-    sip = kamailio(ns, pki, "udp", passwords={"sipauth": "s3cret"})
-    gw = gateway(ns, pki, "federated", trust_asserted_identity="true")
+    authenticated user, and the gateway (trust_asserted_identity) takes the sender from it.
+    Over TCP this also shows the gateway connects from its own SIP address, the one the
+    route exempts from challenges (an XMPP message reaches the phone unchallenged)."""
+    sip = kamailio(ns, pki, transport, passwords={"sipauth": "s3cret"})
+    gw = gateway(ns, pki, "federated", transport, trust_asserted_identity="true")
     contact = "sip:auth@a.example"
 
     async def message_with(ua: SipUserAgent, text: str, asserted: str = ""):
@@ -291,11 +296,12 @@ def test_kamailio_authenticates_phones(ns: Namespace, pki, prosody: Prosody) -> 
 
     async def scenario() -> None:
         phone = await SipUserAgent("sipauth", "gw.example", (GW, KAMAILIO_PORT), host=PHONE,
-                                   password="s3cret").start()
+                                   password="s3cret", transport=transport).start()
         wrong = await SipUserAgent("sipauth", "gw.example", (GW, KAMAILIO_PORT), host=PHONE,
-                                   password="guess").start()
+                                   password="guess", transport=transport).start()
         impostor = await SipUserAgent("ceo", "gw.example", (GW, KAMAILIO_PORT), host=PHONE,
-                                      password="s3cret", auth_user="sipauth").start()
+                                      password="s3cret", auth_user="sipauth",
+                                      transport=transport).start()
         xmpp = await XmppUser("auth@a.example", IPS["a.example"]).start()
         try:
             assert (await phone.register()).status == 200
@@ -304,6 +310,7 @@ def test_kamailio_authenticates_phones(ns: Namespace, pki, prosody: Prosody) -> 
             assert answer.status == 202, answer
             received = await xmpp.next_message()
             assert (received["from"], received["body"]) == ("sipauth@gw.example/sip", "hello")
+            await xmpp_to_sip_message(xmpp, phone, "the gateway is not challenged")
             # A wrong password, and a right one used with another user's From: refused by
             # Kamailio, nothing reaches the gateway or the XMPP user.
             assert (await message_with(wrong, "let me in")).status in (401, 403, 407)
@@ -323,3 +330,38 @@ def test_kamailio_authenticates_phones(ns: Namespace, pki, prosody: Prosody) -> 
         gw.stop()
         sip.stop()
     assert "sip.untrusted" not in gw.log
+
+
+def test_kamailio_refuses_a_gateway_it_cannot_verify(ns: Namespace, pki, prosody: Prosody
+                                                     ) -> None:
+    """Mutual TLS, the other direction: the gateway presents a client certificate from a
+    CA Kamailio does not trust (sip.client_certificate), so Kamailio's require/verify
+    refuses the connection and the XMPP sender gets an error, not silence."""
+    ca, ca_key = devcerts.make_ca("rogue CA", key_type="ec")
+    cert, key = devcerts.issue_certificate(ca, ca_key, ["gw.example"], key_type="ec")
+    rogue = (ns.workdir / "rogue.crt", ns.workdir / "rogue.key")
+    devcerts.write_key_and_cert(rogue[0], rogue[1], cert, key)
+    sip = kamailio(ns, pki, "tls")
+    gw = gateway(ns, pki, "federated", "tls", client_certificate=str(rogue[0]),
+                 client_key=str(rogue[1]))
+
+    async def scenario() -> None:
+        ua = await sip_user("siptls")
+        xmpp = await XmppUser("tls@a.example", IPS["a.example"]).start()
+        try:
+            xmpp.client.send_message(mto="siptls@gw.example", mbody="via rogue", mtype="chat")
+            error = await xmpp.next_message(timeout=40)
+            assert (error["type"], error["error"]) == ("error", "remote-server-timeout"), error
+            assert ua.messages.empty()
+        finally:
+            await xmpp.stop()
+            await ua.close()
+
+    try:
+        run_in_namespace(ns.name, scenario, timeout=90)
+    except BaseException as exc:
+        raise AssertionError(f"rogue: {exc!r}{explain(gw, sip)}") from exc
+    finally:
+        gw.stop()
+        sip.stop()
+    assert "certificate verify failed" in sip.log()  # refused by Kamailio's verification
