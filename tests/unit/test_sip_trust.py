@@ -134,3 +134,15 @@ def test_check_config_warns_about_an_exposed_sip_side() -> None:
                          "udp (it applies to tls only)")
     [pai] = sip_warnings("  trust_asserted_identity: true\n")
     assert "must remove P-Asserted-Identity from its users' requests" in pai
+
+
+def test_check_config_prints_the_sip_warning(tmp_path: Path, capsys) -> None:
+    from gateway.cli.main import main
+
+    path = tmp_path / "gateway.yaml"
+    path.write_text(BASE + "  local_host: 192.0.2.10\n  transport: tcp\n")
+    assert main(["-c", str(path), "check", "config"]) == 0
+    out = capsys.readouterr().out
+    assert ("warning: sip.local_host 192.0.2.10 is reachable beyond this host, and SIP "
+            "requests are trusted on their source address alone (the addresses of "
+            "sip.proxy_host 127.0.0.1), which TCP does not prove") in out
