@@ -73,7 +73,12 @@ from gateway.sip.transaction import (
     TransactionTimedOut,
 )
 from gateway.sip.transport import Flow, SipTransport
-from gateway.sip.trust import SourceTrust, asserted_sender, resolve_addresses
+from gateway.sip.trust import (
+    RefusalLogBudget,
+    SourceTrust,
+    asserted_sender,
+    resolve_addresses,
+)
 from gateway.xmpp.errors import error_child, make_error_reply, parse_error_child
 
 log = logging.getLogger("gateway.sip")
@@ -133,6 +138,7 @@ class SipBackend:
         self.trust_asserted_identity = trust_asserted_identity
         self.metrics: Any = None
         self.untrusted = 0
+        self._refusal_log = RefusalLogBudget()
 
     @classmethod
     def from_settings(cls, settings: Any, domains: Iterable[str],
@@ -214,9 +220,12 @@ class SipBackend:
         self.untrusted += 1
         answered = method.isalpha() and method.isupper() and method != "ACK"
         action = "403" if answered else "dropped"
-        log_event(log, logging.WARNING, "sip.untrusted", peer=f"{peer[0]}:{peer[1]}",
-                  transport=transport, method=method, reason=why,
-                  action=action if transport == "udp" else f"{action}, connection closed")
+        allowed, suppressed = self._refusal_log.allow(time.monotonic())
+        if allowed:
+            log_event(log, logging.WARNING, "sip.untrusted", peer=f"{peer[0]}:{peer[1]}",
+                      transport=transport, method=method, reason=why,
+                      action=action if transport == "udp" else f"{action}, connection closed",
+                      suppressed=suppressed or None)
         if self.metrics is not None:
             self.metrics.count("sip_untrusted", "certificate" if "certificate" in why
                                else "source")

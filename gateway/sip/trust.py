@@ -103,6 +103,29 @@ class SourceTrust:
         return ", ".join(str(n) for n in self.networks) or "nobody"
 
 
+@dataclass(slots=True)
+class RefusalLogBudget:
+    """At most ``per_second`` refusal log lines a second; the rest are counted and the
+    count is reported on the next line that is logged (``suppressed=N``). A flood of
+    forged packets must not become a flood of log lines (the metric counts every one)."""
+
+    per_second: int = 20
+    window_start: float = float("-inf")
+    used: int = 0
+    suppressed: int = 0
+
+    def allow(self, now: float) -> tuple[bool, int]:
+        """(log this one?, refusals not logged since the last line that was)."""
+        if now - self.window_start >= 1.0:
+            self.window_start, self.used = now, 0
+        if self.used >= self.per_second:
+            self.suppressed += 1
+            return False, 0
+        self.used += 1
+        suppressed, self.suppressed = self.suppressed, 0
+        return True, suppressed
+
+
 async def resolve_addresses(host: str) -> tuple[str, ...]:
     """Every address ``host`` resolves to (an address resolves to itself)."""
     if _address(host) is not None:

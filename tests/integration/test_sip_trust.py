@@ -143,6 +143,37 @@ async def test_the_proxy_is_still_heard(transport: str) -> None:
             await proxy.close()
 
 
+async def test_a_flood_is_counted_but_not_logged_line_by_line(caplog) -> None:
+    """200 forged datagrams in a burst: every one answered once and counted, at most the
+    per-second budget of log lines, the rest reported as suppressed."""
+    caplog.set_level(logging.WARNING, logger="gateway.sip")
+    loop = asyncio.get_running_loop()
+    answers: list[bytes] = []
+
+    class Attacker(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            answers.append(data)
+
+    async with sip_backend() as (backend, recorder, metrics):
+        attacker, _ = await loop.create_datagram_endpoint(Attacker,
+                                                          local_addr=(ATTACKER, 0))
+        try:
+            port = attacker.get_extra_info("sockname")[1]
+            for _ in range(10):  # 10 bursts of 20 within ~0.3 s (a socket buffer's worth)
+                for _ in range(20):
+                    attacker.sendto(spoofed("MESSAGE", "udp", (ATTACKER, port)),
+                                    backend.transport.local)
+                await asyncio.sleep(0.03)
+            async with asyncio.timeout(10):
+                while untrusted_count(metrics, "source") < 200 or len(answers) < 200:
+                    await asyncio.sleep(0.05)
+        finally:
+            attacker.close()
+        assert recorder.queue.empty() and len(answers) == 200
+    lines = [r for r in caplog.records if r.getMessage() == "sip.untrusted"]
+    assert 1 <= len(lines) <= 2 * backend._refusal_log.per_second
+
+
 # ---------------------------------------------------------------------- responses
 
 

@@ -11,6 +11,7 @@ from gateway.auth import devcerts
 from gateway.config.loader import ConfigError, config_warnings, load_config_text
 from gateway.sip.message import SipRequest, parse_message
 from gateway.sip.trust import (
+    RefusalLogBudget,
     SourceTrust,
     asserted_sender,
     certificate_names_match,
@@ -146,3 +147,11 @@ def test_check_config_prints_the_sip_warning(tmp_path: Path, capsys) -> None:
     assert ("warning: sip.local_host 192.0.2.10 is reachable beyond this host, and SIP "
             "requests are trusted on their source address alone (the addresses of "
             "sip.proxy_host 127.0.0.1), which TCP does not prove") in out
+
+
+def test_refusal_log_budget() -> None:
+    budget = RefusalLogBudget(per_second=2)
+    assert [budget.allow(10.0 + i / 100) for i in range(5)] == [
+        (True, 0), (True, 0), (False, 0), (False, 0), (False, 0)]
+    assert budget.allow(11.0) == (True, 3)  # next second: the 3 unlogged are reported
+    assert budget.allow(11.1) == (True, 0)
