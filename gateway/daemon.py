@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -116,6 +117,8 @@ class Gateway:
             raise StartupError(f"store {config.store.path}: {exc}") from None
         if hasattr(self.backend, "use_store"):
             self.backend.use_store(self.store)
+        if self.metrics is not None and hasattr(self.backend, "use_metrics"):
+            self.backend.use_metrics(self.metrics)
         self.router = Router(config, self.backend, self.store, self.metrics)
         context = make_context(config, self.keys, self._partner_for)
         self.s2s = S2SService(config, context, self.resolver, on_stanza=self.router.from_xmpp,
@@ -133,7 +136,10 @@ class Gateway:
         except OSError as exc:
             raise StartupError(f"cannot listen: {exc.strerror or exc}") from None
         self.admin = AdminServer(config.admin_socket, self)
-        await self.admin.start()
+        try:
+            await self.admin.start()
+        except OSError as exc:
+            raise StartupError(f"admin socket {config.admin_socket}: {exc}") from None
         log_event(log, logging.INFO, "gateway.started", domains=",".join(config.domains),
                   partners=len(config.partners), backend=config.sip.backend,
                   listen=" ".join(f"{h}:{p}" for h, p in self.s2s.listening_addresses),
@@ -195,6 +201,19 @@ class Gateway:
             note = "served domains and listen addresses change only on restart"
         else:
             note = ""
+        if new.sip != self.config.sip:
+            # Who may speak SIP to us changes at once (a proxy taken out of a pool must
+            # stop being trusted now); the rest of the SIP side is built at start.
+            live = {"trusted_sources", "trust_asserted_identity"}
+            if hasattr(self.backend, "update_trust"):
+                await self.backend.update_trust(new.sip)
+            else:
+                live = set()
+            if dataclasses.replace(new.sip, **{k: getattr(self.config.sip, k) for k in live}) \
+                    != self.config.sip:
+                changed = "sip settings other than " + " and ".join(sorted(live)) \
+                    if live else "sip settings"
+                note = "; ".join(filter(None, [note, f"{changed} change only on restart"]))
         assert self.s2s is not None and self.router is not None
         old_ctx = self.s2s.ctx
         new_ctx = StreamContext(
@@ -290,8 +309,6 @@ class Gateway:
 
 def _with_runtime_fields(new: GatewayConfig, domains: tuple[str, ...],
                          listen: Any) -> GatewayConfig:
-    import dataclasses
-
     return dataclasses.replace(new, domains=domains, listen=listen)
 
 

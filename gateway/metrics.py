@@ -32,6 +32,9 @@ class Metrics:
                                registry=r)
         self.dns_failures = Counter("xmpp_gateway_dns_failures", "Failed DNS lookups",
                                     ["peer"], registry=r)
+        self.sip_untrusted = Counter("xmpp_gateway_sip_untrusted", "SIP messages refused "
+                                     "because they did not come from the trusted proxy",
+                                     ["reason"], registry=r)
         self.handshakes = Histogram("xmpp_gateway_handshake_seconds",
                                     "Outbound connect-to-authenticated time", ["method"],
                                     registry=r)

@@ -300,6 +300,38 @@ class _Checker:
             raise _Skip
         return servers
 
+    def networks(self, value: Any, path: str, line: int | None) -> tuple[str, ...]:
+        """IP addresses or CIDR networks (``sip.trusted_sources``), each checked."""
+        from gateway.sip.trust import parse_network
+
+        entries = self.string_list(value, path, line)
+        bad = False
+        for index, entry in enumerate(entries):
+            try:
+                parse_network(entry)
+            except ValueError as exc:
+                where = self.item_line(value, index) if isinstance(value, list) else line
+                self.problem(where, f"{path}[{index}]" if isinstance(value, list) else path,
+                             str(exc), entry)
+                bad = True
+        if bad:
+            raise _Skip
+        return tuple(entry.strip() for entry in entries)
+
+    def names(self, value: Any, path: str, line: int | None) -> tuple[str, ...]:
+        """Certificate names (``sip.trusted_names``): domain names or IP addresses."""
+        import ipaddress
+
+        result = []
+        for index, entry in enumerate(self.string_list(value, path, line)):
+            item_path = f"{path}[{index}]" if isinstance(value, list) else path
+            item_line = self.item_line(value, index) if isinstance(value, list) else line
+            try:
+                result.append(str(ipaddress.ip_address(entry.strip())))
+            except ValueError:
+                result.append(self.domain(entry, item_path, item_line))
+        return tuple(result)
+
     # -------------------------------------------------------------- sections
 
     def section(self, cls: type, spec: dict[str, Converter],
@@ -425,6 +457,10 @@ class _Checker:
                 self.problem(where.line, where.key_path, f"{where.domain} is served by this "
                              f"gateway (domains, line {served[where.domain].line}) and cannot "
                              "be a partner", where.domain)
+        sip = values.get("sip")
+        if sip is not None and sip.client_key is not None and sip.client_certificate is None:
+            self.problem(None, "sip.client_key", "is set without sip.client_certificate; set "
+                         "both (or neither, to present tls.certificate)")
         tls = values.get("tls")
         if tls is not None and served:
             for domain in tls.per_domain:
@@ -476,7 +512,10 @@ def _top_level_spec(c: _Checker) -> dict[str, Converter]:
             "backend": c.choice(("development", "sip")), "proxy_host": c.string,
             "proxy_port": c.integer(1, 65535), "transport": c.choice(("udp", "tcp", "tls")),
             "local_host": c.string, "local_port": c.integer(1, 65535),
-            "subscription_expires": c.integer(60, 86400)}),
+            "subscription_expires": c.integer(60, 86400),
+            "trusted_sources": c.networks, "trusted_names": c.names,
+            "require_client_certificate": c.boolean, "client_certificate": c.optional_path,
+            "client_key": c.optional_path, "trust_asserted_identity": c.boolean}),
         "logging": c.section(LoggingSettings, {
             "level": c.choice(("debug", "info", "warning", "error")),
             "format": c.choice(("text", "json")), "file": c.optional_path}),
@@ -589,7 +628,45 @@ def config_warnings(config: GatewayConfig) -> list[str]:
                             "(make certs creates development certificates)")
     if config.tls.ca_file is not None and not Path(config.tls.ca_file).is_file():
         warnings.append(f"tls.ca_file {config.tls.ca_file} does not exist")
+    warnings.extend(_sip_trust_warnings(config))
     if config.metrics.enabled and config.metrics.host not in ("127.0.0.1", "::1", "localhost"):
         warnings.append(f"metrics.host {config.metrics.host} exposes the metrics endpoint "
                         "beyond this host (it has no authentication)")
+    return warnings
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: assume it may resolve beyond this host
+
+
+def _sip_trust_warnings(config: GatewayConfig) -> list[str]:
+    """Issue 13: the SIP side speaks for local users with our domain's S2S authority."""
+    sip = config.sip
+    if sip.backend != "sip":
+        return []
+    warnings = []
+    mutual_tls = sip.transport == "tls" and sip.require_client_certificate
+    if not _is_loopback(sip.local_host) and not sip.trusted_sources and not mutual_tls:
+        warnings.append(
+            f"sip.local_host {sip.local_host} is reachable beyond this host, and SIP requests "
+            f"are trusted on their source address alone (the addresses of sip.proxy_host "
+            f"{sip.proxy_host}), which {sip.transport.upper()} does not prove"
+            + (" (a UDP source is trivially forged)" if sip.transport == "udp" else "")
+            + ": set sip.transport tls with sip.require_client_certificate true, or list "
+            "the proxy's addresses in sip.trusted_sources and filter spoofed sources at the "
+            "network edge (docs/sip.md, Security)")
+    if sip.require_client_certificate and sip.transport != "tls":
+        warnings.append(f"sip.require_client_certificate has no effect with sip.transport "
+                        f"{sip.transport} (it applies to tls only)")
+    if sip.trust_asserted_identity:
+        warnings.append("sip.trust_asserted_identity is true: the proxy must remove "
+                        "P-Asserted-Identity from its users' requests and insert its own after "
+                        "authenticating them (RFC 3325 §5), or any user can send as any other")
     return warnings

@@ -101,6 +101,20 @@ class SipSettings:
     # Lifetime asked for the presence subscriptions the gateway makes and grants
     # (RFC 6665 §4.1.2.1 Expires; refreshed before it runs out).
     subscription_expires: int = 3600
+    # Trust (issue 13, docs/sip.md "Security"): SIP requests are accepted only from the
+    # addresses proxy_host resolves to and these addresses/CIDR networks (a proxy pool).
+    trusted_sources: tuple[str, ...] = ()
+    # transport tls: ask the proxy for a client certificate, which must verify against
+    # tls.ca_file (or the system CAs) and name proxy_host or one of trusted_names.
+    require_client_certificate: bool = False
+    trusted_names: tuple[str, ...] = ()
+    # Certificate the gateway presents when it connects to the proxy (default tls.*).
+    client_certificate: Path | None = None
+    client_key: Path | None = None
+    # Take the sender from P-Asserted-Identity (RFC 3325) instead of From. Off by default:
+    # only safe when the proxy removes P-Asserted-Identity from its users' requests and
+    # inserts its own after authenticating them (RFC 3325 §5); see docs/sip.md.
+    trust_asserted_identity: bool = False
 
 
 @dataclass(frozen=True, slots=True)

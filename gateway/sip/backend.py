@@ -28,12 +28,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from xml.etree.ElementTree import Element
 
 from gateway.backend import DeliveryError, StanzaSink
 from gateway.logs import log_event
+from gateway.sip import tls as sip_tls
 from gateway.sip.addresses import AddressError, parse_jid, parse_sip_uri
 from gateway.sip.endpoint import DEFAULT_MAX_IN_FLIGHT, SipEndpoint
 from gateway.sip.message import NameAddr, SipResponse, new_tag
@@ -41,6 +43,7 @@ from gateway.sip.messaging import MessageRelay
 from gateway.sip.notifying import MIN_EXPIRES, XmppPresenceNotifier
 from gateway.sip.stanzas import IQ, MESSAGE, PRESENCE, error_condition
 from gateway.sip.transaction import RequestReceived
+from gateway.sip.trust import RefusalLogBudget, SourceTrust, resolve_addresses
 from gateway.sip.watching import SipPresenceWatches
 
 log = logging.getLogger("gateway.sip")
@@ -64,7 +67,10 @@ class SipBackend:
                  client_ssl: ssl.SSLContext | None = None,
                  max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
                  udp_receive_buffer: int = 0,
-                 retry_after: int = DEFAULT_RETRY_AFTER) -> None:
+                 retry_after: int = DEFAULT_RETRY_AFTER,
+                 trusted_sources: Iterable[str] = (),
+                 peer_names: tuple[str, ...] | None = None,
+                 trust_asserted_identity: bool = False) -> None:
         self.domains = frozenset(d.lower() for d in domains)
         if not self.domains:
             raise ValueError("the SIP backend needs at least one served domain")
@@ -87,13 +93,28 @@ class SipBackend:
         self._router: Any = None  # submit_local / xmpp_congested, when the router runs us
         self._tasks: set[asyncio.Task[Any]] = set()
         self.busy_answers = 0  # 503 + Retry-After sent while the XMPP side was congested
+        # Trust (issue 13, gateway.sip.trust): sources beyond the proxy, certificate names
+        # required of inbound TLS peers (None: no client certificate asked), PAI use.
+        self.trusted_sources = tuple(trusted_sources)
+        self.transport.peer_names = peer_names
+        self.transport.on_refused = self._on_untrusted
+        self.endpoint.on_misrouted = self._on_misrouted
+        self.trust_asserted_identity = trust_asserted_identity
+        self.messages.trust_asserted_identity = trust_asserted_identity
+        self.notifying.trust_asserted_identity = trust_asserted_identity
+        self.metrics: Any = None
+        self.untrusted = 0
+        self._refusal_log = RefusalLogBudget()
 
     @classmethod
     def from_settings(cls, settings: Any, domains: Iterable[str],
                       tls: Any = None) -> SipBackend:
         server_ssl = client_ssl = None
+        peer_names = None
         if settings.transport == "tls":
-            server_ssl, client_ssl = _tls_contexts(tls)
+            server_ssl, client_ssl = sip_tls.contexts(tls, settings)
+            if getattr(settings, "require_client_certificate", False):
+                peer_names = sip_tls.expected_peer_names(settings)
         return cls(domains, transport=settings.transport,
                    proxy=(settings.proxy_host, settings.proxy_port),
                    local=(settings.local_host, settings.local_port),
@@ -101,7 +122,10 @@ class SipBackend:
                    server_ssl=server_ssl, client_ssl=client_ssl,
                    max_in_flight=getattr(settings, "max_in_flight", DEFAULT_MAX_IN_FLIGHT),
                    udp_receive_buffer=getattr(settings, "udp_receive_buffer", 0),
-                   retry_after=getattr(settings, "retry_after", DEFAULT_RETRY_AFTER))
+                   retry_after=getattr(settings, "retry_after", DEFAULT_RETRY_AFTER),
+                   trusted_sources=getattr(settings, "trusted_sources", ()),
+                   peer_names=peer_names,
+                   trust_asserted_identity=getattr(settings, "trust_asserted_identity", False))
 
     # Views kept for status, tests and tools.
     @property
@@ -135,11 +159,14 @@ class SipBackend:
     async def start(self, sink: StanzaSink) -> None:
         if self._sink is not None:
             raise RuntimeError("SIP backend already started")
+        await self._trust_proxy()
         await self.endpoint.start()
         self._sink = sink
         restored = await self.watching.restore(self.domains)
         transport = self.transport
         log_event(log, logging.INFO, "sip.started", transport=transport.kind,
+                  trusted=transport.trust.describe() if transport.trust else "",
+                  client_certificate="required" if transport.peer_names else "",
                   local=f"{transport.local[0]}:{transport.local[1]}",
                   proxy=f"{transport.proxy[0]}:{transport.proxy[1]}",
                   max_in_flight=self.endpoint.max_in_flight,
@@ -161,6 +188,58 @@ class SipBackend:
             task.cancel()
         await self.endpoint.close()
         self._sink = None
+
+    # ------------------------------------------------------------------ trust (issue 13)
+
+    def use_metrics(self, metrics: Any) -> None:
+        """Count refused untrusted sources on ``metrics.sip_untrusted`` (issue 13)."""
+        self.metrics = metrics
+
+    async def _trust_proxy(self) -> None:
+        """Requests are accepted from the proxy's addresses and ``trusted_sources`` only.
+        Over UDP our requests go to (and responses must come from) the first address, so
+        a name in ``proxy_host`` is resolved once here."""
+        host, port = self.transport.proxy
+        try:
+            addresses = await resolve_addresses(host)
+        except OSError as exc:
+            addresses = ()
+            log_event(log, logging.WARNING, "sip.proxy_unresolved", proxy=host,
+                      reason=str(exc), trusted=",".join(self.trusted_sources) or "nobody")
+        self.transport.set_trust(SourceTrust.build(addresses, self.trusted_sources))
+        if addresses and self.transport.kind == "udp":
+            self.transport.proxy = (addresses[0], port)
+
+    async def update_trust(self, settings: Any) -> None:
+        """Reload: new ``trusted_sources``/``trust_asserted_identity`` apply at once (the
+        proxy's name is resolved again too)."""
+        self.trusted_sources = tuple(settings.trusted_sources)
+        self.trust_asserted_identity = settings.trust_asserted_identity
+        self.messages.trust_asserted_identity = settings.trust_asserted_identity
+        self.notifying.trust_asserted_identity = settings.trust_asserted_identity
+        await self._trust_proxy()
+        log_event(log, logging.INFO, "sip.trust_updated",
+                  trusted=self.transport.trust.describe() if self.transport.trust else "")
+
+    def _on_untrusted(self, transport: str, peer: tuple[str, int], why: str,
+                      method: str) -> None:
+        self.untrusted += 1
+        answered = method.isalpha() and method.isupper() and method != "ACK"
+        action = "403" if answered else "dropped"
+        allowed, suppressed = self._refusal_log.allow(time.monotonic())
+        if allowed:
+            log_event(log, logging.WARNING, "sip.untrusted", peer=f"{peer[0]}:{peer[1]}",
+                      transport=transport, method=method, reason=why,
+                      action=action if transport == "udp" else f"{action}, connection closed",
+                      suppressed=suppressed or None)
+        if self.metrics is not None:
+            self.metrics.count("sip_untrusted", "certificate" if "certificate" in why
+                               else "source")
+
+    def _on_misrouted(self) -> None:
+        self.untrusted += 1
+        if self.metrics is not None:
+            self.metrics.count("sip_untrusted", "response")
 
     def _on_tick(self, now: float) -> None:
         self.watching.refresh(now)
@@ -313,18 +392,4 @@ class SipBackend:
     def describe(self) -> dict[str, Any]:
         return {**self.endpoint.describe(), "watches": len(self.watches),
                 "notifiers": len(self.notifiers), "transactions": self.endpoint.in_flight,
-                "busy_answers": self.busy_answers}
-
-
-def _tls_contexts(tls: Any) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """Server context from the gateway's certificate, client context verifying the proxy
-    against ``tls.ca_file`` (and the system CAs when ``use_system_cas``)."""
-    if tls is None:
-        raise ValueError("sip.transport tls needs the tls section (certificate, key, ca_file)")
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(str(tls.certificate), str(tls.key))
-    client = ssl.create_default_context(
-        cafile=str(tls.ca_file) if tls.ca_file else None)
-    if not tls.ca_file and not getattr(tls, "use_system_cas", True):
-        raise ValueError("sip.transport tls needs tls.ca_file or tls.use_system_cas")
-    return server, client
+                "busy_answers": self.busy_answers, "untrusted": self.untrusted}

@@ -97,11 +97,12 @@ class TransactionTimedOut:
 @dataclass(frozen=True, slots=True)
 class StrayResponse:
     """A response that matches no client transaction (late retransmission, or a guess);
-    ``misdirected`` when it matched one but arrived from somewhere else than where the
-    request went."""
+    ``misrouted`` when it matched one but arrived on ``flow``, not where the request went
+    (a forgery, or at best a misrouted copy: ignored)."""
 
     response: SipResponse
-    misdirected: bool = False
+    flow: Any = None
+    misrouted: bool = False
 
 
 Event = RequestReceived | ResponseReceived | TransactionTimedOut | StrayResponse
@@ -150,7 +151,7 @@ class TransactionLayer:
         if txn is None or txn.final is not None:
             return [] if txn is not None else [StrayResponse(response)]
         if txn.flow != flow:
-            return [StrayResponse(response, misdirected=True)]
+            return [StrayResponse(response, flow, misrouted=True)]
         if response.status < 200:
             txn.provisional = True
             if txn.next_send is not None:

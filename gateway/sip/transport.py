@@ -19,6 +19,13 @@ the kernel before we see it. The buffer is therefore raised at start to
 when we may (root/CAP_NET_ADMIN) so ``net.core.rmem_max`` does not cap it; what the
 kernel granted is logged, with a warning and the sysctl to fix it when it is less, and
 the socket's own drop counter (``/proc/net/udp``) is shown in ``status``.
+
+Trust (issue 13, :mod:`gateway.sip.trust`): bytes from a source outside
+:attr:`SipTransport.trust` never reach the parser's consumer. A request gets one ``403``
+(UDP: sent once, no transaction, so never retransmitted; TCP/TLS: then the connection is
+closed), anything else is dropped, and :attr:`SipTransport.on_refused` is told (log and
+metric). With :attr:`SipTransport.peer_names` set (mutual TLS), an inbound TLS connection
+whose verified certificate does not name the proxy is refused the same way.
 """
 
 from __future__ import annotations
@@ -38,12 +45,14 @@ from typing import Any
 
 from gateway.logs import log_event
 from gateway.sip.message import SipParseError, StreamDeframer
+from gateway.sip.trust import SourceTrust, certificate_names_match, refusal_for
 
 log = logging.getLogger("gateway.sip.transport")
 
 PROXY_FLOW = ("tcp", 0)
 UDP_BATCH = 256  # datagrams read per readiness event
 UDP_MAX_DATAGRAM = 65535
+VERDICT_CACHE_LIMIT = 4096
 DEFAULT_UDP_RECEIVE_BUFFER = 8 * 1024 * 1024
 # Linux's SO_RCVBUFFORCE (asm-generic/socket.h), which Python's socket module does not name:
 # like SO_RCVBUF but not capped by net.core.rmem_max, for a process with CAP_NET_ADMIN.
@@ -51,6 +60,9 @@ SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform == "linux"
 Flow = tuple[str, Any]
 MessageHandler = Callable[[bytes, Flow, tuple[str, int]], None]
 FlowLost = Callable[[Flow], None]
+# (transport, peer, why, method): a message from an untrusted source was refused
+Refused = Callable[[str, tuple[str, int], str, str], None]
+UNTRUSTED_GRACE = 5.0  # seconds an untrusted connection may stay open without a request
 
 
 class _UdpEndpoint:
@@ -68,7 +80,8 @@ class _UdpEndpoint:
         self.loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
-        recvfrom, on_message = self.sock.recvfrom, self.owner.on_message
+        owner = self.owner
+        recvfrom, on_message, admits = self.sock.recvfrom, owner.on_message, owner.admits
         for _ in range(UDP_BATCH):
             try:
                 data, addr = recvfrom(UDP_MAX_DATAGRAM)
@@ -77,9 +90,13 @@ class _UdpEndpoint:
             except OSError as exc:  # ICMP errors reported on the socket, e.g. refused
                 log_event(log, logging.DEBUG, "sip.udp_error", reason=str(exc))
                 continue
-            if data.strip(b"\r\n"):  # bare CRLF = keep-alive ping (RFC 5626 §4.4.1)
-                peer = addr[:2]
-                on_message(data, ("udp", peer), peer)
+            if not data.strip(b"\r\n"):  # bare CRLF = keep-alive ping (RFC 5626 §4.4.1)
+                continue
+            peer = addr[:2]
+            if not admits(peer[0]):
+                owner.refuse(data, peer, "source not trusted", self.sendto, None)
+                continue
+            on_message(data, ("udp", peer), peer)
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         if not self.backlog:
@@ -121,6 +138,7 @@ class _Stream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] = ("", 0)
         self.pending: list[bytes] = []
+        self.refusal = ""  # why this connection is not trusted ("" = trusted)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -128,7 +146,11 @@ class _Stream(asyncio.Protocol):
         peer = transport.get_extra_info("peername") or ("", 0)
         self.peer = (peer[0], peer[1])
         self.owner.streams[self.flow] = self
-        if self.owner.input_paused:
+        if self.flow != PROXY_FLOW:  # the one we opened is the proxy by construction
+            self.refusal = self.owner.stream_refusal(self.peer, transport)
+            if self.refusal:
+                asyncio.get_running_loop().call_later(UNTRUSTED_GRACE, transport.close)
+        if self.owner.input_paused and not self.refusal:
             transport.pause_reading()
         for data in self.pending:
             transport.write(data)
@@ -152,8 +174,17 @@ class _Stream(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return
+        if self.refusal:
+            if messages and self.transport is not None:
+                self.owner.refuse(messages[0], self.peer, self.refusal, self._write,
+                                  self.transport)
+            return
         for message in messages:
             self.owner.on_message(message, self.flow, self.peer)
+
+    def _write(self, data: bytes, _peer: tuple[str, int]) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -192,6 +223,56 @@ class SipTransport:
         self.udp_buffer_granted = 0
         self.input_paused = False
         self._udp_proxy: tuple[str, int] | None = None
+        self.trust: SourceTrust | None = None  # None: every source (set by the backend)
+        self.peer_names: tuple[str, ...] | None = None  # mutual TLS: names the peer needs
+        self.on_refused: Refused | None = None
+        self._verdicts: dict[str, bool] = {}  # source address → trusted (cache)
+
+    # ------------------------------------------------------------------ trust (issue 13)
+
+    def set_trust(self, trust: SourceTrust | None) -> None:
+        self.trust = trust
+        self._verdicts.clear()
+
+    def admits(self, ip: str) -> bool:
+        """Whether requests from ``ip`` are accepted (remembered per address: this is
+        asked for every datagram)."""
+        verdict = self._verdicts.get(ip)
+        if verdict is None:
+            verdict = self.trust is None or self.trust.is_trusted(ip)
+            if len(self._verdicts) >= VERDICT_CACHE_LIMIT:
+                self._verdicts.clear()  # a spray of forged sources must not grow it
+            self._verdicts[ip] = verdict
+        return verdict
+
+    def stream_refusal(self, peer: tuple[str, int], transport: asyncio.BaseTransport) -> str:
+        """Why an inbound connection is not trusted ("" when it is)."""
+        if not self.admits(peer[0]):
+            return "source not trusted"
+        ssl_object = transport.get_extra_info("ssl_object")
+        if self.peer_names is not None and ssl_object is not None:
+            reason = certificate_names_match(ssl_object.getpeercert(binary_form=True),
+                                             self.peer_names)
+            if reason:
+                return reason
+        return ""
+
+    def send_udp(self, data: bytes, peer: tuple[str, int]) -> None:
+        if self._udp is not None:
+            self._udp.sendto(data, peer)
+
+    def refuse(self, data: bytes, peer: tuple[str, int], why: str,
+               send: Callable[[bytes, tuple[str, int]], None],
+               connection: asyncio.BaseTransport | None) -> None:
+        """Answer a request from an untrusted peer 403 once, drop anything else; a stream
+        is closed after the answer (its later bytes are not read)."""
+        answer, method = refusal_for(data, stream=connection is not None)
+        if answer is not None:
+            send(answer, peer)
+        if connection is not None:
+            connection.close()
+        if self.on_refused is not None:
+            self.on_refused(self.kind, peer, why, method)
 
     @property
     def reliable(self) -> bool:
@@ -329,9 +410,13 @@ class SipTransport:
     async def _connect(self, stream: _Stream) -> None:
         loop = asyncio.get_running_loop()
         try:
+            # From our SIP address, not the host's primary one: the proxy may recognise
+            # the gateway by source address (docs/sip.md, Security), as we recognise it.
+            source = None if self.local[0] in ("", "0.0.0.0", "::") else (self.local[0], 0)
             await loop.create_connection(
                 lambda: stream, self.proxy[0], self.proxy[1], ssl=self.client_ssl,
-                server_hostname=self.proxy[0] if self.client_ssl else None)
+                server_hostname=self.proxy[0] if self.client_ssl else None,
+                local_addr=source)
         except (OSError, ssl.SSLError) as exc:
             self.last_error = (os.strerror(exc.errno) if exc.errno else str(exc)) or \
                 type(exc).__name__

@@ -13,6 +13,7 @@ its children), logs kept for failure reports.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import signal
 import socket
@@ -34,6 +35,9 @@ children=2
 tcp_children=2
 listen=udp:{host}:{port}
 listen=tcp:{host}:{port}
+# Connections Kamailio opens (to the gateway) start from its own address, not from the
+# host's primary one: the gateway trusts requests by source address (docs/sip.md).
+tcp_source_ipv4={host}
 {tls_listen}alias="{domain}"
 mpath="{modules}/"
 loadmodule "pv.so"
@@ -50,7 +54,7 @@ loadmodule "sanity.so"
 loadmodule "db_text.so"
 loadmodule "presence.so"
 loadmodule "presence_xml.so"
-{tls_module}modparam("presence", "db_url", "text://{dbdir}")
+{tls_module}{auth_module}modparam("presence", "db_url", "text://{dbdir}")
 modparam("presence", "server_address", "sip:{host}:{port}")
 modparam("presence", "subs_db_mode", 0)
 modparam("presence_xml", "db_url", "text://{dbdir}")
@@ -60,7 +64,7 @@ modparam("usrloc", "db_mode", 0)
 request_route {{
   if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
   if (!sanity_check()) {{ xlog("L_WARN", "sanity check failed for $rm from $si\\n"); exit; }}
-  if (has_totag()) {{
+{auth_route}  if (has_totag()) {{
     if (is_method("SUBSCRIBE") && uri == myself) {{ route(PRESENCE); }}
     t_relay();
     exit;
@@ -88,6 +92,11 @@ route[PRESENCE] {{
 """
 
 
+def _md5(text: str) -> str:
+    """HA1 of the subscriber table (RFC 2617 §3.2.2.2), as kamctl writes it."""
+    return hashlib.md5(text.encode()).hexdigest()
+
+
 def answers_options(host: str, port: int, domain: str) -> bool:
     """One OPTIONS over UDP answered 200, and a TCP connect that succeeds."""
     try:
@@ -109,34 +118,67 @@ def answers_options(host: str, port: int, domain: str) -> bool:
         return False
 
 
+# docs/sip.md "Security": the route that authenticates phones before anything is relayed.
+AUTH_MODULE = """loadmodule "auth.so"
+loadmodule "auth_db.so"
+modparam("auth_db", "db_url", "text://{dbdir}")
+modparam("auth_db", "calculate_ha1", yes)
+modparam("auth_db", "password_column", "password")
+"""
+AUTH_ROUTE = """  # Phones prove who they are (digest, RFC 3261 §22) before anything is relayed; the
+  # gateway's own requests (NOTIFYs, MESSAGEs from XMPP) are not challenged.
+  if ($si != "{gateway_host}" && is_method("REGISTER|MESSAGE|SUBSCRIBE|PUBLISH|NOTIFY")) {{
+    # flag 1: the From (To for REGISTER) user must be the authenticated user
+    if (!auth_check("$fd", "subscriber", "1")) {{
+      auth_challenge("$fd", "1");
+      exit;
+    }}
+    consume_credentials();
+    # RFC 3325 §5: never relay an identity the phone asserted itself; assert ours.
+    remove_hf("P-Asserted-Identity");
+    if (!is_method("REGISTER")) {{
+      append_hf("P-Asserted-Identity: <sip:$fU@$fd>\\r\\n");
+    }}
+  }}
+"""
+
+
 TLS_CFG = """[server:default]
 method = TLSv1.2+
-verify_certificate = no
-require_certificate = no
+verify_certificate = {verify}
+require_certificate = {verify}
 certificate = {certificate}
 private_key = {key}
-
+{ca_list}
 [client:default]
 method = TLSv1.2+
-verify_certificate = no
-require_certificate = no
-"""
+verify_certificate = {verify}
+require_certificate = {verify}
+certificate = {certificate}
+private_key = {key}
+{ca_list}"""
 
 
 class Kamailio:
     """``tls=(certificate, key)`` adds a TLS listener on ``port + 1`` (module tls.so from
-    Debian's kamailio-tls-modules); the proxy does not verify the gateway's certificate,
-    the gateway verifies the proxy's."""
+    Debian's kamailio-tls-modules) and presents that certificate in both directions. With
+    ``ca`` (a CA file) the TLS is mutual both ways: ``verify_certificate`` and
+    ``require_certificate`` on for the connections the gateway opens to Kamailio and for
+    those Kamailio opens to the gateway, i.e. each side verifies the other's certificate."""
 
     def __init__(self, workdir: Path, *, domain: str, host: str = "127.0.0.1", port: int,
                  gateway: tuple[str, int], gateway_transport: str = "udp",
                  prefix: list[str] | None = None, debug: int = 2,
-                 tls: tuple[Path, Path] | None = None) -> None:
+                 tls: tuple[Path, Path] | None = None, ca: Path | None = None,
+                 passwords: dict[str, str] | None = None) -> None:
         self.workdir, self.domain, self.host, self.port = workdir, domain, host, port
         self.gateway, self.gateway_transport = gateway, gateway_transport
         self.prefix = prefix or []
         self.debug = debug
         self.tls = tls
+        self.ca = ca
+        # users → digest passwords: with any, phones must authenticate (AUTH_ROUTE)
+        self.passwords = passwords or {}
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "kamailio.log"
 
@@ -153,14 +195,26 @@ class Kamailio:
         dbdir.mkdir(parents=True, exist_ok=True)
         for table in TABLES:
             shutil.copy(DBTEXT_TABLES / table, dbdir / table)
-        tls_listen = tls_module = ""
+        tls_listen = tls_module = auth_module = auth_route = ""
+        if self.passwords:
+            (dbdir / "subscriber").write_text(
+                (DBTEXT_TABLES / "subscriber").read_text() + "".join(
+                    f"{index}:{user}:{self.domain}:{password}:"
+                    f"{_md5(f'{user}:{self.domain}:{password}')}:"
+                    f"{_md5(f'{user}@{self.domain}:{self.domain}:{password}')}\n"
+                    for index, (user, password) in enumerate(self.passwords.items(), 1)))
+            auth_module = AUTH_MODULE.format(dbdir=dbdir)
+            auth_route = AUTH_ROUTE.format(gateway_host=self.gateway[0])
         if self.tls is not None:
             tls_cfg = self.workdir / "tls.cfg"
-            tls_cfg.write_text(TLS_CFG.format(certificate=self.tls[0], key=self.tls[1]))
+            tls_cfg.write_text(TLS_CFG.format(
+                certificate=self.tls[0], key=self.tls[1], verify="yes" if self.ca else "no",
+                ca_list=f"ca_list = {self.ca}\n" if self.ca else ""))
             tls_listen = f"enable_tls=yes\nlisten=tls:{self.host}:{self.tls_port}\n"
             tls_module = f'loadmodule "tls.so"\nmodparam("tls", "config", "{tls_cfg}")\n'
         self.config_path.write_text(CONFIG.format(
-            tls_listen=tls_listen, tls_module=tls_module,
+            tls_listen=tls_listen, tls_module=tls_module, auth_module=auth_module,
+            auth_route=auth_route,
             debug=self.debug, host=self.host, port=self.port, domain=self.domain,
             modules=MODULES, dbdir=dbdir, gateway_host=self.gateway[0],
             gateway_port=self.gateway[1], gateway_transport=self.gateway_transport))

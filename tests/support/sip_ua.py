@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import re
 import secrets
 from dataclasses import dataclass, field
 
@@ -75,8 +77,11 @@ class _Connection(asyncio.Protocol):
 
 class SipUserAgent(asyncio.DatagramProtocol):
     def __init__(self, user: str, domain: str, proxy: tuple[str, int], *,
-                 host: str = "127.0.0.1", transport: str = "udp") -> None:
+                 host: str = "127.0.0.1", transport: str = "udp", password: str = "",
+                 auth_user: str = "") -> None:
         self.user, self.domain, self.proxy, self.host = user, domain, proxy, host
+        # Digest credentials (RFC 3261 §22.2, RFC 2617): a 401/407 is answered once.
+        self.password, self.auth_user = password, auth_user or user
         self.kind = transport
         self.aor = f"sip:{user}@{domain}"
         self.port = 0
@@ -107,7 +112,8 @@ class SipUserAgent(asyncio.DatagramProtocol):
             self._server = await loop.create_server(lambda: _Connection(self), self.host, 0)
             self.port = self._server.sockets[0].getsockname()[1]
             self._outgoing = _Connection(self)
-            await loop.create_connection(lambda: self._outgoing, *self.proxy)
+            await loop.create_connection(lambda: self._outgoing, *self.proxy,
+                                         local_addr=(self.host, 0))
         return self
 
     async def close(self) -> None:
@@ -154,6 +160,43 @@ class SipUserAgent(asyncio.DatagramProtocol):
         return request
 
     async def request(self, request: SipRequest, timeout: float = 5.0) -> SipResponse:
+        response = await self._exchange(request, timeout)
+        if response.status in (401, 407) and self.password:
+            header = "www-authenticate" if response.status == 401 else "proxy-authenticate"
+            request = self._authorized(request, response.get(header) or "",
+                                       "authorization" if response.status == 401
+                                       else "proxy-authorization")
+            response = await self._exchange(request, timeout)
+        return response
+
+    def _authorized(self, request: SipRequest, challenge: str, header: str) -> SipRequest:
+        """The request again (new branch, CSeq + 1) with digest credentials, qop=auth."""
+        params = dict(re.findall(r'(\w+)="?([^",]*)"?', challenge))
+        realm, nonce = params.get("realm", self.domain), params.get("nonce", "")
+
+        def md5(text: str) -> str:
+            return hashlib.md5(text.encode()).hexdigest()  # MD5: what the digest scheme uses
+
+        ha1 = md5(f"{self.auth_user}:{realm}:{self.password}")
+        ha2 = md5(f"{request.method}:{request.uri}")
+        cnonce, nc = secrets.token_hex(8), "00000001"
+        if "auth" in params.get("qop", "").split(","):
+            answer = md5(f"{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}")
+            qop = f", qop=auth, nc={nc}, cnonce=\"{cnonce}\""
+        else:
+            answer, qop = md5(f"{ha1}:{nonce}:{ha2}"), ""
+        again = SipRequest([(name, value) for name, value in request.headers], request.body,
+                           request.method, request.uri)
+        via = request.get("via") or ""
+        again.set("via", re.sub(r"branch=[^;]+", "branch=z9hG4bK" + secrets.token_hex(8), via))
+        number, method = request.cseq
+        again.set("cseq", f"{number + 1} {method}")
+        again.add(header, f'Digest username="{self.auth_user}", realm="{realm}", '
+                          f'nonce="{nonce}", uri="{request.uri}", response="{answer}", '
+                          f'algorithm=MD5{qop}')
+        return again
+
+    async def _exchange(self, request: SipRequest, timeout: float) -> SipResponse:
         branch = request.top_via.branch
         future: asyncio.Future[SipResponse] = asyncio.get_running_loop().create_future()
         self._waiting[branch] = future

@@ -283,6 +283,23 @@ def test_provisional_switches_to_t2_and_final_ends() -> None:
         StrayResponse(response_to(request, 202))]
 
 
+def test_response_counts_only_from_the_flow_the_request_went_on() -> None:
+    """Issue 13: a response with the right branch from elsewhere neither completes nor
+    stops the transaction; the one from the request's flow does."""
+    layer = TransactionLayer(reliable=False)
+    request = new_request()
+    proxy, attacker = ("udp", ("10.0.0.5", 5060)), ("udp", ("10.0.0.66", 5060))
+    layer.send_request(request, proxy, 0.0, context=1)
+    forged = response_to(request, 200)
+    assert layer.receive(forged, attacker, 0.1) == [StrayResponse(forged, attacker, True)]
+    assert layer.receive(forged, ("udp", ("10.0.0.5", 5061)), 0.1)[0].misrouted
+    layer.outbox.clear()
+    layer.handle_timers(0.5)
+    assert layer.outbox == [(proxy, request.serialize())]  # still retransmitting
+    real = response_to(request, 480)
+    assert layer.receive(real, proxy, 0.6) == [ResponseReceived(real, request, 1, 0.6)]
+
+
 def test_tcp_client_never_retransmits_but_times_out() -> None:
     layer = TransactionLayer(reliable=True)
     request = new_request()
