@@ -23,7 +23,33 @@ echo "debootstrap bookworm minbase from $MIRROR"
 debootstrap --variant=minbase bookworm "$ROOT" "$MIRROR" >"$ROOT.log" 2>&1 \
     || { tail -n 20 "$ROOT.log"; rm -f "$ROOT.log"; exit 1; }
 rm -f "$ROOT.log"
-# Like the official slim image: no apt lists or caches in the base layer.
-rm -rf "$ROOT"/var/lib/apt/lists/* "$ROOT"/var/cache/apt/*.bin
+# Slim like the registry's debian:bookworm-slim (debuerreotype's settings): apt keeps no
+# downloaded packages, caches or translations; dpkg installs no documentation, manual
+# pages or locales (copyright files stay). Images built on it stay small the same way.
+cat >"$ROOT/etc/apt/apt.conf.d/docker-clean" <<'CONF'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+CONF
+echo 'Acquire::Languages "none";' >"$ROOT/etc/apt/apt.conf.d/docker-no-languages"
+echo 'Apt::AutoRemove::SuggestsImportant "false";' \
+    >"$ROOT/etc/apt/apt.conf.d/docker-autoremove-suggests"
+cat >"$ROOT/etc/dpkg/dpkg.cfg.d/docker" <<'CONF'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/groff/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/lintian/*
+path-exclude /usr/share/linda/*
+path-exclude /usr/share/locale/*
+CONF
+find "$ROOT/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+find "$ROOT/usr/share/doc" -mindepth 1 -type d -empty -delete
+rm -rf "$ROOT"/usr/share/man/* "$ROOT"/usr/share/groff/* "$ROOT"/usr/share/info/* \
+       "$ROOT"/usr/share/lintian/* "$ROOT"/usr/share/linda/* "$ROOT"/usr/share/locale/* \
+       "$ROOT"/var/cache/apt/archives/*.deb "$ROOT"/var/cache/apt/*.bin \
+       "$ROOT"/var/lib/apt/lists/*
 tar -C "$ROOT" -c . | podman import --change 'CMD ["bash"]' - "$IMAGE"
 echo "imported $IMAGE"

@@ -145,8 +145,14 @@ class ComposeStack:
     def compose_cmd(self, *args: str) -> list[str]:
         return [podman_compose(), "-p", self.project, "-f", str(COMPOSE_FILE), *args]
 
+    def compose_run(self, *args: str) -> None:
+        run(self.compose_cmd(*args), timeout=300, env={"BASE_IMAGE": self.base_image})
+
     def up(self) -> None:
-        run(self.compose_cmd("up", "-d"), timeout=300, env={"BASE_IMAGE": self.base_image})
+        self.compose_run("up", "-d")
+
+    def container_id(self, service: str) -> str:
+        return run(["podman", "inspect", "-f", "{{.Id}}", self.container(service)]).stdout
 
     def wait_certs(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

@@ -110,3 +110,17 @@ def test_xmpp_users_reach_sip_users_through_the_gateway(stack: ComposeStack) -> 
     # The gateway's admin socket shows the federation with both servers.
     peers = json.dumps(status["sessions"])
     assert "a.example" in peers and "b.example" in peers, status
+
+
+def test_gateway_upgrade_keeps_the_store(stack: ComposeStack) -> None:
+    """What docs/deploy.md tells operators to do to upgrade: a new gateway container from
+    the (re)built image, on the same gateway-store volume; what the store held is kept."""
+    stack.exec("gateway", "xmpp-gateway", "contacts", "allow", "carol", "anna@a.example")
+    before = stack.exec("gateway", "xmpp-gateway", "contacts", "list", "carol").stdout
+    assert "anna@a.example" in before, before
+    old = stack.container_id("gateway")
+    stack.compose_run("up", "-d", "--no-deps", "--force-recreate", "gateway")
+    assert stack.container_id("gateway") != old, "the gateway container was not replaced"
+    stack.wait_healthy(["gateway"], timeout=60)
+    after = stack.exec("gateway", "xmpp-gateway", "contacts", "list", "carol").stdout
+    assert after == before
