@@ -48,6 +48,20 @@ class Metrics:
         self.queue_depth.set_function(queued)
         self.open_streams.set_function(streams)
 
+    def watch_sip(self, figures: Callable[[], dict[str, Any]]) -> None:
+        """Gauges of the SIP side read at scrape time from ``figures()`` (the backend's
+        ``describe``): requests outstanding and waiting, 503s sent while the XMPP side
+        was congested, datagrams the kernel dropped at our UDP socket."""
+        for key, name, text in (
+                ("in_flight", "xmpp_gateway_sip_in_flight", "SIP requests awaiting an answer"),
+                ("backlog", "xmpp_gateway_sip_backlog", "SIP requests waiting for the window"),
+                ("busy_answers", "xmpp_gateway_sip_busy_answers",
+                 "503 + Retry-After answers while the XMPP side was congested"),
+                ("udp_drops", "xmpp_gateway_sip_udp_drops",
+                 "Datagrams the kernel dropped at the SIP socket (buffer full)")):
+            gauge = Gauge(name, text, registry=self.registry)
+            gauge.set_function(lambda key=key: float(figures().get(key) or 0))
+
     def count(self, what: str, label: str) -> None:
         counter = getattr(self, what, None)
         if isinstance(counter, Counter):

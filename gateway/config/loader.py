@@ -515,7 +515,10 @@ def _top_level_spec(c: _Checker) -> dict[str, Converter]:
             "subscription_expires": c.integer(60, 86400),
             "trusted_sources": c.networks, "trusted_names": c.names,
             "require_client_certificate": c.boolean, "client_certificate": c.optional_path,
-            "client_key": c.optional_path, "trust_asserted_identity": c.boolean}),
+            "client_key": c.optional_path, "trust_asserted_identity": c.boolean,
+            "max_in_flight": c.integer(1, 100_000),
+            "udp_receive_buffer": c.integer(64 * 1024, 1 << 30),
+            "retry_after": c.integer(1, 3600)}),
         "logging": c.section(LoggingSettings, {
             "level": c.choice(("debug", "info", "warning", "error")),
             "format": c.choice(("text", "json")), "file": c.optional_path}),

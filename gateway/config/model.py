@@ -115,6 +115,15 @@ class SipSettings:
     # only safe when the proxy removes P-Asserted-Identity from its users' requests and
     # inserts its own after authenticating them (RFC 3325 §5); see docs/sip.md.
     trust_asserted_identity: bool = False
+    # Flow control (docs/sip.md "Flow control"): requests outstanding at the proxy before
+    # the XMPP side is made to wait (and SIP work beyond twice that is answered 503).
+    max_in_flight: int = 1000
+    # Bytes of UDP receive buffer asked of the kernel at start (SO_RCVBUFFORCE when
+    # permitted): what a burst from the proxy can hold while the gateway is busy.
+    udp_receive_buffer: int = 8 * 1024 * 1024
+    # Seconds a 503 asks the SIP sender to wait while the XMPP side is congested
+    # (RFC 3261 §21.5.4 Retry-After).
+    retry_after: int = 1
 
 
 @dataclass(frozen=True, slots=True)

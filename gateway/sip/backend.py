@@ -192,8 +192,10 @@ class SipBackend:
     # ------------------------------------------------------------------ trust (issue 13)
 
     def use_metrics(self, metrics: Any) -> None:
-        """Count refused untrusted sources on ``metrics.sip_untrusted`` (issue 13)."""
+        """Count refused untrusted sources on ``metrics.sip_untrusted`` (issue 13) and
+        export the flow-control figures (in flight, backlog, 503s, kernel drops)."""
         self.metrics = metrics
+        metrics.watch_sip(self.describe)
 
     async def _trust_proxy(self) -> None:
         """Requests are accepted from the proxy's addresses and ``trusted_sources`` only.

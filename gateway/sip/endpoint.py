@@ -79,10 +79,11 @@ class SipEndpoint:
         self._room.set()
         self._ticker: asyncio.Task[None] | None = None
         self.on_tick: Callable[[float], None] | None = None  # once a second
+        self.on_misrouted: Callable[[], None] | None = None
         self.sent = 0
         self.received = 0
         self.malformed = 0
-        self.misdirected = 0
+        self.misrouted = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -248,11 +249,14 @@ class SipEndpoint:
                     log.exception("SIP %s handler failed", event.request.method)
                     self.reply(event, 500)  # no effect if an answer was already sent
             elif isinstance(event, StrayResponse):
-                if event.misdirected:
-                    self.misdirected += 1
-                    log_event(log, logging.WARNING, "sip.misdirected_response",
+                if event.misrouted:
+                    self.misrouted += 1
+                    log_event(log, logging.WARNING, "sip.misrouted_response",
+                              flow=str(event.flow[1]) if event.flow else None,
                               status=event.response.status, call_id=event.response.call_id,
-                              reason="response did not come from where the request went")
+                              action="ignored", reason="not from where the request was sent")
+                    if self.on_misrouted is not None:
+                        self.on_misrouted()
                 else:
                     log_event(log, logging.DEBUG, "sip.stray_response",
                               status=event.response.status, call_id=event.response.call_id)
@@ -266,5 +270,5 @@ class SipEndpoint:
         return {"transport": self.transport.kind, "in_flight": self.in_flight,
                 "backlog": len(self.backlog), "max_in_flight": self.max_in_flight,
                 "sent": self.sent, "received": self.received, "malformed": self.malformed,
-                "misdirected_responses": self.misdirected,
+                "misrouted_responses": self.misrouted,
                 **self.transport.describe()}

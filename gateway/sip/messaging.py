@@ -48,6 +48,7 @@ class MessageRelay:
     def __init__(self, endpoint: SipEndpoint, served: frozenset[str], to_xmpp: ToXmpp) -> None:
         self.endpoint = endpoint
         self.served = served
+        self.trust_asserted_identity = False  # set by the backend (issue 13)
         self.to_xmpp = to_xmpp
         self._ids = itertools.count(1)
         # SIP→XMPP message id → the error condition the router answered with, if any:
@@ -59,7 +60,8 @@ class MessageRelay:
     def incoming(self, event: RequestReceived) -> None:
         request = event.request
         try:
-            sender, recipient = request_parties(request, self.served)
+            sender, recipient = request_parties(request, self.served,
+                                             trust_asserted_identity=self.trust_asserted_identity)
         except Refused as refusal:
             refuse(self.endpoint, event, refusal)
             return

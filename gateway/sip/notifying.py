@@ -42,6 +42,7 @@ class XmppPresenceNotifier:
                  expires: int) -> None:
         self.endpoint = endpoint
         self.served = served
+        self.trust_asserted_identity = False  # set by the backend (issue 13)
         self.to_xmpp = to_xmpp
         self.expires = expires
         self.notifiers: dict[tuple[str, str], NotifierDialog] = {}
@@ -105,7 +106,8 @@ class XmppPresenceNotifier:
             self._refresh(event, expires)
             return
         try:
-            sender, recipient = request_parties(request, self.served)
+            sender, recipient = request_parties(request, self.served,
+                                             trust_asserted_identity=self.trust_asserted_identity)
         except Refused as refusal:
             refuse(endpoint, event, refusal)
             return

@@ -18,6 +18,7 @@ from functools import lru_cache
 
 from gateway.sip.addresses import AddressError, SipAddress, parse_sip_uri, sip_to_jid
 from gateway.sip.message import SipParseError, SipRequest
+from gateway.sip.trust import asserted_sender
 
 
 class Refused(Exception):
@@ -29,11 +30,22 @@ class Refused(Exception):
         self.reason = reason
 
 
-def request_parties(request: SipRequest, served: Collection[str]) -> tuple[str, str]:
-    """(full XMPP sender, bare XMPP recipient) of a request from a local SIP user."""
+def request_parties(request: SipRequest, served: Collection[str], *,
+                    trust_asserted_identity: bool = False) -> tuple[str, str]:
+    """(full XMPP sender, bare XMPP recipient) of a request from a local SIP user.
+
+    With ``trust_asserted_identity`` a ``P-Asserted-Identity`` (RFC 3325 §9.1) names the
+    sender instead of ``From``; call it so only for requests from trusted sources (the
+    transport admits nothing else), and the ``From`` must still be in a served domain."""
     try:
         sender = _sip_address(request.from_.uri)
         recipient = _sip_address(request.uri)
+        asserted = asserted_sender(request) if trust_asserted_identity else None
+        if asserted is not None:
+            if sender.host not in served:
+                raise Refused(403, f"sender domain {sender.host} is not served by this "
+                                   "gateway")
+            sender = _sip_address(asserted)
     except (AddressError, SipParseError) as exc:
         raise Refused(400, str(exc)) from None
     if sender.host not in served:
