@@ -296,6 +296,8 @@ class Gateway:
             "router": {
                 "delivered": self.router.delivered if self.router else 0,
                 "refused": self.router.refused if self.router else 0,
+                "pressure_episodes": self.router.pressure_episodes if self.router else 0,
+                "inbound_peak": self.router.inbound_peak if self.router else 0,
             },
             # Stanzas neither delivered nor answered, by reason (gateway/drops.py).
             "dropped": self.router.drops.describe() if self.router else {},

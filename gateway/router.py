@@ -77,6 +77,8 @@ class Router:
         self._input_paused = False
         self._congested_domains: set[str] = set()
         self.drops = DropCounter(metrics)
+        self.pressure_episodes = 0  # times the S2S streams were told to stop reading
+        self.inbound_peak = 0  # most stanzas ever queued toward the backend
         self.delivered = 0
         self.refused = 0
 
@@ -123,11 +125,15 @@ class Router:
         """Called by the S2S service for each accepted inbound stanza (never blocks, never
         refuses: above HIGH_WATER the S2S service is told to stop reading)."""
         self._inbound.put_nowait((stanza, remote, local))
-        if not self._pressure and self._inbound.qsize() >= HIGH_WATER:
+        queued = self._inbound.qsize()
+        if queued > self.inbound_peak:
+            self.inbound_peak = queued
+        if not self._pressure and queued >= HIGH_WATER:
             self._set_pressure(True)
 
     def _set_pressure(self, on: bool) -> None:
         self._pressure = on
+        self.pressure_episodes += on
         log_event(log, logging.INFO, "router.backpressure", state="on" if on else "off",
                   queued=self._inbound.qsize())
         if self.on_pressure is not None:
@@ -352,7 +358,7 @@ class Router:
         if reply is None:  # an error that could not be delivered is not answered (§8.3.1)
             self.drops.record("error-not-deliverable", direction="outbound",
                               sender=stanza.get("from"), recipient=stanza.get("to"),
-                              condition=condition, reason=text)
+                              condition=condition, text=text)
             return
         sender_domain = (stanza.get("from") or "").partition("/")[0].rpartition("@")[2]
         if sender_domain not in self.config.domains:
@@ -360,7 +366,7 @@ class Router:
             # tell (never answer an error with an error).
             self.drops.record("reply-not-deliverable", direction="outbound",
                               sender=stanza.get("from"), recipient=stanza.get("to"),
-                              condition=condition, reason=text)
+                              condition=condition, text=text)
             return
         task = asyncio.get_running_loop().create_task(self._deliver_bounce(reply, condition, text))
         self._bounces.add(task)
@@ -370,10 +376,10 @@ class Router:
         try:
             await self.backend.deliver(reply)
             log_event(log, logging.INFO, "s2s.bounced", to=reply.get("to"),
-                      condition=condition, reason=text)
+                      condition=condition, text=text)
         except DeliveryError as exc:
             self.drops.record("bounce-not-deliverable", direction="outbound",
-                              recipient=reply.get("to"), condition=condition, reason=text,
+                              recipient=reply.get("to"), condition=condition, text=text,
                               backend_error=exc.condition)
 
     async def _bounce_local(self, stanza: Element, condition: str, text: str) -> None:
@@ -381,13 +387,13 @@ class Router:
         if reply is None:
             self.drops.record("error-not-deliverable", direction="outbound",
                               sender=stanza.get("from"), recipient=stanza.get("to"),
-                              condition=condition, reason=text)
+                              condition=condition, text=text)
             return
         try:
             await self.backend.deliver(reply)
         except DeliveryError as exc:
             self.drops.record("bounce-not-deliverable", direction="outbound",
-                              recipient=reply.get("to"), condition=condition, reason=text,
+                              recipient=reply.get("to"), condition=condition, text=text,
                               backend_error=exc.condition)
 
 

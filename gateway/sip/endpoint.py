@@ -81,6 +81,7 @@ class SipEndpoint:
         self.on_tick: Callable[[float], None] | None = None  # once a second
         self.on_misrouted: Callable[[], None] | None = None
         self.sent = 0
+        self.peak_in_flight = 0
         self.received = 0
         self.malformed = 0
         self.misrouted = 0
@@ -142,6 +143,8 @@ class SipEndpoint:
         while backlog and len(clients) < window:
             request, on_response = backlog.popleft()
             self.layer.send_request(request, self.transport.proxy_flow, now, on_response)
+        if len(clients) > self.peak_in_flight:
+            self.peak_in_flight = len(clients)
         if not backlog and len(clients) <= window - max(1, window // 4):
             self._room.set()  # hysteresis: wake the XMPP side for a batch, not one by one
 
@@ -156,6 +159,8 @@ class SipEndpoint:
             return
         self.layer.send_request(request, self.transport.proxy_flow, time.monotonic(),
                                 on_response)
+        if len(self.layer.clients) > self.peak_in_flight:
+            self.peak_in_flight = len(self.layer.clients)
         self._flush()
 
     def reply(self, event: RequestReceived, status: int, reason: str | None = None, *,
@@ -269,6 +274,7 @@ class SipEndpoint:
     def describe(self) -> dict[str, Any]:
         return {"transport": self.transport.kind, "in_flight": self.in_flight,
                 "backlog": len(self.backlog), "max_in_flight": self.max_in_flight,
+                "peak_in_flight": self.peak_in_flight,
                 "sent": self.sent, "received": self.received, "malformed": self.malformed,
                 "misrouted_responses": self.misrouted,
                 **self.transport.describe()}

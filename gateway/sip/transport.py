@@ -222,6 +222,7 @@ class SipTransport:
         self.udp_receive_buffer = udp_receive_buffer or DEFAULT_UDP_RECEIVE_BUFFER
         self.udp_buffer_granted = 0
         self.input_paused = False
+        self.pauses = 0  # times stream input was paused for the XMPP side
         self._udp_proxy: tuple[str, int] | None = None
         self.trust: SourceTrust | None = None  # None: every source (set by the backend)
         self.peer_names: tuple[str, ...] | None = None  # mutual TLS: names the peer needs
@@ -350,6 +351,7 @@ class SipTransport:
         if paused == self.input_paused:
             return
         self.input_paused = paused
+        self.pauses += paused
         for stream in list(self.streams.values()):
             stream.pause(paused)
         log_event(log, logging.INFO, "sip.input", state="paused" if paused else "resumed",
@@ -374,7 +376,7 @@ class SipTransport:
         return None
 
     def describe(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"input_paused": self.input_paused,
+        info: dict[str, Any] = {"input_paused": self.input_paused, "input_pauses": self.pauses,
                                 "connections": len(self.streams)}
         if self.kind == "udp":
             info.update(udp_receive_buffer=self.udp_buffer_granted,

@@ -6,8 +6,29 @@ from collections.abc import Iterator
 
 import pytest
 
+from gateway.router import Router
 from tests.support.dnsmasq import DnsmasqServer, free_port
 from tests.unit.s2s_world import Pki
+
+
+@pytest.fixture(autouse=True)
+def no_stanza_dropped(request: pytest.FixtureRequest,
+                      monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Router]]:
+    """Every gateway a test starts must end with its drop counter at 0 (issue: nothing
+    dropped silently): a test that provokes drops on purpose says so with
+    ``@pytest.mark.drops_expected`` and asserts the count itself."""
+    routers: list[Router] = []
+    original = Router.__init__
+
+    def remember(self: Router, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+        routers.append(self)
+
+    monkeypatch.setattr(Router, "__init__", remember)
+    yield routers
+    if request.node.get_closest_marker("drops_expected") is None:
+        dropped = [router.drops.describe() for router in routers if router.drops.total]
+        assert not dropped, f"stanzas dropped: {dropped}"
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import re
 import secrets
+import socket
 from dataclasses import dataclass, field
 
 from gateway.sip.message import (
@@ -105,6 +106,10 @@ class SipUserAgent(asyncio.DatagramProtocol):
             self._udp, _ = await loop.create_datagram_endpoint(
                 lambda: self, local_addr=(self.host, 0))
             self.port = self._udp.get_extra_info("sockname")[1]
+            # This UA does not retransmit: a burst of answers must not overflow its socket
+            # (SO_RCVBUFFORCE, 33 on Linux, is not capped by net.core.rmem_max).
+            with contextlib.suppress(OSError):
+                self._udp.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, 33, 8 << 20)
         else:
             # Like a softphone: requests go out on our connection to the proxy, and we
             # listen on the port our Via and Contact name, where the proxy connects to
