@@ -21,12 +21,13 @@ import socket
 import sys
 import time
 
+SO_RCVBUFFORCE = 33  # Linux: not capped by net.core.rmem_max (a new namespace's is 208 KiB)
 HEADERS = (b"via:", b"from:", b"to:", b"call-id:", b"cseq:", b"v:", b"f:", b"t:", b"i:")
 
 
 def answer(host: str, port: int, seconds: float) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
     sock.bind((host, port))
     sock.setblocking(False)
     print(json.dumps({"ready": True}), flush=True)
@@ -56,7 +57,7 @@ def answer(host: str, port: int, seconds: float) -> None:
 def send(host: str, port: int, target: tuple[str, int], count: int, rate: float,
          seconds: float) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
     sock.bind((host, port))
     sock.setblocking(False)
     tag = os.urandom(4).hex()

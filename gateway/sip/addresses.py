@@ -22,6 +22,7 @@ offers one (RFC 7247 §5.3 maps GRUUs to resources), else :data:`DEFAULT_RESOURC
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import quote, unquote
 
 DEFAULT_RESOURCE = "sip"
@@ -69,6 +70,7 @@ class Jid:
         return self.full
 
 
+@lru_cache(maxsize=65536)  # the same few addresses, parsed for every stanza; Jid is frozen
 def parse_jid(text: str) -> Jid:
     """Split ``local@domain/resource`` (RFC 7622 §3.1: the first ``/`` starts the resource,
     the ``@`` before it ends the localpart). Domain is lowered."""

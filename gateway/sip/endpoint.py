@@ -29,6 +29,7 @@ from typing import Any
 
 from gateway.logs import log_event
 from gateway.sip.message import (
+    BRANCH_MAGIC,
     NameAddr,
     SipParseError,
     SipRequest,
@@ -172,17 +173,20 @@ class SipEndpoint:
         self._flush()
 
     def new_request(self, method: str, uri: str, sender: NameAddr | str,
-                    recipient: NameAddr | str, contact: str | None = None) -> SipRequest:
+                    recipient: NameAddr | str, contact: str | None = None, *,
+                    token: str = "") -> SipRequest:
         """An out-of-dialog request (RFC 3261 §8.1.1) with a fresh Call-ID and branch;
-        ``sender``/``recipient`` as From/To values (a :class:`NameAddr` or its text)."""
-        branch = new_branch()
+        ``sender``/``recipient`` as From/To values (a :class:`NameAddr` or its text);
+        ``token`` (from :func:`unique_token`) makes both when given."""
+        branch = BRANCH_MAGIC + token if token else new_branch()
         headers = [
             ("Via", f"SIP/2.0/{self.transport.via_transport} {self.hostport};"
                     f"branch={branch};rport"),
             ("Max-Forwards", "70"),
             ("From", str(sender)),
             ("To", str(recipient)),
-            ("Call-ID", new_call_id(self.transport.local[0])),
+            ("Call-ID", f"{token}@{self.transport.local[0]}" if token
+             else new_call_id(self.transport.local[0])),
             ("CSeq", f"1 {method}"),
         ]
         if contact:

@@ -144,6 +144,7 @@ class SipMessage:
     # Whether ``headers`` holds a Content-Length (a parsed message does): serialising
     # writes the real length instead, so that one must be left out.
     _has_length: bool = field(default=False, repr=False, compare=False, kw_only=True)
+    _branch: str | None = field(default=None, repr=False, compare=False, kw_only=True)
 
     def _lookup(self) -> dict[str, str]:
         index = self._index
@@ -183,6 +184,8 @@ class SipMessage:
         self.headers = [(h, v) for h, v in self.headers if header_key(h) != key]
         if key == "content-length":
             self._has_length = False
+        if key == "via":
+            self._via = self._branch = None
         self._index = None
         self._via = None
         self._cseq = None
@@ -203,12 +206,16 @@ class SipMessage:
         """The top Via's branch: what matches a response to its client transaction
         (RFC 3261 §17.1.3). Read without parsing the whole Via, which a response to us
         only needs for this."""
-        if self._via is not None:
-            return self._via.branch
-        found = _BRANCH.search(self._lookup().get("via") or "")
-        if found is None:
-            return self.top_via.branch  # unusual spelling (spaces, case): the full parser
-        return found.group(1)
+        branch = self._branch
+        if branch is None:
+            if self._via is not None:
+                branch = self._via.branch
+            else:
+                found = _BRANCH.search(self._lookup().get("via") or "")
+                # unusual spelling (spaces, case): the full parser
+                branch = self.top_via.branch if found is None else found.group(1)
+            self._branch = branch
+        return branch
 
     @property
     def top_via(self) -> Via:
@@ -388,6 +395,12 @@ class _Ids:
 
 
 _unique = _Ids()
+
+
+def unique_token() -> str:
+    """A fresh identifier unique in space and time (see :class:`_Ids`): one per request
+    can serve as its branch (with the magic cookie), From tag and Call-ID at once."""
+    return _unique()
 
 
 def new_branch() -> str:

@@ -23,7 +23,7 @@ from gateway.logs import log_event
 from gateway.sip.addresses import jid_to_sip, parse_jid
 from gateway.sip.endpoint import SipEndpoint
 from gateway.sip.errors import sip_status_for, xmpp_condition_for
-from gateway.sip.message import SipRequest, SipResponse, new_tag
+from gateway.sip.message import SipRequest, SipResponse, unique_token
 from gateway.sip.parties import Refused, request_parties
 from gateway.sip.stanzas import BODY, chat_message, error_condition
 from gateway.sip.transaction import RequestReceived
@@ -126,8 +126,10 @@ class MessageRelay:
     def request_to(self, local_user: str, sender: str, text: str) -> SipRequest:
         """A text/plain MESSAGE (RFC 3428) to a local SIP user from an XMPP address."""
         user_uri = _sip_uri(local_user)
+        token = unique_token()  # branch, From tag and Call-ID in one
         request = self.endpoint.new_request(
-            "MESSAGE", user_uri, f"<{_sip_uri(sender)}>;tag={new_tag()}", f"<{user_uri}>")
+            "MESSAGE", user_uri, f"<{_sip_uri(sender)}>;tag={token}", f"<{user_uri}>",
+            token=token)
         request.headers.append(("Content-Type", TEXT_PLAIN))
         request.body = text.encode("utf-8")
         return request

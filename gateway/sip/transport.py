@@ -367,7 +367,9 @@ class SipTransport:
             inode = str(os.fstat(sock.fileno()).st_ino)
         except (OSError, ValueError):
             return None
-        for table in ("/proc/net/udp", "/proc/net/udp6"):
+        # thread-self: the namespace of the thread asking (the same as the process's in
+        # the daemon; a test may run the gateway in a thread that joined another one)
+        for table in ("/proc/thread-self/net/udp", "/proc/thread-self/net/udp6"):
             with contextlib.suppress(OSError):
                 for line in Path(table).read_text().splitlines()[1:]:
                     fields = line.split()
