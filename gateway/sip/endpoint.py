@@ -34,7 +34,6 @@ from gateway.sip.message import (
     SipParseError,
     SipRequest,
     SipResponse,
-    Via,
     make_response,
     new_branch,
     new_call_id,
@@ -79,6 +78,8 @@ class SipEndpoint:
         self._room = asyncio.Event()
         self._room.set()
         self._ticker: asyncio.Task[None] | None = None
+        self._via_text: str | None = None
+        self._started = False
         self.on_tick: Callable[[float], None] | None = None  # once a second
         self.on_misrouted: Callable[[], None] | None = None
         self.sent = 0
@@ -91,6 +92,8 @@ class SipEndpoint:
 
     async def start(self) -> None:
         await self.transport.start()
+        self._started = True
+        self._via_text = None
         self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="sip-timers")
 
     async def drain(self, grace: float) -> bool:
@@ -180,8 +183,7 @@ class SipEndpoint:
         ``token`` (from :func:`unique_token`) makes both when given."""
         branch = BRANCH_MAGIC + token if token else new_branch()
         headers = [
-            ("Via", f"SIP/2.0/{self.transport.via_transport} {self.hostport};"
-                    f"branch={branch};rport"),
+            ("Via", f"{self._via_prefix}{branch};rport"),
             ("Max-Forwards", "70"),
             ("From", str(sender)),
             ("To", str(recipient)),
@@ -191,11 +193,16 @@ class SipEndpoint:
         ]
         if contact:
             headers.append(("Contact", f"<{contact}>"))
-        return SipRequest(headers, b"", method, uri, _via=self._via(branch))
+        return SipRequest(headers, b"", method, uri, _branch=branch)
 
-    def _via(self, branch: str) -> Via:
-        host, port = self.transport.local[0], self.transport.local[1]
-        return Via(self.transport.via_transport, host, port, {"branch": branch, "rport": ""})
+    @property
+    def _via_prefix(self) -> str:
+        """``SIP/2.0/UDP host:port;branch=`` (known once the transport is bound)."""
+        prefix = self._via_text
+        if prefix is None or not self._started:
+            prefix = self._via_text = (f"SIP/2.0/{self.transport.via_transport} "
+                                       f"{self.hostport};branch=")
+        return prefix
 
     @property
     def hostport(self) -> str:

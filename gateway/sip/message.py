@@ -374,22 +374,23 @@ def parse_cseq(value: str) -> tuple[int, str]:
 
 
 class _Ids:
-    """Branches, tags and Call-IDs: a random 64-bit prefix per process (re-drawn after a
-    fork) followed by a counter. RFC 3261 asks branches to be unique across space and
-    time (§8.1.1.7) and tags/Call-IDs to be globally unique with 32 bits of randomness
+    """Branches, tags and Call-IDs: a random 64-bit prefix per process (drawn again in a
+    forked child) followed by a counter. RFC 3261 asks branches to be unique across space
+    and time (§8.1.1.7) and tags/Call-IDs to be globally unique with 32 bits of randomness
     (§19.3); the prefix gives that, the counter gives uniqueness within the process, and
     a counter is much cheaper than a getrandom() system call per identifier."""
 
     def __init__(self) -> None:
-        self._pid = -1
         self._prefix = ""
         self._next = 0
+        self.reseed()
+        os.register_at_fork(after_in_child=self.reseed)
+
+    def reseed(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._next = secrets.randbelow(1 << 20)
 
     def __call__(self) -> str:
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._prefix = secrets.token_hex(8)
-            self._next = secrets.randbelow(1 << 20)
         self._next += 1
         return f"{self._prefix}{self._next:x}"
 

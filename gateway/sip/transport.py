@@ -224,6 +224,7 @@ class SipTransport:
         self.input_paused = False
         self.pauses = 0  # times stream input was paused for the XMPP side
         self._udp_proxy: tuple[str, int] | None = None
+        self._proxy_flow: Flow | None = None
         self.trust: SourceTrust | None = None  # None: every source (set by the backend)
         self.peer_names: tuple[str, ...] | None = None  # mutual TLS: names the peer needs
         self.on_refused: Refused | None = None
@@ -283,7 +284,12 @@ class SipTransport:
     def proxy_flow(self) -> Flow:
         """Where requests to the proxy go; over UDP its resolved address, which is also
         where its responses must come from (see :mod:`gateway.sip.transaction`)."""
-        return ("udp", self._udp_proxy or self.proxy) if self.kind == "udp" else PROXY_FLOW
+        flow = self._proxy_flow
+        if flow is None:
+            flow = ("udp", self._udp_proxy or self.proxy) if self.kind == "udp" else PROXY_FLOW
+            if self.kind != "udp" or self._udp_proxy is not None:
+                self._proxy_flow = flow  # final once the address is resolved
+        return flow
 
     @property
     def via_transport(self) -> str:
