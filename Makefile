@@ -8,7 +8,7 @@ CONFIG ?= config/gateway.yaml
 # Debian packages the test suite runs for real (interop, SIP side, DNS, namespaces).
 TEST_DEBS := prosody ejabberd dnsmasq-base lua-unbound kamailio kamailio-presence-modules \
              kamailio-tls-modules \
-             sip-tester iproute2 openssl
+             sip-tester iproute2 openssl postgresql
 
 .PHONY: help venv certs run test test-unit lint bench clean debs
 

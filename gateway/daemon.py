@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +98,15 @@ class Gateway:
         self.admin: AdminServer | None = None
         self._stop = asyncio.Event()
         self.reloads = 0
+        self.node_id = config.cluster.node_id or socket.gethostname()
 
     async def start(self) -> None:
-        from gateway.store import AsyncAuthorizationStore, StoreError, open_authorization_store
+        from gateway.store import (
+            AsyncAuthorizationStore,
+            StoreError,
+            describe_store,
+            open_authorization_store,
+        )
 
         config = self.config
         self._check_fd_limit()
@@ -110,13 +117,14 @@ class Gateway:
             self.metrics = Metrics()
             self.metrics.serve(metrics_settings.host, metrics_settings.port)
         try:
-            Path(config.store.path).parent.mkdir(parents=True, exist_ok=True)
-            self.store = AsyncAuthorizationStore(open_authorization_store(config.store))
+            self.store = AsyncAuthorizationStore(
+                open_authorization_store(config.store, self.node_id))
         except (StoreError, OSError) as exc:
-            raise StartupError(f"store {config.store.path}: {exc}") from None
+            raise StartupError(f"store {describe_store(config.store)}: {exc}") from None
         if hasattr(self.backend, "use_store"):
             self.backend.use_store(self.store)
         self.router = Router(config, self.backend, self.store, self.metrics)
+        self._forward_store_changes(self.router)
         context = make_context(config, self.keys, self._partner_for)
         self.s2s = S2SService(config, context, self.resolver, on_stanza=self.router.from_xmpp,
                               on_bounce=self.router.bounce, metrics=self.metrics)
@@ -137,6 +145,19 @@ class Gateway:
                   partners=len(config.partners), backend=config.sip.backend,
                   listen=" ".join(f"{h}:{p}" for h, p in self.s2s.listening_addresses),
                   pid=os.getpid())
+
+    def _forward_store_changes(self, router: Router) -> None:
+        """Another node (or CLI) changed a user switch: drop the router's cached value at
+        once instead of after USER_CACHE_SECONDS (PostgreSQL LISTEN/NOTIFY, issue 15).
+        Authorizations are not cached, so they need nothing."""
+        loop = asyncio.get_running_loop()
+
+        def changed(table: str, key: str) -> None:
+            if table != "authorizations":
+                with contextlib.suppress(RuntimeError):  # the loop is already closed
+                    loop.call_soon_threadsafe(router.forget_cached, key)
+
+        self.store.on_change(changed)
 
     def _partner_for(self, domain: str) -> Any:
         assert self.s2s is not None

@@ -86,7 +86,22 @@ class DnsSettings:
 
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
-    path: Path = Path("data/gateway.sqlite3")
+    path: Path = Path("data/gateway.sqlite3")  # SQLite file, used when url is empty
+    # postgresql://user:password@host:port/dbname — the store shared by several nodes.
+    url: str = ""
+    pool_size: int = 4  # PostgreSQL connections per process
+    timeout: float = 5.0  # seconds to wait for a PostgreSQL connection before failing
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """Several nodes serving the same domains (issue 15; needs store.url)."""
+
+    node_id: str = ""  # empty = the host name
+    heartbeat_interval: float = 1.0
+    # A node whose last heartbeat is older than this is dead: its SIP presence watches are
+    # taken over by a survivor.
+    lease: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +171,7 @@ class GatewayConfig:
     dialback: DialbackSettings = field(default_factory=DialbackSettings)
     dns: DnsSettings = field(default_factory=DnsSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     sip: SipSettings = field(default_factory=SipSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     limits: Limits = field(default_factory=Limits)
