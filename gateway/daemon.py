@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
 import signal
 import socket
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +102,10 @@ class Gateway:
         self._stop = asyncio.Event()
         self.reloads = 0
         self.node_id = config.cluster.node_id or socket.gethostname()
+        self.cluster: Any = None  # ClusterMember when the store is shared (PostgreSQL)
+        self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.draining = False
+        self._drain_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         from gateway.store import (
@@ -121,6 +128,7 @@ class Gateway:
                 open_authorization_store(config.store, self.node_id))
         except (StoreError, OSError) as exc:
             raise StartupError(f"store {describe_store(config.store)}: {exc}") from None
+        await self._join_cluster()
         if hasattr(self.backend, "use_store"):
             self.backend.use_store(self.store)
         self.router = Router(config, self.backend, self.store, self.metrics)
@@ -145,6 +153,53 @@ class Gateway:
                   partners=len(config.partners), backend=config.sip.backend,
                   listen=" ".join(f"{h}:{p}" for h, p in self.s2s.listening_addresses),
                   pid=os.getpid())
+
+    async def _join_cluster(self) -> None:
+        """Shared store: heartbeat and claim the watches of dead nodes before the SIP
+        backend starts (it restores every watch this node owns). Own store: the rows
+        nobody alive owns (an older node id, a file from before clusters) are ours."""
+        from gateway.cluster import ClusterMember
+        from gateway.store import StoreError
+
+        try:
+            if not self.config.store.url:
+                await self.store.claim_watches(self.config.cluster.lease)
+                return
+            self.cluster = ClusterMember(self.store, self.config.cluster, self._node_report,
+                                         self._take_over_watches, self._fence)
+            claimed = await self.cluster.start()
+        except StoreError as exc:
+            raise StartupError(f"store: {exc}") from None
+        log_event(log, logging.INFO, "cluster.joined", node=self.node_id,
+                  lease=self.config.cluster.lease, watches_claimed=len(claimed))
+
+    def _node_report(self, state: str) -> Any:
+        from gateway.cluster import config_fingerprint
+        from gateway.store.membership import NodeReport
+
+        addresses = [f"{h}:{p}" for h, p in self.s2s.listening_addresses] if self.s2s else []
+        sip_local = getattr(getattr(self.backend, "transport", None), "local", None)
+        if sip_local:
+            addresses.append(f"sip:{sip_local[0]}:{sip_local[1]}")
+        queued = (self.router.queued if self.router else 0) + (
+            sum(len(s.queue) for s in self.s2s.sessions.values()) if self.s2s else 0)
+        return NodeReport(
+            node_id=self.node_id, addresses=" ".join(addresses), started_at=self.started_at,
+            state=state, sessions=len(self.s2s.connections) if self.s2s else 0,
+            queued=queued, watches=len(getattr(self.backend, "watches", ())),
+            pid=os.getpid(), config=json.dumps(config_fingerprint(self.config)))
+
+    def _take_over_watches(self, pairs: list[tuple[str, str]]) -> None:
+        take = getattr(self.backend, "take_over_watches", None)
+        taken = take(pairs) if take is not None and not self.draining else 0
+        log_event(log, logging.INFO, "cluster.watches_taken_over", node=self.node_id,
+                  claimed=len(pairs), subscribing=taken)
+
+    def _fence(self) -> None:
+        drop = getattr(self.backend, "drop_watches", None)
+        if drop is not None:
+            log_event(log, logging.WARNING, "cluster.watches_dropped", node=self.node_id,
+                      count=drop())
 
     def _forward_store_changes(self, router: Router) -> None:
         """Another node (or CLI) changed a user switch: drop the router's cached value at
@@ -173,6 +228,11 @@ class Gateway:
             await self.s2s.stop()
         if self.router is not None:
             await self.router.stop(grace=2.0)
+        if self.cluster is not None:
+            from gateway.store.membership import STOPPED
+
+            await self.cluster.stop()
+            await self.cluster.set_state(STOPPED)
         if self.store is not None:
             await self.store.aclose()
         if self.metrics is not None:
@@ -182,10 +242,88 @@ class Gateway:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def _on_terminate(self) -> None:
+        """SIGTERM/SIGINT: a node of a cluster drains (hands over its work, then stops);
+        a lone gateway stops as it always did (it has nobody to hand over to)."""
+        if self.cluster is not None and not self._stop.is_set():
+            self.start_drain()
+        else:
+            self.request_stop()
+
+    def start_drain(self) -> dict[str, Any]:
+        """``xmpp-gateway drain``: start draining in the background, answer at once."""
+        if self._drain_task is None:
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain_then_stop(),
+                                                                      name="drain")
+        return {"ok": True, "node": self.node_id, "state": "draining",
+                "timeout": self.config.cluster.drain_timeout}
+
+    async def _drain_then_stop(self) -> None:
+        try:
+            await self.drain()
+        except Exception as exc:  # stop anyway: SIGTERM must end the process
+            log_event(log, logging.ERROR, "gateway.drain_failed", node=self.node_id,
+                      reason=repr(exc))
+        finally:
+            self.request_stop()
+
+    async def drain(self) -> None:
+        """Planned restart without losing a stanza (issue 15), then stop:
+
+        1. announce ``draining`` in the cluster table; close the S2S listeners (partners
+           connecting now are refused and use the next SRV target) and answer new SIP
+           requests with 503 (the proxy's dispatcher fails over to another node);
+        2. end our SIP watch dialogs and hand the watches over in the store: a survivor
+           claims them at its next heartbeat and subscribes again;
+        3. close inbound S2S streams gracefully: stanzas already in flight are still read
+           and routed (RFC 6120 §4.4), the partner opens its next stream elsewhere;
+        4. wait (up to ``cluster.drain_timeout``) until the router and S2S queues are
+           empty and the partners closed their side, then stop as usual (which bounces,
+           with an error to the sender, whatever could still not be delivered).
+
+        The caller stops the gateway afterwards (:meth:`start_drain` does)."""
+        from gateway.store import StoreError
+        from gateway.store.membership import DRAINING
+        from gateway.xmpp.inbound import InboundStream
+
+        self.draining = True
+        started = time.monotonic()
+        log_event(log, logging.INFO, "gateway.draining", node=self.node_id,
+                  timeout=self.config.cluster.drain_timeout)
+        if self.cluster is not None:
+            await self.cluster.set_state(DRAINING)
+        assert self.s2s is not None and self.router is not None
+        self.s2s.stop_accepting()
+        if hasattr(self.backend, "draining"):
+            self.backend.draining = True
+        drop = getattr(self.backend, "drop_watches", None)
+        dropped = drop() if drop is not None else 0
+        try:
+            handed = await self.store.release_watches() if self.cluster is not None else 0
+        except StoreError as exc:
+            handed = 0
+            log_event(log, logging.WARNING, "gateway.drain_handover_failed",
+                      node=self.node_id, reason=str(exc),
+                      action="survivors take the watches over when this node's lease ends")
+        closed = self.s2s.close_sessions(lambda c: isinstance(c.stream, InboundStream), "",
+                                         "this gateway node is draining; reconnect")
+        deadline = started + self.config.cluster.drain_timeout
+        while time.monotonic() < deadline:
+            inbound = [c for c in self.s2s.connections if isinstance(c.stream, InboundStream)]
+            queued = self.router.queued + sum(len(s.queue) for s in self.s2s.sessions.values())
+            if not inbound and not queued:
+                break
+            await asyncio.sleep(0.05)
+        log_event(log, logging.INFO, "gateway.drained", node=self.node_id,
+                  seconds=f"{time.monotonic() - started:.2f}", watches_dropped=dropped,
+                  watches_handed_over=handed, inbound_closed=closed,
+                  still_queued=self.router.queued + sum(
+                      len(s.queue) for s in self.s2s.sessions.values()))
+
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(sig, self._on_terminate)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         await self.start()
         try:
@@ -289,6 +427,8 @@ class Gateway:
         }
         return {
             "pid": os.getpid(),
+            "node": self.node_id,
+            "state": "draining" if self.draining else "running",
             "domains": list(self.config.domains),
             "partners": len(self.config.partners),
             "reloads": self.reloads,

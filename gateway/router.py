@@ -194,6 +194,11 @@ class Router:
         self._enabled_cache[local_user] = (enabled, now + USER_CACHE_SECONDS)
         return enabled
 
+    @property
+    def queued(self) -> int:
+        """Stanzas waiting in both directions (drain waits for 0; cluster heartbeat load)."""
+        return self._inbound.qsize() + self._outbound.qsize()
+
     def forget_cached(self, local_user: str = "") -> None:
         """Drop the cached per-user switch of ``local_user`` (every user when empty):
         another node or process changed the store (PostgreSQL NOTIFY, issue 15)."""

@@ -102,6 +102,8 @@ class ClusterSettings:
     # A node whose last heartbeat is older than this is dead: its SIP presence watches are
     # taken over by a survivor.
     lease: float = 10.0
+    # `xmpp-gateway drain` / SIGTERM: longest wait for the queues to empty before stopping.
+    drain_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)

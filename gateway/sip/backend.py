@@ -118,6 +118,9 @@ class SipBackend:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._store: Any = None  # remembers XMPP→SIP subscriptions across restarts
+        # Drain (issue 15): new out-of-dialog requests get 503 so that the proxy's
+        # dispatcher sends them to another node.
+        self.draining = False
         self.sent = 0
         self.received = 0
 
@@ -158,6 +161,27 @@ class SipBackend:
                   local=f"{self.transport.local[0]}:{self.transport.local[1]}",
                   proxy=f"{self.transport.proxy[0]}:{self.transport.proxy[1]}",
                   subscriptions_restored=restored)
+
+    def take_over_watches(self, pairs: Iterable[tuple[str, str]]) -> int:
+        """Subscribe for XMPP→SIP watches another gateway node held (it died or drained,
+        issue 15): the XMPP side still considers itself subscribed, so we must."""
+        taken = 0
+        for watcher, sip_user in pairs:
+            if parse_jid(sip_user).domain in self.domains:
+                self._watch(watcher, sip_user)
+                taken += 1
+        return taken
+
+    def drop_watches(self) -> int:
+        """End our XMPP→SIP watch dialogs on the SIP side but keep them in the store:
+        another node takes them over (drain, or this node lost its lease)."""
+        dropped = 0
+        for dialog in list(self.watches.values()):
+            if dialog.established:
+                self._send_subscribe(dialog, expires=0)
+            dropped += 1
+        self.watches.clear()
+        return dropped
 
     async def stop(self, grace: float = 2.0) -> None:
         """End our subscriptions (RFC 6665 §4.4.1 ``deactivated``: the watcher may
@@ -311,6 +335,12 @@ class SipBackend:
 
     def _on_request(self, event: RequestReceived) -> None:
         method = event.request.method
+        if self.draining and method in ("MESSAGE", "SUBSCRIBE", "OPTIONS") \
+                and not event.request.to.tag:
+            # RFC 3261 §21.5.4: 503 makes the proxy (Kamailio dispatcher) fail over to
+            # another node; in-dialog requests still reach their dialog here.
+            self._reply(event, 503, headers=[("Retry-After", "5")])
+            return
         if method == "MESSAGE":
             self._spawn(self._answering(event, self._incoming_message(event)))
         elif method == "SUBSCRIBE":
