@@ -94,6 +94,7 @@ class PostgresAuthorizationStore:
         self._listeners: list[ChangeListener] = []
         self._listener_thread: threading.Thread | None = None
         self._closing = threading.Event()
+        self._listening = threading.Event()
         connect_timeout = max(1, round(timeout))
         try:
             self._pool = ConnectionPool(
@@ -294,11 +295,14 @@ class PostgresAuthorizationStore:
     # -- change notification ---------------------------------------------------------------
 
     def on_change(self, listener: ChangeListener) -> None:
+        """Also waits (up to ``timeout``) until the LISTEN is in place, so that a change
+        committed after this returns is never missed."""
         self._listeners.append(listener)
         if self._listener_thread is None:
             self._listener_thread = threading.Thread(
                 target=self._listen, name="store-listen", daemon=True)
             self._listener_thread.start()
+            self._listening.wait(self.timeout)
 
     def _emit(self, table: str, key: str) -> None:
         for listener in list(self._listeners):
@@ -316,15 +320,19 @@ class PostgresAuthorizationStore:
                 with psycopg.connect(self.url, autocommit=True,
                                      connect_timeout=max(1, round(self.timeout))) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    self._listening.set()
                     if not first:
                         log_event(log, logging.INFO, "store.listen_restored", store=self.where)
-                        self._emit("", "")  # what changed while we were away is unknown
+                    # What changed before the LISTEN (while we were away, or between a
+                    # cache filling and this first LISTEN) is unknown: drop everything.
+                    self._emit("", "")
                     first, delay = False, 0.25
                     while not self._closing.is_set():
                         for notice in conn.notifies(timeout=0.5):
                             table, _, key = notice.payload.partition(":")
                             self._emit(table, key)
             except psycopg.Error as exc:
+                self._listening.clear()
                 if self._closing.is_set():
                     return
                 first = False

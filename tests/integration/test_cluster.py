@@ -140,6 +140,7 @@ async def test_drain_hands_the_watch_to_the_survivor(tmp_path: Path, pki: Any, d
         assert (fresh.method, fresh.uri, fresh.from_.uri, fresh.to.tag) == (
             "SUBSCRIBE", "sip:alice@sip.example", "sip:bob@xmpp.example", "")
         assert fresh.call_id != first.call_id
+        print(f"drain: survivor re-subscribed {took:.2f} s after the drain began")
         assert took < 3 * BEAT + 1.0, f"takeover after drain took {took:.2f} s"
         await establish_watch_reply(ua, fresh)
         await wait_for(lambda: _owns(b, WATCH), 5, "node b to own the watch")
@@ -253,6 +254,8 @@ async def test_hard_killed_node_s_watch_is_taken_over(tmp_path: Path, pki: Any, 
         took = time.monotonic() - killed
         assert (fresh.method, fresh.uri, fresh.to.tag) == (
             "SUBSCRIBE", "sip:alice@sip.example", "")
+        print(f"SIGKILL: survivor re-subscribed {took:.2f} s after the kill (lease {LEASE} s,"
+              f" heartbeat {BEAT} s)")
         # A's last heartbeat was at most one interval before the kill.
         assert LEASE - BEAT - 0.1 <= took <= LEASE + 2 * BEAT + 1.0, f"took {took:.2f} s"
         await establish_watch_reply(ua, fresh)
