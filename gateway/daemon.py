@@ -277,8 +277,9 @@ class Gateway:
            claims them at its next heartbeat and subscribes again;
         3. close inbound S2S streams gracefully: stanzas already in flight are still read
            and routed (RFC 6120 §4.4), the partner opens its next stream elsewhere;
-        4. wait (up to ``cluster.drain_timeout``) until the router and S2S queues are
-           empty and the partners closed their side, then stop as usual (which bounces,
+        4. wait (up to ``cluster.drain_timeout``, at least ``cluster.drain_grace``) until
+           the router and S2S queues are empty and the partners closed their side, then
+           stop as usual (which bounces,
            with an error to the sender, whatever could still not be delivered).
 
         The caller stops the gateway afterwards (:meth:`start_drain` does)."""
@@ -307,11 +308,13 @@ class Gateway:
                       action="survivors take the watches over when this node's lease ends")
         closed = self.s2s.close_sessions(lambda c: isinstance(c.stream, InboundStream), "",
                                          "this gateway node is draining; reconnect")
-        deadline = started + self.config.cluster.drain_timeout
+        settings = self.config.cluster
+        deadline = started + settings.drain_timeout
+        grace_end = started + min(settings.drain_grace, settings.drain_timeout)
         while time.monotonic() < deadline:
             inbound = [c for c in self.s2s.connections if isinstance(c.stream, InboundStream)]
             queued = self.router.queued + sum(len(s.queue) for s in self.s2s.sessions.values())
-            if not inbound and not queued:
+            if not inbound and not queued and time.monotonic() >= grace_end:
                 break
             await asyncio.sleep(0.05)
         log_event(log, logging.INFO, "gateway.drained", node=self.node_id,

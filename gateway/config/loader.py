@@ -502,7 +502,8 @@ def _top_level_spec(c: _Checker) -> dict[str, Converter]:
         "cluster": c.section(ClusterSettings, {"node_id": c.node_id,
                                                "heartbeat_interval": c.seconds,
                                                "lease": c.seconds,
-                                               "drain_timeout": c.seconds}),
+                                               "drain_timeout": c.seconds,
+                                               "drain_grace": c.seconds}),
         "sip": c.section(SipSettings, {
             "backend": c.choice(("development", "sip")), "proxy_host": c.string,
             "proxy_port": c.integer(1, 65535), "transport": c.choice(("udp", "tcp", "tls")),

@@ -104,6 +104,10 @@ class ClusterSettings:
     lease: float = 10.0
     # `xmpp-gateway drain` / SIGTERM: longest wait for the queues to empty before stopping.
     drain_timeout: float = 30.0
+    # ... and the shortest drain: keep answering new SIP requests with 503 this long even
+    # when the queues are already empty, so that the proxy's dispatcher probe (OPTIONS)
+    # marks the node inactive before its SIP port goes silent.
+    drain_grace: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)

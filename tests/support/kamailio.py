@@ -51,7 +51,7 @@ loadmodule "sanity.so"
 loadmodule "db_text.so"
 loadmodule "presence.so"
 loadmodule "presence_xml.so"
-{tls_module}modparam("presence", "db_url", "text://{dbdir}")
+{tls_module}{dispatcher_module}modparam("presence", "db_url", "text://{dbdir}")
 modparam("presence", "server_address", "sip:{host}:{port}")
 modparam("presence", "subs_db_mode", 0)
 modparam("presence_xml", "db_url", "text://{dbdir}")
@@ -75,11 +75,8 @@ request_route {{
     exit;
   }}
   # Any other domain is XMPP: the gateway's SIP side.
-  $du = "sip:{gateway_host}:{gateway_port};transport={gateway_transport}";
-  t_relay();
-  exit;
-}}
-
+{gateway_route}}}
+{failure_route}
 route[PRESENCE] {{
   if (!t_newtran()) {{ sl_reply_error(); exit; }}
   if (is_method("PUBLISH")) {{ handle_publish(); }} else {{ handle_subscribe(); }}
@@ -110,6 +107,39 @@ def answers_options(host: str, port: int, domain: str) -> bool:
         return False
 
 
+ONE_GATEWAY = """  $du = "sip:{host}:{port};transport={transport}";
+  t_relay();
+  exit;
+"""
+
+# Several gateway nodes (issue 15): dispatcher set 1, round robin, OPTIONS probing; a 503
+# (draining node) or a timeout (dead node) moves the request to the next node.
+DISPATCHER_MODULE = """loadmodule "dispatcher.so"
+modparam("dispatcher", "list_file", "{list_file}")
+modparam("dispatcher", "flags", 2)
+modparam("dispatcher", "ds_ping_interval", 1)
+modparam("dispatcher", "ds_probing_mode", 1)
+modparam("dispatcher", "ds_probing_threshold", 1)
+modparam("dispatcher", "ds_inactive_threshold", 1)
+modparam("dispatcher", "ds_ping_reply_codes", "class=2")
+modparam("dispatcher", "ds_ping_from", "sip:dispatcher@{domain}")
+modparam("tm", "fr_timer", 2000)
+"""
+DISPATCHED = """  if (!ds_select_dst("1", "4")) {{ sl_send_reply("503", "No gateway node"); exit; }}
+  t_on_failure("GATEWAY_FAILOVER");
+  t_relay();
+  exit;
+"""
+FAILOVER = """failure_route[GATEWAY_FAILOVER] {{
+  if (t_is_canceled()) {{ exit; }}
+  if (t_check_status("503|408") && ds_next_dst()) {{
+    xlog("L_INFO", "gateway node failed, next: $du\\n");
+    t_on_failure("GATEWAY_FAILOVER");
+    t_relay();
+  }}
+}}
+"""
+
 TLS_CFG = """[server:default]
 method = TLSv1.2+
 verify_certificate = no
@@ -132,9 +162,13 @@ class Kamailio:
     def __init__(self, workdir: Path, *, domain: str, host: str = "127.0.0.1", port: int,
                  gateway: tuple[str, int], gateway_transport: str = "udp",
                  prefix: list[str] | None = None, debug: int = 2,
-                 tls: tuple[Path, Path] | None = None) -> None:
+                 tls: tuple[Path, Path] | None = None,
+                 gateways: list[tuple[str, int]] | None = None) -> None:
+        """``gateways``: several gateway nodes behind the dispatcher module (``gateway``
+        is then ignored)."""
         self.workdir, self.domain, self.host, self.port = workdir, domain, host, port
         self.gateway, self.gateway_transport = gateway, gateway_transport
+        self.gateways = gateways
         self.prefix = prefix or []
         self.debug = debug
         self.tls = tls
@@ -160,11 +194,22 @@ class Kamailio:
             tls_cfg.write_text(TLS_CFG.format(certificate=self.tls[0], key=self.tls[1]))
             tls_listen = f"enable_tls=yes\nlisten=tls:{self.host}:{self.tls_port}\n"
             tls_module = f'loadmodule "tls.so"\nmodparam("tls", "config", "{tls_cfg}")\n'
+        dispatcher_module = failure_route = ""
+        gateway_route = ONE_GATEWAY.format(host=self.gateway[0], port=self.gateway[1],
+                                           transport=self.gateway_transport)
+        if self.gateways:
+            list_file = self.workdir / "dispatcher.list"
+            list_file.write_text("".join(
+                f"1 sip:{host}:{port};transport={self.gateway_transport}\n"
+                for host, port in self.gateways))
+            dispatcher_module = DISPATCHER_MODULE.format(list_file=list_file,
+                                                         domain=self.domain)
+            gateway_route, failure_route = DISPATCHED.format(), FAILOVER.format()
         self.config_path.write_text(CONFIG.format(
-            tls_listen=tls_listen, tls_module=tls_module,
+            tls_listen=tls_listen, tls_module=tls_module, dispatcher_module=dispatcher_module,
+            gateway_route=gateway_route, failure_route=failure_route,
             debug=self.debug, host=self.host, port=self.port, domain=self.domain,
-            modules=MODULES, dbdir=dbdir, gateway_host=self.gateway[0],
-            gateway_port=self.gateway[1], gateway_transport=self.gateway_transport))
+            modules=MODULES, dbdir=dbdir))
         return self.config_path
 
     def start(self, timeout: float = 15.0) -> Kamailio:

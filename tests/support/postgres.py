@@ -43,8 +43,13 @@ def postgres_bindir() -> Path | None:
 class PostgresServer:
     """One PostgreSQL cluster in a temporary directory; ``start``/``stop``/``kill`` by PID."""
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, *, prefix: list[str] | None = None,
+                 host: str = "127.0.0.1") -> None:
+        """``prefix`` runs the server elsewhere, e.g. ``ip netns exec NAME`` (then only
+        processes in that namespace can reach it, at ``host``)."""
         self.bindir = bindir
+        self.prefix = list(prefix or [])
+        self.host = host
         self.root = Path(tempfile.mkdtemp(prefix=f"gw-pg-{os.getpid()}-"))
         self.data = self.root / "data"
         self.sockets = self.root / "sock"
@@ -66,11 +71,11 @@ class PostgresServer:
         return self.url("postgres")
 
     def url(self, dbname: str) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+        return f"postgresql://postgres@{self.host}:{self.port}/{dbname}"
 
     def initdb(self) -> None:
         result = subprocess.run(
-            [*self._as_user, str(self.bindir / "initdb"), "-D", str(self.data), "-U",
+            [*self.prefix, *self._as_user, str(self.bindir / "initdb"), "-D", str(self.data), "-U",
              "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions"],
             capture_output=True, timeout=120, cwd=self.root, check=False)
         if result.returncode != 0:
@@ -82,8 +87,9 @@ class PostgresServer:
         assert self.process is None, "already running"
         log = self.log.open("ab")
         self.process = subprocess.Popen(
-            [*self._as_user, str(self.bindir / "postgres"), "-D", str(self.data),
-             "-p", str(self.port), "-k", str(self.sockets), "-c", "listen_addresses=127.0.0.1",
+            [*self.prefix, *self._as_user, str(self.bindir / "postgres"), "-D",
+             str(self.data), "-p", str(self.port), "-k", str(self.sockets),
+             "-c", f"listen_addresses={self.host}",
              "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
              "-c", "max_connections=100", "-c", "shared_buffers=16MB"],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True)
@@ -94,7 +100,8 @@ class PostgresServer:
                 self.process = None
                 raise RuntimeError(f"postgres exited at start: {self.log.read_text()[-2000:]}")
             ready = subprocess.run(
-                [str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port),
+                [*self.prefix, str(self.bindir / "pg_isready"), "-h", self.host, "-p",
+                 str(self.port),
                  "-t", "1"], capture_output=True, check=False, timeout=10)
             if ready.returncode == 0:
                 return
