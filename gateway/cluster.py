@@ -9,6 +9,12 @@ Why claims ride on the heartbeat: a survivor must re-subscribe "within the lease
 claiming every ``heartbeat_interval`` bounds the takeover at ``lease + heartbeat_interval``
 after the dead node's last heartbeat, with no extra timer.
 
+Reconciliation: an XMPP user's ``unsubscribe`` may reach another node than the one holding
+the SIP dialog (partners pick any SRV target); that node deletes the watch row. Every
+:data:`RECONCILE_EVERY` heartbeats the holder compares the dialogs it holds with the rows
+it owns and ends those whose row is gone (or was claimed by another node) in two
+consecutive checks (one check could race a row still being written).
+
 Self-fencing: a node that cannot write its heartbeat for longer than the lease must assume
 the others consider it dead and have claimed its watches; it drops its own SIP watch
 dialogs locally (``on_fenced``) so that a SIP user's presence is not watched twice, and
@@ -28,10 +34,11 @@ from typing import Any
 
 from gateway.config.model import ClusterSettings, GatewayConfig
 from gateway.logs import log_event
-from gateway.store.authorizations import StoreError
+from gateway.store.authorizations import StoreError, normalize_bare_jid
 from gateway.store.membership import DRAINING, RUNNING, STOPPED, NodeReport
 
 log = logging.getLogger("gateway.cluster")
+RECONCILE_EVERY = 5  # heartbeats
 
 
 def _digest(text: str) -> str:
@@ -80,13 +87,19 @@ class ClusterMember:
     def __init__(self, store: Any, settings: ClusterSettings,
                  report: Callable[[str], NodeReport],
                  on_claimed: Callable[[list[tuple[str, str]]], None],
-                 on_fenced: Callable[[], None] | None = None) -> None:
+                 on_fenced: Callable[[], None] | None = None,
+                 held: Callable[[], list[tuple[str, str]]] | None = None,
+                 on_lost: Callable[[list[tuple[str, str]]], None] | None = None) -> None:
         self.store = store  # AsyncAuthorizationStore over a ClusterStore
         self.settings = settings
         self.report = report  # state -> this node's report
         self.on_claimed = on_claimed
         self.on_fenced = on_fenced
+        self.held = held  # the watches whose SIP dialog this node holds
+        self.on_lost = on_lost  # end these dialogs: their row is gone or not ours
         self.state = RUNNING
+        self._ticks = 0
+        self._stale: set[tuple[str, str]] = set()
         self.claimed = 0
         self.fenced = False
         self._last_beat = time.monotonic()
@@ -140,6 +153,27 @@ class ClusterMember:
             log_event(log, logging.INFO, "cluster.watches_claimed", node=self.node_id,
                       count=len(claimed))
             self.on_claimed(claimed)
+        self._ticks += 1
+        if self._ticks % RECONCILE_EVERY == 0 and self.state == RUNNING:
+            await self.reconcile()
+
+    async def reconcile(self) -> None:
+        """End the dialogs whose watch row this node no longer owns (twice in a row)."""
+        if self.held is None or self.on_lost is None:
+            return
+        try:
+            owned = set(await self.store.list_watches())
+        except StoreError:
+            return  # the heartbeat path reports database trouble
+        held = {(normalize_bare_jid(w), normalize_bare_jid(u)) for w, u in self.held()}
+        stale = held - owned
+        lost = sorted(stale & self._stale)
+        self._stale = stale - set(lost)
+        if lost:
+            log_event(log, logging.INFO, "cluster.watches_gone", node=self.node_id,
+                      count=len(lost), reason="unsubscribed through another node, or "
+                      "claimed by another node")
+            self.on_lost(lost)
 
     async def _own_watches(self) -> list[tuple[str, str]]:
         with contextlib.suppress(StoreError):

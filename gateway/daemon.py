@@ -165,8 +165,10 @@ class Gateway:
             if not self.config.store.url:
                 await self.store.claim_watches(self.config.cluster.lease)
                 return
-            self.cluster = ClusterMember(self.store, self.config.cluster, self._node_report,
-                                         self._take_over_watches, self._fence)
+            self.cluster = ClusterMember(
+                self.store, self.config.cluster, self._node_report, self._take_over_watches,
+                self._fence, held=getattr(self.backend, "held_watches", None),
+                on_lost=getattr(self.backend, "drop_watches", None))
             claimed = await self.cluster.start()
         except StoreError as exc:
             raise StartupError(f"store: {exc}") from None

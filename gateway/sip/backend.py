@@ -172,16 +172,21 @@ class SipBackend:
                 taken += 1
         return taken
 
-    def drop_watches(self) -> int:
-        """End our XMPP→SIP watch dialogs on the SIP side but keep them in the store:
-        another node takes them over (drain, or this node lost its lease)."""
-        dropped = 0
-        for dialog in list(self.watches.values()):
+    def drop_watches(self, pairs: Iterable[tuple[str, str]] | None = None) -> int:
+        """End our XMPP→SIP watch dialogs (all, or those of ``pairs``) on the SIP side but
+        leave the store alone: another node holds or takes them over (drain, lost lease,
+        an unsubscribe handled by another node)."""
+        keys = list(self.watches) if pairs is None else [
+            key for key in self.watches if (key[0].lower(), key[1].lower()) in set(pairs)]
+        for key in keys:
+            dialog = self.watches.pop(key)
             if dialog.established:
                 self._send_subscribe(dialog, expires=0)
-            dropped += 1
-        self.watches.clear()
-        return dropped
+        return len(keys)
+
+    def held_watches(self) -> list[tuple[str, str]]:
+        """The (watcher, SIP user) pairs whose subscription is established and recorded."""
+        return [key for key, dialog in self.watches.items() if dialog.announced]
 
     async def stop(self, grace: float = 2.0) -> None:
         """End our subscriptions (RFC 6665 §4.4.1 ``deactivated``: the watcher may

@@ -330,3 +330,32 @@ async def test_status_and_check_config_cluster(tmp_path: Path, pki: Any, dns_for
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_unsubscribe_through_another_node_ends_the_holder_s_dialog(
+        tmp_path: Path, pki: Any, dns_for_pair, cluster_url: str, ua: SipUserAgent) -> None:
+    """The XMPP user's unsubscribe reaches node b (the partner's stream went there), which
+    deletes the watch row; node a, holding the SIP dialog, notices at its next
+    reconciliations and ends the subscription on the SIP side."""
+    from gateway.cluster import RECONCILE_EVERY
+
+    dns, _ = dns_for_pair
+    config_a = node_config(tmp_path, pki, "a", cluster_url, ua.port)
+    a = await start_node(config_a, dns)
+    b = await start_node(node_config(tmp_path, pki, "b", cluster_url, ua.port), dns)
+    try:
+        await a.backend.deliver(presence(*WATCH, "subscribe"))
+        first = await establish_watch(ua, sip_address(config_a))
+        await wait_for(lambda: _owns(a, WATCH), 5, "node a to record the watch")
+        started = time.monotonic()
+        await b.backend.deliver(presence(*WATCH, "unsubscribe"))
+        ending = await asyncio.wait_for(ua.requests.get(), 2 * RECONCILE_EVERY * BEAT + 3)
+        assert (ending.method, ending.get("expires"), ending.call_id) == (
+            "SUBSCRIBE", "0", first.call_id)
+        ua.reply(ending, 200)
+        print(f"dialog ended {time.monotonic() - started:.2f} s after the unsubscribe")
+        assert a.backend.watches == {}
+        assert await a.store.list_watches() == [] and await b.store.list_watches() == []
+    finally:
+        await a.stop()
+        await b.stop()

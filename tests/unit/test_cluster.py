@@ -93,3 +93,34 @@ async def test_a_node_that_cannot_heartbeat_for_a_lease_fences_itself(tmp_path: 
     finally:
         await member.stop()
         await store.aclose()
+
+
+async def test_dialogs_whose_row_went_away_are_ended(tmp_path: Path) -> None:
+    """An unsubscribe handled by node b deletes the row of a watch node a holds: a ends
+    its dialog after two consecutive checks (one could race the row being written)."""
+    path = tmp_path / "gw.sqlite3"
+    node_a = AsyncAuthorizationStore(SqliteAuthorizationStore(path, node_id="a"))
+    node_b = SqliteAuthorizationStore(path, node_id="b")
+    held = [("Bob@Fabrikam.example", "alice@contoso.example"),
+            ("carol@fabrikam.example", "alice@contoso.example")]
+    lost: list[list[tuple[str, str]]] = []
+
+    def end(pairs: list[tuple[str, str]]) -> None:  # as SipBackend.drop_watches does
+        lost.append(pairs)
+        held[:] = [w for w in held if (w[0].lower(), w[1].lower()) not in pairs]
+
+    member = ClusterMember(node_a, ClusterSettings("a"), _report, lambda _: None,
+                           held=lambda: held, on_lost=end)
+    try:
+        await node_a.add_watch(*held[0])
+        await member.reconcile()
+        await member.reconcile()
+        assert lost == [[("carol@fabrikam.example", "alice@contoso.example")]]  # no row
+        node_b.remove_watch(*held[0])  # the XMPP user unsubscribed through node b
+        await member.reconcile()
+        assert len(lost) == 1  # seen once: not yet
+        await member.reconcile()
+        assert lost[-1] == [("bob@fabrikam.example", "alice@contoso.example")]
+    finally:
+        node_b.close()
+        await node_a.aclose()
