@@ -176,8 +176,9 @@ class SipBackend:
         """End our XMPP→SIP watch dialogs (all, or those of ``pairs``) on the SIP side but
         leave the store alone: another node holds or takes them over (drain, lost lease,
         an unsubscribe handled by another node)."""
-        keys = list(self.watches) if pairs is None else [
-            key for key in self.watches if (key[0].lower(), key[1].lower()) in set(pairs)]
+        wanted = None if pairs is None else set(pairs)
+        keys = [key for key in self.watches
+                if wanted is None or (key[0].lower(), key[1].lower()) in wanted]
         for key in keys:
             dialog = self.watches.pop(key)
             if dialog.established:
