@@ -1,4 +1,5 @@
-"""``xmpp-gateway drain``, ``status --cluster`` and ``check config --cluster`` (issue 15).
+"""``xmpp-gateway drain``, ``forget-node``, ``status --cluster`` and ``check config
+--cluster`` (issue 15).
 
 ``status --cluster`` and ``check config --cluster`` read the shared store directly (the
 cluster table every node heartbeats into), so they work from any host with the
@@ -26,6 +27,11 @@ def register(subparsers: Any) -> None:
     drain.add_argument("--no-wait", action="store_true",
                        help="return once draining started instead of when the node exited")
     drain.set_defaults(func=_drain)
+    forget = subparsers.add_parser(
+        "forget-node", parents=[config_parent()],
+        help="remove a dead or stopped node from the cluster table (status --cluster)")
+    forget.add_argument("node", help="its cluster.node_id")
+    forget.set_defaults(func=_forget_node)
 
 
 def _shared_store(config: Any) -> Any:
@@ -130,6 +136,40 @@ def check_cluster(config: Any) -> int:
                   "dialback secret)")
     print("cluster: OK" if not problems else f"cluster: {problems} problem(s)")
     return 0 if not problems else 1
+
+
+def _forget_node(args: argparse.Namespace) -> int:
+    """Only a node the others consider dead or stopped: a live node would write its row
+    again at its next heartbeat anyway, and forgetting it would hide it meanwhile."""
+    from gateway.cli.common import load_or_report
+    from gateway.store import StoreError
+
+    config = load_or_report(args)
+    if config is None:
+        return 2
+    store = _shared_store(config)
+    if store is None:
+        return 1
+    try:
+        nodes = {n.report.node_id: n for n in store.list_nodes()}
+        node = nodes.get(args.node)
+        if node is None:
+            print(f"error: no node {args.node!r} in the cluster table "
+                  f"(known: {', '.join(nodes) or 'none'})", file=sys.stderr)
+            return 1
+        status = node.status(config.cluster.lease)
+        if status not in ("dead", "stopped"):
+            print(f"error: node {args.node} is {status} (last heartbeat "
+                  f"{node.age_seconds:.1f} s ago); drain or stop it first", file=sys.stderr)
+            return 1
+        store.forget_node(args.node)
+        print(f"node {args.node} ({status}) removed from the cluster table")
+        return 0
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
 
 
 def _drain(args: argparse.Namespace) -> int:

@@ -308,7 +308,7 @@ async def test_status_and_check_config_cluster(tmp_path: Path, pki: Any, dns_for
     odd = dataclasses.replace(node_config(tmp_path, pki, "odd", cluster_url, ua.port,
                                           secret="another-secret"), partners=())
     a = await start_node(config_a, dns)
-    b = await start_node(odd, dns)
+    b: Gateway | None = await start_node(odd, dns)
     try:
         path = write_yaml(config_a, tmp_path / "a.yaml")
         code = await asyncio.to_thread(cli_main, ["status", "--cluster", "-c", str(path)])
@@ -327,9 +327,19 @@ async def test_status_and_check_config_cluster(tmp_path: Path, pki: Any, dns_for
         assert "node odd (running) uses a different dialback.secret" in out
         assert "another-secret" not in out and "shared-secret" not in out
         assert "cluster: 2 problem(s)" in out
+
+        code = await asyncio.to_thread(cli_main, ["forget-node", "odd", "-c", str(path)])
+        assert code == 1 and "node odd is running" in capsys.readouterr().err
+        stopping, b = b, None
+        await stopping.stop()
+        code = await asyncio.to_thread(cli_main, ["forget-node", "odd", "-c", str(path)])
+        assert code == 0, capsys.readouterr()
+        assert "node odd (stopped) removed" in capsys.readouterr().out
+        assert [n.report.node_id for n in await a.store.list_nodes()] == ["a"]
     finally:
         await a.stop()
-        await b.stop()
+        if b is not None:
+            await b.stop()
 
 
 async def test_unsubscribe_through_another_node_ends_the_holder_s_dialog(
