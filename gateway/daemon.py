@@ -21,6 +21,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from xml.etree.ElementTree import Element, ParseError, fromstring, tostring
 
 from gateway.auth.dialback_key import DialbackKeyGenerator
 from gateway.auth.tls_provider import OpenSslTlsProvider, TlsConfigError, certificate_verdict
@@ -34,6 +35,11 @@ from gateway.router import Router
 from gateway.xmpp.stream import StreamContext
 
 log = logging.getLogger("gateway.daemon")
+
+# Presence forwarded between cluster nodes (see Gateway._from_xmpp): availability and
+# the answers to a SIP user's subscription; "" is available presence (no type).
+PRESENCE_TOPIC = "presence"
+FORWARDED_PRESENCE = ("", "unavailable", "subscribed", "unsubscribed")
 
 
 class StartupError(Exception):
@@ -106,6 +112,7 @@ class Gateway:
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.draining = False
         self._drain_task: asyncio.Task[None] | None = None
+        self._publishing: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         from gateway.store import (
@@ -134,7 +141,7 @@ class Gateway:
         self.router = Router(config, self.backend, self.store, self.metrics)
         self._forward_store_changes(self.router)
         context = make_context(config, self.keys, self._partner_for)
-        self.s2s = S2SService(config, context, self.resolver, on_stanza=self.router.from_xmpp,
+        self.s2s = S2SService(config, context, self.resolver, on_stanza=self._from_xmpp,
                               on_bounce=self.router.bounce, metrics=self.metrics)
         self.router.s2s = self.s2s
         self.router.on_pressure = self.s2s.set_reading_paused
@@ -210,11 +217,61 @@ class Gateway:
         loop = asyncio.get_running_loop()
 
         def changed(table: str, key: str) -> None:
-            if table != "authorizations":
-                with contextlib.suppress(RuntimeError):  # the loop is already closed
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                if table in ("user_settings", ""):
                     loop.call_soon_threadsafe(router.forget_cached, key)
+                elif table == PRESENCE_TOPIC:
+                    loop.call_soon_threadsafe(self._from_peer_node, key)
 
         self.store.on_change(changed)
+
+    def _from_xmpp(self, stanza: Element, remote: str, local: str) -> None:
+        """Inbound stanzas go to the router; in a cluster, presence that a SIP user's
+        subscription on *another* node may need also goes to the other nodes.
+
+        Why: a partner sends all its presence over its one stream to this domain, to
+        whichever node its SRV choice gave, while the SIP user's SUBSCRIBE to that
+        contact was dispatched by the proxy to any node (RFC 6665 notifier state lives
+        there). ``subscribe``/``unsubscribe``/``probe`` are not forwarded: they create or
+        end XMPP→SIP watches, which the node receiving them takes on (the store records
+        the new owner and the previous holder ends its dialog, see gateway.cluster)."""
+        assert self.router is not None
+        self.router.from_xmpp(stanza, remote, local)
+        if self.cluster is None or stanza.tag != "{jabber:server}presence" or \
+                stanza.get("type", "") not in FORWARDED_PRESENCE:
+            return
+        payload = json.dumps({"node": self.node_id, "remote": remote, "local": local,
+                              "xml": tostring(stanza, encoding="unicode")})
+        task = asyncio.get_running_loop().create_task(self._publish(payload))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    async def _publish(self, payload: str) -> None:
+        from gateway.store import StoreError
+
+        try:
+            await self.store.publish(PRESENCE_TOPIC, payload)
+        except (StoreError, RuntimeError) as exc:
+            log_event(log, logging.WARNING, "cluster.presence_not_forwarded",
+                      node=self.node_id, reason=str(exc))
+
+    def _from_peer_node(self, payload: str) -> None:
+        """Presence another node received: route it here if our SIP side holds a
+        subscription of the addressee to the sender (else it is not ours)."""
+        from gateway.xmpp.jid import JidError, bare_jid
+
+        try:
+            message = json.loads(payload)
+            if message.get("node") == self.node_id or self.router is None:
+                return
+            stanza = fromstring(message["xml"])
+            key = (bare_jid(stanza.get("to", "")), bare_jid(stanza.get("from", "")))
+        except (ValueError, KeyError, TypeError, ParseError, JidError) as exc:
+            log_event(log, logging.WARNING, "cluster.bad_forwarded_presence",
+                      node=self.node_id, reason=str(exc))
+            return
+        if key in getattr(self.backend, "notifiers", {}):
+            self.router.from_xmpp(stanza, str(message["remote"]), str(message["local"]))
 
     def _partner_for(self, domain: str) -> Any:
         assert self.s2s is not None

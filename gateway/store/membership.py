@@ -95,6 +95,10 @@ class ClusterStore(Protocol):
     def release_watches(self) -> int:
         """Hand this node's watches over (owner ''), for a survivor to claim."""
 
+    def publish(self, topic: str, payload: str) -> None:
+        """Deliver ``(topic, payload)`` to the change listeners of every node (engines
+        without notification: nobody)."""
+
     def on_change(self, listener: ChangeListener) -> None:
         """Call ``listener(table, key)`` from a background thread when another process
         changed authorizations or user switches (caches must be dropped). Engines

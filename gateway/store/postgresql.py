@@ -304,6 +304,16 @@ class PostgresAuthorizationStore:
             self._listener_thread.start()
             self._listening.wait(self.timeout)
 
+    def publish(self, topic: str, payload: str) -> None:
+        """Send ``payload`` to every node's change listeners as ``(topic, payload)`` (a
+        message bus over NOTIFY, e.g. XMPP presence for the node holding a SIP dialog).
+        PostgreSQL limits a payload to 8000 bytes: larger ones raise StoreError."""
+        if len(payload.encode()) + len(topic) + 1 >= 8000:
+            raise StoreError(f"{topic} message of {len(payload.encode())} bytes is too large "
+                             "for NOTIFY (8000 bytes)")
+        self._run("publish to the other nodes", lambda conn: self._notify(conn, topic,
+                                                                           payload))
+
     def _emit(self, table: str, key: str) -> None:
         for listener in list(self._listeners):
             try:

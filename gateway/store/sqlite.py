@@ -310,6 +310,9 @@ class SqliteAuthorizationStore:
 
         return self._run("hand over presence subscriptions", release)
 
+    def publish(self, topic: str, payload: str) -> None:
+        """One process per SQLite file: there are no other nodes to tell."""
+
     def on_change(self, listener: ChangeListener) -> None:
         """SQLite has no change notification across processes: the router's short cache
         lifetime (USER_CACHE_SECONDS) bounds staleness instead."""

@@ -84,6 +84,9 @@ class AsyncAuthorizationStore:
     async def release_watches(self) -> int:
         return await self._call(self.store.release_watches)  # type: ignore[attr-defined]
 
+    async def publish(self, topic: str, payload: str) -> None:
+        await self._call(self.store.publish, topic, payload)  # type: ignore[attr-defined]
+
     def on_change(self, listener: ChangeListener) -> None:
         """Registered directly: the listener runs in the store's notification thread."""
         self.store.on_change(listener)  # type: ignore[attr-defined]

@@ -144,6 +144,36 @@ class Node:
         stop_process(self.process, timeout=30)
 
 
+XMPP_URI = "sip:user@a.example"
+
+
+def _active_and_available(notify: object) -> bool:
+    from gateway.sip.pidf import parse_pidf
+
+    state = (notify.get("subscription-state") or "").split(";")[0]  # type: ignore[attr-defined]
+    return state == "active" and bool(notify.body) and \
+        parse_pidf(notify.body).available  # type: ignore[attr-defined]
+
+
+def notifier_holder(*nodes: Node) -> Node | None:
+    """The live node whose SIP backend holds the SIP user's subscription to XMPP."""
+    for node in nodes:
+        if node.process is None or node.process.poll() is not None:
+            continue
+        answer = node.cli("status", "--json")
+        if answer.returncode == 0 and json.loads(answer.stdout)["backend"].get("notifiers"):
+            return node
+    return None
+
+
+def wait_answering(node: Node) -> None:
+    """Wait until ``node`` answers on its admin socket (it was just started)."""
+    deadline = time.monotonic() + 10
+    while node.cli("status", "--json").returncode != 0:
+        assert time.monotonic() < deadline, f"node {node.name} not answering"
+        time.sleep(0.1)
+
+
 def log_time(log: str, *words: str) -> float:
     """Epoch seconds of the first log line containing all ``words``."""
     from datetime import datetime
@@ -274,6 +304,26 @@ def test_drain_then_hard_kill(cluster_ns: Namespace, pki: Pki,
                 status = await loop.run_in_executor(None, first.cli, "status", "--cluster")
                 assert status.returncode == 0, status.stdout + status.stderr
                 await asyncio.sleep(2 * BEAT)
+                # The SIP user's own subscription to the XMPP user. Prosody's stream now
+                # goes to `second` (`first` was drained), so a SUBSCRIBE the dispatcher
+                # gives to `first` only becomes active if `second` forwards Prosody's
+                # presence to it; the last one must land on `second`, the node to kill.
+                await loop.run_in_executor(None, wait_answering, second)
+                holders: list[str] = []
+                for _attempt in range(8):
+                    answer = await ua.subscribe(XMPP_URI)
+                    assert answer.status in (200, 202), answer
+                    await ua.notify_where(_active_and_available, timeout=15)
+                    holder = await loop.run_in_executor(None, notifier_holder, a, b)
+                    assert holder is not None
+                    holders.append(holder.name)
+                    if holder is second and first.name in holders:
+                        break
+                    await ua.subscribe(XMPP_URI, expires=0)
+                    await asyncio.sleep(0.3)
+                else:
+                    raise AssertionError(f"SIP subscriptions landed on {holders}")
+                report["sip_subscription_holders"] = holders
                 traffic = asyncio.ensure_future(exchange(xmpp, ua, "kill", 40))
                 await asyncio.sleep(0.5)
                 killed_at = time.time()
@@ -283,7 +333,17 @@ def test_drain_then_hard_kill(cluster_ns: Namespace, pki: Pki,
                 report["kill_lost_xmpp_to_sip"] = sorted(to_sip - got_sip)
                 report["kill_lost_sip_to_xmpp"] = sorted(to_xmpp - got_xmpp)
                 report["kill_sip_statuses"] = sorted(set(statuses))
-                # after the takeover everything flows through a again
+                # the phone's refresh fails (dead node: 408 from the proxy, or 481) and it
+                # subscribes afresh through the proxy, landing on the survivor
+                refresh = await ua.subscribe(XMPP_URI)
+                report["sip_refresh_after_kill"] = refresh.status
+                assert refresh.status in (408, 481), refresh
+                ua.dialogs.pop(XMPP_URI, None)
+                fresh = await ua.subscribe(XMPP_URI)
+                assert fresh.status in (200, 202), fresh
+                await ua.notify_where(_active_and_available, timeout=15)
+                assert await loop.run_in_executor(None, notifier_holder, a, b) is first
+                # after the takeover everything flows through the survivor
                 sent = await exchange(xmpp, ua, "after", 5, spacing=0.2)
                 got = await collect(xmpp, ua, "after", sent[0], sent[1], 20)
                 assert got == (sent[0], sent[1]), f"after the kill: {sent} vs {got}"
