@@ -12,12 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import secrets
 import signal
+import socket
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from xml.etree.ElementTree import Element, ParseError, fromstring, tostring
 
 from gateway.auth.dialback_key import DialbackKeyGenerator
 from gateway.auth.tls_provider import OpenSslTlsProvider, TlsConfigError, certificate_verdict
@@ -31,6 +36,11 @@ from gateway.router import Router
 from gateway.xmpp.stream import StreamContext
 
 log = logging.getLogger("gateway.daemon")
+
+# Presence forwarded between cluster nodes (see Gateway._from_xmpp): availability and
+# the answers to a SIP user's subscription; "" is available presence (no type).
+PRESENCE_TOPIC = "presence"
+FORWARDED_PRESENCE = ("", "unavailable", "subscribed", "unsubscribed")
 
 
 class StartupError(Exception):
@@ -98,9 +108,20 @@ class Gateway:
         self.admin: AdminServer | None = None
         self._stop = asyncio.Event()
         self.reloads = 0
+        self.node_id = config.cluster.node_id or socket.gethostname()
+        self.cluster: Any = None  # ClusterMember when the store is shared (PostgreSQL)
+        self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.draining = False
+        self._drain_task: asyncio.Task[None] | None = None
+        self._publishing: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        from gateway.store import AsyncAuthorizationStore, StoreError, open_authorization_store
+        from gateway.store import (
+            AsyncAuthorizationStore,
+            StoreError,
+            describe_store,
+            open_authorization_store,
+        )
 
         config = self.config
         self._check_fd_limit()
@@ -111,17 +132,19 @@ class Gateway:
             self.metrics = Metrics()
             self.metrics.serve(metrics_settings.host, metrics_settings.port)
         try:
-            Path(config.store.path).parent.mkdir(parents=True, exist_ok=True)
-            self.store = AsyncAuthorizationStore(open_authorization_store(config.store))
+            self.store = AsyncAuthorizationStore(
+                open_authorization_store(config.store, self.node_id))
         except (StoreError, OSError) as exc:
-            raise StartupError(f"store {config.store.path}: {exc}") from None
+            raise StartupError(f"store {describe_store(config.store)}: {exc}") from None
+        await self._join_cluster()
         if hasattr(self.backend, "use_store"):
             self.backend.use_store(self.store)
         if self.metrics is not None and hasattr(self.backend, "use_metrics"):
             self.backend.use_metrics(self.metrics)
         self.router = Router(config, self.backend, self.store, self.metrics)
+        self._forward_store_changes(self.router)
         context = make_context(config, self.keys, self._partner_for)
-        self.s2s = S2SService(config, context, self.resolver, on_stanza=self.router.from_xmpp,
+        self.s2s = S2SService(config, context, self.resolver, on_stanza=self._from_xmpp,
                               on_bounce=self.router.bounce, metrics=self.metrics)
         self.router.s2s = self.s2s
         self.router.on_pressure = self.s2s.set_reading_paused
@@ -145,6 +168,118 @@ class Gateway:
                   listen=" ".join(f"{h}:{p}" for h, p in self.s2s.listening_addresses),
                   pid=os.getpid())
 
+    async def _join_cluster(self) -> None:
+        """Shared store: heartbeat and claim the watches of dead nodes before the SIP
+        backend starts (it restores every watch this node owns). Own store: the rows
+        nobody alive owns (an older node id, a file from before clusters) are ours."""
+        from gateway.cluster import ClusterMember
+        from gateway.store import StoreError
+
+        try:
+            if not self.config.store.url:
+                await self.store.claim_watches(self.config.cluster.lease)
+                return
+            self.cluster = ClusterMember(
+                self.store, self.config.cluster, self._node_report, self._take_over_watches,
+                self._fence, held=getattr(self.backend, "held_watches", None),
+                on_lost=getattr(self.backend, "drop_watches", None))
+            claimed = await self.cluster.start()
+        except StoreError as exc:
+            raise StartupError(f"store: {exc}") from None
+        log_event(log, logging.INFO, "cluster.joined", node=self.node_id,
+                  lease=self.config.cluster.lease, watches_claimed=len(claimed))
+
+    def _node_report(self, state: str) -> Any:
+        from gateway.cluster import config_fingerprint
+        from gateway.store.membership import NodeReport
+
+        addresses = [f"{h}:{p}" for h, p in self.s2s.listening_addresses] if self.s2s else []
+        sip_local = getattr(getattr(self.backend, "transport", None), "local", None)
+        if sip_local:
+            addresses.append(f"sip:{sip_local[0]}:{sip_local[1]}")
+        queued = (self.router.queued if self.router else 0) + (
+            sum(len(s.queue) for s in self.s2s.sessions.values()) if self.s2s else 0)
+        return NodeReport(
+            node_id=self.node_id, addresses=" ".join(addresses), started_at=self.started_at,
+            state=state, sessions=len(self.s2s.connections) if self.s2s else 0,
+            queued=queued, watches=len(getattr(self.backend, "watches", ())),
+            pid=os.getpid(), config=json.dumps(config_fingerprint(self.config)))
+
+    def _take_over_watches(self, pairs: list[tuple[str, str]]) -> None:
+        take = getattr(self.backend, "take_over_watches", None)
+        taken = take(pairs) if take is not None and not self.draining else 0
+        log_event(log, logging.INFO, "cluster.watches_taken_over", node=self.node_id,
+                  claimed=len(pairs), subscribing=taken)
+
+    def _fence(self) -> None:
+        drop = getattr(self.backend, "drop_watches", None)
+        if drop is not None:
+            log_event(log, logging.WARNING, "cluster.watches_dropped", node=self.node_id,
+                      count=drop())
+
+    def _forward_store_changes(self, router: Router) -> None:
+        """Another node (or CLI) changed a user switch: drop the router's cached value at
+        once instead of after USER_CACHE_SECONDS (PostgreSQL LISTEN/NOTIFY, issue 15).
+        Authorizations are not cached, so they need nothing."""
+        loop = asyncio.get_running_loop()
+
+        def changed(table: str, key: str) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                if table in ("user_settings", ""):
+                    loop.call_soon_threadsafe(router.forget_cached, key)
+                elif table == PRESENCE_TOPIC:
+                    loop.call_soon_threadsafe(self._from_peer_node, key)
+
+        self.store.on_change(changed)
+
+    def _from_xmpp(self, stanza: Element, remote: str, local: str) -> None:
+        """Inbound stanzas go to the router; in a cluster, presence that a SIP user's
+        subscription on *another* node may need also goes to the other nodes.
+
+        Why: a partner sends all its presence over its one stream to this domain, to
+        whichever node its SRV choice gave, while the SIP user's SUBSCRIBE to that
+        contact was dispatched by the proxy to any node (RFC 6665 notifier state lives
+        there). ``subscribe``/``unsubscribe``/``probe`` are not forwarded: they create or
+        end XMPP→SIP watches, which the node receiving them takes on (the store records
+        the new owner and the previous holder ends its dialog, see gateway.cluster)."""
+        assert self.router is not None
+        self.router.from_xmpp(stanza, remote, local)
+        if self.cluster is None or stanza.tag != "{jabber:server}presence" or \
+                stanza.get("type", "") not in FORWARDED_PRESENCE:
+            return
+        payload = json.dumps({"node": self.node_id, "remote": remote, "local": local,
+                              "xml": tostring(stanza, encoding="unicode")})
+        task = asyncio.get_running_loop().create_task(self._publish(payload))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    async def _publish(self, payload: str) -> None:
+        from gateway.store import StoreError
+
+        try:
+            await self.store.publish(PRESENCE_TOPIC, payload)
+        except (StoreError, RuntimeError) as exc:
+            log_event(log, logging.WARNING, "cluster.presence_not_forwarded",
+                      node=self.node_id, reason=str(exc))
+
+    def _from_peer_node(self, payload: str) -> None:
+        """Presence another node received: route it here if our SIP side holds a
+        subscription of the addressee to the sender (else it is not ours)."""
+        from gateway.xmpp.jid import JidError, bare_jid
+
+        try:
+            message = json.loads(payload)
+            if message.get("node") == self.node_id or self.router is None:
+                return
+            stanza = fromstring(message["xml"])
+            key = (bare_jid(stanza.get("to", "")), bare_jid(stanza.get("from", "")))
+        except (ValueError, KeyError, TypeError, ParseError, JidError) as exc:
+            log_event(log, logging.WARNING, "cluster.bad_forwarded_presence",
+                      node=self.node_id, reason=str(exc))
+            return
+        if key in getattr(self.backend, "notifiers", {}):
+            self.router.from_xmpp(stanza, str(message["remote"]), str(message["local"]))
+
     def _partner_for(self, domain: str) -> Any:
         assert self.s2s is not None
         return self.s2s.partner_for(domain)
@@ -159,6 +294,11 @@ class Gateway:
             await self.s2s.stop()
         if self.router is not None:
             await self.router.stop(grace=2.0)
+        if self.cluster is not None:
+            from gateway.store.membership import STOPPED
+
+            await self.cluster.stop()
+            await self.cluster.set_state(STOPPED)
         if self.store is not None:
             await self.store.aclose()
         if self.metrics is not None:
@@ -168,10 +308,91 @@ class Gateway:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def _on_terminate(self) -> None:
+        """SIGTERM/SIGINT: a node of a cluster drains (hands over its work, then stops);
+        a lone gateway stops as it always did (it has nobody to hand over to)."""
+        if self.cluster is not None and not self._stop.is_set():
+            self.start_drain()
+        else:
+            self.request_stop()
+
+    def start_drain(self) -> dict[str, Any]:
+        """``xmpp-gateway drain``: start draining in the background, answer at once."""
+        if self._drain_task is None:
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain_then_stop(),
+                                                                      name="drain")
+        return {"ok": True, "node": self.node_id, "state": "draining",
+                "timeout": self.config.cluster.drain_timeout}
+
+    async def _drain_then_stop(self) -> None:
+        try:
+            await self.drain()
+        except Exception as exc:  # stop anyway: SIGTERM must end the process
+            log_event(log, logging.ERROR, "gateway.drain_failed", node=self.node_id,
+                      reason=repr(exc))
+        finally:
+            self.request_stop()
+
+    async def drain(self) -> None:
+        """Planned restart without losing a stanza (issue 15), then stop:
+
+        1. announce ``draining`` in the cluster table; close the S2S listeners (partners
+           connecting now are refused and use the next SRV target) and answer new SIP
+           requests with 503 (the proxy's dispatcher fails over to another node);
+        2. end our SIP watch dialogs and hand the watches over in the store: a survivor
+           claims them at its next heartbeat and subscribes again;
+        3. close inbound S2S streams gracefully: stanzas already in flight are still read
+           and routed (RFC 6120 §4.4), the partner opens its next stream elsewhere;
+        4. wait (up to ``cluster.drain_timeout``, at least ``cluster.drain_grace``) until
+           the router and S2S queues are empty and the partners closed their side, then
+           stop as usual (which bounces,
+           with an error to the sender, whatever could still not be delivered).
+
+        The caller stops the gateway afterwards (:meth:`start_drain` does)."""
+        from gateway.store import StoreError
+        from gateway.store.membership import DRAINING
+        from gateway.xmpp.inbound import InboundStream
+
+        self.draining = True
+        started = time.monotonic()
+        log_event(log, logging.INFO, "gateway.draining", node=self.node_id,
+                  timeout=self.config.cluster.drain_timeout)
+        if self.cluster is not None:
+            await self.cluster.set_state(DRAINING)
+        assert self.s2s is not None and self.router is not None
+        self.s2s.stop_accepting()
+        if hasattr(self.backend, "draining"):
+            self.backend.draining = True
+        drop = getattr(self.backend, "drop_watches", None)
+        dropped = drop() if drop is not None else 0
+        try:
+            handed = await self.store.release_watches() if self.cluster is not None else 0
+        except StoreError as exc:
+            handed = 0
+            log_event(log, logging.WARNING, "gateway.drain_handover_failed",
+                      node=self.node_id, reason=str(exc),
+                      action="survivors take the watches over when this node's lease ends")
+        closed = self.s2s.close_sessions(lambda c: isinstance(c.stream, InboundStream), "",
+                                         "this gateway node is draining; reconnect")
+        settings = self.config.cluster
+        deadline = started + settings.drain_timeout
+        grace_end = started + min(settings.drain_grace, settings.drain_timeout)
+        while time.monotonic() < deadline:
+            inbound = [c for c in self.s2s.connections if isinstance(c.stream, InboundStream)]
+            queued = self.router.queued + sum(len(s.queue) for s in self.s2s.sessions.values())
+            if not inbound and not queued and time.monotonic() >= grace_end:
+                break
+            await asyncio.sleep(0.05)
+        log_event(log, logging.INFO, "gateway.drained", node=self.node_id,
+                  seconds=f"{time.monotonic() - started:.2f}", watches_dropped=dropped,
+                  watches_handed_over=handed, inbound_closed=closed,
+                  still_queued=self.router.queued + sum(
+                      len(s.queue) for s in self.s2s.sessions.values()))
+
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(sig, self._on_terminate)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         await self.start()
         try:
@@ -288,6 +509,8 @@ class Gateway:
         }
         return {
             "pid": os.getpid(),
+            "node": self.node_id,
+            "state": "draining" if self.draining else "running",
             "domains": list(self.config.domains),
             "partners": len(self.config.partners),
             "reloads": self.reloads,

@@ -45,6 +45,7 @@ from gateway.policy.contacts import (
     stanza_kind,
     strip_status,
 )
+from gateway.store.authorizations import StoreError
 from gateway.xmpp.errors import make_error_reply
 from gateway.xmpp.jid import JidError, bare_jid
 
@@ -53,6 +54,7 @@ log = logging.getLogger("gateway.router")
 # Backpressure marks (see the module docstring): the queues themselves are unbounded
 # because their producers stop producing at HIGH_WATER.
 USER_CACHE_SECONDS = 5.0
+STORE_DOWN = "the gateway's authorization store is unavailable; try again later"
 HIGH_WATER = 2_000
 LOW_WATER = 200
 OnDecided = Callable[[], None] | None
@@ -144,6 +146,10 @@ class Router:
             stanza, remote, local = await self._inbound.get()
             try:
                 await self._handle_inbound(stanza, remote, local)
+            except StoreError as exc:  # database down (issue 15): say so, keep going
+                log_event(log, logging.WARNING, "store.unavailable", direction="inbound",
+                          peer=remote, reason=str(exc))
+                self._reply_xmpp(stanza, "internal-server-error", "wait", STORE_DOWN)
             except Exception:  # keep the worker alive; the stanza gets an error
                 log.exception("inbound routing failed")
                 self._reply_xmpp(stanza, "internal-server-error", "wait", "")
@@ -213,6 +219,19 @@ class Router:
             self._enabled_cache.clear()
         self._enabled_cache[local_user] = (enabled, now + USER_CACHE_SECONDS)
         return enabled
+
+    @property
+    def queued(self) -> int:
+        """Stanzas waiting in both directions (drain waits for 0; cluster heartbeat load)."""
+        return self._inbound.qsize() + self._outbound.qsize()
+
+    def forget_cached(self, local_user: str = "") -> None:
+        """Drop the cached per-user switch of ``local_user`` (every user when empty):
+        another node or process changed the store (PostgreSQL NOTIFY, issue 15)."""
+        if local_user:
+            self._enabled_cache.pop(local_user, None)
+        else:
+            self._enabled_cache.clear()
 
     def _reply_xmpp(self, stanza: Element, condition: str, error_type: str, text: str) -> None:
         reply = make_error_reply(stanza, condition, text, error_type)
@@ -288,6 +307,10 @@ class Router:
             stanza, decided = await self._outbound.get()
             try:
                 await self._handle_outbound(stanza)
+            except StoreError as exc:
+                log_event(log, logging.WARNING, "store.unavailable", direction="outbound",
+                          peer=stanza.get("to", ""), reason=str(exc))
+                await self._bounce_local(stanza, "internal-server-error", STORE_DOWN)
             except Exception:
                 log.exception("outbound routing failed")
                 await self._bounce_local(stanza, "internal-server-error", "")

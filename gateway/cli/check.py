@@ -116,6 +116,10 @@ def _config(args: argparse.Namespace) -> int:
               f"{partner.negotiation.methods_text}")
     for warning in config_warnings(config):
         print(f"warning: {warning}")
+    if getattr(args, "cluster", False):
+        from gateway.cli.cluster import check_cluster
+
+        return check_cluster(config)
     return 0
 
 
@@ -275,7 +279,13 @@ def _certs_options(parser: argparse.ArgumentParser) -> None:
                         help="only check our own certificate")
 
 
-add_check("config", "validate the configuration file", None, _config)
+def _config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cluster", action="store_true",
+                        help="also compare domains, partners and dialback secret (by digest) "
+                             "with every node in the shared store")
+
+
+add_check("config", "validate the configuration file", _config_options, _config)
 add_check("connectivity", "negotiate with a partner for real, step by step",
           _connectivity_options, _connectivity)
 add_check("dns", "our SRV records point here; each partner resolves", None, _dns)

@@ -49,7 +49,6 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any] | None:
 
     try:
         config = load_config(args.config)
-        config.store.path.parent.mkdir(parents=True, exist_ok=True)
         return config, open_authorization_store(config.store)
     except (ConfigError, StoreError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gateway.cli.check",
     "gateway.cli.cert",
     "gateway.cli.contacts",
+    "gateway.cli.cluster",
 )
 
 DEFAULT_CONFIG = Path("config/gateway.yaml")

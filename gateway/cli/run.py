@@ -19,6 +19,8 @@ def register(subparsers: Any) -> None:
     status = subparsers.add_parser("status", parents=[config_parent()],
                                    help="live S2S sessions of the running gateway")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--cluster", action="store_true",
+                        help="every node of the cluster, from the shared store")
     status.set_defaults(func=_status)
     reload = subparsers.add_parser("reload", parents=[config_parent()],
                                    help="re-read partners, policies and certificates")
@@ -50,6 +52,10 @@ def _ask(args: argparse.Namespace, command: str) -> dict[str, Any] | None:
 
 
 def _status(args: argparse.Namespace) -> int:
+    if args.cluster:
+        from gateway.cli.cluster import cluster_status
+
+        return cluster_status(args)
     answer = _ask(args, "status")
     if answer is None:
         return 1

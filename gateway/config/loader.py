@@ -29,6 +29,7 @@ from ruamel.yaml.reader import ReaderError
 
 from gateway.config.model import (
     CertificateFiles,
+    ClusterSettings,
     DialbackSettings,
     DnsSettings,
     FederationSettings,
@@ -222,6 +223,25 @@ class _Checker:
         candidate = Path(text).expanduser()
         return Path(os.path.normpath(candidate if candidate.is_absolute()
                                      else self.base_dir / candidate))
+
+    def database_url(self, value: Any, path: str, line: int | None) -> str:
+        """``postgresql://…`` (or ``postgres://``), or empty for the SQLite file."""
+        text = self.string(value, path, line).strip()
+        if text and not text.startswith(("postgresql://", "postgres://")):
+            shown = text.split("://", 1)[0] + "://…" if "://" in text else repr(text)
+            self.problem(line, path, f"{shown} is not a PostgreSQL URL (postgresql://user:"
+                         "password@host:port/dbname); leave it empty to use store.path",
+                         None)
+            raise _Skip
+        return text
+
+    def node_id(self, value: Any, path: str, line: int | None) -> str:
+        text = self.string(value, path, line).strip()
+        if len(text) > 64 or any(c.isspace() or not c.isprintable() for c in text):
+            self.problem(line, path, f"{_show(value)} is not a node name (up to 64 printable "
+                         "characters without spaces)", value)
+            raise _Skip
+        return text
 
     def optional_path(self, value: Any, path: str, line: int | None) -> Path | None:
         return None if value is None or value == "" else self.path(value, path, line)
@@ -461,6 +481,11 @@ class _Checker:
         if sip is not None and sip.client_key is not None and sip.client_certificate is None:
             self.problem(None, "sip.client_key", "is set without sip.client_certificate; set "
                          "both (or neither, to present tls.certificate)")
+        cluster = values.get("cluster")
+        if cluster is not None and cluster.lease < 2 * cluster.heartbeat_interval:
+            self.problem(None, "cluster.lease", f"{cluster.lease:g} s is shorter than two "
+                         f"heartbeats ({cluster.heartbeat_interval:g} s each): one late "
+                         "heartbeat would declare a live node dead", cluster.lease)
         tls = values.get("tls")
         if tls is not None and served:
             for domain in tls.per_domain:
@@ -507,7 +532,14 @@ def _top_level_spec(c: _Checker) -> dict[str, Converter]:
         "dialback": c.section(DialbackSettings, {"secret": c.string}),
         "dns": c.section(DnsSettings, {"nameservers": c.nameservers, "timeout": c.seconds,
                                        "direct_tls": c.boolean}),
-        "store": c.section(StoreSettings, {"path": c.path}),
+        "store": c.section(StoreSettings, {"path": c.path, "url": c.database_url,
+                                           "pool_size": c.integer(1, 100),
+                                           "timeout": c.seconds}),
+        "cluster": c.section(ClusterSettings, {"node_id": c.node_id,
+                                               "heartbeat_interval": c.seconds,
+                                               "lease": c.seconds,
+                                               "drain_timeout": c.seconds,
+                                               "drain_grace": c.seconds}),
         "sip": c.section(SipSettings, {
             "backend": c.choice(("development", "sip")), "proxy_host": c.string,
             "proxy_port": c.integer(1, 65535), "transport": c.choice(("udp", "tcp", "tls")),

@@ -86,7 +86,28 @@ class DnsSettings:
 
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
-    path: Path = Path("data/gateway.sqlite3")
+    path: Path = Path("data/gateway.sqlite3")  # SQLite file, used when url is empty
+    # postgresql://user:password@host:port/dbname — the store shared by several nodes.
+    url: str = ""
+    pool_size: int = 4  # PostgreSQL connections per process
+    timeout: float = 5.0  # seconds to wait for a PostgreSQL connection before failing
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """Several nodes serving the same domains (issue 15; needs store.url)."""
+
+    node_id: str = ""  # empty = the host name
+    heartbeat_interval: float = 1.0
+    # A node whose last heartbeat is older than this is dead: its SIP presence watches are
+    # taken over by a survivor.
+    lease: float = 10.0
+    # `xmpp-gateway drain` / SIGTERM: longest wait for the queues to empty before stopping.
+    drain_timeout: float = 30.0
+    # ... and the shortest drain: keep answering new SIP requests with 503 this long even
+    # when the queues are already empty, so that the proxy's dispatcher probe (OPTIONS)
+    # marks the node inactive before its SIP port goes silent.
+    drain_grace: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +200,7 @@ class GatewayConfig:
     dialback: DialbackSettings = field(default_factory=DialbackSettings)
     dns: DnsSettings = field(default_factory=DnsSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     sip: SipSettings = field(default_factory=SipSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     limits: Limits = field(default_factory=Limits)

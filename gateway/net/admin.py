@@ -78,6 +78,8 @@ class AdminServer:
                 answer: dict[str, Any] = {"ok": True, **self.gateway.status()}
             elif command == "reload":
                 answer = await self.gateway.reload()
+            elif command == "drain":
+                answer = self.gateway.start_drain()
             elif command == "probe":
                 answer = await self.gateway.probe(str(request.get("domain", "")))
             else:

@@ -125,6 +125,13 @@ class S2SService:
                 log_event(log, logging.INFO, "s2s.listening", address=sock.getsockname()[:2],
                           direct_tls=address.direct_tls or None)
 
+    def stop_accepting(self) -> None:
+        """Close the listening sockets (drain, issue 15): a partner connecting now is
+        refused and tries the next SRV target; established streams carry on."""
+        self._accepting = False
+        for server in self._servers:
+            server.close()
+
     @property
     def listening_addresses(self) -> list[tuple[str, int]]:
         return [s.getsockname()[:2] for server in self._servers for s in server.sockets]

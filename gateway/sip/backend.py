@@ -105,6 +105,9 @@ class SipBackend:
         self.metrics: Any = None
         self.untrusted = 0
         self._refusal_log = RefusalLogBudget()
+        # Drain (issue 15): new out-of-dialog requests get 503 so that the proxy's
+        # dispatcher sends them to another node.
+        self.draining = False
 
     @classmethod
     def from_settings(cls, settings: Any, domains: Iterable[str],
@@ -171,6 +174,21 @@ class SipBackend:
                   proxy=f"{transport.proxy[0]}:{transport.proxy[1]}",
                   max_in_flight=self.endpoint.max_in_flight,
                   subscriptions_restored=restored)
+
+    def take_over_watches(self, pairs: Iterable[tuple[str, str]]) -> int:
+        """Subscribe for XMPP→SIP watches another gateway node held (it died or drained,
+        issue 15): the XMPP side still considers itself subscribed, so we must."""
+        return self.watching.take_over(pairs, self.domains)
+
+    def drop_watches(self, pairs: Iterable[tuple[str, str]] | None = None) -> int:
+        """End our XMPP→SIP watch dialogs (all, or those of ``pairs``) on the SIP side but
+        leave the store alone: another node holds or takes them over (drain, lost lease,
+        an unsubscribe handled by another node)."""
+        return self.watching.drop(pairs)
+
+    def held_watches(self) -> list[tuple[str, str]]:
+        """The (watcher, SIP user) pairs whose subscription is established and recorded."""
+        return self.watching.held()
 
     async def stop(self, grace: float = 2.0) -> None:
         """End our subscriptions, wait up to ``grace`` for outstanding transactions, then
@@ -288,6 +306,12 @@ class SipBackend:
 
     def _on_request(self, event: RequestReceived) -> None:
         method = event.request.method
+        if self.draining and method in ("MESSAGE", "SUBSCRIBE", "OPTIONS") \
+                and not event.request.to.tag:
+            # RFC 3261 §21.5.4: 503 makes the proxy (Kamailio dispatcher) fail over to
+            # another node; in-dialog requests still reach their dialog here.
+            self.endpoint.reply(event, 503, headers=[("Retry-After", "5")])
+            return
         if method == "MESSAGE":
             if not self._busy(event):
                 self.messages.incoming(event)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 from xml.etree.ElementTree import Element
 
@@ -87,6 +87,30 @@ class SipPresenceWatches:
         self.watches[key] = dialog
         self.by_call_id[dialog.call_id] = dialog
         self._send_subscribe(dialog, expires=self.expires)
+
+    def take_over(self, pairs: Iterable[tuple[str, str]], served: frozenset[str]) -> int:
+        """Subscribe for watches another gateway node held (issue 15)."""
+        taken = 0
+        for watcher, sip_user in pairs:
+            if parse_jid(sip_user).domain in served:
+                self.watch(watcher, sip_user)
+                taken += 1
+        return taken
+
+    def drop(self, pairs: Iterable[tuple[str, str]] | None = None) -> int:
+        """End our dialogs (all, or those of ``pairs``) but leave the store alone."""
+        wanted = None if pairs is None else set(pairs)
+        keys = [key for key in self.watches
+                if wanted is None or (key[0].lower(), key[1].lower()) in wanted]
+        for key in keys:
+            dialog = self.watches.pop(key)
+            if dialog.established:
+                self._send_subscribe(dialog, expires=0)
+        return len(keys)
+
+    def held(self) -> list[tuple[str, str]]:
+        """(watcher, SIP user) pairs whose subscription is established and recorded."""
+        return [key for key, dialog in self.watches.items() if dialog.announced]
 
     def remember(self, watcher: str, sip_user: str, active: bool) -> None:
         if self.store is None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -37,44 +38,26 @@ from gateway.store.authorizations import (
     UserSetting,
     normalize_bare_jid,
 )
+from gateway.store.membership import ChangeListener, NodeReport, NodeState, node_status
+from gateway.store.schema import MIGRATIONS, SCHEMA_VERSION, newer_schema_message
 
 T = TypeVar("T")
 
-# (version, statements). Append only; never edit a released migration.
-MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
-    (
-        1,
-        (
-            """CREATE TABLE authorizations (
-                   local_user TEXT NOT NULL,
-                   remote_jid TEXT NOT NULL,
-                   granted_at TEXT NOT NULL,
-                   source TEXT NOT NULL,
-                   PRIMARY KEY (local_user, remote_jid)
-               ) WITHOUT ROWID""",
-            """CREATE TABLE user_settings (
-                   local_user TEXT PRIMARY KEY NOT NULL,
-                   enabled INTEGER NOT NULL CHECK (enabled IN (0, 1)),
-                   updated_at TEXT NOT NULL
-               ) WITHOUT ROWID""",
-        ),
-    ),
-    (
-        2,
-        (
-            # Presence subscriptions an XMPP contact holds to a SIP user, remembered so
-            # that the SIP backend can subscribe again after a restart (the XMPP side
-            # still considers itself subscribed and will not ask again).
-            """CREATE TABLE presence_watches (
-                   watcher TEXT NOT NULL,
-                   sip_user TEXT NOT NULL,
-                   since TEXT NOT NULL,
-                   PRIMARY KEY (watcher, sip_user)
-               ) WITHOUT ROWID""",
-        ),
-    ),
+
+
+# Shared with the PostgreSQL store (which has %s placeholders natively).
+_UPSERT_NODE = (
+    "INSERT INTO cluster_nodes (node_id, addresses, started_at, last_seen, state, sessions,"
+    " queued, watches, pid, config) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (node_id) DO UPDATE SET addresses = excluded.addresses,"
+    " started_at = excluded.started_at, last_seen = excluded.last_seen,"
+    " state = excluded.state, sessions = excluded.sessions, queued = excluded.queued,"
+    " watches = excluded.watches, pid = excluded.pid, config = excluded.config"
 )
-SCHEMA_VERSION = MIGRATIONS[-1][0]
+_SELECT_NODES = (
+    "SELECT node_id, addresses, started_at, state, sessions, queued, watches, pid, config,"
+    " ? - last_seen FROM cluster_nodes ORDER BY node_id"
+)
 
 
 def _now() -> str:
@@ -84,8 +67,12 @@ def _now() -> str:
 class SqliteAuthorizationStore:
     """The authorization store in one SQLite file (created with its directory if missing)."""
 
-    def __init__(self, path: Path | str, *, busy_timeout: float = 5.0) -> None:
+    engine = "sqlite"
+
+    def __init__(self, path: Path | str, *, busy_timeout: float = 5.0,
+                 node_id: str = "local") -> None:
         self.path = Path(path)
+        self.node_id = node_id
         self._lock = threading.Lock()
         try:
             if str(self.path) != ":memory:":
@@ -134,15 +121,13 @@ class SqliteAuthorizationStore:
             row = db.execute("SELECT max(version) FROM schema_version").fetchone()
             current = row[0] or 0
             if current > SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(
-                    f"schema version {current} is newer than this gateway supports "
-                    f"({SCHEMA_VERSION}); upgrade the gateway"
-                )
-            for version, statements in MIGRATIONS:
-                if version > current:
-                    for statement in statements:
+                raise sqlite3.DatabaseError(newer_schema_message(current))
+            for migration in MIGRATIONS:
+                if migration.version > current:
+                    for statement in migration.statements(self.engine):
                         db.execute(statement)
-                    db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                    db.execute("INSERT INTO schema_version (version) VALUES (?)",
+                               (migration.version,))
 
     def schema_version(self) -> int:
         return self._run(
@@ -243,12 +228,13 @@ class SqliteAuthorizationStore:
     # -- presence subscriptions to SIP users ------------------------------------------------
 
     def add_watch(self, watcher: str, sip_user: str) -> None:
-        row = (normalize_bare_jid(watcher), normalize_bare_jid(sip_user), _now())
+        row = (normalize_bare_jid(watcher), normalize_bare_jid(sip_user), _now(), self.node_id)
 
         def insert() -> None:
             with self._write() as db:
-                db.execute("INSERT OR IGNORE INTO presence_watches (watcher, sip_user, since)"
-                           " VALUES (?, ?, ?)", row)
+                db.execute("INSERT INTO presence_watches (watcher, sip_user, since, owner)"
+                           " VALUES (?, ?, ?, ?) ON CONFLICT (watcher, sip_user)"
+                           " DO UPDATE SET owner = excluded.owner", row)
 
         self._run("record presence subscription", insert)
 
@@ -266,10 +252,70 @@ class SqliteAuthorizationStore:
         rows = self._run(
             "list presence subscriptions",
             lambda: self._db.execute(
-                "SELECT watcher, sip_user FROM presence_watches ORDER BY sip_user, watcher"
+                "SELECT watcher, sip_user FROM presence_watches WHERE owner = ?"
+                " ORDER BY sip_user, watcher", (self.node_id,)
             ).fetchall(),
         )
         return [(watcher, sip_user) for watcher, sip_user in rows]
+
+    # -- cluster membership (one host sharing the file; see gateway.store.membership) ------
+
+    def heartbeat(self, report: NodeReport) -> None:
+        row = (report.node_id, report.addresses, report.started_at, time.time(), report.state,
+               report.sessions, report.queued, report.watches, report.pid, report.config)
+
+        def upsert() -> None:
+            with self._write() as db:
+                db.execute(_UPSERT_NODE.replace("%s", "?"), row)
+
+        self._run("write heartbeat", upsert)
+
+    def list_nodes(self) -> list[NodeState]:
+        rows = self._run(
+            "list cluster nodes",
+            lambda: self._db.execute(_SELECT_NODES, (time.time(),)).fetchall())
+        return [NodeState(NodeReport(*row[:-1]), float(row[-1])) for row in rows]
+
+    def forget_node(self, node_id: str) -> bool:
+        def delete() -> bool:
+            with self._write() as db:
+                return db.execute("DELETE FROM cluster_nodes WHERE node_id = ?",
+                                  (node_id,)).rowcount == 1
+
+        return self._run("forget cluster node", delete)
+
+    def claim_watches(self, lease: float) -> list[tuple[str, str]]:
+        def claim() -> list[tuple[str, str]]:
+            with self._write() as db:
+                now = time.time()
+                live = {node for node, state, seen in db.execute(
+                            "SELECT node_id, state, last_seen FROM cluster_nodes")
+                        if node_status(state, now - seen, lease) not in ("dead", "stopped")}
+                live.add(self.node_id)
+                orphans = [(w, u, o) for w, u, o in db.execute(
+                               "SELECT watcher, sip_user, owner FROM presence_watches")
+                           if o not in live]
+                db.executemany("UPDATE presence_watches SET owner = ? WHERE watcher = ? AND"
+                               " sip_user = ? AND owner = ?",
+                               [(self.node_id, w, u, o) for w, u, o in orphans])
+                return sorted((w, u) for w, u, _ in orphans)
+
+        return self._run("claim presence subscriptions", claim)
+
+    def release_watches(self) -> int:
+        def release() -> int:
+            with self._write() as db:
+                return db.execute("UPDATE presence_watches SET owner = '' WHERE owner = ?",
+                                  (self.node_id,)).rowcount
+
+        return self._run("hand over presence subscriptions", release)
+
+    def publish(self, topic: str, payload: str) -> None:
+        """One process per SQLite file: there are no other nodes to tell."""
+
+    def on_change(self, listener: ChangeListener) -> None:
+        """SQLite has no change notification across processes: the router's short cache
+        lifetime (USER_CACHE_SECONDS) bounds staleness instead."""
 
     def close(self) -> None:
         with self._lock:

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from gateway.store.authorizations import Authorization, AuthorizationStore, UserSetting
+from gateway.store.membership import ChangeListener, NodeReport, NodeState
 
 T = TypeVar("T")
 
@@ -64,6 +65,31 @@ class AsyncAuthorizationStore:
 
     async def list_watches(self) -> list[tuple[str, str]]:
         return await self._call(self.store.list_watches)
+
+    # -- cluster (gateway.store.membership.ClusterStore) -------------------------------
+
+    @property
+    def node_id(self) -> str:
+        return str(getattr(self.store, "node_id", "local"))
+
+    async def heartbeat(self, report: NodeReport) -> None:
+        await self._call(self.store.heartbeat, report)  # type: ignore[attr-defined]
+
+    async def list_nodes(self) -> list[NodeState]:
+        return await self._call(self.store.list_nodes)  # type: ignore[attr-defined]
+
+    async def claim_watches(self, lease: float) -> list[tuple[str, str]]:
+        return await self._call(self.store.claim_watches, lease)  # type: ignore[attr-defined]
+
+    async def release_watches(self) -> int:
+        return await self._call(self.store.release_watches)  # type: ignore[attr-defined]
+
+    async def publish(self, topic: str, payload: str) -> None:
+        await self._call(self.store.publish, topic, payload)  # type: ignore[attr-defined]
+
+    def on_change(self, listener: ChangeListener) -> None:
+        """Registered directly: the listener runs in the store's notification thread."""
+        self.store.on_change(listener)  # type: ignore[attr-defined]
 
     async def aclose(self) -> None:
         """Finish queued calls, close the store, stop the thread."""

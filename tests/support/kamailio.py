@@ -54,7 +54,7 @@ loadmodule "sanity.so"
 loadmodule "db_text.so"
 loadmodule "presence.so"
 loadmodule "presence_xml.so"
-{tls_module}{auth_module}modparam("presence", "db_url", "text://{dbdir}")
+{tls_module}{auth_module}{dispatcher_module}modparam("presence", "db_url", "text://{dbdir}")
 modparam("presence", "server_address", "sip:{host}:{port}")
 modparam("presence", "subs_db_mode", 0)
 modparam("presence_xml", "db_url", "text://{dbdir}")
@@ -78,11 +78,8 @@ request_route {{
     exit;
   }}
   # Any other domain is XMPP: the gateway's SIP side.
-  $du = "sip:{gateway_host}:{gateway_port};transport={gateway_transport}";
-  t_relay();
-  exit;
-}}
-
+{gateway_route}}}
+{failure_route}
 route[PRESENCE] {{
   if (!t_newtran()) {{ sl_reply_error(); exit; }}
   if (is_method("PUBLISH")) {{ handle_publish(); }} else {{ handle_subscribe(); }}
@@ -143,6 +140,39 @@ AUTH_ROUTE = """  # Phones prove who they are (digest, RFC 3261 §22) before any
 """
 
 
+ONE_GATEWAY = """  $du = "sip:{host}:{port};transport={transport}";
+  t_relay();
+  exit;
+"""
+
+# Several gateway nodes (issue 15): dispatcher set 1, round robin, OPTIONS probing; a 503
+# (draining node) or a timeout (dead node) moves the request to the next node.
+DISPATCHER_MODULE = """loadmodule "dispatcher.so"
+modparam("dispatcher", "list_file", "{list_file}")
+modparam("dispatcher", "flags", 2)
+modparam("dispatcher", "ds_ping_interval", 1)
+modparam("dispatcher", "ds_probing_mode", 1)
+modparam("dispatcher", "ds_probing_threshold", 1)
+modparam("dispatcher", "ds_inactive_threshold", 1)
+modparam("dispatcher", "ds_ping_reply_codes", "class=2")
+modparam("dispatcher", "ds_ping_from", "sip:dispatcher@{domain}")
+modparam("tm", "fr_timer", 2000)
+"""
+DISPATCHED = """  if (!ds_select_dst("1", "4")) {{ sl_send_reply("503", "No gateway node"); exit; }}
+  t_on_failure("GATEWAY_FAILOVER");
+  t_relay();
+  exit;
+"""
+FAILOVER = """failure_route[GATEWAY_FAILOVER] {{
+  if (t_is_canceled()) {{ exit; }}
+  if (t_check_status("503|408") && ds_next_dst()) {{
+    xlog("L_INFO", "gateway node failed, next: $du\\n");
+    t_on_failure("GATEWAY_FAILOVER");
+    t_relay();
+  }}
+}}
+"""
+
 TLS_CFG = """[server:default]
 method = TLSv1.2+
 verify_certificate = {verify}
@@ -170,9 +200,13 @@ class Kamailio:
                  gateway: tuple[str, int], gateway_transport: str = "udp",
                  prefix: list[str] | None = None, debug: int = 2,
                  tls: tuple[Path, Path] | None = None, ca: Path | None = None,
-                 passwords: dict[str, str] | None = None) -> None:
+                 passwords: dict[str, str] | None = None,
+                 gateways: list[tuple[str, int]] | None = None) -> None:
+        """``gateways``: several gateway nodes behind the dispatcher module (``gateway``
+        is then ignored)."""
         self.workdir, self.domain, self.host, self.port = workdir, domain, host, port
         self.gateway, self.gateway_transport = gateway, gateway_transport
+        self.gateways = gateways
         self.prefix = prefix or []
         self.debug = debug
         self.tls = tls
@@ -212,12 +246,23 @@ class Kamailio:
                 ca_list=f"ca_list = {self.ca}\n" if self.ca else ""))
             tls_listen = f"enable_tls=yes\nlisten=tls:{self.host}:{self.tls_port}\n"
             tls_module = f'loadmodule "tls.so"\nmodparam("tls", "config", "{tls_cfg}")\n'
+        dispatcher_module = failure_route = ""
+        gateway_route = ONE_GATEWAY.format(host=self.gateway[0], port=self.gateway[1],
+                                           transport=self.gateway_transport)
+        if self.gateways:
+            list_file = self.workdir / "dispatcher.list"
+            list_file.write_text("".join(
+                f"1 sip:{host}:{port};transport={self.gateway_transport}\n"
+                for host, port in self.gateways))
+            dispatcher_module = DISPATCHER_MODULE.format(list_file=list_file,
+                                                         domain=self.domain)
+            gateway_route, failure_route = DISPATCHED.format(), FAILOVER.format()
         self.config_path.write_text(CONFIG.format(
             tls_listen=tls_listen, tls_module=tls_module, auth_module=auth_module,
-            auth_route=auth_route,
+            auth_route=auth_route, dispatcher_module=dispatcher_module,
+            gateway_route=gateway_route, failure_route=failure_route,
             debug=self.debug, host=self.host, port=self.port, domain=self.domain,
-            modules=MODULES, dbdir=dbdir, gateway_host=self.gateway[0],
-            gateway_port=self.gateway[1], gateway_transport=self.gateway_transport))
+            modules=MODULES, dbdir=dbdir))
         return self.config_path
 
     def start(self, timeout: float = 15.0) -> Kamailio:

@@ -267,8 +267,8 @@ def test_all_problems_are_reported_at_once() -> None:
                      "partners:\n  - {domain: 'b c', type: friend}\n")
     assert found == [
         "gw.yaml:1: domans: unknown key — did you mean 'domains'? (allowed: admin_socket, "
-        "dialback, dns, domains, federation, limits, listen, logging, metrics, partners, sip, "
-        "store, tls)",
+        "cluster, dialback, dns, domains, federation, limits, listen, logging, metrics, "
+        "partners, sip, store, tls)",
         "gw.yaml:1: domains: is required",
         "gw.yaml:2: logging.level: 'loud' is not one of debug, info, warning, error",
         "gw.yaml:4: partners[0].domain: 'b c' is not a valid domain: a domain must not "
@@ -339,3 +339,31 @@ def test_a_large_partner_list_loads_in_linear_time() -> None:
     small, large = seconds(250), seconds(2000)
     assert large < 10, f"2000 partners took {large:.1f} s"
     assert large < small * 8 * 3, f"not linear: 250 → {small:.2f} s, 2000 → {large:.2f} s"
+
+
+def test_postgresql_store_and_cluster_settings() -> None:
+    config = load_config_text(
+        "domains: [a.example]\nstore:\n  url: postgresql://gw:pw@db.internal:5432/gateway\n"
+        "  pool_size: 8\n  timeout: 2\ncluster:\n  node_id: gw-1\n  lease: 6\n"
+        "  heartbeat_interval: 2\n", base_dir=Path("/etc/gw"))
+    assert config.store.url == "postgresql://gw:pw@db.internal:5432/gateway"
+    assert (config.store.pool_size, config.store.timeout) == (8, 2.0)
+    assert (config.cluster.node_id, config.cluster.lease, config.cluster.heartbeat_interval) \
+        == ("gw-1", 6.0, 2.0)
+    default = load_config_text("domains: [a.example]\n", base_dir=Path("/etc/gw"))
+    assert default.store.url == "" and default.cluster.node_id == ""  # SQLite, host name
+
+
+def test_store_url_must_be_postgresql_and_is_not_echoed() -> None:
+    problem = only_problem("domains: [a.example]\nstore:\n"
+                           "  url: mysql://gw:secret@db/gateway\n")
+    assert str(problem) == ("gw.yaml:3: store.url: mysql://… is not a PostgreSQL URL "
+                            "(postgresql://user:password@host:port/dbname); leave it empty "
+                            "to use store.path")
+    assert "secret" not in str(problem)
+
+
+def test_cluster_lease_must_cover_two_heartbeats() -> None:
+    assert problems("domains: [a.example]\ncluster:\n  lease: 3\n  heartbeat_interval: 2\n"
+                    ) == ["gw.yaml: cluster.lease: 3 s is shorter than two heartbeats (2 s "
+                          "each): one late heartbeat would declare a live node dead"]

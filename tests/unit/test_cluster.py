@@ -1,0 +1,126 @@
+"""gateway.cluster: configuration fingerprints and the heartbeat loop's self-fencing.
+
+The loop runs against a real SQLite store whose file another connection locks, which is
+how a heartbeat really fails (the PostgreSQL side of the same loop is exercised by
+tests/integration/test_cluster.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import sqlite3
+from pathlib import Path
+
+from gateway.cluster import ClusterMember, compare_fingerprints, config_fingerprint
+from gateway.config.loader import load_config_text
+from gateway.config.model import ClusterSettings
+from gateway.store import AsyncAuthorizationStore, SqliteAuthorizationStore
+from gateway.store.membership import RUNNING, NodeReport
+
+CONFIG = """domains: [contoso.example]
+dialback: {secret: s3cret}
+partners:
+  - {domain: fabrikam.example, type: federated}
+  - {domain: tailspin.example, type: public-unverified, tls: required}
+"""
+
+
+def test_fingerprint_hides_the_secret_and_ignores_partner_order() -> None:
+    config = load_config_text(CONFIG)
+    fingerprint = config_fingerprint(config)
+    assert "s3cret" not in json.dumps(fingerprint)
+    assert fingerprint["domains"] == ["contoso.example"] and fingerprint["partner_count"] == 2
+    reordered = dataclasses.replace(config, partners=tuple(reversed(config.partners)))
+    assert compare_fingerprints(fingerprint, config_fingerprint(reordered)) == []
+
+
+def test_fingerprint_differences_are_named() -> None:
+    mine = config_fingerprint(load_config_text(CONFIG))
+    other = load_config_text(CONFIG.replace("s3cret", "other").replace("tls: required",
+                                                                         "tls: optional"))
+    problems = compare_fingerprints(mine, config_fingerprint(other))
+    assert len(problems) == 2
+    assert problems[0].startswith("has different partner entries (2 partners")
+    assert problems[1].startswith("uses a different dialback.secret")
+    no_secret = load_config_text(CONFIG.replace("dialback: {secret: s3cret}\n", ""))
+    assert compare_fingerprints(mine, config_fingerprint(no_secret)) == [
+        "has no dialback.secret (a random one per start): keys it issues cannot be "
+        "verified by other nodes"]
+    elsewhere = load_config_text(CONFIG.replace("contoso.example", "northwind.example"))
+    assert compare_fingerprints(mine, config_fingerprint(elsewhere))[0] == (
+        "serves northwind.example (this configuration: contoso.example)")
+
+
+def _report(state: str) -> NodeReport:
+    return NodeReport("a", "127.0.0.1:5269", "2026-12-02T10:00:00+00:00", state, 0, 0, 0, 1,
+                      "{}")
+
+
+async def test_a_node_that_cannot_heartbeat_for_a_lease_fences_itself(tmp_path: Path) -> None:
+    """The database refuses the heartbeat (locked past the busy timeout) for longer than
+    the lease: the node drops its SIP watches, and takes back what is still its own when
+    the heartbeat works again."""
+    path = tmp_path / "gw.sqlite3"
+    store = AsyncAuthorizationStore(SqliteAuthorizationStore(path, busy_timeout=0.05,
+                                                             node_id="a"))
+    claimed: list[list[tuple[str, str]]] = []
+    fenced: list[bool] = []
+    member = ClusterMember(store, ClusterSettings("a", heartbeat_interval=0.1, lease=0.4),
+                           _report, claimed.append, lambda: fenced.append(True))
+    try:
+        assert await member.start() == []
+        await store.add_watch("bob@fabrikam.example", "alice@contoso.example")
+        await member.tick()
+        assert not fenced and claimed == []
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            await asyncio.sleep(0.25)
+            assert not fenced  # late, but within the lease
+            await asyncio.sleep(0.5)
+            assert fenced == [True] and member.fenced
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        for _ in range(20):
+            if claimed:
+                break
+            await asyncio.sleep(0.05)
+        assert claimed == [[("bob@fabrikam.example", "alice@contoso.example")]]
+        assert not member.fenced and member.state == RUNNING
+    finally:
+        await member.stop()
+        await store.aclose()
+
+
+async def test_dialogs_whose_row_went_away_are_ended(tmp_path: Path) -> None:
+    """An unsubscribe handled by node b deletes the row of a watch node a holds: a ends
+    its dialog after two consecutive checks (one could race the row being written)."""
+    path = tmp_path / "gw.sqlite3"
+    node_a = AsyncAuthorizationStore(SqliteAuthorizationStore(path, node_id="a"))
+    node_b = SqliteAuthorizationStore(path, node_id="b")
+    held = [("Bob@Fabrikam.example", "alice@contoso.example"),
+            ("carol@fabrikam.example", "alice@contoso.example")]
+    lost: list[list[tuple[str, str]]] = []
+
+    def end(pairs: list[tuple[str, str]]) -> None:  # as SipBackend.drop_watches does
+        lost.append(pairs)
+        held[:] = [w for w in held if (w[0].lower(), w[1].lower()) not in pairs]
+
+    member = ClusterMember(node_a, ClusterSettings("a"), _report, lambda _: None,
+                           held=lambda: held, on_lost=end)
+    try:
+        await node_a.add_watch(*held[0])
+        await member.reconcile()
+        await member.reconcile()
+        assert lost == [[("carol@fabrikam.example", "alice@contoso.example")]]  # no row
+        node_b.remove_watch(*held[0])  # the XMPP user unsubscribed through node b
+        await member.reconcile()
+        assert len(lost) == 1  # seen once: not yet
+        await member.reconcile()
+        assert lost[-1] == [("bob@fabrikam.example", "alice@contoso.example")]
+    finally:
+        node_b.close()
+        await node_a.aclose()
