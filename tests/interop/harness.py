@@ -178,6 +178,7 @@ class GatewayProcess:
     log_level: str = "debug"
     allow_unlisted: bool = False
     sip: dict | None = None  # the `sip:` section (backend: sip …); None = development
+    extra: tuple[str, ...] = ()  # more top-level YAML lines, e.g. "metrics: {enabled: true}"
     process: subprocess.Popen | None = None
     dir: Path = field(init=False)
 
@@ -202,6 +203,7 @@ class GatewayProcess:
                  "store: {path: store.sqlite3}", "admin_socket: admin.sock"]
         if self.sip is not None:
             lines.append("sip: {" + ", ".join(f"{k}: {v}" for k, v in self.sip.items()) + "}")
+        lines.extend(self.extra)
         lines.append("partners:")
         if not self.partners:
             lines[-1] = "partners: []"
