@@ -19,7 +19,7 @@ import re
 import time
 from collections import Counter
 
-_START_TAG = re.compile(rb"<(message|presence)[\s>/]([^>]*)")
+_START_TAG = re.compile(rb"<(message|presence)(?=[\s>/])([^>]*)")
 _TYPE = re.compile(rb"""\stype=['"]([^'"]*)['"]""")
 _FROM = re.compile(rb"""\sfrom=['"]([^'"/]*)""")
 
@@ -95,11 +95,15 @@ class C2SSink:
             chunk = await self._reader.read(262144)
             if not chunk:
                 return
-            # Only whole start tags are counted: the bytes from the last "<" on wait for
-            # the next read ("<" cannot occur inside a tag, XML 1.0 §2.4 / §3.1).
+            # Only whole start tags are counted: an unfinished last tag (a "<" with no ">"
+            # after it; "<" cannot occur inside a tag, XML 1.0 §2.4, §3.1) waits for the
+            # next read.
             data = self._tail + chunk
             cut = data.rfind(b"<")
-            data, self._tail = (data[:cut], data[cut:]) if cut >= 0 else (data, b"")
+            if cut >= 0 and data.find(b">", cut) < 0:
+                data, self._tail = data[:cut], data[cut:]
+            else:
+                self._tail = b""
             found = self._tally(data)
             if found:
                 now = time.monotonic()
