@@ -22,6 +22,8 @@ from collections import Counter
 _START_TAG = re.compile(rb"<(message|presence)(?=[\s>/])([^>]*)")
 _TYPE = re.compile(rb"""\stype=['"]([^'"]*)['"]""")
 _FROM = re.compile(rb"""\sfrom=['"]([^'"/]*)""")
+_ID = re.compile(rb"""\sid=['"]([^'"]*)['"]""")
+_INDEX = re.compile(rb"<body>\d+ (\d+)")  # bodies "<monotonic_ns> <index> …" (bench/relay*)
 
 
 class C2SSink:
@@ -31,6 +33,8 @@ class C2SSink:
         self.count = 0  # <message> start tags of any type
         self.counts: Counter[tuple[str, str]] = Counter()  # (tag, type) -> how many
         self.presence_from: dict[str, set[str]] = {}  # presence type -> bare senders
+        self.error_ids: set[str] = set()  # ids of the message errors that came back
+        self.indices: set[int] = set()  # benchmark message indices seen in bodies
         self.first_at: float | None = None  # time.monotonic() of the first/last message
         self.last_at: float | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -95,22 +99,29 @@ class C2SSink:
             chunk = await self._reader.read(262144)
             if not chunk:
                 return
-            # Only whole start tags are counted: an unfinished last tag (a "<" with no ">"
-            # after it; "<" cannot occur inside a tag, XML 1.0 §2.4, §3.1) waits for the
-            # next read.
+            # Only whole tags and texts are counted: the bytes from the last "<" on wait
+            # for the next read ("<" cannot occur inside a tag or escaped text, XML 1.0
+            # §2.4, §3.1); a stanza is complete before its end tag starts. The last tag of
+            # all (a self-closing presence) is counted by flush().
             data = self._tail + chunk
             cut = data.rfind(b"<")
-            if cut >= 0 and data.find(b">", cut) < 0:
-                data, self._tail = data[:cut], data[cut:]
-            else:
-                self._tail = b""
-            found = self._tally(data)
-            if found:
-                now = time.monotonic()
-                if self.first_at is None:
-                    self.first_at = now
-                self.last_at = now
-                self.count += found
+            data, self._tail = (data[:cut], data[cut:]) if cut >= 0 else (data, b"")
+            self._arrived(data)
+
+    def flush(self) -> None:
+        """Count what the last read left waiting (the stream has gone quiet)."""
+        data, self._tail = self._tail, b""
+        self._arrived(data)
+
+    def _arrived(self, data: bytes) -> None:
+        found = self._tally(data)
+        if found:
+            self.indices.update(map(int, _INDEX.findall(data)))
+            now = time.monotonic()
+            if self.first_at is None:
+                self.first_at = now
+            self.last_at = now
+            self.count += found
 
     def _tally(self, data: bytes) -> int:
         """Count the start tags in ``data``; return how many were messages."""
@@ -121,6 +132,9 @@ class C2SSink:
             if tag == b"message":
                 messages += 1
                 self.counts[("message", stanza_type)] += 1
+                if stanza_type == "error":
+                    found_id = _ID.search(attributes)
+                    self.error_ids.add(found_id.group(1).decode() if found_id else "")
                 continue
             self.counts[("presence", stanza_type)] += 1
             sender = _FROM.search(attributes)

@@ -202,20 +202,25 @@ def run_path(world: RelayWorld, path: Path_, n: int, rate: float, sizes: Sizes) 
     if writer is not None:
         with writer:
             writer.send("stop")
-            refused = writer.line(20)["errors"]
+            answers = writer.line(20)
+            refused, errors = set(answers.pop("refused_indices")), answers["errors"]
     else:
-        refused = sent["refused"]
-    delivered = arrived["received"]
+        refused, errors = set(sent.pop("refused_indices")), sent["refused"]
+    # Each message is counted once by its index: delivered = distinct indices that
+    # arrived; refused = errors returned (some for messages that still arrived, e.g. a
+    # timeout error after a late delivery); dropped = neither delivered nor refused.
+    indices = set(arrived.pop("indices"))
+    delivered = len(indices)
     span = (arrived["last_at"] - sent["started_at"]) if arrived.get("last_at") else None
-    result = {
+    return {
         "sent": sent["sent"], "wanted": n, "offered_rate": sent["offered_rate"],
-        "delivered": delivered, "refused": refused,
-        "dropped": sent["sent"] - delivered - refused,
+        "delivered": delivered, "refused": errors,
+        "refused_but_delivered": len(refused & indices),
+        "dropped": sent["sent"] - len(indices | refused),
         "delivered_rate": delivered / span if span and delivered else 0.0,
         **measured, "writer": sent, "receiver": {k: v for k, v in arrived.items()
                                                  if k not in ("first_at", "last_at")},
     }
-    return result
 
 
 def run_relay(ns: Namespace, pki: Pki, sizes: Sizes) -> dict[str, Any]:
@@ -236,6 +241,6 @@ def run_relay(ns: Namespace, pki: Pki, sizes: Sizes) -> dict[str, Any]:
                 runs["paced"].append(run_path(world, path, n, rate, sizes))
             runs["burst"] = run_path(world, path, sizes.burst, 0, sizes)
             results["paths"][name] = runs
-            time.sleep(1.0)  # late answers of one path do not land in the next
+            time.sleep(0.5)  # late answers of one path do not land in the next
         results["storm"] = presence_storm(world, Meter(world), sizes.storm)
     return results

@@ -40,6 +40,7 @@ class SipLoad:
         self.outstanding: dict[bytes, list] = {}  # branch -> [datagram, interval, give_up]
         self.timers: list[tuple[float, bytes]] = []
         self.finals: Counter[int] = Counter()
+        self.refused_indices: list[int] = []
         self.retransmissions = 0
         self.timed_out = 0
         self.notify_call_ids: set[bytes] = set()
@@ -99,8 +100,11 @@ class SipLoad:
             start, headers, _ = sipwire.split(data)
             status = sipwire.status_of(start)
             if status:
-                if status >= 200 and self.outstanding.pop(sipwire.branch_of(headers), None):
+                branch = sipwire.branch_of(headers)
+                if status >= 200 and self.outstanding.pop(branch, None):
                     self.finals[status] += 1
+                    if status >= 300:  # branch = z9hG4bK<prefix><index>
+                        self.refused_indices.append(int(branch[7 + len(self.prefix):]))
                 continue
             method = start.partition(b" ")[0]
             if method == b"ACK":
@@ -150,6 +154,7 @@ class SipLoad:
             "retransmissions": self.retransmissions, "window": window,
             "notifies": self.notifies, "notified_subscriptions": len(self.notify_call_ids),
             "notify_states": dict(self.notify_states),
+            "refused_indices": sorted(self.refused_indices),
         }
 
 

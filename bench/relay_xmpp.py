@@ -31,7 +31,9 @@ BATCH = 200
 
 
 def received(client: C2SSink) -> dict:
-    return {"received": client.count, "first_at": client.first_at, "last_at": client.last_at,
+    client.flush()
+    return {"received": client.count, "indices": sorted(client.indices),
+            "first_at": client.first_at, "last_at": client.last_at,
             "counts": {f"{tag}/{kind or 'normal'}": n
                        for (tag, kind), n in sorted(client.counts.items())},
             # distinct remote senders of presence by type (the storm's contacts)
@@ -93,8 +95,9 @@ async def write(client: C2SSink, recipient: str, n: int, rate: float, limit: flo
           flush=True)
     with contextlib.suppress(TimeoutError):
         await stdin_line(max(1.0, deadline - time.monotonic()))
-    print(json.dumps({"errors": client.counts[("message", "error")], **received(client)}),
-          flush=True)
+    refused = sorted(int(i[1:]) for i in client.error_ids if i[:1] == "r" and i[1:].isdigit())
+    print(json.dumps({"errors": client.counts[("message", "error")], "refused_indices": refused,
+                      **received(client)}), flush=True)
 
 
 async def main() -> None:

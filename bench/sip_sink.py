@@ -35,6 +35,7 @@ class FastSipSink:
         self.sock = sipwire.udp_socket(host)
         self.call_ids: set[bytes] = set()
         self.latencies_ns: list[int] = []
+        self.indices: set[int] = set()  # from bodies "<monotonic_ns> <index> …"
         self.first_at: float | None = None
         self.last_at: float | None = None
         self.retransmissions = 0
@@ -80,9 +81,12 @@ class FastSipSink:
             self.last_at = arrived / 1e9
             if self.first_at is None:
                 self.first_at = self.last_at
-            stamp = body.partition(b" ")[0]
+            stamp, _, rest = body.partition(b" ")
             if stamp.isdigit():
                 self.latencies_ns.append(arrived - int(stamp))
+                index = rest.partition(b" ")[0]
+                if index.isdigit():
+                    self.indices.add(int(index))
 
     def stats(self) -> dict:
         values = sorted(v / 1e6 for v in self.latencies_ns)
@@ -120,7 +124,10 @@ def main() -> None:
     else:
         sink.expected, sink.deadline = int(count), time.monotonic() + float(timeout)
     sink.run()
-    print(json.dumps(sink.stats()), flush=True)
+    stats = sink.stats()
+    if "--control" in sys.argv[7:]:
+        stats["indices"] = sorted(sink.indices)
+    print(json.dumps(stats), flush=True)
 
 
 if __name__ == "__main__":
