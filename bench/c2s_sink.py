@@ -114,9 +114,9 @@ class C2SSink:
         self._arrived(data)
 
     def _arrived(self, data: bytes) -> None:
+        self.indices.update(map(int, _INDEX.findall(data)))  # a body may follow its tag
         found = self._tally(data)
         if found:
-            self.indices.update(map(int, _INDEX.findall(data)))
             now = time.monotonic()
             if self.first_at is None:
                 self.first_at = now

@@ -178,38 +178,39 @@ def run_path(world: RelayWorld, path: Path_, n: int, rate: float, sizes: Sizes) 
     """One run on one path: ``n`` messages at ``rate`` msg/s (0: as fast as accepted)."""
     limit = 20 + n / 2000  # 70 s for a burst of 100,000: bounded even at 1,500 msg/s
     meter = Meter(world)
-    sink = (world.child("bench.relay_xmpp", "sink", *path.sink, "user", limit + 30)
+    with contextlib.ExitStack() as children:  # every child ends with the run, also on error
+        sink = children.enter_context(
+            world.child("bench.relay_xmpp", "sink", *path.sink, "user", limit + 30)
             if path.sink else world.child("bench.sip_sink", GW, KAMAILIO_PORT, "user",
                                           "gw.example", 0, limit + 30, "--control"))
-    writer = None
-    with sink:
         sink.line(30)
         if path.writer is not None:
-            writer = world.child("bench.relay_xmpp", "write", *path.writer, "writer",
-                                 path.recipient, n, rate, limit)
+            writer = children.enter_context(world.child(
+                "bench.relay_xmpp", "write", *path.writer, "writer", path.recipient, n, rate,
+                limit))
             writer.line(30)
             meter.begin()
             writer.send("go")
             sent = writer.line(limit + 10)
         else:
             meter.begin()
-            with world.child("bench.relay_sip", "message", GW, KAMAILIO_PORT, n, rate,
-                             sizes.sip_window, limit, path.recipient) as load:
-                sent = load.line(limit + 20)
+            load = children.enter_context(world.child(
+                "bench.relay_sip", "message", GW, KAMAILIO_PORT, n, rate, sizes.sip_window,
+                limit, path.recipient))
+            sent = load.line(limit + 20)
         sink.send(f"{sent['sent']} {QUIET} {limit}")
         arrived = sink.line(limit + 20)
-        measured = meter.end(arrived["received"])
-    if writer is not None:
-        with writer:
+        indices = set(arrived.pop("indices"))
+        measured = meter.end(len(indices))
+        if path.writer is not None:
             writer.send("stop")
             answers = writer.line(20)
             refused, errors = set(answers.pop("refused_indices")), answers["errors"]
-    else:
-        refused, errors = set(sent.pop("refused_indices")), sent["refused"]
+        else:
+            refused, errors = set(sent.pop("refused_indices")), sent["refused"]
     # Each message is counted once by its index: delivered = distinct indices that
     # arrived; refused = errors returned (some for messages that still arrived, e.g. a
     # timeout error after a late delivery); dropped = neither delivered nor refused.
-    indices = set(arrived.pop("indices"))
     delivered = len(indices)
     span = (arrived["last_at"] - sent["started_at"]) if arrived.get("last_at") else None
     return {

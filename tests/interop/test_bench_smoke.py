@@ -82,3 +82,58 @@ def test_bench_relay_smoke(tmp_path: Path) -> None:
                             str(tmp_path)], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert again.returncode == 0, again.stderr[-4000:]
     assert (tmp_path / "benchmarks.md").read_text() == markdown
+
+
+class _Reads:
+    """A stream reader returning the given chunks, then end of stream."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    async def read(self, _n: int) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+def test_c2s_sink_counts_whatever_the_read_boundaries() -> None:
+    """Every split of a stream into two reads gives the same counts: attributes in any
+    order (Prosody's come in Lua hash order), a self-closing stanza last, error ids and
+    body indices (bench/relay_xmpp.py's delivered / refused accounting)."""
+    import asyncio
+
+    from bench.c2s_sink import C2SSink
+
+    stream = (b"<presence from='x@gw.example/sip' type='unavailable' to='s@a.example'/>"
+              b"<message type='error' id='r7' from='u@gw.example'><body>1 7 x</body></message>"
+              b"<message from='u@a.example' type='chat'><body>123 42 text</body></message>"
+              b"<presence type='subscribe' from='w@gw.example'/>")
+    for cut in range(1, len(stream)):
+        sink = C2SSink("127.0.0.1", 5222, "a.example", "user", "pw")
+        sink._reader = _Reads([stream[:cut], stream[cut:]])  # type: ignore[assignment]
+        asyncio.run(sink._count())
+        sink.flush()
+        assert sink.count == 2, cut
+        assert sink.counts == {("presence", "unavailable"): 1, ("message", "error"): 1,
+                               ("message", "chat"): 1, ("presence", "subscribe"): 1}, cut
+        assert sink.presence_from == {"unavailable": {"x@gw.example"},
+                                      "subscribe": {"w@gw.example"}}, cut
+        assert sink.error_ids == {"r7"} and sink.indices == {7, 42}, cut
+
+
+def test_sip_wire_response_copies_the_transaction_headers() -> None:
+    """RFC 3261 §8.2.6.2: Via (all, in order), From, To with a tag added, Call-ID, CSeq."""
+    from bench import sipwire
+
+    request = (b"MESSAGE sip:user@gw.example SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.4:5070;"
+               b"branch=z9hG4bKa\r\nv: SIP/2.0/UDP 127.0.0.4:5062;branch=z9hG4bKb\r\n"
+               b"f: <sip:x@a.example>;tag=1\r\nTo: <sip:user@gw.example>\r\ni: c1\r\n"
+               b"CSeq: 1 MESSAGE\r\nContent-Length: 5\r\n\r\n1 2 x")
+    start, headers, body = sipwire.split(request)
+    assert (start, body) == (b"MESSAGE sip:user@gw.example SIP/2.0", b"1 2 x")
+    assert sipwire.branch_of(headers) == b"z9hG4bKa"
+    assert sipwire.response(headers, 200, "OK", b"t9").split(b"\r\n") == [
+        b"SIP/2.0 200 OK", b"Via: SIP/2.0/UDP 127.0.0.4:5070;branch=z9hG4bKa",
+        b"v: SIP/2.0/UDP 127.0.0.4:5062;branch=z9hG4bKb", b"f: <sip:x@a.example>;tag=1",
+        b"To: <sip:user@gw.example>;tag=t9", b"i: c1", b"CSeq: 1 MESSAGE",
+        b"Content-Length: 0", b"", b""]
+    assert sipwire.status_of(b"SIP/2.0 503 Service Unavailable") == 503
+    assert sipwire.status_of(start) == 0
