@@ -27,8 +27,9 @@ _INDEX = re.compile(rb"<body>\d+ (\d+)")  # bodies "<monotonic_ns> <index> …" 
 
 
 class C2SSink:
-    def __init__(self, host: str, port: int, domain: str, user: str, password: str) -> None:
-        self.host, self.port, self.domain = host, port, domain
+    def __init__(self, host: str, port: int, domain: str, user: str, password: str,
+                 resource: str = "bench") -> None:
+        self.host, self.port, self.domain, self.resource = host, port, domain, resource
         self.user, self.password = user, password
         self.count = 0  # <message> start tags of any type
         self.counts: Counter[tuple[str, str]] = Counter()  # (tag, type) -> how many
@@ -81,7 +82,7 @@ class C2SSink:
         await self._expect(b"</stream:features>")
         self._send(
             "<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
-            "<resource>bench</resource></bind></iq>"
+            f"<resource>{self.resource}</resource></bind></iq>"
         )
         await self._expect(b"bind1")
         self._send(

@@ -206,17 +206,20 @@ def run_path(world: RelayWorld, path: Path_, n: int, rate: float, sizes: Sizes) 
             writer.send("stop")
             answers = writer.line(20)
             refused, errors = set(answers.pop("refused_indices")), answers["errors"]
+            stray = answers["stray_errors"]
         else:
             refused, errors = set(sent.pop("refused_indices")), sent["refused"]
+            stray = 0
     # Each message is counted once by its index: delivered = distinct indices that
     # arrived; refused = errors returned (some for messages that still arrived, e.g. a
     # timeout error after a late delivery); dropped = neither delivered nor refused.
     delivered = len(indices)
     span = (arrived["last_at"] - sent["started_at"]) if arrived.get("last_at") else None
     return {
-        "sent": sent["sent"], "wanted": n, "offered_rate": sent["offered_rate"],
+        "sent": sent["sent"], "wanted": n, "rate": rate, "offered_rate": sent["offered_rate"],
         "delivered": delivered, "refused": errors,
         "refused_but_delivered": len(refused & indices),
+        "stray_errors": stray,  # late errors for an earlier run's messages
         "dropped": sent["sent"] - len(indices | refused),
         "delivered_rate": delivered / span if span and delivered else 0.0,
         **measured, "writer": sent, "receiver": {k: v for k, v in arrived.items()

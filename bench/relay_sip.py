@@ -10,7 +10,8 @@ KIND: ``message`` (From sip:sipwriter@gw.example, body = monotonic_ns index) or
 ``subscribe`` (From sip:wNNNNN@gw.example, Event: presence; NOTIFYs to it are answered
 200 and counted). RATE msg/s (0 = as fast as the window allows), WINDOW = at most that
 many requests without a final answer (0 = no window), LIMIT = wall-clock seconds for the
-whole run. Prints one JSON line.
+whole run. RECIPIENT may hold ``{…}``, formatted with the request's index (one XMPP user
+per watcher: ``u{:05d}@a.example``). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -59,11 +60,12 @@ class SipLoad:
             extra = (f"Contact: <sip:{user}@{host}:{port}>\r\nEvent: presence\r\n"
                      "Accept: application/pidf+xml\r\nExpires: 600\r\n")
         method = self.kind.upper()
-        head = (f"{method} sip:{self.recipient} SIP/2.0\r\n"
+        recipient = self.recipient.format(index)
+        head = (f"{method} sip:{recipient} SIP/2.0\r\n"
                 f"Via: SIP/2.0/UDP {host}:{port};branch={branch};rport\r\n"
                 "Max-Forwards: 70\r\n"
                 f"From: <sip:{user}@{DOMAIN}>;tag={self.prefix}{index}\r\n"
-                f"To: <sip:{self.recipient}>\r\n"
+                f"To: <sip:{recipient}>\r\n"
                 f"Call-ID: {self.prefix}-{index}@{host}\r\n"
                 f"CSeq: 1 {method}\r\n{extra}"
                 + ("Content-Type: text/plain;charset=UTF-8\r\n" if body else "")

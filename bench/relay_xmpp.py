@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import sys
 import time
 
@@ -70,12 +71,13 @@ async def sink(client: C2SSink, limit: float) -> None:
     print(json.dumps(received(client)), flush=True)
 
 
-def stanza(recipient: str, index: int) -> bytes:
-    return (f"<message to='{recipient}' type='chat' id='r{index}'><body>"
+def stanza(recipient: str, run: str, index: int) -> bytes:
+    return (f"<message to='{recipient}' type='chat' id='{run}-{index}'><body>"
             f"{time.monotonic_ns()} {index} relay benchmark message</body></message>").encode()
 
 
-async def write(client: C2SSink, recipient: str, n: int, rate: float, limit: float) -> None:
+async def write(client: C2SSink, run: str, recipient: str, n: int, rate: float,
+                limit: float) -> None:
     await stdin_line(limit)  # "go": the driver has taken its CPU readings
     started = time.monotonic()
     deadline = started + limit
@@ -84,7 +86,7 @@ async def write(client: C2SSink, recipient: str, n: int, rate: float, limit: flo
         due = n if rate <= 0 else min(n, int((time.monotonic() - started) * rate) + 1)
         while sent < due:
             end = min(due, sent + BATCH)
-            client.write(b"".join(stanza(recipient, i) for i in range(sent, end)))
+            client.write(b"".join(stanza(recipient, run, i) for i in range(sent, end)))
             sent = end
             await asyncio.wait_for(client.drain(), max(0.1, deadline - time.monotonic()))
         if rate > 0:
@@ -95,14 +97,19 @@ async def write(client: C2SSink, recipient: str, n: int, rate: float, limit: flo
           flush=True)
     with contextlib.suppress(TimeoutError):
         await stdin_line(max(1.0, deadline - time.monotonic()))
-    refused = sorted(int(i[1:]) for i in client.error_ids if i[:1] == "r" and i[1:].isdigit())
-    print(json.dumps({"errors": client.counts[("message", "error")], "refused_indices": refused,
-                      **received(client)}), flush=True)
+    # Only errors for this run's messages count (ids "<run>-<index>"): an error that comes
+    # late for an earlier run's message says nothing about this one.
+    refused = sorted(int(i.partition("-")[2]) for i in client.error_ids
+                     if i.partition("-")[0] == run)
+    errors = client.counts[("message", "error")]
+    print(json.dumps({"errors": len(refused), "stray_errors": errors - len(refused),
+                      "refused_indices": refused, **received(client)}), flush=True)
 
 
 async def main() -> None:
     mode, host, domain, user = sys.argv[1:5]
-    client = C2SSink(host, 5222, domain, user, "pw")
+    run = secrets.token_hex(4)  # a resource and message ids of this run's own
+    client = C2SSink(host, 5222, domain, user, "pw", resource=f"bench-{run}")
     await client.connect(roster=mode == "sink")
     assert client._writer is not None
     transport = client._writer.transport
@@ -113,7 +120,7 @@ async def main() -> None:
             await sink(client, float(sys.argv[5]))
         else:
             recipient, n, rate, limit = sys.argv[5:9]
-            await write(client, recipient, int(n), float(rate), float(limit))
+            await write(client, run, recipient, int(n), float(rate), float(limit))
     finally:
         await client.close()
 

@@ -74,6 +74,7 @@ def test_bench_relay_smoke(tmp_path: Path) -> None:
     assert xmpp["mapped"] + xmpp["refused"] + xmpp["lost"] == 50 and xmpp["mapped"] > 0, xmpp
     assert sip["accepted"] + sip["refused"] + sip["lost"] == 50 and sip["accepted"] > 0, sip
     assert sip["notified_subscriptions"] > 0, sip
+    assert 0 < sip["subscription_requests_stored_by_prosody"] <= 50, sip
     markdown = (tmp_path / "benchmarks.md").read_text()
     assert "## Relay: a real Prosody through the gateway to SIP and back" in markdown
     assert "## Targets (issue 17), from this run" in markdown
