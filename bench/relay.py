@@ -55,14 +55,15 @@ class Path_:
     sink: tuple[str, str] | None  # (Prosody host, domain) of the c2s receiver; None = SIP
 
 
-PATHS = {
-    "xmpp_sip": Path_((IPS["a.example"], "a.example"), "user@gw.example", None),
+PATHS = {  # Prosody's path first: the gateway's backlog cannot slow it down
     "xmpp_xmpp": Path_((IPS["a.example"], "a.example"), "user@b.example",
                        (IPS["b.example"], "b.example")),
-    "sip_xmpp": Path_(None, "user@a.example", (IPS["a.example"], "a.example")),
+    "xmpp_sip": Path_((IPS["a.example"], "a.example"), "user@gw.example", None),
     "xmpp_xmpp_back": Path_((IPS["b.example"], "b.example"), "user@a.example",
                             (IPS["a.example"], "a.example")),
+    "sip_xmpp": Path_(None, "user@a.example", (IPS["a.example"], "a.example")),
 }
+SETTLE = 40.0  # longest wait for the gateway to finish a path's SIP transactions
 
 
 class RelayWorld:
@@ -116,6 +117,18 @@ class RelayWorld:
                  if key in status}
         found["dropped_total"] = self.dropped_total()
         return found
+
+    def settle(self, limit: float = SETTLE) -> float:
+        """Wait until the gateway has no SIP transaction in flight and no S2S queue (late
+        answers of one path must not land in the next); the seconds it took."""
+        started = time.monotonic()
+        while time.monotonic() - started < limit:
+            counters = self.counters()
+            if not counters.get("queues") and not counters.get("backend", {}).get(
+                    "transactions"):
+                break
+            time.sleep(0.5)
+        return time.monotonic() - started
 
     def dropped_total(self) -> dict[str, float] | None:
         """``xmpp_gateway_dropped_total{reason}`` from /metrics (None while absent)."""
@@ -246,7 +259,7 @@ def run_relay(ns: Namespace, pki: Pki, sizes: Sizes) -> dict[str, Any]:
                 n = max(1, int(rate * sizes.seconds))
                 runs["paced"].append(run_path(world, path, n, rate, sizes))
             runs["burst"] = run_path(world, path, sizes.burst, 0, sizes)
+            runs["settle_seconds"] = world.settle()
             results["paths"][name] = runs
-            time.sleep(0.5)  # late answers of one path do not land in the next
         results["storm"] = presence_storm(world, Meter(world), sizes.storm)
     return results
