@@ -36,7 +36,8 @@ def relay_markdown(relay: dict) -> list[str]:
     sizes, paths = relay["sizes"], relay["paths"]
     lines = [
         "## Relay: a real Prosody through the gateway to SIP and back (issue 17)", "",
-        f"Measured {relay.get('measured', 'with the run above')}. "
+        f"Measured {relay.get('measured', 'with the run above')} "
+        "(`python -m bench.run --only-relay` runs this section alone). "
         "Same run, same machine: Prosody 0.12 a.example sends over one S2S session (TLS + SASL "
         "EXTERNAL) to the gateway (`sip.backend: sip`, UDP) and Kamailio, and to a second "
         "Prosody b.example; a c2s writer (bench/relay_xmpp.py, raw XML after SASL PLAIN, "
