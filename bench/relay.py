@@ -47,7 +47,7 @@ class Sizes:
 
 
 @dataclass(frozen=True)
-class Path_:
+class RelayPath:
     """One relay path: who writes (a c2s user, or the SIP UA), to whom, who counts."""
 
     writer: tuple[str, str] | None  # (Prosody host, domain) of the c2s writer; None = SIP
@@ -56,12 +56,12 @@ class Path_:
 
 
 PATHS = {  # Prosody's path first: the gateway's backlog cannot slow it down
-    "xmpp_xmpp": Path_((IPS["a.example"], "a.example"), "user@b.example",
+    "xmpp_xmpp": RelayPath((IPS["a.example"], "a.example"), "user@b.example",
                        (IPS["b.example"], "b.example")),
-    "xmpp_sip": Path_((IPS["a.example"], "a.example"), "user@gw.example", None),
-    "xmpp_xmpp_back": Path_((IPS["b.example"], "b.example"), "user@a.example",
+    "xmpp_sip": RelayPath((IPS["a.example"], "a.example"), "user@gw.example", None),
+    "xmpp_xmpp_back": RelayPath((IPS["b.example"], "b.example"), "user@a.example",
                             (IPS["a.example"], "a.example")),
-    "sip_xmpp": Path_(None, "user@a.example", (IPS["a.example"], "a.example")),
+    "sip_xmpp": RelayPath(None, "user@a.example", (IPS["a.example"], "a.example")),
 }
 SETTLE = 40.0  # longest wait for the gateway to finish a path's SIP transactions
 
@@ -187,7 +187,7 @@ class Meter:
         return found
 
 
-def run_path(world: RelayWorld, path: Path_, n: int, rate: float, sizes: Sizes) -> dict:
+def run_path(world: RelayWorld, path: RelayPath, n: int, rate: float, sizes: Sizes) -> dict:
     """One run on one path: ``n`` messages at ``rate`` msg/s (0: as fast as accepted)."""
     limit = 20 + n / 2000  # 70 s for a burst of 100,000: bounded even at 1,500 msg/s
     meter = Meter(world)
