@@ -1,10 +1,14 @@
-"""A minimal XMPP client that logs in and counts the messages it receives.
+"""A minimal XMPP client that logs in and counts the messages it receives (and, for the
+relay benchmark, writes messages as fast as the server accepts them).
 
 Why not slixmpp: the benchmark needs an *online local user* on Prosody/ejabberd that can
 absorb 100,000 messages without becoming the bottleneck; slixmpp builds a stanza object
 per message. This sink speaks just enough RFC 6120 c2s (plain TCP, SASL PLAIN, bind,
 initial presence) and then counts ``<message`` start tags in the raw bytes, which is all
 the measurement needs. Test servers are configured to allow plaintext c2s on loopback.
+Start tags are counted by kind and type (``counts[("message", "error")]``: the stanza
+errors a writer gets back), and the senders of presence stanzas are kept by type (the
+presence storm counts distinct contacts).
 """
 
 from __future__ import annotations
@@ -13,16 +17,26 @@ import asyncio
 import base64
 import re
 import time
+from collections import Counter
 
-_MESSAGE = re.compile(rb"<message[\s>]")
+_START_TAG = re.compile(rb"<(message|presence)(?=[\s>/])([^>]*)")
+_TYPE = re.compile(rb"""\stype=['"]([^'"]*)['"]""")
+_FROM = re.compile(rb"""\sfrom=['"]([^'"/]*)""")
+_ID = re.compile(rb"""\sid=['"]([^'"]*)['"]""")
+_INDEX = re.compile(rb"<body>\d+ (\d+)")  # bodies "<monotonic_ns> <index> …" (bench/relay*)
 
 
 class C2SSink:
-    def __init__(self, host: str, port: int, domain: str, user: str, password: str) -> None:
-        self.host, self.port, self.domain = host, port, domain
+    def __init__(self, host: str, port: int, domain: str, user: str, password: str,
+                 resource: str = "bench") -> None:
+        self.host, self.port, self.domain, self.resource = host, port, domain, resource
         self.user, self.password = user, password
-        self.count = 0
-        self.first_at: float | None = None
+        self.count = 0  # <message> start tags of any type
+        self.counts: Counter[tuple[str, str]] = Counter()  # (tag, type) -> how many
+        self.presence_from: dict[str, set[str]] = {}  # presence type -> bare senders
+        self.error_ids: set[str] = set()  # ids of the message errors that came back
+        self.indices: set[int] = set()  # benchmark message indices seen in bodies
+        self.first_at: float | None = None  # time.monotonic() of the first/last message
         self.last_at: float | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -55,7 +69,7 @@ class C2SSink:
             "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
         )
 
-    async def connect(self) -> None:
+    async def connect(self, *, roster: bool = False) -> None:
         self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
         self._header()
         await self._expect(b"</stream:features>")
@@ -68,13 +82,15 @@ class C2SSink:
         await self._expect(b"</stream:features>")
         self._send(
             "<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
-            "<resource>bench</resource></bind></iq>"
+            f"<resource>{self.resource}</resource></bind></iq>"
         )
         await self._expect(b"bind1")
         self._send(
             "<iq type='set' id='sess1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>"
         )
         await self._expect(b"sess1")
+        if roster:  # an "interested resource" gets subscription requests (RFC 6121 §2.1.6)
+            self._send("<iq type='get' id='roster1'><query xmlns='jabber:iq:roster'/></iq>")
         self._send("<presence/>")
         self._task = asyncio.get_running_loop().create_task(self._count())
 
@@ -84,18 +100,57 @@ class C2SSink:
             chunk = await self._reader.read(262144)
             if not chunk:
                 return
-            # Prepend the previous read's tail so a tag split across reads is counted
-            # once: matches wholly inside the old tail were counted last time.
-            old_tail = self._tail
-            data = old_tail + chunk
-            found = len(_MESSAGE.findall(data)) - len(_MESSAGE.findall(old_tail))
-            self._tail = data[-16:]
-            if found:
-                now = time.perf_counter()
-                if self.first_at is None:
-                    self.first_at = now
-                self.last_at = now
-                self.count += found
+            # Only whole tags and texts are counted: the bytes from the last "<" on wait
+            # for the next read ("<" cannot occur inside a tag or escaped text, XML 1.0
+            # §2.4, §3.1); a stanza is complete before its end tag starts. The last tag of
+            # all (a self-closing presence) is counted by flush().
+            data = self._tail + chunk
+            cut = data.rfind(b"<")
+            data, self._tail = (data[:cut], data[cut:]) if cut >= 0 else (data, b"")
+            self._arrived(data)
+
+    def flush(self) -> None:
+        """Count what the last read left waiting (the stream has gone quiet)."""
+        data, self._tail = self._tail, b""
+        self._arrived(data)
+
+    def _arrived(self, data: bytes) -> None:
+        self.indices.update(map(int, _INDEX.findall(data)))  # a body may follow its tag
+        found = self._tally(data)
+        if found:
+            now = time.monotonic()
+            if self.first_at is None:
+                self.first_at = now
+            self.last_at = now
+            self.count += found
+
+    def _tally(self, data: bytes) -> int:
+        """Count the start tags in ``data``; return how many were messages."""
+        messages = 0
+        for tag, attributes in _START_TAG.findall(data):
+            kind = _TYPE.search(attributes)
+            stanza_type = kind.group(1).decode() if kind else ""
+            if tag == b"message":
+                messages += 1
+                self.counts[("message", stanza_type)] += 1
+                if stanza_type == "error":
+                    found_id = _ID.search(attributes)
+                    self.error_ids.add(found_id.group(1).decode() if found_id else "")
+                continue
+            self.counts[("presence", stanza_type)] += 1
+            sender = _FROM.search(attributes)
+            if sender:
+                self.presence_from.setdefault(stanza_type, set()).add(sender.group(1).decode())
+        return messages
+
+    def write(self, data: bytes) -> None:
+        assert self._writer is not None
+        self._writer.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the server has not read what was written (TCP flow control)."""
+        assert self._writer is not None
+        await self._writer.drain()
 
     async def wait_for(self, total: int, timeout: float) -> float:
         """Wait until ``total`` messages arrived; return the arrival time of the last."""

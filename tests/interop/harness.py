@@ -181,6 +181,7 @@ class GatewayProcess:
     # Issue "nothing dropped silently": stop() fails when the gateway logged a dropped
     # stanza, unless the scenario expects drops (and counts them itself).
     drops_expected: bool = False
+    extra: tuple[str, ...] = ()  # more top-level YAML lines, e.g. "metrics: {enabled: true}"
     process: subprocess.Popen | None = None
     dir: Path = field(init=False)
 
@@ -205,6 +206,7 @@ class GatewayProcess:
                  "store: {path: store.sqlite3}", "admin_socket: admin.sock"]
         if self.sip is not None:
             lines.append("sip: {" + ", ".join(f"{k}: {v}" for k, v in self.sip.items()) + "}")
+        lines.extend(self.extra)
         lines.append("partners:")
         if not self.partners:
             lines[-1] = "partners: []"

@@ -1,6 +1,8 @@
 """A small run of the benchmark harness (`make bench` at full size is not part of
 `make test`): every receiver, both authentication methods, idle sessions and the
-XMPP→SIP latency path through Kamailio must produce numbers, written to a temp dir."""
+XMPP→SIP latency path through Kamailio must produce numbers, written to a temp dir; and
+the relay section (a real Prosody through the gateway to SIP and back, issue 17) with
+tiny counts."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_bench_harness_smoke(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "bench.run", "--messages", "1000", "--handshakes", "2",
-         "--idle-sessions", "10", "--sip-messages", "200", "--out", str(tmp_path)],
+         "--idle-sessions", "10", "--sip-messages", "200", "--skip-relay",
+         "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600, cwd=REPO)
     assert run.returncode == 0, run.stderr[-4000:]
     results = json.loads((tmp_path / "results.json").read_text())["results"]
@@ -35,3 +38,103 @@ def test_bench_harness_smoke(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "benchmarks").iterdir()) == [
         "handshake_p50_ms.png", "handshake_p99_ms.png", "kib_per_session.png",
         "messages_per_second.png", "sip_latency.png"]
+
+
+# The process doing the relaying in each path (bench/relay.py PATHS).
+RELAYING = {"xmpp_sip": "gateway", "xmpp_xmpp": "prosody_b", "sip_xmpp": "gateway",
+            "xmpp_xmpp_back": "prosody_b"}
+
+
+def test_bench_relay_smoke(tmp_path: Path) -> None:
+    """A few hundred messages each way and a 50-contact storm: every message arrives (so
+    small a load is refused nowhere), every relaying process used CPU, and the report is
+    regenerated from results.json alone."""
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--only-relay", "--relay-rates", "500",
+         "--relay-seconds", "0.5", "--relay-burst", "300", "--relay-storm", "50",
+         "--out", str(tmp_path)], capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-4000:]
+    relay = json.loads((tmp_path / "results.json").read_text())["results"]["relay"]
+    assert set(relay["paths"]) == set(RELAYING)
+    for name, path in relay["paths"].items():
+        runs = [*path["paced"], path["burst"]]
+        assert [r["wanted"] for r in runs] == [250, 300], name
+        for result in runs:
+            assert result["sent"] == result["wanted"] == result["delivered"], (name, result)
+            assert result["refused"] == result["dropped"] == 0, (name, result)
+            assert result["delivered_rate"] > 0, (name, result)
+        used = sum(r["cpu_us"][RELAYING[name]] for r in runs)
+        assert used > 0 and sum(r["cpu_us"]["prosody_a"] for r in runs) > 0, (name, runs)
+        assert path["burst"]["gateway_peak_rss_kib"] > 0
+    latency = relay["paths"]["xmpp_sip"]["paced"][0]["receiver"]
+    assert 0 < latency["latency_p50_ms"] <= latency["latency_p99_ms"], latency
+    storm = relay["storm"]
+    xmpp, sip = storm["xmpp_side"], storm["sip_side"]
+    assert xmpp["probed"] == sip["watchers"] == 50
+    assert xmpp["mapped"] + xmpp["refused"] + xmpp["lost"] == 50 and xmpp["mapped"] > 0, xmpp
+    assert sip["accepted"] + sip["refused"] + sip["lost"] == 50 and sip["accepted"] > 0, sip
+    assert sip["notified_subscriptions"] > 0, sip
+    assert 0 < sip["subscription_requests_stored_by_prosody"] <= 50, sip
+    markdown = (tmp_path / "benchmarks.md").read_text()
+    assert "## Relay: a real Prosody through the gateway to SIP and back" in markdown
+    assert "## Targets (issue 17), from this run" in markdown
+    (tmp_path / "benchmarks.md").unlink()
+    again = subprocess.run([sys.executable, "-m", "bench.run", "--report-only", "--out",
+                            str(tmp_path)], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert (tmp_path / "benchmarks.md").read_text() == markdown
+
+
+class _Reads:
+    """A stream reader returning the given chunks, then end of stream."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    async def read(self, _n: int) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+def test_c2s_sink_counts_whatever_the_read_boundaries() -> None:
+    """Every split of a stream into two reads gives the same counts: attributes in any
+    order (Prosody's come in Lua hash order), a self-closing stanza last, error ids and
+    body indices (bench/relay_xmpp.py's delivered / refused accounting)."""
+    import asyncio
+
+    from bench.c2s_sink import C2SSink
+
+    stream = (b"<presence from='x@gw.example/sip' type='unavailable' to='s@a.example'/>"
+              b"<message type='error' id='r7' from='u@gw.example'><body>1 7 x</body></message>"
+              b"<message from='u@a.example' type='chat'><body>123 42 text</body></message>"
+              b"<presence type='subscribe' from='w@gw.example'/>")
+    for cut in range(1, len(stream)):
+        sink = C2SSink("127.0.0.1", 5222, "a.example", "user", "pw")
+        sink._reader = _Reads([stream[:cut], stream[cut:]])  # type: ignore[assignment]
+        asyncio.run(sink._count())
+        sink.flush()
+        assert sink.count == 2, cut
+        assert sink.counts == {("presence", "unavailable"): 1, ("message", "error"): 1,
+                               ("message", "chat"): 1, ("presence", "subscribe"): 1}, cut
+        assert sink.presence_from == {"unavailable": {"x@gw.example"},
+                                      "subscribe": {"w@gw.example"}}, cut
+        assert sink.error_ids == {"r7"} and sink.indices == {7, 42}, cut
+
+
+def test_sip_wire_response_copies_the_transaction_headers() -> None:
+    """RFC 3261 §8.2.6.2: Via (all, in order), From, To with a tag added, Call-ID, CSeq."""
+    from bench import sipwire
+
+    request = (b"MESSAGE sip:user@gw.example SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.4:5070;"
+               b"branch=z9hG4bKa\r\nv: SIP/2.0/UDP 127.0.0.4:5062;branch=z9hG4bKb\r\n"
+               b"f: <sip:x@a.example>;tag=1\r\nTo: <sip:user@gw.example>\r\ni: c1\r\n"
+               b"CSeq: 1 MESSAGE\r\nContent-Length: 5\r\n\r\n1 2 x")
+    start, headers, body = sipwire.split(request)
+    assert (start, body) == (b"MESSAGE sip:user@gw.example SIP/2.0", b"1 2 x")
+    assert sipwire.branch_of(headers) == b"z9hG4bKa"
+    assert sipwire.response(headers, 200, "OK", b"t9").split(b"\r\n") == [
+        b"SIP/2.0 200 OK", b"Via: SIP/2.0/UDP 127.0.0.4:5070;branch=z9hG4bKa",
+        b"v: SIP/2.0/UDP 127.0.0.4:5062;branch=z9hG4bKb", b"f: <sip:x@a.example>;tag=1",
+        b"To: <sip:user@gw.example>;tag=t9", b"i: c1", b"CSeq: 1 MESSAGE",
+        b"Content-Length: 0", b"", b""]
+    assert sipwire.status_of(b"SIP/2.0 503 Service Unavailable") == 503
+    assert sipwire.status_of(start) == 0

@@ -1,0 +1,266 @@
+"""The relay section of `make bench` (issue 17): the gateway relaying between a real
+Prosody and SIP, next to Prosody relaying to Prosody, in the same run, on the same load.
+
+    Prosody a.example ──S2S (TLS+SASL EXTERNAL)── gateway gw.example ── Kamailio ── SIP UA
+         │ c2s writer / receiver                     (sip.backend: sip, UDP)   (bench/sip_sink)
+         └──S2S (TLS+SASL EXTERNAL)── Prosody b.example ── c2s writer / receiver
+
+Paths (each: paced runs at several rates, then one free-running burst):
+``xmpp_sip``  c2s writer on a → Prosody a → gateway → Kamailio → SIP UA;
+``xmpp_xmpp`` c2s writer on a → Prosody a → Prosody b → c2s receiver;
+``sip_xmpp``  SIP UA (bench/relay_sip.py) → Kamailio → gateway → Prosody a → c2s receiver;
+``xmpp_xmpp_back`` c2s writer on b → Prosody b → Prosody a → c2s receiver.
+Then the presence storm (bench/relay_storm.py). For each run: sent, delivered, refused
+(stanza errors back to the writer / SIP final answers >= 300), dropped (the rest), rates,
+CPU µs per delivered message of every server process, the gateway's peak RSS, its
+counters and the namespace's UDP receive-buffer drops. Every child is bounded in time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from bench import relay_proc
+from bench.relay_child import Child
+from tests.interop.harness import IPS, GatewayProcess, Namespace, Prosody
+from tests.support.kamailio import Kamailio
+from tests.unit.s2s_world import Pki
+
+GW = IPS["gw.example"]
+KAMAILIO_PORT, GATEWAY_SIP_PORT = 5070, 5062
+QUIET = 5.0  # a receiver that saw nothing new for this long has all it will get
+
+
+@dataclass(frozen=True)
+class Sizes:
+    rates: tuple[int, ...] = (1000, 2000, 5000, 10000)  # paced runs, msg/s offered
+    seconds: float = 2.0  # length of each paced run
+    burst: int = 100_000  # the free-running run
+    storm: int = 5_000  # contacts in the presence storm (each side)
+    sip_window: int = 2000  # SIP requests without a final answer, at most (bench/relay_sip)
+
+
+@dataclass(frozen=True)
+class RelayPath:
+    """One relay path: who writes (a c2s user, or the SIP UA), to whom, who counts."""
+
+    writer: tuple[str, str] | None  # (Prosody host, domain) of the c2s writer; None = SIP
+    recipient: str
+    sink: tuple[str, str] | None  # (Prosody host, domain) of the c2s receiver; None = SIP
+
+
+PATHS = {  # Prosody's path first: the gateway's backlog cannot slow it down
+    "xmpp_xmpp": RelayPath((IPS["a.example"], "a.example"), "user@b.example",
+                       (IPS["b.example"], "b.example")),
+    "xmpp_sip": RelayPath((IPS["a.example"], "a.example"), "user@gw.example", None),
+    "xmpp_xmpp_back": RelayPath((IPS["b.example"], "b.example"), "user@a.example",
+                            (IPS["a.example"], "a.example")),
+    "sip_xmpp": RelayPath(None, "user@a.example", (IPS["a.example"], "a.example")),
+}
+SETTLE = 40.0  # longest wait for the gateway to finish a path's SIP transactions
+
+
+class RelayWorld:
+    """Prosody a and b, Kamailio and the gateway, started in ``ns`` and stopped by PID."""
+
+    def __init__(self, ns: Namespace, pki: Pki) -> None:
+        self.ns, self.pki = ns, pki
+        self.logs = ns.workdir / "relay"
+        self.logs.mkdir(exist_ok=True)
+        self.a = Prosody(ns, pki, "a.example", log_level="warn",
+                         users=("writer", "user", "storm"))
+        self.b = Prosody(ns, pki, "b.example", log_level="warn", users=("writer", "user"))
+        self.kamailio = Kamailio(self.logs, domain="gw.example", host=GW, port=KAMAILIO_PORT,
+                                 gateway=(GW, GATEWAY_SIP_PORT), prefix=ns.exec, debug=1)
+        self.gateway = GatewayProcess(
+            ns, pki, [{"domain": "a.example", "type": "federated", "tls": "required",
+                       "sasl": "required", "dialback": "false"}], log_level="warning",
+            sip={"backend": "sip", "proxy_host": GW, "proxy_port": KAMAILIO_PORT,
+                 "transport": "udp", "local_host": GW, "local_port": GATEWAY_SIP_PORT},
+            extra=("metrics: {enabled: true, host: 127.0.0.1, port: 9269}",),
+            drops_expected=True)  # overload runs report drops (status) instead of failing
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[RelayWorld]:
+        started: list[Any] = []
+        try:
+            for server in (self.a, self.b, self.kamailio, self.gateway):
+                server.start()
+                started.append(server)
+            yield self
+        finally:
+            for server in reversed(started):
+                server.stop()
+
+    def pids(self) -> dict[str, int]:
+        return {"gateway": self.gateway.process.pid,  # type: ignore[union-attr]
+                "prosody_a": self.a.process.pid,  # type: ignore[union-attr]
+                "prosody_b": self.b.process.pid,  # type: ignore[union-attr]
+                "kamailio": self.kamailio.process.pid}  # type: ignore[union-attr]
+
+    def child(self, module: str, *args: Any) -> Child:
+        return Child(self.ns.exec, module, list(args), self.logs / f"{module}.log")
+
+    def counters(self) -> dict[str, Any]:
+        """The gateway's own figures: `status --json` (router, backend, "sip" when the
+        gateway has it) and the dropped counter of /metrics when it exists."""
+        try:
+            status = self.gateway.status()
+        except (subprocess.SubprocessError, ValueError) as exc:
+            return {"error": f"status failed: {exc}"}
+        found = {key: status[key] for key in ("router", "backend", "sip", "queues")
+                 if key in status}
+        found["dropped_total"] = self.dropped_total()
+        return found
+
+    def settle(self, limit: float = SETTLE) -> float:
+        """Wait until the gateway has no SIP transaction in flight and no S2S queue (late
+        answers of one path must not land in the next); the seconds it took."""
+        started = time.monotonic()
+        while time.monotonic() - started < limit:
+            counters = self.counters()
+            if not counters.get("queues") and not counters.get("backend", {}).get(
+                    "transactions"):
+                break
+            time.sleep(0.5)
+        return time.monotonic() - started
+
+    def dropped_total(self) -> dict[str, float] | None:
+        """``xmpp_gateway_dropped_total{reason}`` from /metrics (None while absent)."""
+        scrape = ("import urllib.request; print(urllib.request.urlopen("
+                  "'http://127.0.0.1:9269/metrics', timeout=5).read().decode())")
+        out = subprocess.run([*self.ns.exec, sys.executable, "-c", scrape], capture_output=True,
+                             text=True, timeout=30)
+        if out.returncode != 0:
+            return None
+        found: dict[str, float] = {}
+        for line in out.stdout.splitlines():
+            if line.startswith("xmpp_gateway_dropped_total"):
+                labels, _, number = line.rpartition(" ")
+                reason = labels.partition('reason="')[2].partition('"')[0] or "all"
+                found[reason] = float(number)
+        return found if found else None
+
+
+class Meter:
+    """CPU of every server process, the gateway's peak RSS and counters, UDP drops: read
+    at the start of a run (``begin``) and at its end (``end``)."""
+
+    def __init__(self, world: RelayWorld) -> None:
+        self.world = world
+        self.pids = world.pids()
+
+    def begin(self) -> None:
+        self.cpu = {name: relay_proc.cpu_us(pid) for name, pid in self.pids.items()}
+        self.rss_reset = relay_proc.reset_peak_rss(self.pids["gateway"])
+        self.drops = relay_proc.udp_receive_drops(self.world.ns.exec)
+        self.socket_drops = relay_proc.udp_socket_drops(self.world.ns.exec)
+        self.before = self.world.counters()
+
+    def end(self, delivered: int) -> dict[str, Any]:
+        cpu = {name: relay_proc.cpu_us(pid) - self.cpu[name] for name, pid in self.pids.items()}
+        per_message = {name: (used / delivered if delivered else None)
+                       for name, used in cpu.items()}
+        return {"cpu_us": cpu, "cpu_us_per_message": per_message,
+                "gateway_peak_rss_kib": relay_proc.peak_rss_kib(self.pids["gateway"]),
+                "gateway_peak_rss_since": "run start" if self.rss_reset else "gateway start",
+                "udp_receive_buffer_drops":
+                    relay_proc.udp_receive_drops(self.world.ns.exec) - self.drops,
+                "udp_drops_by_socket": self.socket_drops_since(),
+                "gateway_counters_before": self.before,
+                "gateway_counters_after": self.world.counters()}
+
+    def socket_drops_since(self) -> dict[str, int]:
+        """UDP drops during the run at the gateway's SIP socket, Kamailio's, and the
+        benchmark's own UAs (any other port)."""
+        now = relay_proc.udp_socket_drops(self.world.ns.exec)
+        found = {"gateway": 0, "kamailio": 0, "benchmark_uas": 0}
+        for port, count in now.items():
+            role = {GATEWAY_SIP_PORT: "gateway", KAMAILIO_PORT: "kamailio"}.get(
+                port, "benchmark_uas")
+            found[role] += count - self.socket_drops.get(port, 0)
+        return found
+
+
+def run_path(world: RelayWorld, path: RelayPath, n: int, rate: float, sizes: Sizes) -> dict:
+    """One run on one path: ``n`` messages at ``rate`` msg/s (0: as fast as accepted)."""
+    limit = 20 + n / 2000  # 70 s for a burst of 100,000: bounded even at 1,500 msg/s
+    meter = Meter(world)
+    with contextlib.ExitStack() as children:  # every child ends with the run, also on error
+        sink = children.enter_context(
+            world.child("bench.relay_xmpp", "sink", *path.sink, "user", limit + 30)
+            if path.sink else world.child("bench.sip_sink", GW, KAMAILIO_PORT, "user",
+                                          "gw.example", 0, limit + 30, "--control"))
+        sink.line(30)
+        if path.writer is not None:
+            writer = children.enter_context(world.child(
+                "bench.relay_xmpp", "write", *path.writer, "writer", path.recipient, n, rate,
+                limit))
+            writer.line(30)
+            meter.begin()
+            writer.send("go")
+            sent = writer.line(limit + 10)
+        else:
+            meter.begin()
+            load = children.enter_context(world.child(
+                "bench.relay_sip", "message", GW, KAMAILIO_PORT, n, rate, sizes.sip_window,
+                limit, path.recipient))
+            sent = load.line(limit + 20)
+        sink.send(f"{sent['sent']} {QUIET} {limit}")
+        arrived = sink.line(limit + 20)
+        indices = set(arrived.pop("indices"))
+        measured = meter.end(len(indices))
+        if path.writer is not None:
+            writer.send("stop")
+            answers = writer.line(20)
+            refused, errors = set(answers.pop("refused_indices")), answers["errors"]
+            stray = answers["stray_errors"]
+        else:
+            refused, errors = set(sent.pop("refused_indices")), sent["refused"]
+            stray = 0
+    # Each message is counted once by its index: delivered = distinct indices that
+    # arrived; refused = errors returned (some for messages that still arrived, e.g. a
+    # timeout error after a late delivery); dropped = neither delivered nor refused.
+    delivered = len(indices)
+    span = (arrived["last_at"] - sent["started_at"]) if arrived.get("last_at") else None
+    return {
+        "sent": sent["sent"], "wanted": n, "rate": rate, "offered_rate": sent["offered_rate"],
+        "delivered": delivered, "refused": errors,
+        "refused_but_delivered": len(refused & indices),
+        "stray_errors": stray,  # late errors for an earlier run's messages
+        "dropped": sent["sent"] - len(indices | refused),
+        "delivered_rate": delivered / span if span and delivered else 0.0,
+        **measured, "writer": sent, "receiver": {k: v for k, v in arrived.items()
+                                                 if k not in ("first_at", "last_at")},
+    }
+
+
+def run_relay(ns: Namespace, pki: Pki, sizes: Sizes) -> dict[str, Any]:
+    """Every path (paced runs, then the burst) and the presence storm, one world."""
+    from bench.relay_storm import presence_storm
+
+    results: dict[str, Any] = {
+        "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "sizes": sizes.__dict__, "paths": {}}
+    world = RelayWorld(ns, pki)
+    with world.running():
+        for name, path in PATHS.items():
+            warm = run_path(world, path, 5, 0, sizes)  # S2S sessions up before measuring
+            if warm["delivered"] != 5:
+                raise RuntimeError(f"relay warm-up on {name} failed: {warm}\n"
+                                   f"{world.gateway.log[-3000:]}")
+            runs: dict[str, Any] = {"paced": []}
+            for rate in sizes.rates:
+                n = max(1, int(rate * sizes.seconds))
+                runs["paced"].append(run_path(world, path, n, rate, sizes))
+            runs["burst"] = run_path(world, path, sizes.burst, 0, sizes)
+            runs["settle_seconds"] = world.settle()
+            results["paths"][name] = runs
+        results["storm"] = presence_storm(world, Meter(world), sizes.storm)
+    return results
