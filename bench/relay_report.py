@@ -78,7 +78,7 @@ def relay_markdown(relay: dict) -> list[str]:
     lines += ["", "Bursts:", "",
               "| Path | Sent | Delivered | Refused | Dropped | Gateway peak RSS MiB | "
               "UDP datagrams dropped: gateway / Kamailio / benchmark UAs | "
-              "SIP retransmissions (UA) |",
+              "SIP retransmissions / 503 + Retry-After, sent again (UA) |",
               "|---|---|---|---|---|---|---|---|"]
     for name, path in paths.items():
         run = path["burst"]
@@ -87,7 +87,9 @@ def relay_markdown(relay: dict) -> list[str]:
                      f"{refused(run)} | {run['dropped']:,} | "
                      f"{_num(rss / 1024 if rss else None, '{:.1f}')} | "
                      f"{udp_drops(run)} | "
-                     f"{run['writer'].get('retransmissions', MISSING)} |")
+                     f"{run['writer'].get('retransmissions', MISSING)}"
+                     + (f" / {run['writer']['busy']:,}" if "busy" in run["writer"] else "")
+                     + " |")
     storm = relay.get("storm")
     if storm:
         lines += storm_markdown(storm)
@@ -136,7 +138,9 @@ def storm_markdown(storm: dict) -> list[str]:
         f"{_num(rss / 1024 if rss else None, '{:.1f}')} MiB, CPU "
         f"{_num(storm['cpu_us']['gateway'] / 1000, '{:,.0f}')} ms; UDP datagrams dropped (gateway "
         f"/ Kamailio / benchmark UAs): {udp_drops(storm)}; SUBSCRIBE retransmissions by "
-        f"the watchers: {s['retransmissions']:,}."]
+        f"the watchers: {s['retransmissions']:,}"
+        + (f"; answered 503 + Retry-After and sent again later: {s['busy']:,}"
+           if "busy" in s else "") + "."]
 
 
 def relay_target_rows(report: dict) -> list[str]:

@@ -3,6 +3,9 @@ distinct watchers (the presence storm) sent by one UDP user agent through Kamail
 the UA's side of RFC 3261 non-INVITE client transactions: retransmission on Timer E (T1
 doubling to T2, §17.1.2.2) until a final answer or Timer F (64*T1), so a datagram lost
 anywhere is sent again as a real phone would; responses matched by the top Via branch.
+A ``503`` with ``Retry-After`` (RFC 3261 §21.5.4: the gateway's way of asking a sender to
+slow down) is not a refusal: the request is sent again, as a new transaction, once the
+time asked for has passed; such answers are counted as ``busy``.
 
     python -m bench.relay_sip KIND HOST PROXY_PORT N RATE WINDOW LIMIT RECIPIENT
 
@@ -48,9 +51,15 @@ class SipLoad:
         self.notify_states: Counter[str] = Counter()
         self.notifies = 0
         self._tag = itertools.count()
+        self.busy = 0  # 503 + Retry-After answers (the request is sent again later)
+        self.retries: list[tuple[float, int]] = []  # (when, index) to send again
+        self.attempts: Counter[int] = Counter()
 
     def request(self, index: int) -> tuple[bytes, bytes]:
-        branch = f"z9hG4bK{self.prefix}{index}"
+        attempt = self.attempts[index]
+        # a new transaction for every attempt (§21.5.4): the same branch would only fetch
+        # the cached 503 again
+        branch = f"z9hG4bK{self.prefix}{index}" + (f"r{attempt}" if attempt else "")
         host, port = self.host, self.port
         if self.kind == "message":
             user, extra = "sipwriter", ""
@@ -78,6 +87,11 @@ class SipLoad:
         self.outstanding[branch] = [data, T1, now + TIMER_F]
         heapq.heappush(self.timers, (now + T1, branch))
 
+    def resend_deferred(self, now: float) -> None:
+        while self.retries and self.retries[0][0] <= now:
+            _, index = heapq.heappop(self.retries)
+            self.send(index, now)
+
     def retransmit(self, now: float) -> None:
         while self.timers and self.timers[0][0] <= now:
             _, branch = heapq.heappop(self.timers)
@@ -104,9 +118,17 @@ class SipLoad:
             if status:
                 branch = sipwire.branch_of(headers)
                 if status >= 200 and self.outstanding.pop(branch, None):
+                    index = int(branch[7 + len(self.prefix):].split(b"r")[0])
+                    after = sipwire.value(headers, b"retry-after").split(b"(")[0].strip()
+                    if status == 503 and after.isdigit():
+                        self.busy += 1
+                        self.attempts[index] += 1
+                        heapq.heappush(self.retries,
+                                       (time.monotonic() + int(after), index))
+                        continue
                     self.finals[status] += 1
-                    if status >= 300:  # branch = z9hG4bK<prefix><index>
-                        self.refused_indices.append(int(branch[7 + len(self.prefix):]))
+                    if status >= 300:  # branch = z9hG4bK<prefix><index>[r<attempt>]
+                        self.refused_indices.append(index)
                 continue
             method = start.partition(b" ")[0]
             if method == b"ACK":
@@ -133,12 +155,15 @@ class SipLoad:
                     self.receive()
             self.receive()
             self.retransmit(now)
+            self.resend_deferred(now)
             select.select([self.sock], [], [], 0.0005)
         send_seconds = time.monotonic() - started
-        while self.outstanding and time.monotonic() < deadline:
+        while (self.outstanding or self.retries) and time.monotonic() < deadline:
             select.select([self.sock], [], [], 0.01)
             self.receive()
-            self.retransmit(time.monotonic())
+            now = time.monotonic()
+            self.retransmit(now)
+            self.resend_deferred(now)
         if self.kind == "subscribe":  # NOTIFYs may trail the answers a little
             quiet_until = min(deadline, time.monotonic() + 2.0)
             while time.monotonic() < quiet_until:
@@ -153,6 +178,7 @@ class SipLoad:
             "refused": sum(c for s, c in self.finals.items() if s >= 300),
             "finals": {str(s): c for s, c in sorted(self.finals.items())},
             "unanswered": sent - answered, "timed_out": self.timed_out,
+            "busy": self.busy, "still_deferred": len(self.retries),
             "retransmissions": self.retransmissions, "window": window,
             "notifies": self.notifies, "notified_subscriptions": len(self.notify_call_ids),
             "notify_states": dict(self.notify_states),

@@ -93,6 +93,7 @@ def presence_storm(world: RelayWorld, meter: Meter, n: int) -> dict[str, Any]:
                      "notified_subscriptions": sip["notified_subscriptions"],
                      "notify_states": sip["notify_states"],
                      "retransmissions": sip["retransmissions"],
+                     "busy": sip.get("busy", 0),
                      "subscription_requests_stored_by_prosody": stored},
         "presence_counts": xmpp["counts"],
         **{k: v for k, v in measured.items() if k != "cpu_us_per_message"},

@@ -42,6 +42,7 @@ class Metrics:
                                  "Stanzas waiting for an outbound session", registry=r)
         self.open_streams = Gauge("xmpp_gateway_streams", "Open S2S streams", registry=r)
         self._server: Any = None
+        self._children: dict[tuple[str, str], Any] = {}
 
     def watch(self, queued: Callable[[], int], streams: Callable[[], int]) -> None:
         """Gauges read at scrape time from the live S2S service."""
@@ -63,9 +64,15 @@ class Metrics:
             gauge.set_function(lambda key=key: float(figures().get(key) or 0))
 
     def count(self, what: str, label: str) -> None:
-        counter = getattr(self, what, None)
-        if isinstance(counter, Counter):
-            counter.labels(label).inc()
+        # labels() takes a lock and builds a key on every call; the labelled child is kept
+        # instead (one per counter and peer, bounded like the label set itself).
+        child = self._children.get((what, label))
+        if child is None:
+            counter = getattr(self, what, None)
+            if not isinstance(counter, Counter):
+                return
+            child = self._children[(what, label)] = counter.labels(label)
+        child.inc()
 
     def session_authenticated(self, direction: str, method: str) -> None:
         self.sessions.labels(direction, method).inc()

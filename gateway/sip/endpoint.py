@@ -52,7 +52,10 @@ from gateway.sip.transport import Flow, SipTransport
 log = logging.getLogger("gateway.sip")
 
 TICK = 0.1
-DEFAULT_MAX_IN_FLIGHT = 1000
+DEFAULT_MAX_IN_FLIGHT = 256
+# Requests SIP itself causes (a NOTIFY per SUBSCRIBE) may wait behind the window up to this
+# many windows' worth before new SIP work is answered 503.
+OVERLOAD_FACTOR = 4
 OnResponse = Callable[[SipResponse | None], None]
 RequestHandler = Callable[[RequestReceived], None]
 
@@ -131,9 +134,9 @@ class SipEndpoint:
 
     @property
     def overloaded(self) -> bool:
-        """More requests wait for the proxy than the window holds: new SIP work is asked
-        to come back later (503 + Retry-After) until the backlog has drained."""
-        return len(self.backlog) >= self.max_in_flight
+        """More requests wait for the proxy than :data:`OVERLOAD_FACTOR` windows: new SIP
+        work is asked to come back later (503 + Retry-After) until the backlog drains."""
+        return len(self.backlog) >= OVERLOAD_FACTOR * self.max_in_flight
 
     async def wait_for_room(self) -> None:
         """Return when a request sent now would not have to wait in the backlog."""

@@ -33,6 +33,9 @@ log_stderror=yes
 fork=yes
 children=2
 tcp_children=2
+# UDP receive buffer up to 8 MiB (the default cap is 256 KiB): bursts from the gateway
+# (up to sip.max_in_flight requests) must not overflow it (docs/sip.md, Setting it up).
+maxbuffer=8388608
 listen=udp:{host}:{port}
 listen=tcp:{host}:{port}
 # Connections Kamailio opens (to the gateway) start from its own address, not from the
