@@ -276,10 +276,12 @@ class Kamailio:
             raise RuntimeError(f"kamailio config check failed:\n{check.stderr[-3000:]}")
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            # 256 MB of shared memory: tm keeps every transaction a few seconds after it
-            # ends, and at 1,000 MESSAGE/s the default 64 MB runs out ("could not allocate
-            # shared memory from shm pool"), which drops requests until they are resent.
-            [*self.prefix, "kamailio", "-DD", "-E", "-m", "256", "-f", str(self.config_path)],
+            # 1 GB of shared memory: tm keeps every transaction a few seconds after it
+            # ends; at 1,000 MESSAGE/s the default 64 MB runs out ("could not allocate
+            # shared memory from shm pool") and drops requests until they are resent, and
+            # at the 5,000+/s of the relay benchmark 256 MB ran out too and a child
+            # crashed (signal 11). Memory is only used as far as it is needed.
+            [*self.prefix, "kamailio", "-DD", "-E", "-m", "1024", "-f", str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT)
         self._wait_ready(timeout)
         return self
