@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -45,7 +46,7 @@ from gateway.policy.contacts import (
     stanza_kind,
     strip_status,
 )
-from gateway.store.authorizations import StoreError
+from gateway.store.authorizations import StoreError, normalize_bare_jid
 from gateway.xmpp.errors import make_error_reply
 from gateway.xmpp.jid import JidError, bare_jid
 
@@ -72,7 +73,10 @@ class Router:
         self._outbound: asyncio.Queue[tuple[Element, OnDecided]] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
         self.on_pressure: Callable[[bool], None] | None = None
-        self._enabled_cache: dict[str, tuple[bool, float]] = {}
+        # every explicit per-user switch (None until first loaded), see _user_enabled
+        self._switches: dict[str, bool] | None = None
+        self._switches_until = 0.0
+        self._switch_refresh: asyncio.Task[None] | None = None
         self._bounces: set[asyncio.Task[None]] = set()
         self._pressure = False
         self._local_pressure = False
@@ -206,19 +210,50 @@ class Router:
             self._reply_xmpp(stanza, exc.condition, exc.error_type, exc.text)
 
     async def _user_enabled(self, local_user: str) -> bool:
-        """The per-user federation switch, cached for USER_CACHE_SECONDS: the store is
-        changed by ``xmpp-gateway users …`` from another process, so the cache must be
-        short-lived, but one lookup per stanza would cap throughput at the thread hop."""
-        now = time.monotonic()
-        cached = self._enabled_cache.get(local_user)
-        if cached is not None and cached[1] > now:
-            return cached[0]
-        enabled = await self.store.user_enabled(
-            local_user, self.config.federation.users_enabled_by_default)
-        if len(self._enabled_cache) > 100_000:
-            self._enabled_cache.clear()
-        self._enabled_cache[local_user] = (enabled, now + USER_CACHE_SECONDS)
-        return enabled
+        """The per-user federation switch, from a snapshot of every explicit switch in
+        the store (one query every USER_CACHE_SECONDS, in the background; users without
+        one get ``federation.users_enabled_by_default``): the store is changed by
+        ``xmpp-gateway users …`` from another process, so the snapshot must be recent,
+        but a store lookup per new user capped a presence storm at the thread hop
+        (5,000 contacts, each a different SIP user, took seconds)."""
+        enabled = self._user_enabled_now(local_user)
+        if enabled is None:
+            await self._load_switches()
+            enabled = self._user_enabled_now(local_user)
+        return bool(enabled) if enabled is not None else (
+            self.config.federation.users_enabled_by_default)
+
+    def _user_enabled_now(self, local_user: str) -> bool | None:
+        """The switch from the current snapshot (None before the first one)."""
+        switches = self._switches
+        if switches is None:
+            return None
+        if time.monotonic() >= self._switches_until:
+            self._refresh_switches()
+        try:
+            user = _normalized(local_user)
+        except ValueError:
+            user = local_user
+        return switches.get(user, self.config.federation.users_enabled_by_default)
+
+    async def _load_switches(self) -> None:
+        settings = await self.store.list_users()
+        self._switches = {setting.local_user: setting.enabled for setting in settings}
+        self._switches_until = time.monotonic() + USER_CACHE_SECONDS
+
+    def _refresh_switches(self) -> None:
+        if self._switch_refresh is not None and not self._switch_refresh.done():
+            return
+        self._switches_until = time.monotonic() + USER_CACHE_SECONDS  # one attempt a period
+        task = asyncio.get_running_loop().create_task(self._load_switches())
+        task.add_done_callback(self._switches_loaded)
+        self._switch_refresh = task
+
+    def _switches_loaded(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log_event(log, logging.WARNING, "store.switches_not_refreshed",
+                      reason=str(task.exception()),
+                      consequence="routing goes on with the previous per-user switches")
 
     @property
     def queued(self) -> int:
@@ -226,12 +261,9 @@ class Router:
         return self._inbound.qsize() + self._outbound.qsize()
 
     def forget_cached(self, local_user: str = "") -> None:
-        """Drop the cached per-user switch of ``local_user`` (every user when empty):
-        another node or process changed the store (PostgreSQL NOTIFY, issue 15)."""
-        if local_user:
-            self._enabled_cache.pop(local_user, None)
-        else:
-            self._enabled_cache.clear()
+        """Another node or process changed the store (PostgreSQL NOTIFY, issue 15): the
+        next stanza waits for a new snapshot of the per-user switches."""
+        self._switches = None
 
     def _reply_xmpp(self, stanza: Element, condition: str, error_type: str, text: str) -> None:
         reply = make_error_reply(stanza, condition, text, error_type)
@@ -331,13 +363,13 @@ class Router:
                 stanza.get("to", ""))
         except (ValueError, JidError):
             return False
-        cached = self._enabled_cache.get(local_user)
-        if cached is None or cached[1] <= time.monotonic():
+        enabled = self._user_enabled_now(local_user)
+        if enabled is None:
             return False
         remote = remote_bare.rpartition("@")[2]
         partner = self.config.partner_for(remote)
         decision = outbound_decision(
-            kind, partner.partner_type if partner else None, user_enabled=cached[0],
+            kind, partner.partner_type if partner else None, user_enabled=enabled,
             allow_unlisted=self.config.federation.allow_unlisted)
         if not decision.allowed or decision.effects:
             return False
@@ -366,7 +398,8 @@ class Router:
                 await self._bounce_local(stanza, decision.error_condition or "not-allowed",
                                          decision.reason)
             return
-        for effect in decision.effects:
+        for effect in decision.effects:  # recorded before the stanza leaves (a failure
+            # bounces it, so the sender knows the subscription did not go out)
             if effect is SideEffect.RECORD_AUTHORIZATION:
                 await self.store.allow(local_user, remote_bare, "subscription")
             elif effect is SideEffect.REVOKE_AUTHORIZATION:
@@ -427,3 +460,8 @@ def _error_type(condition: str) -> str:
     if condition in ("bad-request", "jid-malformed"):
         return "modify"
     return "cancel"
+
+
+@functools.lru_cache(maxsize=65536)
+def _normalized(local_user: str) -> str:
+    return normalize_bare_jid(local_user)

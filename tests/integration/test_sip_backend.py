@@ -418,8 +418,10 @@ async def test_contact_rules_answer_sip_requests(gateway) -> None:
     gw, ua = gateway
     unlisted = await ua.send_message("sip:bob@unlisted.example", "hello?")
     assert unlisted.status == 403  # not-allowed (RFC 7247 §8.1)
-    # (set before carol's first stanza: the router caches the per-user switch for 5 s)
+    # The router works from a snapshot of the per-user switches renewed every 5 s; a change
+    # made elsewhere is announced to it (PostgreSQL NOTIFY) or waits for the next snapshot.
     await gw.store.set_user_enabled("carol@sip.example", False)
+    gw.router.forget_cached("carol@sip.example")
     carol = await SipUserAgent("carol", SIP_DOMAIN, ua.proxy).start()
     try:
         disabled = await carol.send_message("sip:bob@nowhere.example", "hello?")
