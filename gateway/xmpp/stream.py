@@ -92,6 +92,11 @@ class Phase(Enum):
 
 # Seconds to wait for the peer's closing tag after ours (RFC 6120 §4.4).
 CLOSE_GRACE = 5.0
+# Seconds without received bytes after which an authenticated stream frees its XML parser
+# and TLS memory BIOs (re-created on the next bytes): most S2S sessions are idle most of
+# the time, and these are about 18 KiB of each (docs/performance.md). Long enough that a
+# stream in active use never pays for re-creating them (tens of microseconds).
+RELEASE_IDLE_AFTER = 5.0
 MAX_STREAM_RESTARTS = 4  # STARTTLS + SASL need two; more is a peer looping on us
 
 
@@ -135,6 +140,10 @@ class S2SStream:
         self._last_sent = now
         self._close_deadline: float | None = None
         self._now = now  # last time the driver told us
+        self._last_received = now
+        # When to check for idleness (see RELEASE_IDLE_AFTER); moved at most once per
+        # period rather than on every read, so that a busy stream's timer stays put.
+        self._release_check: float | None = None
 
     # ------------------------------------------------------------------ driver API
 
@@ -143,6 +152,7 @@ class S2SStream:
         self._now = now
         if self.phase is Phase.CLOSED or not data:
             return
+        self._last_received = now
         try:
             if self._tls is not None:
                 data = self._tls.receive(data)
@@ -158,6 +168,8 @@ class S2SStream:
             self._fail(exc)
         except TlsError as exc:
             self._abort(str(exc))
+        if self._release_check is None and self.pairs and self.phase is Phase.OPEN:
+            self._release_check = now + RELEASE_IDLE_AFTER
 
     def data_to_send(self) -> bytes:
         # Plaintext written before TLS started (e.g. <proceed/>) goes first, then records.
@@ -207,7 +219,7 @@ class S2SStream:
             return None
         if self.phase is Phase.CLOSING:
             return self._close_deadline
-        candidates = [self._negotiation_deadline]
+        candidates = [self._negotiation_deadline, self._release_check]
         if self.pairs:
             limits = self.ctx.limits
             candidates.append(self._last_stanza + limits.idle_timeout)
@@ -222,6 +234,8 @@ class S2SStream:
             if self._close_deadline is not None and now >= self._close_deadline:
                 self._finish(self.close_error, self.close_reason, by_peer=False)
             return
+        if self._release_check is not None and now >= self._release_check:
+            self._release_if_idle(now)
         if self._negotiation_deadline is not None and now >= self._negotiation_deadline:
             self._fail(
                 StreamError(
@@ -237,6 +251,18 @@ class S2SStream:
                 self._close_gracefully(f"idle for {limits.idle_timeout:g}s")
             elif now - self._last_sent >= limits.keepalive_interval:
                 self._write(b" ")  # RFC 6120 §4.6.1 whitespace keepalive
+
+    def _release_if_idle(self, now: float) -> None:
+        """Free the parser and the TLS buffers of a stream idle for RELEASE_IDLE_AFTER, or
+        check again when it will have been (see RELEASE_IDLE_AFTER)."""
+        idle_since = max(self._last_received, self._last_sent)
+        if now - idle_since < RELEASE_IDLE_AFTER:
+            self._release_check = idle_since + RELEASE_IDLE_AFTER
+            return
+        self._release_check = None  # armed again by the next received bytes
+        self._parser.release()
+        if self._tls is not None and self._tls_active:
+            self._tls.release_buffers()
 
     # ------------------------------------------------------------------ status
 
@@ -356,6 +382,8 @@ class S2SStream:
             # to them (e.g. a db:verify) would be junk after the document element.
             return
         self._last_sent = self._now
+        if self._release_check is None and self.phase is Phase.OPEN:
+            self._release_check = self._now + RELEASE_IDLE_AFTER
         if self._tls is not None:
             if not self._tls_active:
                 # Nothing may be written mid-handshake; reaching this is a core bug.

@@ -178,6 +178,8 @@ class GatewayProcess:
     log_level: str = "debug"
     allow_unlisted: bool = False
     sip: dict | None = None  # the `sip:` section (backend: sip …); None = development
+    # `limits:` entries added or replaced (e.g. max_connections for 10,000 idle sessions)
+    limits: dict | None = None
     process: subprocess.Popen | None = None
     dir: Path = field(init=False)
 
@@ -197,7 +199,9 @@ class GatewayProcess:
                  "dialback: {secret: interop-secret}",
                  "dns: {nameservers: ['127.0.0.53'], timeout: 3}",
                  f"logging: {{level: {self.log_level}}}",
-                 "limits: {negotiation_timeout: 10, max_connections_per_ip: 5000}",
+                 "limits: {" + ", ".join(f"{k}: {v}" for k, v in {
+                     "negotiation_timeout": 10, "max_connections_per_ip": 5000,
+                     **(self.limits or {})}.items()) + "}",
                  f"federation: {{allow_unlisted: {str(self.allow_unlisted).lower()}}}",
                  "store: {path: store.sqlite3}", "admin_socket: admin.sock"]
         if self.sip is not None:
