@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,12 @@ from gateway.policy.negotiation import Support
 # Seconds allowed per step: a base plus a budget per session to open.
 TIMEOUT_BASE, TIMEOUT_PER_SESSION = 60.0, 0.05
 CONCURRENCY = 25  # sessions being negotiated at once
+# The key exchange offered: X25519, which is what Prosody 0.12 and ejabberd 23.01 on
+# Debian 12's OpenSSL 3.0 negotiate, so that all three receivers keep the same key share
+# per session (the gateway would otherwise pick X25519MLKEM768, about 8 KiB more; see
+# docs/performance.md). IDLE_GROUPS=default in the environment offers OpenSSL's default.
+GROUPS: tuple[str, ...] = (() if os.environ.get("IDLE_GROUPS") == "default"
+                           else tuple(os.environ.get("IDLE_GROUPS", "X25519").split(":")))
 
 
 class OpenFailed(Exception):
@@ -65,7 +72,7 @@ async def main() -> int:
                                 Support.REQUIRED, False),),
         listen=(ListenAddress("127.0.0.5", 5270),),
         tls=TlsSettings(pki_dir / "wild.load.example.crt", pki_dir / "wild.load.example.key",
-                        ca_file=pki_dir / "ca.crt", use_system_cas=False),
+                        ca_file=pki_dir / "ca.crt", use_system_cas=False, groups=GROUPS),
         dialback=DialbackSettings("bench"), dns=DnsSettings(("127.0.0.53",), 3.0),
         store=StoreSettings(Path(workdir) / "idle.sqlite3"),
         admin_socket=Path(workdir) / "idle.sock",
