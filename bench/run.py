@@ -111,18 +111,23 @@ def idle_ramp(ns: Namespace, pki: Pki, receiver: str, recipient: str, counts: tu
     points = [(0, settled_rss(root, settle))]
     seconds: list[float] = []
     error = None
-    process = subprocess.Popen(
-        [*ns.exec, sys.executable, "-m", "bench.idle", receiver, recipient,
-         ",".join(map(str, counts)), str(pki.root), str(ns.workdir)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        cwd=ROOT)
+    # Its log goes to a file: a pipe nobody reads while the sessions are open would fill
+    # up (a line per closed session at the end) and block it.
+    log_path = ns.workdir / f"idle-{receiver}.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [*ns.exec, sys.executable, "-m", "bench.idle", receiver, recipient,
+             ",".join(map(str, counts)), str(pki.root), str(ns.workdir)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
     assert process.stdin is not None and process.stdout is not None
     try:
         for wanted in counts:
             line = process.stdout.readline()
             if not line:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(30)
                 error = (f"bench.idle ended before {wanted} sessions: "
-                         f"{process.stderr.read()[-1500:] if process.stderr else ''}")
+                         f"{log_path.read_text(errors='replace')[-1500:]}")
                 break
             opened = json.loads(line)
             if "error" in opened or opened["sessions"] != wanted:
