@@ -39,7 +39,11 @@ def loadgen(ns: Namespace, pki: Pki, receiver: str, recipient: str, n: int, k: i
     if result.returncode != 0:
         raise RuntimeError(f"loadgen ({method}) against {receiver} failed:\n"
                            f"{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    if data.get("messages") != n or not data.get("messages_per_second", 0) > 0:
+        raise RuntimeError(f"loadgen ({method}) against {receiver}: impossible result, not "
+                           f"published: {data}")
+    return data  # type: ignore[no-any-return]
 
 
 def rss_kib(pid: int) -> int:
