@@ -3,21 +3,27 @@
     python -m bench.memory_profile            # prints one JSON object
 
 * ``tls_server_kib`` — one server-side TLS connection after a TLS 1.3 handshake with a
-  client certificate (what an inbound SASL EXTERNAL session holds): bytes in use by the
-  C allocator (glibc ``mallinfo2``) for OpenSSL + pyOpenSSL, measured as N handshakes'
-  growth after the client sides are freed. Runs in a child process with
-  ``PYTHONMALLOC=malloc`` so that Python objects go through the same allocator.
+  client certificate (what an inbound SASL EXTERNAL session holds), OpenSSL's default key
+  exchange (X25519MLKEM768): bytes in use by the C allocator (glibc ``mallinfo2``) for
+  OpenSSL + pyOpenSSL, measured as N handshakes' growth after the client sides are freed.
+  Runs in a child process with ``PYTHONMALLOC=malloc`` so that Python objects go through
+  the same allocator. ``tls_server_idle_kib``: the same once the idle stream has replaced
+  its memory BIOs (TlsEngine.release_buffers); ``tls_server_x25519_idle_kib``: and with
+  ``tls.groups: [X25519]``, the key exchange Prosody and ejabberd negotiate here;
+  ``tls_new_connection_kib``: what SSL_new alone costs before any handshake.
 * ``tls_server_no_client_cert_kib`` — the same without asking for a client certificate
   (a dialback-only peer): the difference is the peer certificate and its verification.
 * ``tls_after_traffic_kib`` — a connection pair after 200 KB each way (the memory-BIO
   slicing in gateway/xmpp/tls.py keeps this bounded).
 * ``parser_kib`` — one stream's XML parser (expat + pyexpat + our state) after the stream
-  header and a stanza, from tracemalloc (expat allocates through Python's allocator).
+  header and a stanza, from tracemalloc (expat allocates through Python's allocator);
+  ``parser_released_kib`` — what is left once the idle stream released it.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import gc
 import json
 import os
@@ -48,16 +54,31 @@ def tls_child(mode: str) -> float:
     """In a PYTHONMALLOC=malloc child: KiB in use per server-side TLS connection."""
     from OpenSSL import SSL
 
+    from gateway.auth.tls_provider import OpenSslTlsProvider
     from tests.support.tls_pair import TlsPairFactory
     from tests.unit.s2s_world import Pki
 
-    factory = TlsPairFactory(Pki(Path(tempfile.mkdtemp(prefix="memprofile-"))))
+    pki = Pki(Path(tempfile.mkdtemp(prefix="memprofile-")))
+    factory = TlsPairFactory(pki)
+    if "x25519" in mode:  # tls.groups: [X25519] on the server side
+        domain = factory.server_domain
+        factory.server = OpenSslTlsProvider(
+            dataclasses.replace(pki.tls_settings(domain), groups=("X25519",)), (domain,))
     if mode == "no-client-cert":  # measurement only: a dialback-only peer
         factory.server._server.set_verify(SSL.VERIFY_NONE)
+    if mode == "new-connection":
+        SSL.Connection(factory.server._server, None)
+        base = _in_use()
+        connections = [SSL.Connection(factory.server._server, None) for _ in range(N)]
+        result = (_in_use() - base) / N / 1024
+        del connections
+        return result
 
     def pair():
         s, c = factory.handshake()
         s.peer_certificate()
+        if "idle" in mode:
+            assert s.release_buffers()
         if mode == "traffic":
             c.send(b"x" * 200_000)
             s.receive(c.data_to_send())
@@ -77,7 +98,7 @@ def tls_child(mode: str) -> float:
     return result
 
 
-def parser_kib() -> float:
+def parser_kib() -> tuple[float, float]:
     from gateway.xmpp.parser import StreamParser
 
     header = (b"<stream:stream xmlns='jabber:server' xmlns:stream="
@@ -92,8 +113,13 @@ def parser_kib() -> float:
         parser.feed(stanza)
     gc.collect()
     after = tracemalloc.take_snapshot()
+    for parser in parsers:
+        assert parser.release()
+    gc.collect()
+    released = tracemalloc.take_snapshot()
     tracemalloc.stop()
-    return sum(s.size_diff for s in after.compare_to(before, "filename")) / N / 1024
+    return tuple(sum(s.size_diff for s in snapshot.compare_to(before, "filename")) / N / 1024
+                 for snapshot in (after, released))
 
 
 def main() -> int:
@@ -108,12 +134,17 @@ def main() -> int:
                              env={**os.environ, "PYTHONMALLOC": "malloc"})
         return round(float(out.stdout.strip().splitlines()[-1]), 1)
 
+    parser, parser_released = parser_kib()
     print(json.dumps({
         "connections": N,
+        "tls_new_connection_kib": child("new-connection"),
         "tls_server_kib": child("client-cert"),
+        "tls_server_idle_kib": child("client-cert-idle"),
+        "tls_server_x25519_idle_kib": child("client-cert-x25519-idle"),
         "tls_server_no_client_cert_kib": child("no-client-cert"),
         "tls_after_traffic_pair_kib": child("traffic"),
-        "parser_kib": round(parser_kib(), 1),
+        "parser_kib": round(parser, 1),
+        "parser_released_kib": round(parser_released, 1),
     }, indent=2))
     return 0
 

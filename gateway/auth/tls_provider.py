@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from OpenSSL import SSL
+from OpenSSL._util import lib as _openssl
 
 from gateway.auth.identity import check_identity, describe_verify_error
 from gateway.config.model import CertificateFiles, TlsSettings
@@ -42,6 +43,15 @@ def _base_context(settings: TlsSettings) -> SSL.Context:
     # Free each connection's ~34 KiB of TLS record buffers while it is idle: most S2S
     # sessions are idle most of the time (issue: memory per idle session).
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    if settings.groups:
+        # The key share of the group used stays in the connection until it is freed: with
+        # OpenSSL 3.5+'s default X25519MLKEM768 about 8 KiB per session, 0.1 with X25519
+        # (docs/performance.md). pyOpenSSL has no setter; SSL_CTX_set1_groups_list is
+        # the macro behind SSL_CTX_set1_curves_list.
+        names = ":".join(settings.groups).encode("ascii", "replace")
+        if _openssl.SSL_CTX_set1_curves_list(context._context, names) != 1:
+            raise TlsConfigError(f"tls.groups: OpenSSL does not know all of "
+                                 f"{', '.join(settings.groups)}")
     try:
         if settings.use_system_cas:
             context.set_default_verify_paths()
@@ -76,23 +86,21 @@ class OpenSslTlsProvider:
         self.settings = settings
         default = CertificateFiles(settings.certificate, settings.key)
         self._available = Path(default.certificate).is_file() and Path(default.key).is_file()
+        # One context per certificate, for both directions: each holds its own copy of
+        # the trust store (the system CAs: about a megabyte) and settings; the SNI
+        # callback is only ever called on the server side.
         self._server = _base_context(settings)
-        self._client = _base_context(settings)
+        self._client = self._server
         self._per_domain: dict[str, SSL.Context] = {}
         if self._available:
             _load_identity(self._server, default)
-            _load_identity(self._client, default)
-            for domain, files in settings.per_domain.items():
-                context = _base_context(settings)
-                _load_identity(context, files)
-                self._per_domain[domain] = context
-            if self._per_domain:
-                self._server.set_tlsext_servername_callback(self._choose_by_sni)
-        self._client_per_domain: dict[str, SSL.Context] = {}
         for domain, files in settings.per_domain.items():
             context = _base_context(settings)
             _load_identity(context, files)
-            self._client_per_domain[domain] = context
+            self._per_domain[domain] = context
+        if self._available and self._per_domain:
+            self._server.set_tlsext_servername_callback(self._choose_by_sni)
+        self._client_per_domain = self._per_domain
         self.served_domains = served_domains
 
     @property

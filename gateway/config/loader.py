@@ -528,7 +528,7 @@ def _top_level_spec(c: _Checker) -> dict[str, Converter]:
         "tls": c.section(TlsSettings, {
             "certificate": c.path, "key": c.path, "ca_file": c.optional_path,
             "use_system_cas": c.boolean, "min_version": c.choice(("1.2", "1.3")),
-            "per_domain": c.per_domain}),
+            "groups": c.string_list, "per_domain": c.per_domain}),
         "dialback": c.section(DialbackSettings, {"secret": c.string}),
         "dns": c.section(DnsSettings, {"nameservers": c.nameservers, "timeout": c.seconds,
                                        "direct_tls": c.boolean}),

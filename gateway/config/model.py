@@ -65,6 +65,9 @@ class TlsSettings:
     ca_file: Path | None = None
     use_system_cas: bool = True
     min_version: str = "1.2"  # "1.2" or "1.3"
+    # Key exchange groups offered/accepted, in preference order (OpenSSL names, e.g.
+    # X25519MLKEM768, X25519, secp256r1); empty = OpenSSL's default list.
+    groups: tuple[str, ...] = ()
     # Per served domain overrides, chosen by SNI / stream 'to' when several are served.
     per_domain: dict[str, CertificateFiles] = field(default_factory=dict)
 

@@ -29,7 +29,18 @@ WRITE_HIGH_WATER = 1024 * 1024
 
 
 class StreamConnection(asyncio.Protocol):
-    """One TCP connection carrying one S2S stream."""
+    """One TCP connection carrying one S2S stream.
+
+    Slotted, and its ``closed`` event made only when someone waits for it: there is one
+    per session, most sessions are idle, and an instance dict and an asyncio.Event (with
+    its deque of waiters) are about 1.5 KiB of each (docs/performance.md).
+    """
+
+    __slots__ = ("_closed_event", "_is_closed", "_loop", "_on_event", "_on_gone",
+                 "_pause_reasons", "_pump_scheduled", "_rate", "_throttled", "_timer",
+                 "_timer_at", "_tokens", "_tokens_at", "authenticated_at", "conn_id",
+                 "connected_at", "counted_ip", "on_writable", "peer_address", "stream",
+                 "transport", "write_paused")
 
     def __init__(self, stream: S2SStream, on_event: EventHandler,
                  on_gone: Callable[[StreamConnection], None], *, rate_limit: int = 0) -> None:
@@ -51,12 +62,22 @@ class StreamConnection(asyncio.Protocol):
         self._timer_at: float | None = None
         self.connected_at = self._loop.time()
         self.peer_address = ""
-        self.closed = asyncio.Event()
+        self._closed_event: asyncio.Event | None = None
+        self._is_closed = False
         self.authenticated_at: float | None = None
         # The transport holds more than WRITE_HIGH_WATER unsent bytes: the owner stops
         # handing us stanzas until on_writable says the peer has caught up.
         self.write_paused = False
         self.on_writable: Callable[[StreamConnection], None] | None = None
+
+    @property
+    def closed(self) -> asyncio.Event:
+        """Set once the connection is gone (for shutdown to wait on)."""
+        if self._closed_event is None:
+            self._closed_event = asyncio.Event()
+            if self._is_closed:
+                self._closed_event.set()
+        return self._closed_event
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -114,7 +135,9 @@ class StreamConnection(asyncio.Protocol):
         self.transport = None
         self.pump()
         self._cancel_timer()
-        self.closed.set()
+        self._is_closed = True
+        if self._closed_event is not None:
+            self._closed_event.set()
         self._on_gone(self)
 
     # ------------------------------------------------------------------ driving the core

@@ -24,6 +24,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 from xml.etree.ElementTree import Element
 from xml.parsers import expat
+from xml.sax.saxutils import quoteattr
 
 from gateway.xmpp.namespaces import NS_STREAMS
 
@@ -122,12 +123,29 @@ def _name(expat_name: str) -> str:
     return "{" + uri + _SEP + rest.partition(_SEP)[0]
 
 
+def _qualified_name(expat_name: str) -> str:
+    """The name as written ("stream:stream"), from expat's "uri}local}prefix"."""
+    parts = expat_name.split(_SEP)
+    return f"{parts[2]}:{parts[1]}" if len(parts) == 3 else parts[-1]
+
+
 class StreamParser:
-    """Incremental parser for one XML stream; :meth:`reset` after a stream restart."""
+    """Incremental parser for one XML stream; :meth:`reset` after a stream restart.
+
+    :meth:`release` frees the expat parser of an idle stream (about 13 KiB with pyexpat's
+    buffers); the next :meth:`feed` re-creates one and primes it with the stream's header
+    as it was declared (tag prefix and namespace declarations), which is all the context a
+    depth-1 element depends on (RFC 6120 §4.8.5: stanzas inherit the header's namespaces).
+    """
 
     def __init__(self, limits: ParserLimits | None = None) -> None:
         self.limits = limits or ParserLimits()
         self._new_parser()
+
+    @property
+    def released(self) -> bool:
+        """True while the expat parser is released (see :meth:`release`)."""
+        return self._parser is None
 
     # ------------------------------------------------------------------ public API
 
@@ -137,10 +155,11 @@ class StreamParser:
             raise self._failed
         items = self._items = []
         try:
+            parser = self._parser or self._recreate()
             for start in range(0, len(data), _CHUNK):
                 chunk = data[start : start + _CHUNK]
                 self._fed += len(chunk)
-                self._parser.Parse(chunk, False)
+                parser.Parse(chunk, False)
                 self._check_pending()
         except XmlStreamError as exc:
             self._failed = exc
@@ -160,9 +179,58 @@ class StreamParser:
         §5.4.3.3, §6.4.6) and the peer sends a new header."""
         self._new_parser()
 
+    def release(self) -> bool:
+        """Free the expat parser if the stream is between items (header seen, no stanza or
+        token in progress); True if released. Nothing observable changes: sizes, limits
+        and items are the same as if the parser had been kept."""
+        parser = self._parser
+        if (parser is None or self._failed is not None or self._header_qname is None
+                or self._stack or self._chunks):
+            return False
+        # After Parse returns, CurrentByteIndex is the end of the last token expat
+        # processed: short of what was fed, expat still buffers part of a token.
+        if parser.CurrentByteIndex + self._offset != self._fed:
+            return False
+        self._parser = None
+        return True
+
     # ------------------------------------------------------------------ internals
 
+    def _recreate(self) -> expat.XMLParserType:
+        """A new expat parser inside the stream's document: fed a copy of the header's
+        start tag (not reported again), positions shifted so that byte counts go on."""
+        assert self._header_qname is not None
+        declarations = "".join(
+            f" xmlns{':' + prefix if prefix else ''}={quoteattr(uri)}"
+            for prefix, uri in self._namespaces.items())
+        prefix = f"<{self._header_qname}{declarations}>".encode()
+        fed, boundary = self._fed, self._boundary
+        parser = self._create_expat()
+        self._replaying = True
+        try:
+            parser.Parse(prefix, False)
+        finally:
+            self._replaying = False
+        # CurrentByteIndex counts the replayed header; stream offsets must not.
+        self._offset = fed - len(prefix)
+        self._fed, self._boundary = fed, boundary
+        return parser
+
     def _new_parser(self) -> None:
+        self._create_expat()
+        self._offset = 0  # stream byte offset = expat's CurrentByteIndex + this
+        self._replaying = False
+        self._header_qname: str | None = None  # e.g. "stream:stream", for _recreate
+        self._items: list[ParsedItem] = []
+        self._stack: list[Element] = []
+        self._chunks: list[str] = []  # text since the last tag (see _flush_text)
+        self._header_seen = False
+        self._namespaces: dict[str, str] = {}
+        self._fed = 0  # bytes given to this stream's expat parsers
+        self._boundary = 0  # byte offset where the current unfinished top-level item began
+        self._failed: XmlStreamError | None = None
+
+    def _create_expat(self) -> expat.XMLParserType:
         parser = expat.ParserCreate("UTF-8", _SEP)
         # pyexpat's text buffer is allocated per parser and lives as long as the stream:
         # 1 KiB instead of the default 8 KiB is 7 KiB less per idle session, at no cost in
@@ -184,15 +252,8 @@ class StreamParser:
         parser.ProcessingInstructionHandler = self._forbidden_pi
         parser.CommentHandler = self._forbidden_comment
         parser.SkippedEntityHandler = self._forbidden_skipped
-        self._parser = parser
-        self._items: list[ParsedItem] = []
-        self._stack: list[Element] = []
-        self._chunks: list[str] = []  # text since the last tag (see _flush_text)
-        self._header_seen = False
-        self._namespaces: dict[str, str] = {}
-        self._fed = 0  # bytes given to this expat parser
-        self._boundary = 0  # byte offset where the current unfinished top-level item began
-        self._failed: XmlStreamError | None = None
+        self._parser: expat.XMLParserType | None = parser
+        return parser
 
     def _check_pending(self) -> None:
         # Bytes since the last complete item: a stanza in progress, or a token that expat
@@ -204,7 +265,8 @@ class StreamParser:
             )
 
     def _position(self) -> int:
-        return self._parser.CurrentByteIndex
+        assert self._parser is not None  # only called from expat's handlers
+        return self._parser.CurrentByteIndex + self._offset
 
     def _ns_decl(self, prefix: str | None, uri: str | None) -> None:
         if not self._header_seen:
@@ -232,9 +294,12 @@ class StreamParser:
             attrib[_name(attributes[index])] = value
         if self._chunks:
             self._flush_text()
+        if self._replaying:  # the header's copy in _recreate: already reported
+            return
         tag = _name(name)
         if not self._header_seen:
             self._on_header(tag, attrib)
+            self._header_qname = _qualified_name(name)
             return
         if tag == _STREAM_TAG:
             # A second header without a restart would otherwise be buffered as a "stanza"
@@ -285,6 +350,7 @@ class StreamParser:
                 end += qname_length + 3  # "</" qname ">"
             else:
                 # <x/> (the position is already past it) or <x></x>: look at the bytes.
+                assert self._parser is not None
                 context = self._parser.GetInputContext() or b""
                 if context[:2] == b"</" and context[2 + qname_length : 3 + qname_length] == b">":
                     end += qname_length + 3

@@ -18,7 +18,6 @@ The roles live in ``inbound.py`` (receiving and authoritative server) and
 from __future__ import annotations
 
 import secrets
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
@@ -92,6 +91,13 @@ class Phase(Enum):
 
 # Seconds to wait for the peer's closing tag after ours (RFC 6120 §4.4).
 CLOSE_GRACE = 5.0
+# Seconds without traffic after which an authenticated stream frees its XML parser and
+# TLS memory BIOs (re-created on the next bytes): most S2S sessions are idle most of the
+# time, and these are about 18 KiB of each (docs/performance.md). Re-creating a parser
+# costs about 25 µs, so even a stream with a stanza every few seconds loses nothing that
+# matters; a short delay also lets the memory of sessions opened in a burst be reused by
+# the next ones sooner.
+RELEASE_IDLE_AFTER = 2.0
 MAX_STREAM_RESTARTS = 4  # STARTTLS + SASL need two; more is a peer looping on us
 
 
@@ -127,7 +133,9 @@ class S2SStream:
         self._peer_cert: PeerCertificate | None = None
         self._out = bytearray()  # plaintext-stream bytes (before TLS) ready to go
         self._tls_plain: list[bytes] = []  # cleartext waiting to be encrypted
-        self._events: deque[Event] = deque()
+        # A list, not a deque: a deque's first block is 0.5 KiB per stream; there are
+        # rarely more than a few events pending.
+        self._events: list[Event] = []
         self._header_sent = False
         self._restarts = 0
         self._negotiation_deadline: float | None = now + context.limits.negotiation_timeout
@@ -135,6 +143,10 @@ class S2SStream:
         self._last_sent = now
         self._close_deadline: float | None = None
         self._now = now  # last time the driver told us
+        self._last_received = now
+        # When to check for idleness (see RELEASE_IDLE_AFTER); moved at most once per
+        # period rather than on every read, so that a busy stream's timer stays put.
+        self._release_check: float | None = None
 
     # ------------------------------------------------------------------ driver API
 
@@ -143,6 +155,7 @@ class S2SStream:
         self._now = now
         if self.phase is Phase.CLOSED or not data:
             return
+        self._last_received = now
         try:
             if self._tls is not None:
                 data = self._tls.receive(data)
@@ -158,6 +171,8 @@ class S2SStream:
             self._fail(exc)
         except TlsError as exc:
             self._abort(str(exc))
+        if self._release_check is None and self.pairs and self.phase is Phase.OPEN:
+            self._release_check = now + RELEASE_IDLE_AFTER
 
     def data_to_send(self) -> bytes:
         # Plaintext written before TLS started (e.g. <proceed/>) goes first, then records.
@@ -178,11 +193,11 @@ class S2SStream:
                 self._abort(str(exc))
 
     def next_event(self) -> Event | None:
-        return self._events.popleft() if self._events else None
+        return self._events.pop(0) if self._events else None
 
     def events(self) -> Iterator[Event]:
         while self._events:
-            yield self._events.popleft()
+            yield self._events.pop(0)
 
     def connection_lost(self, reason: str = "") -> None:
         """The transport is gone (EOF, reset, write error)."""
@@ -207,7 +222,7 @@ class S2SStream:
             return None
         if self.phase is Phase.CLOSING:
             return self._close_deadline
-        candidates = [self._negotiation_deadline]
+        candidates = [self._negotiation_deadline, self._release_check]
         if self.pairs:
             limits = self.ctx.limits
             candidates.append(self._last_stanza + limits.idle_timeout)
@@ -222,6 +237,8 @@ class S2SStream:
             if self._close_deadline is not None and now >= self._close_deadline:
                 self._finish(self.close_error, self.close_reason, by_peer=False)
             return
+        if self._release_check is not None and now >= self._release_check:
+            self._release_if_idle(now)
         if self._negotiation_deadline is not None and now >= self._negotiation_deadline:
             self._fail(
                 StreamError(
@@ -237,6 +254,18 @@ class S2SStream:
                 self._close_gracefully(f"idle for {limits.idle_timeout:g}s")
             elif now - self._last_sent >= limits.keepalive_interval:
                 self._write(b" ")  # RFC 6120 §4.6.1 whitespace keepalive
+
+    def _release_if_idle(self, now: float) -> None:
+        """Free the parser and the TLS buffers of a stream idle for RELEASE_IDLE_AFTER, or
+        check again when it will have been (see RELEASE_IDLE_AFTER)."""
+        idle_since = max(self._last_received, self._last_sent)
+        if now - idle_since < RELEASE_IDLE_AFTER:
+            self._release_check = idle_since + RELEASE_IDLE_AFTER
+            return
+        self._release_check = None  # armed again by the next received bytes
+        self._parser.release()
+        if self._tls is not None and self._tls_active:
+            self._tls.release_buffers()
 
     # ------------------------------------------------------------------ status
 
@@ -356,6 +385,8 @@ class S2SStream:
             # to them (e.g. a db:verify) would be junk after the document element.
             return
         self._last_sent = self._now
+        if self._release_check is None and self.phase is Phase.OPEN:
+            self._release_check = self._now + RELEASE_IDLE_AFTER
         if self._tls is not None:
             if not self._tls_active:
                 # Nothing may be written mid-handshake; reaching this is a core bug.

@@ -182,6 +182,8 @@ class GatewayProcess:
     # stanza, unless the scenario expects drops (and counts them itself).
     drops_expected: bool = False
     extra: tuple[str, ...] = ()  # more top-level YAML lines, e.g. "metrics: {enabled: true}"
+    # `limits:` entries added or replaced (e.g. max_connections for 10,000 idle sessions)
+    limits: dict | None = None
     process: subprocess.Popen | None = None
     dir: Path = field(init=False)
 
@@ -201,7 +203,9 @@ class GatewayProcess:
                  "dialback: {secret: interop-secret}",
                  "dns: {nameservers: ['127.0.0.53'], timeout: 3}",
                  f"logging: {{level: {self.log_level}}}",
-                 "limits: {negotiation_timeout: 10, max_connections_per_ip: 5000}",
+                 "limits: {" + ", ".join(f"{k}: {v}" for k, v in {
+                     "negotiation_timeout": 10, "max_connections_per_ip": 5000,
+                     **(self.limits or {})}.items()) + "}",
                  f"federation: {{allow_unlisted: {str(self.allow_unlisted).lower()}}}",
                  "store: {path: store.sqlite3}", "admin_socket: admin.sock"]
         if self.sip is not None:

@@ -11,7 +11,7 @@ from gateway.config.model import Limits
 from gateway.sip.development import message, presence
 from gateway.xmpp.events import PairAuthenticated, StanzaReceived, StreamClosed
 from gateway.xmpp.outbound import NotAuthenticated
-from gateway.xmpp.stream import CLOSE_GRACE
+from gateway.xmpp.stream import CLOSE_GRACE, RELEASE_IDLE_AFTER
 from tests.unit.s2s_world import CoreServer, Pki, World, accepting_stream, partner
 from tests.unit.test_s2s_dialback import originating
 from tests.unit.test_s2s_refusals import B_FEATURES_DIALBACK, B_HEADER, stream_error
@@ -178,9 +178,12 @@ def test_keepalive_and_idle_close() -> None:
     world.run()
     inbound = accepting_stream(world, out)
     start = world.now
+    # First the idle check that frees the parser and TLS buffers, then the keepalive.
+    assert out.get_timer() == start + RELEASE_IDLE_AFTER
+    world.advance(RELEASE_IDLE_AFTER)
     assert out.get_timer() == start + 60
     world.wire.clear()
-    world.advance(60)
+    world.advance(60 - RELEASE_IDLE_AFTER)
     # RFC 6120 §4.6.1: a single space on each stream that had been silent (this world
     # has two links, a.example's and the one b.example opened for db:verify).
     assert sorted(world.wire) == [("a.example->b.example", b" ")] * 2 + [
