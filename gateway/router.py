@@ -59,6 +59,7 @@ STORE_DOWN = "the gateway's authorization store is unavailable; try again later"
 HIGH_WATER = 2_000
 LOW_WATER = 200
 OnDecided = Callable[[], None] | None
+OUTBOUND_BATCH = 512  # queued local stanzas whose authorization writes share a transaction
 
 
 class Router:
@@ -77,6 +78,7 @@ class Router:
         self._switches: dict[str, bool] | None = None
         self._switches_until = 0.0
         self._switch_refresh: asyncio.Task[None] | None = None
+        self._recorded: set[tuple[str, str]] = set()  # written ahead for the current batch
         self._bounces: set[asyncio.Task[None]] = set()
         self._pressure = False
         self._local_pressure = False
@@ -336,22 +338,61 @@ class Router:
 
     async def _outbound_worker(self) -> None:
         while True:
-            stanza, decided = await self._outbound.get()
+            batch = [await self._outbound.get()]
+            while len(batch) < OUTBOUND_BATCH and not self._outbound.empty():
+                batch.append(self._outbound.get_nowait())
+            if len(batch) > 1:
+                await self._record_ahead([stanza for stanza, _ in batch])
+            for stanza, decided in batch:
+                try:
+                    await self._handle_outbound(stanza)
+                except StoreError as exc:
+                    log_event(log, logging.WARNING, "store.unavailable", direction="outbound",
+                              peer=stanza.get("to", ""), reason=str(exc))
+                    await self._bounce_local(stanza, "internal-server-error", STORE_DOWN)
+                except Exception:
+                    log.exception("outbound routing failed")
+                    await self._bounce_local(stanza, "internal-server-error", "")
+                finally:
+                    self._outbound.task_done()
+                    if decided is not None:
+                        decided()
+            self._recorded.clear()
+            if self._input_paused:
+                self._update_local_pressure()
+
+    async def _record_ahead(self, stanzas: list[Element]) -> None:
+        """Record, in one store transaction, the authorizations a batch of queued stanzas
+        will need (outgoing subscriptions, RFC 6121 §3.1.2; GATEWAY-SPEC §3). Each stanza
+        is still routed in order and only after its write; a pair recorded here is not
+        written again. If the batch write fails, each stanza tries on its own (and is
+        bounced if that fails too), exactly as without the batch."""
+        pairs: list[tuple[str, str]] = []
+        for stanza in stanzas:
             try:
-                await self._handle_outbound(stanza)
-            except StoreError as exc:
-                log_event(log, logging.WARNING, "store.unavailable", direction="outbound",
-                          peer=stanza.get("to", ""), reason=str(exc))
-                await self._bounce_local(stanza, "internal-server-error", STORE_DOWN)
-            except Exception:
-                log.exception("outbound routing failed")
-                await self._bounce_local(stanza, "internal-server-error", "")
-            finally:
-                self._outbound.task_done()
-                if decided is not None:
-                    decided()
-                if self._input_paused:
-                    self._update_local_pressure()
+                kind = stanza_kind(stanza)
+                local_user = bare_jid(stanza.get("from", ""))
+                remote_bare = bare_jid(stanza.get("to", ""))
+            except (ValueError, JidError):
+                continue
+            enabled = self._user_enabled_now(local_user)
+            if enabled is None:
+                continue
+            partner = self.config.partner_for(remote_bare.rpartition("@")[2])
+            decision = outbound_decision(
+                kind, partner.partner_type if partner else None, user_enabled=enabled,
+                allow_unlisted=self.config.federation.allow_unlisted)
+            if decision.allowed and SideEffect.RECORD_AUTHORIZATION in decision.effects:
+                pairs.append((local_user, remote_bare))
+        if len(pairs) < 2:
+            return
+        try:
+            await self.store.allow_many(pairs, "subscription")
+        except StoreError as exc:
+            log_event(log, logging.WARNING, "store.unavailable", direction="outbound",
+                      reason=str(exc), batch=len(pairs))
+            return
+        self._recorded.update(pairs)
 
     def _route_now(self, stanza: Element) -> bool:
         """Route ``stanza`` at once if that needs no waiting: a well-formed stanza that
@@ -401,8 +442,10 @@ class Router:
         for effect in decision.effects:  # recorded before the stanza leaves (a failure
             # bounces it, so the sender knows the subscription did not go out)
             if effect is SideEffect.RECORD_AUTHORIZATION:
-                await self.store.allow(local_user, remote_bare, "subscription")
+                if (local_user, remote_bare) not in self._recorded:
+                    await self.store.allow(local_user, remote_bare, "subscription")
             elif effect is SideEffect.REVOKE_AUTHORIZATION:
+                self._recorded.discard((local_user, remote_bare))  # a later grant writes
                 await self.store.revoke(local_user, remote_bare)
         if decision.strip_status:
             stanza = strip_status(stanza)

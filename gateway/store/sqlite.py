@@ -163,6 +163,23 @@ class SqliteAuthorizationStore:
 
         return self._run("record authorization", insert)
 
+    def allow_many(self, pairs: list[tuple[str, str]], source: str = "cli") -> None:
+        """Record several authorizations in one transaction: a presence storm records
+        thousands at once, and one synchronous commit each made the store the bottleneck."""
+        now = _now()
+        rows = [(normalize_bare_jid(local), normalize_bare_jid(remote), now, source)
+                for local, remote in pairs]
+
+        def insert() -> None:
+            with self._write() as db:
+                db.executemany(
+                    "INSERT OR IGNORE INTO authorizations"
+                    " (local_user, remote_jid, granted_at, source) VALUES (?, ?, ?, ?)",
+                    rows,
+                )
+
+        self._run("record authorizations", insert)
+
     def revoke(self, local_user: str, remote_jid: str) -> bool:
         key = (normalize_bare_jid(local_user), normalize_bare_jid(remote_jid))
 

@@ -42,6 +42,19 @@ class AsyncAuthorizationStore:
     async def allow(self, local_user: str, remote_jid: str, source: str = "cli") -> bool:
         return await self._call(self.store.allow, local_user, remote_jid, source)
 
+    async def allow_many(self, pairs: list[tuple[str, str]], source: str = "cli") -> None:
+        """Several authorizations at once (one transaction where the store has one)."""
+        store = self.store
+        if hasattr(store, "allow_many"):
+            await self._call(store.allow_many, pairs, source)
+            return
+
+        def each() -> None:
+            for local_user, remote_jid in pairs:
+                store.allow(local_user, remote_jid, source)
+
+        await self._call(each)
+
     async def revoke(self, local_user: str, remote_jid: str) -> bool:
         return await self._call(self.store.revoke, local_user, remote_jid)
 

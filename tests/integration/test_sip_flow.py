@@ -349,6 +349,9 @@ async def test_presence_storm_both_ways_is_mapped_completely(sip_pair: SipPair) 
                               if s.get("type") == "subscribe"]
         await _until(lambda: len(subscribes()) >= n, 20, "every SUBSCRIBE reached XMPP")
         assert len(b.backend.notifiers) == n
+        # each outgoing subscription was recorded (in batches) before it left
+        for index in (0, n // 2, n - 1):
+            assert await b.store.is_authorized(f"w{index}@b.example", f"c{index}@a.example")
         await _until(lambda: proxy.notifies.qsize() >= n, 20, "a pending NOTIFY each")
         await proxy.drain()
         for index in range(n):
