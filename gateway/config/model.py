@@ -140,7 +140,7 @@ class SipSettings:
     # inserts its own after authenticating them (RFC 3325 §5); see docs/sip.md.
     trust_asserted_identity: bool = False
     # Flow control (docs/sip.md "Flow control"): requests outstanding at the proxy before
-    # the XMPP side is made to wait (and SIP work while 4x that wait is answered 503).
+    # the XMPP side is made to wait (and SIP work while 32x that wait is answered 503).
     max_in_flight: int = 256
     # Bytes of UDP receive buffer asked of the kernel at start (SO_RCVBUFFORCE when
     # permitted): what a burst from the proxy can hold while the gateway is busy.

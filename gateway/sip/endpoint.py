@@ -54,8 +54,11 @@ log = logging.getLogger("gateway.sip")
 TICK = 0.1
 DEFAULT_MAX_IN_FLIGHT = 256
 # Requests SIP itself causes (a NOTIFY per SUBSCRIBE) may wait behind the window up to this
-# many windows' worth before new SIP work is answered 503.
-OVERLOAD_FACTOR = 4
+# many windows' worth (8,192 requests, about 8 MiB, at the default window) before new SIP
+# work is answered 503: a storm of 5,000 watchers subscribing at once must fit, because
+# through a proxy the phones got those 503s as failures they did not retry (RFC 3261
+# §16.7: a proxy does not pass a 503 upstream as such).
+OVERLOAD_FACTOR = 32
 OnResponse = Callable[[SipResponse | None], None]
 RequestHandler = Callable[[RequestReceived], None]
 
