@@ -222,8 +222,8 @@ class Router:
         if enabled is None:
             await self._load_switches()
             enabled = self._user_enabled_now(local_user)
-        return bool(enabled) if enabled is not None else (
-            self.config.federation.users_enabled_by_default)
+        # None only if the snapshot was dropped again meanwhile (forget_cached)
+        return self.config.federation.users_enabled_by_default if enabled is None else enabled
 
     def _user_enabled_now(self, local_user: str) -> bool | None:
         """The switch from the current snapshot (None before the first one)."""
@@ -369,19 +369,10 @@ class Router:
         bounced if that fails too), exactly as without the batch."""
         pairs: list[tuple[str, str]] = []
         for stanza in stanzas:
-            try:
-                kind = stanza_kind(stanza)
-                local_user = bare_jid(stanza.get("from", ""))
-                remote_bare = bare_jid(stanza.get("to", ""))
-            except (ValueError, JidError):
+            decided = self._outbound_decision_now(stanza)
+            if decided is None:
                 continue
-            enabled = self._user_enabled_now(local_user)
-            if enabled is None:
-                continue
-            partner = self.config.partner_for(remote_bare.rpartition("@")[2])
-            decision = outbound_decision(
-                kind, partner.partner_type if partner else None, user_enabled=enabled,
-                allow_unlisted=self.config.federation.allow_unlisted)
+            local_user, remote_bare, decision = decided
             if decision.allowed and SideEffect.RECORD_AUTHORIZATION in decision.effects:
                 pairs.append((local_user, remote_bare))
         if len(pairs) < 2:
@@ -398,24 +389,35 @@ class Router:
         """Route ``stanza`` at once if that needs no waiting: a well-formed stanza that
         the contact rules allow with no store side effect, from a user whose federation
         switch is cached. False = not handled, queue it."""
-        try:
-            kind = stanza_kind(stanza)
-            local_user, remote_bare = bare_jid(stanza.get("from", "")), bare_jid(
-                stanza.get("to", ""))
-        except (ValueError, JidError):
+        decided = self._outbound_decision_now(stanza)
+        if decided is None:
             return False
-        enabled = self._user_enabled_now(local_user)
-        if enabled is None:
-            return False
-        remote = remote_bare.rpartition("@")[2]
-        partner = self.config.partner_for(remote)
-        decision = outbound_decision(
-            kind, partner.partner_type if partner else None, user_enabled=enabled,
-            allow_unlisted=self.config.federation.allow_unlisted)
+        decision = decided[2]
         if not decision.allowed or decision.effects:
             return False
         self._send_xmpp(strip_status(stanza) if decision.strip_status else stanza)
         return True
+
+    def _outbound_decision_now(self, stanza: Element) -> tuple[str, str, Any] | None:
+        """(local user, remote bare JID, contact-rules decision) of a local user's stanza
+        without waiting: None when it is malformed or no switch snapshot is loaded yet
+        (the outbound worker then decides, and answers what is malformed)."""
+        try:
+            kind = stanza_kind(stanza)
+            local_user = bare_jid(stanza.get("from", ""))
+            remote_bare = bare_jid(stanza.get("to", ""))
+        except (ValueError, JidError):
+            return None
+        enabled = self._user_enabled_now(local_user)
+        if enabled is None:
+            return None
+        return local_user, remote_bare, self._outbound_decision(kind, remote_bare, enabled)
+
+    def _outbound_decision(self, kind: Any, remote_bare: str, enabled: bool) -> Any:
+        partner = self.config.partner_for(remote_bare.rpartition("@")[2])
+        return outbound_decision(
+            kind, partner.partner_type if partner else None, user_enabled=enabled,
+            allow_unlisted=self.config.federation.allow_unlisted)
 
     async def _handle_outbound(self, stanza: Element) -> None:
         try:
@@ -426,11 +428,8 @@ class Router:
             await self._bounce_local(stanza, "bad-request", str(exc))
             return
         remote = remote_bare.rpartition("@")[2]
-        partner = self.config.partner_for(remote)
         enabled = await self._user_enabled(local_user)
-        decision = outbound_decision(
-            kind, partner.partner_type if partner else None, user_enabled=enabled,
-            allow_unlisted=self.config.federation.allow_unlisted)
+        decision = self._outbound_decision(kind, remote_bare, enabled)
         if not decision.allowed:
             log_event(log, logging.INFO, "contact.refused", direction="outbound", peer=remote,
                       sender=local_user, recipient=remote_bare, kind=str(kind),

@@ -36,11 +36,12 @@ from xml.etree.ElementTree import Element
 from gateway.backend import DeliveryError, StanzaSink
 from gateway.logs import log_event
 from gateway.sip import tls as sip_tls
-from gateway.sip.addresses import AddressError, parse_jid, parse_sip_uri
+from gateway.sip.addresses import AddressError, parse_jid
 from gateway.sip.endpoint import DEFAULT_MAX_IN_FLIGHT, SipEndpoint
 from gateway.sip.message import NameAddr, SipResponse, new_tag
 from gateway.sip.messaging import MessageRelay
 from gateway.sip.notifying import MIN_EXPIRES, XmppPresenceNotifier
+from gateway.sip.parties import sip_address
 from gateway.sip.stanzas import IQ, MESSAGE, PRESENCE, error_condition
 from gateway.sip.transaction import RequestReceived
 from gateway.sip.trust import RefusalLogBudget, SourceTrust, resolve_addresses
@@ -217,9 +218,9 @@ class SipBackend:
 
     async def _trust_proxy(self) -> None:
         """Requests are accepted from the proxy's addresses and ``trusted_sources`` only.
-        Over UDP our requests go to (and responses must come from) the first address, so
-        a name in ``proxy_host`` is resolved once here."""
-        host, port = self.transport.proxy
+        (Where our own requests go over UDP, and so where their responses must come from,
+        the transport resolves itself, in its socket's address family.)"""
+        host = self.transport.proxy[0]
         try:
             addresses = await resolve_addresses(host)
         except OSError as exc:
@@ -227,8 +228,6 @@ class SipBackend:
             log_event(log, logging.WARNING, "sip.proxy_unresolved", proxy=host,
                       reason=str(exc), trusted=",".join(self.trusted_sources) or "nobody")
         self.transport.set_trust(SourceTrust.build(addresses, self.trusted_sources))
-        if addresses and self.transport.kind == "udp":
-            self.transport.proxy = (addresses[0], port)
 
     async def update_trust(self, settings: Any) -> None:
         """Reload: new ``trusted_sources``/``trust_asserted_identity`` apply at once (the
@@ -335,7 +334,7 @@ class SipBackend:
         overloaded = self.endpoint.overloaded
         if not overloaded and self._router is not None and event.flow[0] == "udp":
             try:
-                domain = parse_sip_uri(event.request.uri).host
+                domain = sip_address(event.request.uri).host
             except AddressError:
                 domain = ""
             overloaded = self._router.xmpp_congested(domain)

@@ -17,6 +17,7 @@ In-dialog requests are built here so both kinds follow the same RFC 3261 §12.2.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from gateway.sip.message import NameAddr, SipRequest, Via, new_branch
 from gateway.sip.pidf import UNAVAILABLE, PresenceState
@@ -62,6 +63,10 @@ class WatchDialog(Dialog):
     state: PresenceState = UNAVAILABLE
     refreshing: bool = False
 
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.xmpp_watcher, self.sip_user)
+
 
 @dataclass(slots=True)
 class NotifierDialog(Dialog):
@@ -71,6 +76,10 @@ class NotifierDialog(Dialog):
     xmpp_contact: str = ""
     active: bool = False  # the XMPP contact approved ('subscribed')
     expires_in: int = 3600
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.sip_watcher, self.xmpp_contact)
 
 
 def subscription_state(value: str) -> tuple[str, dict[str, str]]:
@@ -89,3 +98,27 @@ def header_int(value: str | None, default: int) -> int:
     if value is None or not value.strip().isdigit():
         return default
     return int(value.strip())
+
+
+DialogT = TypeVar("DialogT", WatchDialog, NotifierDialog)
+
+
+def live_dialog(by_call_id: dict[str, DialogT], live: dict[tuple[str, str], DialogT],
+                call_id: str, local_tag: str) -> DialogT | None:
+    """The live dialog with this Call-ID and our tag, if any (RFC 3261 §12.2.2): the
+    Call-ID index keeps entries of ended dialogs until they are looked up or purged."""
+    dialog = by_call_id.get(call_id)
+    if dialog is None or dialog.local.tag != local_tag:
+        return None
+    if live.get(dialog.key) is not dialog:
+        del by_call_id[call_id]
+        return None
+    return dialog
+
+
+def purge_ended(by_call_id: dict[str, DialogT],
+                live: dict[tuple[str, str], DialogT]) -> None:
+    """Forget the Call-ID index entries of dialogs that ended."""
+    for call_id, dialog in list(by_call_id.items()):
+        if live.get(dialog.key) is not dialog:
+            del by_call_id[call_id]

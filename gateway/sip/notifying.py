@@ -16,7 +16,7 @@ from xml.etree.ElementTree import Element
 
 from gateway.logs import log_event
 from gateway.sip.addresses import jid_to_sip, parse_jid
-from gateway.sip.dialogs import NotifierDialog, header_int
+from gateway.sip.dialogs import NotifierDialog, header_int, live_dialog, purge_ended
 from gateway.sip.endpoint import SipEndpoint
 from gateway.sip.message import NameAddr, SipResponse, new_tag, parse_name_addr
 from gateway.sip.messaging import refuse
@@ -136,18 +136,10 @@ class XmppPresenceNotifier:
         self.notify(dialog)
         self.to_xmpp(presence(watcher, contact, "subscribe"), None)
 
-    def current(self, call_id: str, local_tag: str) -> NotifierDialog | None:
-        dialog = self.by_call_id.get(call_id)
-        if dialog is None or dialog.local.tag != local_tag:
-            return None
-        if self.notifiers.get((dialog.sip_watcher, dialog.xmpp_contact)) is not dialog:
-            del self.by_call_id[call_id]
-            return None
-        return dialog
-
     def _refresh(self, event: RequestReceived, expires: int) -> None:
         request = event.request
-        dialog = self.current(request.call_id, request.to.tag)
+        dialog = live_dialog(self.by_call_id, self.notifiers, request.call_id,
+                             request.to.tag)
         if dialog is None:
             self.endpoint.reply(event, 481)
             return
@@ -198,8 +190,7 @@ class XmppPresenceNotifier:
             if dialog.expires_at and now >= dialog.expires_at:
                 del self.notifiers[key]
                 self.notify(dialog, terminated="timeout")
-        for call_id, dialog in list(self.by_call_id.items()):
-            self.current(call_id, dialog.local.tag)
+        purge_ended(self.by_call_id, self.notifiers)
 
     def stop(self) -> None:
         """RFC 6665 §4.4.1 ``deactivated``: the watcher may re-subscribe at once, i.e. to

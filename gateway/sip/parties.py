@@ -38,14 +38,14 @@ def request_parties(request: SipRequest, served: Collection[str], *,
     sender instead of ``From``; call it so only for requests from trusted sources (the
     transport admits nothing else), and the ``From`` must still be in a served domain."""
     try:
-        sender = _sip_address(request.from_.uri)
-        recipient = _sip_address(request.uri)
+        sender = sip_address(request.from_.uri)
+        recipient = sip_address(request.uri)
         asserted = asserted_sender(request) if trust_asserted_identity else None
         if asserted is not None:
             if sender.host not in served:
                 raise Refused(403, f"sender domain {sender.host} is not served by this "
                                    "gateway")
-            sender = _sip_address(asserted)
+            sender = sip_address(asserted)
     except (AddressError, SipParseError) as exc:
         raise Refused(400, str(exc)) from None
     if sender.host not in served:
@@ -61,7 +61,8 @@ def request_parties(request: SipRequest, served: Collection[str], *,
 # The same users talk again and again: the URI parsing and XEP-0106 escaping of an
 # address are done once per address, not once per request (bounded caches).
 @lru_cache(maxsize=16384)
-def _sip_address(uri: str) -> SipAddress:
+def sip_address(uri: str) -> SipAddress:
+    """:func:`parse_sip_uri`, remembered per URI."""
     return parse_sip_uri(uri)
 
 

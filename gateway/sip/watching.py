@@ -23,7 +23,13 @@ from xml.etree.ElementTree import Element
 
 from gateway.logs import log_event
 from gateway.sip.addresses import jid_to_sip, parse_jid
-from gateway.sip.dialogs import WatchDialog, header_int, subscription_state
+from gateway.sip.dialogs import (
+    WatchDialog,
+    header_int,
+    live_dialog,
+    purge_ended,
+    subscription_state,
+)
 from gateway.sip.endpoint import SipEndpoint
 from gateway.sip.errors import xmpp_condition_for
 from gateway.sip.message import NameAddr, SipResponse, new_call_id, new_tag, parse_name_addr
@@ -196,19 +202,9 @@ class SipPresenceWatches:
 
     # ------------------------------------------------------------------ NOTIFY
 
-    def current(self, call_id: str, local_tag: str) -> WatchDialog | None:
-        """The live dialog with this Call-ID and our tag, if any (RFC 3261 §12.2.2)."""
-        dialog = self.by_call_id.get(call_id)
-        if dialog is None or dialog.local.tag != local_tag:
-            return None
-        if self.watches.get((dialog.xmpp_watcher, dialog.sip_user)) is not dialog:
-            del self.by_call_id[call_id]
-            return None
-        return dialog
-
     def incoming_notify(self, event: RequestReceived) -> None:
         request = event.request
-        dialog = self.current(request.call_id, request.to.tag)
+        dialog = live_dialog(self.by_call_id, self.watches, request.call_id, request.to.tag)
         if dialog is None:
             self.endpoint.reply(event, 481)
             return
@@ -263,8 +259,7 @@ class SipPresenceWatches:
                     and dialog.expires_at - now < margin):
                 dialog.refreshing = True
                 self._send_subscribe(dialog, expires=self.expires)
-        for call_id, dialog in list(self.by_call_id.items()):
-            self.current(call_id, dialog.local.tag)
+        purge_ended(self.by_call_id, self.watches)
 
     def stop(self) -> None:
         """Unsubscribe (Expires: 0) everywhere we are subscribed."""
