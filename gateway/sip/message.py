@@ -145,6 +145,10 @@ class SipMessage:
     # writes the real length instead, so that one must be left out.
     _has_length: bool = field(default=False, repr=False, compare=False, kw_only=True)
     _branch: str | None = field(default=None, repr=False, compare=False, kw_only=True)
+    # The long-form key of each entry of ``headers`` (set by the parser; None once the
+    # headers change): answering a request copies five of them without normalising
+    # every name again.
+    _keys: list[str] | None = field(default=None, repr=False, compare=False, kw_only=True)
 
     def _lookup(self) -> dict[str, str]:
         index = self._index
@@ -173,6 +177,7 @@ class SipMessage:
 
     def add(self, name: str, value: str) -> None:
         self.headers.append((canonical_name(name), value))
+        self._keys = None
         key = header_key(name)
         if self._index is not None:
             self._index.setdefault(key, value)
@@ -182,6 +187,7 @@ class SipMessage:
     def remove(self, name: str) -> None:
         key = header_key(name)
         self.headers = [(h, v) for h, v in self.headers if header_key(h) != key]
+        self._keys = None
         if key == "content-length":
             self._has_length = False
         if key == "via":
@@ -442,6 +448,7 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipRespo
     if len(lines) > MAX_HEADERS + 1:
         raise SipParseError("too many header fields", 413)
     parsed_headers: list[tuple[str, str]] = []
+    header_keys: list[str] = []
     index: dict[str, str] = {}
     keys = _KEYS
     for position in range(1, len(lines)):
@@ -453,6 +460,7 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipRespo
         value = value.strip(" \t")  # LWS only (§7.3.1)
         parsed_headers.append((name, value))
         key = keys.get(name) or header_key(name)
+        header_keys.append(key)
         if key not in index:
             index[key] = value
     message: SipRequest | SipResponse
@@ -462,13 +470,13 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipRespo
         if version != "SIP/2.0" or not code.isdigit() or not 100 <= int(code) <= 699:
             raise SipParseError(f"bad status line {start[:60]!r}", 0)
         message = SipResponse(parsed_headers, b"", int(code), reason, _index=index,
-                              _has_length="content-length" in index)
+                              _has_length="content-length" in index, _keys=header_keys)
     else:
         parts = start.split(" ")
         if len(parts) != 3 or parts[2] != "SIP/2.0" or not parts[0].isalpha():
             raise SipParseError(f"bad request line {start[:60]!r}")
         message = SipRequest(parsed_headers, b"", parts[0].upper(), parts[1], _index=index,
-                             _has_length="content-length" in index)
+                             _has_length="content-length" in index, _keys=header_keys)
     rest = data[head_end + separator:]
     length_text = index.get("content-length")
     if length_text is None:
@@ -558,18 +566,40 @@ def make_response(request: SipRequest, status: int, reason: str | None = None,
                   *, to_tag: str = "") -> SipResponse:
     """A response to ``request`` (RFC 3261 §8.2.6.2): Via, From, Call-ID, CSeq copied,
     To copied with our tag added when the request had none."""
-    copied: list[tuple[str, str]] = []
+    headers = request.headers
+    keys = request._keys or [header_key(header) for header, _ in headers]
     names = _RESPONSE_NAMES
-    for header, value in request.headers:  # one pass; Via order is kept (§8.2.6.2)
-        spelled = names.get(header_key(header))
-        if spelled is not None:
-            copied.append((spelled, value))
-    response = SipResponse(copied, b"", status, reason or REASONS.get(status, "Unknown"))
+    # one pass; Via order is kept (§8.2.6.2)
+    copied = [(names[key], pair[1]) for key, pair in zip(keys, headers, strict=True)
+              if key in names]
     if to_tag and status > 100:
-        to = request.to
-        if not to.tag:
-            response.set("to", str(to.with_tag(to_tag)))
-    return response
+        for position, (name, value) in enumerate(copied):
+            if name == "To":
+                copied[position] = (name, _with_tag(value, to_tag))
+                break
+    return SipResponse(copied, b"", status, reason or REASONS.get(status, "Unknown"))
+
+
+_TAG_PARAM = re.compile(r";[ \t]*tag[ \t]*=", re.IGNORECASE)
+
+
+def _with_tag(to: str, tag: str) -> str:
+    """``to`` (a To value) with ``;tag=`` appended, unless it has a tag already: "the To
+    header field in the response MUST equal the To header field in the request" with our
+    tag added (§8.2.6.2), so the rest is kept as the request spelled it. A ``tag`` inside
+    the ``<URI>`` is a URI parameter, not the header's tag."""
+    if not to:
+        raise SipParseError("empty address header")
+    if "<" in to:
+        _, _, rest = to.partition("<")
+        _, closing, params = rest.partition(">")
+        if not closing:
+            raise SipParseError(f"unterminated '<' in {to!r}")
+    else:
+        _, _, params = to.partition(";")
+    if _TAG_PARAM.search(";" + params if "<" not in to else params) is not None:
+        return to
+    return f"{to};tag={tag}"
 
 
 _RESPONSE_NAMES = {"via": "Via", "from": "From", "to": "To", "call-id": "Call-ID",

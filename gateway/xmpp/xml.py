@@ -10,6 +10,7 @@ stanza, so it is a small recursive function with no intermediate tree copies.
 
 from __future__ import annotations
 
+import re
 from xml.etree.ElementTree import Element
 
 from gateway.xmpp.namespaces import NS_DIALBACK, NS_SERVER, NS_STREAMS, NS_XML, PREFIXES
@@ -31,11 +32,22 @@ _ATTR_ESCAPES = str.maketrans(
 )
 
 
+# ``str.translate`` with a mapping looks every character up in a dict (about 0.8 µs for a
+# JID); almost every value needs no escaping at all, which one regex search tells at C
+# speed (0.1 µs). This runs several times per relayed stanza.
+_TEXT_SPECIAL = re.compile(r"[&<>]")
+_ATTR_SPECIAL = re.compile(r"[&<>\"'\n\r\t]")
+
+
 def escape_text(text: str) -> str:
+    if _TEXT_SPECIAL.search(text) is None:
+        return text
     return text.translate(_TEXT_ESCAPES)
 
 
 def escape_attr(value: str) -> str:
+    if _ATTR_SPECIAL.search(value) is None:
+        return value
     return value.translate(_ATTR_ESCAPES)
 
 
@@ -79,11 +91,11 @@ def _write(element: Element, default_ns: str, out: list[str]) -> None:
     else:
         out.append(">")
         if text:
-            out.append(text.translate(_TEXT_ESCAPES))
+            out.append(escape_text(text))
         for child in element:
             _write(child, child_default, out)
             if child.tail:
-                out.append(child.tail.translate(_TEXT_ESCAPES))
+                out.append(escape_text(child.tail))
         out.append(f"</{name}>")
 
 

@@ -74,6 +74,16 @@ def test_namespaced_attribute_gets_a_private_prefix() -> None:
 def test_escaping() -> None:
     assert escape_text("a<b>&c\"'") == "a&lt;b&gt;&amp;c\"'"
     assert escape_attr("a<b>&c\"'\n\t\r") == "a&lt;b&gt;&amp;c&quot;&apos;&#10;&#9;&#13;"
+    # each special character alone, and values needing nothing (returned as they are)
+    for char, escaped in {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;",
+                          "'": "&apos;", "\n": "&#10;", "\r": "&#13;", "\t": "&#9;"}.items():
+        assert escape_attr(f"x{char}y") == f"x{escaped}y"
+        if char in "&<>":
+            assert escape_text(f"x{char}y") == f"x{escaped}y"
+        else:
+            assert escape_text(f"x{char}y") == f"x{char}y"
+    assert escape_attr("user@a.example/r") == "user@a.example/r"
+    assert escape_text("") == ""
     message = Element("{jabber:server}message", {"to": "\"q\"\n"})
     SubElement(message, "{jabber:server}body").text = "1 < 2 && ]]> done"
     data = serialize(message)

@@ -208,6 +208,36 @@ def test_make_response_copies_what_rfc3261_says() -> None:
     assert make_response(tagged, 200, to_tag="new").to.tag == "keep"
 
 
+@pytest.mark.parametrize(("to", "expected"), [
+    # §8.2.6.2: the request's To, as spelled, with our tag added
+    ("Bob <sip:b@xmpp.example>", "Bob <sip:b@xmpp.example>;tag=new"),
+    ('"Bob" <sip:b@xmpp.example>;x=1', '"Bob" <sip:b@xmpp.example>;x=1;tag=new'),
+    ("sip:b@xmpp.example", "sip:b@xmpp.example;tag=new"),
+    # a tag already there stays, whatever its spelling
+    ("<sip:b@xmpp.example>; TAG = old", "<sip:b@xmpp.example>; TAG = old"),
+    ("sip:b@xmpp.example;tag=old", "sip:b@xmpp.example;tag=old"),
+    # a tag parameter inside the URI is the URI's, not the header's
+    ("<sip:b@xmpp.example;tag=uri>", "<sip:b@xmpp.example;tag=uri>;tag=new"),
+])
+def test_make_response_tags_the_to_it_copies(to: str, expected: str) -> None:
+    request = parse_message(request_bytes())
+    assert isinstance(request, SipRequest)
+    request.set("to", to)
+    for fresh in (request, parse_message(request.serialize())):  # built and parsed
+        assert isinstance(fresh, SipRequest)
+        response = make_response(fresh, 202, to_tag="new")
+        assert response.get_all("to") == [expected]
+        assert make_response(fresh, 100, to_tag="new").get_all("to") == [to]
+
+
+def test_make_response_refuses_an_unterminated_to() -> None:
+    request = parse_message(request_bytes())
+    assert isinstance(request, SipRequest)
+    request.set("to", "<sip:b@xmpp.example")
+    with pytest.raises(SipParseError):
+        make_response(request, 202, to_tag="new")
+
+
 # ---------------------------------------------------------------------- framing
 
 
