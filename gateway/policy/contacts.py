@@ -49,6 +49,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cache
 from xml.etree.ElementTree import Element
 
 from gateway.config.model import PartnerType
@@ -195,6 +196,7 @@ def _uniform_refusal(kind: StanzaKind, reason: str) -> ContactDecision:
     return ContactDecision(False, reason, refusal=Refusal.IGNORE)
 
 
+@cache  # pure over a small finite domain (kinds, partner types, flags) and runs per stanza
 def inbound_decision(
     kind: StanzaKind,
     partner_type: PartnerType | None,
@@ -230,6 +232,7 @@ def inbound_decision(
     return ContactDecision(True, f"{kind} from {effective} partner{authorization}{unlisted_note}")
 
 
+@cache  # pure over a small finite domain (kinds, partner types, flags) and runs per stanza
 def outbound_decision(
     kind: StanzaKind,
     partner_type: PartnerType | None,
