@@ -70,6 +70,10 @@ class SipParseError(ValueError):
 _KEYS: dict[str, str] = {}
 _NAMES: dict[str, str] = {}
 _NAME_CACHE_LIMIT = 4096  # names come from the network: never let the caches grow unbounded
+# Header names as they appeared on the wire that passed the parser's check (a token, no
+# whitespace), with their keys: the same dozen names arrive in every message, so each is
+# checked and normalised once, not per line.
+_VALID_NAMES: dict[str, str] = {}
 
 
 def header_key(name: str) -> str:
@@ -450,16 +454,20 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipRespo
     parsed_headers: list[tuple[str, str]] = []
     header_keys: list[str] = []
     index: dict[str, str] = {}
-    keys = _KEYS
+    valid = _VALID_NAMES
     for position in range(1, len(lines)):
         line = lines[position]
         name, colon, value = line.partition(":")
-        name = name.strip(" \t")
-        if not colon or not name or " " in name or "\t" in name:
-            raise SipParseError(f"malformed header line {line[:60]!r}")
+        key = valid.get(name)
+        if key is None or not colon:
+            name = name.strip(" \t")
+            if not colon or not name or " " in name or "\t" in name:
+                raise SipParseError(f"malformed header line {line[:60]!r}")
+            key = header_key(name)
+            if len(valid) < _NAME_CACHE_LIMIT:
+                valid[name] = key
         value = value.strip(" \t")  # LWS only (§7.3.1)
         parsed_headers.append((name, value))
-        key = keys.get(name) or header_key(name)
         header_keys.append(key)
         if key not in index:
             index[key] = value
