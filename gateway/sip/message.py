@@ -244,6 +244,11 @@ class SipMessage:
         return parse_name_addr(self._lookup().get("from") or "")
 
     @property
+    def from_uri(self) -> str:
+        """The URI of ``From`` (:func:`address_uri`)."""
+        return address_uri(self._lookup().get("from") or "")
+
+    @property
     def to(self) -> NameAddr:
         return parse_name_addr(self._lookup().get("to") or "")
 
@@ -346,6 +351,20 @@ def parse_name_addr(value: str) -> NameAddr:
     # addr-spec form: parameters after the URI belong to the header (§20.10).
     uri, _, params = text.partition(";")
     return NameAddr(uri.strip(), "", _params(params))
+
+
+def address_uri(value: str) -> str:
+    """``parse_name_addr(value).uri`` without building the display name and parameters:
+    all that naming the sender of a request needs, once per relayed message."""
+    text = value.strip()
+    if not text:
+        raise SipParseError("empty address header")
+    if "<" in text:
+        uri, closing, _ = text.partition("<")[2].partition(">")
+        if not closing:
+            raise SipParseError(f"unterminated '<' in {value!r}")
+        return uri.strip()
+    return text.partition(";")[0].strip()
 
 
 def parse_via(value: str) -> Via:

@@ -38,7 +38,7 @@ def request_parties(request: SipRequest, served: Collection[str], *,
     sender instead of ``From``; call it so only for requests from trusted sources (the
     transport admits nothing else), and the ``From`` must still be in a served domain."""
     try:
-        sender = sip_address(request.from_.uri)
+        sender = sip_address(request.from_uri)
         recipient = sip_address(request.uri)
         asserted = asserted_sender(request) if trust_asserted_identity else None
         if asserted is not None:

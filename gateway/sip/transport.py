@@ -90,7 +90,7 @@ class _UdpEndpoint:
             except OSError as exc:  # ICMP errors reported on the socket, e.g. refused
                 log_event(log, logging.DEBUG, "sip.udp_error", reason=str(exc))
                 continue
-            if not data.strip(b"\r\n"):  # bare CRLF = keep-alive ping (RFC 5626 §4.4.1)
+            if data[:1] in b"\r\n" and not data.strip(b"\r\n"):  # keep-alive (RFC 5626 §4.4.1)
                 continue
             peer = addr[:2]
             if not admits(peer[0]):

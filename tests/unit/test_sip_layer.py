@@ -16,6 +16,7 @@ from gateway.sip.message import (
     SipRequest,
     SipResponse,
     StreamDeframer,
+    address_uri,
     make_response,
     parse_message,
     parse_name_addr,
@@ -228,6 +229,19 @@ def test_make_response_tags_the_to_it_copies(to: str, expected: str) -> None:
         response = make_response(fresh, 202, to_tag="new")
         assert response.get_all("to") == [expected]
         assert make_response(fresh, 100, to_tag="new").get_all("to") == [to]
+
+
+@pytest.mark.parametrize("value", [
+    "<sip:a@b>", ' "Al <x>" <sip:a@b;transport=tcp>;tag=1', "sip:a@b;tag=2", "Al<sip:a@b>",
+    "sips:a@b", "<sip:a@b> ;tag=3", "", "  ", "<sip:a@b", "tel:+123;x=y"])
+def test_address_uri_is_the_uri_parse_name_addr_finds(value: str) -> None:
+    try:
+        expected = parse_name_addr(value).uri
+    except SipParseError:
+        with pytest.raises(SipParseError):
+            address_uri(value)
+        return
+    assert address_uri(value) == expected
 
 
 def test_make_response_refuses_an_unterminated_to() -> None:
