@@ -34,11 +34,11 @@ from gateway.sip.message import (
     SipParseError,
     SipRequest,
     SipResponse,
-    make_response,
     new_branch,
     new_call_id,
     new_tag,
     parse_message,
+    response_wire,
 )
 from gateway.sip.transaction import (
     RequestReceived,
@@ -175,10 +175,9 @@ class SipEndpoint:
 
     def reply(self, event: RequestReceived, status: int, reason: str | None = None, *,
               to_tag: str = "", headers: Iterable[tuple[str, str]] = ()) -> None:
-        response = make_response(event.request, status, reason, to_tag=to_tag or new_tag())
-        for name, value in headers:
-            response.add(name, value)
-        self.layer.respond(event.transaction, response, time.monotonic())
+        wire = response_wire(event.request, status, reason, to_tag=to_tag or new_tag(),
+                             extra=headers)
+        self.layer.respond_wire(event.transaction, status, wire, time.monotonic())
         self._flush()
 
     def new_request(self, method: str, uri: str, sender: NameAddr | str,

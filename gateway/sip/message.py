@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 MAX_HEADER_BYTES = 16 * 1024
@@ -593,10 +594,29 @@ def make_response(request: SipRequest, status: int, reason: str | None = None,
                   *, to_tag: str = "") -> SipResponse:
     """A response to ``request`` (RFC 3261 §8.2.6.2): Via, From, Call-ID, CSeq copied,
     To copied with our tag added when the request had none."""
+    return SipResponse(_response_headers(request, status, to_tag), b"", status,
+                       reason or REASONS.get(status, "Unknown"))
+
+
+def response_wire(request: SipRequest, status: int, reason: str | None = None, *,
+                  to_tag: str = "", extra: Iterable[tuple[str, str]] = ()) -> bytes:
+    """``make_response(...)`` with ``extra`` headers added, serialised, without building
+    the response object: the bytes of every answer the gateway gives a request (a 202
+    per relayed MESSAGE)."""
+    lines = [f"SIP/2.0 {status} {reason or REASONS.get(status, 'Unknown')}\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in _response_headers(request, status,
+                                                                        to_tag)]
+    lines += [f"{canonical_name(name)}: {value}\r\n" for name, value in extra]
+    lines.append("Content-Length: 0\r\n\r\n")
+    return "".join(lines).encode()
+
+
+def _response_headers(request: SipRequest, status: int, to_tag: str) -> list[tuple[str, str]]:
+    """The header fields a response copies from its request, in order (Via order is kept,
+    §8.2.6.2), the To tagged when ``to_tag`` is given and the response is not a 100."""
     headers = request.headers
     keys = request._keys or [header_key(header) for header, _ in headers]
     names = _RESPONSE_NAMES
-    # one pass; Via order is kept (§8.2.6.2)
     copied = [(names[key], pair[1]) for key, pair in zip(keys, headers, strict=True)
               if key in names]
     if to_tag and status > 100:
@@ -604,7 +624,7 @@ def make_response(request: SipRequest, status: int, reason: str | None = None,
             if name == "To":
                 copied[position] = (name, _with_tag(value, to_tag))
                 break
-    return SipResponse(copied, b"", status, reason or REASONS.get(status, "Unknown"))
+    return copied
 
 
 _TAG_PARAM = re.compile(r";[ \t]*tag[ \t]*=", re.IGNORECASE)

@@ -184,13 +184,17 @@ class TransactionLayer:
     def respond(self, transaction: tuple[str, str, str], response: SipResponse,
                 now: float) -> bool:
         """Send ``response`` in a server transaction; False if the transaction is gone."""
+        return self.respond_wire(transaction, response.status, response.serialize(), now)
+
+    def respond_wire(self, transaction: tuple[str, str, str], status: int, wire: bytes,
+                     now: float) -> bool:
+        """:meth:`respond` with the response already serialised (``status`` its code)."""
         txn = self.servers.get(transaction)
         if txn is None or txn.expires is not None:
             return False
-        wire = response.serialize()
         txn.last_response = wire
         self.outbox.append((txn.flow, wire))
-        if response.status >= 200:
+        if status >= 200:
             if self.reliable:
                 del self.servers[transaction]
             else:

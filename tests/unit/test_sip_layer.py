@@ -21,6 +21,7 @@ from gateway.sip.message import (
     parse_message,
     parse_name_addr,
     parse_via,
+    response_wire,
     split_values,
 )
 from gateway.sip.transaction import (
@@ -242,6 +243,22 @@ def test_address_uri_is_the_uri_parse_name_addr_finds(value: str) -> None:
             address_uri(value)
         return
     assert address_uri(value) == expected
+
+
+@pytest.mark.parametrize("status", [100, 202, 415, 503])
+@pytest.mark.parametrize("built", [False, True])
+def test_response_wire_is_the_serialised_make_response(status: int, built: bool) -> None:
+    request = parse_message(MESSAGE)
+    assert isinstance(request, SipRequest)
+    if built:  # a request changed after parsing has no header keys kept
+        request.set("to", "Bob <sip:b@xmpp.example>")
+    extra = [("accept", "text/plain"), ("Retry-After", "1")]
+    response = make_response(request, status, to_tag="t1")
+    for name, value in extra:
+        response.add(name, value)
+    assert response_wire(request, status, to_tag="t1", extra=extra) == response.serialize()
+    assert response_wire(request, status, "Custom") == make_response(
+        request, status, "Custom").serialize()
 
 
 def test_make_response_refuses_an_unterminated_to() -> None:
