@@ -77,11 +77,16 @@ class _UdpEndpoint:
         self.sock = sock
         self.loop = asyncio.get_running_loop()
         self.backlog: deque[tuple[bytes, tuple[str, int]]] = deque()
+        # Trusted source address -> its flow and peer, made once: every datagram from
+        # the proxy comes from the same address, and each server transaction keeps its
+        # flow for Timer J (bounded like the trust verdicts; cleared on reload).
+        self.flows: dict[Any, tuple[Flow, tuple[str, int]]] = {}
         self.loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
         owner = self.owner
         recvfrom, on_message, admits = self.sock.recvfrom, owner.on_message, owner.admits
+        flows = self.flows
         for _ in range(UDP_BATCH):
             try:
                 data, addr = recvfrom(UDP_MAX_DATAGRAM)
@@ -92,11 +97,16 @@ class _UdpEndpoint:
                 continue
             if data[:1] in b"\r\n" and not data.strip(b"\r\n"):  # keep-alive (RFC 5626 §4.4.1)
                 continue
-            peer = addr[:2]
-            if not admits(peer[0]):
-                owner.refuse(data, peer, "source not trusted", self.sendto, None)
-                continue
-            on_message(data, ("udp", peer), peer)
+            known = flows.get(addr)
+            if known is None:
+                peer = addr[:2]
+                if not admits(peer[0]):
+                    owner.refuse(data, peer, "source not trusted", self.sendto, None)
+                    continue
+                if len(flows) >= VERDICT_CACHE_LIMIT:
+                    flows.clear()
+                known = flows[addr] = (("udp", peer), peer)
+            on_message(data, known[0], known[1])
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         if not self.backlog:
@@ -235,6 +245,8 @@ class SipTransport:
     def set_trust(self, trust: SourceTrust | None) -> None:
         self.trust = trust
         self._verdicts.clear()
+        if self._udp is not None:
+            self._udp.flows.clear()  # admitted under the old trust: ask again
 
     def admits(self, ip: str) -> bool:
         """Whether requests from ``ip`` are accepted (remembered per address: this is

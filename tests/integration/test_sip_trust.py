@@ -233,6 +233,32 @@ async def test_trusted_sources_admit_a_proxy_pool() -> None:
         assert recorder.queue.empty() and untrusted_count(metrics, "source") == 1
 
 
+async def test_a_source_no_longer_trusted_after_a_reload_is_refused() -> None:
+    """The UDP reader remembers each admitted source's flow: a reload that narrows
+    ``trusted_sources`` must forget them, so the very same address and port is asked
+    again (and refused)."""
+    async with sip_backend(trusted_sources=("127.0.0.33",)) as (backend, recorder, metrics):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.33", 0))
+        sock.setblocking(False)
+        source = sock.getsockname()
+        loop = asyncio.get_running_loop()
+
+        async def exchange() -> int:
+            await loop.sock_sendto(sock, spoofed("MESSAGE", "udp", source),
+                                   backend.transport.local)
+            return status_of(await asyncio.wait_for(loop.sock_recv(sock, 65535), 5))
+
+        try:
+            assert await exchange() == 202
+            assert (await recorder.next()).get("from") == "ceo@sip.example/sip"
+            await backend.update_trust(SipSettings(backend="sip", trusted_sources=()))
+            assert await exchange() == 403
+            assert recorder.queue.empty() and untrusted_count(metrics, "source") == 1
+        finally:
+            sock.close()
+
+
 # ---------------------------------------------------------------------- mutual TLS
 
 
