@@ -197,7 +197,12 @@ def run_path(world: RelayWorld, path: RelayPath, n: int, rate: float, sizes: Siz
             world.child("bench.relay_xmpp", "sink", *path.sink, "user", limit + 30)
             if path.sink else world.child("bench.sip_sink", GW, KAMAILIO_PORT, "user",
                                           "gw.example", 0, limit + 30, "--control"))
-        sink.line(30)
+        ready = sink.line(30)
+        if path.sink is None and ready.get("bindings") != 1:
+            # Kamailio forks every MESSAGE to each binding of the user: a binding left by
+            # an earlier sink would add a dead branch per message to what is measured.
+            raise RuntimeError(f"SIP sink: {ready.get('bindings')} bindings for "
+                               "user@gw.example, 1 expected (a stale registration)")
         if path.writer is not None:
             writer = children.enter_context(world.child(
                 "bench.relay_xmpp", "write", *path.writer, "writer", path.recipient, n, rate,

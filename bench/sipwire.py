@@ -83,9 +83,13 @@ def udp_socket(host: str, *, buffer: int = 8 * 1024 * 1024) -> socket.socket:
 
 
 def register(sock: socket.socket, proxy: tuple[str, int], user: str, domain: str,
-             expires: int = 600, timeout: float = 5.0) -> int:
+             expires: int = 600, timeout: float = 5.0) -> tuple[int, int]:
     """REGISTER ``user@domain`` with this socket's address as Contact (RFC 3261 §10);
-    the final status (0 when nothing came back in ``timeout``)."""
+    ``expires=0`` removes that binding again (§10.2.2). Returns the final status (0 when
+    nothing came back in ``timeout``) and how many bindings the AoR has now: the 200 lists
+    every current Contact (§10.3 step 8). A registrar forks a request to all of them
+    (Kamailio's ``lookup`` + ``t_relay``), so a stale binding left by an earlier UA costs
+    the proxy a branch per message."""
     host, port = sock.getsockname()
     branch = "z9hG4bK" + secrets.token_hex(8)
     request = (
@@ -107,8 +111,10 @@ def register(sock: socket.socket, proxy: tuple[str, int], user: str, domain: str
             start, headers, _ = split(data)
             status = status_of(start)
             if status >= 200 and branch_of(headers) == branch.encode():
-                return status
+                return status, sum(len(line.partition(b":")[2].split(b","))
+                                   for name, line in headers
+                                   if name in (b"contact", b"m") and b"<" in line)
     except TimeoutError:
-        return 0
+        return 0, 0
     finally:
         sock.settimeout(previous)
