@@ -241,6 +241,11 @@ def run_path(world: RelayWorld, path: RelayPath, n: int, rate: float, sizes: Siz
         "stray_errors": stray,  # late errors for an earlier run's messages
         "dropped": sent["sent"] - len(indices | refused),
         "delivered_rate": delivered / span if span and delivered else 0.0,
+        # the benchmark's own ends share the cores with the servers: their CPU (each
+        # measures its own, process_time over the run) per delivered message
+        "bench_cpu_us_per_message": {
+            role: (line["cpu_s"] * 1e6 / delivered if delivered and "cpu_s" in line else None)
+            for role, line in (("writer", sent), ("receiver", arrived))},
         **measured, "writer": sent, "receiver": {k: v for k, v in arrived.items()
                                                  if k not in ("first_at", "last_at")},
     }

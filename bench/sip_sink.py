@@ -46,6 +46,8 @@ class FastSipSink:
         self.expected = 1 << 62
         self.quiet = float("inf")
         self.deadline = float("inf")
+        self.cpu_started = time.process_time()  # reset once registered
+        self.cpu_s = 0.0
 
     def register(self) -> tuple[int, int]:
         """(status, bindings of the AoR now): more than 1 means an earlier UA left its
@@ -109,6 +111,9 @@ class FastSipSink:
             "latency_p90_ms": percentile(values, 0.90) if values else None,
             "latency_p99_ms": percentile(values, 0.99) if values else None,
             "latency_max_ms": values[-1] if values else None,
+            # this UA's own CPU (all threads) from registration to the end of the run: the
+            # benchmark's ends share the machine's cores with the servers they measure
+            "cpu_s": self.cpu_s,
         }
 
 
@@ -134,9 +139,11 @@ def main() -> None:
         threading.Thread(target=read_control, args=(sink,), daemon=True).start()
     else:
         sink.expected, sink.deadline = int(count), time.monotonic() + float(timeout)
+    sink.cpu_started = time.process_time()
     try:
         sink.run()
     finally:
+        sink.cpu_s = time.process_time() - sink.cpu_started
         unregistered = sink.unregister()
     stats = sink.stats()
     stats["unregistered"] = unregistered

@@ -10,11 +10,18 @@ understood because Kamailio may relay them as received.
 
 from __future__ import annotations
 
+import re
 import secrets
 import socket
 
 _COMPACT = {b"v": b"via", b"f": b"from", b"t": b"to", b"i": b"call-id"}
 _COPIED = (b"via", b"from", b"to", b"call-id", b"cseq")
+# The branch of the first value of the first Via header line: the top Via (§20.42, §7.3.1;
+# compact form "v", §7.3.3), read from the head only.
+_TOP_VIA_BRANCH = re.compile(
+    rb"^(?:via|v)[ \t]*:[^\r\n,]*?;[ \t]*branch[ \t]*=[ \t]*([^;,\s]+)",
+    re.IGNORECASE | re.MULTILINE)
+_RETRY_AFTER = re.compile(rb"^retry-after[ \t]*:[ \t]*(\d+)", re.IGNORECASE | re.MULTILINE)
 
 
 def split(datagram: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
@@ -65,6 +72,22 @@ def branch_of(headers: list[tuple[bytes, bytes]]) -> bytes:
         if key.strip().lower() == b"branch":
             return val.strip()
     return b""
+
+
+def response_key(datagram: bytes) -> tuple[int, bytes, int | None]:
+    """(status, top Via branch, Retry-After seconds or None) of a response, status 0 for a
+    request: what a client transaction needs from each response (RFC 3261 §17.1.3,
+    §21.5.4), without splitting every header as :func:`split` does — the SIP load reads
+    one response per request it sends."""
+    if not datagram.startswith(b"SIP/2.0 "):
+        return 0, b"", None
+    end = datagram.find(b"\r\n\r\n")
+    head = datagram if end < 0 else datagram[:end]
+    found = _TOP_VIA_BRANCH.search(head)
+    status = int(datagram[8:11])
+    after = _RETRY_AFTER.search(head) if status == 503 else None
+    return (status, found.group(1) if found else b"",
+            int(after.group(1)) if after else None)
 
 
 def udp_socket(host: str, *, buffer: int = 8 * 1024 * 1024) -> socket.socket:
