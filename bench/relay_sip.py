@@ -31,6 +31,7 @@ from collections import Counter
 from bench import sipwire
 
 T1, T2, TIMER_F = 0.5, 4.0, 32.0
+TICK = 0.0005  # the send loop's period: pacing and timer resolution
 DOMAIN = "gw.example"
 
 
@@ -154,7 +155,11 @@ class SipLoad:
             self.receive()
             self.retransmit(now)
             self.resend_deferred(now)
-            select.select([self.sock], [], [], 0.0005)
+            # A fixed tick, not a wakeup per arriving answer: the answers wait in the
+            # socket's 8 MiB buffer and are read in a batch. Waking on each (a select and
+            # a failed recvfrom per datagram) cost this UA 24-26 us per MESSAGE at a
+            # paced 10,000/s against 16-18 now (Kamailio alone answering at once).
+            time.sleep(TICK)
         send_seconds = time.monotonic() - started
         while (self.outstanding or self.retries) and time.monotonic() < deadline:
             select.select([self.sock], [], [], 0.01)
