@@ -90,10 +90,10 @@ def response_key(datagram: bytes) -> tuple[int, bytes, int | None]:
             int(after.group(1)) if after else None)
 
 
-def udp_socket(host: str, *, buffer: int = 8 * 1024 * 1024) -> socket.socket:
-    """A UDP socket on ``host`` (any port) with large buffers, so that the benchmark's own
-    ends never are where datagrams are lost (SO_RCVBUFFORCE when root, else capped by
-    net.core.rmem_max)."""
+def udp_socket(host: str, *, port: int = 0, buffer: int = 8 * 1024 * 1024) -> socket.socket:
+    """A UDP socket on ``host`` (``port``, default any) with large buffers, so that the
+    benchmark's own ends never are where datagrams are lost (SO_RCVBUFFORCE when root,
+    else capped by net.core.rmem_max)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
                          (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF)):
@@ -101,7 +101,7 @@ def udp_socket(host: str, *, buffer: int = 8 * 1024 * 1024) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, force or plain, buffer)
         except (OSError, TypeError):
             sock.setsockopt(socket.SOL_SOCKET, plain, buffer)
-    sock.bind((host, 0))
+    sock.bind((host, port))
     return sock
 
 
