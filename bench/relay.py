@@ -197,7 +197,12 @@ def run_path(world: RelayWorld, path: RelayPath, n: int, rate: float, sizes: Siz
             world.child("bench.relay_xmpp", "sink", *path.sink, "user", limit + 30)
             if path.sink else world.child("bench.sip_sink", GW, KAMAILIO_PORT, "user",
                                           "gw.example", 0, limit + 30, "--control"))
-        sink.line(30)
+        ready = sink.line(30)
+        if path.sink is None and ready.get("bindings") != 1:
+            # Kamailio forks every MESSAGE to each binding of the user: a binding left by
+            # an earlier sink would add a dead branch per message to what is measured.
+            raise RuntimeError(f"SIP sink: {ready.get('bindings')} bindings for "
+                               "user@gw.example, 1 expected (a stale registration)")
         if path.writer is not None:
             writer = children.enter_context(world.child(
                 "bench.relay_xmpp", "write", *path.writer, "writer", path.recipient, n, rate,
@@ -236,6 +241,11 @@ def run_path(world: RelayWorld, path: RelayPath, n: int, rate: float, sizes: Siz
         "stray_errors": stray,  # late errors for an earlier run's messages
         "dropped": sent["sent"] - len(indices | refused),
         "delivered_rate": delivered / span if span and delivered else 0.0,
+        # the benchmark's own ends share the cores with the servers: their CPU (each
+        # measures its own, process_time over the run) per delivered message
+        "bench_cpu_us_per_message": {
+            role: (line["cpu_s"] * 1e6 / delivered if delivered and "cpu_s" in line else None)
+            for role, line in (("writer", sent), ("receiver", arrived))},
         **measured, "writer": sent, "receiver": {k: v for k, v in arrived.items()
                                                  if k not in ("first_at", "last_at")},
     }

@@ -39,9 +39,11 @@ def relay_markdown(relay: dict) -> list[str]:
         f"Measured {relay.get('measured', 'with the run above')} "
         "(`python -m bench.run --only-relay` runs this section alone). "
         "Same run, same machine: Prosody 0.12 a.example sends over one S2S session (TLS + SASL "
-        "EXTERNAL) to the gateway (`sip.backend: sip`, UDP) and Kamailio, and to a second "
+        "EXTERNAL) to the gateway (`sip.backend: sip`, UDP) and Kamailio (2 UDP workers, "
+        "`-x tlsf -m 1024`: tests/support/kamailio.py), and to a second "
         "Prosody b.example; a c2s writer (bench/relay_xmpp.py, raw XML after SASL PLAIN, "
-        "pipelined) feeds it; the SIP UA sink (bench/sip_sink.py) answers every MESSAGE 200; "
+        "pipelined) feeds it; the SIP UA sink (bench/sip_sink.py), the user's only registered "
+        "binding, answers every MESSAGE 200; "
         "SIP→XMPP load comes from a SIP UA (bench/relay_sip.py, retransmitting on Timer E, at "
         f"most {sizes['sip_window']:,} requests without a final answer). Paced runs last "
         f"{sizes['seconds']:g} s each; the burst is free-running (the writer waits only on TCP "
@@ -75,6 +77,7 @@ def relay_markdown(relay: dict) -> list[str]:
             ratio = f"{g / p:.2f}" if g is not None and p else MISSING
             lines.append(f"| {direction} | {label} | {_num(g, '{:.0f}')} | "
                          f"{_num(p, '{:.0f}')} | {ratio} |")
+    lines += bench_ends_markdown(paths, sizes["seconds"])
     lines += ["", "Bursts:", "",
               "| Path | Sent | Delivered | Refused | Dropped | Gateway peak RSS MiB | "
               "UDP datagrams dropped: gateway / Kamailio / benchmark UAs | "
@@ -94,6 +97,33 @@ def relay_markdown(relay: dict) -> list[str]:
     if storm:
         lines += storm_markdown(storm)
     return [*lines, ""]
+
+
+ENDS = {  # (writer, receiver) of each path: the benchmark's own processes
+    "xmpp_sip": ("c2s writer", "SIP UA sink"),
+    "xmpp_xmpp": ("c2s writer", "c2s receiver"),
+    "sip_xmpp": ("SIP UA", "c2s receiver"),
+    "xmpp_xmpp_back": ("c2s writer", "c2s receiver"),
+}
+
+
+def bench_ends_markdown(paths: dict, seconds: float) -> list[str]:
+    """CPU of the load generators and receivers: they share the cores with the servers, so
+    a wasteful one would lower every msg/s figure (absent from results of older runs)."""
+    if not any("bench_cpu_us_per_message" in run for path in paths.values()
+               for _, run in _runs(path, seconds)):
+        return []
+    lines = ["", "CPU µs per delivered message of the benchmark's own ends (each takes its own "
+             "process_time over the run; they run on the same cores as the servers):", "",
+             "| Path | Run | Writer | µs/msg | Receiver | µs/msg |", "|---|---|---|---|---|---|"]
+    for name, path in paths.items():
+        writer, receiver = ENDS[name]
+        for label, run in _runs(path, seconds):
+            cpu = run.get("bench_cpu_us_per_message", {})
+            lines.append(f"| {PATH_LABELS[name]} | {label} | {writer} | "
+                         f"{_num(cpu.get('writer'), '{:.1f}')} | {receiver} | "
+                         f"{_num(cpu.get('receiver'), '{:.1f}')} |")
+    return lines
 
 
 def refused(run: dict) -> str:

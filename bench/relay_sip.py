@@ -31,6 +31,7 @@ from collections import Counter
 from bench import sipwire
 
 T1, T2, TIMER_F = 0.5, 4.0, 32.0
+TICK = 0.0005  # the send loop's period: pacing and timer resolution
 DOMAIN = "gw.example"
 
 
@@ -113,23 +114,20 @@ class SipLoad:
                 data, peer = self.sock.recvfrom(65535)
             except BlockingIOError:
                 return
-            start, headers, _ = sipwire.split(data)
-            status = sipwire.status_of(start)
+            status, branch, after = sipwire.response_key(data)
             if status:
-                branch = sipwire.branch_of(headers)
                 if status >= 200 and self.outstanding.pop(branch, None):
                     index = int(branch[7 + len(self.prefix):].split(b"r")[0])
-                    after = sipwire.value(headers, b"retry-after").split(b"(")[0].strip()
-                    if status == 503 and after.isdigit():
+                    if status == 503 and after is not None:
                         self.busy += 1
                         self.attempts[index] += 1
-                        heapq.heappush(self.retries,
-                                       (time.monotonic() + int(after), index))
+                        heapq.heappush(self.retries, (time.monotonic() + after, index))
                         continue
                     self.finals[status] += 1
                     if status >= 300:  # branch = z9hG4bK<prefix><index>[r<attempt>]
                         self.refused_indices.append(index)
                 continue
+            start, headers, _ = sipwire.split(data)
             method = start.partition(b" ")[0]
             if method == b"ACK":
                 continue
@@ -142,6 +140,7 @@ class SipLoad:
                 self.notify_states[state.decode().strip()] += 1
 
     def run(self, n: int, rate: float, window: int, limit: float) -> dict:
+        cpu_started = time.process_time()
         started = time.monotonic()
         deadline = started + limit
         sent = 0
@@ -156,7 +155,11 @@ class SipLoad:
             self.receive()
             self.retransmit(now)
             self.resend_deferred(now)
-            select.select([self.sock], [], [], 0.0005)
+            # A fixed tick, not a wakeup per arriving answer: the answers wait in the
+            # socket's 8 MiB buffer and are read in a batch. Waking on each (a select and
+            # a failed recvfrom per datagram) cost this UA 24-26 us per MESSAGE at a
+            # paced 10,000/s against 16-18 now (Kamailio alone answering at once).
+            time.sleep(TICK)
         send_seconds = time.monotonic() - started
         while (self.outstanding or self.retries) and time.monotonic() < deadline:
             select.select([self.sock], [], [], 0.01)
@@ -183,6 +186,7 @@ class SipLoad:
             "notifies": self.notifies, "notified_subscriptions": len(self.notify_call_ids),
             "notify_states": dict(self.notify_states),
             "refused_indices": sorted(self.refused_indices),
+            "cpu_s": time.process_time() - cpu_started,  # this UA's own CPU over the run
         }
 
 

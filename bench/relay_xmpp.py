@@ -55,6 +55,7 @@ async def stdin_line(limit: float) -> str:
 
 
 async def sink(client: C2SSink, limit: float) -> None:
+    cpu_started = time.process_time()
     try:
         expected, quiet, stop_limit = (await stdin_line(limit)).split()
     except TimeoutError:
@@ -68,7 +69,8 @@ async def sink(client: C2SSink, limit: float) -> None:
         elif time.monotonic() - last_change > float(quiet):
             break
         await asyncio.sleep(0.01)
-    print(json.dumps(received(client)), flush=True)
+    print(json.dumps({**received(client), "cpu_s": time.process_time() - cpu_started}),
+          flush=True)
 
 
 def stanza(recipient: str, run: str, index: int) -> bytes:
@@ -79,6 +81,7 @@ def stanza(recipient: str, run: str, index: int) -> bytes:
 async def write(client: C2SSink, run: str, recipient: str, n: int, rate: float,
                 limit: float) -> None:
     await stdin_line(limit)  # "go": the driver has taken its CPU readings
+    cpu_started = time.process_time()
     started = time.monotonic()
     deadline = started + limit
     sent = 0
@@ -93,7 +96,8 @@ async def write(client: C2SSink, run: str, recipient: str, n: int, rate: float,
             await asyncio.sleep(0.0005)
     seconds = time.monotonic() - started
     print(json.dumps({"sent": sent, "wanted": n, "started_at": started,
-                      "send_seconds": seconds, "offered_rate": sent / seconds if seconds else 0}),
+                      "send_seconds": seconds, "offered_rate": sent / seconds if seconds else 0,
+                      "cpu_s": time.process_time() - cpu_started}),
           flush=True)
     with contextlib.suppress(TimeoutError):
         await stdin_line(max(1.0, deadline - time.monotonic()))

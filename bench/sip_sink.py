@@ -10,8 +10,12 @@ benchmark namespace:
 
     python -m bench.sip_sink PROXY_HOST PROXY_PORT USER DOMAIN COUNT TIMEOUT [--control]
 
-Prints ``{"ready": true}`` once registered, then one JSON line with the statistics when
-COUNT messages arrived or TIMEOUT seconds passed. With ``--control`` the stop condition
+Prints ``{"ready": true, "bindings": N}`` once registered (N: the AoR's bindings, 1 unless
+another UA is registered for USER too), then one JSON line with the statistics when COUNT
+messages arrived or TIMEOUT seconds passed; before that line the sink removes its binding
+again (REGISTER with Expires: 0), so that a later sink for the same user is its only
+binding: Kamailio forks a MESSAGE to every binding of the user, and bindings left behind
+by earlier sinks cost it a dead branch per message. With ``--control`` the stop condition
 comes on stdin once the sender is done: a line ``EXPECTED QUIET LIMIT`` (stop at EXPECTED
 messages, or QUIET seconds after the last arrival, or LIMIT seconds after the line).
 """
@@ -42,9 +46,18 @@ class FastSipSink:
         self.expected = 1 << 62
         self.quiet = float("inf")
         self.deadline = float("inf")
+        self.cpu_started = time.process_time()  # reset once registered
+        self.cpu_s = 0.0
 
-    def register(self) -> int:
+    def register(self) -> tuple[int, int]:
+        """(status, bindings of the AoR now): more than 1 means an earlier UA left its
+        binding behind, and Kamailio forks every MESSAGE to it as well."""
         return sipwire.register(self.sock, self.proxy, self.user, self.domain)
+
+    def unregister(self) -> int:
+        """Remove this UA's binding (RFC 3261 §10.2.2), as a phone does when it shuts
+        down: the next sink registered for the same user must be the only destination."""
+        return sipwire.register(self.sock, self.proxy, self.user, self.domain, expires=0)[0]
 
     def stop_when(self, expected: int, quiet: float, limit: float) -> None:
         self.quiet = quiet
@@ -98,6 +111,9 @@ class FastSipSink:
             "latency_p90_ms": percentile(values, 0.90) if values else None,
             "latency_p99_ms": percentile(values, 0.99) if values else None,
             "latency_max_ms": values[-1] if values else None,
+            # this UA's own CPU (all threads) from registration to the end of the run: the
+            # benchmark's ends share the machine's cores with the servers they measure
+            "cpu_s": self.cpu_s,
         }
 
 
@@ -114,17 +130,23 @@ def read_control(sink: FastSipSink) -> None:
 def main() -> None:
     host, port, user, domain, count, timeout = sys.argv[1:7]
     sink = FastSipSink(host, (host, int(port)), user, domain)
-    status = sink.register()
+    status, bindings = sink.register()
     if status != 200:
         raise SystemExit(f"REGISTER {user}@{domain} at {host}:{port} failed: {status}")
-    print(json.dumps({"ready": True}), flush=True)
+    print(json.dumps({"ready": True, "bindings": bindings}), flush=True)
     if "--control" in sys.argv[7:]:
         sink.deadline = time.monotonic() + float(timeout)  # bound even without a line
         threading.Thread(target=read_control, args=(sink,), daemon=True).start()
     else:
         sink.expected, sink.deadline = int(count), time.monotonic() + float(timeout)
-    sink.run()
+    sink.cpu_started = time.process_time()
+    try:
+        sink.run()
+    finally:
+        sink.cpu_s = time.process_time() - sink.cpu_started
+        unregistered = sink.unregister()
     stats = sink.stats()
+    stats["unregistered"] = unregistered
     if "--control" in sys.argv[7:]:
         stats["indices"] = sorted(sink.indices)
     print(json.dumps(stats), flush=True)

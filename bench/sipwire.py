@@ -10,11 +10,18 @@ understood because Kamailio may relay them as received.
 
 from __future__ import annotations
 
+import re
 import secrets
 import socket
 
 _COMPACT = {b"v": b"via", b"f": b"from", b"t": b"to", b"i": b"call-id"}
 _COPIED = (b"via", b"from", b"to", b"call-id", b"cseq")
+# The branch of the first value of the first Via header line: the top Via (§20.42, §7.3.1;
+# compact form "v", §7.3.3), read from the head only.
+_TOP_VIA_BRANCH = re.compile(
+    rb"^(?:via|v)[ \t]*:[^\r\n,]*?;[ \t]*branch[ \t]*=[ \t]*([^;,\s]+)",
+    re.IGNORECASE | re.MULTILINE)
+_RETRY_AFTER = re.compile(rb"^retry-after[ \t]*:[ \t]*(\d+)", re.IGNORECASE | re.MULTILINE)
 
 
 def split(datagram: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
@@ -67,10 +74,26 @@ def branch_of(headers: list[tuple[bytes, bytes]]) -> bytes:
     return b""
 
 
-def udp_socket(host: str, *, buffer: int = 8 * 1024 * 1024) -> socket.socket:
-    """A UDP socket on ``host`` (any port) with large buffers, so that the benchmark's own
-    ends never are where datagrams are lost (SO_RCVBUFFORCE when root, else capped by
-    net.core.rmem_max)."""
+def response_key(datagram: bytes) -> tuple[int, bytes, int | None]:
+    """(status, top Via branch, Retry-After seconds or None) of a response, status 0 for a
+    request: what a client transaction needs from each response (RFC 3261 §17.1.3,
+    §21.5.4), without splitting every header as :func:`split` does — the SIP load reads
+    one response per request it sends."""
+    if not datagram.startswith(b"SIP/2.0 "):
+        return 0, b"", None
+    end = datagram.find(b"\r\n\r\n")
+    head = datagram if end < 0 else datagram[:end]
+    found = _TOP_VIA_BRANCH.search(head)
+    status = int(datagram[8:11])
+    after = _RETRY_AFTER.search(head) if status == 503 else None
+    return (status, found.group(1) if found else b"",
+            int(after.group(1)) if after else None)
+
+
+def udp_socket(host: str, *, port: int = 0, buffer: int = 8 * 1024 * 1024) -> socket.socket:
+    """A UDP socket on ``host`` (``port``, default any) with large buffers, so that the
+    benchmark's own ends never are where datagrams are lost (SO_RCVBUFFORCE when root,
+    else capped by net.core.rmem_max)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
                          (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF)):
@@ -78,14 +101,18 @@ def udp_socket(host: str, *, buffer: int = 8 * 1024 * 1024) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, force or plain, buffer)
         except (OSError, TypeError):
             sock.setsockopt(socket.SOL_SOCKET, plain, buffer)
-    sock.bind((host, 0))
+    sock.bind((host, port))
     return sock
 
 
 def register(sock: socket.socket, proxy: tuple[str, int], user: str, domain: str,
-             expires: int = 600, timeout: float = 5.0) -> int:
+             expires: int = 600, timeout: float = 5.0) -> tuple[int, int]:
     """REGISTER ``user@domain`` with this socket's address as Contact (RFC 3261 §10);
-    the final status (0 when nothing came back in ``timeout``)."""
+    ``expires=0`` removes that binding again (§10.2.2). Returns the final status (0 when
+    nothing came back in ``timeout``) and how many bindings the AoR has now: the 200 lists
+    every current Contact (§10.3 step 8). A registrar forks a request to all of them
+    (Kamailio's ``lookup`` + ``t_relay``), so a stale binding left by an earlier UA costs
+    the proxy a branch per message."""
     host, port = sock.getsockname()
     branch = "z9hG4bK" + secrets.token_hex(8)
     request = (
@@ -107,8 +134,10 @@ def register(sock: socket.socket, proxy: tuple[str, int], user: str, domain: str
             start, headers, _ = split(data)
             status = status_of(start)
             if status >= 200 and branch_of(headers) == branch.encode():
-                return status
+                return status, sum(len(line.partition(b":")[2].split(b","))
+                                   for name, line in headers
+                                   if name in (b"contact", b"m") and b"<" in line)
     except TimeoutError:
-        return 0
+        return 0, 0
     finally:
         sock.settimeout(previous)

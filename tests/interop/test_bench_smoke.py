@@ -66,6 +66,10 @@ def test_bench_relay_smoke(tmp_path: Path) -> None:
             assert result["sent"] == result["wanted"] == result["delivered"], (name, result)
             assert result["refused"] == result["dropped"] == 0, (name, result)
             assert result["delivered_rate"] > 0, (name, result)
+            # the benchmark's own ends report their CPU (they share the cores)
+            assert set(result["bench_cpu_us_per_message"]) == {"writer", "receiver"}, name
+            assert all(v is not None and v >= 0
+                       for v in result["bench_cpu_us_per_message"].values()), (name, result)
         used = sum(r["cpu_us"][RELAYING[name]] for r in runs)
         assert used > 0 and sum(r["cpu_us"]["prosody_a"] for r in runs) > 0, (name, runs)
         assert path["burst"]["gateway_peak_rss_kib"] > 0
@@ -141,3 +145,22 @@ def test_sip_wire_response_copies_the_transaction_headers() -> None:
         b"Content-Length: 0", b"", b""]
     assert sipwire.status_of(b"SIP/2.0 503 Service Unavailable") == 503
     assert sipwire.status_of(start) == 0
+
+
+def test_sip_wire_response_key_reads_the_top_via_branch() -> None:
+    """The SIP load matches a response by the branch of the *top* Via only (RFC 3261
+    §17.1.3; compact ``v``, several values in one line), and reads Retry-After of a 503
+    (§21.5.4) but of no other status."""
+    from bench import sipwire
+
+    busy = (b"SIP/2.0 503 Service Unavailable\r\nCall-ID: a\r\nv: SIP/2.0/UDP 1.2.3.4:5;"
+            b"rport=5;branch=z9hG4bKtop1r2, SIP/2.0/UDP 6.7.8.9;branch=z9hG4bKsecond\r\n"
+            b"Via: SIP/2.0/UDP 6.7.8.9;branch=z9hG4bKthird\r\nRetry-After: 3 (busy)\r\n"
+            b"Content-Length: 0\r\n\r\n")
+    assert sipwire.response_key(busy) == (503, b"z9hG4bKtop1r2", 3)
+    accepted = (b"SIP/2.0 202 Accepted\r\nVIA : SIP/2.0/UDP 127.0.0.4:4000;branch = z9hG4bKx;"
+                b"received=127.0.0.4\r\nRetry-After: 9\r\nContent-Length: 18\r\n\r\n"
+                b"Via: x;branch=body")
+    assert sipwire.response_key(accepted) == (202, b"z9hG4bKx", None)
+    request = b"MESSAGE sip:u@a.example SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bKr\r\n\r\n"
+    assert sipwire.response_key(request) == (0, b"", None)

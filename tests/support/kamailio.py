@@ -31,7 +31,8 @@ CONFIG = """#!KAMAILIO
 debug={debug}
 log_stderror=yes
 fork=yes
-children=2
+# UDP workers: one per core (docs/sip.md, Sizing Kamailio)
+children={children}
 tcp_children=2
 # UDP receive buffer up to 8 MiB (the default cap is 256 KiB): bursts from the gateway
 # (up to sip.max_in_flight requests) must not overflow it (docs/sip.md, Setting it up).
@@ -204,14 +205,17 @@ class Kamailio:
                  prefix: list[str] | None = None, debug: int = 2,
                  tls: tuple[Path, Path] | None = None, ca: Path | None = None,
                  passwords: dict[str, str] | None = None,
-                 gateways: list[tuple[str, int]] | None = None) -> None:
+                 gateways: list[tuple[str, int]] | None = None, children: int = 2,
+                 memory_manager: str = "tlsf") -> None:
         """``gateways``: several gateway nodes behind the dispatcher module (``gateway``
-        is then ignored)."""
+        is then ignored). ``children`` (UDP workers) and ``memory_manager`` (``-x``:
+        tlsf, qm or fm) are what bench/kamailio_alone.py varies."""
         self.workdir, self.domain, self.host, self.port = workdir, domain, host, port
         self.gateway, self.gateway_transport = gateway, gateway_transport
         self.gateways = gateways
         self.prefix = prefix or []
         self.debug = debug
+        self.children, self.memory_manager = children, memory_manager
         self.tls = tls
         self.ca = ca
         # users → digest passwords: with any, phones must authenticate (AUTH_ROUTE)
@@ -264,8 +268,8 @@ class Kamailio:
             tls_listen=tls_listen, tls_module=tls_module, auth_module=auth_module,
             auth_route=auth_route, dispatcher_module=dispatcher_module,
             gateway_route=gateway_route, failure_route=failure_route,
-            debug=self.debug, host=self.host, port=self.port, domain=self.domain,
-            modules=MODULES, dbdir=dbdir))
+            debug=self.debug, children=self.children, host=self.host, port=self.port,
+            domain=self.domain, modules=MODULES, dbdir=dbdir))
         return self.config_path
 
     def start(self, timeout: float = 15.0) -> Kamailio:
@@ -276,12 +280,16 @@ class Kamailio:
             raise RuntimeError(f"kamailio config check failed:\n{check.stderr[-3000:]}")
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            # 1 GB of shared memory: tm keeps every transaction a few seconds after it
-            # ends; at 1,000 MESSAGE/s the default 64 MB runs out ("could not allocate
-            # shared memory from shm pool") and drops requests until they are resent, and
-            # at the 5,000+/s of the relay benchmark 256 MB ran out too and a child
-            # crashed (signal 11). Memory is only used as far as it is needed.
-            [*self.prefix, "kamailio", "-DD", "-E", "-m", "1024", "-f", str(self.config_path)],
+            # 1 GB of shared memory: tm keeps every transaction 5 s after it ends (its
+            # wait timer), about 13 KB each, so 10,000 MESSAGE/s need ~650 MB; the default
+            # 64 MB runs out already at 1,000/s ("could not allocate shared memory from shm
+            # pool") and requests are dropped until they are resent. Memory is only used
+            # as far as it is needed. TLSF (O(1)) as the memory manager: the default "qm"
+            # of Debian's build is the debugging allocator, and with tens of thousands of
+            # live transactions its free-list search was half of Kamailio's CPU (perf):
+            # 63-93 us per relayed MESSAGE with qm, 19-24 us with tlsf (docs/sip.md, Sizing).
+            [*self.prefix, "kamailio", "-DD", "-E", "-m", "1024", "-x", self.memory_manager,
+             "-f", str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT)
         self._wait_ready(timeout)
         return self
