@@ -81,9 +81,26 @@ class _UdpEndpoint:
         # the proxy comes from the same address, and each server transaction keeps its
         # flow for Timer J (bounded like the trust verdicts; cleared on reload).
         self.flows: dict[Any, tuple[Flow, tuple[str, int]]] = {}
+        self._reading = False
+        self._deferred: list[tuple[bytes, tuple[str, int]]] = []
         self.loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
+        # What handling this batch sends (answers, requests the answers let out of the
+        # window) leaves together after it: the proxy's worker wakes once for them, not
+        # once per datagram, and our sendto calls find it awake (in a VM each wakeup is
+        # an inter-processor interrupt). The delay is the batch's own handling time.
+        self._reading = True
+        try:
+            self._read_batch()
+        finally:
+            self._reading = False
+            if self._deferred:
+                deferred, self._deferred = self._deferred, []
+                for data, addr in deferred:
+                    self.sendto(data, addr)
+
+    def _read_batch(self) -> None:
         owner = self.owner
         recvfrom, on_message, admits = self.sock.recvfrom, owner.on_message, owner.admits
         flows = self.flows
@@ -109,6 +126,9 @@ class _UdpEndpoint:
             on_message(data, known[0], known[1])
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self._reading:
+            self._deferred.append((data, addr))
+            return
         if not self.backlog:
             try:
                 self.sock.sendto(data, addr)

@@ -1,0 +1,45 @@
+"""The SIP UDP reader answers a batch of datagrams together, after handling it
+(gateway/sip/transport.py ``_UdpEndpoint._readable``): nothing sent while the batch is
+handled leaves before it ends, all of it leaves then, in order, and sends made outside
+a batch go at once."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from gateway.sip.transport import SipTransport
+
+
+async def test_answers_to_a_batch_leave_after_it_in_order() -> None:
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    client.setblocking(False)
+    seen_while_reading: list[int] = []
+    transport: SipTransport
+
+    def on_message(data: bytes, flow: tuple, peer: tuple[str, int]) -> None:
+        # nothing answered so far has left: the client's socket is still empty
+        try:
+            client.recv(100)
+            seen_while_reading.append(1)
+        except BlockingIOError:
+            pass
+        transport.send(flow, b"answer to " + data)
+
+    transport = SipTransport("udp", ("127.0.0.1", 0), ("127.0.0.1", 9), on_message,
+                             lambda flow: None)
+    await transport.start()
+    try:
+        loop = asyncio.get_running_loop()
+        for index in range(20):  # queued before the reader runs: one batch
+            client.sendto(b"request %d" % index, transport.local)
+        answers = [await asyncio.wait_for(loop.sock_recv(client, 100), 5) for _ in range(20)]
+        assert answers == [b"answer to request %d" % index for index in range(20)]
+        assert seen_while_reading == []
+        # outside a batch a send leaves at once
+        transport.send(("udp", client.getsockname()), b"unprompted")
+        assert await asyncio.wait_for(loop.sock_recv(client, 100), 5) == b"unprompted"
+    finally:
+        await transport.close()
+        client.close()
