@@ -38,14 +38,15 @@ def request_parties(request: SipRequest, served: Collection[str], *,
     sender instead of ``From``; call it so only for requests from trusted sources (the
     transport admits nothing else), and the ``From`` must still be in a served domain."""
     try:
-        sender = sip_address(request.from_uri)
+        sender_uri = request.from_uri
+        sender = sip_address(sender_uri)
         recipient = sip_address(request.uri)
         asserted = asserted_sender(request) if trust_asserted_identity else None
         if asserted is not None:
             if sender.host not in served:
                 raise Refused(403, f"sender domain {sender.host} is not served by this "
                                    "gateway")
-            sender = sip_address(asserted)
+            sender_uri, sender = asserted, sip_address(asserted)
     except (AddressError, SipParseError) as exc:
         raise Refused(400, str(exc)) from None
     if sender.host not in served:
@@ -53,7 +54,7 @@ def request_parties(request: SipRequest, served: Collection[str], *,
     if recipient.host in served:
         raise Refused(404, f"{recipient.host} is a SIP domain, not an XMPP one")
     try:
-        return _full_jid(sender), _bare_jid(recipient)
+        return _full_jid(sender_uri), _bare_jid(request.uri)
     except AddressError as exc:
         raise Refused(400, str(exc)) from None
 
@@ -66,11 +67,12 @@ def sip_address(uri: str) -> SipAddress:
     return parse_sip_uri(uri)
 
 
+# Keyed by the URI text, not the SipAddress: a str hashes in C, a dataclass in Python.
 @lru_cache(maxsize=16384)
-def _full_jid(address: SipAddress) -> str:
-    return sip_to_jid(address).full
+def _full_jid(uri: str) -> str:
+    return sip_to_jid(sip_address(uri)).full
 
 
 @lru_cache(maxsize=16384)
-def _bare_jid(address: SipAddress) -> str:
-    return sip_to_jid(address, resource="").bare
+def _bare_jid(uri: str) -> str:
+    return sip_to_jid(sip_address(uri), resource="").bare

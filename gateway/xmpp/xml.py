@@ -58,19 +58,32 @@ def _split(tag: str) -> tuple[str, str]:
     return "", tag
 
 
-def _write(element: Element, default_ns: str, out: list[str]) -> None:
-    ns, local = _split(element.tag)
+# (tag, namespace in scope) -> (start of the start tag, name for the end tag, namespace
+# in scope for the children): a stanza has a handful of distinct tags, each written for
+# every stanza. Bounded: tags come from the network.
+_TAGS: dict[tuple[str, str], tuple[str, str, str]] = {}
+_TAG_CACHE_LIMIT = 4096
+
+
+def _tag_parts(tag: str, default_ns: str) -> tuple[str, str, str]:
+    ns, local = _split(tag)
     prefix = PREFIXES.get(ns) if ns in (NS_STREAMS, NS_DIALBACK) else None
     if prefix:
         name = f"{prefix}:{local}"
-        out.append("<" + name)
-        child_default = default_ns
+        parts = ("<" + name, name, default_ns)
+    elif ns != default_ns:
+        parts = (f'<{local} xmlns="{escape_attr(ns)}"', local, ns)
     else:
-        name = local
-        out.append("<" + name)
-        child_default = ns
-        if ns != default_ns:
-            out.append(f' xmlns="{escape_attr(ns)}"')
+        parts = ("<" + local, local, ns)
+    if len(_TAGS) < _TAG_CACHE_LIMIT:
+        _TAGS[(tag, default_ns)] = parts
+    return parts
+
+
+def _write(element: Element, default_ns: str, out: list[str]) -> None:
+    start, name, child_default = (_TAGS.get((element.tag, default_ns))
+                                  or _tag_parts(element.tag, default_ns))
+    out.append(start)
     extra = 0
     for key, value in element.attrib.items():
         if key[:1] == "{":
