@@ -102,7 +102,18 @@ MAX_STREAM_RESTARTS = 4  # STARTTLS + SASL need two; more is a peer looping on u
 
 
 class S2SStream:
-    """Common machinery; see :class:`InboundStream` and :class:`OutboundStream`."""
+    """Common machinery; see :class:`InboundStream` and :class:`OutboundStream`.
+
+    Slotted, and so are the roles: there is one per session, most sessions are idle, and
+    an instance dict of some 30 attributes is about 1.3 KiB of each (docs/performance.md).
+    """
+
+    __slots__ = ("_close_deadline", "_events", "_header_sent", "_last_received", "_last_sent",
+                 "_last_stanza", "_negotiation_deadline", "_now", "_out", "_parser",
+                 "_peer_cert", "_release_check", "_restarts", "_tls", "_tls_active",
+                 "_tls_plain", "close_error", "close_reason", "created_at", "ctx",
+                 "local_domain", "pairs", "partner", "peer_address", "phase", "remote_domain",
+                 "stanzas_in", "stanzas_out", "stream_id")
 
     direction: Direction
 
