@@ -112,8 +112,8 @@ class S2SStream:
                  "_last_stanza", "_negotiation_deadline", "_now", "_out", "_parser",
                  "_peer_cert", "_release_check", "_restarts", "_tls", "_tls_active",
                  "_tls_plain", "close_error", "close_reason", "created_at", "ctx",
-                 "local_domain", "pairs", "partner", "peer_address", "phase", "remote_domain",
-                 "stanzas_in", "stanzas_out", "stream_id")
+                 "local_domain", "memory_releases", "pairs", "partner", "peer_address",
+                 "phase", "remote_domain", "stanzas_in", "stanzas_out", "stream_id")
 
     direction: Direction
 
@@ -158,6 +158,9 @@ class S2SStream:
         # When to check for idleness (see RELEASE_IDLE_AFTER); moved at most once per
         # period rather than on every read, so that a busy stream's timer stays put.
         self._release_check: float | None = None
+        # How many times this stream freed its parser or TLS buffers: the driver may then
+        # hand the freed memory back to the OS (gateway/net/heap.py).
+        self.memory_releases = 0
 
     # ------------------------------------------------------------------ driver API
 
@@ -274,9 +277,11 @@ class S2SStream:
             self._release_check = idle_since + RELEASE_IDLE_AFTER
             return
         self._release_check = None  # armed again by the next received bytes
-        self._parser.release()
+        freed = self._parser.release()
         if self._tls is not None and self._tls_active:
-            self._tls.release_buffers()
+            freed = self._tls.release_buffers() or freed
+        if freed:
+            self.memory_releases += 1
 
     # ------------------------------------------------------------------ status
 

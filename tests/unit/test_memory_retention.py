@@ -214,7 +214,7 @@ def _idle_pairs(pki: Pki, count: int) -> tuple[list[tuple[S2SStream, S2SStream]]
         for stream in (client, server):
             assert stream.get_timer() == now
             stream.handle_timer(now)
-            assert stream._parser.released
+            assert stream._parser.released and stream.memory_releases == 1
     return pairs, now
 
 
