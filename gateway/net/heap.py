@@ -48,6 +48,7 @@ class HeapTrimmer:
         self.min_interval = min_interval
         self.delay = delay
         self._handle: asyncio.TimerHandle | None = None
+        self._handle_loop: asyncio.AbstractEventLoop | None = None
         self._last = float("-inf")
         self.trims = 0
         self.cpu_seconds = 0.0  # thread CPU spent in trim, all calls
@@ -58,14 +59,18 @@ class HeapTrimmer:
         return self._trim is not None
 
     def released(self, loop: asyncio.AbstractEventLoop) -> None:
-        """A stream freed memory: trim soon, unless a trim is already due."""
-        if self._trim is None or (self._handle is not None and not self._handle.cancelled()):
+        """A stream freed memory: trim soon, unless a trim is already due (on this loop: a
+        trim left pending by a loop that was closed meanwhile never runs)."""
+        if self._trim is None:
+            return
+        due = self._handle is not None and not self._handle.cancelled()
+        if due and self._handle_loop is loop and not loop.is_closed():
             return
         when = max(loop.time() + self.delay, self._last + self.min_interval)
-        self._handle = loop.call_at(when, self._run, loop)
+        self._handle, self._handle_loop = loop.call_at(when, self._run, loop), loop
 
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._handle = None
+        self._handle = self._handle_loop = None
         assert self._trim is not None
         started = time.thread_time()
         self._trim(0)

@@ -39,6 +39,23 @@ def test_one_trim_per_batch_and_rate_limited() -> None:
 
 
 @glibc
+def test_a_trim_left_pending_by_a_closed_loop_does_not_block_the_next() -> None:
+    trimmer = HeapTrimmer(_glibc_malloc_trim(), min_interval=0.0, delay=0.05)
+
+    async def release_only() -> None:
+        trimmer.released(asyncio.get_running_loop())
+
+    async def release_and_wait() -> None:
+        trimmer.released(asyncio.get_running_loop())
+        await asyncio.sleep(0.15)
+
+    asyncio.run(release_only())  # its loop closes before the trim is due
+    assert trimmer.trims == 0
+    asyncio.run(release_and_wait())
+    assert trimmer.trims == 1
+
+
+@glibc
 def test_the_process_trimmer_uses_glibc() -> None:
     assert TRIMMER.available and _glibc_malloc_trim() is not None
 
