@@ -63,13 +63,14 @@ def main(results: Path = ROOT / "bench" / "results" / "results.json",
 
     figure, axis = plt.subplots(figsize=(5, 3.2), dpi=100)
     idle = [report[name]["idle"] for name in NAMES]
-    figures = [{**i["at"][str(i["sessions"])], "runs": len(i["runs"])} for i in idle]
+    figures = [i["at"][str(i["sessions"])] for i in idle]
     values = [f["median"] for f in figures]
     bars = axis.bar(LABELS, values, color=["#2b7bba", "#999999", "#bbbbbb"],
                     yerr=_whiskers(figures), capsize=3,
                     error_kw={"elinewidth": 0.8, "ecolor": "#444444"})
     axis.bar_label(bars, fmt="{:,.1f}")
-    save(figure, axis, "Memory per idle session (KiB RSS, lower is better)", "kib_per_session")
+    save(figure, axis, f"Memory per idle session at {idle[0]['sessions']:,} sessions "
+         "(KiB RSS, lower is better)", "kib_per_session")
 
     sip = report["gateway"].get("sip")
     if sip:
