@@ -28,6 +28,7 @@ from gateway.config.model import (
     Limits,
 )
 from gateway.daemon import Gateway
+from gateway.net import heap
 from gateway.xmpp.stream import RELEASE_IDLE_AFTER
 from tests.interop.in_namespace import run_in_namespace
 
@@ -87,6 +88,7 @@ def main() -> int:
                     if step != k:
                         idle.stdin.write(b"next\n")
                         await idle.stdin.drain()
+                print(f"malloc_trim after idle releases: {heap.TRIMMER.stats()}", flush=True)
                 if trace:
                     after_snapshot = tracemalloc.take_snapshot()
                     diff = after_snapshot.compare_to(before_snapshot, "lineno")

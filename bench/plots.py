@@ -1,11 +1,14 @@
 """PNG charts from bench/results/results.json (docs/benchmarks/*.png): one per metric,
-both authentication methods side by side, and the XMPP→SIP latency percentiles."""
+both authentication methods side by side, and the XMPP→SIP latency percentiles. Bars are
+the medians of the runs, the whiskers their min and max (none for a single run)."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+
+from bench.run import load_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ("gateway", "prosody", "ejabberd")
@@ -16,6 +19,11 @@ PER_METHOD = (
     ("handshake_p50_ms", "Handshake p50 (ms, lower is better)"),
     ("handshake_p99_ms", "Handshake p99 (ms, lower is better)"),
 )
+
+
+def _whiskers(figures: list[dict]) -> list[list[float]]:
+    """matplotlib's asymmetric error bars: distances from the median to min and max."""
+    return [[f["median"] - f["min"] for f in figures], [f["max"] - f["median"] for f in figures]]
 
 
 def main(results: Path = ROOT / "bench" / "results" / "results.json",
@@ -41,10 +49,12 @@ def main(results: Path = ROOT / "bench" / "results" / "results.json",
         figure, axis = plt.subplots(figsize=(6, 3.4), dpi=100)
         width = 0.38
         for offset, (method, label) in enumerate(METHODS):
-            values = [report[name][method][key] for name in NAMES]
+            figures = [load_figure(report[name][method], key) for name in NAMES]
+            values = [f["median"] for f in figures]
             positions = [i + (offset - 0.5) * width for i in range(len(NAMES))]
             bars = axis.bar(positions, values, width, label=label,
-                            color=("#2b7bba", "#8fbfe0")[offset])
+                            color=("#2b7bba", "#8fbfe0")[offset], yerr=_whiskers(figures),
+                            capsize=3, error_kw={"elinewidth": 0.8, "ecolor": "#444444"})
             axis.bar_label(bars, fmt="{:,.1f}" if max(values) < 1000 else "{:,.0f}",
                            fontsize=8)
         axis.set_xticks(range(len(NAMES)), LABELS)
@@ -52,10 +62,15 @@ def main(results: Path = ROOT / "bench" / "results" / "results.json",
         save(figure, axis, title, key)
 
     figure, axis = plt.subplots(figsize=(5, 3.2), dpi=100)
-    values = [report[name]["idle"]["kib_per_session"] for name in NAMES]
-    bars = axis.bar(LABELS, values, color=["#2b7bba", "#999999", "#bbbbbb"])
+    idle = [report[name]["idle"] for name in NAMES]
+    figures = [i["at"][str(i["sessions"])] for i in idle]
+    values = [f["median"] for f in figures]
+    bars = axis.bar(LABELS, values, color=["#2b7bba", "#999999", "#bbbbbb"],
+                    yerr=_whiskers(figures), capsize=3,
+                    error_kw={"elinewidth": 0.8, "ecolor": "#444444"})
     axis.bar_label(bars, fmt="{:,.1f}")
-    save(figure, axis, "Memory per idle session (KiB RSS, lower is better)", "kib_per_session")
+    save(figure, axis, f"Memory per idle session at {idle[0]['sessions']:,} sessions "
+         "(KiB RSS, lower is better)", "kib_per_session")
 
     sip = report["gateway"].get("sip")
     if sip:

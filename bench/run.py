@@ -44,10 +44,44 @@ def loadgen(ns: Namespace, pki: Pki, receiver: str, recipient: str, n: int, k: i
         raise RuntimeError(f"loadgen ({method}) against {receiver} failed:\n"
                            f"{result.stderr[-3000:]}")
     data = json.loads(result.stdout.strip().splitlines()[-1])
-    if data.get("messages") != n or not data.get("messages_per_second", 0) > 0:
+    p50, p99 = data.get("handshake_p50_ms"), data.get("handshake_p99_ms")
+    if (data.get("messages") != n or not data.get("messages_per_second", 0) > 0
+            or data.get("handshakes") != k
+            or (k and not (p50 is not None and p99 is not None and 0 < p50 <= p99))):
         raise RuntimeError(f"loadgen ({method}) against {receiver}: impossible result, not "
                            f"published: {data}")
     return data  # type: ignore[no-any-return]
+
+
+# Throughput and handshakes (issue 18): runs per receiver and method, each on a freshly
+# started receiver; the figures published are their median, with min and max beside it.
+LOAD_RUNS = 3
+LOAD_METRICS = ("messages_per_second", "handshake_p50_ms", "handshake_p99_ms")
+
+
+def load_summary(runs: list[dict]) -> dict:
+    """One receiver and method over several loadgen runs: the first run's description,
+    each metric as the median of the runs (so readers of a single figure get the median),
+    ``stats`` with median, min and max per metric, and the runs themselves."""
+    summary = {key: runs[0][key] for key in ("receiver", "messages", "handshakes", "method")}
+    stats = {}
+    for key in LOAD_METRICS:
+        values = [run[key] for run in runs]
+        stats[key] = {"median": statistics.median(values), "min": min(values),
+                      "max": max(values)}
+        summary[key] = stats[key]["median"]
+    return {**summary, "stats": stats, "runs": runs}
+
+
+def load_figure(data: dict, key: str) -> dict:
+    """Median, min, max and run count of one metric; a results.json written before
+    issue 18 holds a single run per metric, shown as such (min = max = the run)."""
+    if "stats" in data:
+        return {**data["stats"][key], "runs": len(data["runs"])}
+    if not isinstance(data.get(key), int | float):
+        raise ValueError(f"results.json: no {key} figure in {sorted(data)}: not a report "
+                         "bench/run.py can render")
+    return {"median": data[key], "min": data[key], "max": data[key], "runs": 1}
 
 
 def rss_kib(pid: int) -> int:
@@ -245,16 +279,25 @@ RECEIVERS = {
 
 def measure_receiver(ns: Namespace, pki: Pki, receiver: Receiver,
                      args: argparse.Namespace) -> dict:
-    """Throughput and handshakes for each method, then idle memory, for one receiver."""
+    """Throughput and handshakes for each method (``args.runs`` runs each, alternating the
+    methods, each on a freshly started receiver), then idle memory, for one receiver."""
     result: dict[str, Any] = {}
     recipient = f"user@{receiver.domain}"
-    for method in () if args.only_idle else ("sasl", "dialback"):
-        server = receiver.start(ns, pki, method)
-        try:
-            result[method] = loadgen(ns, pki, receiver.domain, recipient, args.messages,
-                                     args.handshakes, receiver.counter(server), method)
-        finally:
-            server.stop()
+    runs: dict[str, list[dict]] = {}
+    for run in range(0 if args.only_idle else args.runs):
+        for method in ("sasl", "dialback"):
+            server = receiver.start(ns, pki, method)
+            try:
+                data = loadgen(ns, pki, receiver.domain, recipient, args.messages,
+                               args.handshakes, receiver.counter(server), method)
+            finally:
+                server.stop()
+            runs.setdefault(method, []).append(data)
+            print(f"load {receiver.domain} {method} run {run + 1}/{args.runs}: "
+                  f"{data['messages_per_second']:,.0f} msg/s, handshake p50 "
+                  f"{data['handshake_p50_ms']:.1f} ms", file=sys.stderr, flush=True)
+    for method, method_runs in runs.items():
+        result[method] = load_summary(method_runs)
     result["idle"] = idle_memory(ns, pki, receiver, args.idle_counts, args.idle_runs,
                                  args.idle_settle)
     return result
@@ -333,6 +376,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--handshakes", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=LOAD_RUNS,
+                        help="throughput/handshake runs per receiver and method; figures are "
+                             f"their median with min-max (default {LOAD_RUNS})")
     parser.add_argument("--idle-counts", type=lambda v: tuple(int(c) for c in v.split(",")),
                         default=IDLE_COUNTS, help="idle session totals of each ramp "
                         f"(default {','.join(map(str, IDLE_COUNTS))})")
@@ -365,6 +411,8 @@ def main() -> int:
                         help="write results.json, benchmarks.md and the plots here instead of "
                              "bench/results and docs/ (smoke runs)")
     args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs: at least 1")
     if max(args.idle_counts) > IDLE_MAX_SESSIONS or list(args.idle_counts) != sorted(
             set(args.idle_counts)):
         parser.error(f"--idle-counts: increasing totals up to {IDLE_MAX_SESSIONS}")
@@ -423,15 +471,32 @@ SERVER_METRICS = (
 )
 
 
-def comparison_rows(report: dict) -> list[tuple[str, str, float, float, float]]:
-    """(label, format, gateway, Prosody, ejabberd) for every compared metric."""
+def comparison_rows(report: dict) -> list[tuple[str, str, dict, dict, dict]]:
+    """(label, format, gateway, Prosody, ejabberd) for every compared metric, each figure
+    a :func:`load_figure` (median, min, max, runs)."""
     r = report["results"]
     rows = []
     for method, method_label in METHODS.items():
         for label, key, fmt in SERVER_METRICS:
-            rows.append((f"{label}, {method_label}", fmt, *(r[name][method][key] for name in (
-                "gateway", "prosody", "ejabberd"))))
+            rows.append((f"{label}, {method_label}", fmt, *(
+                load_figure(r[name][method], key) for name in ("gateway", "prosody",
+                                                               "ejabberd"))))
     return rows
+
+
+def figure_cell(fmt: str, figure: dict) -> str:
+    """``median [min-max]``, or the value alone for a single run."""
+    if figure["runs"] == 1:
+        return fmt.format(figure["median"])
+    return (f"{fmt.format(figure['median'])} [{fmt.format(figure['min'])}-"
+            f"{fmt.format(figure['max'])}]")
+
+
+def runs_label(figures: tuple[dict, ...]) -> str:
+    counts = sorted({f["runs"] for f in figures})
+    if counts == [1]:
+        return "single run"
+    return f"median of {'/'.join(map(str, counts))} [min-max]"
 
 
 def idle_totals(report: dict) -> list[str]:
@@ -481,14 +546,23 @@ def write_markdown(report: dict, args: argparse.Namespace) -> None:
 def receiver_markdown(report: dict, args: argparse.Namespace) -> list[str]:
     """The receiver comparison (gateway, Prosody, ejabberd), the XMPP→SIP latency and the
     issue 8 targets."""
+    sasl = report["results"]["gateway"]["sasl"]
+    runs = load_figure(sasl, "messages_per_second")["runs"]
     lines = [
         f"Load: one S2S session from bench/loadgen.py to the receiver, authenticated either by "
         f"TLS + SASL EXTERNAL or by TLS + dialback (XEP-0220, the receiver verifying our key "
-        f"over a second connection), then {args.messages:,} chat messages; the receiver delivers "
-        "each to an online local user (Prosody/ejabberd: a logged-in c2s client that counts "
-        "them; the gateway: its development backend, counted by its router). Handshake: "
-        f"{args.handshakes} sequential new sessions (DNS, TCP, STARTTLS, then SASL EXTERNAL or "
-        "dialback), time to authenticated. Caveat: the gateway's local delivery is an in-process "
+        f"over a second connection), then {sasl['messages']:,} chat messages; the receiver "
+        "delivers each to an online local user (Prosody/ejabberd: a logged-in c2s client that "
+        "counts them; the gateway: its development backend, counted by its router). "
+        f"Handshake: {sasl['handshakes']} sequential new sessions (DNS, TCP, STARTTLS, then "
+        "SASL EXTERNAL or dialback), time to authenticated. "
+        + (f"Each figure is the median of {runs} runs, each on a freshly started receiver "
+           "with the two methods alternating, with the lowest and highest run in brackets; a "
+           "run with fewer messages or handshakes than asked, a zero rate or an impossible "
+           "percentile fails the benchmark instead of being published." if runs > 1 else
+           "One run per figure (a report from before issue 18's medians).")
+        + " "
+        "Caveat: the gateway's local delivery is an in-process "
         "call to its backend, while Prosody and ejabberd write every message to a c2s socket, "
         "so the throughput comparison favours the gateway on the delivery step; the S2S "
         "parsing, TLS and routing work is the same kind on all three.", "",
@@ -496,8 +570,9 @@ def receiver_markdown(report: dict, args: argparse.Namespace) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for label, fmt, g, p, e in comparison_rows(report):
-        lines.append(f"| {label} | {fmt.format(g)} | {fmt.format(p)} | {fmt.format(e)} | "
-                     f"{g / p:.2f} | {g / e:.2f} |")
+        lines.append(f"| {label} ({runs_label((g, p, e))}) | {figure_cell(fmt, g)} | "
+                     f"{figure_cell(fmt, p)} | {figure_cell(fmt, e)} | "
+                     f"{g['median'] / p['median']:.2f} | {g['median'] / e['median']:.2f} |")
     lines += idle_rows(report)
     idle = report["results"]["gateway"]["idle"]
     notes = [f"{name}: {report['results'][name]['idle']['note']}"

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from gateway.logs import log_event
+from gateway.net import heap
 from gateway.xmpp.events import Event, PairAuthenticated, StreamClosed
 from gateway.xmpp.inbound import InboundStream
 from gateway.xmpp.outbound import OutboundStream
@@ -196,7 +197,11 @@ class StreamConnection(asyncio.Protocol):
     def _fire_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self.stream.handle_timer(self._loop.time())
+        stream = self.stream
+        releases = stream.memory_releases
+        stream.handle_timer(self._loop.time())
+        if stream.memory_releases != releases:  # went idle: its buffers can go to the OS
+            heap.TRIMMER.released(self._loop)
         self.pump()
 
     def set_reading(self, reading: bool, why: str = "owner") -> None:

@@ -39,6 +39,8 @@ MAX_PENDING_DIALBACK = 32  # per stream: bounds work a peer can make us do (XEP-
 
 
 class InboundStream(S2SStream):
+    __slots__ = ("_legacy", "_pending_dialback", "_sasl_attempts", "_sasl_done",
+                 "_sasl_waiting_response", "claimed_domain")
     direction = Direction.INBOUND
 
     def __init__(

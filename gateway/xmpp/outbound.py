@@ -38,6 +38,10 @@ class NotAuthenticated(Exception):
 
 
 class OutboundStream(S2SStream):
+    __slots__ = ("_awaiting_tls", "_dialback_channel", "_dialback_sent", "_failure_notes",
+                 "_main_failure_reported", "_peer_dialback", "_sasl_done", "_sasl_sent",
+                 "_verify_queue", "_verify_sent", "direct_tls", "offered_features",
+                 "peer_header_received")
     direction = Direction.OUTBOUND
 
     def __init__(

@@ -1,7 +1,8 @@
 """A small run of the benchmark harness (`make bench` at full size is not part of
-`make test`): every receiver, both authentication methods, idle sessions and the
-XMPP→SIP latency path through Kamailio must produce numbers, written to a temp dir; and
-the relay section (a real Prosody through the gateway to SIP and back, issue 17) with
+`make test`): every receiver, both authentication methods (two runs each, published as
+median [min-max]), idle sessions and the XMPP→SIP latency path through Kamailio must
+produce numbers, written to a temp dir; a report from before the medians still renders;
+and the relay section (a real Prosody through the gateway to SIP and back, issue 17) with
 tiny counts."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_bench_harness_smoke(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "bench.run", "--messages", "1000", "--handshakes", "2",
+         "--runs", "2",
          "--idle-counts", "100,200", "--idle-runs", "1", "--idle-settle", "1",
          "--sip-messages", "200", "--skip-relay", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600, cwd=REPO)
@@ -28,6 +30,12 @@ def test_bench_harness_smoke(tmp_path: Path) -> None:
             assert data["messages"] == 1000 and data["messages_per_second"] > 0, (name, data)
             assert data["method"] == expected, (name, method, data)
             assert 0 < data["handshake_p50_ms"] <= data["handshake_p99_ms"], (name, data)
+            assert len(data["runs"]) == 2, (name, data)
+            for key, figure in data["stats"].items():
+                values = [run[key] for run in data["runs"]]
+                assert figure == {"median": sum(values) / 2, "min": min(values),
+                                  "max": max(values)}, (name, key, data)
+                assert data[key] == figure["median"], (name, key, data)
         idle = results[name]["idle"]
         assert idle["sessions"] == 200 and idle["kib_per_session"] > 0, (name, idle)
         assert [n for n, _ in idle["runs"][0]["points"]] == [0, 100, 200], (name, idle)
@@ -35,12 +43,35 @@ def test_bench_harness_smoke(tmp_path: Path) -> None:
     assert sip["received"] == sip["expected"] == 200, sip
     assert 0 < sip["latency_p50_ms"] <= sip["latency_p99_ms"] <= sip["latency_max_ms"]
     markdown = (tmp_path / "benchmarks.md").read_text()
-    assert "| Inbound throughput, msg/s (higher is better), TLS + dialback |" in markdown
+    assert ("| Inbound throughput, msg/s (higher is better), TLS + dialback (median of 2 "
+            "[min-max]) |") in markdown
     assert "| Memory per idle session at 200 sessions, KiB RSS (slope, median of 1" in markdown
     assert "## XMPP→SIP latency" in markdown
     assert sorted(p.name for p in (tmp_path / "benchmarks").iterdir()) == [
         "handshake_p50_ms.png", "handshake_p99_ms.png", "kib_per_session.png",
         "messages_per_second.png", "sip_latency.png"]
+
+
+def test_report_only_renders_a_report_without_runs(tmp_path: Path) -> None:
+    """A results.json from before issue 18's medians (one run per figure) is rendered as
+    single runs; one whose figures are missing fails with a message saying so."""
+    report = json.loads((REPO / "docs" / "benchmarks" / "results.json").read_text())
+    for name in ("gateway", "prosody", "ejabberd"):
+        for method in ("sasl", "dialback"):
+            data = report["results"][name][method]
+            data.pop("runs", None)
+            data.pop("stats", None)
+    (tmp_path / "results.json").write_text(json.dumps(report))
+    run = subprocess.run([sys.executable, "-m", "bench.run", "--report-only", "--out",
+                          str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-4000:]
+    markdown = (tmp_path / "benchmarks.md").read_text()
+    assert "| Handshake p50, ms (lower is better), TLS + SASL EXTERNAL (single run) |" in markdown
+    del report["results"]["prosody"]["sasl"]["messages_per_second"]
+    (tmp_path / "results.json").write_text(json.dumps(report))
+    run = subprocess.run([sys.executable, "-m", "bench.run", "--report-only", "--out",
+                          str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert run.returncode != 0 and "no messages_per_second figure" in run.stderr, run.stderr
 
 
 # The process doing the relaying in each path (bench/relay.py PATHS).

@@ -138,14 +138,17 @@ class World:
         return server
 
     def _tap(self, owner: CoreServer, stream: S2SStream) -> None:
-        """Record the cleartext each core parses (a per-instance wrapper: test tooling)."""
-        feed = stream._feed_xml
+        """Record the cleartext each core parses (test tooling). Streams are slotted, so
+        the stream becomes an instance of a subclass with a recording ``_feed_xml`` and
+        no slots of its own (same layout, so ``__class__`` can be swapped)."""
+        world, base = self, type(stream)
 
-        def tapped(data: bytes, now: float) -> None:
-            self.plain.append((owner.domain, stream, data))
-            feed(data, now)
+        def _feed_xml(tapped: S2SStream, data: bytes, now: float) -> None:
+            world.plain.append((owner.domain, tapped, data))
+            base._feed_xml(tapped, data, now)
 
-        stream._feed_xml = tapped  # type: ignore[method-assign]
+        stream.__class__ = type(f"Tapped{base.__name__}", (base,),
+                                {"__slots__": (), "_feed_xml": _feed_xml})
 
     def plaintext_to(self, domain: str, stream: S2SStream | None = None) -> bytes:
         """All cleartext ``domain``'s core parsed (on ``stream`` only, when given)."""
