@@ -5,8 +5,10 @@ needs nothing installed (GATEWAY-SPEC §6). Its behaviour is deliberately simple
 determined by the stanzas it gets:
 
 * every ``user@<served domain>`` exists and is online (available presence);
-* every delivered stanza is recorded (:attr:`DevelopmentBackend.delivered`) and can be
-  awaited with :meth:`DevelopmentBackend.next_delivered`;
+* the last :data:`KEPT` delivered stanzas are recorded
+  (:attr:`DevelopmentBackend.delivered`) and can be awaited with
+  :meth:`DevelopmentBackend.next_delivered` (older ones are forgotten: ``make run`` is a
+  long-running daemon that nobody reads these from);
 * ``echo@<served domain>`` answers each message that has a body with the same body and type
   (handy for manual and interop tests);
 * a presence subscription request is approved (``subscribed``) and followed by the local
@@ -22,6 +24,7 @@ Replies go to the sink (the router), exactly as a real backend's would.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Iterable
 from xml.etree.ElementTree import Element, SubElement
 
@@ -36,6 +39,7 @@ BODY = f"{{{NS}}}body"
 
 DEVELOPMENT_RESOURCE = "dev"
 ECHO_USER = "echo"
+KEPT = 50_000  # delivered stanzas remembered (tests read them; a daemon must not grow)
 
 
 def message(sender: str, recipient: str, body: str, *, message_type: str = "chat") -> Element:
@@ -68,8 +72,9 @@ class DevelopmentBackend:
             raise ValueError("the development backend needs at least one served domain")
         self.echo_user = echo_user
         self.resource = resource
-        self.delivered: list[Element] = []
-        self._queue: asyncio.Queue[Element] = asyncio.Queue()
+        self.delivered: deque[Element] = deque(maxlen=KEPT)
+        self._queue: deque[Element] = deque(maxlen=KEPT)  # not yet taken by next_delivered
+        self._arrived = asyncio.Event()
         self._sink: StanzaSink | None = None
 
     async def start(self, sink: StanzaSink) -> None:
@@ -86,7 +91,8 @@ class DevelopmentBackend:
             raise DeliveryError("service-unavailable", "backend not started", "wait")
         recipient = self._local_recipient(stanza)
         self.delivered.append(stanza)
-        self._queue.put_nowait(stanza)
+        self._queue.append(stanza)
+        self._arrived.set()
         sender = stanza.get("from", "")
         local_jid = f"{recipient}/{self.resource}"
         stanza_type = stanza.get("type")
@@ -124,7 +130,13 @@ class DevelopmentBackend:
     async def next_delivered(self, timeout: float = 5.0) -> Element:
         """The next stanza delivered to any local user; raises TimeoutError after
         ``timeout`` seconds."""
-        return await asyncio.wait_for(self._queue.get(), timeout)
+        async def next_one() -> Element:
+            while not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+            return self._queue.popleft()
+
+        return await asyncio.wait_for(next_one(), timeout)
 
     def _local_recipient(self, stanza: Element) -> str:
         try:

@@ -43,8 +43,26 @@ async def test_records_and_awaits_delivered_stanzas(started) -> None:
     stanza = message("bob@fabrikam.example/pc", "alice@contoso.example", "hi")
     await backend.deliver(stanza)
     assert await backend.next_delivered(timeout=1) is stanza
-    assert backend.delivered == [stanza]
+    assert list(backend.delivered) == [stanza]
     assert sink.stanzas == []  # alice is not the echo user
+
+
+async def test_keeps_only_the_latest_stanzas(monkeypatch) -> None:
+    """A long-running `make run` gateway must not grow with every stanza it delivers."""
+    monkeypatch.setattr("gateway.sip.development.KEPT", 5)
+    backend = DevelopmentBackend(["contoso.example"])
+    await backend.start(Sink())
+    stanzas = [message("bob@fabrikam.example/pc", "alice@contoso.example", str(index))
+               for index in range(8)]
+    for stanza in stanzas:
+        await backend.deliver(stanza)
+    assert list(backend.delivered) == stanzas[3:]
+    assert [await backend.next_delivered(timeout=1) for _ in range(5)] == stanzas[3:]
+    with pytest.raises(TimeoutError):
+        await backend.next_delivered(timeout=0.05)
+    late = message("bob@fabrikam.example/pc", "alice@contoso.example", "late")
+    await backend.deliver(late)  # a waiter that came first still gets it
+    assert await backend.next_delivered(timeout=1) is late
 
 
 async def test_next_delivered_times_out(started) -> None:
@@ -115,7 +133,7 @@ async def test_unservable_recipients(started, recipient: str, condition: str) ->
     with pytest.raises(DeliveryError) as info:
         await backend.deliver(message("b@f.example", recipient, "x"))
     assert info.value.condition == condition
-    assert backend.delivered == []
+    assert not backend.delivered
 
 
 async def test_inject_goes_to_sink_only_for_local_users(started) -> None:
