@@ -338,8 +338,10 @@ def _params(text: str) -> dict[str, str]:
     return params
 
 
-def parse_name_addr(value: str) -> NameAddr:
-    """RFC 3261 §20.10/§25.1 ``name-addr / addr-spec`` with header parameters."""
+def _split_address(value: str) -> tuple[str, str, str]:
+    """(display text, URI, header-parameter text) of a ``name-addr / addr-spec`` value
+    (RFC 3261 §20.10, §25.1). In the addr-spec form the parameters are what follows the
+    first ``;`` (§20.10: they belong to the header), returned with that ``;``."""
     text = value.strip()
     if not text:
         raise SipParseError("empty address header")
@@ -348,24 +350,21 @@ def parse_name_addr(value: str) -> NameAddr:
         uri, closing, params = rest.partition(">")
         if not closing:
             raise SipParseError(f"unterminated '<' in {value!r}")
-        return NameAddr(uri.strip(), display.strip().strip('"'), _params(params))
-    # addr-spec form: parameters after the URI belong to the header (§20.10).
-    uri, _, params = text.partition(";")
-    return NameAddr(uri.strip(), "", _params(params))
+        return display, uri.strip(), params
+    uri, semicolon, params = text.partition(";")
+    return "", uri.strip(), semicolon + params
+
+
+def parse_name_addr(value: str) -> NameAddr:
+    """RFC 3261 §20.10/§25.1 ``name-addr / addr-spec`` with header parameters."""
+    display, uri, params = _split_address(value)
+    return NameAddr(uri, display.strip().strip('"'), _params(params))
 
 
 def address_uri(value: str) -> str:
     """``parse_name_addr(value).uri`` without building the display name and parameters:
     all that naming the sender of a request needs, once per relayed message."""
-    text = value.strip()
-    if not text:
-        raise SipParseError("empty address header")
-    if "<" in text:
-        uri, closing, _ = text.partition("<")[2].partition(">")
-        if not closing:
-            raise SipParseError(f"unterminated '<' in {value!r}")
-        return uri.strip()
-    return text.partition(";")[0].strip()
+    return _split_address(value)[1]
 
 
 def parse_via(value: str) -> Via:
@@ -635,16 +634,7 @@ def _with_tag(to: str, tag: str) -> str:
     header field in the response MUST equal the To header field in the request" with our
     tag added (§8.2.6.2), so the rest is kept as the request spelled it. A ``tag`` inside
     the ``<URI>`` is a URI parameter, not the header's tag."""
-    if not to:
-        raise SipParseError("empty address header")
-    if "<" in to:
-        _, _, rest = to.partition("<")
-        _, closing, params = rest.partition(">")
-        if not closing:
-            raise SipParseError(f"unterminated '<' in {to!r}")
-    else:
-        _, _, params = to.partition(";")
-    if _TAG_PARAM.search(";" + params if "<" not in to else params) is not None:
+    if _TAG_PARAM.search(_split_address(to)[2]) is not None:
         return to
     return f"{to};tag={tag}"
 
