@@ -36,10 +36,10 @@ from gateway.auth.identity import dns_name_matches, normalize_domain, presented_
 from gateway.sip.message import (
     SipParseError,
     SipRequest,
-    make_response,
     new_tag,
     parse_message,
     parse_name_addr,
+    response_wire,
     split_values,
 )
 
@@ -151,10 +151,9 @@ def refusal_for(data: bytes, *, stream: bool) -> tuple[bytes | None, str]:
         return None, "response"
     if message.method == "ACK":
         return None, "ACK"
-    response = make_response(message, 403, "Forbidden", to_tag=new_tag())
-    response.add("warning", '399 gateway "source not trusted: only the SIP proxy may send '
-                            'requests here"')
-    return response.serialize(), message.method
+    return response_wire(message, 403, "Forbidden", to_tag=new_tag(), extra=[
+        ("warning", '399 gateway "source not trusted: only the SIP proxy may send '
+                    'requests here"')]), message.method
 
 
 def asserted_sender(request: SipRequest) -> str | None:
