@@ -12,12 +12,11 @@ stream state machine, router, asyncio) in the total.
 from __future__ import annotations
 
 import cProfile
-import io
 import pstats
 import sys
 import time
 
-from bench.setup import bench_namespace, push_load, receiver_config
+from bench.setup import bench_namespace, hottest, push_load, receiver_config
 from gateway.daemon import Gateway
 from tests.interop.in_namespace import run_in_namespace
 
@@ -64,9 +63,7 @@ def main() -> int:
         cumulative = sum(row[3] for (file, _line, name), row in stats.stats.items()
                          if file.endswith(filename) and name == function)
         print(f"  {100 * cumulative / total:5.1f} %  {label}")
-    buffer = io.StringIO()
-    pstats.Stats(profiler, stream=buffer).sort_stats("tottime").print_stats(20)
-    print(buffer.getvalue())
+    print(hottest(profiler, 20))
     return 0
 
 

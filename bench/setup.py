@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import cProfile
 import dataclasses
+import io
 import json
 import os
+import pstats
 import shutil
 import sys
 from collections.abc import Iterator
@@ -92,3 +95,10 @@ async def push_load(ns: Namespace, pki: Pki, n: int) -> dict[str, Any]:
     if process.returncode != 0:
         raise RuntimeError(err.decode()[-3000:])
     return json.loads(out.decode().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def hottest(profiler: cProfile.Profile, top: int) -> str:
+    """The ``top`` functions of a profile by their own time, as pstats prints them."""
+    buffer = io.StringIO()
+    pstats.Stats(profiler, stream=buffer).sort_stats("tottime").print_stats(top)
+    return buffer.getvalue()

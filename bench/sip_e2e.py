@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import cProfile
 import dataclasses
-import io
 import json
-import pstats
 import subprocess
 import sys
 import time
 
-from bench.setup import ROOT, bench_namespace, push_load, receiver_config
+from bench.setup import ROOT, bench_namespace, hottest, push_load, receiver_config
 from gateway.config.model import SipSettings
 from gateway.daemon import Gateway
 from tests.interop.in_namespace import run_in_namespace
@@ -71,9 +69,7 @@ def main() -> int:
             peer.wait(5)
     print(json.dumps(results, indent=1))
     if profiler is not None:
-        buffer = io.StringIO()
-        pstats.Stats(profiler, stream=buffer).sort_stats("tottime").print_stats(25)
-        print(buffer.getvalue())
+        print(hottest(profiler, 25))
     return 0
 
 

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import cProfile
-import io
-import pstats
 import sys
 import tempfile
 import time
 from pathlib import Path
 from xml.etree.ElementTree import Element, SubElement
 
+from bench.setup import hottest
 from gateway.config.model import GatewayConfig, PartnerPolicy, PartnerType, StoreSettings
 from gateway.router import Router
 from gateway.sip.backend import SipBackend
@@ -151,9 +150,7 @@ def main() -> int:
     profiler = cProfile.Profile() if "--profile" in sys.argv else None
     print(f"{direction}: {asyncio.run(measure(direction, n, profiler)):.1f} µs CPU per message")
     if profiler is not None:
-        out = io.StringIO()
-        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(30)
-        print(out.getvalue())
+        print(hottest(profiler, 30))
     return 0
 
 
