@@ -174,10 +174,15 @@ def parse_sip_uri(uri: str) -> SipAddress:
         userinfo, _, hostport_and_params = rest.rpartition("@")
         user = unquote(userinfo.split(":", 1)[0])
     hostport, *params = hostport_and_params.split(";")
-    host = hostport
-    host = host[: host.index("]") + 1] if host.startswith("[") else host.split(":", 1)[0]
-    if not host:
-        raise AddressError(f"SIP URI {uri!r} has no host")
+    if hostport.startswith("["):  # IPv6reference (RFC 3261 §25.1): "[" IPv6address "]"
+        host, closing, _port = hostport.partition("]")
+        if not closing:
+            raise AddressError(f"SIP URI {uri[:80]!r} has an unterminated IPv6 host")
+        host += "]"
+    else:
+        host = hostport.split(":", 1)[0]
+    if not host or host == "[]":
+        raise AddressError(f"SIP URI {uri[:80]!r} has no host")
     gruu = ""
     for param in params:
         name, _, value = param.partition("=")

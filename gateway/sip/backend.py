@@ -99,6 +99,7 @@ class SipBackend:
         self.trusted_sources = tuple(trusted_sources)
         self.transport.peer_names = peer_names
         self.transport.on_refused = self._on_untrusted
+        self.transport.on_malformed = self._on_malformed
         self.endpoint.on_misrouted = self._on_misrouted
         self.trust_asserted_identity = trust_asserted_identity
         self.messages.trust_asserted_identity = trust_asserted_identity
@@ -254,6 +255,10 @@ class SipBackend:
         if self.metrics is not None:
             self.metrics.count("sip_untrusted", "certificate" if "certificate" in why
                                else "source")
+
+    def _on_malformed(self, _transport: str, label: str) -> None:
+        if self.metrics is not None:
+            self.metrics.count("sip_malformed", label)
 
     def _on_misrouted(self) -> None:
         self.untrusted += 1

@@ -236,13 +236,24 @@ class SipEndpoint:
         try:
             message = parse_message(data, stream=flow[0] != "udp")
         except SipParseError as exc:
-            self.malformed += 1
-            log_event(log, logging.WARNING, "sip.malformed", peer=f"{peer[0]}:{peer[1]}",
-                      reason=exc.reason, action="dropped")
+            self._refuse_malformed(exc, flow, peer)
             return
         self.received += 1
         self._dispatch(self.layer.receive(message, flow, time.monotonic()))
         self._flush()
+
+    def _refuse_malformed(self, exc: SipParseError, flow: Flow, peer: tuple[str, int]) -> None:
+        """A message from a trusted source that does not parse: a request that can be
+        read far enough gets the error's status with a reason phrase naming the problem
+        (RFC 3261 §21.4.1), statelessly (there is no transaction for a request we could
+        not read; a retransmission gets the same answer); anything else is dropped."""
+        self.malformed += 1
+        action = "dropped"
+        if exc.request is not None and exc.status:
+            self.transport.send(flow, response_wire(exc.request, exc.status, exc.phrase,
+                                                    to_tag=new_tag()))
+            action = f"{exc.status} {exc.phrase}"
+        self.transport.report_malformed(peer, exc.reason, action, "syntax")
 
     def _on_flow_lost(self, flow: Flow) -> None:
         if flow == self.transport.proxy_flow:
@@ -264,6 +275,14 @@ class SipEndpoint:
             elif isinstance(event, RequestReceived):
                 try:
                     self.on_request(event)
+                except SipParseError as exc:
+                    # a field the handler needed does not parse (a From that is not an
+                    # address): the request is at fault, not us
+                    self.malformed += 1
+                    self.reply(event, exc.status or 400, exc.phrase)
+                    self.transport.report_malformed(
+                        self.transport.peer_of(event.flow), exc.reason,
+                        f"{exc.status or 400} {exc.phrase}", "syntax")
                 except Exception:
                     # The request still gets a final answer, so the peer stops
                     # retransmitting and our server transaction ends.

@@ -16,11 +16,23 @@ What this module guarantees:
 * the five headers every request and response needs to be matched to a transaction
   (Via, From, To, Call-ID, CSeq; §8.1.1) are present, or :class:`SipParseError` is raised;
 * size limits bound memory: :data:`MAX_HEADER_BYTES` for the head,
-  :data:`MAX_BODY_BYTES` for the body.
+  :data:`MAX_BODY_BYTES` for the body;
+* parsing is total: every function here returns a value or raises
+  :class:`SipParseError`, never another exception, whatever the bytes. Numbers are ASCII
+  digits only and bounded in length (``str.isdigit`` also accepts "²" and "٣", which
+  ``int`` then refuses or reads as another number), the method is an ASCII token
+  (§25.1), and a header section that is not UTF-8 is refused (§7.3.1: UTF-8 text).
+
+When the start line and the header fields could be read but something later is wrong (a
+bad CSeq, a Content-Length that is not a number, a body shorter than announced), the
+error carries the request as far as it was read (:attr:`SipParseError.request`): enough
+to answer it (RFC 3261 §8.2.6 copies Via, From, To, Call-ID and CSeq), so the sender gets
+a ``400`` naming the problem (§21.4.1) rather than silence.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -60,12 +72,33 @@ _BRANCH = re.compile(r";[ \t]*branch=([^;, \t]+)")
 
 class SipParseError(ValueError):
     """Bytes that are not an acceptable SIP message; ``status`` is the response a server
-    should send if it can (400 for syntax, 413 for size), 0 when it cannot reply."""
+    should send if it can (400 for syntax, 413 for size), 0 when it cannot reply.
 
-    def __init__(self, reason: str, status: int = 400) -> None:
+    ``reason`` is for the log (it may quote the offending value); ``phrase`` is the
+    response's reason phrase (RFC 3261 §21.4.1: "SHOULD identify the syntax problem in
+    more detail"), fixed text that never echoes the sender's bytes. ``request`` is the
+    request as far as it was read when it can still be answered (see the module
+    docstring), else None."""
+
+    def __init__(self, reason: str, status: int = 400, *, phrase: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
+        self.phrase = phrase or (REASONS.get(status, "Bad Request") if status else "")
+        self.request: SipRequest | None = None
+
+
+# RFC 3261 §25.1 token characters (a method is a token).
+_TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+")
+
+
+def ascii_number(text: str, what: str, *, digits: int = 10) -> int:
+    """The value of ``text``, which must be 1 to ``digits`` ASCII digits (leading and
+    trailing linear white space allowed); :class:`SipParseError` otherwise."""
+    value = text.strip(" \t")
+    if not (0 < len(value) <= digits and value.isascii() and value.isdigit()):
+        raise SipParseError(f"bad {what} {text[:40]!r}", phrase=f"Bad {what}")
+    return int(value)
 
 
 _KEYS: dict[str, str] = {}
@@ -344,12 +377,13 @@ def _split_address(value: str) -> tuple[str, str, str]:
     first ``;`` (§20.10: they belong to the header), returned with that ``;``."""
     text = value.strip()
     if not text:
-        raise SipParseError("empty address header")
+        raise SipParseError("empty address header", phrase="Bad address header")
     if "<" in text:
         display, _, rest = text.partition("<")
         uri, closing, params = rest.partition(">")
         if not closing:
-            raise SipParseError(f"unterminated '<' in {value!r}")
+            raise SipParseError(f"unterminated '<' in {value[:80]!r}",
+                                phrase="Bad address header")
         return display, uri.strip(), params
     uri, semicolon, params = text.partition(";")
     return "", uri.strip(), semicolon + params
@@ -372,34 +406,41 @@ def parse_via(value: str) -> Via:
     protocol, _, rest = value.strip().partition(" ")
     parts = protocol.split("/")
     if len(parts) != 3 or parts[0].upper() != "SIP":
-        raise SipParseError(f"bad Via {value!r}")
+        raise SipParseError(f"bad Via {value[:80]!r}", phrase="Bad Via")
     sent_by, _, params = rest.strip().partition(";")
     sent_by = sent_by.strip()
     port: int | None = None
     if sent_by.startswith("["):
-        host, _, after = sent_by[1:].partition("]")
-        if after.startswith(":"):
+        host, closing, after = sent_by[1:].partition("]")
+        if not closing or (after and not after.startswith(":")):
+            raise SipParseError(f"bad IPv6 reference in Via {value[:80]!r}",
+                                phrase="Bad Via")
+        if after:
             port = _port(after[1:], value)
     else:
         host, colon, port_text = sent_by.partition(":")
         if colon:
             port = _port(port_text, value)
     if not host:
-        raise SipParseError(f"Via without host: {value!r}")
+        raise SipParseError(f"Via without host: {value[:80]!r}", phrase="Bad Via")
     return Via(parts[2].upper(), host, port, _params(params))
 
 
 def _port(text: str, value: str) -> int:
-    if not text.strip().isdigit() or not 0 < int(text) < 65536:
-        raise SipParseError(f"bad port in {value!r}")
-    return int(text)
+    port = ascii_number(text, "Via port", digits=5)
+    if not 0 < port < 65536:
+        raise SipParseError(f"bad port in {value[:80]!r}", phrase="Bad Via port")
+    return port
 
 
 def parse_cseq(value: str) -> tuple[int, str]:
+    """RFC 3261 §20.16 ``CSeq: 1*DIGIT LWS Method``; the number fits 32 bits (§8.1.1.5)."""
     number, _, method = value.strip().partition(" ")
-    if not number.isdigit() or not method.strip():
-        raise SipParseError(f"bad CSeq {value!r}")
-    return int(number), method.strip().upper()
+    method = method.strip()
+    sequence = ascii_number(number, "CSeq", digits=10)
+    if sequence >= 1 << 32 or _TOKEN.fullmatch(method) is None:
+        raise SipParseError(f"bad CSeq {value[:80]!r}", phrase="Bad CSeq")
+    return sequence, method.upper()
 
 
 class _Ids:
@@ -446,7 +487,11 @@ def new_call_id(host: str) -> str:
 
 
 def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipResponse:
-    """Parse one complete message (a UDP datagram, or what :class:`StreamDeframer` cut)."""
+    """Parse one complete message (a UDP datagram, or what :class:`StreamDeframer` cut).
+
+    Total: returns the message or raises :class:`SipParseError`, with
+    :attr:`SipParseError.request` set when the failed message is a request that can still
+    be answered."""
     head_end = data.find(b"\r\n\r\n")
     separator = 4
     if head_end < 0:
@@ -455,13 +500,15 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipRespo
     if head_end < 0:
         if len(data) > MAX_HEADER_BYTES:
             raise SipParseError("header section too large", 413)
-        raise SipParseError("no blank line after the headers")
+        raise SipParseError("no blank line after the headers",
+                            phrase="No blank line after the headers")
     if head_end > MAX_HEADER_BYTES:
         raise SipParseError("header section too large", 413)
     try:
         head = data[:head_end].decode("utf-8")
     except UnicodeDecodeError:
-        raise SipParseError("header section is not UTF-8") from None
+        raise SipParseError("header section is not UTF-8",
+                            phrase="Header section is not UTF-8") from None
     lines = head.split("\r\n")  # the usual case: CRLF line ends, no folding, no empty lines
     if head.count("\n") != len(lines) - 1 or "\n " in head or "\n\t" in head:
         lines = _unfold(head)
@@ -474,14 +521,18 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipRespo
     header_keys: list[str] = []
     index: dict[str, str] = {}
     valid = _VALID_NAMES
+    failure: SipParseError | None = None
     for position in range(1, len(lines)):
         line = lines[position]
         name, colon, value = line.partition(":")
         key = valid.get(name)
         if key is None or not colon:
             name = name.strip(" \t")
-            if not colon or not name or " " in name or "\t" in name:
-                raise SipParseError(f"malformed header line {line[:60]!r}")
+            if not colon or _TOKEN.fullmatch(name) is None:
+                # read on: the fields a response needs may still follow
+                failure = failure or SipParseError(f"malformed header line {line[:60]!r}",
+                                                   phrase="Malformed header line")
+                continue
             key = header_key(name)
             if len(valid) < _NAME_CACHE_LIMIT:
                 valid[name] = key
@@ -494,42 +545,59 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipRespo
     if start.startswith("SIP/"):
         version, _, rest = start.partition(" ")
         code, _, reason = rest.partition(" ")
-        if version != "SIP/2.0" or not code.isdigit() or not 100 <= int(code) <= 699:
+        if version != "SIP/2.0" or len(code) != 3 or not (code.isascii() and code.isdigit()) \
+                or not 100 <= int(code) <= 699:
             raise SipParseError(f"bad status line {start[:60]!r}", 0)
         message = SipResponse(parsed_headers, b"", int(code), reason, _index=index,
                               _has_length="content-length" in index, _keys=header_keys)
     else:
         parts = start.split(" ")
-        if len(parts) != 3 or parts[2] != "SIP/2.0" or not parts[0].isalpha():
-            raise SipParseError(f"bad request line {start[:60]!r}")
+        if len(parts) != 3 or parts[2] != "SIP/2.0" or _TOKEN.fullmatch(parts[0]) is None \
+                or not parts[1]:
+            raise SipParseError(f"bad request line {start[:60]!r}", phrase="Bad request line")
         message = SipRequest(parsed_headers, b"", parts[0].upper(), parts[1], _index=index,
                              _has_length="content-length" in index, _keys=header_keys)
-    rest = data[head_end + separator:]
+    try:
+        if failure is not None:
+            raise failure
+        _check_message(message, index, data[head_end + separator:], stream)
+    except SipParseError as exc:
+        if isinstance(message, SipRequest) and message.method != "ACK" \
+                and all(name in index for name in _REQUIRED):
+            exc.request = message
+        raise
+    return message
+
+
+def _check_message(message: SipRequest | SipResponse, index: dict[str, str], rest: bytes,
+                   stream: bool) -> None:
+    """The body by Content-Length and the fields every transaction needs (§8.1.1)."""
     length_text = index.get("content-length")
     if length_text is None:
         if stream:
-            raise SipParseError("Content-Length is required on stream transports")
+            raise SipParseError("Content-Length is required on stream transports",
+                                phrase="Missing Content-Length")
         length = len(rest)
     else:
-        if not length_text.isdigit():
-            raise SipParseError(f"bad Content-Length {length_text!r}")
-        length = int(length_text)
+        length = ascii_number(length_text, "Content-Length")
     if length > MAX_BODY_BYTES:
         raise SipParseError("body too large", 413)
     if length > len(rest):
-        raise SipParseError("body shorter than Content-Length")
+        raise SipParseError("body shorter than Content-Length",
+                            phrase="Body shorter than Content-Length")
     message.body = rest[:length]
     for name in _REQUIRED:
         if name not in index:
-            raise SipParseError(f"missing {canonical_name(name)} header")
+            spelled = canonical_name(name)
+            raise SipParseError(f"missing {spelled} header", phrase=f"Missing {spelled}")
     message._cseq = parse_cseq(index["cseq"])  # validates CSeq
     if isinstance(message, SipRequest):
         message.top_via  # noqa: B018 - validates the Via we answer to
         if message._cseq[1] != message.method:
-            raise SipParseError("CSeq method does not match the request method")
+            raise SipParseError("CSeq method does not match the request method",
+                                phrase="CSeq method does not match")
     elif not message.branch:  # a response is matched by the branch alone (§17.1.3)
         raise SipParseError("response without a Via branch")
-    return message
 
 
 def _unfold(head: str) -> list[str]:
@@ -548,45 +616,80 @@ class StreamDeframer:
     """Cuts a TCP/TLS byte stream into messages using Content-Length (RFC 3261 §18.3).
 
     Keep-alive CRLFs between messages (RFC 5626 §3.5.1) are skipped. A head longer than
-    :data:`MAX_HEADER_BYTES` or a body over :data:`MAX_BODY_BYTES` raises
-    :class:`SipParseError`: the connection must then be closed, since framing is lost.
+    :data:`MAX_HEADER_BYTES`, a body over :data:`MAX_BODY_BYTES` or a Content-Length that
+    is not a number loses the framing: :attr:`error` is set (with the request as far as
+    it was read, to answer it) and nothing more is cut; the connection must then be
+    closed, since nothing after it can be trusted to be a message boundary. The messages
+    cut before the error are still returned.
     """
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+        self.error: SipParseError | None = None
 
     def feed(self, data: bytes) -> list[bytes]:
+        if self.error is not None:
+            return []
         self._buffer += data
         messages: list[bytes] = []
+        try:
+            self._cut(messages)
+        except SipParseError as exc:
+            self.error = exc
+            self._buffer.clear()
+        return messages
+
+    def _cut(self, messages: list[bytes]) -> None:
+        buffer = self._buffer
         while True:
-            while self._buffer[:2] == b"\r\n":
-                del self._buffer[:2]
-            end = self._buffer.find(b"\r\n\r\n")
+            while buffer[:2] == b"\r\n":
+                del buffer[:2]
+            end = buffer.find(b"\r\n\r\n")
             if end < 0:
-                if len(self._buffer) > MAX_HEADER_BYTES:
+                if len(buffer) > MAX_HEADER_BYTES:
                     raise SipParseError("header section too large", 413)
-                return messages
+                return
             if end > MAX_HEADER_BYTES:
                 raise SipParseError("header section too large", 413)
-            length = _content_length(bytes(self._buffer[:end]))
-            if length > MAX_BODY_BYTES:
-                raise SipParseError("body too large", 413)
+            try:
+                length = _content_length(bytes(buffer[:end]))
+                if length > MAX_BODY_BYTES:
+                    raise SipParseError("body too large", 413)
+            except SipParseError as exc:
+                exc.request = answerable_request(bytes(buffer[:end + 4]))
+                raise
             total = end + 4 + length
-            if len(self._buffer) < total:
-                return messages
-            messages.append(bytes(self._buffer[:total]))
-            del self._buffer[:total]
+            if len(buffer) < total:
+                return
+            messages.append(bytes(buffer[:total]))
+            del buffer[:total]
+
+
+def answerable_request(data: bytes) -> SipRequest | None:
+    """The request in ``data`` as far as it can be read to answer it (its five
+    transaction fields present; not an ACK), or None: what a refusal is built from when
+    the message as a whole does not parse, or need not be parsed whole (a 503 while
+    overloaded)."""
+    try:
+        message = parse_message(data)
+    except SipParseError as exc:
+        return exc.request
+    if isinstance(message, SipRequest) and message.method != "ACK":
+        return message
+    return None
 
 
 def _content_length(head: bytes) -> int:
     for line in head.split(b"\r\n")[1:]:
         name, colon, value = line.partition(b":")
         if colon and name.strip().lower() in (b"content-length", b"l"):
-            text = value.strip()
-            if not text.isdigit():
-                raise SipParseError(f"bad Content-Length {text[:20]!r}")
+            text = value.strip(b" \t")
+            if not (0 < len(text) <= 10 and text.isdigit()):  # bytes.isdigit: ASCII only
+                raise SipParseError(f"bad Content-Length {text[:20]!r}",
+                                    phrase="Bad Content-Length")
             return int(text)
-    raise SipParseError("Content-Length is required on stream transports")
+    raise SipParseError("Content-Length is required on stream transports",
+                        phrase="Missing Content-Length")
 
 
 def make_response(request: SipRequest, status: int, reason: str | None = None,
@@ -621,7 +724,8 @@ def _response_headers(request: SipRequest, status: int, to_tag: str) -> list[tup
     if to_tag and status > 100:
         for position, (name, value) in enumerate(copied):
             if name == "To":
-                copied[position] = (name, _with_tag(value, to_tag))
+                with contextlib.suppress(SipParseError):  # unreadable: copied as it came
+                    copied[position] = (name, _with_tag(value, to_tag))
                 break
     return copied
 

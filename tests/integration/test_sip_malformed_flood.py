@@ -1,0 +1,143 @@
+"""Malformed SIP in bulk, over real sockets: every message answered or dropped *and
+counted*, the log kept to its per-second budget, nothing escaping into asyncio (which would
+print each traceback on stderr: 821 KiB for 1,000 datagrams of 300 bytes before the
+parser was made total).
+
+Addresses as in test_sip_trust.py: 127.0.0.9 the gateway, 127.0.0.10 the proxy,
+127.0.0.11 an outsider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from gateway.metrics import Metrics
+from gateway.sip.transport import MALFORMED_LOG_PER_SECOND
+from tests.integration.test_sip_hostile_input import sip_request, status_of
+from tests.integration.test_sip_trust import (
+    ATTACKER,
+    PROXY,
+    SIP_DOMAIN,
+    sip_backend,
+    untrusted_count,
+)
+
+
+def malformed_count(metrics: Metrics, reason: str) -> float:
+    return metrics.registry.get_sample_value("xmpp_gateway_sip_malformed_total",
+                                             {"reason": reason}) or 0.0
+
+
+class Collector(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.answers: list[bytes] = []
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.answers.append(data)
+
+
+async def _flood(source: str, target: tuple[str, int], count: int, **spoil) -> Collector:
+    """``count`` spoiled MESSAGEs from ``source`` in bursts a socket buffer holds."""
+    loop = asyncio.get_running_loop()
+    transport, collector = await loop.create_datagram_endpoint(Collector,
+                                                               local_addr=(source, 0))
+    port = transport.get_extra_info("sockname")[1]
+    try:
+        for burst in range(0, count, 50):
+            for _ in range(min(50, count - burst)):
+                transport.sendto(sip_request((source, port), "udp", **spoil), target)
+            await asyncio.sleep(0.01)
+        async with asyncio.timeout(10):
+            while len(collector.answers) < count:
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)  # and nothing more than one answer each
+    finally:
+        transport.close()
+    return collector
+
+
+def _escaped_to_asyncio(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "asyncio"]
+
+
+async def test_bad_numbers_in_bulk_are_answered_and_counted_not_logged_line_by_line(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    async with sip_backend() as (backend, recorder, metrics):
+        proxy = await _flood(PROXY, backend.transport.local, 500, cseq="\u00b2 MESSAGE")
+        outsider = await _flood(ATTACKER, backend.transport.local, 500,
+                                content_length="\u00b2")
+        assert [status_of(a) for a in proxy.answers] == [400] * 500
+        assert all(b"400 Bad CSeq\r\n" in a for a in proxy.answers)
+        assert [status_of(a) for a in outsider.answers] == [403] * 500
+        assert malformed_count(metrics, "syntax") == 500
+        assert untrusted_count(metrics, "source") == 500
+        assert recorder.queue.empty()
+    assert _escaped_to_asyncio(caplog) == []
+    malformed = [r for r in caplog.records if r.getMessage() == "sip.malformed"]
+    assert 1 <= len(malformed) <= 2 * MALFORMED_LOG_PER_SECOND
+    assert malformed[0].levelno == logging.WARNING
+    assert malformed[0].gw_fields["action"] == "400 Bad CSeq"  # type: ignore[attr-defined]
+    assert malformed[0].gw_fields["peer"].startswith(PROXY)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_an_unexpected_error_is_caught_at_the_transport_logged_within_budget_and_counted(
+        transport: str, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug anywhere behind the transport (here: the message handler itself raises) never
+    reaches asyncio: each datagram is dropped and counted (a connection closed), the
+    traceback logged within the budget, and the next message is handled normally."""
+    caplog.set_level(logging.INFO)
+    async with sip_backend(transport) as (backend, recorder, metrics):
+        endpoint = backend.endpoint
+        handle = endpoint.transport.on_message
+
+        def broken(data: bytes, flow, peer) -> None:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(endpoint.transport, "on_message", broken)
+        count = 200 if transport == "udp" else 3
+        for _ in range(count):
+            if transport == "udp":
+                loop = asyncio.get_running_loop()
+                sender, _ = await loop.create_datagram_endpoint(
+                    asyncio.DatagramProtocol, local_addr=(PROXY, 0))
+                sender.sendto(sip_request(sender.get_extra_info("sockname")[:2], "udp"),
+                              backend.transport.local)
+                sender.close()
+            else:
+                reader, writer = await asyncio.open_connection(
+                    *backend.transport.local, local_addr=(PROXY, 0))
+                writer.write(sip_request(writer.get_extra_info("sockname")[:2], "tcp"))
+                async with asyncio.timeout(5):
+                    assert await reader.read(100) == b""  # closed: its state is unknown
+                writer.close()
+        async with asyncio.timeout(10):
+            while malformed_count(metrics, "unexpected") < count:
+                await asyncio.sleep(0.02)
+        monkeypatch.setattr(endpoint.transport, "on_message", handle)
+        if transport == "udp":
+            sender, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+                asyncio.DatagramProtocol, local_addr=(PROXY, 0))
+            sender.sendto(sip_request(sender.get_extra_info("sockname")[:2], "udp",
+                                      uri="sip:bob@xmpp.example", domain=SIP_DOMAIN),
+                          backend.transport.local)
+            stanza = await recorder.next()
+            sender.close()
+        else:
+            _, writer = await asyncio.open_connection(*backend.transport.local,
+                                                      local_addr=(PROXY, 0))
+            writer.write(sip_request(writer.get_extra_info("sockname")[:2], "tcp",
+                                     uri="sip:bob@xmpp.example", domain=SIP_DOMAIN))
+            stanza = await recorder.next()
+            writer.close()
+        assert stanza.findtext("{jabber:server}body") == "hello"
+        assert backend.transport.unexpected_errors == count
+    assert _escaped_to_asyncio(caplog) == []
+    lines = [r for r in caplog.records if r.getMessage() == "sip.unexpected_error"]
+    assert 1 <= len(lines) <= 2 * MALFORMED_LOG_PER_SECOND
+    assert lines[0].exc_info is not None and "a bug" in str(lines[0].exc_info[1])
