@@ -563,7 +563,7 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipRespo
         _check_message(message, index, data[head_end + separator:], stream)
     except SipParseError as exc:
         if isinstance(message, SipRequest) and message.method != "ACK" \
-                and all(name in index for name in _REQUIRED):
+                and all(index.get(name) for name in _REQUIRED):
             exc.request = message
         raise
     return message
@@ -587,7 +587,7 @@ def _check_message(message: SipRequest | SipResponse, index: dict[str, str], res
                             phrase="Body shorter than Content-Length")
     message.body = rest[:length]
     for name in _REQUIRED:
-        if name not in index:
+        if not index.get(name):  # absent, or empty (none of the five may be, §25.1)
             spelled = canonical_name(name)
             raise SipParseError(f"missing {spelled} header", phrase=f"Missing {spelled}")
     message._cseq = parse_cseq(index["cseq"])  # validates CSeq
