@@ -90,6 +90,13 @@ class SipParseError(ValueError):
 
 # RFC 3261 §25.1 token characters (a method is a token).
 _TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+")
+# Request methods as spelled on the wire that passed the token check -> upper case: the
+# same few arrive in every request (bounded like the header-name caches).
+_METHODS: dict[str, str] = {}
+# The usual spellings of CSeq and of a Via, read by one regular expression each; anything
+# else goes through the general parsers below, which accept every legal spelling.
+_CSEQ_USUAL = re.compile(r"([0-9]{1,10}) ([A-Z]+)")
+_VIA_USUAL = re.compile(r"SIP/2\.0/([A-Z]+) ([A-Za-z0-9.-]+):([0-9]{1,5})((?:;[^;,\s]*)*)")
 
 
 def ascii_number(text: str, what: str, *, digits: int = 10) -> int:
@@ -403,6 +410,12 @@ def address_uri(value: str) -> str:
 
 def parse_via(value: str) -> Via:
     """RFC 3261 §20.42: ``SIP/2.0/UDP host[:port];params``."""
+    usual = _VIA_USUAL.fullmatch(value)
+    if usual is not None:
+        transport, host, port_text, params = usual.groups()
+        port = int(port_text)
+        if 0 < port < 65536:
+            return Via(transport, host, port, _params(params))
     protocol, _, rest = value.strip().partition(" ")
     parts = protocol.split("/")
     if len(parts) != 3 or parts[0].upper() != "SIP":
@@ -435,6 +448,11 @@ def _port(text: str, value: str) -> int:
 
 def parse_cseq(value: str) -> tuple[int, str]:
     """RFC 3261 §20.16 ``CSeq: 1*DIGIT LWS Method``; the number fits 32 bits (§8.1.1.5)."""
+    usual = _CSEQ_USUAL.fullmatch(value)
+    if usual is not None:
+        sequence = int(usual.group(1))
+        if sequence < 1 << 32:
+            return sequence, usual.group(2)
     number, _, method = value.strip().partition(" ")
     method = method.strip()
     sequence = ascii_number(number, "CSeq", digits=10)
@@ -522,8 +540,8 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipRespo
     index: dict[str, str] = {}
     valid = _VALID_NAMES
     failure: SipParseError | None = None
-    for position in range(1, len(lines)):
-        line = lines[position]
+    add_header, add_key, first = parsed_headers.append, header_keys.append, index.setdefault
+    for line in lines[1:]:
         name, colon, value = line.partition(":")
         key = valid.get(name)
         if key is None or not colon:
@@ -537,10 +555,9 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipRespo
             if len(valid) < _NAME_CACHE_LIMIT:
                 valid[name] = key
         value = value.strip(" \t")  # LWS only (§7.3.1)
-        parsed_headers.append((name, value))
-        header_keys.append(key)
-        if key not in index:
-            index[key] = value
+        add_header((name, value))
+        add_key(key)
+        first(key, value)
     message: SipRequest | SipResponse
     if start.startswith("SIP/"):
         version, _, rest = start.partition(" ")
@@ -552,10 +569,17 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipRespo
                               _has_length="content-length" in index, _keys=header_keys)
     else:
         parts = start.split(" ")
-        if len(parts) != 3 or parts[2] != "SIP/2.0" or _TOKEN.fullmatch(parts[0]) is None \
-                or not parts[1]:
+        method = _METHODS.get(parts[0]) if len(parts) == 3 else None
+        if method is None:
+            if len(parts) != 3 or _TOKEN.fullmatch(parts[0]) is None:
+                raise SipParseError(f"bad request line {start[:60]!r}",
+                                    phrase="Bad request line")
+            method = parts[0].upper()
+            if len(_METHODS) < _NAME_CACHE_LIMIT:
+                _METHODS[parts[0]] = method
+        if parts[2] != "SIP/2.0" or not parts[1]:
             raise SipParseError(f"bad request line {start[:60]!r}", phrase="Bad request line")
-        message = SipRequest(parsed_headers, b"", parts[0].upper(), parts[1], _index=index,
+        message = SipRequest(parsed_headers, b"", method, parts[1], _index=index,
                              _has_length="content-length" in index, _keys=header_keys)
     try:
         if failure is not None:
@@ -706,8 +730,17 @@ def response_wire(request: SipRequest, status: int, reason: str | None = None, *
     the response object: the bytes of every answer the gateway gives a request (a 202
     per relayed MESSAGE)."""
     lines = [f"SIP/2.0 {status} {reason or REASONS.get(status, 'Unknown')}\r\n"]
-    lines += [f"{name}: {value}\r\n" for name, value in _response_headers(request, status,
-                                                                        to_tag)]
+    names = _RESPONSE_NAMES
+    tag = to_tag if status > 100 else ""
+    keys = request._keys or [header_key(header) for header, _ in request.headers]
+    for key, (_, value) in zip(keys, request.headers, strict=True):
+        name = names.get(key)
+        if name is not None:
+            if tag and name == "To":
+                with contextlib.suppress(SipParseError):  # unreadable: copied as it came
+                    value = _with_tag(value, tag)
+                tag = ""
+            lines.append(f"{name}: {value}\r\n")
     lines += [f"{canonical_name(name)}: {value}\r\n" for name, value in extra]
     lines.append("Content-Length: 0\r\n\r\n")
     return "".join(lines).encode()
@@ -731,6 +764,7 @@ def _response_headers(request: SipRequest, status: int, to_tag: str) -> list[tup
 
 
 _TAG_PARAM = re.compile(r";[ \t]*tag[ \t]*=", re.IGNORECASE)
+_TAG_ANYWHERE = re.compile("tag", re.IGNORECASE)  # without it, no tag: nothing to split
 
 
 def _with_tag(to: str, tag: str) -> str:

@@ -40,19 +40,21 @@ class Collector(asyncio.DatagramProtocol):
 
 
 async def _flood(source: str, target: tuple[str, int], count: int, **spoil) -> Collector:
-    """``count`` spoiled MESSAGEs from ``source`` in bursts a socket buffer holds."""
+    """``count`` spoiled MESSAGEs from ``source`` in bursts of 50, each answered before
+    the next is sent."""
     loop = asyncio.get_running_loop()
     transport, collector = await loop.create_datagram_endpoint(Collector,
                                                                local_addr=(source, 0))
     port = transport.get_extra_info("sockname")[1]
     try:
-        for burst in range(0, count, 50):
-            for _ in range(min(50, count - burst)):
-                transport.sendto(sip_request((source, port), "udp", **spoil), target)
-            await asyncio.sleep(0.01)
-        async with asyncio.timeout(10):
-            while len(collector.answers) < count:
-                await asyncio.sleep(0.02)
+        async with asyncio.timeout(20):
+            for burst in range(0, count, 50):
+                for _ in range(min(50, count - burst)):
+                    transport.sendto(sip_request((source, port), "udp", **spoil), target)
+                # each burst's answers read before the next: this socket's receive buffer
+                # (not the gateway's) must not be what overflows on a loaded machine
+                while len(collector.answers) < min(burst + 50, count):
+                    await asyncio.sleep(0.005)
         await asyncio.sleep(0.1)  # and nothing more than one answer each
     finally:
         transport.close()
