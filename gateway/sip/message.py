@@ -716,6 +716,96 @@ def _content_length(head: bytes) -> int:
                         phrase="Missing Content-Length")
 
 
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """What :func:`read_head` found: enough to decide about a request and to answer it,
+    read without parsing it (see there)."""
+
+    method: str
+    uri: str
+    transaction: tuple[str, str, str]  # (branch, sent-by, method): the server transaction
+    to_tagged: bool  # the To has a tag: an in-dialog request
+    # the fields a response copies, as received: Via lines and From; the To line without
+    # its CRLF; Call-ID and CSeq
+    before_to: bytes
+    to_field: bytes
+    after_to: bytes
+
+
+# The five fields a response copies (RFC 3261 §8.2.6.2), long or compact (§7.3.3), in any
+# case, each with its value up to the end of its line: one pass over the head in C.
+_HEAD_FIELDS = re.compile(
+    rb"\r\n(?:(via|v)|(from|f)|(to|t)|(call-id|i)|(cseq))[ \t]*:[ \t]*([^\r\n]*)(?=\r\n)",
+    re.IGNORECASE)
+_FOLDED = re.compile(rb"\r\n[ \t]")
+_HEAD_METHODS = {b"MESSAGE": "MESSAGE", b"SUBSCRIBE": "SUBSCRIBE"}
+
+
+def read_head(data: bytes) -> RequestHead | None:
+    """A MESSAGE or SUBSCRIBE read only as far as answering it needs: the start line, the
+    top Via's transaction key and the five fields a response copies, found in one regular
+    expression pass (a few µs where :func:`parse_message` takes several times that).
+    None when the request is not one of those two or is spelled in any way this does not
+    read exactly (folded lines, a Via it cannot read, From/To/Call-ID/CSeq missing or
+    twice): the caller then parses it in full.
+
+    For answering ``503`` while overloaded (RFC 3261 §21.5.4) as a stateless UAS (§8.2.7):
+    what arrives faster than it can be handled is answered at this cost instead of
+    waiting in the socket buffer until the kernel drops it."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or end > MAX_HEADER_BYTES:
+        return None
+    first = data.find(b" ")
+    method = _HEAD_METHODS.get(data[:first])
+    if method is None:
+        return None
+    line_end = data.find(b"\r\n")
+    uri, space, version = data[first + 1:line_end].partition(b" ")
+    head = data[line_end:end + 2]
+    if not space or version != b"SIP/2.0" or _FOLDED.search(head) is not None:
+        return None
+    vias: list[bytes] = []
+    found: dict[int, bytes] = {}
+    for via, sender, to, call_id, _cseq, value in _HEAD_FIELDS.findall(head):
+        value = value.rstrip(b" \t")
+        if via:
+            vias.append(value)
+            continue
+        kind = 1 if sender else 2 if to else 3 if call_id else 4
+        if kind in found or not value:
+            return None
+        found[kind] = value
+    if not vias or len(found) != 4:
+        return None
+    try:
+        via_match = _VIA_USUAL.fullmatch(vias[0].split(b",", 1)[0].decode())
+        text_uri = uri.decode()
+        to_text = found[2].decode()
+    except UnicodeDecodeError:
+        return None
+    branch = _BRANCH.search(via_match.group(4)) if via_match is not None else None
+    if via_match is None or branch is None:
+        return None
+    sent_by = f"{via_match.group(2)}:{via_match.group(3)}"
+    before_to = b"".join([*(b"Via: " + via + b"\r\n" for via in vias),
+                          b"From: ", found[1], b"\r\n"])
+    after_to = b"".join([b"Call-ID: ", found[3], b"\r\nCSeq: ", found[4], b"\r\n"])
+    return RequestHead(method, text_uri, (branch.group(1), sent_by, method),
+                       _TAG_PARAM.search(_split_address(to_text)[2]) is not None
+                       if _TAG_ANYWHERE.search(to_text) else False,
+                       before_to, b"To: " + found[2], after_to)
+
+
+def head_answer(head: RequestHead, status: int, reason: str, *, to_tag: str,
+                extra: Iterable[tuple[str, str]] = ()) -> bytes:
+    """The bytes of a response to a request known by its :class:`RequestHead`: its
+    fields copied as received, the To tagged when it had no tag (§8.2.6.2)."""
+    to = head.to_field if head.to_tagged else head.to_field + b";tag=" + to_tag.encode()
+    tail = "".join(f"{canonical_name(name)}: {value}\r\n" for name, value in extra)
+    return b"".join([f"SIP/2.0 {status} {reason}\r\n".encode(), head.before_to, to,
+                     b"\r\n", head.after_to, tail.encode(), b"Content-Length: 0\r\n\r\n"])
+
+
 def make_response(request: SipRequest, status: int, reason: str | None = None,
                   *, to_tag: str = "") -> SipResponse:
     """A response to ``request`` (RFC 3261 §8.2.6.2): Via, From, Call-ID, CSeq copied,

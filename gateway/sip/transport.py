@@ -75,6 +75,10 @@ FlowLost = Callable[[Flow], None]
 Refused = Callable[[str, tuple[str, int], str, str], None]
 UNTRUSTED_GRACE = 5.0  # seconds an untrusted connection may stay open without a request
 MALFORMED_LOG_PER_SECOND = 20
+# The kernel's drop counter at the UDP socket is sampled once a second; while it grows a
+# WARNING says so at once, then at most once per this many seconds (with what it counted
+# in between), so that a flood is visible in the log as it happens, not as one line a second.
+DROP_WARNING_INTERVAL = 10.0
 # (transport, reason label): a message was refused as malformed or failed unexpectedly
 Malformed = Callable[[str, str], None]
 
@@ -295,6 +299,9 @@ class SipTransport:
         self._verdicts: dict[str, bool] = {}  # source address → trusted (cache)
         self._malformed_log = RefusalLogBudget(MALFORMED_LOG_PER_SECOND)
         self.unexpected_errors = 0
+        self._drops_reported = 0  # the kernel's count at the last sip.udp_dropped line
+        self._drops_reported_at = float("-inf")
+        self._udp_inode = ""
 
     # ------------------------------------------------------------------ trust (issue 13)
 
@@ -475,24 +482,44 @@ class SipTransport:
         ``drops`` column of /proc/net/udp for our socket's inode), None if unknown."""
         if self._udp is None:
             return None
-        sock = self._udp.sock
-        try:
-            inode = str(os.fstat(sock.fileno()).st_ino)
-        except (OSError, ValueError):
-            return None
+        if not self._udp_inode:
+            try:
+                self._udp_inode = str(os.fstat(self._udp.sock.fileno()).st_ino)
+            except (OSError, ValueError):
+                return None
+        inode = self._udp_inode
         # thread-self: the namespace of the thread asking (the same as the process's in
         # the daemon; a test may run the gateway in a thread that joined another one)
         for table in ("/proc/thread-self/net/udp", "/proc/thread-self/net/udp6"):
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):
                 for line in Path(table).read_text().splitlines()[1:]:
                     fields = line.split()
                     if len(fields) >= 13 and fields[9] == inode:
                         return int(fields[12])
         return None
 
+    def sample_drops(self, now: float) -> None:
+        """Warn when the kernel dropped datagrams at our socket since the last warning (see
+        :data:`DROP_WARNING_INTERVAL`): the proxy sent faster than the gateway read, and
+        those requests are lost until the sender retransmits them (UDP, RFC 3261 §17.1.2)."""
+        drops = self.udp_drops()
+        if drops is None or drops <= self._drops_reported \
+                or now - self._drops_reported_at < DROP_WARNING_INTERVAL:
+            return
+        log_event(log, logging.WARNING, "sip.udp_dropped", transport=self.kind,
+                  local=f"{self.local[0]}:{self.local[1]}",
+                  dropped=drops - self._drops_reported, total=drops,
+                  receive_buffer=self.udp_buffer_granted,
+                  reason="datagrams arrived faster than the gateway read them and the "
+                         "kernel dropped them at the SIP socket; senders must retransmit",
+                  hint="a burst larger than sip.udp_receive_buffer, or a gateway short of "
+                       "CPU (docs/sip.md, Flow control)")
+        self._drops_reported, self._drops_reported_at = drops, now
+
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"input_paused": self.input_paused, "input_pauses": self.pauses,
-                                "connections": len(self.streams)}
+                                "connections": len(self.streams),
+                                "unexpected_errors": self.unexpected_errors}
         if self.kind == "udp":
             info.update(udp_receive_buffer=self.udp_buffer_granted,
                         udp_drops=self.udp_drops())

@@ -43,7 +43,9 @@ from gateway.sip.message import (
     SipRequest,
     SipResponse,
     StreamDeframer,
+    head_answer,
     parse_message,
+    read_head,
 )
 from gateway.sip.messaging import MessageRelay
 from gateway.sip.transaction import RequestReceived
@@ -267,6 +269,28 @@ def parse_or_refuse(data: bytes, *, stream: bool = False) -> SipRequest | SipRes
     return message
 
 
+def head_agrees(data: bytes, message: SipRequest | SipResponse | None) -> None:
+    """read_head (the overload path) reads what the full parser reads, when both read;
+    and the 503 it builds is a response to that request."""
+    head = read_head(data)
+    if head is None or not isinstance(message, SipRequest):
+        return
+    via = message.top_via
+    assert (head.method, head.uri) == (message.method, message.uri)
+    assert head.transaction == (via.branch, via.sent_by, message.method)
+    try:
+        tag = message.to.tag
+    except SipParseError:  # an unreadable To: the full path answers 400, no tag to compare
+        return
+    assert head.to_tagged == bool(tag)
+    answer = parse_message(head_answer(head, 503, "Service Unavailable", to_tag="t1",
+                                       extra=[("Retry-After", "1")]), stream=True)
+    assert isinstance(answer, SipResponse) and answer.status == 503
+    assert (answer.call_id, answer.cseq, answer.branch) == (
+        message.call_id, message.cseq, message.branch)
+    assert answer.to.tag == (tag or "t1")
+
+
 def round_trips(message: SipRequest | SipResponse) -> None:
     again = parse_message(message.serialize(), stream=True)
     assert type(again) is type(message)
@@ -283,9 +307,11 @@ def round_trips(message: SipRequest | SipResponse) -> None:
 def test_sip_parser_is_total_and_round_trips(blobs: list[bytes]) -> None:
     """Any bytes near a request: a message or a SipParseError; accepted ones round trip."""
     for blob in blobs:
-        message = parse_or_refuse(sip_request(blob))
+        data = sip_request(blob)
+        message = parse_or_refuse(data)
         if message is not None:
             round_trips(message)
+        head_agrees(data, message)
         parse_or_refuse(blob)  # and the blob itself, as bytes off the wire
     TALLY.add("SIP parser", 2 * len(blobs))
 

@@ -1,7 +1,8 @@
-"""Malformed SIP in bulk, over real sockets: every message answered or dropped *and
+"""SIP in bulk over real sockets: malformed messages each answered or dropped *and
 counted*, the log kept to its per-second budget, nothing escaping into asyncio (which would
 print each traceback on stderr: 821 KiB for 1,000 datagrams of 300 bytes before the
-parser was made total).
+parser was made total); overload answered 503 from each request's head, and the kernel's
+drops at the socket logged as they happen.
 
 Addresses as in test_sip_trust.py: 127.0.0.9 the gateway, 127.0.0.10 the proxy,
 127.0.0.11 an outsider.
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import time
 
 import pytest
 
@@ -143,3 +146,90 @@ async def test_an_unexpected_error_is_caught_at_the_transport_logged_within_budg
     lines = [r for r in caplog.records if r.getMessage() == "sip.unexpected_error"]
     assert 1 <= len(lines) <= 2 * MALFORMED_LOG_PER_SECOND
     assert lines[0].exc_info is not None and "a bug" in str(lines[0].exc_info[1])
+
+
+async def test_kernel_drops_at_the_sip_socket_are_warned_at_once_then_within_budget(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A burst the gateway cannot read in time (here: its event loop is held while 1,000
+    datagrams arrive at a 64 KiB buffer) is dropped by the kernel: the next once-a-second
+    sample logs a WARNING with the count, the next within the interval does not, and
+    ``describe`` (status, metrics) shows the total."""
+    caplog.set_level(logging.INFO)
+    async with sip_backend() as (backend, _recorder, _metrics):
+        transport = backend.transport
+        transport.udp_receive_buffer = 64 * 1024
+        transport._raise_receive_buffer(transport._udp.sock)  # type: ignore[union-attr]
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender.bind((PROXY, 0))
+        data = sip_request(sender.getsockname(), "udp", uri="sip:bob@xmpp.example",
+                           domain=SIP_DOMAIN)
+        for _ in range(1000):  # nothing reads meanwhile: this coroutine holds the loop
+            sender.sendto(data, transport.local)
+        sender.close()
+        drops = transport.udp_drops()
+        assert drops is not None and drops > 0
+        now = time.monotonic()
+        transport.sample_drops(now)
+        transport.sample_drops(now + 1)  # within the interval: not again
+        [line] = [r for r in caplog.records if r.getMessage() == "sip.udp_dropped"]
+        assert line.levelno == logging.WARNING
+        assert line.gw_fields["dropped"] == drops  # type: ignore[attr-defined]
+        assert backend.describe()["udp_drops"] == drops
+    await asyncio.sleep(0)
+
+
+class Congested:
+    """The router's two answers the SIP side asks for: every XMPP domain congested."""
+
+    def __init__(self) -> None:
+        self.stanzas: list = []
+
+    def submit_local(self, stanza, on_decided) -> None:
+        self.stanzas.append(stanza)
+        if on_decided is not None:
+            on_decided()
+
+    def xmpp_congested(self, domain: str) -> bool:
+        return True
+
+
+async def test_overload_is_answered_503_from_the_head_without_state_but_not_retransmissions(
+        ) -> None:
+    """While the XMPP side is congested, 500 new MESSAGEs are each answered 503 +
+    Retry-After from their head (no transaction kept), and a retransmission of a request
+    accepted before the congestion gets its 202 again (never a 503 that would make the
+    sender send it twice)."""
+    async with sip_backend() as (backend, _recorder, _metrics):
+        router = Congested()
+        backend.attach_router(router)
+        loop = asyncio.get_running_loop()
+        sender, collector = await loop.create_datagram_endpoint(Collector,
+                                                                local_addr=(PROXY, 0))
+        source = sender.get_extra_info("sockname")[:2]
+        target = backend.transport.local
+        accepted = sip_request(source, "udp", uri="sip:bob@xmpp.example", domain=SIP_DOMAIN)
+        backend.input_paused(False)
+        backend._router = None  # not congested yet: the first one is accepted
+        sender.sendto(accepted, target)
+        async with asyncio.timeout(5):
+            while not collector.answers:
+                await asyncio.sleep(0.01)
+        backend.attach_router(router)
+        backend.input_paused(True)  # the router's word: congested
+        for burst in range(10):
+            for _ in range(50):
+                sender.sendto(sip_request(source, "udp", uri="sip:bob@xmpp.example",
+                                          domain=SIP_DOMAIN), target)
+            async with asyncio.timeout(5):
+                while len(collector.answers) < 1 + 50 * (burst + 1):
+                    await asyncio.sleep(0.005)
+        sender.sendto(accepted, target)  # a retransmission of the accepted one
+        async with asyncio.timeout(5):
+            while len(collector.answers) < 502:
+                await asyncio.sleep(0.005)
+        sender.close()
+        statuses = [status_of(a) for a in collector.answers]
+        assert statuses == [202] + [503] * 500 + [202]
+        assert all(b"\r\nRetry-After: 1\r\n" in a for a in collector.answers[1:501])
+        assert backend.endpoint.shed_answers == 500 == backend.busy_answers
+        assert len(backend.layer.servers) == 1  # the accepted one only: no state for 503s
