@@ -73,7 +73,7 @@ def test_a_missing_internal_stops_start_up_with_what_is_missing_and_what_works(
     monkeypatch.setattr("gateway.auth.tls_provider.self_test",
                         openssl_internals.self_test)
     settings = TlsSettings(certificate=tmp_path / "none.crt", key=tmp_path / "none.key")
-    with pytest.raises(TlsConfigError, match="Connection._into_ssl_renamed"):
+    with pytest.raises(TlsConfigError, match=r"Connection\._into_ssl_renamed"):
         OpenSslTlsProvider(settings)
 
 
