@@ -100,7 +100,7 @@ def test_partners_keep_their_stream_through_hostile_sip_messages(
         gateway.stop()  # and every byte it wrote on S2S checked by expat (harness)
     assert assert_well_formed_output(gateway.recordings) >= len(PARTNERS)  # streams recorded
     assert [status for _, status, _ in refused] == [400] * len(HOSTILE) * len(PARTNERS)
-    assert all("XML" in reason or "Request-URI" in reason or "Address" in reason
+    assert all("xml" in reason.lower() or "address" in reason.lower()
                for _, _, reason in refused), refused
     for log in (prosody.log, ejabberd.log):
         assert "not-well-formed" not in log and "not well-formed" not in log
