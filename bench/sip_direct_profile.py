@@ -19,6 +19,7 @@ import asyncio
 import cProfile
 import dataclasses
 import gc
+import resource
 import sys
 import time
 
@@ -75,6 +76,7 @@ def main() -> int:
                            limit + 30) as sink:
                     await asyncio.to_thread(sink.line, 30)
                     cpu = time.process_time()
+                    usage = resource.getrusage(resource.RUSAGE_SELF)
                     gc_before, runs_before = collector.seconds, list(collector.runs)
                     if measured and profiler is not None:
                         profiler.enable()
@@ -86,9 +88,13 @@ def main() -> int:
                     if profiler is not None:
                         profiler.disable()
                     used = time.process_time() - cpu
+                    after = resource.getrusage(resource.RUSAGE_SELF)
+                    system = after.ru_stime - usage.ru_stime
                 return {"sent": sent["sent"], "delivered": arrived["received"],
                         "finals": sent["finals"], "retransmissions": sent["retransmissions"],
                         "gateway_cpu_us_per_message": round(used / max(1, count) * 1e6, 1),
+                        "of_which_kernel_us_per_message": round(system / max(1, count) * 1e6,
+                                                                1),
                         "of_which_gc_us_per_message": round(
                             (collector.seconds - gc_before) / max(1, count) * 1e6, 1),
                         "gc_runs_by_generation": [a - b for a, b in

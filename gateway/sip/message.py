@@ -38,6 +38,7 @@ import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 64 * 1024
@@ -331,8 +332,10 @@ class SipResponse(SipMessage):
         return f"<SipResponse {self.status} {self.reason} call-id={self.call_id!r}>"
 
 
-@dataclass(frozen=True, slots=True)
-class Via:
+class Via(NamedTuple):
+    """A parsed Via value (RFC 3261 §20.42). A named tuple: one is made per request
+    received, and a tuple is built several times faster than a frozen dataclass."""
+
     transport: str
     host: str
     port: int | None
@@ -602,6 +605,8 @@ def _check_message(message: SipRequest | SipResponse, index: dict[str, str], res
             raise SipParseError("Content-Length is required on stream transports",
                                 phrase="Missing Content-Length")
         length = len(rest)
+    elif length_text.isdigit() and length_text.isascii() and len(length_text) <= 10:
+        length = int(length_text)  # the usual spelling (stripped by the parser already)
     else:
         length = ascii_number(length_text, "Content-Length")
     if length > MAX_BODY_BYTES:
@@ -610,10 +615,12 @@ def _check_message(message: SipRequest | SipResponse, index: dict[str, str], res
         raise SipParseError("body shorter than Content-Length",
                             phrase="Body shorter than Content-Length")
     message.body = rest[:length]
-    for name in _REQUIRED:
-        if not index.get(name):  # absent, or empty (none of the five may be, §25.1)
-            spelled = canonical_name(name)
-            raise SipParseError(f"missing {spelled} header", phrase=f"Missing {spelled}")
+    get = index.get
+    if not (get("via") and get("from") and get("to") and get("call-id") and get("cseq")):
+        for name in _REQUIRED:
+            if not get(name):  # absent, or empty (none of the five may be, §25.1)
+                spelled = canonical_name(name)
+                raise SipParseError(f"missing {spelled} header", phrase=f"Missing {spelled}")
     message._cseq = parse_cseq(index["cseq"])  # validates CSeq
     if isinstance(message, SipRequest):
         message.top_via  # noqa: B018 - validates the Via we answer to
@@ -823,7 +830,7 @@ def response_wire(request: SipRequest, status: int, reason: str | None = None, *
     names = _RESPONSE_NAMES
     tag = to_tag if status > 100 else ""
     keys = request._keys or [header_key(header) for header, _ in request.headers]
-    for key, (_, value) in zip(keys, request.headers, strict=True):
+    for key, (_, value) in zip(keys, request.headers):  # noqa: B905 - the same length
         name = names.get(key)
         if name is not None:
             if tag and name == "To":
