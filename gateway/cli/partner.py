@@ -16,6 +16,7 @@ from gateway.cli.common import load_or_report
 from gateway.cli.main import config_parent
 from gateway.config.model import PartnerPolicy, PartnerType
 from gateway.policy.negotiation import Support, negotiate
+from gateway.policy.outcome import in_effect
 
 SUPPORTS = [s.value for s in Support]
 TYPES = [t.value for t in PartnerType]
@@ -88,8 +89,10 @@ def _refuse_combination(tls: Support, sasl: Support, dialback: bool) -> bool:
 
 
 def _print_warnings(policy: PartnerPolicy) -> None:
+    """The matrix's notes as they are, then what they mean for this partner."""
     for warning in policy.negotiation.warnings:
         print(f"warning: {warning}")
+    print(f"in effect: {in_effect(policy.negotiation)}")
 
 
 def _domain(text: str) -> str:
@@ -200,7 +203,8 @@ def _describe(policy: PartnerPolicy) -> dict[str, Any]:
             "type": str(policy.partner_type), "tls": str(policy.tls), "sasl": str(policy.sasl),
             "dialback": policy.dialback, "description": policy.description,
             "permitted_methods": [str(m) for m in policy.negotiation.methods],
-            "warnings": list(policy.negotiation.warnings)}
+            "warnings": list(policy.negotiation.warnings),
+            "in_effect": in_effect(policy.negotiation)}
 
 
 def _show(args: argparse.Namespace) -> int:
