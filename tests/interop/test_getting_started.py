@@ -395,6 +395,9 @@ def test_getting_started_as_printed(tmp_path: Path) -> None:
         gw = outputs["gw"]
         assert "verdict: OK (config, certs, dns, sip, connectivity to 2 partner(s))" in gw
         assert "authenticated with SASL over TLS" in gw
+        # Features after each stream restart, named after what preceded it.
+        assert "- features offered after TLS: SASL EXTERNAL" in gw
+        assert "- features offered after SASL: dialback" in gw
         assert "SIP proxy sip.contoso.example:5060 (udp): 200 OK" in gw
     except BaseException as exc:
         if not isinstance(exc, AssertionError):
