@@ -2,7 +2,8 @@
 
 Mirrors New-/Set-/Get-/Remove-CsXmppAllowedPartner. An invalid (tls, sasl, dialback)
 combination is refused with the negotiation matrix's words and exit status 2, and the file
-is left untouched; a valid one prints the matrix's warnings.
+is left untouched; a valid one prints the matrix's warnings, then what the entry means on
+the wire ("in effect", gateway/policy/outcome.py).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def register(subparsers: Any) -> None:
 
     def policy_options(p: argparse.ArgumentParser, *, creating: bool) -> None:
         p.add_argument("--type", choices=TYPES, required=creating,
-                       help="contact rules (GATEWAY-SPEC §3)")
+                       help="contact rules (docs/configuration.md, Partner types)")
         p.add_argument("--tls", choices=SUPPORTS, help="STARTTLS" + (
             " (default optional)" if creating else ""))
         p.add_argument("--sasl", choices=SUPPORTS, help="SASL EXTERNAL with certificates, "
