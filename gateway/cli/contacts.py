@@ -2,8 +2,8 @@
 
 The store behind the contact rules (docs/configuration.md, Partner types): which
 public-unverified XMPP contacts a local user has authorized, and the per-user XMPP
-federation switch. A local user is given as ``user@domain`` or just ``user`` (then the
-first served domain is used).
+federation switch. A local user is given as ``user@domain`` or just ``user`` (then the first
+served domain is used).
 """
 
 from __future__ import annotations
