@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import pytest_asyncio
 from gateway.daemon import Gateway
 from gateway.sip.message import StreamDeframer
 from tests.integration.test_sip_flow import SipPair
+from tests.interop.harness import stop_process
 from tests.support.dnsmasq import free_port
 from tests.unit.s2s_world import Pki
 
@@ -188,13 +188,7 @@ class GatewayProcess:
         return [json.loads(line) for line in fresh.decode().splitlines() if line.strip()]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
 
 
 def start_gateway_b(directory: Path, pki: Pki, dns: str, port: int,
@@ -368,7 +362,7 @@ async def _hostile_then_ordinary(fed: Federation, name: str, spoil: dict,
         # An outsider's connection is not read further; neither is one whose framing is
         # lost (a Content-Length that is not a number). Anything else keeps the connection.
         framing_lost = "content_length" in spoil
-        assert await sender.closed(within=0.5 if trusted and not framing_lost else 2.0) \
+        assert await sender.closed(within=0.25 if trusted and not framing_lost else 2.0) \
             == (framing_lost or not trusted), name
     await fed.ordinary_message()
     assert fed.inbound_streams() == streams, "the partner's stream was replaced"
