@@ -378,3 +378,25 @@ async def test_hostile_sip_input_is_refused_and_the_s2s_stream_survives(
     await _hostile_then_ordinary(fed, name, spoil, trusted)
     status = fed.b.process.poll()
     assert status is None, f"gateway exited with {status}"
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_status_sums_up_what_the_sip_side_refused(federations: Federations,
+                                                          transport: str) -> None:
+    """After the cases above, ``xmpp-gateway status`` tells the operator in one line what
+    was refused (malformed, untrusted) and what overload cost (503s, kernel drops)."""
+    fed = await federations.get(transport)
+    for trusted in (True, False):
+        sender = fed.sender(trusted)
+        await sender.exchange(sip_request(sender.source, transport, cseq="\u00b2 MESSAGE"))
+    result = await asyncio.to_thread(subprocess.run, [
+        *CLI, "-c", str(fed.b.directory / "gateway.yaml"), "status"], capture_output=True,
+        text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("SIP refused:")]
+    malformed = int(line.split("SIP refused: ")[1].split(" malformed")[0])
+    untrusted = int(line.split("malformed, ")[1].split(" from untrusted")[0])
+    assert malformed >= 1 and untrusted >= 1, line
+    assert "0 failed unexpectedly" in line and "answered 503" in line
+    if transport == "udp":
+        assert "datagrams dropped by the kernel at the SIP socket" in line
