@@ -16,9 +16,11 @@ import json
 import logging
 import time
 from typing import Any
+from xml.etree.ElementTree import Element
 
 from gateway.cli.check import add_check
 from gateway.cli.common import load_or_report
+from gateway.contracts import OnDecided
 from gateway.sip.backend import SipBackend
 
 HINTS = {
@@ -29,15 +31,25 @@ HINTS = {
 }
 
 
+class _NoRouting:
+    """Stands where the router is during a check: nothing is routed."""
+
+    def submit_local(self, stanza: Element, on_decided: OnDecided = None) -> None:
+        if on_decided is not None:
+            on_decided()
+
+    async def from_local(self, stanza: Element) -> None:
+        pass
+
+    def xmpp_congested(self, domain: str) -> bool:
+        return False
+
+
 async def options_ping(sip: Any, tls: Any, domains: tuple[str, ...],
                        timeout: float) -> dict[str, Any]:
     """One OPTIONS to the proxy; a result dict (never raises for network trouble)."""
     backend = SipBackend.from_settings(dataclasses.replace(sip, local_port=0), domains, tls)
-
-    async def no_local_users(_stanza: Any) -> None:
-        """Nothing is routed during a check."""
-
-    await backend.start(no_local_users)
+    await backend.start(_NoRouting())
     started = time.monotonic()
     try:
         response = await backend.options(timeout)

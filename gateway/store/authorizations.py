@@ -1,4 +1,4 @@
-"""What the contact rules need to remember (GATEWAY-SPEC §3), behind a Protocol.
+"""What the contact rules need to remember: the records and their normal form.
 
 Two facts per local user, both persistent across restarts:
 
@@ -8,7 +8,8 @@ Two facts per local user, both persistent across restarts:
 * whether the user is enabled for XMPP federation, as an override of the global default
   (``federation.users_enabled_by_default``); no row = the default applies.
 
-Addresses are compared in a normalised form (:func:`normalize_bare_jid`): resource
+The Protocols over these records are in :mod:`gateway.store.protocols`. Addresses are
+compared in a normalised form (:func:`normalize_bare_jid`): resource
 dropped, lower-cased. Lower-casing is the practical subset of RFC 7622's case mapping
 (UsernameCaseMapped localparts, domain names) that SIP user names and DNS names need.
 """
@@ -16,7 +17,6 @@ dropped, lower-cased. Lower-casing is the practical subset of RFC 7622's case ma
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 
 class StoreError(Exception):
@@ -47,41 +47,3 @@ def normalize_bare_jid(jid: str) -> str:
     if not at or not local or not domain or "@" in domain or any(c.isspace() for c in bare):
         raise ValueError(f"{jid!r} is not a user address of the form local@domain")
     return f"{local}@{domain.rstrip('.')}".lower()
-
-
-class AuthorizationStore(Protocol):
-    """Synchronous store interface; see :class:`gateway.store.threaded.AsyncAuthorizationStore`
-    for the awaitable form the router uses."""
-
-    def is_authorized(self, local_user: str, remote_jid: str) -> bool:
-        """Has ``local_user`` authorized the bare JID of ``remote_jid``?"""
-
-    def allow(self, local_user: str, remote_jid: str, source: str = "cli") -> bool:
-        """Record an authorization; False if it already existed (kept with its first date)."""
-
-    def revoke(self, local_user: str, remote_jid: str) -> bool:
-        """Remove an authorization; False if there was none."""
-
-    def list_contacts(self, local_user: str) -> list[Authorization]:
-        """The user's authorizations, sorted by remote JID."""
-
-    def user_enabled(self, local_user: str, default: bool) -> bool:
-        """The per-user federation switch: the override if set, else ``default``."""
-
-    def set_user_enabled(self, local_user: str, enabled: bool | None) -> None:
-        """Set the override; None removes it (the global default applies again)."""
-
-    def list_users(self) -> list[UserSetting]:
-        """Every user with an override, sorted by address."""
-
-    def add_watch(self, watcher: str, sip_user: str) -> None:
-        """Remember that XMPP ``watcher`` is subscribed to ``sip_user``'s presence."""
-
-    def remove_watch(self, watcher: str, sip_user: str) -> None:
-        """Forget that subscription (no error if there was none)."""
-
-    def list_watches(self) -> list[tuple[str, str]]:
-        """Every remembered (watcher, SIP user) subscription."""
-
-    def close(self) -> None:
-        """Release the database."""
