@@ -74,6 +74,10 @@ class Metrics:
                                  "Stanzas waiting for an outbound session", registry=r)
         self.open_streams = Gauge("xmpp_gateway_streams", "Open S2S streams", registry=r)
         self._server: Any = None
+        # The tallies by the name callers count them under (count("bounces", peer)).
+        self._tallies = {tally.name.removeprefix("xmpp_gateway_"): tally for tally in (
+            self.stanzas_in, self.stanzas_out, self.refusals, self.bounces, self.dropped,
+            self.dns_failures, self.sip_untrusted)}
 
     def watch(self, queued: Callable[[], int], streams: Callable[[], int]) -> None:
         """Gauges read at scrape time from the live S2S service."""
@@ -95,8 +99,9 @@ class Metrics:
             gauge.set_function(lambda key=key: float(figures().get(key) or 0))
 
     def count(self, what: str, label: str) -> None:
-        tally = getattr(self, what, None)
-        if isinstance(tally, Tally):
+        """Add one to the tally ``what`` (an unknown name counts nothing)."""
+        tally = self._tallies.get(what)
+        if tally is not None:
             tally.inc(label)
 
     def session_authenticated(self, direction: str, method: str) -> None:

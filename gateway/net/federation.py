@@ -29,7 +29,7 @@ from xml.etree.ElementTree import Element
 from gateway.auth.dialback_key import DialbackKeyGenerator
 from gateway.config.model import GatewayConfig, PartnerPolicy, PartnerType
 from gateway.contracts import RouterForS2S
-from gateway.dns.resolver import Resolver
+from gateway.dns.resolver import DnsResolutionError, Resolver
 from gateway.logs import log_event
 from gateway.net.connection import StreamConnection
 from gateway.net.context import stream_context
@@ -104,6 +104,7 @@ class S2SService:
         self._servers: list[asyncio.base_events.Server] = []
         self._accepting = True
         self._per_ip: dict[str, int] = {}
+        self._counted_ip: dict[StreamConnection, str] = {}  # admitted inbound connections
         self.reading_paused = False
 
     # ------------------------------------------------------------------ config
@@ -176,7 +177,7 @@ class S2SService:
         if count > limits.max_connections_per_ip:
             return f"more than {limits.max_connections_per_ip} connections from {ip}"
         self._per_ip[ip] = count
-        conn.counted_ip = ip  # type: ignore[attr-defined]
+        self._counted_ip[conn] = ip
         return ""
 
     def set_reading_paused(self, paused: bool) -> None:
@@ -271,8 +272,8 @@ class S2SService:
         try:
             targets = await self.resolver.resolve_targets(session.remote)
         except Exception as exc:  # DnsResolutionError and anything the resolver raises
-            kind = getattr(exc, "kind", "")
-            condition = "remote-server-timeout" if kind == "timeout" else "remote-server-not-found"
+            timeout = isinstance(exc, DnsResolutionError) and exc.kind == "timeout"
+            condition = "remote-server-timeout" if timeout else "remote-server-not-found"
             self._count("dns_failures", session.remote)
             self._fail_session(session, condition, f"DNS: {exc}")
             return
@@ -479,7 +480,7 @@ class S2SService:
 
     def _on_gone(self, conn: StreamConnection) -> None:
         self.connections.discard(conn)
-        ip = getattr(conn, "counted_ip", None)
+        ip = self._counted_ip.pop(conn, None)
         if ip is not None:
             left = self._per_ip.get(ip, 1) - 1
             if left > 0:
