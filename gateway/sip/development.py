@@ -34,7 +34,8 @@ from xml.etree.ElementTree import Element, SubElement
 from gateway.backend import DeliveryError, Pair
 from gateway.config.model import SipSettings
 from gateway.contracts import RouterForBackend
-from gateway.sip.addresses import AddressError, parse_jid
+from gateway.domain import normalize_domain
+from gateway.xmpp.jid import Jid, JidError
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
@@ -76,7 +77,7 @@ class DevelopmentBackend:
         echo_user: str = ECHO_USER,
         resource: str = DEVELOPMENT_RESOURCE,
     ) -> None:
-        self.domains = frozenset(d.lower() for d in domains)
+        self.domains = frozenset(normalize_domain(d) for d in domains)
         if not self.domains:
             raise ValueError("the development backend needs at least one served domain")
         self.echo_user = echo_user
@@ -157,7 +158,7 @@ class DevelopmentBackend:
                 )
             return
         if stanza.tag == PRESENCE:
-            bare_sender = parse_jid(sender).bare
+            bare_sender = Jid.parse(sender).bare
             if stanza_type == "subscribe":
                 await router.from_local(presence(recipient, bare_sender, "subscribed"))
                 await router.from_local(presence(local_jid, bare_sender))
@@ -169,7 +170,7 @@ class DevelopmentBackend:
         local user)."""
         if self._router is None:
             raise RuntimeError("development backend not started")
-        sender = parse_jid(stanza.get("from", ""))
+        sender = Jid.parse(stanza.get("from", ""))
         if not sender.local or sender.domain not in self.domains:
             raise ValueError(f"{stanza.get('from')!r} is not a user of {sorted(self.domains)}")
         await self._router.from_local(stanza)
@@ -187,8 +188,8 @@ class DevelopmentBackend:
 
     def _local_recipient(self, stanza: Element) -> str:
         try:
-            recipient = parse_jid(stanza.get("to", ""))
-        except AddressError as exc:
+            recipient = Jid.parse(stanza.get("to", ""))
+        except JidError as exc:
             raise DeliveryError("jid-malformed", str(exc), "modify") from exc
         if recipient.domain not in self.domains:
             raise DeliveryError(

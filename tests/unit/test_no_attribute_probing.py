@@ -13,12 +13,13 @@ from pathlib import Path
 
 GATEWAY = Path(__file__).resolve().parents[2] / "gateway"
 
-# (file under gateway/, the probed attribute's name) -> why it is a boundary.
+# (file under gateway/, the probed attribute's name, "?" when computed) -> why it is a
+# boundary.
 ALLOWED = {
     ("auth/identity.py", "to_cryptography"):
         "pyOpenSSL's X509 or a cryptography certificate may come in: third-party types",
-    ("xmpp/tls.py", "_into_ssl"): "pyOpenSSL's private memory BIOs, feature-detected",
-    ("xmpp/tls.py", "_from_ssl"): "pyOpenSSL's private memory BIOs, feature-detected",
+    ("xmpp/openssl_internals.py", "?"):
+        "feature detection of pyOpenSSL's and OpenSSL's internals, confined to that module",
     ("sip/transport.py", "SO_RCVBUFFORCE"):
         "the socket module has the constant on Linux builds only",
     ("logs.py", "gw_fields"):
