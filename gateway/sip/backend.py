@@ -40,7 +40,7 @@ from gateway.domain import normalize_domain
 from gateway.logs import log_event
 from gateway.sip import tls as sip_tls
 from gateway.sip.addresses import AddressError
-from gateway.sip.endpoint import DEFAULT_MAX_IN_FLIGHT, SipEndpoint
+from gateway.sip.endpoint import SipEndpoint
 from gateway.sip.message import NameAddr, SipResponse, new_tag
 from gateway.sip.messaging import MessageRelay
 from gateway.sip.notifying import MIN_EXPIRES, XmppPresenceNotifier
@@ -60,8 +60,9 @@ log = logging.getLogger("gateway.sip")
 ALLOW = "MESSAGE, SUBSCRIBE, NOTIFY, OPTIONS"
 NOT_HANDLED = ("INVITE", "BYE", "CANCEL", "PUBLISH", "REGISTER", "REFER", "INFO", "UPDATE",
                "PRACK")
-MAX_EXPIRES = 3600
-DEFAULT_RETRY_AFTER = 1
+# What the configuration model gives a setting the file leaves out; the backend built in
+# code (tests, tools) uses the same values.
+_DEFAULTS = SipSettings()
 # Settings a reload applies at once: who may speak SIP to us (a proxy taken out of a
 # pool must stop being trusted now). The rest of the SIP side is built at start.
 LIVE_SETTINGS = frozenset({"trusted_sources", "trust_asserted_identity"})
@@ -70,18 +71,18 @@ LIVE_SETTINGS = frozenset({"trusted_sources", "trust_asserted_identity"})
 class SipBackend:
     """A :class:`gateway.backend.SipSide` speaking SIP to a proxy."""
 
-    def __init__(self, domains: Iterable[str], *, transport: str = "udp",
-                 proxy: tuple[str, int] = ("127.0.0.1", 5060),
-                 local: tuple[str, int] = ("127.0.0.1", 5062),
-                 subscription_expires: int = MAX_EXPIRES,
+    def __init__(self, domains: Iterable[str], *, transport: str = _DEFAULTS.transport,
+                 proxy: tuple[str, int] = (_DEFAULTS.proxy_host, _DEFAULTS.proxy_port),
+                 local: tuple[str, int] = (_DEFAULTS.local_host, _DEFAULTS.local_port),
+                 subscription_expires: int = _DEFAULTS.subscription_expires,
                  server_ssl: ssl.SSLContext | None = None,
                  client_ssl: ssl.SSLContext | None = None,
-                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-                 udp_receive_buffer: int = 0,
-                 retry_after: int = DEFAULT_RETRY_AFTER,
-                 trusted_sources: Iterable[str] = (),
+                 max_in_flight: int = _DEFAULTS.max_in_flight,
+                 udp_receive_buffer: int = 0,  # 0: leave the kernel's buffer size
+                 retry_after: int = _DEFAULTS.retry_after,
+                 trusted_sources: Iterable[str] = _DEFAULTS.trusted_sources,
                  peer_names: tuple[str, ...] | None = None,
-                 trust_asserted_identity: bool = False) -> None:
+                 trust_asserted_identity: bool = _DEFAULTS.trust_asserted_identity) -> None:
         self.domains = frozenset(normalize_domain(d) for d in domains)
         if not self.domains:
             raise ValueError("the SIP backend needs at least one served domain")
