@@ -1,4 +1,4 @@
-"""The relay section of `make bench` (issue 17): the gateway relaying between a real
+"""The relay section of `make bench`: the gateway relaying between a real
 Prosody and SIP, next to Prosody relaying to Prosody, in the same run, on the same load.
 
     Prosody a.example ──S2S (TLS+SASL EXTERNAL)── gateway gw.example ── Kamailio ── SIP UA

@@ -1,4 +1,4 @@
-"""The relay section of docs/benchmarks.md and its targets (issue 17), computed from
+"""The relay section of docs/benchmarks.md and its targets, computed from
 results.json only (``bench.run --report-only`` regenerates it); nothing typed in."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def sustained(path: dict) -> float:
 def relay_markdown(relay: dict) -> list[str]:
     sizes, paths = relay["sizes"], relay["paths"]
     lines = [
-        "## Relay: a real Prosody through the gateway to SIP and back (issue 17)", "",
+        "## Relay: a real Prosody through the gateway to SIP and back", "",
         f"Measured {relay.get('measured', 'with the run above')} "
         "(`python -m bench.run --only-relay` runs this section alone). "
         "Same run, same machine: Prosody 0.12 a.example sends over one S2S session (TLS + SASL "
@@ -174,7 +174,7 @@ def storm_markdown(storm: dict) -> list[str]:
 
 
 def relay_target_rows(report: dict) -> list[str]:
-    """The issue 17 targets, each computed from this run's figures."""
+    """The relay targets (docs/performance.md), each computed from this run's figures."""
     relay = report["results"].get("relay")
     if not relay:
         return []

@@ -1,4 +1,4 @@
-"""Who may speak SIP to the gateway, and for whom (issue 13).
+"""Who may speak SIP to the gateway, and for whom (docs/sip.md, "Security").
 
 The gateway speaks for its local (SIP) users towards XMPP partners with its domain's S2S
 authority, so a SIP request must only be believed when it comes from the SIP proxy that

@@ -345,7 +345,7 @@ def test_provisional_switches_to_t2_and_final_ends() -> None:
 
 
 def test_response_counts_only_from_the_flow_the_request_went_on() -> None:
-    """Issue 13: a response with the right branch from elsewhere neither completes nor
+    """A response with the right branch from elsewhere neither completes nor
     stops the transaction; the one from the request's flow does."""
     layer = TransactionLayer(reliable=False)
     request = new_request()
