@@ -1,4 +1,4 @@
-"""Two gateway nodes sharing one PostgreSQL store (issue 15), over real sockets.
+"""Two gateway nodes sharing one PostgreSQL store (docs/deploy.md), over real sockets.
 
 A SIP user agent stands where the proxy and presence server are (as in
 test_sip_backend.py); both nodes send their SIP requests to it. The UA answers over UDP to
