@@ -252,13 +252,13 @@ class Receiver:
 def _gateway(ns: Namespace, pki: Pki, method: str) -> GatewayProcess:
     if method == "idle":  # distinct unlisted peer domains for the idle-session run
         return GatewayProcess(ns, pki, [], log_level="warning", allow_unlisted=True,
-                              drops_expected=True, limits={
+                              drops_expected=True, record_s2s=False, limits={
                                   "max_connections": IDLE_MAX_SESSIONS,
                                   "max_connections_per_ip": IDLE_MAX_SESSIONS}).start()
     rules = ({"tls": "required", "sasl": "required", "dialback": "false"} if method == "sasl"
              else {"tls": "required", "sasl": "optional", "dialback": "true"})
     return GatewayProcess(ns, pki, [{"domain": "load.example", "type": "federated", **rules}],
-                          log_level="warning", drops_expected=True).start()
+                          log_level="warning", drops_expected=True, record_s2s=False).start()
 
 
 RECEIVERS = {
@@ -315,7 +315,8 @@ def sip_latency(ns: Namespace, pki: Pki, n: int, rate: float) -> dict:
                    "sasl": "required", "dialback": "false"}], log_level="warning",
         sip={"backend": "sip", "proxy_host": gw_ip, "proxy_port": kamailio_port,
              "transport": "udp", "local_host": gw_ip, "local_port": gateway_sip_port},
-        drops_expected=True)  # a benchmark reports what it measured instead of failing
+        drops_expected=True,  # a benchmark reports what it measured instead of failing
+        record_s2s=False)  # the S2S recording (a test aid) would cost CPU per write
     sink = None
     try:
         gateway.start()
@@ -407,6 +408,16 @@ def main() -> int:
                         help="messages in the free-running relay burst, each path")
     parser.add_argument("--relay-storm", type=int, default=5_000,
                         help="contacts in the presence storm, each side")
+    parser.add_argument("--relay-paths", default=None,
+                        help="only these relay paths, comma-separated (xmpp_xmpp, xmpp_sip, "
+                             "xmpp_xmpp_back, sip_xmpp, sip_direct); with --relay-storm 0 no "
+                             "storm either")
+    parser.add_argument("--relay-direct-rate", type=int, default=10_000,
+                        help="sip_direct: paced msg/s, one datagram per message")
+    parser.add_argument("--relay-direct-seconds", type=float, default=5.0,
+                        help="sip_direct: length of the paced run")
+    parser.add_argument("--relay-open-loop", type=int, default=50_000,
+                        help="sip_direct: MESSAGEs in the open-loop flood (0: none)")
     parser.add_argument("--out", type=Path, default=None,
                         help="write results.json, benchmarks.md and the plots here instead of "
                              "bench/results and docs/ (smoke runs)")
@@ -423,7 +434,10 @@ def main() -> int:
         return plot(report, out, args)
     results: dict[str, dict] = {}
     sizes = Sizes(rates=tuple(int(r) for r in args.relay_rates.split(",") if r),
-                  seconds=args.relay_seconds, burst=args.relay_burst, storm=args.relay_storm)
+                  seconds=args.relay_seconds, burst=args.relay_burst, storm=args.relay_storm,
+                  direct_rate=args.relay_direct_rate,
+                  direct_seconds=args.relay_direct_seconds, open_loop=args.relay_open_loop)
+    relay_paths = tuple(args.relay_paths.split(",")) if args.relay_paths else None
     with bench_namespace("bench") as (ns, pki):
         if args.only_sip:
             results["gateway"] = {"sip": sip_latency(ns, pki, args.sip_messages, args.sip_rate)}
@@ -439,7 +453,7 @@ def main() -> int:
                 results["gateway"]["sip"] = sip_latency(ns, pki, args.sip_messages,
                                                         args.sip_rate)
         if not args.skip_relay:
-            results["relay"] = run_relay(ns, pki, sizes)
+            results["relay"] = run_relay(ns, pki, sizes, relay_paths)
     report = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "versions": versions(), "results": results}
     print(json.dumps(report, indent=2))

@@ -27,6 +27,7 @@ from gateway.cluster import drain
 from gateway.config.model import GatewayConfig
 from gateway.dns.resolver import Resolver
 from gateway.logs import configure_logging, log_event
+from gateway.net import s2s_record
 from gateway.net.admin import AdminServer
 from gateway.net.federation import S2SService
 from gateway.router import Router
@@ -240,6 +241,7 @@ def _check_fd_limit(maximum: int) -> None:
 
 async def run_gateway(config: GatewayConfig) -> int:
     configure_logging(config.logging.level, config.logging.format, config.logging.file)
+    s2s_record.install_from_environment()  # a debugging aid, off unless asked for
     gateway = Gateway(config)
     try:
         await gateway.serve_forever()
