@@ -51,13 +51,14 @@ class Recorder:
     """Stands where the router is (a :class:`gateway.contracts.RouterForBackend`):
     records the stanzas; optionally answers some with an error, as the router does for a
     refused stanza, before the stanza counts as decided; ``broken`` makes it raise, as
-    a router with a bug would."""
+    a router with a bug would; ``congested`` is its word on the XMPP side."""
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Element] = asyncio.Queue()
         self.backend: SipBackend | None = None
         self.refuse_with = ""
         self.broken = False
+        self.congested = False  # what xmpp_congested answers for every domain
         self._deciding: set[asyncio.Task[None]] = set()
 
     def submit_local(self, stanza: Element, on_decided: OnDecided = None) -> None:
@@ -85,7 +86,7 @@ class Recorder:
             await self.backend.deliver(error)
 
     def xmpp_congested(self, domain: str) -> bool:
-        return False
+        return self.congested
 
     async def next(self, timeout: float = 5.0) -> Element:
         return await asyncio.wait_for(self.queue.get(), timeout)
