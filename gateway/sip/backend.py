@@ -342,10 +342,10 @@ class SipBackend:
         (what :meth:`_busy` decides for a parsed one, asked before parsing), or None."""
         if (head.method == "SUBSCRIBE" and head.to_tagged) or self.draining:
             return None  # in-dialog requests are not new work; draining answers itself
-        overloaded = self.endpoint.overloaded
+        overloaded = self.transport.backlogged or self.endpoint.overloaded
         if not overloaded and self._router is not None:
             try:
-                domain = sip_address(head.uri).host
+                domain = sip_address(head.uri).domain
             except AddressError:
                 return None
             overloaded = self._router.xmpp_congested(domain)
