@@ -178,21 +178,6 @@ async def test_kernel_drops_at_the_sip_socket_are_warned_at_once_then_within_bud
     await asyncio.sleep(0)
 
 
-class Congested:
-    """The router's two answers the SIP side asks for: every XMPP domain congested."""
-
-    def __init__(self) -> None:
-        self.stanzas: list = []
-
-    def submit_local(self, stanza, on_decided) -> None:
-        self.stanzas.append(stanza)
-        if on_decided is not None:
-            on_decided()
-
-    def xmpp_congested(self, domain: str) -> bool:
-        return True
-
-
 async def test_overload_is_answered_503_from_the_head_without_state_but_not_retransmissions(
         ) -> None:
     """While the XMPP side is congested, 500 new MESSAGEs are each answered 503 +
@@ -200,22 +185,19 @@ async def test_overload_is_answered_503_from_the_head_without_state_but_not_retr
     one gets the same 503 after the congestion ended (taken up now, it would arrive twice:
     the sender, told 503, sends it again), and a retransmission of a request accepted
     before the congestion gets its 202 again."""
-    async with sip_backend() as (backend, _recorder, _metrics):
-        router = Congested()
-        backend.attach_router(router)
+    async with sip_backend() as (backend, router, _metrics):
         loop = asyncio.get_running_loop()
         sender, collector = await loop.create_datagram_endpoint(Collector,
                                                                 local_addr=(PROXY, 0))
         source = sender.get_extra_info("sockname")[:2]
         target = backend.transport.local
         accepted = sip_request(source, "udp", uri="sip:bob@xmpp.example", domain=SIP_DOMAIN)
-        backend.input_paused(False)
-        backend._router = None  # not congested yet: the first one is accepted
+        backend.input_paused(False)  # not congested yet: the first one is accepted
         sender.sendto(accepted, target)
         async with asyncio.timeout(5):
             while not collector.answers:
                 await asyncio.sleep(0.01)
-        backend.attach_router(router)
+        router.congested = True
         backend.input_paused(True)  # the router's word: congested
         shed = []
         for burst in range(10):
@@ -226,8 +208,8 @@ async def test_overload_is_answered_503_from_the_head_without_state_but_not_retr
             async with asyncio.timeout(5):
                 while len(collector.answers) < 1 + 50 * (burst + 1):
                     await asyncio.sleep(0.005)
+        router.congested = False
         backend.input_paused(False)  # the congestion is over
-        backend._router = None
         sender.sendto(accepted, target)  # a retransmission of the accepted one
         sender.sendto(shed[0], target)  # and of one answered 503
         async with asyncio.timeout(5):
