@@ -78,7 +78,7 @@ BACKLOG_HIGH, BACKLOG_LOW = 0.5, 0.25
 UDP_FULL_WHEN_BACKLOGGED = 64
 # Linux's SO_MEMINFO (asm-generic/socket.h), which Python's socket module does not name:
 # the socket's memory counters, among them the receive queue's bytes and the drop count.
-SO_MEMINFO = 55 if sys.platform == "linux" else None
+SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55 if sys.platform == "linux" else None)
 _MEMINFO = struct.Struct("9I")  # SK_MEMINFO_RMEM_ALLOC, _RCVBUF, ..., _DROPS (index 8)
 UDP_MAX_DATAGRAM = 65535
 VERDICT_CACHE_LIMIT = 4096
