@@ -67,6 +67,10 @@ class Metrics:
         self.sip_untrusted = Tally("xmpp_gateway_sip_untrusted", "SIP messages refused "
                                    "because they did not come from the trusted proxy",
                                    "reason", r)
+        self.not_crossed = Tally("xmpp_gateway_not_crossed", "Messages or payloads that "
+                                 "could not cross between XMPP and SIP (answered 415 or "
+                                 "feature-not-implemented, or only counted where nobody "
+                                 "waits for an answer)", "content_type", r)
         self.handshakes = Histogram("xmpp_gateway_handshake_seconds",
                                     "Outbound connect-to-authenticated time", ["method"],
                                     registry=r)

@@ -550,7 +550,9 @@ def _top_level_spec(c: _Checker) -> dict[str, Converter]:
             "client_key": c.optional_path, "trust_asserted_identity": c.boolean,
             "max_in_flight": c.integer(1, 100_000),
             "udp_receive_buffer": c.integer(64 * 1024, 1 << 30),
-            "retry_after": c.integer(1, 3600)}),
+            "retry_after": c.integer(1, 3600),
+            "max_message_size": c.integer(1024, 1 << 20),
+            "receipts_from_200": c.boolean}),
         "logging": c.section(LoggingSettings, {
             "level": c.choice(("debug", "info", "warning", "error")),
             "format": c.choice(("text", "json")), "file": c.optional_path}),

@@ -25,6 +25,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote, unquote
 
+import idna
+
+from gateway.domain import DomainError, normalize_domain
+
 DEFAULT_RESOURCE = "sip"
 
 # XEP-0106 §3.2: the characters a localpart cannot hold, and their escapes.
@@ -42,8 +46,13 @@ _XEP0106_ESCAPES: dict[str, str] = {
 _XEP0106_UNESCAPES: dict[str, str] = {v: k for k, v in _XEP0106_ESCAPES.items()} | {"\\5c": "\\"}
 
 # RFC 3261 §25.1: user = 1*( unreserved / escaped / user-unreserved ), where
-# unreserved = alphanum / mark and user-unreserved = & = + $ , ; ? /
-_SIP_USER_SAFE = "-_.!~*'()&=+$,;?/"
+# unreserved = alphanum / mark and user-unreserved = & = + $ , ; ? /. Of those, ``;``,
+# ``?`` and ``/`` are escaped anyway: raw, they read as the start of URI parameters or
+# headers to many parsers (ours included: ``sip:who?@a.example`` came back as the user
+# ``who`` with headers), and an escaped character is always allowed (RFC 3261 §19.1.2).
+_SIP_USER_SAFE = "-_.!~*'()&=+$,"
+# RFC 5627 §3 gr parameter value (RFC 3261 pvalue: param-unreserved / unreserved / escaped)
+_GRUU_SAFE = "-_.!~*'()[]/:&+$"
 
 
 class AddressError(ValueError):
@@ -135,16 +144,51 @@ class SipAddress:
 
     @property
     def uri(self) -> str:
-        """``sip:user@host`` with the user percent-encoded (RFC 3261 §25.1)."""
-        return f"sip:{quote(self.user, safe=_SIP_USER_SAFE)}@{self.host}"
+        """``sip:user@host`` with the user percent-encoded (RFC 3261 §25.1) and the host
+        in A-labels (RFC 3261 §19.1.1 hostnames are LDH; IDNA2008, RFC 5891)."""
+        return f"sip:{quote(self.user, safe=_SIP_USER_SAFE)}@{sip_host(self.host)}"
+
+    @property
+    def gruu_uri(self) -> str:
+        """:attr:`uri` with the ``gr`` parameter when there is one (RFC 5627 §3): how an
+        XMPP resource travels in SIP (RFC 7572 §4: a full JID becomes a GRUU)."""
+        if not self.gruu:
+            return self.uri
+        return f"{self.uri};gr={quote(self.gruu, safe=_GRUU_SAFE)}"
+
+
+@lru_cache(maxsize=4096)
+def sip_host(domain: str) -> str:
+    """A domain as a SIP URI writes it: ASCII (A-labels) for internationalised names,
+    unchanged for ASCII names and IP literals."""
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        raise AddressError(f"domain {domain!r} has no A-label form") from None
+
+
+@lru_cache(maxsize=4096)
+def jid_domain(host: str) -> str:
+    """A SIP host as a JID domainpart: A-labels become U-labels (RFC 7622 §3.2 compares
+    internationalised domains in their U-label form), lower case."""
+    lowered = host.lower()
+    if "xn--" not in lowered:
+        return lowered
+    try:
+        return normalize_domain(lowered)
+    except DomainError:
+        return lowered
 
 
 def jid_to_sip(jid: str | Jid) -> SipAddress:
-    """RFC 7247 §5.2: ``user@domain[/resource]`` → ``sip:user@domain``."""
+    """RFC 7247 §5.2: ``user@domain[/resource]`` → ``sip:user@domain``; the resource, if
+    any, is kept as the GRUU (:attr:`SipAddress.gruu_uri`, RFC 7572 §4)."""
     parsed = jid if isinstance(jid, Jid) else parse_jid(jid)
     if not parsed.local:
         raise AddressError(f"JID {parsed.full!r} has no localpart; it names a server")
-    return SipAddress(unescape_localpart(parsed.local), parsed.domain)
+    return SipAddress(unescape_localpart(parsed.local), parsed.domain, parsed.resource)
 
 
 def sip_to_jid(address: SipAddress, *, resource: str | None = None) -> Jid:
@@ -155,7 +199,7 @@ def sip_to_jid(address: SipAddress, *, resource: str | None = None) -> Jid:
         raise AddressError(f"SIP address {address.uri!r} has no user part")
     if resource is None:
         resource = address.gruu or DEFAULT_RESOURCE
-    return Jid(escape_localpart(address.user), address.host.lower(), resource)
+    return Jid(escape_localpart(address.user), jid_domain(address.host), resource)
 
 
 def parse_sip_uri(uri: str) -> SipAddress:
@@ -167,12 +211,16 @@ def parse_sip_uri(uri: str) -> SipAddress:
     scheme, colon, rest = text.partition(":")
     if not colon or scheme.lower() not in ("sip", "sips"):
         raise AddressError(f"not a SIP URI: {uri!r}")
-    rest = rest.split("?", 1)[0]
     hostport_and_params = rest
     user = ""
-    if "@" in rest:
-        userinfo, _, hostport_and_params = rest.rpartition("@")
+    userinfo, at, after = rest.partition("@")
+    # A user part may hold a raw "?" (RFC 3261 user-unreserved) but no raw "@": the first
+    # "@" ends it, unless what comes before is a host with URI headers (?name=value).
+    question = userinfo.find("?")
+    if at and not (question >= 0 and "=" in userinfo[question:]):
         user = unquote(userinfo.split(":", 1)[0])
+        hostport_and_params = after
+    hostport_and_params = hostport_and_params.split("?", 1)[0]
     hostport, *params = hostport_and_params.split(";")
     host = hostport
     host = host[: host.index("]") + 1] if host.startswith("[") else host.split(":", 1)[0]

@@ -39,7 +39,7 @@ from gateway.sip import tls as sip_tls
 from gateway.sip.addresses import AddressError, parse_jid
 from gateway.sip.endpoint import DEFAULT_MAX_IN_FLIGHT, SipEndpoint
 from gateway.sip.message import NameAddr, SipResponse, new_tag
-from gateway.sip.messaging import MessageRelay
+from gateway.sip.messaging import ACCEPT_HEADER, DEFAULT_MAX_MESSAGE_SIZE, MessageRelay
 from gateway.sip.notifying import MIN_EXPIRES, XmppPresenceNotifier
 from gateway.sip.parties import sip_address
 from gateway.sip.stanzas import IQ, MESSAGE, PRESENCE, error_condition
@@ -71,7 +71,9 @@ class SipBackend:
                  retry_after: int = DEFAULT_RETRY_AFTER,
                  trusted_sources: Iterable[str] = (),
                  peer_names: tuple[str, ...] | None = None,
-                 trust_asserted_identity: bool = False) -> None:
+                 trust_asserted_identity: bool = False,
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+                 receipts_from_200: bool = False) -> None:
         self.domains = frozenset(d.lower() for d in domains)
         if not self.domains:
             raise ValueError("the SIP backend needs at least one served domain")
@@ -86,7 +88,9 @@ class SipBackend:
         expires = max(MIN_EXPIRES, subscription_expires)
         self.subscription_expires = expires
         self.retry_after = max(1, retry_after)
-        self.messages = MessageRelay(self.endpoint, self.domains, self._to_xmpp)
+        self.messages = MessageRelay(self.endpoint, self.domains, self._to_xmpp,
+                                     max_message_size=max_message_size,
+                                     receipts_from_200=receipts_from_200)
         self.watching = SipPresenceWatches(self.endpoint, self._to_xmpp, expires)
         self.notifying = XmppPresenceNotifier(self.endpoint, self.domains, self._to_xmpp,
                                               expires)
@@ -129,7 +133,10 @@ class SipBackend:
                    retry_after=getattr(settings, "retry_after", DEFAULT_RETRY_AFTER),
                    trusted_sources=getattr(settings, "trusted_sources", ()),
                    peer_names=peer_names,
-                   trust_asserted_identity=getattr(settings, "trust_asserted_identity", False))
+                   trust_asserted_identity=getattr(settings, "trust_asserted_identity", False),
+                   max_message_size=getattr(settings, "max_message_size",
+                                            DEFAULT_MAX_MESSAGE_SIZE),
+                   receipts_from_200=getattr(settings, "receipts_from_200", False))
 
     # Views kept for status, tests and tools.
     @property
@@ -214,6 +221,7 @@ class SipBackend:
         """Count refused untrusted sources on ``metrics.sip_untrusted`` (issue 13) and
         export the flow-control figures (in flight, backlog, 503s, kernel drops)."""
         self.metrics = metrics
+        self.messages.metrics = metrics
         metrics.watch_sip(self.describe)
 
     async def _trust_proxy(self) -> None:
@@ -261,6 +269,7 @@ class SipBackend:
             self.metrics.count("sip_untrusted", "response")
 
     def _on_tick(self, now: float) -> None:
+        self.messages.flush_typing(now)
         self.watching.refresh(now)
         self.notifying.expire(now)
 
@@ -320,7 +329,8 @@ class SipBackend:
         elif method == "NOTIFY":
             self.watching.incoming_notify(event)
         elif method == "OPTIONS":
-            self.endpoint.reply(event, 200, headers=[("Allow", ALLOW), ("Accept", "text/plain")])
+            self.endpoint.reply(event, 200, headers=[("Allow", ALLOW),
+                                                     ("Accept", ACCEPT_HEADER)])
         elif method in NOT_HANDLED:
             self.endpoint.reply(event, 405, headers=[("Allow", ALLOW)])
         else:
@@ -417,4 +427,5 @@ class SipBackend:
     def describe(self) -> dict[str, Any]:
         return {**self.endpoint.describe(), "watches": len(self.watches),
                 "notifiers": len(self.notifiers), "transactions": self.endpoint.in_flight,
-                "busy_answers": self.busy_answers, "untrusted": self.untrusted}
+                "busy_answers": self.busy_answers, "untrusted": self.untrusted,
+                **self.messages.describe()}
