@@ -161,6 +161,7 @@ class SipBackend:
         """Remember active XMPP→SIP presence subscriptions in ``store`` (async
         ``add_watch``/``remove_watch``/``list_watches``), see :mod:`gateway.sip.watching`."""
         self.watching.store = store
+        self.messages.spellings.store = store  # SIP users' spellings (table of their own)
 
     def attach_router(self, router: Any) -> None:
         """Hand SIP users' stanzas to ``router.submit_local`` (decided without a task per
@@ -386,6 +387,9 @@ class SipBackend:
         if endpoint.backlog or endpoint.in_flight >= endpoint.max_in_flight:
             await endpoint.wait_for_room()  # flow control: the router (and S2S) wait too
         if tag == MESSAGE:
+            spellings = self.messages.spellings
+            if not spellings.known(local_user):
+                await spellings.load(local_user)  # how the SIP side spells the user
             self.messages.outgoing(stanza, sender.full, local_user)
         elif tag == PRESENCE:
             self._xmpp_presence(stanza, sender.bare, sender.resource, local_user)

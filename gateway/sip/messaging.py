@@ -68,6 +68,7 @@ from gateway.sip.message_ids import (
 from gateway.sip.mime import MediaType, MimeError, clean_header_value, parse_media_type
 from gateway.sip.multipart import BodyPart, MultipartError, build_multipart, parse_multipart
 from gateway.sip.parties import Refused, request_parties
+from gateway.sip.spellings import UserSpellings
 from gateway.sip.stanzas import (
     BODY,
     MESSAGE,
@@ -236,7 +237,7 @@ class MessageRelay:
         self.cpim_speakers: OrderedDict[str, None] = OrderedDict()
         self.not_crossed: Counter[str] = Counter()  # by content type / payload
         self.metrics: Any = None
-        self.spellings: Any = None  # SIP users' spelling (gateway.sip.spellings)
+        self.spellings = UserSpellings()  # SIP users' spelling, memory + store
         self._tcp_refused_until = 0.0
 
     # ------------------------------------------------------------------ shared
@@ -257,9 +258,7 @@ class MessageRelay:
 
     def _user_uri(self, local_user: str) -> str:
         """The Request-URI of a local SIP user, spelled as the SIP side spells it."""
-        if self.spellings is not None:
-            local_user = self.spellings.spelled(local_user)
-        return _sip_uri(local_user)
+        return _sip_uri(self.spellings.spelled(local_user))
 
     # ------------------------------------------------------------------ SIP → XMPP
 
@@ -271,8 +270,7 @@ class MessageRelay:
         except Refused as refusal:
             refuse(self.endpoint, event, refusal)
             return
-        if self.spellings is not None:
-            self.spellings.seen(sender.partition("/")[0])
+        self.spellings.seen(sender.partition("/")[0])
         if len(request.body) > self.max_message_size:
             log_event(log, logging.INFO, "sip.message_too_large", sender=sender,
                       recipient=recipient, size=len(request.body), limit=self.max_message_size)

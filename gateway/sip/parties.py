@@ -32,7 +32,9 @@ class Refused(Exception):
 
 def request_parties(request: SipRequest, served: Collection[str], *,
                     trust_asserted_identity: bool = False) -> tuple[str, str]:
-    """(full XMPP sender, bare XMPP recipient) of a request from a local SIP user.
+    """(full XMPP sender, XMPP recipient) of a request from a local SIP user: the
+    recipient is a full JID when the Request-URI is a GRUU (RFC 7572 §5: the resource the
+    gateway sent it as, RFC 7572 §4), else bare.
 
     With ``trust_asserted_identity`` a ``P-Asserted-Identity`` (RFC 3325 §9.1) names the
     sender instead of ``From``; call it so only for requests from trusted sources (the
@@ -54,7 +56,7 @@ def request_parties(request: SipRequest, served: Collection[str], *,
     if recipient.host in served:
         raise Refused(404, f"{recipient.host} is a SIP domain, not an XMPP one")
     try:
-        return _full_jid(sender_uri), _bare_jid(request.uri)
+        return _full_jid(sender_uri), _recipient_jid(request.uri)
     except AddressError as exc:
         raise Refused(400, str(exc)) from None
 
@@ -74,5 +76,6 @@ def _full_jid(uri: str) -> str:
 
 
 @lru_cache(maxsize=16384)
-def _bare_jid(uri: str) -> str:
-    return sip_to_jid(sip_address(uri), resource="").bare
+def _recipient_jid(uri: str) -> str:
+    address = sip_address(uri)
+    return sip_to_jid(address, resource=address.gruu).full

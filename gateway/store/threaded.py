@@ -79,6 +79,12 @@ class AsyncAuthorizationStore:
     async def list_watches(self) -> list[tuple[str, str]]:
         return await self._call(self.store.list_watches)
 
+    async def remember_spelling(self, spelled: str) -> None:
+        await self._call(self.store.remember_spelling, spelled)  # type: ignore[attr-defined]
+
+    async def spelling(self, folded: str) -> str | None:
+        return await self._call(self.store.spelling, folded)  # type: ignore[attr-defined]
+
     # -- cluster (gateway.store.membership.ClusterStore) -------------------------------
 
     @property
