@@ -545,9 +545,9 @@ class MessageRelay:
         ``policy-violation``, at once (the sender must not wait for Timer F)."""
         log_event(log, logging.INFO, "sip.message_refused", sender=stanza.get("from"),
                   recipient=stanza.get("to"), condition="policy-violation", reason=why)
-        if stanza.get("type") != "error":  # the oversized payload is not sent back
-            self.to_xmpp(_error_for(stanza.get("from", ""), stanza.get("to", ""),
-                                    stanza.get("id", ""), "policy-violation", why), None)
+        reply = make_error_reply(stanza, "policy-violation", why)  # with the payload, so
+        if reply is not None:  # that the client can tell which message (RFC 6120 §8.3.1)
+            self.to_xmpp(reply, None)
 
     def _send_typing(self, sender: str, local_user: str, composing: bool) -> None:
         body = build_is_composing(composing, refresh=120 if composing else 0,
