@@ -8,10 +8,11 @@ without CPIM, the Call-ID. The gateway therefore writes each id so that the id o
 other side can be computed back from it, with no table to share between nodes:
 
 * XMPP → SIP: the Call-ID and the ``imdn.Message-ID`` of the MESSAGE are
-  ``x<unique>.<base32 of the stanza id>`` (``@host`` added to the Call-ID). The unique
-  part (64 random bits per process and a counter, :func:`unique_token`) keeps them
-  unique across restarts and nodes (RFC 3261 §8.1.1.4, RFC 5438 §6.3); an IMDN carrying
-  either form gives the stanza id back.
+  ``x<unique>.<base32 of the stanza id>.<base32 of the sender's resource>`` (``@host``
+  added to the Call-ID). The unique part (64 random bits per process and a counter,
+  :func:`unique_token`) keeps them unique across restarts and nodes (RFC 3261 §8.1.1.4,
+  RFC 5438 §6.3); an IMDN carrying either form gives the stanza id back, and the
+  resource the receipt must reach (the phone answers the sender's bare address).
 * SIP → XMPP: the stanza id is ``s<form>.<base32 of the IMDN message id>.<time>``, where
   the message id is the ``imdn.Message-ID`` (``form`` ``c``: the phone speaks CPIM, answer
   it in CPIM) or the Call-ID (``form`` ``b``: basic), and ``time`` is the original
@@ -45,26 +46,28 @@ def _unb32(text: str) -> bytes | None:
         return None
 
 
-def sip_id_for_stanza(stanza_id: str) -> str:
+def sip_id_for_stanza(stanza_id: str, resource: str = "") -> str:
     """The Call-ID local part and ``imdn.Message-ID`` of a MESSAGE made from a stanza
-    with id ``stanza_id`` (a fresh unique id only when the stanza id cannot be carried)."""
-    carried = stanza_id.encode("utf-8")
-    if not carried or len(carried) > MAX_CARRIED:
+    with id ``stanza_id`` sent by ``resource`` (a fresh unique id only when they cannot be
+    carried)."""
+    carried, sender = stanza_id.encode("utf-8"), resource.encode("utf-8")
+    if not carried or len(carried) + len(sender) > MAX_CARRIED:
         return unique_token()
-    return f"x{unique_token()}.{_b32(carried)}"
+    return f"x{unique_token()}.{_b32(carried)}.{_b32(sender)}"
 
 
-def stanza_id_from_sip_id(message_id: str) -> str | None:
-    """The stanza id an IMDN's message id (an ``imdn.Message-ID``, or a Call-ID with its
-    ``@host``) was made from, None when it is not one of ours."""
+def stanza_id_from_sip_id(message_id: str) -> tuple[str, str] | None:
+    """(stanza id, sender's resource) an IMDN's message id (an ``imdn.Message-ID``, or a
+    Call-ID with its ``@host``) was made from, None when it is not one of ours."""
     local = message_id.partition("@")[0]
-    if not local.startswith("x") or local.count(".") != 1:
+    parts = local.split(".")
+    if not local.startswith("x") or len(parts) != 3:
         return None
-    decoded = _unb32(local.partition(".")[2])
-    if not decoded:
+    stanza_id, resource = _unb32(parts[1]), _unb32(parts[2])
+    if not stanza_id or resource is None:
         return None
     try:
-        return decoded.decode("utf-8")
+        return stanza_id.decode("utf-8"), resource.decode("utf-8")
     except UnicodeDecodeError:
         return None
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import codecs
 import logging
 import time
+import zlib
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -153,6 +154,31 @@ def decode_text(body: bytes, media_type: MediaType) -> str:
         raise BadBody(f"body is not valid {charset}") from None
 
 
+def decoded_body(request: SipRequest, limit: int) -> bytes | None:
+    """The body without its Content-Encoding (RFC 3261 §20.12; Linphone deflates its IMDNs),
+    None when it is (or inflates to) more than ``limit`` bytes: a few compressed bytes
+    must not become megabytes here."""
+    body = request.body
+    if len(body) > limit:
+        return None
+    encoding = (request.get("content-encoding") or "").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("deflate", "gzip"):
+        raise Unsupported(f"Content-Encoding {encoding[:40]}")
+    # zlib or gzip framing (wbits 32+), else raw deflate: senders differ in "deflate"
+    for wbits in (zlib.MAX_WBITS | 32, -zlib.MAX_WBITS):
+        inflater = zlib.decompressobj(wbits)
+        try:
+            inflated = inflater.decompress(body, limit + 1)
+        except zlib.error:
+            continue
+        if len(inflated) > limit or inflater.unconsumed_tail:
+            return None
+        return inflated
+    raise BadBody(f"body does not inflate ({encoding})")
+
+
 def read_sip_content(media_type: MediaType, body: bytes, language: str,
                      cpim: CpimMessage | None = None) -> SipContent:
     """Unwrap a MESSAGE body into :class:`SipContent` (raises :class:`Unsupported` or
@@ -271,7 +297,17 @@ class MessageRelay:
             refuse(self.endpoint, event, refusal)
             return
         self.spellings.seen(sender.partition("/")[0])
-        if len(request.body) > self.max_message_size:
+        try:
+            body = decoded_body(request, self.max_message_size)
+        except Unsupported as exc:
+            self._count(exc.content_type, direction="sip-to-xmpp", sender=sender,
+                        recipient=recipient, answer=415)
+            self.endpoint.reply(event, 415, headers=[("Accept-Encoding", "deflate, gzip")])
+            return
+        except BadBody as exc:
+            self.endpoint.reply(event, 400, clean_header_value(str(exc), 100))
+            return
+        if body is None:
             log_event(log, logging.INFO, "sip.message_too_large", sender=sender,
                       recipient=recipient, size=len(request.body), limit=self.max_message_size)
             self.endpoint.reply(event, 413)  # RFC 3261 §21.4.11
@@ -280,7 +316,7 @@ class MessageRelay:
         try:
             media_type = (parse_media_type(request.get("content-type") or "")
                           if request.get("content-type") else MediaType(""))
-            content = read_sip_content(media_type, request.body, language)
+            content = read_sip_content(media_type, body, language)
         except MimeError as exc:
             self.endpoint.reply(event, 400, clean_header_value(str(exc), 100))
             return
@@ -343,13 +379,16 @@ class MessageRelay:
                          content: SipContent) -> None:
         notice = content.notice
         assert notice is not None
-        original = stanza_id_from_sip_id(notice.message_id)
-        if original is None or notice.kind == "processing":
-            why = "unknown message id" if original is None else "processing notification"
+        found = stanza_id_from_sip_id(notice.message_id)
+        if found is None or notice.kind == "processing":
+            why = "unknown message id" if found is None else "processing notification"
             self._count(IMDN_TYPE, direction="sip-to-xmpp", sender=sender,
                         recipient=recipient, reason=why, answer=202)
             self.endpoint.reply(event, 202)
             return
+        original, resource = found
+        if resource:  # the resource that sent the message (the phone answers the AOR)
+            recipient = f"{recipient.partition('/')[0]}/{resource}"
         stanza_id = "n" + unique_token()
         if not notice.positive:
             # RFC 5438 §7.2.1.1 failed/forbidden/error: the message did not arrive, which
@@ -491,9 +530,9 @@ class MessageRelay:
                          if (lang or language) else [])
                 for lang, text in ordered])
             language = ""
-        from_uri = _gruu_uri(sender)
+        from_uri = _sip_uri(sender)
         user_uri = self._user_uri(local_user)
-        message_id = sip_id_for_stanza(stanza_id)
+        message_id = sip_id_for_stanza(stanza_id, sender.partition("/")[2])
         rich = content_type != TEXT_PLAIN
         if use_cpim:
             disposition = tuple(name for name, wanted in (
@@ -504,6 +543,8 @@ class MessageRelay:
                               language=language)
             content_type, language, rich = CPIM_TYPE, "", True
         request = self._request(user_uri, from_uri, content_type, body, message_id)
+        if "/" in sender:  # RFC 7572 §4: the resource as a GRUU (RFC 5627: in Contact)
+            request.add("Contact", f"<{_gruu_uri(sender)}>")
         if language:
             request.add("Content-Language", clean_header_value(language, 64))
         if parts.subject:
@@ -553,7 +594,7 @@ class MessageRelay:
         body = build_is_composing(composing, refresh=120 if composing else 0,
                                   last_active="" if composing
                                   else format_datetime(datetime.now(UTC)))
-        request = self._request(self._user_uri(local_user), _gruu_uri(sender),
+        request = self._request(self._user_uri(local_user), _sip_uri(sender),
                                 IS_COMPOSING_TYPE, body)
         self.endpoint.send(request, lambda response: self._notice_outcome(
             "typing", sender, local_user, response))
@@ -578,7 +619,7 @@ class MessageRelay:
             self._count(f"{what} (unknown id)", direction="xmpp-to-sip", sender=sender,
                         recipient=local_user)
             return False
-        from_uri, user_uri = _gruu_uri(sender), self._user_uri(local_user)
+        from_uri, user_uri = _sip_uri(sender), self._user_uri(local_user)
         notice = build_imdn(Imdn(origin.message_id, kind,
                                  "delivered" if kind == "delivery" else "displayed",
                                  format_datetime(datetime.fromtimestamp(origin.sent, UTC)),

@@ -98,8 +98,9 @@ async def test_xmpp_message_becomes_sip_message(backend) -> None:
     await sip.deliver(message("bob@xmpp.example/phone", "alice@sip.example", "héllo <3"))
     request = await asyncio.wait_for(ua.messages.get(), 5)
     assert request.uri == "sip:alice@sip.example"
-    # RFC 7572 §4: the resource of a full JID travels as the GRUU
-    assert request.from_.uri == "sip:bob@xmpp.example;gr=phone" and request.from_.tag
+    assert request.from_.uri == "sip:bob@xmpp.example" and request.from_.tag
+    # RFC 7572 §4: the resource of a full JID travels as a GRUU (in Contact, RFC 5627)
+    assert request.get("contact") == "<sip:bob@xmpp.example;gr=phone>"
     assert request.to.uri == "sip:alice@sip.example"
     assert request.get("content-type") == "text/plain;charset=UTF-8"
     assert request.body.decode() == "héllo <3"
@@ -479,7 +480,7 @@ async def test_sip_over_tls(pki) -> None:
         await a.deliver(message("bob@xmpp.example/p", "alice@sip.example", "over TLS"))
         stanza = await received.next()
         assert (stanza.get("from"), stanza.get("to"), stanza.findtext("{jabber:server}body")) \
-            == ("bob@xmpp.example/p", "alice@sip.example", "over TLS")  # GRUU, both ways
+            == ("bob@xmpp.example/sip", "alice@sip.example", "over TLS")
         assert answers.queue.empty()  # B answered 202: no error came back to A's sink
         assert a.transport.streams and next(iter(a.transport.streams.values())).transport \
             .get_extra_info("ssl_object") is not None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from collections.abc import AsyncIterator
 from xml.etree.ElementTree import Element, SubElement
 
@@ -112,7 +113,7 @@ async def test_basic_phone_imdn_names_the_call_id(setup: Setup) -> None:
     assert (await ua.send_imdn(plain.from_.uri, plain.call_id)).status == 202
     delivered = await recorder.next()
     assert child(delivered, RECEIPTS).get("id") == "plain-1"
-    assert delivered.get("to") == "bob@xmpp.example/phone"  # the GRUU: the sending resource
+    assert delivered.get("to") == "bob@xmpp.example/phone"  # the resource that sent it
 
     await sip.deliver(xmpp_message("bob@xmpp.example/phone", "alice@sip.example", "hi",
                                    stanza_id="asked-1",
@@ -120,7 +121,10 @@ async def test_basic_phone_imdn_names_the_call_id(setup: Setup) -> None:
     asked = await asyncio.wait_for(ua.messages.get(), 5)
     wrapped = parse_cpim(asked.body)
     assert wrapped.disposition_notification == {"positive-delivery", "display"}
-    assert wrapped.sender == "sip:bob@xmpp.example;gr=phone" == asked.from_.uri
+    # CPIM From = SIP From (Linphone checks), the bare address: one conversation per
+    # contact on the phone, whichever resource wrote; the resource is in Contact
+    assert wrapped.sender == "sip:bob@xmpp.example" == asked.from_.uri
+    assert asked.get("contact") == "<sip:bob@xmpp.example;gr=phone>"
     await ua.send_imdn(wrapped.sender, wrapped.imdn_message_id or "", "displayed", cpim=True)
     displayed = await recorder.next()
     assert child(displayed, MARKERS).get("id") == "asked-1"
@@ -239,6 +243,21 @@ async def test_what_cannot_cross_is_answered_and_counted(setup: Setup) -> None:
     assert ua.messages.empty()
 
 
+async def test_deflated_bodies_are_inflated_within_the_limit(setup: Setup) -> None:
+    """Linphone deflates its IMDNs (Content-Encoding: deflate); a small body that would
+    inflate past the size limit is refused 413, an unknown encoding 415."""
+    _, ua, recorder = setup
+    text = "compressed hello " * 10
+    assert (await ua.send_message(BOB, zlib.compress(text.encode()),
+                                  headers=(("Content-Encoding", "deflate"),))).status == 202
+    assert (await recorder.next()).findtext("{jabber:server}body") == text
+    bomb = zlib.compress(b"a" * 10_000_000)  # 10 KB that inflate to 10 MB
+    assert (await ua.send_message(BOB, bomb, headers=(("Content-Encoding", "deflate"),))
+            ).status == 413
+    odd = await ua.send_message(BOB, b"x", headers=(("Content-Encoding", "br"),))
+    assert odd.status == 415 and "deflate" in (odd.get("accept-encoding") or "")
+
+
 async def test_characters_xml_cannot_carry_are_replaced(setup: Setup) -> None:
     _, ua, recorder = setup
     await ua.send_message(BOB, "bell\x07 and nul\x00 here")
@@ -252,8 +271,12 @@ async def test_addresses_round_trip(setup: Setup) -> None:
     sip, ua, recorder = setup
     await sip.deliver(xmpp_message("who?@xmpp.example/phone", "alice@sip.example", "hi"))
     request = await asyncio.wait_for(ua.messages.get(), 5)
-    assert request.from_.uri == "sip:who%3F@xmpp.example;gr=phone"
+    assert request.from_.uri == "sip:who%3F@xmpp.example"
+    assert request.get("contact") == "<sip:who%3F@xmpp.example;gr=phone>"
     assert (await ua.send_message(request.from_.uri, "hello who")).status == 202
+    assert (await recorder.next()).get("to") == "who?@xmpp.example"
+    gruu = request.get("contact").strip("<>")  # RFC 7572 §5: a GRUU names the resource
+    assert (await ua.send_message(gruu, "hello who/phone")).status == 202
     assert (await recorder.next()).get("to") == "who?@xmpp.example/phone"
 
     jsmith = await SipUserAgent("JSmith", "sip.example", ua.proxy).start()

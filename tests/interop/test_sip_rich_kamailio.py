@@ -28,6 +28,7 @@ from gateway.sip.multipart import parse_multipart
 from tests.interop.harness import IPS, Namespace, Prosody
 from tests.interop.in_namespace import XmppUser, run_in_namespace
 from tests.interop.test_sip_kamailio import KAMAILIO_PORT, PHONE, explain, gateway, kamailio
+from tests.support import linphone
 from tests.support.sip_ua import SipUserAgent
 
 GW = IPS["gw.example"]
@@ -239,5 +240,76 @@ def test_rich_conversation_through_kamailio(ns: Namespace, pki, prosody: Prosody
     except BaseException as exc:
         raise AssertionError(f"rich conversation: {exc!r}{explain(gw, sip)}") from exc
     finally:
+        gw.stop()
+        sip.stop()
+
+
+def test_linphone_through_kamailio(ns: Namespace, pki, prosody: Prosody) -> None:
+    """Linphone (linphonec from Debian's linphone-cli), with CPIM on and off, and a slixmpp
+    client: Linphone's CPIM message arrives as clean text and its delivery/display
+    request is answered by the XMPP client's receipt and marker; the XMPP client's
+    message reaches both phones, and Linphone's IMDN comes back as a receipt. What
+    linphonec's command interface cannot do — type, or mark a message read — is shown
+    with the SIP UA in test_rich_conversation_through_kamailio; the XMPP client's typing
+    is shown reaching Linphone (its log has the isComposing it answered)."""
+    if not linphone.available():
+        pytest.fail("linphonec is not installed: run `make debs` (make test does)")
+    sip = kamailio(ns, pki, "udp")
+    gw = gateway(ns, pki, "federated", "udp")
+    phones = [linphone.Linphonec(ns.workdir / f"linphone-{name}", user=name,
+                                 domain="gw.example", proxy=(GW, KAMAILIO_PORT), port=port,
+                                 cpim=name == "lpcpim", prefix=ns.exec)
+              for name, port in (("lpcpim", 5081), ("lpplain", 5082))]
+    cpim_phone, plain_phone = phones
+
+    async def scenario() -> None:
+        xmpp = await ChatClient("rich@a.example").start()
+        try:
+            await asyncio.to_thread(cpim_phone.chat, "sip:rich@a.example",
+                                    "hello from Linphone with CPIM")
+            first = await xmpp.message_where(lambda m: "Linphone with CPIM" in m["body"])
+            assert first["body"] == "hello from Linphone with CPIM"  # no CPIM headers
+            assert first["from"].bare == "lpcpim@gw.example"
+            assert first["request_receipt"]  # Linphone asked (imdn.Disposition-Notification)
+            # slixmpp's xep_0184 answered; the user reads it: a displayed marker
+            xmpp.client.plugin["xep_0333"].send_marker(first["from"], first["id"],
+                                                       "displayed", mtype="chat")
+            await asyncio.to_thread(cpim_phone.wait_log, r"to DeliveredToUser", 10)
+            await asyncio.to_thread(cpim_phone.wait_log, r"to Displayed", 10)
+
+            await asyncio.to_thread(plain_phone.chat, "sip:rich@a.example",
+                                    "hello from Linphone without CPIM")
+            second = await xmpp.message_where(lambda m: "without CPIM" in m["body"])
+            assert second["body"] == "hello from Linphone without CPIM"
+
+            typing = xmpp.client.make_message(mto="lpcpim@gw.example", mtype="chat")
+            typing["chat_state"] = "composing"
+            typing.send()
+            await asyncio.to_thread(cpim_phone.wait_log, r"im-iscomposing\+xml", 10)
+
+            for phone in phones:
+                message = xmpp.client.make_message(mto=f"{phone.user}@gw.example",
+                                                   mbody=f"hi {phone.user}", mtype="chat")
+                message["request_receipt"] = True
+                message.send()
+                await asyncio.to_thread(phone.wait_output,
+                                        rf"Message received from .*rich@a\.example.*: "
+                                        rf"hi {phone.user}", 10)
+                if phone is cpim_phone:  # Linphone answers the IMDN request: a receipt
+                    receipt = await xmpp.event("receipt_received")
+                    assert receipt["receipt"] == message["id"]
+        finally:
+            await xmpp.stop()
+
+    try:
+        for phone in phones:
+            phone.start()
+        run_in_namespace(ns.name, scenario, timeout=60)
+    except BaseException as exc:
+        logs = "".join(f"\n--- {p.user} log (tail) ---\n{p.log()[-3000:]}" for p in phones)
+        raise AssertionError(f"linphone: {exc!r}{explain(gw, sip)}{logs}") from exc
+    finally:
+        for phone in phones:
+            phone.stop()
         gw.stop()
         sip.stop()
