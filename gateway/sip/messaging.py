@@ -40,7 +40,7 @@ from typing import Any
 from xml.etree.ElementTree import Element
 
 from gateway.logs import log_event
-from gateway.sip.addresses import jid_to_sip, parse_jid
+from gateway.sip.addresses import SipAddress, jid_to_sip
 from gateway.sip.composing import ComposingGate
 from gateway.sip.cpim import (
     CPIM_TYPE,
@@ -68,7 +68,7 @@ from gateway.sip.message_ids import (
 )
 from gateway.sip.mime import MediaType, MimeError, clean_header_value, parse_media_type
 from gateway.sip.multipart import BodyPart, MultipartError, build_multipart, parse_multipart
-from gateway.sip.parties import Refused, request_parties
+from gateway.sip.parties import Refused, request_parties, sender_address
 from gateway.sip.spellings import UserSpellings
 from gateway.sip.stanzas import (
     BODY,
@@ -83,6 +83,7 @@ from gateway.sip.stanzas import (
 from gateway.sip.transaction import RequestReceived
 from gateway.sip.xhtml import html_to_message
 from gateway.xmpp.errors import make_error_reply
+from gateway.xmpp.jid import Jid
 
 log = logging.getLogger("gateway.sip")
 
@@ -284,7 +285,10 @@ class MessageRelay:
 
     def _user_uri(self, local_user: str) -> str:
         """The Request-URI of a local SIP user, spelled as the SIP side spells it."""
-        return _sip_uri(self.spellings.spelled(local_user))
+        spelled = self.spellings.user_part(local_user)
+        if spelled is None:
+            return _sip_uri(local_user)
+        return SipAddress(spelled, jid_to_sip(local_user).host).uri
 
     # ------------------------------------------------------------------ SIP → XMPP
 
@@ -296,7 +300,10 @@ class MessageRelay:
         except Refused as refusal:
             refuse(self.endpoint, event, refusal)
             return
-        self.spellings.seen(sender.partition("/")[0])
+        spelled = sender_address(request,
+                                 trust_asserted_identity=self.trust_asserted_identity).user
+        self.spellings.seen(sender.partition("/")[0], spelled,
+                            as_jid=spelled == jid_to_sip(sender).user)
         try:
             body = decoded_body(request, self.max_message_size)
         except Unsupported as exc:
@@ -435,7 +442,7 @@ class MessageRelay:
     def _late_error(self, stanza: Element, local_user: str) -> None:
         """An XMPP error for a message our SIP user sent, after we answered 202."""
         condition = error_condition(stanza)
-        contact = parse_jid(stanza.get("from", "")).bare
+        contact = Jid.parse(stanza.get("from", "")).bare
         text = stanza.findtext(BODY) or ""
         note = f"[message to {contact} not delivered: {condition}]"
         if text:

@@ -247,8 +247,8 @@ class PostgresAuthorizationStore:
         self._run("remove presence subscription", lambda conn: conn.execute(
             "DELETE FROM presence_watches WHERE watcher = %s AND sip_user = %s", key))
 
-    def remember_spelling(self, spelled: str) -> None:
-        row = (spelled.lower(), spelled, _now())
+    def remember_spelling(self, folded: str, spelled: str) -> None:
+        row = (folded.lower(), spelled, _now())
         self._run("record a SIP user's spelling", lambda conn: conn.execute(
             "INSERT INTO sip_user_spellings (folded, spelled, seen_at) VALUES (%s, %s, %s)"
             " ON CONFLICT (folded) DO UPDATE SET spelled = excluded.spelled,"

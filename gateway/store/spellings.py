@@ -8,9 +8,9 @@ from typing import Protocol
 
 
 class SpellingStore(Protocol):
-    def remember_spelling(self, spelled: str) -> None:
-        """Remember ``spelled`` (a bare ``user@domain`` as the SIP side wrote it) under its
-        lower-case form, replacing an older spelling."""
+    def remember_spelling(self, folded: str, spelled: str) -> None:
+        """Remember ``spelled`` (a SIP user part as the SIP side wrote it) for the bare JID
+        ``folded`` (any case; kept lower-case), replacing an older spelling."""
 
     def spelling(self, folded: str) -> str | None:
-        """The spelling remembered for ``folded`` (any case), None when there is none."""
+        """The user part remembered for the bare JID ``folded``, None when there is none."""

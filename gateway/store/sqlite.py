@@ -277,8 +277,8 @@ class SqliteAuthorizationStore:
 
     # -- SIP user spellings (gateway.sip.spellings) ------------------------------------------
 
-    def remember_spelling(self, spelled: str) -> None:
-        row = (spelled.lower(), spelled, _now())
+    def remember_spelling(self, folded: str, spelled: str) -> None:
+        row = (folded.lower(), spelled, _now())
 
         def upsert() -> None:
             with self._write() as db:

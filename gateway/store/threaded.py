@@ -79,8 +79,9 @@ class AsyncAuthorizationStore:
     async def list_watches(self) -> list[tuple[str, str]]:
         return await self._call(self.store.list_watches)
 
-    async def remember_spelling(self, spelled: str) -> None:
-        await self._call(self.store.remember_spelling, spelled)  # type: ignore[attr-defined]
+    async def remember_spelling(self, folded: str, spelled: str) -> None:
+        await self._call(self.store.remember_spelling, folded,  # type: ignore[attr-defined]
+                         spelled)
 
     async def spelling(self, folded: str) -> str | None:
         return await self._call(self.store.spelling, folded)  # type: ignore[attr-defined]

@@ -285,7 +285,8 @@ async def test_addresses_round_trip(setup: Setup) -> None:
         sip.transport._proxy_flow = None
         sip.transport._udp_proxy = ("127.0.0.1", jsmith.port)
         await jsmith.send_message(BOB, "from JSmith")
-        assert (await recorder.next()).get("from") == "JSmith@sip.example/sip"
+        # XMPP case-maps the localpart (RFC 7622 §3.3): the gateway writes it lower-case
+        assert (await recorder.next()).get("from") == "jsmith@sip.example/sip"
         await sip.deliver(xmpp_message("bob@xmpp.example/phone", "jsmith@sip.example", "re"))
         reply = await asyncio.wait_for(jsmith.messages.get(), 5)
         assert reply.uri == "sip:JSmith@sip.example"

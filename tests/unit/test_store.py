@@ -101,6 +101,10 @@ def test_addresses_are_normalised(store: Any) -> None:
     assert store.is_authorized(ALICE, BOB)
     assert store.is_authorized(ALICE, "bob@fabrikam.example/phone")
     assert normalize_bare_jid("bob@fabrikam.example.") == BOB
+    # one key for an internationalised domain, however it is spelt (RFC 7622 §3.2)
+    store.allow(ALICE, "Carol@xn--bcher-kva.example")
+    assert store.is_authorized(ALICE, "carol@Bücher.Example/phone")
+    assert [c.remote_jid for c in store.list_contacts(ALICE)][-1] == "carol@bücher.example"
 
 
 @pytest.mark.parametrize("bad", ["fabrikam.example", "@fabrikam.example", "bob@", "a b@c.example"])
@@ -274,13 +278,13 @@ def test_presence_watches(store: Any) -> None:
 
 
 def test_sip_user_spellings(store: Any) -> None:
-    """A SIP user part keeps the case the SIP side wrote, found from any case."""
+    """A SIP user part keeps the case the SIP side wrote, found from the bare JID."""
     assert store.spelling("jsmith@gw.example") is None
-    store.remember_spelling("JSmith@gw.example")
-    assert store.spelling("jsmith@gw.example") == "JSmith@gw.example"
-    assert store.spelling("JSMITH@gw.example") == "JSmith@gw.example"
-    store.remember_spelling("JSMITH@gw.example")  # re-spelled: the latest wins
-    assert store.spelling("jsmith@gw.example") == "JSMITH@gw.example"
+    store.remember_spelling("jsmith@gw.example", "JSmith")
+    assert store.spelling("jsmith@gw.example") == "JSmith"
+    assert store.spelling("JSMITH@gw.example") == "JSmith"
+    store.remember_spelling("JSmith@gw.example", "JSMITH")  # re-spelled: the latest wins
+    assert store.spelling("jsmith@gw.example") == "JSMITH"
 
 
 def test_sqlite_version_1_database_is_migrated(tmp_path: Path) -> None:
