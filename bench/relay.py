@@ -9,7 +9,11 @@ Paths (each: paced runs at several rates, then one free-running burst):
 ``xmpp_sip``  c2s writer on a → Prosody a → gateway → Kamailio → SIP UA;
 ``xmpp_xmpp`` c2s writer on a → Prosody a → Prosody b → c2s receiver;
 ``sip_xmpp``  SIP UA (bench/relay_sip.py) → Kamailio → gateway → Prosody a → c2s receiver;
-``xmpp_xmpp_back`` c2s writer on b → Prosody b → Prosody a → c2s receiver.
+``xmpp_xmpp_back`` c2s writer on b → Prosody b → Prosody a → c2s receiver;
+``xmpp_sip_chat`` the ``xmpp_sip`` path with what a chat client sends around each message
+(bench/relay_xmpp.py ``chat_turn``: typing, receipt request and marker, the receipt and
+marker for the other side's message; 4.5 stanzas per user-visible message), counted and
+measured per user-visible message (a shorter run: ``Sizes.chat_*``).
 Then the presence storm (bench/relay_storm.py). For each run: sent, delivered, refused
 (stanza errors back to the writer / SIP final answers >= 300), dropped (the rest), rates,
 CPU µs per delivered message of every server process, the gateway's peak RSS, its
@@ -44,6 +48,8 @@ class Sizes:
     burst: int = 100_000  # the free-running run
     storm: int = 5_000  # contacts in the presence storm (each side)
     sip_window: int = 2000  # SIP requests without a final answer, at most (bench/relay_sip)
+    chat_rates: tuple[int, ...] = (1000,)  # the chat mix: user-visible messages/s offered
+    chat_burst: int = 20_000  # user-visible messages (4.5 stanzas each) in its burst
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class RelayPath:
     writer: tuple[str, str] | None  # (Prosody host, domain) of the c2s writer; None = SIP
     recipient: str
     sink: tuple[str, str] | None  # (Prosody host, domain) of the c2s receiver; None = SIP
+    chat: bool = False  # the writer sends a chat client's turn per message (chat_turn)
 
 
 PATHS = {  # Prosody's path first: the gateway's backlog cannot slow it down
@@ -62,6 +69,8 @@ PATHS = {  # Prosody's path first: the gateway's backlog cannot slow it down
     "xmpp_xmpp_back": RelayPath((IPS["b.example"], "b.example"), "user@a.example",
                             (IPS["a.example"], "a.example")),
     "sip_xmpp": RelayPath(None, "user@a.example", (IPS["a.example"], "a.example")),
+    "xmpp_sip_chat": RelayPath((IPS["a.example"], "a.example"), "user@gw.example", None,
+                               chat=True),
 }
 SETTLE = 40.0  # longest wait for the gateway to finish a path's SIP transactions
 
@@ -206,7 +215,7 @@ def run_path(world: RelayWorld, path: RelayPath, n: int, rate: float, sizes: Siz
         if path.writer is not None:
             writer = children.enter_context(world.child(
                 "bench.relay_xmpp", "write", *path.writer, "writer", path.recipient, n, rate,
-                limit))
+                limit, *(["chat"] if path.chat else [])))
             writer.line(30)
             meter.begin()
             writer.send("go")
@@ -266,10 +275,11 @@ def run_relay(ns: Namespace, pki: Pki, sizes: Sizes) -> dict[str, Any]:
                 raise RuntimeError(f"relay warm-up on {name} failed: {warm}\n"
                                    f"{world.gateway.log[-3000:]}")
             runs: dict[str, Any] = {"paced": []}
-            for rate in sizes.rates:
+            for rate in sizes.chat_rates if path.chat else sizes.rates:
                 n = max(1, int(rate * sizes.seconds))
                 runs["paced"].append(run_path(world, path, n, rate, sizes))
-            runs["burst"] = run_path(world, path, sizes.burst, 0, sizes)
+            runs["burst"] = run_path(world, path, sizes.chat_burst if path.chat
+                                     else sizes.burst, 0, sizes)
             runs["settle_seconds"] = world.settle()
             results["paths"][name] = runs
         results["storm"] = presence_storm(world, Meter(world), sizes.storm)

@@ -405,6 +405,10 @@ def main() -> int:
                         help="length of each paced relay run")
     parser.add_argument("--relay-burst", type=int, default=100_000,
                         help="messages in the free-running relay burst, each path")
+    parser.add_argument("--relay-chat-rates", default="1000",
+                        help="paced runs of the chat mix, user-visible msg/s, comma-separated")
+    parser.add_argument("--relay-chat-burst", type=int, default=20_000,
+                        help="user-visible messages in the chat mix's burst")
     parser.add_argument("--relay-storm", type=int, default=5_000,
                         help="contacts in the presence storm, each side")
     parser.add_argument("--out", type=Path, default=None,
@@ -423,7 +427,9 @@ def main() -> int:
         return plot(report, out, args)
     results: dict[str, dict] = {}
     sizes = Sizes(rates=tuple(int(r) for r in args.relay_rates.split(",") if r),
-                  seconds=args.relay_seconds, burst=args.relay_burst, storm=args.relay_storm)
+                  seconds=args.relay_seconds, burst=args.relay_burst, storm=args.relay_storm,
+                  chat_rates=tuple(int(r) for r in args.relay_chat_rates.split(",") if r),
+                  chat_burst=args.relay_chat_burst)
     with bench_namespace("bench") as (ns, pki):
         if args.only_sip:
             results["gateway"] = {"sip": sip_latency(ns, pki, args.sip_messages, args.sip_rate)}

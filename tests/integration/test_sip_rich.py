@@ -174,8 +174,10 @@ async def test_typing_both_ways_rate_limited(setup: Setup) -> None:
 async def test_html_and_languages_from_sip(setup: Setup) -> None:
     _, ua, recorder = setup
     await ua.send_message(BOB, "<p>Hello <b>world</b><script>x()</script></p>", "text/html",
-                          headers=(("Content-Language", "en"), ("Subject", "greetings")))
+                          headers=(("Content-Language", "en"), ("Subject", "greetings")),
+                          call_id="conversation-7@phone")
     html = await recorder.next()
+    assert html.findtext("{jabber:server}thread") == "conversation-7@phone"  # RFC 7572 §5
     assert html.findtext("{jabber:server}body") == "Hello world"
     assert html.findtext("{jabber:server}subject") == "greetings"
     assert html.get(XML_LANG) == "en"
