@@ -82,7 +82,8 @@ def build_imdn(notice: Imdn) -> bytes:
         raise ImdnError("an IMDN needs the message's id")
 
     def element(name: str, value: str) -> str:
-        return f"<{name}>{escape(xml_text(value))}</{name}>" if value else ""
+        # a CR would read back as LF (XML 1.0 §2.11): written as a character reference
+        return f"<{name}>{escape(xml_text(value), {chr(13): '&#13;'})}</{name}>" if value else ""
 
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
