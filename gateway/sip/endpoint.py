@@ -80,6 +80,7 @@ class SipEndpoint:
         self.layer = TransactionLayer(reliable=self.transport.reliable)
         self.max_in_flight = max_in_flight
         self.backlog: deque[tuple[SipRequest, OnResponse]] = deque()
+        self._streamed: set[str] = set()  # branches of requests marked by over_stream
         self.on_request: RequestHandler = self._no_handler
         self._room = asyncio.Event()
         self._room.set()
@@ -175,7 +176,9 @@ class SipEndpoint:
     def _start(self, request: SipRequest, on_response: OnResponse, now: float) -> None:
         """Over UDP, a request marked by :meth:`over_stream` goes on a TCP connection to
         the proxy instead (RFC 3261 §18.1.1), as a reliable transaction."""
-        if self.transport.kind == "udp" and (request.get("via") or "").startswith("SIP/2.0/TCP "):
+        streamed = self._streamed
+        if streamed and request.branch in streamed:
+            streamed.discard(request.branch)
             self.layer.send_request(request, PROXY_FLOW, now, on_response, reliable=True)
         else:
             self.layer.send_request(request, self.transport.proxy_flow, now, on_response)
@@ -189,6 +192,7 @@ class SipEndpoint:
             return False
         via = request.get("via") or ""
         request.set("via", "SIP/2.0/TCP " + via.removeprefix("SIP/2.0/UDP "))
+        self._streamed.add(request.branch)
         return True
 
     def reply(self, event: RequestReceived, status: int, reason: str | None = None, *,

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
-from xml.etree.ElementTree import Element
+from xml.etree.ElementTree import Element, SubElement
 
 from gateway.logs import log_event
 from gateway.sip.addresses import SipAddress, jid_to_sip
@@ -73,6 +73,10 @@ from gateway.sip.spellings import UserSpellings
 from gateway.sip.stanzas import (
     BODY,
     MESSAGE,
+    NS_CHATSTATES,
+    SUBJECT,
+    THREAD,
+    XML_LANG,
     MessageParts,
     chat_message,
     chat_state,
@@ -82,6 +86,7 @@ from gateway.sip.stanzas import (
 )
 from gateway.sip.transaction import RequestReceived
 from gateway.sip.xhtml import html_to_message
+from gateway.sip.xmldoc import xml_text
 from gateway.xmpp.errors import make_error_reply
 from gateway.xmpp.jid import Jid
 
@@ -128,11 +133,25 @@ class BadBody(Exception):
     """A body that does not parse as its content type (400)."""
 
 
+_NO_TYPE = MediaType("")
+# Content-Type values of a plain UTF-8 text MESSAGE as phones write them (the fast path)
+_PLAIN_UTF8 = frozenset({"text/plain;charset=UTF-8", "text/plain; charset=UTF-8",
+                         "text/plain;charset=utf-8", "text/plain; charset=utf-8",
+                         "text/plain", "text/plain;charset=\"UTF-8\""})
+ACTIVE = f"{{{NS_CHATSTATES}}}active"
+
+
 @lru_cache(maxsize=65536)
 def _sip_uri(jid: str) -> str:
     """``sip:user@domain`` of a (bare or full) JID; cached: users repeat, and the
     percent-encoding of RFC 3261 §25.1 is the slow part."""
     return jid_to_sip(jid).uri
+
+
+@lru_cache(maxsize=65536)
+def _user_part(jid: str) -> str:
+    """The SIP user part a JID maps to (RFC 7247 §5.2), cached likewise."""
+    return jid_to_sip(jid).user
 
 
 @lru_cache(maxsize=65536)
@@ -142,13 +161,14 @@ def _gruu_uri(jid: str) -> str:
 
 
 def decode_text(body: bytes, media_type: MediaType) -> str:
-    """A text body in its charset (RFC 2046 §4.1.2; none or unknown to us → UTF-8, the
-    charset of SIP, RFC 3261 §20.15); invalid bytes → 400."""
+    """A text body in its charset (RFC 2046 §4.1.2; none → UTF-8, the charset of SIP,
+    RFC 3261 §20.15; one Python does not know → 415); invalid bytes → 400."""
     charset = media_type.charset or "utf-8"
-    try:
-        codecs.lookup(charset)
-    except LookupError:
-        raise Unsupported(f"{media_type.type};charset={charset}") from None
+    if charset not in ("utf-8", "us-ascii"):
+        try:
+            codecs.lookup(charset)
+        except LookupError:
+            raise Unsupported(f"{media_type.type};charset={charset}") from None
     try:
         return body.decode(charset)
     except (UnicodeDecodeError, ValueError):
@@ -300,10 +320,24 @@ class MessageRelay:
         except Refused as refusal:
             refuse(self.endpoint, event, refusal)
             return
+        bare_sender = sender.partition("/")[0]
         spelled = sender_address(request,
                                  trust_asserted_identity=self.trust_asserted_identity).user
-        self.spellings.seen(sender.partition("/")[0], spelled,
-                            as_jid=spelled == jid_to_sip(sender).user)
+        if self.spellings.user_part(bare_sender) != spelled:
+            self.spellings.seen(bare_sender, spelled, as_jid=spelled == _user_part(sender))
+        type_text = request.get("content-type")
+        if type_text in _PLAIN_UTF8 and len(request.body) <= self.max_message_size and \
+                request.get("content-encoding") is None:
+            # the common case, a UTF-8 text message, without the general unwrapping
+            try:
+                text = request.body.decode("utf-8")
+            except UnicodeDecodeError:
+                self.endpoint.reply(event, 400, "Body is not valid utf-8")
+                return
+            language = request.get("content-language")
+            self._incoming_text(event, sender, recipient, text,
+                                language.split(",")[0].strip() if language else "")
+            return
         try:
             body = decoded_body(request, self.max_message_size)
         except Unsupported as exc:
@@ -319,10 +353,10 @@ class MessageRelay:
                       recipient=recipient, size=len(request.body), limit=self.max_message_size)
             self.endpoint.reply(event, 413)  # RFC 3261 §21.4.11
             return
-        language = (request.get("content-language") or "").split(",")[0].strip()
+        language = request.get("content-language")
+        language = language.split(",")[0].strip() if language else ""
         try:
-            media_type = (parse_media_type(request.get("content-type") or "")
-                          if request.get("content-type") else MediaType(""))
+            media_type = parse_media_type(type_text) if type_text else _NO_TYPE
             content = read_sip_content(media_type, body, language)
         except MimeError as exc:
             self.endpoint.reply(event, 400, clean_header_value(str(exc), 100))
@@ -336,13 +370,37 @@ class MessageRelay:
             self.endpoint.reply(event, 400, clean_header_value(str(exc), 100))
             return
         if content.cpim is not None:
-            self._remember(self.cpim_speakers, sender.partition("/")[0])
+            self._remember(self.cpim_speakers, bare_sender)
         if content.kind == "composing":
             self._incoming_typing(event, sender, recipient, content)
         elif content.kind == "imdn":
             self._incoming_notice(event, sender, recipient, content)
         else:
             self._incoming_message(event, sender, recipient, content, language)
+
+    def _incoming_text(self, event: RequestReceived, sender: str, recipient: str,
+                       text: str, language: str) -> None:
+        """:meth:`_incoming_message` for a plain text MESSAGE, the Python work of every
+        relayed message kept small: the same stanza, built directly."""
+        request = event.request
+        call_id = request.call_id
+        stanza_id = stanza_id_for_sip(call_id, cpim=False, sent=int(time.time()))
+        attributes = {"from": sender, "to": recipient, "type": "chat", "id": stanza_id}
+        if language:
+            attributes[XML_LANG] = language
+        stanza = Element(MESSAGE, attributes)
+        subject = request.get("subject")
+        if subject:
+            SubElement(stanza, SUBJECT).text = xml_text(subject)
+        SubElement(stanza, BODY).text = xml_text(text)
+        SubElement(stanza, THREAD).text = xml_text(call_id)
+        typing_pairs = self.typing_in.pairs
+        if typing_pairs:
+            pair = (sender.partition("/")[0], recipient)
+            if pair in typing_pairs:
+                self.typing_in.message_sent(pair)
+                SubElement(stanza, ACTIVE)
+        self._relay(event, stanza_id, stanza)
 
     def _incoming_message(self, event: RequestReceived, sender: str, recipient: str,
                           content: SipContent, language: str) -> None:
@@ -454,6 +512,10 @@ class MessageRelay:
     # ------------------------------------------------------------------ XMPP → SIP
 
     def outgoing(self, stanza: Element, sender: str, local_user: str) -> None:
+        if len(stanza) == 1 and stanza[0].tag == BODY and XML_LANG not in stanza.attrib \
+                and XML_LANG not in stanza[0].attrib and local_user not in self.cpim_speakers:
+            self._outgoing_text(stanza, stanza[0].text or "", sender, local_user)
+            return
         parts = read_message(stanza)
         pair = (sender.partition("/")[0], local_user)
         handled = False
@@ -492,6 +554,23 @@ class MessageRelay:
             if reply is not None:
                 self.to_xmpp(reply, None)
 
+    def _outgoing_text(self, stanza: Element, text: str, sender: str,
+                       local_user: str) -> None:
+        """A message that is one body and nothing else, to a phone that has not spoken
+        CPIM: the request :meth:`_message_request` would make, made directly (this is
+        the Python work of every relayed message)."""
+        typing_pairs = self.typing_out.pairs
+        if typing_pairs:
+            self.typing_out.message_sent((sender.partition("/")[0], local_user))
+        resource = sender.partition("/")[2]
+        request = self._request(self._user_uri(local_user), _sip_uri(sender), TEXT_PLAIN,
+                                text.encode("utf-8"),
+                                sip_id_for_stanza(stanza.get("id", ""), resource))
+        if resource:  # RFC 7572 §4: the resource as a GRUU (RFC 5627: in Contact)
+            request.headers.append(("Contact", f"<{_gruu_uri(sender)}>"))
+        self._send_message(stanza, request, None, sender, local_user, rich=False,
+                           asked_imdn=False)
+
     def _outgoing_message(self, stanza: Element, parts: MessageParts, sender: str,
                           local_user: str) -> None:
         stanza_id = stanza.get("id", "")
@@ -501,6 +580,12 @@ class MessageRelay:
             wants_receipt and bool(stanza_id)))
         request, rich = self._message_request(parts, sender, local_user, stanza_id,
                                               use_cpim=use_cpim, plain=plain)
+        self._send_message(stanza, request, parts, sender, local_user, rich=rich,
+                           asked_imdn=use_cpim and wants_receipt and bool(stanza_id))
+
+    def _send_message(self, stanza: Element, request: SipRequest, parts: MessageParts | None,
+                      sender: str, local_user: str, *, rich: bool, asked_imdn: bool) -> None:
+        """Size and transport checks (both answered at once), then the request."""
         if len(request.body) > self.max_message_size:
             self._too_large(stanza, f"the message is {len(request.body)} bytes, over the "
                             f"{self.max_message_size} bytes this gateway carries to SIP")
@@ -508,7 +593,6 @@ class MessageRelay:
         over_tcp = self._transport_for(request, stanza)
         if over_tcp is None:
             return
-        asked_imdn = use_cpim and wants_receipt and bool(stanza_id)
         self.endpoint.send(request, lambda response: self._outcome(
             stanza, parts, sender, local_user, response, rich=rich, asked_imdn=asked_imdn,
             over_tcp=over_tcp))
@@ -520,7 +604,7 @@ class MessageRelay:
         may refuse it and get plain text instead)."""
         language = parts.language
         bodies = parts.bodies
-        if plain or len({lang or language for lang, _ in bodies}) < 2:
+        if len(bodies) > 1 and (plain or len({lang or language for lang, _ in bodies}) < 2):
             primary = parts.body or ""
             bodies = [(next((lang for lang, text in parts.bodies if text == primary), ""),
                         primary)]
@@ -550,21 +634,22 @@ class MessageRelay:
                               language=language)
             content_type, language, rich = CPIM_TYPE, "", True
         request = self._request(user_uri, from_uri, content_type, body, message_id)
+        headers = request.headers  # nothing looked up yet: appended as new_request does
         if "/" in sender:  # RFC 7572 §4: the resource as a GRUU (RFC 5627: in Contact)
-            request.add("Contact", f"<{_gruu_uri(sender)}>")
+            headers.append(("Contact", f"<{_gruu_uri(sender)}>"))
         if language:
-            request.add("Content-Language", clean_header_value(language, 64))
+            headers.append(("Content-Language", clean_header_value(language, 64)))
         if parts.subject:
-            request.add("Subject", clean_header_value(parts.subject))
+            headers.append(("Subject", clean_header_value(parts.subject)))
         return request, rich
 
     def _request(self, user_uri: str, from_uri: str, content_type: str, body: bytes,
                  message_id: str = "") -> SipRequest:
-        token = unique_token()  # branch and From tag
+        # one unique token as branch, From tag and Call-ID (a message id is one: it
+        # starts with a unique token)
+        token = message_id or unique_token()
         request = self.endpoint.new_request(
             "MESSAGE", user_uri, f"<{from_uri}>;tag={token}", f"<{user_uri}>", token=token)
-        if message_id:
-            request.set("Call-ID", f"{message_id}@{self.endpoint.transport.local[0]}")
         request.headers.append(("Content-Type", content_type))
         request.body = body
         return request
@@ -655,18 +740,20 @@ class MessageRelay:
         return self._request(self._user_uri(local_user), _sip_uri(sender), TEXT_PLAIN,
                              text.encode("utf-8"))
 
-    def _outcome(self, stanza: Element, parts: MessageParts, sender: str, local_user: str,
+    def _outcome(self, stanza: Element, parts: MessageParts | None, sender: str,
+                 local_user: str,
                  response: SipResponse | None, *, rich: bool, asked_imdn: bool,
                  over_tcp: bool = False) -> None:
         if response is not None and response.status < 300:
-            if (parts.receipt_request and not asked_imdn and self.receipts_from_200
-                    and response.status == 200 and stanza.get("id")):
+            if (self.receipts_from_200 and not asked_imdn and parts is not None
+                    and parts.receipt_request and response.status == 200
+                    and stanza.get("id")):
                 # docs/sip.md "Receipts": a 200 is the phone's own answer (RFC 3428 §7)
                 # only behind a proxy that never answers MESSAGE itself
                 self.to_xmpp(receipt(f"{local_user}/sip", sender, stanza.get("id", ""),
                                      "n" + unique_token(), displayed=False), None)
             return
-        if response is not None and response.status in _RICH_REFUSED and rich:
+        if response is not None and response.status in _RICH_REFUSED and rich and parts:
             # The phone does not read CPIM or multipart (Linphone without CPIM answers
             # 488): plain text from now on, and this message again as plain text.
             self._remember(self.plain_only, local_user)

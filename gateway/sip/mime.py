@@ -9,6 +9,7 @@ function is total: it returns a value or raises :class:`MimeError`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 # RFC 2045 §5.1: token := 1*<any (US-ASCII) CHAR except SPACE, CTLs, or tspecials>
 _TSPECIALS = frozenset('()<>@,;:\\"/[]?=')
@@ -46,7 +47,8 @@ def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def parse_media_type(text: str) -> MediaType:
+@lru_cache(maxsize=1024)  # the same few Content-Type values, once per message; the result
+def parse_media_type(text: str) -> MediaType:  # is not to be changed (it is shared)
     """RFC 2045 §5.1 ``type "/" subtype *(";" parameter)``; quoted-string values may hold
     ``;`` and escaped quotes."""
     head, rest = _cut(text)

@@ -46,19 +46,20 @@ class UserSpellings:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def user_part(self, bare: str) -> str | None:
-        """The SIP user part of the user XMPP calls ``bare``, None when never seen
-        spelled otherwise than its JID."""
-        return self._known.get(bare.lower())
+        """The SIP user part of the user XMPP calls ``bare`` (a case-mapped JID, as the
+        gateway's own :class:`Jid` writes it), None when never seen spelled otherwise."""
+        return self._known.get(bare)
 
     def known(self, bare: str) -> bool:
-        """Whether :meth:`user_part` can answer without the store."""
-        folded = bare.lower()
-        return folded in self._known or self._unknown.get(folded, 0.0) > time.monotonic()
+        """Whether :meth:`user_part` can answer without the store (always, without one)."""
+        if self.store is None or bare in self._known:
+            return True
+        return self._unknown.get(bare, 0.0) > time.monotonic()
 
     def seen(self, bare: str, user_part: str, *, as_jid: bool) -> None:
         """The SIP side wrote ``user_part`` for the user XMPP calls ``bare``; ``as_jid``:
         that is also how the JID spells it (nothing to keep unless it changed)."""
-        folded = bare.lower()
+        folded = bare
         before = self._known.get(folded)
         if before == user_part or (as_jid and before is None):
             return
@@ -81,7 +82,7 @@ class UserSpellings:
 
     async def load(self, bare: str) -> None:
         """Fill :meth:`user_part` for ``bare`` from the store (one read per miss)."""
-        folded = bare.lower()
+        folded = bare
         if self.store is None or self.known(bare):
             return
         try:
