@@ -71,6 +71,9 @@ class Metrics:
                                  "could not cross between XMPP and SIP (answered 415 or "
                                  "feature-not-implemented, or only counted where nobody "
                                  "waits for an answer)", "content_type", r)
+        self.sip_malformed = Tally("xmpp_gateway_sip_malformed", "SIP messages refused as "
+                                   "malformed (syntax, framing) or that failed unexpectedly "
+                                   "while being taken in (unexpected)", "reason", r)
         self.handshakes = Histogram("xmpp_gateway_handshake_seconds",
                                     "Outbound connect-to-authenticated time", ["method"],
                                     registry=r)

@@ -86,9 +86,9 @@ from gateway.sip.stanzas import (
 )
 from gateway.sip.transaction import RequestReceived
 from gateway.sip.xhtml import html_to_message
-from gateway.sip.xmldoc import xml_text
-from gateway.xmpp.errors import make_error_reply
+from gateway.xmpp.errors import make_error_reply, parse_error_child
 from gateway.xmpp.jid import Jid
+from gateway.xmpp.xml import XmlCharacterError, XmlOutputError, check_element
 
 log = logging.getLogger("gateway.sip")
 
@@ -391,9 +391,9 @@ class MessageRelay:
         stanza = Element(MESSAGE, attributes)
         subject = request.get("subject")
         if subject:
-            SubElement(stanza, SUBJECT).text = xml_text(subject)
-        SubElement(stanza, BODY).text = xml_text(text)
-        SubElement(stanza, THREAD).text = xml_text(call_id)
+            SubElement(stanza, SUBJECT).text = subject
+        SubElement(stanza, BODY).text = text
+        SubElement(stanza, THREAD).text = call_id
         typing_pairs = self.typing_in.pairs
         if typing_pairs:
             pair = (sender.partition("/")[0], recipient)
@@ -466,6 +466,8 @@ class MessageRelay:
         self._relay(event, stanza_id, stanza)
 
     def _relay(self, event: RequestReceived, stanza_id: str, stanza: Element) -> None:
+        if not valid_for_xmpp(self.endpoint, event, stanza):
+            return
         self.inflight[stanza_id] = None
         self.to_xmpp(stanza, lambda: self._answer(event, stanza_id))
 
@@ -503,8 +505,12 @@ class MessageRelay:
         contact = Jid.parse(stanza.get("from", "")).bare
         text = stanza.findtext(BODY) or ""
         note = f"[message to {contact} not delivered: {condition}]"
+        # The error's own words (RFC 6120 §8.3.2 <text/>): which policy, which failure.
+        reason = parse_error_child(stanza)[1]
+        if reason:
+            note += f" {reason}" + ("" if reason.endswith(".") else ".")
         if text:
-            note += f" {text}"
+            note += f" Your message: {text}" if reason else f" {text}"
         log_event(log, logging.INFO, "sip.delivery_failure_notice", recipient=local_user,
                   contact=contact, condition=condition)
         self.endpoint.send(self.request_to(local_user, contact, note), _ignore)
@@ -797,11 +803,31 @@ def _error_for(sender: str, recipient: str, stanza_id: str, condition: str,
     return reply
 
 
-def refuse(endpoint: SipEndpoint, event: RequestReceived, refusal: Refused) -> None:
+def refuse(endpoint: SipEndpoint, event: RequestReceived, refusal: Refused,
+           phrase: str | None = None) -> None:
     log_event(log, logging.INFO, "sip.refused", method=event.request.method,
               status=refusal.status, reason=refusal.reason,
               sender=event.request.get("from"), uri=event.request.uri)
-    endpoint.reply(event, refusal.status)
+    endpoint.reply(event, refusal.status, phrase or refusal.phrase or None)
+
+
+def valid_for_xmpp(endpoint: SipEndpoint, event: RequestReceived, stanza: Element) -> bool:
+    """Whether ``stanza`` can be written to a partner as it is; if not, the request is
+    answered ``400`` naming the character (before any 202: a character XML 1.0 forbids
+    would make the partner close the stream every other user's messages travel on, and
+    the serialiser would otherwise replace it, altering what the user wrote)."""
+    try:
+        check_element(stanza)
+    except XmlOutputError as exc:
+        refuse(endpoint, event, Refused(400, str(exc)), _xml_phrase(exc))
+        return False
+    return True
+
+
+def _xml_phrase(exc: XmlOutputError) -> str:
+    if isinstance(exc, XmlCharacterError):
+        return f"U+{exc.code_point:04X} in {exc.where} is not allowed in XML"
+    return "Not representable in XML"
 
 
 def _ignore(_response: SipResponse | None) -> None:

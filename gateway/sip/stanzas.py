@@ -5,8 +5,9 @@ states (XEP-0085), receipts (XEP-0184), chat markers (XEP-0333), delayed deliver
 
 :func:`read_message` takes what :mod:`gateway.sip.messaging` maps out of a stanza (and
 what it cannot: :attr:`MessageParts.unmapped`); :func:`chat_message` builds the stanza
-for a SIP user's message. Text from SIP goes through :func:`xml_text` first: a character
-XML cannot carry must never reach the serialiser.
+for a SIP user's message. Whether its text can be written at all (XML 1.0 characters) is
+checked once the stanza is built (:func:`gateway.sip.messaging.valid_for_xmpp`: a 400 naming
+the character, not an altered message).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from xml.etree.ElementTree import Element, SubElement
 
-from gateway.sip.xmldoc import xml_text
 from gateway.xmpp.errors import parse_error_child
 
 NS = "jabber:server"
@@ -109,14 +109,14 @@ def chat_message(sender: str, recipient: str, text: str | None, stanza_id: str, 
         attributes[XML_LANG] = language
     stanza = Element(MESSAGE, attributes)
     if subject:
-        SubElement(stanza, SUBJECT).text = xml_text(subject)
+        SubElement(stanza, SUBJECT).text = subject
     if text is not None:
-        SubElement(stanza, BODY).text = xml_text(text)
+        SubElement(stanza, BODY).text = text
     for body_language, body_text in bodies or ():
-        SubElement(stanza, BODY, {XML_LANG: body_language} if body_language else {}).text = \
-            xml_text(body_text)
+        attributes = {XML_LANG: body_language} if body_language else {}
+        SubElement(stanza, BODY, attributes).text = body_text
     if thread:
-        SubElement(stanza, THREAD).text = xml_text(thread)
+        SubElement(stanza, THREAD).text = thread
     if chat_state:
         SubElement(stanza, f"{{{NS_CHATSTATES}}}{chat_state}")
     if request_receipt:

@@ -260,11 +260,16 @@ async def test_deflated_bodies_are_inflated_within_the_limit(setup: Setup) -> No
     assert odd.status == 415 and "deflate" in (odd.get("accept-encoding") or "")
 
 
-async def test_characters_xml_cannot_carry_are_replaced(setup: Setup) -> None:
+async def test_characters_xml_cannot_carry_are_refused_in_every_form(setup: Setup) -> None:
+    """A character XML 1.0 forbids gets the 400 naming it, whichever way the text came:
+    plain, in CPIM, in a multipart part; nothing reaches XMPP."""
     _, ua, recorder = setup
-    await ua.send_message(BOB, "bell\x07 and nul\x00 here")
-    stanza = await recorder.next()
-    assert stanza.findtext("{jabber:server}body") == "bell\ufffd and nul\ufffd here"
+    assert (await ua.send_message(BOB, "bell\x07 here")).status == 400
+    assert (await ua.send_cpim(BOB, "nul\x00 inside CPIM")).status == 400
+    body = ("--b\r\nContent-Type: text/plain\r\nContent-Language: en\r\n\r\nesc\x1b\r\n"
+            "--b--\r\n")
+    assert (await ua.send_message(BOB, body, "multipart/alternative;boundary=b")).status == 400
+    assert recorder.queue.empty()
 
 
 async def test_addresses_round_trip(setup: Setup) -> None:
