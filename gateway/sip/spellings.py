@@ -22,20 +22,15 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from typing import Any, Protocol
+from typing import Any
 
 from gateway.logs import log_event
+from gateway.store.spellings import AsyncSpellingStore
 
 log = logging.getLogger("gateway.sip")
 
 MAX_CACHED = 65_536
 NEGATIVE_TTL = 60.0
-
-
-class AsyncSpellingStore(Protocol):
-    async def remember_spelling(self, folded: str, spelled: str) -> None: ...
-
-    async def spelling(self, folded: str) -> str | None: ...
 
 
 class UserSpellings:
