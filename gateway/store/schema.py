@@ -66,6 +66,15 @@ _CLUSTER_NODES = """CREATE TABLE cluster_nodes (
 _WATCH_OWNER = "ALTER TABLE presence_watches ADD COLUMN owner TEXT NOT NULL DEFAULT ''"
 _WATCH_OWNER_INDEX = "CREATE INDEX presence_watches_owner ON presence_watches (owner)"
 
+# SIP user parts as the SIP side spells them (RFC 3261 §19.1.4: user parts compare
+# case-sensitively), keyed by their lower-case form: XMPP servers lower-case localparts
+# (RFC 7622 §3.3), so a reply to ``JSmith`` arrives for ``jsmith``.
+_SIP_USER_SPELLINGS = """CREATE TABLE sip_user_spellings (
+       folded TEXT PRIMARY KEY NOT NULL,
+       spelled TEXT NOT NULL,
+       seen_at TEXT NOT NULL
+   )"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "authorizations and per-user federation switches",
               sqlite=(_AUTHORIZATIONS + " WITHOUT ROWID", _USER_SETTINGS + " WITHOUT ROWID"),
@@ -81,6 +90,9 @@ MIGRATIONS: tuple[Migration, ...] = (
                       _WATCH_OWNER_INDEX),
               postgresql=(_CLUSTER_NODES.format(real="double precision"), _WATCH_OWNER,
                           _WATCH_OWNER_INDEX)),
+    Migration(4, "SIP user spellings",
+              sqlite=(_SIP_USER_SPELLINGS + " WITHOUT ROWID",),
+              postgresql=(_SIP_USER_SPELLINGS,)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
