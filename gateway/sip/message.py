@@ -199,6 +199,7 @@ class SipMessage:
     # (branch, sent-by) of the top Via: what a server transaction is keyed by (§17.2.3)
     _via_key: tuple[str, str] | None = field(default=None, repr=False, compare=False,
                                              kw_only=True)
+    _from_uri: str | None = field(default=None, repr=False, compare=False, kw_only=True)
     # The long-form key of each entry of ``headers`` (set by the parser; None once the
     # headers change): answering a request copies five of them without normalising
     # every name again.
@@ -232,6 +233,7 @@ class SipMessage:
     def add(self, name: str, value: str) -> None:
         self.headers.append((canonical_name(name), value))
         self._keys = None
+        self._from_uri = None
         key = header_key(name)
         if self._index is not None:
             self._index.setdefault(key, value)
@@ -246,6 +248,7 @@ class SipMessage:
             self._has_length = False
         if key == "via":
             self._via = self._branch = self._via_key = None
+        self._from_uri = None
         self._index = None
         self._via = None
         self._cseq = None
@@ -311,8 +314,12 @@ class SipMessage:
 
     @property
     def from_uri(self) -> str:
-        """The URI of ``From`` (:func:`address_uri`)."""
-        return address_uri(self._lookup().get("from") or "")
+        """The URI of ``From`` (:func:`address_uri`), read once: the sender is named from
+        it more than once per request."""
+        uri = self._from_uri
+        if uri is None:
+            uri = self._from_uri = address_uri(self._lookup().get("from") or "")
+        return uri
 
     @property
     def to(self) -> NameAddr:
