@@ -46,6 +46,7 @@ from gateway.sip.stanzas import IQ, MESSAGE, PRESENCE, error_condition
 from gateway.sip.transaction import RequestReceived
 from gateway.sip.trust import RefusalLogBudget, SourceTrust, resolve_addresses
 from gateway.sip.watching import SipPresenceWatches
+from gateway.store.notifiers import NotifierRecord
 
 log = logging.getLogger("gateway.sip")
 
@@ -154,6 +155,7 @@ class SipBackend:
         """Remember active XMPP→SIP presence subscriptions in ``store`` (async
         ``add_watch``/``remove_watch``/``list_watches``), see :mod:`gateway.sip.watching`."""
         self.watching.store = store
+        self.notifying.store = store  # and the phones' subscriptions to XMPP contacts
 
     def attach_router(self, router: Any) -> None:
         """Hand SIP users' stanzas to ``router.submit_local`` (decided without a task per
@@ -167,6 +169,9 @@ class SipBackend:
         await self.endpoint.start()
         self._sink = sink
         restored = await self.watching.restore(self.domains)
+        resumed = 0
+        if self.notifying.store is not None:
+            resumed = self.notifying.resume(await self.notifying.store.list_notifiers())
         transport = self.transport
         log_event(log, logging.INFO, "sip.started", transport=transport.kind,
                   trusted=transport.trust.describe() if transport.trust else "",
@@ -174,7 +179,7 @@ class SipBackend:
                   local=f"{transport.local[0]}:{transport.local[1]}",
                   proxy=f"{transport.proxy[0]}:{transport.proxy[1]}",
                   max_in_flight=self.endpoint.max_in_flight,
-                  subscriptions_restored=restored)
+                  subscriptions_restored=restored, phone_subscriptions_resumed=resumed)
 
     def take_over_watches(self, pairs: Iterable[tuple[str, str]]) -> int:
         """Subscribe for XMPP→SIP watches another gateway node held (it died or drained,
@@ -187,6 +192,11 @@ class SipBackend:
         an unsubscribe handled by another node)."""
         return self.watching.drop(pairs)
 
+    def take_over_notifiers(self, records: Iterable[NotifierRecord]) -> int:
+        """Go on notifying the phones' subscriptions another node held (it died or
+        drained): see :meth:`XmppPresenceNotifier.resume`."""
+        return self.notifying.resume(records)
+
     def held_watches(self) -> list[tuple[str, str]]:
         """The (watcher, SIP user) pairs whose subscription is established and recorded."""
         return self.watching.held()
@@ -196,8 +206,11 @@ class SipBackend:
         close the sockets."""
         if self._sink is None:
             return
-        self.notifying.stop()
+        # Draining, the phones must subscribe again elsewhere at once; otherwise their
+        # stored dialogs are resumed by the next start (nothing to tell them).
+        self.notifying.stop(deactivate=self.draining or self.notifying.store is None)
         self.watching.stop()
+        await self.notifying.settle()
         if not await self.endpoint.drain(grace):
             log_event(log, logging.WARNING, "sip.stop_unfinished",
                       transactions=self.endpoint.in_flight,
@@ -392,6 +405,7 @@ class SipBackend:
         elif kind == "error":
             log_event(log, logging.INFO, "sip.presence_error", contact=contact,
                       local_user=local_user, condition=error_condition(stanza))
+            self.notifying.on_xmpp(stanza, kind, contact, resource, local_user)
 
     # ------------------------------------------------------------------ tools
 
@@ -416,5 +430,5 @@ class SipBackend:
 
     def describe(self) -> dict[str, Any]:
         return {**self.endpoint.describe(), "watches": len(self.watches),
-                "notifiers": len(self.notifiers), "transactions": self.endpoint.in_flight,
+                **self.notifying.describe(), "transactions": self.endpoint.in_flight,
                 "busy_answers": self.busy_answers, "untrusted": self.untrusted}

@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from gateway.store.authorizations import Authorization, AuthorizationStore, UserSetting
 from gateway.store.membership import ChangeListener, NodeReport, NodeState
+from gateway.store.notifiers import NotifierRecord
 
 T = TypeVar("T")
 
@@ -103,6 +104,20 @@ class AsyncAuthorizationStore:
     def on_change(self, listener: ChangeListener) -> None:
         """Registered directly: the listener runs in the store's notification thread."""
         self.store.on_change(listener)  # type: ignore[attr-defined]
+
+    # -- phones' subscriptions to XMPP contacts (gateway.store.notifiers) ----------------
+
+    async def save_notifiers(self, records: list[NotifierRecord]) -> None:
+        await self._call(self.store.save_notifiers, records)  # type: ignore[attr-defined]
+
+    async def remove_notifiers(self, call_ids: list[str]) -> None:
+        await self._call(self.store.remove_notifiers, call_ids)  # type: ignore[attr-defined]
+
+    async def list_notifiers(self) -> list[NotifierRecord]:
+        return await self._call(self.store.list_notifiers)  # type: ignore[attr-defined]
+
+    async def claim_notifiers(self, lease: float) -> list[NotifierRecord]:
+        return await self._call(self.store.claim_notifiers, lease)  # type: ignore[attr-defined]
 
     async def aclose(self) -> None:
         """Finish queued calls, close the store, stop the thread."""
