@@ -38,7 +38,7 @@ from typing import Any
 from xml.etree.ElementTree import Element
 
 from gateway.logs import log_event
-from gateway.sip.addresses import jid_to_sip, parse_jid
+from gateway.sip.addresses import jid_to_sip
 from gateway.sip.dialogs import NotifierDialog, header_int
 from gateway.sip.endpoint import SipEndpoint
 from gateway.sip.message import NameAddr, SipResponse, new_tag, parse_name_addr
@@ -50,6 +50,7 @@ from gateway.sip.transaction import RequestReceived
 from gateway.store.authorizations import StoreError
 from gateway.store.notifiers import CSEQ_BLOCK, AsyncNotifierStore, NotifierRecord
 from gateway.xmpp.errors import STANZA_CONDITION_TYPES, parse_error_child
+from gateway.xmpp.jid import Jid
 
 log = logging.getLogger("gateway.sip")
 
@@ -214,7 +215,7 @@ class XmppPresenceNotifier:
         except Refused as refusal:
             refuse(endpoint, event, refusal)
             return
-        watcher, contact = parse_jid(sender).bare, recipient
+        watcher, contact = Jid.parse(sender).bare, recipient
         remote_contact = request.get("contact")
         if not remote_contact:
             endpoint.reply(event, 400, "Missing Contact")
@@ -425,7 +426,7 @@ class XmppPresenceNotifier:
             if record.call_id in self.by_call_id:
                 continue
             try:
-                served = parse_jid(record.sip_watcher).domain in self.served
+                served = Jid.parse(record.sip_watcher).domain in self.served
                 contact_uri = jid_to_sip(record.xmpp_contact).uri
                 remote = parse_name_addr(record.remote)
             except ValueError:

@@ -31,7 +31,7 @@ from typing import Any
 from xml.etree.ElementTree import Element
 
 from gateway.logs import log_event
-from gateway.sip.addresses import jid_to_sip, parse_jid
+from gateway.sip.addresses import jid_to_sip
 from gateway.sip.dialogs import (
     WatchDialog,
     header_int,
@@ -46,6 +46,7 @@ from gateway.sip.pidf import PIDF_TYPE, UNAVAILABLE, PidfError, parse_pidf
 from gateway.sip.stanzas import presence
 from gateway.sip.transaction import RequestReceived
 from gateway.xmpp.errors import error_child
+from gateway.xmpp.jid import Jid
 
 log = logging.getLogger("gateway.sip")
 
@@ -129,7 +130,7 @@ class SipPresenceWatches:
         """Subscribe for watches another gateway node held (issue 15)."""
         taken = 0
         for watcher, sip_user in pairs:
-            if parse_jid(sip_user).domain in served:
+            if Jid.parse(sip_user).domain in served:
                 self.watch(watcher, sip_user, announced=True)
                 taken += 1
         return taken
@@ -170,13 +171,13 @@ class SipPresenceWatches:
             return 0
         restored = 0
         for watcher, sip_user in await self.store.list_watches():
-            if parse_jid(sip_user).domain in served:
+            if Jid.parse(sip_user).domain in served:
                 self.watch(watcher, sip_user, announced=True)  # stored once announced
                 restored += 1
         return restored
 
     def _announce(self, dialog: WatchDialog) -> None:
-        user = parse_jid(dialog.sip_user).bare
+        user = Jid.parse(dialog.sip_user).bare
         self.to_xmpp(presence(user, dialog.xmpp_watcher, "subscribed"), None)
         self.to_xmpp(dialog.state.to_stanza(f"{user}/sip", dialog.xmpp_watcher), None)
 
@@ -228,7 +229,7 @@ class SipPresenceWatches:
         log_event(log, logging.INFO, "sip.subscribe_failed", contact=dialog.xmpp_watcher,
                   local_user=dialog.sip_user, status=status, condition=condition,
                   action="unsubscribed" if status in REFUSED else "presence error")
-        user = parse_jid(dialog.sip_user).bare
+        user = Jid.parse(dialog.sip_user).bare
         self.remember(dialog.xmpp_watcher, dialog.sip_user, False)
         if dialog.probing and not dialog.announced:
             return  # a probe of a contact the SIP user never authorized: nothing to say
@@ -255,7 +256,7 @@ class SipPresenceWatches:
             return
         if dialog.state.available or dialog.attempts == 1:
             dialog.state = UNAVAILABLE
-            user = parse_jid(dialog.sip_user).bare
+            user = Jid.parse(dialog.sip_user).bare
             self.to_xmpp(UNAVAILABLE.to_stanza(f"{user}/sip", dialog.xmpp_watcher), None)
 
     # ------------------------------------------------------------------ NOTIFY
@@ -281,7 +282,7 @@ class SipPresenceWatches:
         if contact:
             dialog.remote_target = parse_name_addr(contact).uri
         state, params = subscription_state(request.get("subscription-state") or "active")
-        user = parse_jid(dialog.sip_user).bare
+        user = Jid.parse(dialog.sip_user).bare
         if state == "terminated":
             reason = params.get("reason", "")
             retry_after = header_int(params.get("retry-after"), 0)
