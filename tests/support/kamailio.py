@@ -75,9 +75,9 @@ request_route {{
   }}
   if (is_method("REGISTER")) {{ save("location"); exit; }}
   if ($rd == "{domain}" || uri == myself) {{
-    if (is_method("PUBLISH|SUBSCRIBE")) {{ route(PRESENCE); }}
+    if (is_method("{presence_methods}")) {{ route(PRESENCE); }}
     if (is_method("OPTIONS") && $rU == $null) {{ sl_send_reply("200", "OK"); exit; }}
-    if (!lookup("location")) {{ sl_send_reply("404", "Not Found"); exit; }}
+{unregistered}    if (!lookup("location")) {{ sl_send_reply("404", "Not Found"); exit; }}
     t_relay();
     exit;
   }}
@@ -144,6 +144,14 @@ AUTH_ROUTE = """  # Phones prove who they are (digest, RFC 3261 §22) before any
 """
 
 
+# Phones as their own presence agents (no presence server for SUBSCRIBE): a SUBSCRIBE
+# goes to the registered phone, and to a user without a registration the answer is 480
+# Temporarily Unavailable (RFC 3261 §21.4.18: known, but not reachable now).
+UNREGISTERED = """    if (is_method("SUBSCRIBE") && !lookup("location")) {{
+      sl_send_reply("480", "Temporarily Unavailable"); exit;
+    }}
+"""
+
 ONE_GATEWAY = """  $du = "sip:{host}:{port};transport={transport}";
   t_relay();
   exit;
@@ -206,10 +214,12 @@ class Kamailio:
                  tls: tuple[Path, Path] | None = None, ca: Path | None = None,
                  passwords: dict[str, str] | None = None,
                  gateways: list[tuple[str, int]] | None = None, children: int = 2,
-                 memory_manager: str = "tlsf") -> None:
+                 memory_manager: str = "tlsf", presence_server: bool = True) -> None:
         """``gateways``: several gateway nodes behind the dispatcher module (``gateway``
         is then ignored). ``children`` (UDP workers) and ``memory_manager`` (``-x``:
-        tlsf, qm or fm) are what bench/kamailio_alone.py varies."""
+        tlsf, qm or fm) are what bench/kamailio_alone.py varies. ``presence_server``
+        False: Kamailio serves PUBLISH only and relays SUBSCRIBEs to the phones
+        (:data:`UNREGISTERED`)."""
         self.workdir, self.domain, self.host, self.port = workdir, domain, host, port
         self.gateway, self.gateway_transport = gateway, gateway_transport
         self.gateways = gateways
@@ -220,6 +230,7 @@ class Kamailio:
         self.ca = ca
         # users → digest passwords: with any, phones must authenticate (AUTH_ROUTE)
         self.passwords = passwords or {}
+        self.presence_server = presence_server
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "kamailio.log"
 
@@ -268,6 +279,8 @@ class Kamailio:
             tls_listen=tls_listen, tls_module=tls_module, auth_module=auth_module,
             auth_route=auth_route, dispatcher_module=dispatcher_module,
             gateway_route=gateway_route, failure_route=failure_route,
+            presence_methods="PUBLISH|SUBSCRIBE" if self.presence_server else "PUBLISH",
+            unregistered="" if self.presence_server else UNREGISTERED.format(),
             debug=self.debug, children=self.children, host=self.host, port=self.port,
             domain=self.domain, modules=MODULES, dbdir=dbdir))
         return self.config_path
