@@ -121,7 +121,7 @@ async def sip_steps(conversation: Conversation, alice: XmppUser, bob: SipUserAge
 
     async def to_alice() -> str:
         response = await bob.send_message(f"sip:{ALICE}", HELLO_SIP)
-        if response.status != 200:
+        if response.status != 202:
             raise RuntimeError(f"the gateway answered {response.status} {response.reason}")
         message = await alice.next_message(STEP_TIMEOUT)
         if message["body"] != HELLO_SIP:

@@ -92,7 +92,8 @@ class PresenceView:
         self.resources: dict[str, PresenceState] = {}  # resource → last presence to us
         self.known = False  # presence (or its absence) has been heard since we began
         self.approved = False  # the contact said 'subscribed'
-        self.dialogs: dict[str, NotifierDialog] = {}  # by Call-ID
+        # the user's phones watching the contact: one, or a few (a list is the smallest)
+        self.dialogs: list[NotifierDialog] = []
         self.probe_at = 0.0
 
 
@@ -156,7 +157,7 @@ class XmppPresenceNotifier:
             if view.approved:
                 return  # approved again (our subscribe repeated): nothing changes
             view.approved = True
-            for dialog in view.dialogs.values():
+            for dialog in view.dialogs:
                 self._save(dialog, view)
             if not view.known:
                 view.probe_at = time.monotonic() + PROBE_DELAY
@@ -189,7 +190,7 @@ class XmppPresenceNotifier:
         log_event(log, logging.INFO, "sip.subscription_refused", contact=key[1],
                   local_user=key[0], dialogs=len(view.dialogs), reason=why,
                   subscription_state=f"terminated;reason={reason}")
-        for dialog in list(view.dialogs.values()):
+        for dialog in list(view.dialogs):
             self._terminate(dialog, reason)
 
     # ------------------------------------------------------------------ SUBSCRIBE
@@ -239,7 +240,7 @@ class XmppPresenceNotifier:
             return
         if view is None:
             view = self.views[key] = PresenceView()
-        view.dialogs[dialog.call_id] = dialog
+        view.dialogs.append(dialog)
         self.by_call_id[dialog.call_id] = dialog
         self._save(dialog, view)
         self._push(dialog)
@@ -275,7 +276,7 @@ class XmppPresenceNotifier:
     # ------------------------------------------------------------------ NOTIFY
 
     def _changed(self, view: PresenceView) -> None:
-        for dialog in view.dialogs.values():
+        for dialog in view.dialogs:
             self._push(dialog)
 
     def _push(self, dialog: NotifierDialog) -> None:
@@ -351,7 +352,7 @@ class XmppPresenceNotifier:
         key = dialog.key
         view = self.views.get(key)
         if view is not None:
-            view.dialogs.pop(dialog.call_id, None)
+            view.dialogs = [other for other in view.dialogs if other is not dialog]
             if not view.dialogs:
                 del self.views[key]
                 self._probes.discard(key)
@@ -446,7 +447,7 @@ class XmppPresenceNotifier:
             if view is None:
                 view = self.views[key] = PresenceView()
             view.approved = view.approved or record.approved
-            view.dialogs[dialog.call_id] = dialog
+            view.dialogs.append(dialog)
             self.by_call_id[dialog.call_id] = dialog
             self._save(dialog, view)
             touched.add(key)
