@@ -127,7 +127,7 @@ class SipPresenceWatches:
         self._send_subscribe(dialog, expires=self.expires)
 
     def take_over(self, pairs: Iterable[tuple[str, str]], served: frozenset[str]) -> int:
-        """Subscribe for watches another gateway node held (issue 15)."""
+        """Subscribe for watches another gateway node held (it died or drained)."""
         taken = 0
         for watcher, sip_user in pairs:
             if Jid.parse(sip_user).domain in served:
