@@ -30,7 +30,7 @@ when we may (root/CAP_NET_ADMIN) so ``net.core.rmem_max`` does not cap it; what 
 kernel granted is logged, with a warning and the sysctl to fix it when it is less, and
 the socket's own drop counter (``/proc/net/udp``) is shown in ``status``.
 
-Trust (issue 13, :mod:`gateway.sip.trust`): bytes from a source outside
+Trust (:mod:`gateway.sip.trust`, docs/sip.md "Security"): bytes from a source outside
 :attr:`SipTransport.trust` never reach the parser's consumer. A request gets one ``403``
 (UDP: sent once, no transaction, so never retransmitted; TCP/TLS: then the connection is
 closed), anything else is dropped, and :attr:`SipTransport.on_refused` is told (log and
@@ -303,7 +303,7 @@ class SipTransport:
         self._drops_reported_at = float("-inf")
         self._udp_inode = ""
 
-    # ------------------------------------------------------------------ trust (issue 13)
+    # ------------------------------------------------------------------ trust
 
     def set_trust(self, trust: SourceTrust | None) -> None:
         self.trust = trust
