@@ -21,6 +21,7 @@ import asyncio
 import gc
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 from xml.etree.ElementTree import Element, SubElement
 
@@ -48,14 +49,24 @@ def deep_size(root: object, exclude: set[int]) -> int:
     return total
 
 
-class CountingSink:
-    """The backend's sink: counts what goes toward XMPP, keeps nothing."""
+class CountingRouter:
+    """Stands where the router is (a :class:`gateway.contracts.RouterForBackend`): counts
+    what goes toward XMPP, keeps nothing, decides at once."""
 
     def __init__(self) -> None:
         self.count = 0
 
-    async def __call__(self, stanza: Element) -> None:
+    def submit_local(self, stanza: Element, on_decided: Callable[[], None] | None = None
+                     ) -> None:
         self.count += 1
+        if on_decided is not None:
+            on_decided()
+
+    async def from_local(self, stanza: Element) -> None:
+        self.count += 1
+
+    def xmpp_congested(self, domain: str) -> bool:
+        return False
 
 
 def subscribe_request(ua: SipUserAgent, index: int) -> Any:
@@ -72,7 +83,7 @@ async def measure(n: int) -> dict[str, Any]:
     ua = await SipUserAgent("proxy", DOMAIN, ("127.0.0.1", 9)).start()
     backend = SipBackend([DOMAIN], proxy=("127.0.0.1", ua.port), local=("127.0.0.1", 0),
                          max_in_flight=512)
-    sink = CountingSink()
+    sink = CountingRouter()
     await backend.start(sink)
     ua.proxy = backend.transport.local
     try:

@@ -486,5 +486,14 @@ class XmppPresenceNotifier:
         self.by_call_id.clear()
         self._probes.clear()
 
+    def drop(self) -> int:
+        """Forget every dialog here without telling anyone: their rows belong to another
+        node now (this one lost its lease), which resumes them."""
+        dropped = len(self.by_call_id)
+        self.views.clear()
+        self.by_call_id.clear()
+        self._probes.clear()
+        return dropped
+
     def describe(self) -> dict[str, Any]:
         return {"notifiers": len(self.views), "notifier_dialogs": len(self.by_call_id)}

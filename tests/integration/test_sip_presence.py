@@ -322,8 +322,7 @@ async def test_restart_resumes_phone_subscriptions_and_probes(tmp_path: Path) ->
     ua = await SipUserAgent("proxy", SIP_DOMAIN, ("127.0.0.1", 9)).start()
     recorder = Recorder()
     first = SipBackend([SIP_DOMAIN], proxy=("127.0.0.1", ua.port), local=("127.0.0.1", 0))
-    first.use_store(store)
-    await first.start(recorder)
+    await first.start(recorder, watches=store, notifiers=store)
     ua.proxy = first.transport.local
     try:
         await approved_watch(first, ua, recorder, "alice")
@@ -335,9 +334,8 @@ async def test_restart_resumes_phone_subscriptions_and_probes(tmp_path: Path) ->
         assert stored.approved and stored.cseq > before.cseq[0]
 
         second = SipBackend([SIP_DOMAIN], proxy=("127.0.0.1", ua.port), local=("127.0.0.1", 0))
-        second.use_store(store)
         await stanza_drain(recorder)
-        await second.start(recorder)
+        await second.start(recorder, watches=store, notifiers=store)
         ua.proxy = second.transport.local
         try:
             probe = await recorder.next(timeout=2)
@@ -420,8 +418,7 @@ async def test_a_surviving_node_resumes_a_dead_nodes_phone_subscriptions(
     nodes = []
     for store in stores:
         node = SipBackend([SIP_DOMAIN], proxy=("127.0.0.1", ua.port), local=("127.0.0.1", 0))
-        node.use_store(store)
-        await node.start(recorder)
+        await node.start(recorder, watches=store, notifiers=store)
         nodes.append(node)
     dead, survivor = nodes
     ua.proxy = dead.transport.local
@@ -457,9 +454,8 @@ async def storing_backend(tmp_path: Path) -> AsyncIterator[tuple[SipBackend, Sip
     store = AsyncAuthorizationStore(SqliteAuthorizationStore(tmp_path / "gw.sqlite3"))
     ua = await SipUserAgent("proxy", SIP_DOMAIN, ("127.0.0.1", 9)).start()
     sip = SipBackend([SIP_DOMAIN], proxy=("127.0.0.1", ua.port), local=("127.0.0.1", 0))
-    sip.use_store(store)
     recorder = Recorder()
-    await sip.start(recorder)
+    await sip.start(recorder, watches=store, notifiers=store)
     ua.proxy = sip.transport.local
     try:
         yield sip, ua, recorder

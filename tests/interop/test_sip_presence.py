@@ -290,8 +290,6 @@ def subscription_from(ua: SipUserAgent, user: str, contact: str) -> bytes:
     return request.serialize()
 
 
-@pytest.mark.xfail(strict=True, reason="the router's fast path overtakes a batch waiting "
-                   "for a store write; strict: remove once the router keeps the order")
 def test_presence_changes_a_millisecond_apart_arrive_in_order(
         ns: Namespace, pki, prosody: Prosody) -> None:
     """1,000 times, oli's phone publishes two states 1 ms apart ("first-N" open, then
