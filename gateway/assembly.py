@@ -155,7 +155,7 @@ class GatewayParts:
         # claims; it sends to the router, whose workers start next, and the router
         # sends to the S2S service, which listens last.
         await self.backend.start(self.router, watches=self.store, notifiers=self.store,
-                                 metrics=self.metrics)
+                                 metrics=self.metrics, spellings=self.store)
         self._started.add("backend")
         await self.router.start(self.s2s)
         self._started.add("router")

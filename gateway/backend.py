@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from gateway.metrics import Metrics
     from gateway.store.notifiers import AsyncNotifierStore, NotifierRecord
     from gateway.store.protocols import AsyncWatchStore
+    from gateway.store.spellings import AsyncSpellingStore
 
 Pair = tuple[str, str]
 
@@ -89,12 +90,13 @@ class SipSide(LocalBackend, WatchHolder, Protocol):
 
     async def start(self, router: RouterForBackend, *, watches: AsyncWatchStore | None = None,
                     notifiers: AsyncNotifierStore | None = None,
-                    metrics: Metrics | None = None) -> None:
+                    metrics: Metrics | None = None,
+                    spellings: AsyncSpellingStore | None = None) -> None:
         """Begin operating: stanzas from local users toward XMPP go to ``router``;
         presence watches are remembered in ``watches`` (and those it holds for this node
         are subscribed again now), the phones' subscriptions to XMPP contacts in
-        ``notifiers`` (and those it holds are resumed now); ``metrics`` (None: off) get
-        the backend's figures."""
+        ``notifiers`` (and those it holds are resumed now); how the SIP side spells its
+        users in ``spellings``; ``metrics`` (None: off) get the backend's figures."""
         ...
 
     async def stop(self) -> None:

@@ -42,7 +42,7 @@ from gateway.sip import tls as sip_tls
 from gateway.sip.addresses import AddressError
 from gateway.sip.endpoint import SipEndpoint
 from gateway.sip.message import NameAddr, RequestHead, SipResponse, new_tag
-from gateway.sip.messaging import MessageRelay
+from gateway.sip.messaging import ACCEPT_HEADER, MessageRelay
 from gateway.sip.notifying import MIN_EXPIRES, XmppPresenceNotifier
 from gateway.sip.parties import sip_address
 from gateway.sip.stanzas import IQ, MESSAGE, PRESENCE, error_condition
@@ -50,6 +50,7 @@ from gateway.sip.transaction import RequestReceived
 from gateway.sip.trust import RefusalLogBudget, SourceTrust, resolve_addresses
 from gateway.sip.watching import SipPresenceWatches
 from gateway.store.notifiers import AsyncNotifierStore, NotifierRecord
+from gateway.store.spellings import AsyncSpellingStore
 from gateway.xmpp.jid import Jid, JidError
 
 if TYPE_CHECKING:
@@ -83,7 +84,9 @@ class SipBackend:
                  retry_after: int = _DEFAULTS.retry_after,
                  trusted_sources: Iterable[str] = _DEFAULTS.trusted_sources,
                  peer_names: tuple[str, ...] | None = None,
-                 trust_asserted_identity: bool = _DEFAULTS.trust_asserted_identity) -> None:
+                 trust_asserted_identity: bool = _DEFAULTS.trust_asserted_identity,
+                 max_message_size: int = _DEFAULTS.max_message_size,
+                 receipts_from_200: bool = _DEFAULTS.receipts_from_200) -> None:
         self.domains = frozenset(normalize_domain(d) for d in domains)
         if not self.domains:
             raise ValueError("the SIP backend needs at least one served domain")
@@ -99,7 +102,9 @@ class SipBackend:
         expires = max(MIN_EXPIRES, subscription_expires)
         self.subscription_expires = expires
         self.retry_after = max(1, retry_after)
-        self.messages = MessageRelay(self.endpoint, self.domains, self._to_xmpp)
+        self.messages = MessageRelay(self.endpoint, self.domains, self._to_xmpp,
+                                     max_message_size=max_message_size,
+                                     receipts_from_200=receipts_from_200)
         self.watching = SipPresenceWatches(self.endpoint, self._to_xmpp, expires)
         self.notifying = XmppPresenceNotifier(self.endpoint, self.domains, self._to_xmpp,
                                               expires)
@@ -141,7 +146,9 @@ class SipBackend:
                    retry_after=settings.retry_after,
                    trusted_sources=settings.trusted_sources,
                    peer_names=peer_names,
-                   trust_asserted_identity=settings.trust_asserted_identity)
+                   trust_asserted_identity=settings.trust_asserted_identity,
+                   max_message_size=settings.max_message_size,
+                   receipts_from_200=settings.receipts_from_200)
 
     # Views kept for status, tests and tools.
     @property
@@ -176,20 +183,23 @@ class SipBackend:
 
     async def start(self, router: RouterForBackend, *, watches: AsyncWatchStore | None = None,
                     notifiers: AsyncNotifierStore | None = None,
-                    metrics: Metrics | None = None) -> None:
+                    metrics: Metrics | None = None,
+                    spellings: AsyncSpellingStore | None = None) -> None:
         """SIP users' stanzas go to ``router.submit_local`` (decided without a task per
         stanza) and ``router.xmpp_congested`` is asked before new SIP work is taken;
         active XMPP→SIP presence subscriptions are remembered in ``watches`` (see
         :mod:`gateway.sip.watching`) and those this node holds are subscribed again;
         the phones' subscriptions to XMPP contacts are kept in ``notifiers`` and those
-        this node holds are resumed (:mod:`gateway.sip.notifying`); ``metrics`` count
-        refused sources and export the flow-control figures."""
+        this node holds are resumed (:mod:`gateway.sip.notifying`); SIP users' spellings
+        in ``spellings`` (:mod:`gateway.sip.spellings`); ``metrics`` count refused
+        sources, what could not cross, and export the flow-control figures."""
         if self._router is not None:
             raise RuntimeError("SIP backend already started")
         self.watching.store = watches
         self.notifying.store = notifiers
+        self.messages.spellings.store = spellings
         if metrics is not None:
-            self.metrics = metrics
+            self.metrics = self.messages.metrics = metrics
             metrics.watch_sip(self.describe)
         await self._trust_proxy()
         await self.endpoint.start()
@@ -305,6 +315,7 @@ class SipBackend:
             self.metrics.count("sip_untrusted", "response")
 
     def _on_tick(self, now: float) -> None:
+        self.messages.flush_typing(now)
         self.watching.refresh(now)
         self.notifying.expire(now)
 
@@ -352,7 +363,8 @@ class SipBackend:
         elif method == "NOTIFY":
             self.watching.incoming_notify(event)
         elif method == "OPTIONS":
-            self.endpoint.reply(event, 200, headers=[("Allow", ALLOW), ("Accept", "text/plain")])
+            self.endpoint.reply(event, 200, headers=[("Allow", ALLOW),
+                                                     ("Accept", ACCEPT_HEADER)])
         elif method in NOT_HANDLED:
             self.endpoint.reply(event, 405, headers=[("Allow", ALLOW)])
         else:
@@ -425,6 +437,9 @@ class SipBackend:
         if endpoint.backlog or endpoint.in_flight >= endpoint.max_in_flight:
             await endpoint.wait_for_room()  # flow control: the router (and S2S) wait too
         if tag == MESSAGE:
+            spellings = self.messages.spellings
+            if not spellings.known(local_user):
+                await spellings.load(local_user)  # how the SIP side spells the user
             self.messages.outgoing(stanza, sender.full, local_user)
         elif tag == PRESENCE:
             self._xmpp_presence(stanza, sender.bare, sender.resource, local_user)
@@ -467,4 +482,5 @@ class SipBackend:
     def describe(self) -> dict[str, Any]:
         return {**self.endpoint.describe(), "watches": len(self.watches),
                 **self.notifying.describe(), "transactions": self.endpoint.in_flight,
-                "busy_answers": self.busy_answers, "untrusted": self.untrusted}
+                "busy_answers": self.busy_answers, "untrusted": self.untrusted,
+                **self.messages.describe()}

@@ -29,6 +29,7 @@ from typing import Protocol
 from gateway.store.authorizations import Authorization, UserSetting
 from gateway.store.membership import NodeReport, NodeState
 from gateway.store.notifiers import AsyncNotifierStore, NotifierStore
+from gateway.store.spellings import SpellingStore
 
 ChangeListener = Callable[[str, str], None]
 """``(table or topic, key)``; key ``""`` means "anything may have changed"."""
@@ -141,7 +142,7 @@ class ChangeFeed(Protocol):
 
 
 class Store(Authorizations, UserSwitches, WatchStore, NotifierStore, Membership, ChangeFeed,
-            Protocol):
+            SpellingStore, Protocol):
     """A whole storage engine (SQLite, PostgreSQL)."""
 
     def close(self) -> None:

@@ -81,6 +81,15 @@ _PRESENCE_NOTIFIERS = """CREATE TABLE presence_notifiers (
    )"""
 _NOTIFIER_OWNER_INDEX = "CREATE INDEX presence_notifiers_owner ON presence_notifiers (owner)"
 
+# SIP user parts as the SIP side spells them (RFC 3261 §19.1.4: user parts compare
+# case-sensitively), keyed by their lower-case form: XMPP servers lower-case localparts
+# (RFC 7622 §3.3), so a reply to ``JSmith`` arrives for ``jsmith``.
+_SIP_USER_SPELLINGS = """CREATE TABLE sip_user_spellings (
+       folded TEXT PRIMARY KEY NOT NULL,
+       spelled TEXT NOT NULL,
+       seen_at TEXT NOT NULL
+   )"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "authorizations and per-user federation switches",
               sqlite=(_AUTHORIZATIONS + " WITHOUT ROWID", _USER_SETTINGS + " WITHOUT ROWID"),
@@ -96,7 +105,10 @@ MIGRATIONS: tuple[Migration, ...] = (
                       _WATCH_OWNER_INDEX),
               postgresql=(_CLUSTER_NODES.format(real="double precision"), _WATCH_OWNER,
                           _WATCH_OWNER_INDEX)),
-    Migration(4, "phones' presence subscriptions to XMPP contacts",
+    Migration(4, "SIP user spellings",
+              sqlite=(_SIP_USER_SPELLINGS + " WITHOUT ROWID",),
+              postgresql=(_SIP_USER_SPELLINGS,)),
+    Migration(5, "phones' presence subscriptions to XMPP contacts",
               sqlite=(_PRESENCE_NOTIFIERS.format(real="REAL") + " WITHOUT ROWID",
                       _NOTIFIER_OWNER_INDEX),
               postgresql=(_PRESENCE_NOTIFIERS.format(real="double precision"),
