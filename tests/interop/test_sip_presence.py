@@ -12,8 +12,9 @@ Same topology as test_sip_kamailio.py:
 
 Each test is one rule of RFC 8048 / RFC 6665 / RFC 6121 as a user sees it: privacy
 (blocking and directed presence), a refusal reaching the phone, a SIP user who is not
-registered yet, a restart of the gateway, a phone switching off, order. The failover of
-a phone's subscription between two nodes is in test_cluster_failover.py.
+registered yet, a restart of the gateway, a phone switching off, order; privacy and
+refusal once more with a real SIP client, Linphone (linphonec). The failover of a
+phone's subscription between two nodes is in test_cluster_failover.py.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from gateway.sip.pidf import parse_pidf
 from tests.interop.harness import IPS, GatewayProcess, Namespace, Prosody
 from tests.interop.in_namespace import XmppUser, run_in_namespace
 from tests.interop.test_sip_kamailio import GW, KAMAILIO_PORT, PHONE, explain, gateway
+from tests.support import linphone
 from tests.support.kamailio import Kamailio
 from tests.support.sip_ua import SipUserAgent
 
@@ -336,3 +338,65 @@ def test_presence_changes_a_millisecond_apart_arrive_in_order(
             await others.close()
 
     run(ns, gw, sip, prosody, scenario, timeout=150)
+
+
+def test_linphone_sees_only_what_was_sent_to_it_and_learns_of_a_refusal(
+        ns: Namespace, pki, prosody: Prosody) -> None:
+    """Linphone (linphonec, Debian's linphone-cli) as a SIP user's phone, adding XMPP
+    contacts as friends (it subscribes to their presence): carol has sent presence to
+    alice only, and none of it appears in Linphone's NOTIFYs when Linphone then watches
+    her (only what carol's server sends Linphone's user does); erin refuses Linphone's
+    request, and its subscription is terminated with reason rejected within a second.
+    Linphone's Contact is a GRUU (RFC 5627), so the NOTIFYs reach it through Kamailio's
+    registrar (deploy/kamailio/kamailio.cfg resolves GRUUs of in-dialog requests)."""
+    if not linphone.available():
+        pytest.fail("linphonec is not installed: run `make debs` (make test does)")
+    sip = start_kamailio(ns)
+    gw = gateway(ns, pki, "federated")
+    lin = linphone.Linphonec(ns.workdir / "linphone-presence", user="siplin",
+                             domain="gw.example", proxy=(GW, KAMAILIO_PORT), port=5083,
+                             cpim=False, prefix=ns.exec)
+
+    async def scenario() -> None:
+        alice = await phone("sipalice")
+        carol = await XmppUser("carol@a.example", IPS["a.example"]).start()
+        erin = await XmppUser("erin@a.example", IPS["a.example"]).start()
+        erin.client.auto_authorize = False
+        denied: list[float] = []
+
+        def deny(request) -> None:
+            denied.append(time.monotonic())
+            erin.client.send_presence(pto=request["from"].bare, ptype="unsubscribed")
+
+        erin.client.add_event_handler("presence_subscribe", deny)
+        try:
+            carol.client.send_presence(pstatus="carol for everyone")
+            await watching(alice, "carol@a.example")
+            carol.client.send_presence(pto="sipalice@gw.example", pshow="dnd",
+                                       pstatus="carol for alice only")
+            await alice.notify_where(lambda n: note(n) == "carol for alice only")
+            await asyncio.to_thread(lin.command, 'friend add "carol" sip:carol@a.example')
+            await asyncio.to_thread(lin.wait_log, r"carol for everyone", 15)
+            await asyncio.sleep(1.0)
+            assert "carol for alice only" not in lin.log()
+
+            await asyncio.to_thread(lin.command, 'friend add "erin" sip:erin@a.example')
+            await asyncio.to_thread(
+                lin.wait_log, r"Subscription-State: terminated;reason=rejected", 15)
+            seen = time.monotonic()
+            assert denied and seen - denied[0] < 1.0, seen - denied[0]
+        finally:
+            await carol.stop()
+            await erin.stop()
+            await alice.close()
+
+    try:
+        lin.start()
+        run_in_namespace(ns.name, scenario, timeout=60)
+    except BaseException as exc:
+        raise AssertionError(f"linphone: {exc!r}{explain(gw, sip)}\n--- linphone log (tail)"
+                             f" ---\n{lin.log()[-3000:]}") from exc
+    finally:
+        lin.stop()
+        gw.stop()
+        sip.stop()
