@@ -83,6 +83,21 @@ def note(notify) -> str:
     return parse_pidf(notify.body).note if notify.body else ""
 
 
+async def refusing(jid: str) -> tuple[XmppUser, list[float]]:
+    """An XMPP user who denies every subscription request (``unsubscribed``); the list
+    gets the monotonic time of each denial."""
+    user = await XmppUser(jid, IPS["a.example"]).start()
+    user.client.auto_authorize = False  # slixmpp answers 'unsubscribed' too
+    denied: list[float] = []
+
+    def deny(request) -> None:
+        denied.append(time.monotonic())
+        user.client.send_presence(pto=request["from"].bare, ptype="unsubscribed")
+
+    user.client.add_event_handler("presence_subscribe", deny)
+    return user, denied
+
+
 async def watching(ua: SipUserAgent, contact: str) -> None:
     """``ua`` subscribes to XMPP ``contact`` (whose client approves) and sees it online."""
     answer = await ua.subscribe(f"sip:{contact}")
@@ -137,16 +152,7 @@ def test_a_refused_subscription_ends_the_phone_dialog_within_a_second(
 
     async def scenario() -> None:
         dave = await phone("sipdave")
-        erin = await XmppUser("erin@a.example", IPS["a.example"]).start()
-        erin.client.roster_auto_authorize = False  # slixmpp's name for "ask me"
-        erin.client.auto_authorize = False
-        denied: list[float] = []
-
-        def deny(request) -> None:
-            denied.append(time.monotonic())
-            erin.client.send_presence(pto=request["from"].bare, ptype="unsubscribed")
-
-        erin.client.add_event_handler("presence_subscribe", deny)
+        erin, denied = await refusing("erin@a.example")
         try:
             assert (await dave.subscribe("sip:erin@a.example")).status == 200
             final = await dave.notify_where(lambda n: state(n) == "terminated", timeout=15)
@@ -319,11 +325,15 @@ def test_presence_changes_a_millisecond_apart_arrive_in_order(
                 await asyncio.sleep(0.001)
                 assert (await oli.publish("open", note=f"second-{index}",
                                           activity="away")).status == 200
-                async with asyncio.timeout(10):
-                    while not seen or seen[-1] != f"second-{index}":
-                        found = await olga.presence_where(
-                            lambda p: p["from"] == "sipoli@gw.example/sip")
-                        seen.append(found["status"])
+                try:
+                    async with asyncio.timeout(10):
+                        while not seen or seen[-1] != f"second-{index}":
+                            found = await olga.presence_where(
+                                lambda p: p["from"] == "sipoli@gw.example/sip")
+                            seen.append(found["status"])
+                except TimeoutError:
+                    raise AssertionError(f"round {index}: olga's last presences were "
+                                         f"{seen[-6:]}") from None
             await asyncio.sleep(0.3)
             while not olga.presences.empty():
                 seen.append(olga.presences.get_nowait()["status"])
@@ -360,15 +370,7 @@ def test_linphone_sees_only_what_was_sent_to_it_and_learns_of_a_refusal(
     async def scenario() -> None:
         alice = await phone("sipalice")
         carol = await XmppUser("carol@a.example", IPS["a.example"]).start()
-        erin = await XmppUser("erin@a.example", IPS["a.example"]).start()
-        erin.client.auto_authorize = False
-        denied: list[float] = []
-
-        def deny(request) -> None:
-            denied.append(time.monotonic())
-            erin.client.send_presence(pto=request["from"].bare, ptype="unsubscribed")
-
-        erin.client.add_event_handler("presence_subscribe", deny)
+        erin, denied = await refusing("erin@a.example")
         try:
             carol.client.send_presence(pstatus="carol for everyone")
             await watching(alice, "carol@a.example")
