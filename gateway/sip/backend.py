@@ -472,8 +472,11 @@ class SipBackend:
             "OPTIONS", target,
             NameAddr(f"sip:gateway-check@{self.endpoint.hostport}", params={"tag": new_tag()}),
             NameAddr(target))
-        self.endpoint.send(request,
-                           lambda response: answered.done() or answered.set_result(response))
+        def settle(response: SipResponse | None) -> None:
+            if not answered.done():
+                answered.set_result(response)
+
+        self.endpoint.send(request, settle)
         try:
             return await asyncio.wait_for(asyncio.shield(answered), timeout)
         except TimeoutError:

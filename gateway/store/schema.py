@@ -44,9 +44,10 @@ _PRESENCE_WATCHES = """CREATE TABLE presence_watches (
        since TEXT NOT NULL,
        PRIMARY KEY (watcher, sip_user)
    )"""
-# Cluster membership (issue 15): one row per gateway node, rewritten by its heartbeat.
-# last_seen is seconds since the epoch by the *database's* clock where the engine has one
-# (PostgreSQL), so that nodes with skewed clocks still agree on who is alive.
+# Cluster membership (docs/deploy.md, several nodes): one row per gateway node, rewritten
+# by its heartbeat. last_seen is seconds since the epoch by the *database's* clock where
+# the engine has one (PostgreSQL), so that nodes with skewed clocks still agree on who is
+# alive.
 _CLUSTER_NODES = """CREATE TABLE cluster_nodes (
        node_id TEXT PRIMARY KEY NOT NULL,
        addresses TEXT NOT NULL,
