@@ -106,6 +106,8 @@ class Gateway:
         self.router: Router | None = None
         self.s2s: S2SService | None = None
         self.admin: AdminServer | None = None
+        self.console: Any = None  # AdminWebServer when admin_web.enabled
+        self.proxy_health: Any = None  # ProxyHealth with the SIP backend
         self._stop = asyncio.Event()
         self.reloads = 0
         self.node_id = config.cluster.node_id or socket.gethostname()
@@ -125,12 +127,13 @@ class Gateway:
 
         config = self.config
         self._check_fd_limit()
-        metrics_settings = getattr(config, "metrics", None)
-        if metrics_settings is not None and metrics_settings.enabled:
+        if config.metrics.enabled or config.admin_web.enabled:  # the console shows them too
             from gateway.metrics import Metrics
 
             self.metrics = Metrics()
-            self.metrics.serve(metrics_settings.host, metrics_settings.port)
+            self.metrics.watch_certificates(lambda: _certificate_files(self.config))
+            if config.metrics.enabled:
+                self.metrics.serve(config.metrics.host, config.metrics.port)
         try:
             self.store = AsyncAuthorizationStore(
                 open_authorization_store(config.store, self.node_id))
@@ -151,8 +154,11 @@ class Gateway:
         self.s2s.on_congestion = self.router.on_s2s_congestion
         if self.metrics is not None:
             s2s = self.s2s
-            self.metrics.watch(lambda: sum(len(x.queue) for x in s2s.sessions.values()),
-                               lambda: len(s2s.connections))
+            self.metrics.watch(lambda: sum(len(x.queue) for x in list(s2s.sessions.values())),
+                               lambda: len(s2s.connections),
+                               lambda: max((len(x.queue) for x in list(s2s.sessions.values())),
+                                           default=0),
+                               lambda: self.config.limits.max_queue_per_domain)
         await self.router.start()
         try:
             await self.s2s.start()
@@ -163,10 +169,49 @@ class Gateway:
             await self.admin.start()
         except OSError as exc:
             raise StartupError(f"admin socket {config.admin_socket}: {exc}") from None
+        await self._start_proxy_health()
+        if config.admin_web.enabled:
+            await self._start_console()
         log_event(log, logging.INFO, "gateway.started", domains=",".join(config.domains),
                   partners=len(config.partners), backend=config.sip.backend,
                   listen=" ".join(f"{h}:{p}" for h, p in self.s2s.listening_addresses),
                   pid=os.getpid())
+
+    async def _start_proxy_health(self) -> None:
+        """The SIP backend's proxy is asked OPTIONS periodically (console, alerts)."""
+        from gateway.sip.backend import SipBackend
+        from gateway.sip.health import ProxyHealth
+
+        if not isinstance(self.backend, SipBackend):
+            return
+        sip, transport = self.config.sip, self.backend.transport
+        self.proxy_health = ProxyHealth(self.backend.options, f"{sip.proxy_host}:"
+                                        f"{sip.proxy_port}", sip.transport,
+                                        lambda: transport.last_error or "")
+        if self.metrics is not None:
+            self.metrics.watch_proxy(self.proxy_health.describe)
+        self.proxy_health.start()
+
+    async def _start_console(self) -> None:
+        from gateway.admin_web.ports import ConsoleParts
+        from gateway.admin_web.server import AdminWebServer
+        from gateway.cli.main import installed_version
+
+        parts = ConsoleParts(gateway=self, users=self.store, traffic=self.metrics,
+                             cluster=self.store if self.cluster is not None else None,
+                             proxy=self.proxy_health, version=installed_version())
+        self.console = AdminWebServer(parts, self.config.admin_web)
+        try:
+            await self.console.start()
+        except (OSError, ValueError) as exc:
+            host, port = self.config.admin_web.listen
+            raise StartupError(f"admin_web.listen {host}:{port}: "
+                               f"{getattr(exc, 'strerror', None) or exc}") from None
+
+    def user_switch_changed(self, local_user: str) -> None:
+        """The console changed a federation switch: the next stanza reads it anew."""
+        if self.router is not None:
+            self.router.forget_cached(local_user)
 
     async def _join_cluster(self) -> None:
         """Shared store: heartbeat and claim the watches of dead nodes before the SIP
@@ -286,6 +331,10 @@ class Gateway:
 
     async def stop(self) -> None:
         log_event(log, logging.INFO, "gateway.stopping")
+        if self.console is not None:
+            await self.console.stop()
+        if self.proxy_health is not None:
+            await self.proxy_health.stop()
         if self.admin is not None:
             await self.admin.stop()
         # S2S first: it bounces what it could not send to the local senders, which needs
@@ -530,6 +579,12 @@ class Gateway:
                         **(self.backend.describe() if hasattr(self.backend, "describe")
                            else {})},
         }
+
+
+def _certificate_files(config: GatewayConfig) -> list[tuple[str, Path]]:
+    """(domain, certificate file) the gateway presents: "*" for the default one."""
+    return [("*", config.tls.certificate)] + [
+        (domain, pair.certificate) for domain, pair in config.tls.per_domain.items()]
 
 
 def _with_runtime_fields(new: GatewayConfig, domains: tuple[str, ...],

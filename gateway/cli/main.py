@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gateway.cli.cert",
     "gateway.cli.contacts",
     "gateway.cli.cluster",
+    "gateway.admin_web.cli",
 )
 
 DEFAULT_CONFIG = Path("config/gateway.yaml")

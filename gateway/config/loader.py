@@ -28,6 +28,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.reader import ReaderError
 
 from gateway.config.model import (
+    AdminWebSettings,
     CertificateFiles,
     ClusterSettings,
     DialbackSettings,
@@ -242,6 +243,18 @@ class _Checker:
                          "characters without spaces)", value)
             raise _Skip
         return text
+
+    def host_port(self, value: Any, path: str, line: int | None) -> tuple[str, int]:
+        """``host:port`` or ``[v6 address]:port`` (``admin_web.listen``)."""
+        text = self.string(value, path, line).strip()
+        host, _, port = text.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        bare_v6 = ":" in host and not text.startswith("[")
+        if not host or bare_v6 or not port.isdigit() or not 0 < int(port) < 65536:
+            self.problem(line, path, f"{_show(value)} is not host:port (e.g. 127.0.0.1:8480 "
+                         "or [::1]:8480)", value)
+            raise _Skip
+        return host, int(port)
 
     def optional_path(self, value: Any, path: str, line: int | None) -> Path | None:
         return None if value is None or value == "" else self.path(value, path, line)
@@ -486,6 +499,11 @@ class _Checker:
             self.problem(None, "cluster.lease", f"{cluster.lease:g} s is shorter than two "
                          f"heartbeats ({cluster.heartbeat_interval:g} s each): one late "
                          "heartbeat would declare a live node dead", cluster.lease)
+        web = values.get("admin_web")
+        if web is not None and (web.certificate is None) != (web.key is None):
+            missing = "key" if web.key is None else "certificate"
+            self.problem(None, f"admin_web.{missing}", "is required with the other one: set "
+                         "both to serve the console over HTTPS, or neither for plain HTTP")
         tls = values.get("tls")
         if tls is not None and served:
             for domain in tls.per_domain:
@@ -559,6 +577,10 @@ def _top_level_spec(c: _Checker) -> dict[str, Converter]:
             "allow_unlisted": c.boolean, "users_enabled_by_default": c.boolean}),
         "metrics": c.section(MetricsSettings, {
             "enabled": c.boolean, "host": c.string, "port": c.integer(1, 65535)}),
+        "admin_web": c.section(AdminWebSettings, {
+            "enabled": c.boolean, "listen": c.host_port, "accounts": c.path,
+            "certificate": c.optional_path, "key": c.optional_path,
+            "session_idle": c.seconds, "session_lifetime": c.seconds}),
         "admin_socket": c.path,
         "partners": c.partners,
     }
@@ -617,6 +639,9 @@ def load_config_text(text: str, source: Path | None = None,
     values.setdefault("admin_socket", Path(os.path.normpath(base / "../run/gateway.sock")))
     default_store = Path(os.path.normpath(base / "../data/gateway.sqlite3"))
     values.setdefault("store", StoreSettings(default_store))
+    if "accounts" not in (document.get("admin_web") or {}):  # beside the file, as documented
+        values["admin_web"] = replace(values.get("admin_web", AdminWebSettings()),
+                                      accounts=base / "admin-users")
     # Certificate and key default to ../certs/ beside the file, also when a tls section
     # sets other keys only (the model's own defaults are relative to no file).
     written = document.get("tls") or {}
@@ -667,6 +692,27 @@ def config_warnings(config: GatewayConfig) -> list[str]:
     if config.metrics.enabled and config.metrics.host not in ("127.0.0.1", "::1", "localhost"):
         warnings.append(f"metrics.host {config.metrics.host} exposes the metrics endpoint "
                         "beyond this host (it has no authentication)")
+    warnings.extend(_admin_web_warnings(config))
+    return warnings
+
+
+def _admin_web_warnings(config: GatewayConfig) -> list[str]:
+    """The console changes partners and drains nodes: who can reach it matters."""
+    web = config.admin_web
+    if not web.enabled:
+        return []
+    warnings = []
+    host, port = web.listen
+    if not _is_loopback(host):
+        https = web.certificate is not None
+        warnings.append(f"admin_web.listen {host}:{port} makes the admin console reachable "
+                        "beyond this host" + ("; restrict who can reach it (firewall)" if https
+                                              else ": without admin_web.certificate and key, "
+                                              "passwords and session cookies cross the network "
+                                              "in clear text"))
+    if not Path(web.accounts).is_file():
+        warnings.append(f"admin_web.accounts {web.accounts} does not exist: nobody can log in "
+                        "to the console (create an account: xmpp-gateway admin-user add NAME)")
     return warnings
 
 

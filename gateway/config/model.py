@@ -195,6 +195,22 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminWebSettings:
+    """The browser console (docs/console.md): off by default, bound to localhost by default.
+
+    ``accounts`` is the file ``xmpp-gateway admin-user`` writes (argon2 hashes), beside the
+    configuration file unless given; HTTPS when ``certificate`` and ``key`` are both set."""
+
+    enabled: bool = False
+    listen: tuple[str, int] = ("127.0.0.1", 8480)  # written "host:port" or "[v6]:port"
+    accounts: Path = Path("admin-users")
+    certificate: Path | None = None
+    key: Path | None = None
+    session_idle: float = 1800.0  # seconds without a request before logging in again
+    session_lifetime: float = 43200.0  # seconds after login, whatever the activity
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     domains: tuple[str, ...]
     partners: tuple[PartnerPolicy, ...] = ()
@@ -209,6 +225,7 @@ class GatewayConfig:
     limits: Limits = field(default_factory=Limits)
     federation: FederationSettings = field(default_factory=FederationSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    admin_web: AdminWebSettings = field(default_factory=AdminWebSettings)
     admin_socket: Path = Path("run/gateway.sock")
     source: Path | None = None  # file this was loaded from, for messages
 

@@ -266,7 +266,7 @@ def test_all_problems_are_reported_at_once() -> None:
     found = problems("domans: [a.example]\nlogging: {level: loud}\n"
                      "partners:\n  - {domain: 'b c', type: friend}\n")
     assert found == [
-        "gw.yaml:1: domans: unknown key — did you mean 'domains'? (allowed: admin_socket, "
+        "gw.yaml:1: domans: unknown key — did you mean 'domains'? (allowed: admin_socket, admin_web, "
         "cluster, dialback, dns, domains, federation, limits, listen, logging, metrics, "
         "partners, sip, store, tls)",
         "gw.yaml:1: domains: is required",
