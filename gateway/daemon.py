@@ -178,11 +178,12 @@ class Gateway:
                   pid=os.getpid())
 
     async def _start_proxy_health(self) -> None:
-        """The SIP backend's proxy is asked OPTIONS periodically (console, alerts)."""
+        """The SIP backend's proxy is asked OPTIONS periodically when someone looks at the
+        answer (the metrics endpoint, the console)."""
         from gateway.sip.backend import SipBackend
         from gateway.sip.health import ProxyHealth
 
-        if not isinstance(self.backend, SipBackend):
+        if not isinstance(self.backend, SipBackend) or self.metrics is None:
             return
         sip, transport = self.config.sip, self.backend.transport
         self.proxy_health = ProxyHealth(self.backend.options, f"{sip.proxy_host}:"
