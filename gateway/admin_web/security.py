@@ -97,7 +97,7 @@ class LoginThrottle:
 
     def wait(self, keys: list[str], now: float) -> float:
         """Seconds before these keys may try again (0: now)."""
-        return max((f.locked_until - now for k in keys if (f := self.keys.get(k))), default=0.0)
+        return max([0.0, *(f.locked_until - now for k in keys if (f := self.keys.get(k)))])
 
     def failed(self, keys: list[str], now: float) -> float:
         """Record a failure; returns the wait it imposes (0 while still free)."""
