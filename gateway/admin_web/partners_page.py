@@ -16,7 +16,8 @@ from multidict import MultiDictProxy
 
 from gateway.admin_web.pages import reload_words
 from gateway.admin_web.server import console_of, notice, redirect
-from gateway.config.model import PartnerPolicy, PartnerType
+from gateway.config.loader import SUPPORT_VALUES, TYPE_VALUES
+from gateway.config.model import PartnerPolicy
 from gateway.config.partner_changes import (
     REFUSED,
     PartnerChange,
@@ -24,10 +25,8 @@ from gateway.config.partner_changes import (
     remove_partner,
     update_partner,
 )
-from gateway.policy.negotiation import Support
 
-TYPES = [t.value for t in PartnerType]
-SUPPORTS = [s.value for s in Support]
+TYPES, SUPPORTS = list(TYPE_VALUES), list(SUPPORT_VALUES)
 
 
 def register(router: web.UrlDispatcher) -> None:
