@@ -25,20 +25,19 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright import sync_api
 
-from tests.interop.harness import IPS, REPO, Namespace, Prosody, run, stop_process
+from tests.interop.harness import IPS, REPO, Namespace, Prosody, stop_process
 from tests.interop.in_namespace import XmppUser, run_in_namespace
 from tests.support.kamailio import Kamailio
 from tests.support.postgres import PostgresServer, postgres_bindir
 from tests.unit.s2s_world import Pki
-
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed "
-                               "(pip install -e '.[test]')")
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = REPO / "docs" / "console"
@@ -115,7 +114,7 @@ class ConsoleNode:
             time.sleep(0.05)
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "gateway.cli.main", "-c",
+        return subprocess.run([*self.ns.exec, sys.executable, "-m", "gateway.cli.main", "-c",
                                str(self.config), *args], capture_output=True, text=True,
                               cwd=REPO, timeout=60, input=stdin, check=False)
 
@@ -160,18 +159,22 @@ def world(ns: Namespace, pki: Pki) -> Iterator[World]:
     subprocess.run([*ns.exec, "ip", "addr", "add", f"{NODE_IPS['gw2']}/8", "dev", "lo"],
                    capture_output=True, check=False)
     with contextlib.ExitStack() as stack:
+        # The servers start side by side (each waits for its own port), to keep the
+        # set-up short.
         database = PostgresServer(bindir, prefix=ns.exec)
         stack.callback(database.cleanup)
-        database.initdb()
-        database.start()
-        prosody = Prosody(ns, pki, secure_auth=False, users=("user",)).start()
+        prosody = Prosody(ns, pki, secure_auth=False, users=("user",))
         stack.callback(prosody.stop)
         sip_dir = ns.workdir / "console-kamailio"
         sip_dir.mkdir(exist_ok=True)
         kamailio = Kamailio(sip_dir, domain="gw.example", host=KAMAILIO[0], port=KAMAILIO[1],
                             gateway=(NODE_IPS["gw2"], 5062), prefix=ns.exec)
         stack.callback(kamailio.stop)
-        kamailio.start()
+        with ThreadPoolExecutor(3) as pool:
+            started = [pool.submit(lambda: (database.initdb(), database.start())),
+                       pool.submit(prosody.start), pool.submit(kamailio.start)]
+            for future in started:
+                future.result()
         accounts = ns.workdir / "admin-users"
         url = database.url("postgres")
         gw1 = ConsoleNode(ns, pki, "gw1", url, accounts)
@@ -186,8 +189,6 @@ def world(ns: Namespace, pki: Pki) -> Iterator[World]:
         assert made.returncode == 0, made.stderr
         assert gw1.cli("admin-user", "add", "rita", "--role", "read-only",
                        "--password-stdin", stdin=PASSWORD + "\n").returncode == 0
-        for node in (gw1, gw2):
-            node.wait_started()
         playwright = stack.enter_context(sync_api.sync_playwright())
         wrapper = Path(tempfile.mkdtemp(prefix="gw-chromium-")) / "chromium"
         stack.callback(shutil.rmtree, wrapper.parent, True)
@@ -197,6 +198,8 @@ def world(ns: Namespace, pki: Pki) -> Iterator[World]:
         browser = playwright.chromium.launch(executable_path=str(wrapper),
                                              args=["--no-sandbox"], headless=True)
         stack.callback(browser.close)
+        for node in (gw1, gw2):
+            node.wait_started()
         SHOTS.mkdir(parents=True, exist_ok=True)
         yield World(ns, prosody, gw1, gw2, browser, kamailio)
 
@@ -243,8 +246,7 @@ def test_log_in_and_see_the_live_session(world: World) -> None:
     log_in(page, world.gw1)
     assert page.url == world.gw1.url + "/"
     assert "ada (admin)" in page.inner_text("header")
-    status = json.loads(run([*world.ns.exec, sys.executable, "-m", "gateway.cli.main", "-c",
-                             str(world.gw1.config), "status", "--json"], cwd=REPO).stdout)
+    status = json.loads(world.gw1.cli("status", "--json").stdout)
     inbound = [s for s in status["sessions"] if s["direction"] == "inbound"
                and s["peer_domain"] == "a.example"]
     assert inbound and inbound[0]["method"], status
@@ -306,6 +308,11 @@ def test_user_switch_refuses_the_next_message(world: World) -> None:
     assert page.inner_text("#switch").startswith("enabled (default)")
     page.click("button:has-text('Disable')")
     assert "echo@gw.example: XMPP federation disabled" in page.inner_text("p.notice")
+    page.fill("form.allow input[name=jid]", "User@A.example/laptop")
+    page.click("form.allow button")
+    assert "echo@gw.example now authorizes user@a.example" in page.inner_text("p.notice")
+    assert "console:ada" in page.inner_text("#contacts")
+    assert "user@a.example  (since" in world.gw1.cli("contacts", "list", "echo").stdout
     shot(page, "user")
     try:
         answer = xmpp_message(world, "echo@gw.example", "are you there?")
@@ -417,8 +424,11 @@ def test_prometheus_answers_every_dashboard_query(world: World) -> None:
         # Traffic while it scrapes: a message each way (and an outbound handshake).
         deadline = time.monotonic() + 30
         while True:
-            up = prometheus_query(ns, base, ["up"])[0]["data"]["result"] if \
-                process.poll() is None else []
+            assert process.poll() is None, (workdir / "prometheus.log").read_text()[-3000:]
+            try:
+                up = prometheus_query(ns, base, ["up"])[0]["data"]["result"]
+            except subprocess.CalledProcessError:  # not listening yet
+                up = []
             if len([r for r in up if r["value"][1] == "1"]) == 2:
                 break
             assert time.monotonic() < deadline, (workdir / "prometheus.log").read_text()[-3000:]
