@@ -131,8 +131,10 @@ class Metrics:
                 lambda key=key: nan if (value := figures().get(key)) is None else float(value))
 
     def watch_certificates(self, files: Callable[[], Iterable[tuple[str, Path]]]) -> None:
-        """``xmpp_gateway_certificate_expiry_timestamp_seconds{domain, file}``: when each
-        certificate the configuration names stops being valid (read at scrape time)."""
+        """``xmpp_gateway_certificate_expiry_timestamp_seconds{domain}``: when each
+        certificate the configuration names stops being valid (read at scrape time;
+        ``domain`` is "*" for the default certificate, else its ``tls.per_domain`` key —
+        never the file's path: the endpoint has no authentication)."""
         self.registry.register(_CertificateExpiry(files))
 
     def traffic(self) -> dict[str, Any]:
@@ -186,18 +188,18 @@ class _CertificateExpiry:
         self._cache: dict[tuple[str, int], float] = {}
 
     def describe(self) -> list[GaugeMetricFamily]:
-        return [GaugeMetricFamily(self.NAME, self._text(), labels=["domain", "file"])]
+        return [GaugeMetricFamily(self.NAME, self._text(), labels=["domain"])]
 
     @staticmethod
     def _text() -> str:
         return "When our certificate (first in the file) expires, as Unix time"
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(self.NAME, self._text(), labels=["domain", "file"])
+        family = GaugeMetricFamily(self.NAME, self._text(), labels=["domain"])
         for domain, path in self.files():
             expiry = self._expiry(Path(path))
             if expiry is not None:
-                family.add_metric([domain, str(path)], expiry)
+                family.add_metric([domain], expiry)
         yield family
 
     def _expiry(self, path: Path) -> float | None:

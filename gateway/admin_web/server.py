@@ -198,7 +198,8 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 def _safe_next(target: str) -> str:
     """Only a path on this console (never another site: no open redirect)."""
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+    if parts.scheme or parts.netloc or not target.startswith("/") or \
+            target.startswith("//") or "\\" in target:  # a browser reads a backslash as "/"
         return "/"
     return target
 

@@ -370,13 +370,14 @@ async def test_first_login_rehashes_with_todays_parameters(gateway: Gateway,
 
 async def test_no_redirect_to_another_site(gateway: Gateway) -> None:
     url = base(gateway)
-    async with client() as session:
-        async with session.get(url + "/login") as page:
-            token = field(await page.text(), "token")
-        async with session.post(url + "/login", data={
-                "name": "ada", "password": PASSWORD, "token": token,
-                "next": "//evil.example/"}, allow_redirects=False) as response:
-            assert response.headers["Location"] == "/"
+    for target in ("//evil.example/", "/\\evil.example/", "https://evil.example/"):
+        async with client() as session:
+            async with session.get(url + "/login") as page:
+                token = field(await page.text(), "token")
+            async with session.post(url + "/login", data={
+                    "name": "ada", "password": PASSWORD, "token": token,
+                    "next": target}, allow_redirects=False) as response:
+                assert response.headers["Location"] == "/", target
 
 
 async def test_idle_sessions_expire(tmp_path: Path) -> None:
