@@ -205,8 +205,7 @@ class Gateway:
         try:
             await self.console.start()
         except (OSError, ValueError) as exc:
-            host, port = self.config.admin_web.listen
-            raise StartupError(f"admin_web.listen {host}:{port}: "
+            raise StartupError(f"admin_web.listen {self.config.admin_web.listen}: "
                                f"{getattr(exc, 'strerror', None) or exc}") from None
 
     def user_switch_changed(self, local_user: str) -> None:

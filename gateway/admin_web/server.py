@@ -316,7 +316,7 @@ class AdminWebServer:
         self.address: tuple[str, int] | None = None
 
     async def start(self) -> None:
-        host, port = self.settings.listen
+        host, port = self.settings.address
         context = None
         if self.console.https:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

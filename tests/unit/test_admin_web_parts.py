@@ -128,7 +128,7 @@ def test_rates_and_chart() -> None:
 def test_admin_web_section() -> None:
     config = load_config_text('domains: [a.example]\nadmin_web: {enabled: true, '
                               'listen: "[::1]:9000"}\n', base_dir=Path("/etc/gw"))
-    assert config.admin_web.listen == ("::1", 9000)
+    assert config.admin_web.address == ("::1", 9000)
     assert config.admin_web.accounts == Path("/etc/gw/admin-users")
     assert not any("reachable beyond" in w for w in config_warnings(config))
     wide = load_config_text('domains: [a.example]\nadmin_web: {enabled: true, '
