@@ -73,7 +73,7 @@ class AccountFile:
         self.hasher = hasher or PasswordHasher()
         self._seen: tuple[int, int] | None = None
         self._accounts: dict[str, Account] = {}
-        self._dummy = self.hasher.hash("no such account: compare against something")
+        self._dummy = ""  # made at the first verification (a hash costs ~0.1 s and 64 MiB)
 
     # ------------------------------------------------------------------ reading
 
@@ -97,6 +97,8 @@ class AccountFile:
     def verify(self, name: str, password: str) -> Account | None:
         """The account if the password is right, else None (in about the same time)."""
         account = self.get(name)
+        if account is None and not self._dummy:
+            self._dummy = self.hasher.hash("no such account: compare against something")
         try:
             self.hasher.verify(account.password_hash if account else self._dummy, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
