@@ -58,12 +58,16 @@ class Chart:
     height: int
     top: float  # the rate the chart's top edge stands for (per second)
     lines: tuple[Line, ...]
-    minutes: int  # how far back the chart reaches
+    minutes: int  # how far back the left edge is
 
 
 def chart(rates: list[tuple[float, dict[str, float]]], now: float, *, width: int = 600,
           height: int = 140, span: float = SPAN) -> Chart:
-    """Polylines for each series over the last ``span`` seconds, right edge = ``now``."""
+    """Polylines for each series, right edge = ``now``, left edge = ``span`` seconds ago
+    or, on a node up for less than that, its oldest sample (at least a minute), so that a
+    young node's few minutes fill the chart instead of its right-hand pixel."""
+    oldest = max((now - when for when, _ in rates), default=0.0)
+    span = min(span, max(oldest, 60.0))
     peak = max((value for _, values in rates for value in values.values()), default=0.0)
     top = _nice(peak)
     lines = []
@@ -78,8 +82,7 @@ def chart(rates: list[tuple[float, dict[str, float]]], now: float, *, width: int
             points.append(f"{x:.1f},{y:.1f}")
         last = rates[-1][1].get(key, 0.0) if rates else 0.0
         lines.append(Line(key, label, " ".join(points), last))
-    oldest = min((now - when for when, _ in rates), default=0.0)
-    return Chart(width, height, top, tuple(lines), round(min(oldest, span) / 60))
+    return Chart(width, height, top, tuple(lines), max(1, round(span / 60)))
 
 
 def _nice(peak: float) -> float:

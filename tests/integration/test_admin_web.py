@@ -342,7 +342,7 @@ async def test_the_overview_counts_traffic(gateway: Gateway) -> None:
         await login(session, url)
         async with session.get(url + "/") as page:
             text = await page.text()
-    assert "Stanzas per second, last hour" in text and "<polyline" in text
+    assert "Stanzas per second, last 1 min" in text and "<polyline" in text
     assert "development backend" in text and "not part of a cluster" in text
 
 

@@ -116,10 +116,16 @@ def test_rates_and_chart() -> None:
     assert len(rates) == 6  # 7 samples kept (one hour = 60 s here), 6 intervals
     assert rates[-1] == (90.0, {"xmpp_to_sip": 5.0, "sip_to_xmpp": 0.5})
     drawn = chart(rates, now=90.0, width=600, height=100, span=60)
-    assert drawn.top == 5.0
+    assert drawn.top == 5.0 and drawn.minutes == 1
     xmpp, sip = drawn.lines
     assert xmpp.points.split()[-1] == "600.0,0.0" and sip.points.split()[-1] == "600.0,90.0"
+    assert xmpp.points.split()[0] == "100.0,0.0"  # 50 s ago of 60
     assert xmpp.last == 5.0
+    young = chart([(1000.0, {"xmpp_to_sip": 1.0}), (1100.0, {"xmpp_to_sip": 2.0})],
+                  now=1120.0, width=600)
+    assert young.minutes == 2  # the 2 minutes it has, across the whole width
+    assert young.lines[0].points == "0.0,70.0 500.0,0.0"
+    assert chart([], now=0).minutes == 1
     history.sample(100.0, {"xmpp_to_sip": 3.0, "sip_to_xmpp": 0.0})  # counters restarted
     assert history.rates()[-1][1] == {"xmpp_to_sip": 0.3, "sip_to_xmpp": 0.0}
     assert chart([], now=0).top == 0.1
