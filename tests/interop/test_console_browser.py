@@ -295,6 +295,15 @@ def test_partner_refused_in_the_matrix_words_then_added(world: World) -> None:
         listed
     assert "# Prosody in the test namespace" in world.gw1.config.read_text()
     shot(page, "partners")
+    page.locator("#partners tr", has_text="b.example").locator("text=Edit").click()
+    assert page.input_value("input[name=description]") == "B's XMPP service"
+    page.select_option("select[name=sasl]", "required")
+    shot(page, "partner-edit")
+    page.click("form.partner button[type=submit]")
+    notices = page.locator("p.notice").all_inner_texts()
+    assert "updated b.example: permits SASL over TLS" in notices, notices
+    assert re.search(r"^b\.example\s+federated\s+required\s+required",
+                     world.gw1.cli("partner", "list").stdout, re.M)
     page.context.close()
 
 
@@ -338,6 +347,7 @@ def test_csrf_token_and_read_only_role(world: World) -> None:
     page = new_page(world)
     log_in(page, world.gw1)
     page.goto(world.gw1.url + "/reload")
+    shot(page, "reload-confirm")
     page.evaluate("document.querySelector('main input[name=csrf]').remove()")
     page.click("button:has-text('Reload')")
     assert "CSRF token is missing or wrong" in page.inner_text("body")
