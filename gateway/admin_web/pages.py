@@ -131,7 +131,10 @@ async def confirm_drain(request: web.Request) -> web.StreamResponse:
         explain="This node stops accepting S2S connections and SIP requests, hands its SIP "
                 "subscriptions to another node, finishes its queues (up to "
                 f"{gateway.config.cluster.drain_timeout:g} s) and stops; this console stops "
-                "with it. Start the gateway again to bring the node back.")
+                "with it. Start the gateway again to bring the node back." + (
+                    "" if console.parts.cluster is not None else
+                    " This gateway is not part of a cluster: no other node takes its "
+                    "partners and SIP users over meanwhile."))
 
 
 async def drain(request: web.Request) -> web.StreamResponse:
