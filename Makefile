@@ -11,7 +11,7 @@ TEST_DEBS := prosody ejabberd dnsmasq-base lua-unbound kamailio kamailio-presenc
              kamailio-tls-modules \
              sip-tester iproute2 openssl postgresql \
              chromium prometheus
-# The compose stack's test (issue 16): podman and runc from Debian, debootstrap for the
+# The compose stack's test: podman and runc from Debian, debootstrap for the
 # Debian base image where no registry is reachable; podman-compose from PyPI into the venv
 # (bookworm's 1.0.3 ignores per-network ipv4_address and ipam, which the stack uses).
 COMPOSE_DEBS := podman runc debootstrap

@@ -29,6 +29,7 @@ from gateway.auth.tls_provider import OpenSslTlsProvider, TlsConfigError, certif
 from gateway.backend import LocalBackend
 from gateway.config.model import GatewayConfig
 from gateway.logs import configure_logging, log_event
+from gateway.net import s2s_record
 from gateway.net.admin import AdminServer
 from gateway.net.connection import StreamConnection
 from gateway.net.federation import S2SService
@@ -594,6 +595,7 @@ def _with_runtime_fields(new: GatewayConfig, domains: tuple[str, ...],
 
 async def run_gateway(config: GatewayConfig) -> int:
     configure_logging(config.logging.level, config.logging.format, config.logging.file)
+    s2s_record.install_from_environment()  # a debugging aid, off unless asked for
     gateway = Gateway(config)
     try:
         await gateway.serve_forever()

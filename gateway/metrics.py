@@ -90,6 +90,9 @@ class Metrics:
         self.sip_untrusted = Tally("xmpp_gateway_sip_untrusted", "SIP messages refused "
                                    "because they did not come from the trusted proxy",
                                    "reason", r)
+        self.sip_malformed = Tally("xmpp_gateway_sip_malformed", "SIP messages refused as "
+                                   "malformed (syntax, framing) or that failed unexpectedly "
+                                   "while being taken in (unexpected)", "reason", r)
         self.handshakes = Histogram("xmpp_gateway_handshake_seconds",
                                     "Outbound connect-to-authenticated time", ["method"],
                                     registry=r)

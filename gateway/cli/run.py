@@ -82,6 +82,14 @@ def _status(args: argparse.Namespace) -> int:
               f"SIP users, {backend.get('notifiers', 0)} from SIP users, "
               f"{backend.get('transactions', 0)} requests in flight; "
               f"{backend.get('sent', 0)} sent, {backend.get('received', 0)} received")
+        # what was refused or lost on the way in (docs/sip.md, Security and Flow control)
+        drops = backend.get("udp_drops")
+        print(f"SIP refused: {backend.get('malformed', 0)} malformed, "
+              f"{backend.get('untrusted', 0)} from untrusted sources, "
+              f"{backend.get('unexpected_errors', 0)} failed unexpectedly; overload: "
+              f"{backend.get('busy_answers', 0)} answered 503"
+              + ("" if drops is None else f", {drops} datagrams dropped by the kernel at the "
+                 f"SIP socket (receive buffer {backend.get('udp_receive_buffer', 0)} bytes)"))
     return 0
 
 

@@ -740,7 +740,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def _sip_trust_warnings(config: GatewayConfig) -> list[str]:
-    """Issue 13: the SIP side speaks for local users with our domain's S2S authority."""
+    """The SIP side speaks for local users with our domain's S2S authority: where it trusts
+    more than it can check, say so."""
     sip = config.sip
     if sip.backend != "sip":
         return []

@@ -40,7 +40,7 @@ from gateway.logs import log_event
 from gateway.sip import tls as sip_tls
 from gateway.sip.addresses import AddressError
 from gateway.sip.endpoint import SipEndpoint
-from gateway.sip.message import NameAddr, SipResponse, new_tag
+from gateway.sip.message import NameAddr, RequestHead, SipResponse, new_tag
 from gateway.sip.messaging import MessageRelay
 from gateway.sip.notifying import MIN_EXPIRES, XmppPresenceNotifier
 from gateway.sip.parties import sip_address
@@ -85,6 +85,7 @@ class SipBackend:
                                     udp_receive_buffer=udp_receive_buffer)
         self.endpoint.on_request = self._on_request
         self.endpoint.on_tick = self._on_tick
+        self.endpoint.shed = self._shed
         self.transport = self.endpoint.transport
         self.layer = self.endpoint.layer
         expires = max(MIN_EXPIRES, subscription_expires)
@@ -103,6 +104,7 @@ class SipBackend:
         self.trusted_sources = tuple(trusted_sources)
         self.transport.peer_names = peer_names
         self.transport.on_refused = self._on_untrusted
+        self.transport.on_malformed = self._on_malformed
         self.endpoint.on_misrouted = self._on_misrouted
         self.trust_asserted_identity = trust_asserted_identity
         self.messages.trust_asserted_identity = trust_asserted_identity
@@ -259,6 +261,10 @@ class SipBackend:
             self.metrics.count("sip_untrusted", "certificate" if "certificate" in why
                                else "source")
 
+    def _on_malformed(self, _transport: str, label: str) -> None:
+        if self.metrics is not None:
+            self.metrics.count("sip_malformed", label)
+
     def _on_misrouted(self) -> None:
         self.untrusted += 1
         if self.metrics is not None:
@@ -302,8 +308,10 @@ class SipBackend:
 
     def input_paused(self, paused: bool) -> None:
         """The router's word that the XMPP side is (no longer) congested: stream
-        connections from the proxy stop (resume) being read."""
+        connections from the proxy stop (resume) being read, and over UDP new work is
+        answered 503 from the request's head (:meth:`_shed`)."""
         self.transport.pause_input(paused)
+        self.endpoint.shedding = paused
 
     # ------------------------------------------------------------------ SIP input
 
@@ -329,6 +337,23 @@ class SipBackend:
             self.endpoint.reply(event, 405, headers=[("Allow", ALLOW)])
         else:
             self.endpoint.reply(event, 501)
+
+    def _shed(self, head: RequestHead) -> int | None:
+        """The Retry-After to answer a request known by its head with, while overloaded
+        (what :meth:`_busy` decides for a parsed one, asked before parsing), or None."""
+        if (head.method == "SUBSCRIBE" and head.to_tagged) or self.draining:
+            return None  # in-dialog requests are not new work; draining answers itself
+        overloaded = self.endpoint.overloaded
+        if not overloaded and self._router is not None:
+            try:
+                domain = sip_address(head.uri).host
+            except AddressError:
+                return None
+            overloaded = self._router.xmpp_congested(domain)
+        if not overloaded:
+            return None
+        self.busy_answers += 1
+        return self.retry_after
 
     def _busy(self, event: RequestReceived) -> bool:
         """Answer 503 + Retry-After to new work from SIP while it cannot move on: the XMPP

@@ -1,4 +1,4 @@
-"""TLS contexts for the gateway-proxy leg, mutual when configured (issue 13).
+"""TLS contexts for the gateway-proxy leg, mutual when configured (docs/sip.md, "Security").
 
 With ``sip.transport: tls`` both directions are TLS connections between the gateway and
 the SIP proxy (RFC 3261 §26.2.1, RFC 5630): the gateway connects to the proxy for the

@@ -1,4 +1,4 @@
-"""Faults (issue: hardening, item 5): every stanza is delivered or bounced with an error
+"""Faults: every stanza is delivered or bounced with an error
 to its sender, and the log says which — DNS timeout and SERVFAIL, a peer that vanishes,
 a local backend that is down."""
 

@@ -1,4 +1,4 @@
-"""Resource attacks against a running gateway (issue: hardening, item 3): connection
+"""Resource attacks against a running gateway: connection
 floods from one address, slowloris, unbounded outbound queues, stanza floods."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 13: only the SIP proxy may speak for local users — over real sockets.
+"""Only the SIP proxy may speak for local users — over real sockets.
 
 Addresses on the loopback network stand for the machines of a deployment:
 

@@ -37,7 +37,7 @@ def warnings_in(out: str) -> list[str]:
 
 
 def test_the_matrix_splits_13_accepted_5_refused() -> None:
-    # Counted from the normative CSV (the brief of issue 3 said 12/6; the CSV says 13/5).
+    # Counted from the normative CSV: 13 combinations accepted, 5 refused.
     assert sum(r.valid for r in ROWS) == 13 and sum(not r.valid for r in ROWS) == 5
 
 
@@ -132,7 +132,7 @@ def test_add_then_remove_restores_the_file_byte_for_byte(config: Path) -> None:
                "--additional-domain", "muc.x.example", "--description", "X Corp") == 0
     text = config.read_text()
     assert "    additional_domains: [muc.x.example]\n    description: X Corp\n" in text
-    assert "# Federation partners (GATEWAY-SPEC §2)." in text
+    assert "# Federation partners (docs/configuration.md)." in text
     assert "# XEP-0185 secret for dialback keys." in text
     assert "  file: null             # null = standard error" in text
     assert run(config, "partner", "remove", "muc.x.example") == 0
@@ -142,7 +142,7 @@ def test_add_then_remove_restores_the_file_byte_for_byte(config: Path) -> None:
 def test_comments_survive_removing_the_example_partner(config: Path) -> None:
     assert run(config, "partner", "remove", "prosody.localhost") == 0
     text = config.read_text()
-    assert "# Federation partners (GATEWAY-SPEC §2)." in text
+    assert "# Federation partners (docs/configuration.md)." in text
     assert "prosody" not in text.split("# Federation partners")[1]
     assert load_config(config).partners == ()
 
