@@ -9,6 +9,7 @@ still filled in, and the configuration file untouched.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -82,7 +83,8 @@ def _choice(value: str, allowed: list[str], what: str) -> str:
 
 
 async def _apply(request: web.Request, change: PartnerChange, action: str,
-                 form: dict[str, Any], failure_page: Any) -> web.StreamResponse:
+                 form: dict[str, Any],
+                 failure_page: Callable[[str], web.Response]) -> web.StreamResponse:
     console = console_of(request)
     if not change.ok:
         console.changed(request, f"partner {action}", "refused", domain=form["domain"],

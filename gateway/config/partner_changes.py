@@ -96,12 +96,13 @@ def add_partner(path: Path, domain: str, partner_type: str, *, tls: str | None =
         return PartnerChange(REFUSED, error=refused)
 
     def action() -> PartnerChange:
-        entry = {"domain": partner_domain(domain), "type": partner_type, "tls": str(chosen[0]),
+        primary = partner_domain(domain)
+        entry = {"domain": primary, "type": partner_type, "tls": str(chosen[0]),
                  "sasl": str(chosen[1]), "dialback": chosen[2],
                  "additional_domains": [partner_domain(d) for d in additional_domains] or None,
                  "description": description}
         config = write(path, entry)
-        return _done("added", config.partner_for(entry["domain"]))
+        return _done("added", config.partner_for(primary))
 
     return _edit(path, action)
 
