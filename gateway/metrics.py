@@ -89,10 +89,11 @@ class Metrics:
         self.dns_failures = Tally("xmpp_gateway_dns_failures", "Failed DNS lookups", "peer", r)
         self.sip_untrusted = Tally("xmpp_gateway_sip_untrusted", "SIP messages refused "
                                    "because they did not come from the trusted proxy",
-                                   "reason", r)
+                                   "reason", r, known=("source", "certificate", "response"))
         self.sip_malformed = Tally("xmpp_gateway_sip_malformed", "SIP messages refused as "
                                    "malformed (syntax, framing) or that failed unexpectedly "
-                                   "while being taken in (unexpected)", "reason", r)
+                                   "while being taken in (unexpected)", "reason", r,
+                                   known=("syntax", "framing", "unexpected"))
         self.handshakes = Histogram("xmpp_gateway_handshake_seconds",
                                     "Outbound connect-to-authenticated time", ["method"],
                                     registry=r)
