@@ -63,7 +63,6 @@ PRELOGIN_COOKIE = "gw_login"
 HASHING_SLOTS = 2
 
 SESSION = web.RequestKey("session", Session)
-CONSOLE = web.AppKey("console", object)
 
 
 class Console:
@@ -122,6 +121,9 @@ class Console:
                                                "sip_to_xmpp": traffic["stanzas_out"]})
 
 
+CONSOLE = web.AppKey("console", Console)
+
+
 def notice(request: web.Request, kind: str, text: str) -> None:
     """A message shown once on the next page (after a redirect)."""
     request[SESSION].notices.append((kind, text))
@@ -132,9 +134,7 @@ def redirect(location: str) -> web.HTTPSeeOther:
 
 
 def console_of(request: web.Request) -> Console:
-    console = request.app[CONSOLE]
-    assert isinstance(console, Console)
-    return console
+    return request.app[CONSOLE]
 
 
 @web.middleware
