@@ -96,6 +96,8 @@ async def _apply(request: web.Request, change: PartnerChange, action: str,
     notice(request, "ok", change.message)
     for warning in change.warnings:
         notice(request, "warning", f"warning: {warning}")
+    if change.in_effect:
+        notice(request, "ok", f"in effect: {change.in_effect}")
     notice(request, "ok" if answer.get("ok") else "error", reload_words(answer))
     raise redirect("/partners")
 

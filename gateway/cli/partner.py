@@ -2,7 +2,8 @@
 
 Mirrors New-/Set-/Get-/Remove-CsXmppAllowedPartner. An invalid (tls, sasl, dialback)
 combination is refused with the negotiation matrix's words and exit status 2, and the file
-is left untouched; a valid one prints the matrix's warnings.
+is left untouched; a valid one prints the matrix's warnings, then what the entry means on
+the wire ("in effect", gateway/policy/outcome.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from gateway.config.partner_changes import (
     update_partner,
 )
 from gateway.policy.negotiation import Support
+from gateway.policy.outcome import in_effect
 
 SUPPORTS = [s.value for s in Support]
 TYPES = [t.value for t in PartnerType]
@@ -44,7 +46,7 @@ def register(subparsers: Any) -> None:
 
     def policy_options(p: argparse.ArgumentParser, *, creating: bool) -> None:
         p.add_argument("--type", choices=TYPES, required=creating,
-                       help="contact rules (GATEWAY-SPEC §3)")
+                       help="contact rules (docs/configuration.md, Partner types)")
         p.add_argument("--tls", choices=SUPPORTS, help="STARTTLS" + (
             " (default optional)" if creating else ""))
         p.add_argument("--sasl", choices=SUPPORTS, help="SASL EXTERNAL with certificates, "
@@ -91,6 +93,8 @@ def _report(change: PartnerChange) -> int:
         print(change.message)
         for warning in change.warnings:
             print(f"warning: {warning}")
+        if change.in_effect:
+            print(f"in effect: {change.in_effect}")
     else:
         print(change.error, file=sys.stderr)
     return change.status
@@ -119,7 +123,8 @@ def _describe(policy: PartnerPolicy) -> dict[str, Any]:
             "type": str(policy.partner_type), "tls": str(policy.tls), "sasl": str(policy.sasl),
             "dialback": policy.dialback, "description": policy.description,
             "permitted_methods": [str(m) for m in policy.negotiation.methods],
-            "warnings": list(policy.negotiation.warnings)}
+            "warnings": list(policy.negotiation.warnings),
+            "in_effect": in_effect(policy.negotiation)}
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -684,9 +684,12 @@ def config_warnings(config: GatewayConfig) -> list[str]:
     for partner in config.partners:
         for text in partner.negotiation.warnings:
             warnings.append(f"partner {partner.primary_domain}: {text}")
-    if not config.dialback.secret:
-        warnings.append("dialback.secret is empty: a random secret is made at each start, so "
-                        "several nodes of this gateway cannot verify each other's keys")
+    if not config.dialback.secret and config.store.url:
+        # A lone node verifies its own keys whatever the secret; only nodes sharing a store
+        # (the same domains) must agree on it.
+        warnings.append("dialback.secret is empty while store.url makes this node one of "
+                        "several: each node makes a random secret at start, so they cannot "
+                        "verify each other's dialback keys; give every node the same secret")
     if not config.tls.use_system_cas and config.tls.ca_file is None:
         warnings.append("tls.use_system_cas is false and no tls.ca_file is set: no peer "
                         "certificate can verify, SASL EXTERNAL will never be used")

@@ -5,7 +5,8 @@ so an operator reads the same words in the terminal and in the browser: an inval
 (tls, sasl, dialback) combination is refused in the negotiation matrix's own words
 (:func:`gateway.policy.negotiation.negotiate`) before the file is touched, the edit itself
 goes through :mod:`gateway.config.editor` (comment-preserving, validated, atomic), and a
-valid result carries the matrix's warnings. Nothing here prints: a :class:`PartnerChange`
+valid result carries the matrix's warnings and what the entry means on the wire
+(:func:`gateway.policy.outcome.in_effect`). Nothing here prints: a :class:`PartnerChange`
 says what to show and with which exit status.
 """
 
@@ -28,7 +29,8 @@ class PartnerChange:
 
     status: int  # DONE, FAILED (not found, I/O, concurrent edit) or REFUSED (invalid)
     message: str = ""
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # the matrix's notes, verbatim
+    in_effect: str = ""  # what the entry means on the wire (gateway.policy.outcome)
     error: str = ""
 
     @property
@@ -56,10 +58,12 @@ def partner_domain(text: str) -> str:
 
 
 def _done(verb: str, policy: PartnerPolicy | None) -> PartnerChange:
+    from gateway.policy.outcome import in_effect
+
     assert policy is not None
     return PartnerChange(DONE, f"{verb} {policy.primary_domain}: permits "
                          f"{policy.negotiation.methods_text}",
-                         tuple(policy.negotiation.warnings))
+                         tuple(policy.negotiation.warnings), in_effect(policy.negotiation))
 
 
 def _edit(path: Path, action: Callable[[], PartnerChange]) -> PartnerChange:

@@ -27,7 +27,7 @@ from gateway.sip.message import SipRequest, SipResponse, unique_token
 from gateway.sip.parties import Refused, request_parties
 from gateway.sip.stanzas import BODY, chat_message, error_condition
 from gateway.sip.transaction import RequestReceived
-from gateway.xmpp.errors import make_error_reply
+from gateway.xmpp.errors import make_error_reply, parse_error_child
 from gateway.xmpp.jid import Jid
 from gateway.xmpp.xml import XmlCharacterError, XmlOutputError, check_element
 
@@ -110,8 +110,12 @@ class MessageRelay:
         contact = Jid.parse(stanza.get("from", "")).bare
         text = stanza.findtext(BODY) or ""
         note = f"[message to {contact} not delivered: {condition}]"
+        # The error's own words (RFC 6120 §8.3.2 <text/>): which policy, which failure.
+        reason = parse_error_child(stanza)[1]
+        if reason:
+            note += f" {reason}" + ("" if reason.endswith(".") else ".")
         if text:
-            note += f" {text}"
+            note += f" Your message: {text}" if reason else f" {text}"
         log_event(log, logging.INFO, "sip.delivery_failure_notice", recipient=local_user,
                   contact=contact, condition=condition)
         self.endpoint.send(self.request_to(local_user, contact, note), _ignore)

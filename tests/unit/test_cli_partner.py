@@ -199,7 +199,10 @@ def test_show(config: Path, capsys) -> None:
         "description": "Example partner: a local Prosody",
         "permitted_methods": ["SASL over TLS", "TLS Dialback", "TCP Dialback"],
         "warnings": ["SASL requires TLS. Allowing TLS to be optional may result in failed "
-                     "session negotiations."]}
+                     "session negotiations."],
+        "in_effect": "this partner will use SASL EXTERNAL over TLS (certificates must verify "
+                     "both ways) when it can, else dialback over TLS, and unencrypted TCP "
+                     "dialback when it offers no TLS"}
 
 
 def test_list_is_an_aligned_table(config: Path, capsys) -> None:

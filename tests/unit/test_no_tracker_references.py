@@ -30,8 +30,6 @@ PENDING = {
     "gateway/backend.py", "gateway/cluster.py", "gateway/daemon.py", "gateway/router.py",
     "gateway/net/federation.py", "gateway/store/authorizations.py",
     "gateway/store/membership.py", "gateway/store/schema.py",
-    "gateway/cli/cert.py", "gateway/cli/cluster.py", "gateway/cli/contacts.py",
-    "gateway/cli/partner.py",
     "gateway/sip/backend.py", "gateway/sip/development.py", "gateway/sip/endpoint.py",
     "gateway/sip/messaging.py", "gateway/sip/notifying.py", "gateway/sip/transport.py",
     "gateway/sip/watching.py",
