@@ -26,6 +26,7 @@ from gateway.config.partner_changes import (
     remove_partner,
     update_partner,
 )
+from gateway.policy.outcome import in_effect
 
 TYPES, SUPPORTS = list(TYPE_VALUES), list(SUPPORT_VALUES)
 
@@ -44,7 +45,8 @@ def _row(policy: PartnerPolicy) -> dict[str, Any]:
             "type": str(policy.partner_type), "tls": str(policy.tls),
             "sasl": str(policy.sasl), "dialback": "true" if policy.dialback else "false",
             "description": policy.description, "methods": policy.negotiation.methods_text,
-            "warnings": list(policy.negotiation.warnings)}
+            "warnings": list(policy.negotiation.warnings),
+            "in_effect": in_effect(policy.negotiation)}
 
 
 def _blank() -> dict[str, Any]:
