@@ -106,6 +106,10 @@ class Metrics:
         self.queue_limit = Gauge("xmpp_gateway_queue_limit", "limits.max_queue_per_domain: "
                                  "the bound of one domain's queue", registry=r)
         self._server: Any = None
+        # The tallies by the name callers count them under (count("bounces", peer)):
+        # every Tally made above, without a second list to keep in step.
+        self._tallies = {value.name.removeprefix("xmpp_gateway_"): value
+                         for value in vars(self).values() if isinstance(value, Tally)}
 
     def watch(self, queued: Callable[[], int], streams: Callable[[], int],
               largest: Callable[[], int] | None = None,
@@ -162,8 +166,9 @@ class Metrics:
             gauge.set_function(lambda key=key: float(figures().get(key) or 0))
 
     def count(self, what: str, label: str) -> None:
-        tally = getattr(self, what, None)
-        if isinstance(tally, Tally):
+        """Add one to the tally ``what`` (an unknown name counts nothing)."""
+        tally = self._tallies.get(what)
+        if tally is not None:
             tally.inc(label)
 
     def session_authenticated(self, direction: str, method: str) -> None:

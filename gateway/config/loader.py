@@ -391,6 +391,22 @@ class _Checker:
         known = self._specs[cls] = _Spec(converters, tuple(required), names)
         return known
 
+    def _syntax(self, name: str) -> Converter:
+        """The converter a :class:`Syntax` check names (a table, not an attribute lookup:
+        a misspelt name fails here, listing the known ones)."""
+        converters: dict[str, Converter] = {
+            "served_domains": self.served_domains, "domain": self.domain,
+            "located_domains": self.located_domains, "nameservers": self.nameservers,
+            "networks": self.networks, "names": self.names,
+            "database_url": self.database_url, "node_id": self.node_id,
+            "listen": self.listen, "per_domain": self.per_domain, "partners": self.partners,
+            "host_port": self.host_port}
+        try:
+            return converters[name]
+        except KeyError:
+            raise TypeError(f"unknown syntax {name!r} (known: {', '.join(converters)})") \
+                from None
+
     def converter(self, hint: Any, check: Check | None, where: str) -> Converter:
         """How a value of type ``hint`` is read: the field's own check if it declares
         one, else the one its type implies (see :mod:`gateway.config.fields`)."""
@@ -399,8 +415,7 @@ class _Checker:
         if isinstance(check, Choice):
             return self.choice(check.values)
         if isinstance(check, Syntax):
-            method: Converter = getattr(self, check.name)
-            return method
+            return self._syntax(check.name)
         if check is not None:
             raise TypeError(f"{where}: unknown check {check!r}")
         args = typing.get_args(hint)

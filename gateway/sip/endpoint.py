@@ -91,13 +91,16 @@ class SipEndpoint:
         self._started = False
         self.on_tick: Callable[[float], None] | None = None  # once a second
         self.on_misrouted: Callable[[], None] | None = None
-        # Overload (RFC 3261 §21.5.4, §8.2.7): while ``shedding`` (set by the backend when
-        # the XMPP side is congested) or our own backlog is over its bound, each UDP
+        # Overload (RFC 3261 §21.5.4): while ``shedding`` (set by the backend when
+        # the XMPP side is congested), while the UDP socket is backlogged (the gateway
+        # reads slower than datagrams arrive: transport.py) or while our own backlog
+        # toward the proxy is over its bound, each UDP
         # request is first read only as far as answering it needs (read_head) and asked
-        # of ``shed``: a Retry-After in seconds means "answer 503 now, statelessly",
+        # of ``shed``: a Retry-After in seconds means "answer 503 now",
         # None means "handle it in full". Answering at a few µs instead of a full parse
-        # and a transaction keeps the socket read while the burst lasts, instead of
-        # leaving it to the kernel to drop what does not fit its buffer.
+        # and the request's handling keeps the socket read while the burst lasts, instead
+        # of leaving it to the kernel to drop what does not fit its buffer. The answer is
+        # kept for Timer J like any other (TransactionLayer.answer_unread).
         self.shedding = False
         self.shed: Callable[[RequestHead], int | None] | None = None
         self.shed_answers = 0
@@ -248,7 +251,8 @@ class SipEndpoint:
     # ------------------------------------------------------------------ receiving
 
     def _on_bytes(self, data: bytes, flow: Flow, peer: tuple[str, int]) -> None:
-        if (self.shedding or len(self.backlog) >= OVERLOAD_FACTOR * self.max_in_flight) \
+        if (self.shedding or self.transport.backlogged
+                or len(self.backlog) >= OVERLOAD_FACTOR * self.max_in_flight) \
                 and flow[0] == "udp" and self._shed(data, flow):
             return
         try:
@@ -273,9 +277,10 @@ class SipEndpoint:
             return False
         self.received += 1
         self.shed_answers += 1
-        self.transport.send(flow, head_answer(head, 503, "Service Unavailable",
-                                              to_tag=new_tag(),
-                                              extra=[("Retry-After", str(retry_after))]))
+        self.layer.answer_unread(head.transaction, flow, head_answer(
+            head, 503, "Service Unavailable", to_tag=new_tag(),
+            extra=[("Retry-After", str(retry_after))]), time.monotonic())
+        self._flush()
         return True
 
     def _refuse_malformed(self, exc: SipParseError, flow: Flow, peer: tuple[str, int]) -> None:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from gateway.config.model import SipSettings
 from gateway.logs import log_event
 
 log = logging.getLogger("gateway.sip.health")
@@ -27,6 +28,18 @@ TIMEOUT = 5.0
 class OptionsAnswer(Protocol):
     status: int
     reason: str
+
+
+def proxy_health(backend: object, settings: SipSettings) -> ProxyHealth | None:
+    """The monitor of the SIP backend's proxy; None for a backend without one (the
+    development backend serves its users in process)."""
+    from gateway.sip.backend import SipBackend
+
+    if not isinstance(backend, SipBackend):
+        return None
+    transport = backend.transport
+    return ProxyHealth(backend.options, f"{settings.proxy_host}:{settings.proxy_port}",
+                       settings.transport, lambda: transport.last_error or "")
 
 
 class ProxyHealth:

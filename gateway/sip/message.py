@@ -756,9 +756,9 @@ def read_head(data: bytes) -> RequestHead | None:
     read exactly (folded lines, a Via it cannot read, From/To/Call-ID/CSeq missing or
     twice): the caller then parses it in full.
 
-    For answering ``503`` while overloaded (RFC 3261 §21.5.4) as a stateless UAS (§8.2.7):
-    what arrives faster than it can be handled is answered at this cost instead of
-    waiting in the socket buffer until the kernel drops it."""
+    For answering ``503`` while overloaded (RFC 3261 §21.5.4) without handling the
+    request: what arrives faster than it can be handled is answered at this cost instead
+    of waiting in the socket buffer until the kernel drops it."""
     end = data.find(b"\r\n\r\n")
     if end < 0 or end > MAX_HEADER_BYTES:
         return None

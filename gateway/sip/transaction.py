@@ -213,6 +213,22 @@ class TransactionLayer:
                 self._server_deadlines.append((now + TIMER_J, transaction, answered))
         return True
 
+    def answer_unread(self, transaction: tuple[str, str, str], flow: Any, wire: bytes,
+                      now: float) -> bool:
+        """Answer finally a request known only by its transaction key (read from its head,
+        not parsed): kept for Timer J like any answered request, so that its
+        retransmissions get the same answer and are not taken up later (the sender, told
+        503, sends the request again as a new transaction: taken up as well, it would be
+        delivered twice). False when a transaction with that key exists."""
+        if transaction in self.servers:
+            return False
+        self.outbox.append((flow, wire))
+        if not self.reliable:
+            answered = (flow, wire)
+            self.servers[transaction] = answered
+            self._server_deadlines.append((now + TIMER_J, transaction, answered))
+        return True
+
     def answered(self, transaction: tuple[str, str, str]) -> bool:
         """Whether the server transaction sent its final response (and waits for Timer J)."""
         return type(self.servers.get(transaction)) is tuple

@@ -30,7 +30,7 @@ when we may (root/CAP_NET_ADMIN) so ``net.core.rmem_max`` does not cap it; what 
 kernel granted is logged, with a warning and the sysctl to fix it when it is less, and
 the socket's own drop counter (``/proc/net/udp``) is shown in ``status``.
 
-Trust (issue 13, :mod:`gateway.sip.trust`): bytes from a source outside
+Trust (:mod:`gateway.sip.trust`, docs/sip.md "Security"): bytes from a source outside
 :attr:`SipTransport.trust` never reach the parser's consumer. A request gets one ``403``
 (UDP: sent once, no transaction, so never retransmitted; TCP/TLS: then the connection is
 closed), anything else is dropped, and :attr:`SipTransport.on_refused` is told (log and
@@ -47,6 +47,7 @@ import logging
 import os
 import socket
 import ssl
+import struct
 import sys
 import time
 from collections import deque
@@ -62,6 +63,22 @@ log = logging.getLogger("gateway.sip.transport")
 
 PROXY_FLOW = ("tcp", 0)
 UDP_BATCH = 256  # datagrams read per readiness event
+# When the socket's receive queue holds more than BACKLOG_HIGH of its buffer (the gateway
+# reads slower than datagrams arrive: a flood, or a stall), what the buffer cannot hold
+# next is dropped by the kernel unanswered. Until the queue is back under BACKLOG_LOW each
+# batch then handles only UDP_FULL_WHEN_BACKLOGGED datagrams in full; beyond them the
+# transport is marked ``backlogged`` and new MESSAGE/SUBSCRIBEs are answered 503 +
+# Retry-After from their head at a fraction of the cost (gateway/sip/endpoint.py), so that
+# the socket is drained and what is read gets an answer. In-dialog requests, responses and
+# retransmissions of accepted requests are always handled in full. Judged on the queue's
+# depth (SO_MEMINFO, one system call per full batch), not on one full batch: a short stall
+# at a steady rate must not turn into 503s, whose retries would come back together.
+BACKLOG_HIGH, BACKLOG_LOW = 0.5, 0.25
+UDP_FULL_WHEN_BACKLOGGED = 64
+# Linux's SO_MEMINFO (asm-generic/socket.h), which Python's socket module does not name:
+# the socket's memory counters, among them the receive queue's bytes and the drop count.
+SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55 if sys.platform == "linux" else None)
+_MEMINFO = struct.Struct("9I")  # SK_MEMINFO_RMEM_ALLOC, _RCVBUF, ..., _DROPS (index 8)
 UDP_MAX_DATAGRAM = 65535
 VERDICT_CACHE_LIMIT = 4096
 DEFAULT_UDP_RECEIVE_BUFFER = 8 * 1024 * 1024
@@ -101,6 +118,7 @@ class _UdpEndpoint:
         self.flows: dict[Any, tuple[Flow, tuple[str, int]]] = {}
         self._reading = False
         self._deferred: list[tuple[bytes, tuple[str, int]]] = []
+        self.flooded = False  # the receive queue is deep: see BACKLOG_HIGH
         self.loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
@@ -122,10 +140,14 @@ class _UdpEndpoint:
         owner = self.owner
         recvfrom, on_message, admits = self.sock.recvfrom, owner.on_message, owner.admits
         flows = self.flows
-        for _ in range(UDP_BATCH):
+        full_until = UDP_FULL_WHEN_BACKLOGGED if self.flooded else UDP_BATCH
+        for count in range(UDP_BATCH):
+            if count == full_until:
+                owner.backlogged = True
             try:
                 data, addr = recvfrom(UDP_MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
+                self.flooded = owner.backlogged = False  # the queue is empty
                 return
             except OSError as exc:  # ICMP errors reported on the socket, e.g. refused
                 log_event(log, logging.DEBUG, "sip.udp_error", reason=str(exc))
@@ -145,6 +167,23 @@ class _UdpEndpoint:
                 on_message(data, known[0], known[1])
             except Exception as exc:  # the boundary: see the module docstring
                 owner.unexpected(exc, addr[:2], "datagram dropped")
+        # a full batch: is the queue deep enough to call it a flood (see BACKLOG_HIGH)?
+        memory = self.meminfo()
+        if memory is not None:
+            queued, limit = memory[0], memory[1]
+            self.flooded = queued > limit * (BACKLOG_LOW if self.flooded else BACKLOG_HIGH)
+        owner.backlogged = False
+
+    def meminfo(self) -> tuple[int, ...] | None:
+        """The socket's SK_MEMINFO counters (receive queue bytes, its limit, …, drops), or
+        None where the kernel does not report them."""
+        if SO_MEMINFO is None:
+            return None
+        try:
+            return _MEMINFO.unpack(self.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO,
+                                                        _MEMINFO.size))
+        except (OSError, struct.error):
+            return None
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         if self._reading:
@@ -296,6 +335,8 @@ class SipTransport:
         self.peer_names: tuple[str, ...] | None = None  # mutual TLS: names the peer needs
         self.on_refused: Refused | None = None
         self.on_malformed: Malformed | None = None
+        # UDP: the socket holds more than the gateway reads (see UDP_FULL_WHEN_BACKLOGGED)
+        self.backlogged = False
         self._verdicts: dict[str, bool] = {}  # source address → trusted (cache)
         self._malformed_log = RefusalLogBudget(MALFORMED_LOG_PER_SECOND)
         self.unexpected_errors = 0
@@ -303,7 +344,7 @@ class SipTransport:
         self._drops_reported_at = float("-inf")
         self._udp_inode = ""
 
-    # ------------------------------------------------------------------ trust (issue 13)
+    # ------------------------------------------------------------------ trust
 
     def set_trust(self, trust: SourceTrust | None) -> None:
         self.trust = trust
@@ -478,10 +519,14 @@ class SipTransport:
                   transport=self.kind)
 
     def udp_drops(self) -> int | None:
-        """Datagrams the kernel dropped at our socket because its buffer was full (the
-        ``drops`` column of /proc/net/udp for our socket's inode), None if unknown."""
+        """Datagrams the kernel dropped at our socket because its buffer was full
+        (SO_MEMINFO, or else the ``drops`` column of /proc/net/udp for our socket's
+        inode), None if unknown."""
         if self._udp is None:
             return None
+        memory = self._udp.meminfo()
+        if memory is not None:
+            return memory[8]
         if not self._udp_inode:
             try:
                 self._udp_inode = str(os.fstat(self._udp.sock.fileno()).st_ino)

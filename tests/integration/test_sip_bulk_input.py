@@ -18,7 +18,7 @@ import time
 import pytest
 
 from gateway.metrics import Metrics
-from gateway.sip.transport import MALFORMED_LOG_PER_SECOND
+from gateway.sip.transport import MALFORMED_LOG_PER_SECOND, UDP_FULL_WHEN_BACKLOGGED
 from tests.integration.test_sip_hostile_input import sip_request, status_of
 from tests.integration.test_sip_trust import (
     ATTACKER,
@@ -178,58 +178,79 @@ async def test_kernel_drops_at_the_sip_socket_are_warned_at_once_then_within_bud
     await asyncio.sleep(0)
 
 
-class Congested:
-    """The router's two answers the SIP side asks for: every XMPP domain congested."""
-
-    def __init__(self) -> None:
-        self.stanzas: list = []
-
-    def submit_local(self, stanza, on_decided) -> None:
-        self.stanzas.append(stanza)
-        if on_decided is not None:
-            on_decided()
-
-    def xmpp_congested(self, domain: str) -> bool:
-        return True
-
-
 async def test_overload_is_answered_503_from_the_head_without_state_but_not_retransmissions(
         ) -> None:
     """While the XMPP side is congested, 500 new MESSAGEs are each answered 503 +
-    Retry-After from their head (no transaction kept), and a retransmission of a request
-    accepted before the congestion gets its 202 again (never a 503 that would make the
-    sender send it twice)."""
-    async with sip_backend() as (backend, _recorder, _metrics):
-        router = Congested()
-        backend.attach_router(router)
+    Retry-After from their head (only the answer kept, for Timer J), a retransmission of
+    one gets the same 503 after the congestion ended (taken up now, it would arrive twice:
+    the sender, told 503, sends it again), and a retransmission of a request accepted
+    before the congestion gets its 202 again."""
+    async with sip_backend() as (backend, router, _metrics):
         loop = asyncio.get_running_loop()
         sender, collector = await loop.create_datagram_endpoint(Collector,
                                                                 local_addr=(PROXY, 0))
         source = sender.get_extra_info("sockname")[:2]
         target = backend.transport.local
         accepted = sip_request(source, "udp", uri="sip:bob@xmpp.example", domain=SIP_DOMAIN)
-        backend.input_paused(False)
-        backend._router = None  # not congested yet: the first one is accepted
+        backend.input_paused(False)  # not congested yet: the first one is accepted
         sender.sendto(accepted, target)
         async with asyncio.timeout(5):
             while not collector.answers:
                 await asyncio.sleep(0.01)
-        backend.attach_router(router)
+        router.congested = True
         backend.input_paused(True)  # the router's word: congested
+        shed = []
         for burst in range(10):
             for _ in range(50):
-                sender.sendto(sip_request(source, "udp", uri="sip:bob@xmpp.example",
-                                          domain=SIP_DOMAIN), target)
+                shed.append(sip_request(source, "udp", uri="sip:bob@xmpp.example",
+                                        domain=SIP_DOMAIN))
+                sender.sendto(shed[-1], target)
             async with asyncio.timeout(5):
                 while len(collector.answers) < 1 + 50 * (burst + 1):
                     await asyncio.sleep(0.005)
+        router.congested = False
+        backend.input_paused(False)  # the congestion is over
         sender.sendto(accepted, target)  # a retransmission of the accepted one
+        sender.sendto(shed[0], target)  # and of one answered 503
         async with asyncio.timeout(5):
-            while len(collector.answers) < 502:
+            while len(collector.answers) < 503:
                 await asyncio.sleep(0.005)
         sender.close()
         statuses = [status_of(a) for a in collector.answers]
-        assert statuses == [202] + [503] * 500 + [202]
+        assert statuses == [202] + [503] * 500 + [202, 503]
         assert all(b"\r\nRetry-After: 1\r\n" in a for a in collector.answers[1:501])
+        assert collector.answers[502] == collector.answers[1]  # the same answer again
         assert backend.endpoint.shed_answers == 500 == backend.busy_answers
-        assert len(backend.layer.servers) == 1  # the accepted one only: no state for 503s
+        assert len(backend.layer.servers) == 501 and all(
+            backend.layer.answered(key) for key in backend.layer.servers)
+
+
+async def test_a_flood_deeper_than_half_the_buffer_is_answered_from_the_head() -> None:
+    """1,000 MESSAGEs arrive while the gateway is busy (its loop held), filling more than
+    half its receive buffer: once it reads again, every datagram it reads is answered,
+    the first of each batch in full (202) and the rest 503 + Retry-After from the head
+    until the queue is back under a quarter, and what the kernel dropped is counted."""
+    async with sip_backend() as (backend, recorder, _metrics):
+        transport = backend.transport
+        transport.udp_receive_buffer = 512 * 1024
+        transport._raise_receive_buffer(transport._udp.sock)  # type: ignore[union-attr]
+        loop = asyncio.get_running_loop()
+        sender, collector = await loop.create_datagram_endpoint(Collector,
+                                                                local_addr=(PROXY, 0))
+        sender.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
+                                                   4 << 20)
+        source = sender.get_extra_info("sockname")[:2]
+        for _ in range(1000):  # nothing reads meanwhile: this coroutine holds the loop
+            sender.sendto(sip_request(source, "udp", uri="sip:bob@xmpp.example",
+                                      domain=SIP_DOMAIN), transport.local)
+        dropped = transport.udp_drops() or 0
+        async with asyncio.timeout(10):
+            while len(collector.answers) < 1000 - dropped:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        sender.close()
+        statuses = [status_of(a) for a in collector.answers]
+        assert len(statuses) == 1000 - dropped  # every datagram read was answered
+        assert statuses[:UDP_FULL_WHEN_BACKLOGGED] == [202] * UDP_FULL_WHEN_BACKLOGGED
+        assert statuses.count(503) == backend.endpoint.shed_answers > 0
+        assert recorder.queue.qsize() == statuses.count(202)
