@@ -267,7 +267,7 @@ class S2SService:
         started = time.monotonic()
         partner = self.partner_for(session.remote)
         if partner is None:
-            self._fail_session(session, "not-allowed", f"{session.remote} is no longer a partner")
+            self._unreachable(session, "not-allowed", f"{session.remote} is no longer a partner")
             return
         try:
             targets = await self.resolver.resolve_targets(session.remote)
@@ -275,7 +275,7 @@ class S2SService:
             timeout = isinstance(exc, DnsResolutionError) and exc.kind == "timeout"
             condition = "remote-server-timeout" if timeout else "remote-server-not-found"
             self._count("dns_failures", session.remote)
-            self._fail_session(session, condition, f"DNS: {exc}")
+            self._unreachable(session, condition, f"DNS: {exc}")
             return
         notes: list[str] = []
         loop = asyncio.get_running_loop()
@@ -328,9 +328,9 @@ class S2SService:
                 if not retry:
                     self._fail_session(session, condition, reason)
                     return
-        self._fail_session(session, "remote-server-not-found",
-                           "no target could be reached: " + "; ".join(notes)
-                           if notes else f"no targets for {session.remote}")
+        self._unreachable(session, "remote-server-not-found",
+                          "no target could be reached: " + "; ".join(notes)
+                          if notes else f"no targets for {session.remote}")
 
     async def _addresses(self, host: str) -> list[str]:
         import ipaddress
@@ -341,6 +341,12 @@ class S2SService:
         except ValueError:
             pass
         return list(await self.resolver.resolve_addresses(host))
+
+    def _unreachable(self, session: OutboundSession, condition: str, reason: str) -> None:
+        """The session failed before any stream negotiated (no partner, DNS, no target
+        answered): counted here; a failed negotiation is counted as its pair fails."""
+        self._count("s2s_failures", condition)
+        self._fail_session(session, condition, reason)
 
     def _fail_session(self, session: OutboundSession, condition: str, reason: str) -> None:
         session.failures += 1
@@ -436,6 +442,7 @@ class S2SService:
                   pair=f"{event.local_domain}->{event.remote_domain}",
                   condition=event.condition, reason=event.reason)
         self._count("refusals", event.reason.split(":")[0][:60])
+        self._count("s2s_failures", event.condition)
         session = self.sessions.get((event.local_domain, event.remote_domain))
         if session is None:
             return

@@ -347,16 +347,27 @@ async def test_federation_switch_applies_to_the_next_stanza(
            'contact=alice@a.example' in logged(caplog)
 
 
-async def test_the_overview_counts_traffic(gateway: Gateway) -> None:
+async def test_the_overview_counts_traffic_and_failures(gateway: Gateway) -> None:
+    """A message toward a partner whose DNS does not answer: bounced to its sender, and
+    one S2S session failure by its condition, on the overview and in the metrics."""
     url = base(gateway)
     backend = gateway.backend
-    await backend.inject(message("echo@gw.example/dev", "someone@a.example", "hi"))
+    await backend.inject(message("alice@gw.example/dev", "someone@a.example", "hi"))
+    bounce = await backend.next_delivered(15)
+    assert bounce.get("type") == "error"
+    failures = {k: v for k, v in gateway.parts.metrics.traffic()["s2s_failures"].items() if v}
+    assert list(failures.values()) == [1.0], failures
+    reason = next(iter(failures))
+    assert reason in ("remote-server-timeout", "remote-server-not-found")
     async with client() as session:
         await login(session, url)
         async with session.get(url + "/") as page:
             text = await page.text()
     assert "Stanzas per second, last 1 min" in text and "<polyline" in text
     assert "development backend" in text and "not part of a cluster" in text
+    assert re.search(r"Bounced to their sender</th><td>1<", text), text
+    assert re.search(rf"S2S session failures by reason</h3>\s*<table><tr><th>{reason}</th>"
+                     r"<td>1</td>", text), text
 
 
 async def test_sessions_end_when_the_account_goes(gateway: Gateway, tmp_path: Path) -> None:
