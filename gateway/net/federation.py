@@ -442,14 +442,17 @@ class S2SService:
                   pair=f"{event.local_domain}->{event.remote_domain}",
                   condition=event.condition, reason=event.reason)
         self._count("refusals", event.reason.split(":")[0][:60])
-        self._count("s2s_failures", event.condition)
         session = self.sessions.get((event.local_domain, event.remote_domain))
+        stream = conn.stream
+        retry = isinstance(stream, OutboundStream) and not stream.peer_header_received
+        attempt = session is not None and session.outcome is not None \
+            and not session.outcome.done() and session.attempt is conn
+        if not (attempt and retry):  # else the next target may still succeed
+            self._count("s2s_failures", event.condition)
         if session is None:
             return
-        if session.outcome is not None and not session.outcome.done() \
-                and session.attempt is conn:
-            stream = conn.stream
-            retry = isinstance(stream, OutboundStream) and not stream.peer_header_received
+        if attempt:
+            assert session.outcome is not None
             session.outcome.set_result((False, event.condition, event.reason, retry))
         elif session.connection is conn:
             self._bounce_queue(session, event.condition, event.reason)
