@@ -137,11 +137,13 @@ class Gateway:
             gateway=self, users=parts.store, traffic=parts.metrics,
             cluster=parts.store if parts.member is not None else None, proxy=parts.proxy,
             version=installed_version()), self.config.admin_web)
+        where = f"admin_web.listen {self.config.admin_web.listen}"
         try:
             await self.console.start()
-        except (OSError, ValueError) as exc:
-            raise StartupError(f"admin_web.listen {self.config.admin_web.listen}: "
-                               f"{getattr(exc, 'strerror', None) or exc}") from None
+        except OSError as exc:  # the port is taken, the address is not ours …
+            raise StartupError(f"{where}: {exc.strerror or exc}") from None
+        except ValueError as exc:  # the certificate or key cannot be loaded
+            raise StartupError(f"{where}: {exc}") from None
 
     def user_switch_changed(self, local_user: str) -> None:
         """The console changed a federation switch: the next stanza reads it anew."""

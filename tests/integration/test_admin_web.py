@@ -438,3 +438,23 @@ async def test_https_cookies_are_secure(tmp_path: Path) -> None:
             assert "max-age" in response.headers["Strict-Transport-Security"]
     finally:
         await gateway.stop()
+
+
+async def test_a_taken_port_is_a_clear_startup_error(tmp_path: Path) -> None:
+    from gateway.daemon import StartupError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = tmp_path / "gw.yaml"
+        path.write_text(CONFIG.format(s2s=free_port(kind=socket.SOCK_STREAM), web=port,
+                                      extra=""))
+        gateway = Gateway(load_config(path))
+        try:
+            with pytest.raises(StartupError) as failed:
+                await gateway.start()
+        finally:
+            await gateway.stop()
+    assert str(failed.value).startswith(f"admin_web.listen 127.0.0.1:{port}: ")
+    assert "already in use" in str(failed.value)
