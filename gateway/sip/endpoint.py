@@ -91,16 +91,16 @@ class SipEndpoint:
         self._started = False
         self.on_tick: Callable[[float], None] | None = None  # once a second
         self.on_misrouted: Callable[[], None] | None = None
-        # Overload (RFC 3261 §21.5.4): while ``shedding`` (set by the backend when
-        # the XMPP side is congested), while the UDP socket is backlogged (the gateway
-        # reads slower than datagrams arrive: transport.py) or while our own backlog
-        # toward the proxy is over its bound, each UDP
-        # request is first read only as far as answering it needs (read_head) and asked
-        # of ``shed``: a Retry-After in seconds means "answer 503 now",
-        # None means "handle it in full". Answering at a few µs instead of a full parse
-        # and the request's handling keeps the socket read while the burst lasts, instead
-        # of leaving it to the kernel to drop what does not fit its buffer. The answer is
-        # kept for Timer J like any other (TransactionLayer.answer_unread).
+        # Overload (RFC 3261 §21.5.4): while ``shedding`` (set by the backend when the
+        # XMPP side is congested), while the UDP socket is backlogged (the gateway reads
+        # slower than datagrams arrive: transport.py) or while our own backlog toward the
+        # proxy is over its bound, each UDP request is first read only as far as
+        # answering it needs (read_head) and asked of ``shed``: a Retry-After in seconds
+        # means "answer 503 now", None "handle it in full". Answering at a few µs
+        # instead of a full parse and the request's handling keeps the socket read while
+        # the burst lasts, instead of leaving it to the kernel to drop what does not fit
+        # its buffer. The answer is kept for Timer J like any other
+        # (TransactionLayer.answer_unread).
         self.shedding = False
         self.shed: Callable[[RequestHead], int | None] | None = None
         self.shed_answers = 0

@@ -176,9 +176,9 @@ class TransactionLayer:
     # ------------------------------------------------------------------ server side
 
     def _server_request(self, request: SipRequest, flow: Any) -> list[Event]:
-        via = request.top_via
+        branch, sent_by = request.via_key
         method = "INVITE" if request.method == "ACK" else request.method
-        key = (via.branch, via.sent_by, method)
+        key = (branch, sent_by, method)
         txn = self.servers.get(key)
         if request.method == "ACK":
             return []  # ACK for a non-2xx final answer to an INVITE (§17.2.1): absorbed
