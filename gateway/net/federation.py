@@ -350,14 +350,17 @@ class S2SService:
 
     def _unreachable(self, session: OutboundSession, condition: str, reason: str) -> None:
         """The session failed before any stream negotiated (no partner, DNS, no target
-        answered): counted here; a failed negotiation is counted as its pair fails."""
-        self._count("s2s_failures", condition)
-        self._fail_session(session, condition, reason)
+        answered): counted as an S2S failure, under the condition its stanzas bounce with
+        (a failed negotiation is counted as its pair fails)."""
+        self._fail_session(session, condition, reason, count=True)
 
-    def _fail_session(self, session: OutboundSession, condition: str, reason: str) -> None:
+    def _fail_session(self, session: OutboundSession, condition: str, reason: str, *,
+                      count: bool = False) -> None:
         session.failures += 1
         session.last_failure = reason
         condition, text = bounce_for(condition, reason, session.local, session.remote)
+        if count:
+            self._count("s2s_failures", condition)
         change = setting_to_change(session.remote, self.partner_for(session.remote), reason) \
             if condition == POLICY_VIOLATION else None
         log_event(log, logging.WARNING, "s2s.outbound_failed", peer=session.remote,
@@ -473,7 +476,8 @@ class S2SService:
         attempt = session is not None and session.outcome is not None \
             and not session.outcome.done() and session.attempt is conn
         if not (attempt and retry):  # else the next target may still succeed
-            self._count("s2s_failures", event.condition)
+            self._count("s2s_failures", bounce_for(event.condition, event.reason,
+                                                   event.local_domain, event.remote_domain)[0])
         if session is None:
             return
         if attempt:
