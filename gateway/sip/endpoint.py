@@ -50,7 +50,7 @@ from gateway.sip.transaction import (
     TransactionLayer,
     TransactionTimedOut,
 )
-from gateway.sip.transport import Flow, SipTransport
+from gateway.sip.transport import PROXY_FLOW, Flow, SipTransport
 
 log = logging.getLogger("gateway.sip")
 
@@ -83,6 +83,7 @@ class SipEndpoint:
         self.layer = TransactionLayer(reliable=self.transport.reliable)
         self.max_in_flight = max_in_flight
         self.backlog: deque[tuple[SipRequest, OnResponse]] = deque()
+        self._streamed: set[str] = set()  # branches of requests marked by over_stream
         self.on_request: RequestHandler = self._no_handler
         self._room = asyncio.Event()
         self._room.set()
@@ -170,7 +171,7 @@ class SipEndpoint:
         now = time.monotonic()
         while backlog and len(clients) < window:
             request, on_response = backlog.popleft()
-            self.layer.send_request(request, self.transport.proxy_flow, now, on_response)
+            self._start(request, on_response, now)
         if len(clients) > self.peak_in_flight:
             self.peak_in_flight = len(clients)
         if not backlog and len(clients) <= window - max(1, window // 4):
@@ -185,11 +186,32 @@ class SipEndpoint:
         if self.backlog or len(self.layer.clients) >= self.max_in_flight:
             self.backlog.append((request, on_response))
             return
-        self.layer.send_request(request, self.transport.proxy_flow, time.monotonic(),
-                                on_response)
+        self._start(request, on_response, time.monotonic())
         if len(self.layer.clients) > self.peak_in_flight:
             self.peak_in_flight = len(self.layer.clients)
         self._flush()
+
+    def _start(self, request: SipRequest, on_response: OnResponse, now: float) -> None:
+        """Over UDP, a request marked by :meth:`over_stream` goes on a TCP connection to
+        the proxy instead (RFC 3261 §18.1.1), as a reliable transaction."""
+        streamed = self._streamed
+        if streamed and request.branch in streamed:
+            streamed.discard(request.branch)
+            self.layer.send_request(request, PROXY_FLOW, now, on_response, reliable=True)
+        else:
+            self.layer.send_request(request, self.transport.proxy_flow, now, on_response)
+
+    def over_stream(self, request: SipRequest) -> bool:
+        """Mark ``request`` (made by :meth:`new_request`) to be sent over TCP although the
+        configured transport is UDP: its top Via names TCP, which is also what routes
+        its response back on that connection (RFC 3261 §18.2.2). False when the
+        transport is already a stream (nothing to do)."""
+        if self.transport.kind != "udp":
+            return False
+        via = request.get("via") or ""
+        request.set("via", "SIP/2.0/TCP " + via.removeprefix("SIP/2.0/UDP "))
+        self._streamed.add(request.branch)
+        return True
 
     def reply(self, event: RequestReceived, status: int, reason: str | None = None, *,
               to_tag: str = "", headers: Iterable[tuple[str, str]] = ()) -> None:
@@ -200,17 +222,18 @@ class SipEndpoint:
 
     def new_request(self, method: str, uri: str, sender: NameAddr | str,
                     recipient: NameAddr | str, contact: str | None = None, *,
-                    token: str = "") -> SipRequest:
+                    token: str = "", call_id: str = "") -> SipRequest:
         """An out-of-dialog request (RFC 3261 §8.1.1) with a fresh Call-ID and branch;
         ``sender``/``recipient`` as From/To values (a :class:`NameAddr` or its text);
-        ``token`` (from :func:`unique_token`) makes both when given."""
+        ``token`` (from :func:`unique_token`) makes both when given; ``call_id`` (unique
+        too) is the Call-ID's local part instead."""
         branch = BRANCH_MAGIC + token if token else new_branch()
         headers = [
             ("Via", f"{self._via_prefix}{branch};rport"),
             ("Max-Forwards", "70"),
             ("From", str(sender)),
             ("To", str(recipient)),
-            ("Call-ID", f"{token}@{self.transport.local[0]}" if token
+            ("Call-ID", f"{call_id or token}@{self.transport.local[0]}" if call_id or token
              else new_call_id(self.transport.local[0])),
             ("CSeq", f"1 {method}"),
         ]

@@ -76,7 +76,7 @@ def test_report_only_renders_a_report_without_runs(tmp_path: Path) -> None:
 
 # The process doing the relaying in each path (bench/relay.py PATHS).
 RELAYING = {"xmpp_sip": "gateway", "xmpp_xmpp": "prosody_b", "sip_xmpp": "gateway",
-            "xmpp_xmpp_back": "prosody_b"}
+            "xmpp_xmpp_back": "prosody_b", "xmpp_sip_chat": "gateway"}
 
 
 def test_bench_relay_smoke(tmp_path: Path) -> None:
@@ -86,6 +86,7 @@ def test_bench_relay_smoke(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "bench.run", "--only-relay", "--relay-rates", "500",
          "--relay-seconds", "0.5", "--relay-burst", "300", "--relay-storm", "50",
+         "--relay-chat-rates", "500", "--relay-chat-burst", "300",
          "--relay-direct-rate", "500", "--relay-direct-seconds", "0.5",
          "--relay-open-loop", "300", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=180, cwd=REPO)
