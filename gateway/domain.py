@@ -1,4 +1,4 @@
-"""Domain names as XMPP compares them: one canonical text form per domain.
+"""Domain names as the gateway keys and compares them: one canonical text form per domain.
 
 RFC 7622 §3.2 (XMPP address format, domainpart): a domainpart is an IP literal, an IPv4
 address or a fully qualified domain name; internationalised names are compared in their
@@ -6,10 +6,14 @@ IDNA2008 U-label form (non-ASCII labels as Unicode, lower case), with one traili
 removed (§3.2, "the trailing dot ... MUST be stripped"). UTS #46 mapping (non-transitional)
 turns user input such as ``Bücher.Example.`` or ``xn--bcher-kva.example`` into that form.
 
-Everything that keys on a domain — the partner index, the served-domain check, stream
-headers (``from``/``to``), dialback — calls :func:`normalize_domain`, so one domain always
-has one spelling. It runs on every stream header, hence the cache and the ASCII fast path
-(the common case: already-lower-case LDH names skip the IDNA machinery entirely).
+Everything that keys on or compares a domain — the partner index, the served-domain check,
+stream headers (``from``/``to``), dialback, JIDs (:class:`gateway.xmpp.jid.Jid`) whether
+they arrive over XMPP or are mapped from SIP URIs (whose hosts are usually A-labels), the
+authorization store — calls :func:`normalize_domain`, so one domain always has one
+spelling and one store key. Where the wire wants ASCII (certificates compare A-labels,
+RFC 6125 §6.4.2), :func:`to_a_labels` converts that one form. Normalising runs on every stream
+header and JID, hence the cache and the ASCII fast path (the common case:
+already-lower-case LDH names skip the IDNA machinery entirely).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from functools import lru_cache
 
 import idna
 
-__all__ = ["DomainError", "normalize_domain"]
+__all__ = ["DomainError", "normalize_domain", "to_a_labels"]
 
 MAX_DOMAIN_OCTETS = 253  # RFC 1035 §2.3.4: 255 on the wire = 253 in dotted text form
 MAX_LABEL_OCTETS = 63
@@ -128,3 +132,15 @@ def normalize_domain(text: str) -> str:
     if name.endswith("."):
         raise DomainError("empty label (more than one trailing dot)")
     return _idna_u_label_form(name)
+
+
+@lru_cache(maxsize=4096)
+def to_a_labels(text: str) -> str:
+    """The domain ``text`` in its canonical form (:func:`normalize_domain`) with each
+    non-ASCII label as its A-label (``Bücher.example`` → ``xn--bcher-kva.example``), for
+    the places that need ASCII: certificate names (RFC 6125 §6.4.2) and DNS. IP literals
+    are returned as :func:`normalize_domain` gives them. Raises :class:`DomainError`."""
+    canonical = normalize_domain(text)
+    if canonical.isascii():
+        return canonical
+    return idna.encode(canonical, uts46=False).decode("ascii")

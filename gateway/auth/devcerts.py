@@ -36,7 +36,7 @@ from gateway.auth.identity import (
     ID_ON_DNSSRV,
     ID_ON_XMPPADDR,
     InvalidDomainError,
-    normalize_domain,
+    a_label_domain,
 )
 
 __all__ = [
@@ -130,7 +130,7 @@ def to_a_label(domain: str) -> str:
     with UTS #46 mapping, so ``Bücher.example`` becomes ``xn--bcher-kva.example``.
     """
     try:
-        return normalize_domain(domain)
+        return a_label_domain(domain)
     except InvalidDomainError as exc:
         raise CertificateBuildError(str(exc)) from exc
 

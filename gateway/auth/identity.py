@@ -32,9 +32,11 @@ import datetime as dt
 import re
 from dataclasses import dataclass, field
 
-import idna
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
+
+from gateway.domain import DomainError, to_a_labels
+from gateway.xmpp.jid import Jid, JidError
 
 #: id-on-xmppAddr, RFC 6120 §13.7.1.4.
 ID_ON_XMPPADDR = ObjectIdentifier("1.3.6.1.5.5.7.8.5")
@@ -47,7 +49,6 @@ XMPPS_SERVER_SERVICE = "_xmpps-server"  # XEP-0368 direct TLS
 _TAG_UTF8STRING = 0x0C
 # RFC 1123 §2.1 letter-digit-hyphen label (A-labels included); no leading/trailing hyphen.
 _LDH_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_MAX_DOMAIN_LENGTH = 253
 _TAG_IA5STRING = 0x16
 
 
@@ -55,27 +56,24 @@ class InvalidDomainError(ValueError):
     """A name that is not a valid (internationalized) domain name."""
 
 
-def normalize_domain(name: str) -> str:
-    """``name`` as a lower-case A-label domain without a trailing dot.
+def a_label_domain(name: str) -> str:
+    """``name`` as a lower-case A-label domain without a trailing dot, the form in which
+    certificates' names are compared (RFC 6125 §6.4.2).
 
-    A leading ``*.`` label is kept (for presented wildcards). Raises
-    :class:`InvalidDomainError` for names IDNA 2008 rejects.
+    It is the gateway's one domain normal form (:func:`gateway.domain.normalize_domain`)
+    written in A-labels, so a certificate is checked against exactly the domain the
+    partner index and the JIDs name. A leading ``*.`` label is kept (for presented
+    wildcards). Raises :class:`InvalidDomainError` for names IDNA 2008 rejects and for
+    IP addresses in brackets (not DNS names).
     """
-    name = name.strip().rstrip(".")
+    name = name.strip()
     if name.startswith("*."):
-        return "*." + normalize_domain(name[2:])
-    if not name:
-        raise InvalidDomainError("empty domain name")
-    if name.isascii():
-        ascii_name = name.lower()
-    else:
-        try:
-            ascii_name = idna.encode(name, uts46=True).decode("ascii")
-        except idna.IDNAError as exc:
-            raise InvalidDomainError(f"invalid domain name {name!r}: {exc}") from exc
-    if len(ascii_name) > _MAX_DOMAIN_LENGTH or not all(
-        _LDH_LABEL.fullmatch(label) for label in ascii_name.split(".")
-    ):
+        return "*." + a_label_domain(name[2:])
+    try:
+        ascii_name = to_a_labels(name)
+    except DomainError as exc:
+        raise InvalidDomainError(f"invalid domain name {name!r}: {exc}") from None
+    if not all(_LDH_LABEL.fullmatch(label) for label in ascii_name.split(".")):
         raise InvalidDomainError(
             f"invalid domain name {name!r}: labels must be 1-63 letters, digits or hyphens"
         )
@@ -84,9 +82,21 @@ def normalize_domain(name: str) -> str:
 
 def _try_normalize(name: str) -> str | None:
     try:
-        return normalize_domain(name)
+        return a_label_domain(name)
     except InvalidDomainError:
         return None
+
+
+def _xmpp_addr_domain(text: str) -> str | None:
+    """The A-label domain an id-on-xmppAddr names when it is a server's JID (a domainpart
+    alone, RFC 6120 §13.7.1.4), else None: a user's or resource's JID names no server."""
+    try:
+        jid = Jid.parse(text)
+    except JidError:
+        return None
+    if jid.local or jid.resource:
+        return None
+    return _try_normalize(jid.domain)
 
 
 # --------------------------------------------------------------------------- extraction
@@ -254,8 +264,7 @@ def dns_name_matches(presented: str, reference: str) -> bool:
 
 
 def _exact_matches(presented: str, reference: str) -> bool:
-    """SRV-ID / xmppAddr comparison: no wildcards at all (RFC 6125 §6.5.1, RFC 6120
-    §13.7.1.4 defines no wildcard syntax for xmppAddr)."""
+    """SRV-ID comparison: no wildcards at all (RFC 6125 §6.5.1)."""
     if "*" in presented:
         return False
     return _try_normalize(presented) == reference
@@ -292,7 +301,7 @@ def check_identity(
     """
     ids = presented_identities(cert)
     try:
-        reference = normalize_domain(domain)
+        reference = a_label_domain(domain)
     except InvalidDomainError as exc:
         return IdentityCheck(False, domain, f"cannot check identity: {exc}", presented=ids)
     if "*" in reference:
@@ -311,7 +320,7 @@ def check_identity(
             if _exact_matches(name, reference):
                 return _matched(domain, f"{service}.{name}", "SRV-ID", ids)
     for name in ids.xmpp_addrs:
-        if _exact_matches(name, reference):
+        if _xmpp_addr_domain(name) == reference:
             return _matched(domain, name, "xmppAddr", ids)
     if not ids.has_san_identifiers:
         for name in ids.common_names:

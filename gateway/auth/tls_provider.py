@@ -18,11 +18,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from OpenSSL import SSL
-from OpenSSL._util import lib as _openssl
 
 from gateway.auth.identity import check_identity, describe_verify_error
 from gateway.config.model import CertificateFiles, TlsSettings
 from gateway.domain import DomainError, normalize_domain
+from gateway.xmpp.openssl_internals import OpenSslInternalsError, self_test, set_groups
 from gateway.xmpp.stream import CertificateVerdict
 from gateway.xmpp.tls import PeerCertificate, TlsEngine, install_verify_callback
 
@@ -43,15 +43,12 @@ def _base_context(settings: TlsSettings) -> SSL.Context:
     # Free each connection's ~34 KiB of TLS record buffers while it is idle: most S2S
     # sessions are idle most of the time (issue: memory per idle session).
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)
-    if settings.groups:
-        # The key share of the group used stays in the connection until it is freed: with
-        # OpenSSL 3.5+'s default X25519MLKEM768 about 8 KiB per session, 0.1 with X25519
-        # (docs/performance.md). pyOpenSSL has no setter; SSL_CTX_set1_groups_list is
-        # the macro behind SSL_CTX_set1_curves_list.
-        names = ":".join(settings.groups).encode("ascii", "replace")
-        if _openssl.SSL_CTX_set1_curves_list(context._context, names) != 1:
-            raise TlsConfigError(f"tls.groups: OpenSSL does not know all of "
-                                 f"{', '.join(settings.groups)}")
+    # The key share of the group used stays in the connection until it is freed: with
+    # OpenSSL 3.5+'s default X25519MLKEM768 about 8 KiB per session, 0.1 with X25519
+    # (docs/performance.md). pyOpenSSL has no setter (see openssl_internals).
+    if settings.groups and not set_groups(context, settings.groups):
+        raise TlsConfigError(f"tls.groups: OpenSSL does not know all of "
+                             f"{', '.join(settings.groups)}")
     try:
         if settings.use_system_cas:
             context.set_default_verify_paths()
@@ -83,6 +80,10 @@ class OpenSslTlsProvider:
     """A :class:`gateway.xmpp.tls.TlsProvider` over pyOpenSSL contexts."""
 
     def __init__(self, settings: TlsSettings, served_domains: tuple[str, ...] = ()) -> None:
+        try:
+            self_test()  # once per process: the OpenSSL internals TLS relies on are there
+        except OpenSslInternalsError as exc:
+            raise TlsConfigError(str(exc)) from None
         self.settings = settings
         default = CertificateFiles(settings.certificate, settings.key)
         self._available = Path(default.certificate).is_file() and Path(default.key).is_file()

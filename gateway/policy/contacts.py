@@ -87,11 +87,6 @@ class SideEffect(StrEnum):
     REVOKE_AUTHORIZATION = "revoke-authorization"
 
 
-class Direction(StrEnum):
-    INBOUND = "inbound"  # XMPP contact → local user
-    OUTBOUND = "outbound"  # local user → XMPP contact
-
-
 @dataclass(frozen=True, slots=True)
 class ContactDecision:
     """The outcome of the contact rules for one stanza."""

@@ -12,8 +12,16 @@ part may hold, so a mapping must escape in both directions and round-trip:
 * SIP → XMPP (RFC 7247 §5.3): the user part is percent-decoded and the characters a JID
   localpart must not contain are XEP-0106-escaped.
 
-Domains are compared case-insensitively (RFC 7622 §3.2, RFC 3261 §19.1.4), so they are
-lowered; localparts keep their case here, case folding belongs to the stores that compare.
+JIDs are :class:`gateway.xmpp.jid.Jid`, the gateway's one JID type: building one from a
+SIP address enforces RFC 7622 (PRECIS localpart and resourcepart, the domain in its one
+normal form; localparts are case-mapped, so ``sip:Alice@…`` and ``sip:alice@…`` are one
+XMPP user, as RFC 7622 §3.3 compares them), so a SIP user name that no XMPP server would
+accept — a control character,
+a symbol PRECIS forbids — fails there with :class:`~gateway.xmpp.jid.JidError` naming
+the character, and the request can be refused (400) instead of sending a ``jid-malformed``
+address across S2S. SIP URIs carry hosts as ASCII (RFC 3261 §25.1), so an
+internationalised domain goes into a SIP URI as its A-labels and comes back as the JID's
+U-labels.
 
 The XMPP resource of a SIP user is taken from a GRUU ``gr`` parameter when the SIP side
 offers one (RFC 7247 §5.3 maps GRUUs to resources), else :data:`DEFAULT_RESOURCE`.
@@ -22,8 +30,10 @@ offers one (RFC 7247 §5.3 maps GRUUs to resources), else :data:`DEFAULT_RESOURC
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from urllib.parse import quote, unquote
+
+from gateway.domain import DomainError, normalize_domain, to_a_labels
+from gateway.xmpp.jid import Jid
 
 DEFAULT_RESOURCE = "sip"
 
@@ -48,52 +58,6 @@ _SIP_USER_SAFE = "-_.!~*'()&=+$,;?/"
 
 class AddressError(ValueError):
     """A string that is not a usable JID or SIP URI for this gateway."""
-
-
-@dataclass(frozen=True, slots=True)
-class Jid:
-    """A parsed JID (RFC 7622 §3.1 structure; no PRECIS enforcement here)."""
-
-    local: str
-    domain: str
-    resource: str = ""
-
-    @property
-    def bare(self) -> str:
-        return f"{self.local}@{self.domain}" if self.local else self.domain
-
-    @property
-    def full(self) -> str:
-        return f"{self.bare}/{self.resource}" if self.resource else self.bare
-
-    def __str__(self) -> str:
-        return self.full
-
-
-@lru_cache(maxsize=65536)  # the same few addresses, parsed for every stanza; Jid is frozen
-def parse_jid(text: str) -> Jid:
-    """Split ``local@domain/resource`` (RFC 7622 §3.1: the first ``/`` starts the resource,
-    the ``@`` before it ends the localpart). Domain is lowered."""
-    if not text:
-        raise AddressError("empty JID")
-    rest, slash, resource = text.partition("/")
-    if slash and not resource:
-        raise AddressError(f"JID {text!r} has an empty resource")
-    local, at, domain = rest.rpartition("@")
-    if not at:
-        local, domain = "", rest
-    elif not local:
-        raise AddressError(f"JID {text!r} has an empty localpart")
-    if not domain or domain.startswith(".") or ".." in domain:
-        raise AddressError(f"JID {text!r} has no valid domain")
-    if "@" in local:
-        raise AddressError(f"JID {text!r} has more than one '@' before the resource")
-    return Jid(local, domain.rstrip(".").lower(), resource)
-
-
-def bare_jid(text: str) -> str:
-    """The bare form of a JID string, with the domain lowered."""
-    return parse_jid(text).bare
 
 
 def escape_localpart(raw: str) -> str:
@@ -134,28 +98,40 @@ class SipAddress:
     gruu: str = ""
 
     @property
+    def domain(self) -> str:
+        """The host in the gateway's one domain form (:func:`normalize_domain`: U-labels),
+        for comparing with served domains and keying; the host as written when it is not
+        a domain name at all (then it matches none)."""
+        try:
+            return normalize_domain(self.host)
+        except DomainError:
+            return self.host
+
+    @property
     def uri(self) -> str:
         """``sip:user@host`` with the user percent-encoded (RFC 3261 §25.1)."""
         return f"sip:{quote(self.user, safe=_SIP_USER_SAFE)}@{self.host}"
 
 
 def jid_to_sip(jid: str | Jid) -> SipAddress:
-    """RFC 7247 §5.2: ``user@domain[/resource]`` → ``sip:user@domain``."""
-    parsed = jid if isinstance(jid, Jid) else parse_jid(jid)
+    """RFC 7247 §5.2: ``user@domain[/resource]`` → ``sip:user@domain`` (the domain in
+    A-labels). Raises :class:`JidError` for text that is not a JID."""
+    parsed = jid if isinstance(jid, Jid) else Jid.parse(jid)
     if not parsed.local:
         raise AddressError(f"JID {parsed.full!r} has no localpart; it names a server")
-    return SipAddress(unescape_localpart(parsed.local), parsed.domain)
+    return SipAddress(unescape_localpart(parsed.local), to_a_labels(parsed.domain))
 
 
 def sip_to_jid(address: SipAddress, *, resource: str | None = None) -> Jid:
     """RFC 7247 §5.3: ``sip:user@host`` → ``user@host/resource``; the GRUU, when present,
     becomes the resource, else ``resource`` (default :data:`DEFAULT_RESOURCE`); pass
-    ``resource=""`` for a bare JID."""
+    ``resource=""`` for a bare JID. Raises :class:`JidError` (with the part and the
+    reason) when the result is not a valid JID."""
     if not address.user:
         raise AddressError(f"SIP address {address.uri!r} has no user part")
     if resource is None:
         resource = address.gruu or DEFAULT_RESOURCE
-    return Jid(escape_localpart(address.user), address.host.lower(), resource)
+    return Jid(escape_localpart(address.user), address.host, resource)
 
 
 def parse_sip_uri(uri: str) -> SipAddress:

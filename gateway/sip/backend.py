@@ -34,9 +34,10 @@ from typing import Any
 from xml.etree.ElementTree import Element
 
 from gateway.backend import DeliveryError, StanzaSink
+from gateway.domain import normalize_domain
 from gateway.logs import log_event
 from gateway.sip import tls as sip_tls
-from gateway.sip.addresses import AddressError, parse_jid
+from gateway.sip.addresses import AddressError
 from gateway.sip.endpoint import DEFAULT_MAX_IN_FLIGHT, SipEndpoint
 from gateway.sip.message import NameAddr, SipResponse, new_tag
 from gateway.sip.messaging import MessageRelay
@@ -46,6 +47,7 @@ from gateway.sip.stanzas import IQ, MESSAGE, PRESENCE, error_condition
 from gateway.sip.transaction import RequestReceived
 from gateway.sip.trust import RefusalLogBudget, SourceTrust, resolve_addresses
 from gateway.sip.watching import SipPresenceWatches
+from gateway.xmpp.jid import Jid, JidError
 
 log = logging.getLogger("gateway.sip")
 
@@ -72,7 +74,7 @@ class SipBackend:
                  trusted_sources: Iterable[str] = (),
                  peer_names: tuple[str, ...] | None = None,
                  trust_asserted_identity: bool = False) -> None:
-        self.domains = frozenset(d.lower() for d in domains)
+        self.domains = frozenset(normalize_domain(d) for d in domains)
         if not self.domains:
             raise ValueError("the SIP backend needs at least one served domain")
         self.endpoint = SipEndpoint(transport=transport, proxy=proxy, local=local,
@@ -334,7 +336,7 @@ class SipBackend:
         overloaded = self.endpoint.overloaded
         if not overloaded and self._router is not None and event.flow[0] == "udp":
             try:
-                domain = sip_address(event.request.uri).host
+                domain = sip_address(event.request.uri).domain
             except AddressError:
                 domain = ""
             overloaded = self._router.xmpp_congested(domain)
@@ -354,9 +356,9 @@ class SipBackend:
         if self._sink is None:
             raise DeliveryError("service-unavailable", "SIP backend not started", "wait")
         try:
-            recipient = parse_jid(stanza.get("to", ""))
-            sender = parse_jid(stanza.get("from", ""))
-        except AddressError as exc:
+            recipient = Jid.parse(stanza.get("to", ""))
+            sender = Jid.parse(stanza.get("from", ""))
+        except JidError as exc:
             raise DeliveryError("jid-malformed", str(exc), "modify") from None
         if recipient.domain not in self.domains:
             raise DeliveryError("item-not-found", f"{recipient.domain} is not a SIP domain here")

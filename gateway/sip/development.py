@@ -29,7 +29,8 @@ from collections.abc import Iterable
 from xml.etree.ElementTree import Element, SubElement
 
 from gateway.backend import DeliveryError, StanzaSink
-from gateway.sip.addresses import AddressError, parse_jid
+from gateway.domain import normalize_domain
+from gateway.xmpp.jid import Jid, JidError
 
 NS = "jabber:server"
 MESSAGE = f"{{{NS}}}message"
@@ -67,7 +68,7 @@ class DevelopmentBackend:
         echo_user: str = ECHO_USER,
         resource: str = DEVELOPMENT_RESOURCE,
     ) -> None:
-        self.domains = frozenset(d.lower() for d in domains)
+        self.domains = frozenset(normalize_domain(d) for d in domains)
         if not self.domains:
             raise ValueError("the development backend needs at least one served domain")
         self.echo_user = echo_user
@@ -110,7 +111,7 @@ class DevelopmentBackend:
                 )
             return
         if stanza.tag == PRESENCE:
-            bare_sender = parse_jid(sender).bare
+            bare_sender = Jid.parse(sender).bare
             if stanza_type == "subscribe":
                 await self._sink(presence(recipient, bare_sender, "subscribed"))
                 await self._sink(presence(local_jid, bare_sender))
@@ -122,7 +123,7 @@ class DevelopmentBackend:
         local user)."""
         if self._sink is None:
             raise RuntimeError("development backend not started")
-        sender = parse_jid(stanza.get("from", ""))
+        sender = Jid.parse(stanza.get("from", ""))
         if not sender.local or sender.domain not in self.domains:
             raise ValueError(f"{stanza.get('from')!r} is not a user of {sorted(self.domains)}")
         await self._sink(stanza)
@@ -140,8 +141,8 @@ class DevelopmentBackend:
 
     def _local_recipient(self, stanza: Element) -> str:
         try:
-            recipient = parse_jid(stanza.get("to", ""))
-        except AddressError as exc:
+            recipient = Jid.parse(stanza.get("to", ""))
+        except JidError as exc:
             raise DeliveryError("jid-malformed", str(exc), "modify") from exc
         if recipient.domain not in self.domains:
             raise DeliveryError(

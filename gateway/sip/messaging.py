@@ -20,7 +20,7 @@ from functools import lru_cache
 from xml.etree.ElementTree import Element
 
 from gateway.logs import log_event
-from gateway.sip.addresses import jid_to_sip, parse_jid
+from gateway.sip.addresses import jid_to_sip
 from gateway.sip.endpoint import SipEndpoint
 from gateway.sip.errors import sip_status_for, xmpp_condition_for
 from gateway.sip.message import SipRequest, SipResponse, unique_token
@@ -28,6 +28,7 @@ from gateway.sip.parties import Refused, request_parties
 from gateway.sip.stanzas import BODY, chat_message, error_condition
 from gateway.sip.transaction import RequestReceived
 from gateway.xmpp.errors import make_error_reply
+from gateway.xmpp.jid import Jid
 
 log = logging.getLogger("gateway.sip")
 
@@ -103,7 +104,7 @@ class MessageRelay:
     def _late_error(self, stanza: Element, local_user: str) -> None:
         """An XMPP error for a message our SIP user sent, after we answered 202."""
         condition = error_condition(stanza)
-        contact = parse_jid(stanza.get("from", "")).bare
+        contact = Jid.parse(stanza.get("from", "")).bare
         text = stanza.findtext(BODY) or ""
         note = f"[message to {contact} not delivered: {condition}]"
         if text:

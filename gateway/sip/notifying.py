@@ -15,7 +15,7 @@ from collections.abc import Callable
 from xml.etree.ElementTree import Element
 
 from gateway.logs import log_event
-from gateway.sip.addresses import jid_to_sip, parse_jid
+from gateway.sip.addresses import jid_to_sip
 from gateway.sip.dialogs import NotifierDialog, header_int, live_dialog, purge_ended
 from gateway.sip.endpoint import SipEndpoint
 from gateway.sip.message import NameAddr, SipResponse, new_tag, parse_name_addr
@@ -24,6 +24,7 @@ from gateway.sip.parties import Refused, request_parties
 from gateway.sip.pidf import PIDF_TYPE, UNAVAILABLE, PresenceState, to_pidf
 from gateway.sip.stanzas import presence
 from gateway.sip.transaction import RequestReceived
+from gateway.xmpp.jid import Jid
 
 log = logging.getLogger("gateway.sip")
 
@@ -111,7 +112,7 @@ class XmppPresenceNotifier:
         except Refused as refusal:
             refuse(endpoint, event, refusal)
             return
-        watcher, contact = parse_jid(sender).bare, recipient
+        watcher, contact = Jid.parse(sender).bare, recipient
         remote_contact = request.get("contact")
         if not remote_contact:
             endpoint.reply(event, 400, "Missing Contact")

@@ -8,7 +8,10 @@ recipient from the Request-URI, and each is checked before anything reaches XMPP
   our own domains (anything else is 403);
 * the recipient must be outside our domains: a request for a SIP domain here was routed
   to us by mistake (404), not something to relay over S2S;
-* both must map to valid JIDs (400 otherwise).
+* both must map to valid JIDs (400 otherwise, with the part and the character at fault).
+
+Domains are compared in the gateway's one normal form, so ``sip:bob@xn--bcher-kva.example``
+(as SIP writes an internationalised host) is the XMPP domain ``bücher.example``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from functools import lru_cache
 from gateway.sip.addresses import AddressError, SipAddress, parse_sip_uri, sip_to_jid
 from gateway.sip.message import SipParseError, SipRequest
 from gateway.sip.trust import asserted_sender
+from gateway.xmpp.jid import JidError
 
 
 class Refused(Exception):
@@ -43,19 +47,19 @@ def request_parties(request: SipRequest, served: Collection[str], *,
         recipient = sip_address(request.uri)
         asserted = asserted_sender(request) if trust_asserted_identity else None
         if asserted is not None:
-            if sender.host not in served:
+            if sender.domain not in served:
                 raise Refused(403, f"sender domain {sender.host} is not served by this "
                                    "gateway")
             sender_uri, sender = asserted, sip_address(asserted)
     except (AddressError, SipParseError) as exc:
         raise Refused(400, str(exc)) from None
-    if sender.host not in served:
+    if sender.domain not in served:
         raise Refused(403, f"sender domain {sender.host} is not served by this gateway")
-    if recipient.host in served:
+    if recipient.domain in served:
         raise Refused(404, f"{recipient.host} is a SIP domain, not an XMPP one")
     try:
         return _full_jid(sender_uri), _bare_jid(request.uri)
-    except AddressError as exc:
+    except (AddressError, JidError) as exc:
         raise Refused(400, str(exc)) from None
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from gateway.auth.identity import dns_name_matches, normalize_domain, presented_identities
+from gateway.auth.identity import a_label_domain, dns_name_matches, presented_identities
 from gateway.sip.message import (
     SipParseError,
     SipRequest,
@@ -199,7 +199,7 @@ def certificate_names_match(der: bytes | None, names: Iterable[str]) -> str | No
                 return None
             continue
         try:
-            reference = normalize_domain(name)
+            reference = a_label_domain(name)
         except ValueError:
             continue
         if any(dns_name_matches(p, reference) for p in presented):

@@ -22,7 +22,7 @@ from typing import Any
 from xml.etree.ElementTree import Element
 
 from gateway.logs import log_event
-from gateway.sip.addresses import jid_to_sip, parse_jid
+from gateway.sip.addresses import jid_to_sip
 from gateway.sip.dialogs import (
     WatchDialog,
     header_int,
@@ -37,6 +37,7 @@ from gateway.sip.pidf import PIDF_TYPE, UNAVAILABLE, PidfError, parse_pidf
 from gateway.sip.stanzas import presence
 from gateway.sip.transaction import RequestReceived
 from gateway.xmpp.errors import error_child
+from gateway.xmpp.jid import Jid
 
 log = logging.getLogger("gateway.sip")
 
@@ -98,7 +99,7 @@ class SipPresenceWatches:
         """Subscribe for watches another gateway node held (issue 15)."""
         taken = 0
         for watcher, sip_user in pairs:
-            if parse_jid(sip_user).domain in served:
+            if Jid.parse(sip_user).domain in served:
                 self.watch(watcher, sip_user)
                 taken += 1
         return taken
@@ -139,13 +140,13 @@ class SipPresenceWatches:
             return 0
         restored = 0
         for watcher, sip_user in await self.store.list_watches():
-            if parse_jid(sip_user).domain in served:
+            if Jid.parse(sip_user).domain in served:
                 self.watch(watcher, sip_user)
                 restored += 1
         return restored
 
     def _announce(self, dialog: WatchDialog) -> None:
-        user = parse_jid(dialog.sip_user).bare
+        user = Jid.parse(dialog.sip_user).bare
         self.to_xmpp(presence(user, dialog.xmpp_watcher, "subscribed"), None)
         self.to_xmpp(dialog.state.to_stanza(f"{user}/sip", dialog.xmpp_watcher), None)
 
@@ -191,7 +192,7 @@ class SipPresenceWatches:
         condition = xmpp_condition_for(status)
         log_event(log, logging.INFO, "sip.subscribe_failed", contact=dialog.xmpp_watcher,
                   local_user=dialog.sip_user, status=status, condition=condition)
-        user = parse_jid(dialog.sip_user).bare
+        user = Jid.parse(dialog.sip_user).bare
         if status in REJECTED_ON and not dialog.established:
             self.remember(dialog.xmpp_watcher, dialog.sip_user, False)
             self.to_xmpp(presence(user, dialog.xmpp_watcher, "unsubscribed"), None)
@@ -215,7 +216,7 @@ class SipPresenceWatches:
         if contact:
             dialog.remote_target = parse_name_addr(contact).uri
         state, params = subscription_state(request.get("subscription-state") or "active")
-        user = parse_jid(dialog.sip_user).bare
+        user = Jid.parse(dialog.sip_user).bare
         if state == "terminated":
             self.watches.pop((dialog.xmpp_watcher, dialog.sip_user), None)
             reason = params.get("reason", "")

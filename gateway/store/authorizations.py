@@ -8,15 +8,17 @@ Two facts per local user, both persistent across restarts:
 * whether the user is enabled for XMPP federation, as an override of the global default
   (``federation.users_enabled_by_default``); no row = the default applies.
 
-Addresses are compared in a normalised form (:func:`normalize_bare_jid`): resource
-dropped, lower-cased. Lower-casing is the practical subset of RFC 7622's case mapping
-(UsernameCaseMapped localparts, domain names) that SIP user names and DNS names need.
+Addresses are compared in a normalised form (:func:`normalize_bare_jid`): the bare JID
+as RFC 7622 enforces it (PRECIS UsernameCaseMapped localpart, the domain in the gateway's
+one normal form), resource dropped.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol
+
+from gateway.xmpp.jid import Jid, JidError
 
 
 class StoreError(Exception):
@@ -40,13 +42,20 @@ class UserSetting:
 
 
 def normalize_bare_jid(jid: str) -> str:
-    """``Alice@Contoso.Example/phone`` → ``alice@contoso.example``; ``ValueError`` when the
-    string is not ``local@domain[/resource]``."""
-    bare = jid.strip().split("/", 1)[0]
-    local, at, domain = bare.partition("@")
-    if not at or not local or not domain or "@" in domain or any(c.isspace() for c in bare):
-        raise ValueError(f"{jid!r} is not a user address of the form local@domain")
-    return f"{local}@{domain.rstrip('.')}".lower()
+    """The store key of a user address: its bare JID in enforced form
+    (:class:`gateway.xmpp.jid.Jid`), so ``Alice@Contoso.Example/phone`` →
+    ``alice@contoso.example`` and ``bob@xn--bcher-kva.example`` → ``bob@bücher.example``
+    whichever side (SIP or XMPP) the address came from. ``ValueError`` when the string is
+    not a valid ``local@domain[/resource]`` JID."""
+    try:
+        parsed = Jid.parse(jid.strip())
+    except JidError as exc:
+        raise ValueError(f"{jid!r} is not a user address of the form local@domain "
+                         f"({exc.reason})") from None
+    if not parsed.local:
+        raise ValueError(f"{jid!r} is not a user address of the form local@domain "
+                         "(it has no localpart)")
+    return parsed.bare
 
 
 class AuthorizationStore(Protocol):

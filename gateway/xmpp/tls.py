@@ -18,8 +18,8 @@ from typing import Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
-from OpenSSL._util import ffi as _ffi
-from OpenSSL._util import lib as _lib
+
+from gateway.xmpp.openssl_internals import release_memory_bios
 
 # OpenSSL X509_V_ERR_INVALID_PURPOSE: the certificate's EKU does not allow this use.
 # Public CAs now issue serverAuth-only certificates (GATEWAY-SPEC §5); a peer server
@@ -223,26 +223,14 @@ class TlsEngine:
         A memory BIO keeps the largest buffer it ever held (see :meth:`receive`): after the
         handshake that is the peer's and our whole flights (certificates, the
         X25519MLKEM768 key share: about 5 KiB per connection), after traffic up to a slice
-        and a record each way. Only when both BIOs and OpenSSL's plaintext buffer are empty,
-        so that nothing in flight is lost. pyOpenSSL has no API for this: the BIOs are
-        replaced with SSL_set_bio, which frees the old ones, and pyOpenSSL's references to
-        them (``_into_ssl``/``_from_ssl``, read by bio_read/bio_write) are updated.
+        and a record each way. Only after the handshake and when nothing is in flight
+        (our queued records, OpenSSL's plaintext buffer and both BIOs empty), so nothing
+        is lost. pyOpenSSL has no API for this:
+        :func:`gateway.xmpp.openssl_internals.release_memory_bios` does it.
         """
-        conn = self._conn
-        into, out = getattr(conn, "_into_ssl", None), getattr(conn, "_from_ssl", None)
-        if (not self._handshake_done or self._outgoing or into is None or out is None
-                or _lib.SSL_pending(conn._ssl) or _lib.BIO_get_mem_data(into, _ffi.NULL)
-                or _lib.BIO_get_mem_data(out, _ffi.NULL)):
+        if not self._handshake_done or self._outgoing:
             return False
-        new_into, new_out = _lib.BIO_new(_lib.BIO_s_mem()), _lib.BIO_new(_lib.BIO_s_mem())
-        if new_into == _ffi.NULL or new_out == _ffi.NULL:  # out of memory: keep the old ones
-            for bio in (new_into, new_out):
-                if bio != _ffi.NULL:
-                    _lib.BIO_free(bio)
-            return False
-        _lib.SSL_set_bio(conn._ssl, new_into, new_out)
-        conn._into_ssl, conn._from_ssl = new_into, new_out
-        return True
+        return release_memory_bios(self._conn)
 
     def close(self) -> None:
         """Queue a close_notify alert (best effort: the stream is ending anyway)."""

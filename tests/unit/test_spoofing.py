@@ -53,7 +53,7 @@ def authenticated_as_a() -> object:
         (b"<message from='x@a.example'/>", "improper-addressing",
          "stanza without 'from' or 'to'"),
         (b"<iq from='@a.example' to='y@b.example' type='get' id='1'/>", "invalid-from",
-         "empty localpart in '@a.example'"),
+         "JID '@a.example': empty localpart before '@'"),
         (b"<presence from='x@a.example' to='y@b..example'/>", "improper-addressing", None),
     ],
     ids=["other-partner", "unlisted", "not-served", "no-from", "no-to", "bad-from", "bad-to"],

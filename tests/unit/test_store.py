@@ -101,6 +101,10 @@ def test_addresses_are_normalised(store: Any) -> None:
     assert store.is_authorized(ALICE, BOB)
     assert store.is_authorized(ALICE, "bob@fabrikam.example/phone")
     assert normalize_bare_jid("bob@fabrikam.example.") == BOB
+    # one key for an internationalised domain, however it is spelt (RFC 7622 §3.2)
+    store.allow(ALICE, "Carol@xn--bcher-kva.example")
+    assert store.is_authorized(ALICE, "carol@Bücher.Example/phone")
+    assert [c.remote_jid for c in store.list_contacts(ALICE)][-1] == "carol@bücher.example"
 
 
 @pytest.mark.parametrize("bad", ["fabrikam.example", "@fabrikam.example", "bob@", "a b@c.example"])
