@@ -14,13 +14,18 @@ Negotiation follows the partner's permitted methods (GATEWAY-SPEC §2.2):
   certificate, not DNS, says who is talking).
 - XEP-0198 stream management is enabled where the peer offers it (after SASL, as
   Prosody offers it); what we send is then kept until acknowledged.
+- Direct TLS (XEP-0368) names the ALPN protocol ``xmpp-server``; DANE (RFC 7673), when
+  the driver found TLSA records for the target, is checked as soon as TLS is up, and a
+  DANE-EE/DANE-TA match authenticates the peer's certificate for its domain.
 """
 
 from __future__ import annotations
 
 from xml.etree.ElementTree import Element
 
+from gateway.auth.identity import check_identity
 from gateway.config.model import PartnerPolicy
+from gateway.dns import dane
 from gateway.domain import normalize_domain
 from gateway.policy.negotiation import AuthMethod, Support
 from gateway.xmpp import elements as el
@@ -39,7 +44,13 @@ from gateway.xmpp.events import (
 )
 from gateway.xmpp.namespaces import NS_DIALBACK
 from gateway.xmpp.parser import StreamHeader
-from gateway.xmpp.stream import NotAuthenticated, Phase, S2SStream, StreamContext
+from gateway.xmpp.stream import (
+    CertificateVerdict,
+    NotAuthenticated,
+    Phase,
+    S2SStream,
+    StreamContext,
+)
 
 __all__ = ["NotAuthenticated", "OutboundStream"]
 
@@ -47,8 +58,8 @@ __all__ = ["NotAuthenticated", "OutboundStream"]
 class OutboundStream(S2SStream):
     __slots__ = ("_awaiting_tls", "_dialback_channel", "_dialback_sent", "_failure_notes",
                  "_main_failure_reported", "_peer_dialback", "_sasl_done", "_sasl_sent",
-                 "_verify_queue", "_verify_sent", "direct_tls", "offered_features",
-                 "peer_header_received")
+                 "_verify_queue", "_verify_sent", "dane", "dane_verdict", "direct_tls",
+                 "offered_features", "peer_header_received")
     direction = Direction.OUTBOUND
 
     def __init__(
@@ -61,8 +72,11 @@ class OutboundStream(S2SStream):
         now: float,
         peer_address: str = "",
         direct_tls: bool = False,
+        dane_expectation: dane.DaneExpectation | None = None,
     ) -> None:
         super().__init__(context, now=now, peer_address=peer_address)
+        self.dane = dane_expectation
+        self.dane_verdict: dane.DaneVerdict | None = None
         self.local_domain = local_domain
         self.remote_domain = remote_domain
         self.partner = partner
@@ -87,7 +101,8 @@ class OutboundStream(S2SStream):
         """Call once the TCP connection is up."""
         self._now = now
         if self.direct_tls:  # XEP-0368: TLS first, header after the handshake
-            self._start_tls(server_side=False, server_name=self.remote_domain)
+            self._start_tls(server_side=False, server_name=self.remote_domain,
+                            alpn=(b"xmpp-server",))
         else:
             self._open()
 
@@ -124,7 +139,35 @@ class OutboundStream(S2SStream):
         self.phase = Phase.WAIT_HEADER
 
     def _on_tls_ready(self) -> None:
+        if self.dane is not None and not self._check_dane():
+            return
         self._open()  # RFC 6120 §5.4.3.3: a new stream over TLS
+
+    def _check_dane(self) -> bool:
+        """RFC 7673 §3.3: the chain must match the target's TLSA records (when usable)."""
+        assert self._tls is not None and self.remote_domain
+        peer = self._peer_cert
+        leaf = peer.leaf if peer is not None else None
+        name_ok = leaf is not None and check_identity(
+            leaf, self.remote_domain, direct_tls=self.direct_tls).ok
+        pkix_ok = peer is not None and leaf is not None and not peer.chain_errors
+        verdict = dane.verify(self.dane, self._tls.peer_chain_der(), pkix_ok=pkix_ok,
+                              name_ok=name_ok)
+        self.dane_verdict = verdict
+        if verdict.ok:
+            return True
+        # Nothing but TLS has happened: an unauthenticated peer gets no stream.
+        self._report_main_failure("remote-server-not-found", verdict.reason)
+        self._abort(verdict.reason)
+        return False
+
+    def _certificate_verdict(self) -> CertificateVerdict:
+        """Whether the peer's certificate authenticates its domain: DANE's word when a
+        DANE-EE/DANE-TA record matched, else PKIX and the name (RFC 6125)."""
+        if self.dane_verdict is not None and self.dane_verdict.authenticated:
+            return CertificateVerdict(True, self.dane_verdict.reason)
+        assert self._peer_cert is not None and self.remote_domain
+        return self.ctx.check_certificate(self._peer_cert, self.remote_domain)
 
     def _carries_outgoing(self) -> bool:
         return True
@@ -209,7 +252,7 @@ class OutboundStream(S2SStream):
                 return
         if (offered.bidi and self.ctx.bidi and self.tls_active and not self.bidi
                 and not self._sasl_done and self._peer_cert is not None
-                and self.ctx.check_certificate(self._peer_cert, self.remote_domain).ok):
+                and self._certificate_verdict().ok):
             self._send(el.bidi_request())  # XEP-0288 §2, before authentication
             self.bidi = True
             self._events.append(BidiNegotiated())
@@ -236,8 +279,7 @@ class OutboundStream(S2SStream):
             if "EXTERNAL" not in offered.sasl_mechanisms:
                 self._failure_notes.append(f"{self.remote_domain} did not offer SASL EXTERNAL")
             else:
-                assert self._peer_cert is not None
-                verdict = self.ctx.check_certificate(self._peer_cert, self.remote_domain)
+                verdict = self._certificate_verdict()
                 if verdict.ok:
                     self._send(el.sasl_external_auth(self.local_domain))
                     self._sasl_sent = True

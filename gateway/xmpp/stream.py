@@ -430,6 +430,10 @@ class S2SStream:
         return self._tls.cipher if self._tls_active and self._tls else ""
 
     @property
+    def tls_alpn(self) -> str:
+        return self._tls.alpn_protocol if self._tls_active and self._tls else ""
+
+    @property
     def method(self) -> AuthMethod | None:
         """The method that authenticated the stream's first domain pair."""
         return next(iter(self.pairs.values()), None)
@@ -570,12 +574,14 @@ class S2SStream:
         else:
             self._out += data
 
-    def _start_tls(self, *, server_side: bool, server_name: str | None = None) -> None:
+    def _start_tls(self, *, server_side: bool, server_name: str | None = None,
+                   alpn: tuple[bytes, ...] = ()) -> None:
         provider = self.ctx.tls
         assert provider is not None  # callers check ctx.tls_available
         self._restarts += 1
         self._tls = (
-            provider.server_engine() if server_side else provider.client_engine(server_name or "")
+            provider.server_engine() if server_side
+            else provider.client_engine(server_name or "", self.local_domain, alpn)
         )
         self._tls_active = False
         self.phase = Phase.TLS_HANDSHAKE
