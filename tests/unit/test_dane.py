@@ -108,7 +108,7 @@ def test_pkix_usages_add_to_pkix(chain: tuple) -> None:
 
 
 def test_without_usable_secure_records(chain: tuple) -> None:
-    leaf, ca, _ = chain
+    leaf = chain[0]
     record = TlsaRecord(3, 1, 1, spki_sha256(leaf))
     insecure = expect(DanePolicy.OPPORTUNISTIC, record, secure=False)
     verdict = verify(insecure, [der(leaf)], pkix_ok=True, name_ok=True)
