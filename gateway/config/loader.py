@@ -531,7 +531,7 @@ def _top_level_spec(c: _Checker) -> dict[str, Converter]:
             "groups": c.string_list, "per_domain": c.per_domain}),
         "dialback": c.section(DialbackSettings, {"secret": c.string}),
         "dns": c.section(DnsSettings, {"nameservers": c.nameservers, "timeout": c.seconds,
-                                       "direct_tls": c.boolean}),
+                                       "direct_tls": c.boolean, "dnssec": c.boolean}),
         "store": c.section(StoreSettings, {"path": c.path, "url": c.database_url,
                                            "pool_size": c.integer(1, 100),
                                            "timeout": c.seconds}),

@@ -85,6 +85,9 @@ class DnsSettings:
     nameservers: tuple[str, ...] = ()
     timeout: float = 5.0
     direct_tls: bool = True  # also look up _xmpps-server._tcp (XEP-0368)
+    # Believe the nameservers' DNSSEC validation (the AD bit) for DANE: they must be a
+    # validating resolver reached over a trusted path, e.g. unbound on localhost.
+    dnssec: bool = False
 
 
 @dataclass(frozen=True, slots=True)
