@@ -44,6 +44,7 @@ from gateway.config.model import (
     StoreSettings,
     TlsSettings,
 )
+from gateway.dns.dane import DanePolicy
 from gateway.domain import DomainError, normalize_domain
 from gateway.policy.negotiation import Support, negotiate
 
@@ -414,7 +415,7 @@ class _Checker:
             "domain": self.domain, "type": self.choice(TYPE_VALUES),
             "tls": self.choice(SUPPORT_VALUES), "sasl": self.choice(SUPPORT_VALUES),
             "dialback": self.boolean, "additional_domains": self.located_domains,
-            "description": self.string,
+            "description": self.string, "dane": self.choice(tuple(DanePolicy)),
         }
         result: list[PartnerPolicy] = []
         owner: dict[str, tuple[int, str, _Located]] = {}  # domain → (index, partner, where)
@@ -445,7 +446,8 @@ class _Checker:
                 continue
             result.append(PartnerPolicy(
                 entry["domain"], PartnerType(entry["type"]), tls, sasl, dialback,
-                tuple(d.domain for d in located[1:]), entry.get("description", "")))
+                tuple(d.domain for d in located[1:]), entry.get("description", ""),
+                dane=DanePolicy(entry.get("dane", DanePolicy.OFF))))
         self.partner_domains = [where for _, _, where in owner.values()]
         return tuple(result)
 
@@ -556,7 +558,8 @@ def _top_level_spec(c: _Checker) -> dict[str, Converter]:
             "format": c.choice(("text", "json")), "file": c.optional_path}),
         "limits": c.section(Limits, limits_spec),
         "federation": c.section(FederationSettings, {
-            "allow_unlisted": c.boolean, "users_enabled_by_default": c.boolean}),
+            "allow_unlisted": c.boolean, "users_enabled_by_default": c.boolean,
+            "stream_management": c.boolean, "resend_unacked": c.boolean, "bidi": c.boolean}),
         "metrics": c.section(MetricsSettings, {
             "enabled": c.boolean, "host": c.string, "port": c.integer(1, 65535)}),
         "admin_socket": c.path,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from gateway.dns.dane import DanePolicy
 from gateway.policy.negotiation import Negotiation, Support, negotiate
 
 
@@ -34,6 +35,9 @@ class PartnerPolicy:
     dialback: bool = True
     additional_domains: tuple[str, ...] = ()
     description: str = ""
+    # DANE (RFC 7673) for our outbound streams to this partner: off, opportunistic
+    # (TLSA records, when DNSSEC vouches for them, must match) or required.
+    dane: DanePolicy = DanePolicy.OFF
 
     @property
     def domains(self) -> tuple[str, ...]:
@@ -178,6 +182,9 @@ class Limits:
     # Per inbound stream, bytes/s before reads are paused (0 = unlimited); a flood on one
     # session then slows that peer down through TCP instead of starving the others.
     inbound_bytes_per_second: int = 0
+    # Stanzas sent under stream management and not yet acknowledged, per stream: no more
+    # are written until the peer acknowledges some (they count in max_queue_per_domain).
+    max_unacked: int = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +193,14 @@ class FederationSettings:
     allow_unlisted: bool = False
     # Default for the per-user XMPP federation switch (per-user overrides live in the store).
     users_enabled_by_default: bool = True
+    # XEP-0198 stream management on S2S: offered to authenticated peers and enabled where
+    # offered; stanzas are acknowledged only once delivered (docs/delivery.md).
+    stream_management: bool = True
+    # Stanzas a lost link left unacknowledged go again over a new link (True) or are
+    # bounced to their senders with an error (False), as Prosody's smacks_s2s_resend.
+    resend_unacked: bool = True
+    # XEP-0288: one TLS connection carries both directions with partners that support it.
+    bidi: bool = True
 
 
 @dataclass(frozen=True, slots=True)

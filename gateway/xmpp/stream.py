@@ -448,12 +448,12 @@ class S2SStream:
             return None
         received, sent = self.sm_in, self.sm_out
         return {
-            "received": received.received if received else 0,
-            "handled": received.handled if received else 0,
-            "acknowledged_to_peer": received.last_sent if received else 0,
-            "sent": sent.sent if sent else 0,
-            "acknowledged_by_peer": sent.acked if sent else 0,
-            "unacked": len(sent) if sent else 0,
+            "received": received.received if received is not None else 0,
+            "handled": received.handled if received is not None else 0,
+            "acknowledged_to_peer": received.last_sent if received is not None else 0,
+            "sent": sent.sent if sent is not None else 0,
+            "acknowledged_by_peer": sent.acked if sent is not None else 0,
+            "unacked": len(sent) if sent is not None else 0,
         }
 
     # ------------------------------------------------------------------ for the roles

