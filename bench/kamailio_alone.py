@@ -13,14 +13,14 @@ each MESSAGE to them too. ``from-sip`` is the SIP→XMPP shape: the same UA send
 user@a.example, which Kamailio relays to the gateway's address, where ``answer`` (below)
 answers every request 202 at once.
 
-Kamailio runs with tests/support/kamailio.py's configuration (the one the interop tests
+Kamailio runs with deploy/kamailio/kamailio.cfg (the one the interop tests
 and the relay benchmark use) in a network namespace of its own; ``--memory-manager``,
 ``--children`` and ``--debug`` change only that. Printed (one JSON object): CPU µs per
 MESSAGE from /proc (utime + stime; Kamailio: every process, and each worker), the
 benchmark UAs' own CPU, UDP datagrams per MESSAGE in the namespace (4 = request in and out,
 answer in and out: no retransmission, no extra branch) and those sent to closed ports
 (dead branches), retransmissions, Kamailio's log lines during the run, and its shared
-memory at the end (``kamcmd core.shmmem``, through ctl.so added for this run).
+memory at the end (``kamcmd core.shmmem``, through the configuration's ctl.so).
 Everything is bounded in time; every process is stopped by PID.
 """
 
@@ -48,21 +48,15 @@ LIMIT = 120.0  # seconds, every child
 
 
 class MeasuredKamailio(Kamailio):
-    """tests/support/kamailio.py's Kamailio, plus ctl.so for ``kamcmd``."""
+    """tests/support/kamailio.py's Kamailio (the shipped configuration, whose ctl.so
+    ``kamcmd`` reaches through the run's socket)."""
 
     def __init__(self, workdir: Path, ns: Namespace, *, children: int, debug: int,
                  memory_manager: str) -> None:
         super().__init__(workdir, domain="gw.example", host=HOST, port=KAMAILIO_PORT,
                          gateway=(HOST, GATEWAY_PORT), prefix=ns.exec, debug=debug,
                          children=children, memory_manager=memory_manager)
-        self.ctl = workdir / "ctl.sock"
-
-    def write_config(self) -> Path:
-        path = super().write_config()
-        path.write_text(path.read_text().replace(
-            'loadmodule "pv.so"\n', 'loadmodule "pv.so"\nloadmodule "ctl.so"\n'
-            f'modparam("ctl", "binrpc", "unix:{self.ctl}")\n', 1))
-        return path
+        self.ctl = self.ctl_socket
 
     def shm(self) -> str:
         """``kamcmd core.shmmem m``: total, free, used, max_used … in MB."""

@@ -40,7 +40,7 @@ def relay_markdown(relay: dict) -> list[str]:
         "(`python -m bench.run --only-relay` runs this section alone). "
         "Same run, same machine: Prosody 0.12 a.example sends over one S2S session (TLS + SASL "
         "EXTERNAL) to the gateway (`sip.backend: sip`, UDP) and Kamailio (2 UDP workers, "
-        "`-x tlsf -m 1024`: tests/support/kamailio.py), and to a second "
+        "`-x tlsf -m 1024`: deploy/kamailio/kamailio.cfg), and to a second "
         "Prosody b.example; a c2s writer (bench/relay_xmpp.py, raw XML after SASL PLAIN, "
         "pipelined) feeds it; the SIP UA sink (bench/sip_sink.py), the user's only registered "
         "binding, answers every MESSAGE 200; "

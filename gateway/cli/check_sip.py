@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from gateway.cli.check import add_check
@@ -27,6 +28,19 @@ HINTS = {
     "tls": "is the proxy listening on TLS there, and does its certificate verify against "
            "tls.ca_file for the name proxy_host?",
 }
+
+
+def shipped_kamailio_config() -> str:
+    """Where the Kamailio configuration made for the gateway is: the absolute path in a
+    checkout, the path inside the repository otherwise (an installed wheel has no deploy/)."""
+    in_checkout = Path(__file__).resolve().parents[2] / "deploy" / "kamailio" / "kamailio.cfg"
+    return str(in_checkout) if in_checkout.is_file() else "deploy/kamailio/kamailio.cfg"
+
+
+def proxy_advice() -> str:
+    return (f"a Kamailio that does all this (registrar, presence, routing to the gateway, "
+            f"digest authentication): {shipped_kamailio_config()} (its header says how "
+            "to use it)")
 
 
 async def options_ping(sip: Any, tls: Any, domains: tuple[str, ...],
@@ -50,6 +64,7 @@ async def options_ping(sip: Any, tls: Any, domains: tuple[str, ...],
         result["problem"] = (f"cannot connect: {last_error}" if last_error
                              else f"no answer within {timeout:g}s")
         result["hint"] = HINTS[sip.transport]
+        result["configuration"] = shipped_kamailio_config()
     else:
         result.update(status=response.status, reason=response.reason,
                       rtt_ms=round((time.monotonic() - started) * 1000, 2),
@@ -69,7 +84,8 @@ def _handler(args: argparse.Namespace) -> int:
         return 2
     if config.sip.backend != "sip":
         print(f"sip.backend is {config.sip.backend!r}: no SIP proxy is used "
-              "(set sip.backend: sip to talk to one)")
+              "(set sip.backend: sip to talk to one)\n"
+              f"  {proxy_advice()}")
         return 0
     logging.getLogger("gateway.sip").setLevel(logging.ERROR)  # the result says it all
     try:
@@ -79,7 +95,8 @@ def _handler(args: argparse.Namespace) -> int:
         result = {"proxy": f"{config.sip.proxy_host}:{config.sip.proxy_port}",
                   "transport": config.sip.transport, "ok": False,
                   "problem": str(exc) or type(exc).__name__,
-                  "hint": HINTS[config.sip.transport]}
+                  "hint": HINTS[config.sip.transport],
+                  "configuration": shipped_kamailio_config()}
     if args.json:
         print(json.dumps(result, indent=2))
     elif result["ok"]:
@@ -88,7 +105,8 @@ def _handler(args: argparse.Namespace) -> int:
               f"{result['reason']} in {result['rtt_ms']} ms{server}")
     else:
         print(f"SIP proxy {result['proxy']} ({result['transport']}): {result['problem']}\n"
-              f"  hint: {result['hint']}")
+              f"  hint: {result['hint']}\n"
+              f"  {proxy_advice()}")
     return 0 if result["ok"] else 1
 
 

@@ -2,10 +2,13 @@
 
 "Impossible to misconfigure silently": unknown keys are errors (with a "did you mean"),
 every problem names the file, line, key, the bad value and what is allowed, and *all*
-problems are reported at once. ruamel.yaml's round-trip loader gives us line numbers
-(``.lc``) and is the same library the partner editor uses to keep comments, so what the
-editor writes is read back under the same YAML 1.2 rules. Relative paths are resolved
-against the configuration file's directory, as Prosody and ejabberd do.
+problems are reported at once. Which keys exist, how each is checked and what it defaults
+to come from the model's dataclasses (:mod:`gateway.config.fields`): nothing is listed
+twice, and a key the model lacks cannot be dropped silently. Checking is pure: no DNS, no
+sockets (names are resolved when the gateway starts). ruamel.yaml's round-trip loader
+gives us line numbers (``.lc``) and is the same library the partner editor uses to keep
+comments, so what the editor writes is read back under the same YAML 1.2 rules. Relative
+paths are resolved against the configuration file's directory, as Prosody and ejabberd do.
 
 Cost: validation is linear in the number of partners (one dict for domain ownership,
 :func:`negotiate` is cached); the YAML parse itself dominates (ruamel.yaml is pure Python:
@@ -14,10 +17,14 @@ about 0.6 s per 1,000 partner entries).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import enum
 import os
+import types
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,26 +34,17 @@ from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.reader import ReaderError
 
+from gateway.config.fields import CHECK, KEY, READ, Check, Choice, Syntax, Whole
 from gateway.config.model import (
     CertificateFiles,
-    ClusterSettings,
-    DialbackSettings,
-    DnsSettings,
-    FederationSettings,
     GatewayConfig,
-    Limits,
     ListenAddress,
-    LoggingSettings,
-    MetricsSettings,
     PartnerPolicy,
     PartnerType,
-    SipSettings,
-    StoreSettings,
-    TlsSettings,
 )
-from gateway.dns.dane import DanePolicy
+from gateway.config.values import parse_nameserver, parse_network
 from gateway.domain import DomainError, normalize_domain
-from gateway.policy.negotiation import Support, negotiate
+from gateway.policy.negotiation import Support
 
 __all__ = [
     "SUPPORT_VALUES",
@@ -62,6 +60,16 @@ SUPPORT_VALUES = tuple(s.value for s in Support)
 TYPE_VALUES = tuple(t.value for t in PartnerType)
 
 Converter = Callable[[Any, str, "int | None"], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """What the file may say for one dataclass: converters by key, the keys it must
+    have, and the field each key sets."""
+
+    converters: dict[str, Converter]
+    required: tuple[str, ...]
+    field_names: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +129,7 @@ class _Checker:
         self.served: list[_Located] = []
         self.partner_domains: list[_Located] = []
         self.per_domain_lines: dict[str, int | None] = {}
+        self._specs: dict[type, _Spec] = {}
 
     def problem(self, line: int | None, key: str, message: str, value: object = None,
                 allowed: tuple[str, ...] = ()) -> None:
@@ -303,8 +312,6 @@ class _Checker:
         return tuple(str(v) for v in value)
 
     def nameservers(self, value: Any, path: str, line: int | None) -> tuple[str, ...]:
-        from gateway.dns.resolver import parse_nameserver
-
         servers = self.string_list(value, path, line)
         bad = False
         for index, server in enumerate(servers):
@@ -323,8 +330,6 @@ class _Checker:
 
     def networks(self, value: Any, path: str, line: int | None) -> tuple[str, ...]:
         """IP addresses or CIDR networks (``sip.trusted_sources``), each checked."""
-        from gateway.sip.trust import parse_network
-
         entries = self.string_list(value, path, line)
         bad = False
         for index, entry in enumerate(entries):
@@ -353,17 +358,97 @@ class _Checker:
                 result.append(self.domain(entry, item_path, item_line))
         return tuple(result)
 
-    # -------------------------------------------------------------- sections
+    # -------------------------------------------------------------- from the model
 
-    def section(self, cls: type, spec: dict[str, Converter],
-                required: tuple[str, ...] = ()) -> Converter:
+    def spec(self, cls: type) -> _Spec:
+        """The keys of dataclass ``cls`` as the file writes them, derived from its fields."""
+        known = self._specs.get(cls)
+        if known is not None:
+            return known
+        hints = typing.get_type_hints(cls)
+        converters: dict[str, Converter] = {}
+        names: dict[str, str] = {}
+        required: list[str] = []
+        for f in fields(cls):
+            if not f.init or not f.metadata.get(READ, True):
+                continue
+            key = f.metadata.get(KEY, f.name)
+            converters[key] = self.converter(hints[f.name], f.metadata.get(CHECK),
+                                             f"{cls.__name__}.{f.name}")
+            names[key] = f.name
+            if f.default is MISSING and f.default_factory is MISSING:
+                required.append(key)
+        known = self._specs[cls] = _Spec(converters, tuple(required), names)
+        return known
+
+    def converter(self, hint: Any, check: Check | None, where: str) -> Converter:
+        """How a value of type ``hint`` is read: the field's own check if it declares
+        one, else the one its type implies (see :mod:`gateway.config.fields`)."""
+        if isinstance(check, Whole):
+            return self.integer(check.low, check.high)
+        if isinstance(check, Choice):
+            return self.choice(check.values)
+        if isinstance(check, Syntax):
+            method: Converter = getattr(self, check.name)
+            return method
+        if check is not None:
+            raise TypeError(f"{where}: unknown check {check!r}")
+        args = typing.get_args(hint)
+        if hint is bool:
+            return self.boolean
+        if hint is int:
+            return self.integer(1)
+        if hint is float:
+            return self.seconds
+        if hint is str:
+            return self.string
+        if hint is Path:
+            return self.path
+        if isinstance(hint, types.UnionType) and set(args) == {Path, type(None)}:
+            return self.optional_path
+        if typing.get_origin(hint) is tuple and args == (str, ...):
+            return self.string_list
+        if isinstance(hint, type) and issubclass(hint, enum.Enum):
+            return self.member(hint)
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            return self.section(hint)
+        raise TypeError(f"{where}: no check follows from the type {hint}; declare one "
+                        "with gateway.config.fields.setting(check=...)")
+
+    def member(self, kind: type[enum.Enum]) -> Converter:
+        """One of an enumeration's values (``type: federated``)."""
+        choose = self.choice(tuple(str(member.value) for member in kind))
+
         def convert(value: Any, path: str, line: int | None) -> Any:
-            values = self.mapping(value, path, line, spec, required)
-            if any(key not in values for key in required):
-                raise _Skip
-            names = {f.name for f in fields(cls)}
-            return cls(**{k: v for k, v in values.items() if k in names})
+            return kind(choose(value, path, line))
         return convert
+
+    def section(self, cls: type) -> Converter:
+        """A mapping read into dataclass ``cls``: every key checked, unknown keys
+        reported, what is not written left to the model's defaults."""
+        def convert(value: Any, path: str, line: int | None) -> Any:
+            spec = self.spec(cls)
+            values = self.mapping(value, path, line, spec.converters, spec.required)
+            if any(key not in values for key in spec.required):
+                raise _Skip
+            return cls(**self.completed(cls, {spec.field_names[key]: item
+                                              for key, item in values.items()}))
+        return convert
+
+    def completed(self, cls: type, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` (by field name) with what the file left out: sections built from
+        their defaults, and default paths made absolute. A relative default path is
+        relative to the directory above the configuration file (``../certs/…``)."""
+        for f in fields(cls):
+            if f.name in values or not f.init or not f.metadata.get(READ, True):
+                continue
+            hint = typing.get_type_hints(cls)[f.name]
+            if isinstance(hint, type) and dataclasses.is_dataclass(hint) \
+                    and f.metadata.get(CHECK) is None:
+                values[f.name] = self.section(hint)(None, f.name, None)
+            elif isinstance(f.default, Path) and not f.default.is_absolute():
+                values[f.name] = Path(os.path.normpath(self.base_dir / ".." / f.default))
+        return values
 
     def listen(self, value: Any, path: str, line: int | None) -> tuple[ListenAddress, ...]:
         if not isinstance(value, list):
@@ -374,8 +459,7 @@ class _Checker:
             self.problem(line, path, "must list at least one address to accept "
                          "connections on", value)
             raise _Skip
-        convert = self.section(ListenAddress, {
-            "host": self.string, "port": self.integer(1, 65535), "direct_tls": self.boolean})
+        convert = self.section(ListenAddress)
         result = []
         for index, item in enumerate(value):
             try:
@@ -391,8 +475,7 @@ class _Checker:
             self.problem(line, path, f"must map domains to {{certificate, key}}, not "
                          f"{_show(value)}", value)
             raise _Skip
-        convert = self.section(CertificateFiles, {"certificate": self.path, "key": self.path},
-                               required=("certificate", "key"))
+        convert = self.section(CertificateFiles)
         result = {}
         for key, item in value.items():
             kline = self.key_line(value, key)
@@ -411,18 +494,13 @@ class _Checker:
             self.problem(line, path, f"must be a list of partner entries, not {_show(value)}",
                          value)
             raise _Skip
-        spec: dict[str, Converter] = {
-            "domain": self.domain, "type": self.choice(TYPE_VALUES),
-            "tls": self.choice(SUPPORT_VALUES), "sasl": self.choice(SUPPORT_VALUES),
-            "dialback": self.boolean, "additional_domains": self.located_domains,
-            "description": self.string, "dane": self.choice(tuple(DanePolicy)),
-        }
+        spec = self.spec(PartnerPolicy)
         result: list[PartnerPolicy] = []
         owner: dict[str, tuple[int, str, _Located]] = {}  # domain → (index, partner, where)
         for index, item in enumerate(value):
             item_path, item_line = f"{path}[{index}]", self.item_line(value, index)
             try:
-                entry = self.mapping(item, item_path, item_line, spec, required=("domain", "type"))
+                entry = self.mapping(item, item_path, item_line, spec.converters, spec.required)
             except _Skip:
                 continue
             located = list(entry.get("additional_domains", ()))
@@ -433,21 +511,19 @@ class _Checker:
             clash = self._claim(owner, index, located, name)
             if "domain" not in entry or "type" not in entry:
                 continue
-            tls = Support(entry.get("tls", Support.OPTIONAL))
-            sasl = Support(entry.get("sasl", Support.OPTIONAL))
-            dialback = entry.get("dialback", True)
-            outcome = negotiate(tls, sasl, dialback)
+            written = {spec.field_names[key]: item for key, item in entry.items()}
+            written["additional_domains"] = tuple(d.domain for d in located[1:])
+            partner = PartnerPolicy(**written)  # what is not written: the model's defaults
+            outcome = partner.negotiation
             if not outcome.valid:
-                shown = f"tls={tls}, sasl={sasl}, dialback={str(dialback).lower()}"
+                shown = (f"tls={partner.tls}, sasl={partner.sasl}, "
+                         f"dialback={str(partner.dialback).lower()}")
                 self.problem(item_line, item_path, f"{shown} is not a valid combination: "
                              f"{outcome.error}", shown)
                 continue
             if clash:
                 continue
-            result.append(PartnerPolicy(
-                entry["domain"], PartnerType(entry["type"]), tls, sasl, dialback,
-                tuple(d.domain for d in located[1:]), entry.get("description", ""),
-                dane=DanePolicy(entry.get("dane", DanePolicy.OFF))))
+            result.append(partner)
         self.partner_domains = [where for _, _, where in owner.values()]
         return tuple(result)
 
@@ -517,56 +593,6 @@ def _show(value: Any) -> str:
     return repr(str(value)) if isinstance(value, str) else str(value)
 
 
-def _top_level_spec(c: _Checker) -> dict[str, Converter]:
-    limits_spec: dict[str, Converter] = {}
-    for f in fields(Limits):
-        if isinstance(f.default, float):
-            limits_spec[f.name] = c.seconds
-        else:  # counts and sizes; a byte rate of 0 means "unlimited"
-            limits_spec[f.name] = c.integer(0 if f.name == "inbound_bytes_per_second" else 1)
-    return {
-        "domains": c.served_domains,
-        "listen": c.listen,
-        "tls": c.section(TlsSettings, {
-            "certificate": c.path, "key": c.path, "ca_file": c.optional_path,
-            "use_system_cas": c.boolean, "min_version": c.choice(("1.2", "1.3")),
-            "groups": c.string_list, "per_domain": c.per_domain}),
-        "dialback": c.section(DialbackSettings, {"secret": c.string}),
-        "dns": c.section(DnsSettings, {"nameservers": c.nameservers, "timeout": c.seconds,
-                                       "direct_tls": c.boolean, "dnssec": c.boolean}),
-        "store": c.section(StoreSettings, {"path": c.path, "url": c.database_url,
-                                           "pool_size": c.integer(1, 100),
-                                           "timeout": c.seconds}),
-        "cluster": c.section(ClusterSettings, {"node_id": c.node_id,
-                                               "heartbeat_interval": c.seconds,
-                                               "lease": c.seconds,
-                                               "drain_timeout": c.seconds,
-                                               "drain_grace": c.seconds}),
-        "sip": c.section(SipSettings, {
-            "backend": c.choice(("development", "sip")), "proxy_host": c.string,
-            "proxy_port": c.integer(1, 65535), "transport": c.choice(("udp", "tcp", "tls")),
-            "local_host": c.string, "local_port": c.integer(1, 65535),
-            "subscription_expires": c.integer(60, 86400),
-            "trusted_sources": c.networks, "trusted_names": c.names,
-            "require_client_certificate": c.boolean, "client_certificate": c.optional_path,
-            "client_key": c.optional_path, "trust_asserted_identity": c.boolean,
-            "max_in_flight": c.integer(1, 100_000),
-            "udp_receive_buffer": c.integer(64 * 1024, 1 << 30),
-            "retry_after": c.integer(1, 3600)}),
-        "logging": c.section(LoggingSettings, {
-            "level": c.choice(("debug", "info", "warning", "error")),
-            "format": c.choice(("text", "json")), "file": c.optional_path}),
-        "limits": c.section(Limits, limits_spec),
-        "federation": c.section(FederationSettings, {
-            "allow_unlisted": c.boolean, "users_enabled_by_default": c.boolean,
-            "stream_management": c.boolean, "resend_unacked": c.boolean, "bidi": c.boolean}),
-        "metrics": c.section(MetricsSettings, {
-            "enabled": c.boolean, "host": c.string, "port": c.integer(1, 65535)}),
-        "admin_socket": c.path,
-        "partners": c.partners,
-    }
-
-
 def _parse(text: str, name: str) -> Any:
     """The round-trip document, or a :class:`ConfigError` saying where the YAML breaks."""
     try:
@@ -609,25 +635,16 @@ def load_config_text(text: str, source: Path | None = None,
     document = _parse(text, name)
     if document is None:
         document = CommentedMap()
+    spec = checker.spec(GatewayConfig)
     try:
-        values = checker.mapping(document, "", 1, _top_level_spec(checker), ("domains",))
+        values = checker.mapping(document, "", 1, spec.converters, spec.required)
     except _Skip:
         raise ConfigError(checker.problems) from None
+    values = {spec.field_names[key]: value for key, value in values.items()}
     checker.cross_checks(values)
     if checker.problems:
         raise ConfigError(sorted(checker.problems, key=lambda p: p.line or 0))
-    base = checker.base_dir
-    values.setdefault("admin_socket", Path(os.path.normpath(base / "../run/gateway.sock")))
-    default_store = Path(os.path.normpath(base / "../data/gateway.sqlite3"))
-    values.setdefault("store", StoreSettings(default_store))
-    # Certificate and key default to ../certs/ beside the file, also when a tls section
-    # sets other keys only (the model's own defaults are relative to no file).
-    written = document.get("tls") or {}
-    defaults = {name: Path(os.path.normpath(base / f"../certs/gateway.{suffix}"))
-                for name, suffix in (("certificate", "crt"), ("key", "key"))
-                if name not in written}
-    values["tls"] = replace(values.get("tls", TlsSettings()), **defaults)
-    return GatewayConfig(source=source, **values)
+    return GatewayConfig(source=source, **checker.completed(GatewayConfig, values))
 
 
 def load_config(path: Path) -> GatewayConfig:

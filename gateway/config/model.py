@@ -1,9 +1,15 @@
-"""Typed, immutable configuration objects.
+"""Typed, immutable configuration objects: the one place each setting is defined.
 
 The YAML loader (``gateway.config.loader``) validates a file and produces a
 :class:`GatewayConfig`; everything else in the gateway reads these objects only —
-wire code never sees YAML (ARCHITECTURE.md). Frozen dataclasses make a loaded
-configuration a value: hot reload swaps one whole object for another.
+wire code never sees YAML. Frozen dataclasses make a loaded configuration a value: hot
+reload swaps one whole object for another.
+
+Each field's type and default say what the file may contain (:mod:`gateway.config.fields`);
+:func:`~gateway.config.fields.setting` adds ranges, choices and syntaxes. The loader derives
+every key, check and default from here, so a new setting is one line in this file (and a
+row in docs/configuration.md). A relative default path is relative to the directory above
+the configuration file (the installation's ``config/``, ``certs/``, ``data/``, ``run/``).
 """
 
 from __future__ import annotations
@@ -12,8 +18,16 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from gateway.dns.dane import DanePolicy
+from gateway.config.fields import PORT, Choice, Syntax, Whole, setting
 from gateway.policy.negotiation import Negotiation, Support, negotiate
+
+
+class DanePolicy(StrEnum):
+    """DANE (RFC 7673) for our outbound streams to a partner (gateway.dns.dane)."""
+
+    OFF = "off"
+    OPPORTUNISTIC = "opportunistic"  # secure TLSA records, when there are, must match
+    REQUIRED = "required"  # secure TLSA records must exist and match
 
 
 class PartnerType(StrEnum):
@@ -28,12 +42,12 @@ class PartnerType(StrEnum):
 class PartnerPolicy:
     """One partner entry (GATEWAY-SPEC §2): a partner XMPP deployment and its rules."""
 
-    primary_domain: str
-    partner_type: PartnerType
+    primary_domain: str = setting(check=Syntax("domain"), key="domain")
+    partner_type: PartnerType = setting(key="type")
     tls: Support = Support.OPTIONAL
     sasl: Support = Support.OPTIONAL
     dialback: bool = True
-    additional_domains: tuple[str, ...] = ()
+    additional_domains: tuple[str, ...] = setting((), Syntax("located_domains"))
     description: str = ""
     # DANE (RFC 7673) for our outbound streams to this partner: off, opportunistic
     # (TLSA records, when DNSSEC vouches for them, must match) or required.
@@ -51,7 +65,7 @@ class PartnerPolicy:
 @dataclass(frozen=True, slots=True)
 class ListenAddress:
     host: str = "0.0.0.0"
-    port: int = 5269
+    port: int = setting(5269, PORT)
     direct_tls: bool = False  # XEP-0368: TLS from the first byte (_xmpps-server._tcp)
 
 
@@ -68,12 +82,13 @@ class TlsSettings:
     # Extra CA bundle trusted for peers, in addition to the system CAs (or instead, below).
     ca_file: Path | None = None
     use_system_cas: bool = True
-    min_version: str = "1.2"  # "1.2" or "1.3"
+    min_version: str = setting("1.2", Choice(("1.2", "1.3")))
     # Key exchange groups offered/accepted, in preference order (OpenSSL names, e.g.
     # X25519MLKEM768, X25519, secp256r1); empty = OpenSSL's default list.
     groups: tuple[str, ...] = ()
     # Per served domain overrides, chosen by SNI / stream 'to' when several are served.
-    per_domain: dict[str, CertificateFiles] = field(default_factory=dict)
+    per_domain: dict[str, CertificateFiles] = setting(factory=dict,
+                                                      check=Syntax("per_domain"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +101,7 @@ class DialbackSettings:
 @dataclass(frozen=True, slots=True)
 class DnsSettings:
     # "host" or "host:port"; empty = the system resolver configuration (/etc/resolv.conf).
-    nameservers: tuple[str, ...] = ()
+    nameservers: tuple[str, ...] = setting((), Syntax("nameservers"))
     timeout: float = 5.0
     direct_tls: bool = True  # also look up _xmpps-server._tcp (XEP-0368)
     # Believe the nameservers' DNSSEC validation (the AD bit) for DANE: they must be a
@@ -98,8 +113,8 @@ class DnsSettings:
 class StoreSettings:
     path: Path = Path("data/gateway.sqlite3")  # SQLite file, used when url is empty
     # postgresql://user:password@host:port/dbname — the store shared by several nodes.
-    url: str = ""
-    pool_size: int = 4  # PostgreSQL connections per process
+    url: str = setting("", Syntax("database_url"))
+    pool_size: int = setting(4, Whole(1, 100))  # PostgreSQL connections per process
     timeout: float = 5.0  # seconds to wait for a PostgreSQL connection before failing
 
 
@@ -107,7 +122,7 @@ class StoreSettings:
 class ClusterSettings:
     """Several nodes serving the same domains (issue 15; needs store.url)."""
 
-    node_id: str = ""  # empty = the host name
+    node_id: str = setting("", Syntax("node_id"))  # empty = the host name
     heartbeat_interval: float = 1.0
     # A node whose last heartbeat is older than this is dead: its SIP presence watches are
     # taken over by a survivor.
@@ -122,23 +137,24 @@ class ClusterSettings:
 
 @dataclass(frozen=True, slots=True)
 class SipSettings:
-    backend: str = "development"  # "development" (in-process) or "sip"
+    # "development" (in-process) or "sip"
+    backend: str = setting("development", Choice(("development", "sip")))
     # Settings of the real SIP backend (ignored by the development backend).
     proxy_host: str = "127.0.0.1"
-    proxy_port: int = 5060
-    transport: str = "udp"  # udp | tcp | tls
+    proxy_port: int = setting(5060, PORT)
+    transport: str = setting("udp", Choice(("udp", "tcp", "tls")))
     local_host: str = "127.0.0.1"
-    local_port: int = 5062
+    local_port: int = setting(5062, PORT)
     # Lifetime asked for the presence subscriptions the gateway makes and grants
     # (RFC 6665 §4.1.2.1 Expires; refreshed before it runs out).
-    subscription_expires: int = 3600
+    subscription_expires: int = setting(3600, Whole(60, 86400))
     # Trust (issue 13, docs/sip.md "Security"): SIP requests are accepted only from the
     # addresses proxy_host resolves to and these addresses/CIDR networks (a proxy pool).
-    trusted_sources: tuple[str, ...] = ()
+    trusted_sources: tuple[str, ...] = setting((), Syntax("networks"))
     # transport tls: ask the proxy for a client certificate, which must verify against
     # tls.ca_file (or the system CAs) and name proxy_host or one of trusted_names.
     require_client_certificate: bool = False
-    trusted_names: tuple[str, ...] = ()
+    trusted_names: tuple[str, ...] = setting((), Syntax("names"))
     # Certificate the gateway presents when it connects to the proxy (default tls.*).
     client_certificate: Path | None = None
     client_key: Path | None = None
@@ -148,19 +164,19 @@ class SipSettings:
     trust_asserted_identity: bool = False
     # Flow control (docs/sip.md "Flow control"): requests outstanding at the proxy before
     # the XMPP side is made to wait (and SIP work while 32x that wait is answered 503).
-    max_in_flight: int = 256
+    max_in_flight: int = setting(256, Whole(1, 100_000))
     # Bytes of UDP receive buffer asked of the kernel at start (SO_RCVBUFFORCE when
     # permitted): what a burst from the proxy can hold while the gateway is busy.
-    udp_receive_buffer: int = 8 * 1024 * 1024
+    udp_receive_buffer: int = setting(8 * 1024 * 1024, Whole(64 * 1024, 1 << 30))
     # Seconds a 503 asks the SIP sender to wait while the XMPP side is congested
     # (RFC 3261 §21.5.4 Retry-After).
-    retry_after: int = 1
+    retry_after: int = setting(1, Whole(1, 3600))
 
 
 @dataclass(frozen=True, slots=True)
 class LoggingSettings:
-    level: str = "info"  # debug | info | warning | error
-    format: str = "text"  # text | json
+    level: str = setting("info", Choice(("debug", "info", "warning", "error")))
+    format: str = setting("text", Choice(("text", "json")))
     file: Path | None = None  # None = stderr
 
 
@@ -181,7 +197,7 @@ class Limits:
     max_connections_per_ip: int = 100
     # Per inbound stream, bytes/s before reads are paused (0 = unlimited); a flood on one
     # session then slows that peer down through TCP instead of starving the others.
-    inbound_bytes_per_second: int = 0
+    inbound_bytes_per_second: int = setting(0, Whole(0))
     # Stanzas sent under stream management and not yet acknowledged, per stream: no more
     # are written until the peer acknowledges some (they count in max_queue_per_domain).
     max_unacked: int = 500
@@ -209,14 +225,14 @@ class MetricsSettings:
 
     enabled: bool = False
     host: str = "127.0.0.1"
-    port: int = 9269
+    port: int = setting(9269, PORT)
 
 
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
-    domains: tuple[str, ...]
-    partners: tuple[PartnerPolicy, ...] = ()
-    listen: tuple[ListenAddress, ...] = (ListenAddress(),)
+    domains: tuple[str, ...] = setting(check=Syntax("served_domains"))
+    partners: tuple[PartnerPolicy, ...] = setting((), Syntax("partners"))
+    listen: tuple[ListenAddress, ...] = setting((ListenAddress(),), Syntax("listen"))
     tls: TlsSettings = field(default_factory=TlsSettings)
     dialback: DialbackSettings = field(default_factory=DialbackSettings)
     dns: DnsSettings = field(default_factory=DnsSettings)
@@ -228,7 +244,7 @@ class GatewayConfig:
     federation: FederationSettings = field(default_factory=FederationSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     admin_socket: Path = Path("run/gateway.sock")
-    source: Path | None = None  # file this was loaded from, for messages
+    source: Path | None = setting(None, read=False)  # file this was loaded from, for messages
 
     _partner_index: dict[str, PartnerPolicy] = field(
         init=False, repr=False, compare=False, default_factory=dict

@@ -25,20 +25,18 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from enum import StrEnum
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from gateway.config.model import DanePolicy
+
+__all__ = ["DaneExpectation", "DanePolicy", "DaneVerdict", "TlsaAnswer", "TlsaRecord",
+           "precheck", "tlsa_name", "verify"]
+
 PKIX_TA, PKIX_EE, DANE_TA, DANE_EE = 0, 1, 2, 3
 USAGE_NAMES = {PKIX_TA: "PKIX-TA", PKIX_EE: "PKIX-EE", DANE_TA: "DANE-TA", DANE_EE: "DANE-EE"}
-
-
-class DanePolicy(StrEnum):
-    OFF = "off"
-    OPPORTUNISTIC = "opportunistic"
-    REQUIRED = "required"
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ import dns.nameserver
 import dns.resolver
 
 from gateway.config.model import DnsSettings
+from gateway.config.values import parse_nameserver
 from gateway.dns.dane import TlsaAnswer, TlsaRecord, tlsa_name
 from gateway.dns.srv import (
     XMPP_SERVER_SERVICE,
@@ -82,40 +83,6 @@ class Resolver(Protocol):
         vouches for them (RFC 7673 §3); raises DnsResolutionError when the validating
         resolver fails the query (bogus data: the target must not be used)."""
         ...
-
-
-def parse_nameserver(spec: str) -> tuple[str, int]:
-    """``"127.0.0.53"``, ``"127.0.0.1:5353"``, ``"::1"`` or ``"[::1]:5353"`` → (address, port).
-
-    Nameservers must be IP addresses: a resolver cannot look up its own nameserver's name.
-    """
-    text = spec.strip()
-    host, port = text, 53
-    if text.startswith("["):
-        close = text.find("]")
-        rest = text[close + 1 :] if close > 0 else ""
-        if close < 0 or (rest and not rest.startswith(":")):
-            raise ValueError(f"nameserver {spec!r}: expected [IPv6] or [IPv6]:port")
-        host = text[1:close]
-        if rest:
-            port = _port(spec, rest[1:])
-    elif text.count(":") == 1:  # IPv4 or name with a port; bare IPv6 has several colons
-        host, port_text = text.split(":")
-        port = _port(spec, port_text)
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(
-            f"nameserver {spec!r}: {host!r} is not an IP address "
-            "(write host or host:port, IPv6 with a port as [address]:port)"
-        ) from None
-    return host, port
-
-
-def _port(spec: str, text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ValueError(f"nameserver {spec!r}: port {text!r} is not a number from 1 to 65535")
-    return int(text)
 
 
 class DnsPythonResolver:

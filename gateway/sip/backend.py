@@ -34,11 +34,12 @@ from typing import Any
 from xml.etree.ElementTree import Element
 
 from gateway.backend import DeliveryError, StanzaSink
+from gateway.config.model import SipSettings, TlsSettings
 from gateway.domain import normalize_domain
 from gateway.logs import log_event
 from gateway.sip import tls as sip_tls
 from gateway.sip.addresses import AddressError
-from gateway.sip.endpoint import DEFAULT_MAX_IN_FLIGHT, SipEndpoint
+from gateway.sip.endpoint import SipEndpoint
 from gateway.sip.message import NameAddr, SipResponse, new_tag
 from gateway.sip.messaging import MessageRelay
 from gateway.sip.notifying import MIN_EXPIRES, XmppPresenceNotifier
@@ -54,26 +55,27 @@ log = logging.getLogger("gateway.sip")
 ALLOW = "MESSAGE, SUBSCRIBE, NOTIFY, OPTIONS"
 NOT_HANDLED = ("INVITE", "BYE", "CANCEL", "PUBLISH", "REGISTER", "REFER", "INFO", "UPDATE",
                "PRACK")
-MAX_EXPIRES = 3600
-DEFAULT_RETRY_AFTER = 1
+# What the configuration model gives a setting the file leaves out; the backend built in
+# code (tests, tools) uses the same values.
+_DEFAULTS = SipSettings()
 OnDecided = Callable[[], None] | None
 
 
 class SipBackend:
     """A :class:`gateway.backend.LocalBackend` speaking SIP to a proxy."""
 
-    def __init__(self, domains: Iterable[str], *, transport: str = "udp",
-                 proxy: tuple[str, int] = ("127.0.0.1", 5060),
-                 local: tuple[str, int] = ("127.0.0.1", 5062),
-                 subscription_expires: int = MAX_EXPIRES,
+    def __init__(self, domains: Iterable[str], *, transport: str = _DEFAULTS.transport,
+                 proxy: tuple[str, int] = (_DEFAULTS.proxy_host, _DEFAULTS.proxy_port),
+                 local: tuple[str, int] = (_DEFAULTS.local_host, _DEFAULTS.local_port),
+                 subscription_expires: int = _DEFAULTS.subscription_expires,
                  server_ssl: ssl.SSLContext | None = None,
                  client_ssl: ssl.SSLContext | None = None,
-                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-                 udp_receive_buffer: int = 0,
-                 retry_after: int = DEFAULT_RETRY_AFTER,
-                 trusted_sources: Iterable[str] = (),
+                 max_in_flight: int = _DEFAULTS.max_in_flight,
+                 udp_receive_buffer: int = 0,  # 0: leave the kernel's buffer size
+                 retry_after: int = _DEFAULTS.retry_after,
+                 trusted_sources: Iterable[str] = _DEFAULTS.trusted_sources,
                  peer_names: tuple[str, ...] | None = None,
-                 trust_asserted_identity: bool = False) -> None:
+                 trust_asserted_identity: bool = _DEFAULTS.trust_asserted_identity) -> None:
         self.domains = frozenset(normalize_domain(d) for d in domains)
         if not self.domains:
             raise ValueError("the SIP backend needs at least one served domain")
@@ -113,25 +115,25 @@ class SipBackend:
         self.draining = False
 
     @classmethod
-    def from_settings(cls, settings: Any, domains: Iterable[str],
-                      tls: Any = None) -> SipBackend:
+    def from_settings(cls, settings: SipSettings, domains: Iterable[str],
+                      tls: TlsSettings | None = None) -> SipBackend:
         server_ssl = client_ssl = None
         peer_names = None
         if settings.transport == "tls":
             server_ssl, client_ssl = sip_tls.contexts(tls, settings)
-            if getattr(settings, "require_client_certificate", False):
+            if settings.require_client_certificate:
                 peer_names = sip_tls.expected_peer_names(settings)
         return cls(domains, transport=settings.transport,
                    proxy=(settings.proxy_host, settings.proxy_port),
                    local=(settings.local_host, settings.local_port),
-                   subscription_expires=getattr(settings, "subscription_expires", MAX_EXPIRES),
+                   subscription_expires=settings.subscription_expires,
                    server_ssl=server_ssl, client_ssl=client_ssl,
-                   max_in_flight=getattr(settings, "max_in_flight", DEFAULT_MAX_IN_FLIGHT),
-                   udp_receive_buffer=getattr(settings, "udp_receive_buffer", 0),
-                   retry_after=getattr(settings, "retry_after", DEFAULT_RETRY_AFTER),
-                   trusted_sources=getattr(settings, "trusted_sources", ()),
+                   max_in_flight=settings.max_in_flight,
+                   udp_receive_buffer=settings.udp_receive_buffer,
+                   retry_after=settings.retry_after,
+                   trusted_sources=settings.trusted_sources,
                    peer_names=peer_names,
-                   trust_asserted_identity=getattr(settings, "trust_asserted_identity", False))
+                   trust_asserted_identity=settings.trust_asserted_identity)
 
     # Views kept for status, tests and tools.
     @property

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from gateway.auth.identity import a_label_domain, dns_name_matches, presented_identities
+from gateway.config.values import Network, parse_network
 from gateway.sip.message import (
     SipParseError,
     SipRequest,
@@ -42,29 +43,6 @@ from gateway.sip.message import (
     response_wire,
     split_values,
 )
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def parse_network(text: str) -> Network:
-    """One ``sip.trusted_sources`` entry: an address (``10.0.0.7``, ``::1``) or a CIDR
-    network (``10.0.0.0/29``). Host bits set under the prefix are an error: ``10.0.0.7/24``
-    most likely means a typo, and silently widening it to the /24 would trust more than
-    intended."""
-    value = text.strip()
-    if not value:
-        raise ValueError("is empty; write an address (10.0.0.7) or a network (10.0.0.0/29)")
-    try:
-        return ipaddress.ip_network(value, strict=True)
-    except ValueError as exc:
-        if "has host bits set" in str(exc):
-            network = ipaddress.ip_network(value, strict=False)
-            raise ValueError(f"{value!r} has bits set after the /{network.prefixlen} prefix; "
-                             f"write {network} for the whole network, or the single "
-                             "address without a prefix") from None
-        raise ValueError(f"{value!r} is not an IP address or network (CIDR such as "
-                         "10.0.0.0/29 or 2001:db8::/64); host names are not accepted here, "
-                         "use sip.proxy_host for the proxy's name") from None
 
 
 def _address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -60,6 +60,9 @@ def test_check_sip_says_why_nothing_answers(tmp_path: Path) -> None:
     assert udp.returncode == 1
     assert f"SIP proxy 127.0.0.1:{port} (udp): no answer within 2s" in udp.stdout
     assert "hint: is the proxy listening on UDP there" in udp.stdout
+    # ... and where a proxy configuration that works with the gateway is.
+    assert f"{REPO / 'deploy' / 'kamailio' / 'kamailio.cfg'} (its header says how" \
+        in udp.stdout
     tcp = check(write_config(tmp_path, "tcp", port))
     assert tcp.returncode == 1
     assert f"SIP proxy 127.0.0.1:{port} (tcp): cannot connect: " in tcp.stdout
@@ -70,3 +73,4 @@ def test_check_sip_with_the_development_backend(tmp_path: Path) -> None:
     result = check(write_config(tmp_path, "udp", 5060, backend="development"))
     assert result.returncode == 0
     assert "no SIP proxy is used" in result.stdout
+    assert "deploy/kamailio/kamailio.cfg" in result.stdout

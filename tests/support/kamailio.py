@@ -1,11 +1,13 @@
-"""A real Kamailio (Debian package 5.6) started by a test: registrar, proxy and presence
-server for one SIP domain, routing every other domain to the XMPP gateway.
+"""A real Kamailio (Debian package 5.6) started by a test, running the shipped
+configuration ``deploy/kamailio/kamailio.cfg``: registrar, proxy and presence server for
+one SIP domain, routing every other domain to the XMPP gateway.
 
-The configuration is generated per run (ports, domain, gateway address): a minimal
-registrar/proxy skeleton plus the presence modules: ``presence`` + ``presence_xml`` with
-a ``db_text`` database copied from the package's table definitions into a temporary
-directory. ``force_active`` makes every presence subscription active at once: authorizing
-watchers is the job of the gateway's contact rules, not of this test server.
+The shipped file is used as it is; what varies per run (addresses, ports, domain, the
+gateway, the optional digest authentication, TLS and dispatcher) is written into a
+``kamailio-local.cfg`` beside the run's data, exactly as an operator writes theirs, and
+Kamailio is started in that directory so the file's ``import_file "kamailio-local.cfg"``
+finds it. The db_text tables are copied from the package's definitions into the run's
+directory.
 
 Started in the foreground (``-DD -E``), stopped by PID (SIGTERM to the main process stops
 its children), logs kept for failure reports.
@@ -22,80 +24,28 @@ import sys
 import time
 from pathlib import Path
 
-MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
 DBTEXT_TABLES = Path("/usr/share/kamailio/dbtext/kamailio")
 REPO = Path(__file__).resolve().parents[2]
+#: The configuration operators install; the tests, the demo and the benchmarks run it.
+SHIPPED_CONFIG = REPO / "deploy" / "kamailio" / "kamailio.cfg"
 TABLES = ("version", "presentity", "active_watchers", "watchers", "xcap", "location")
-
-CONFIG = """#!KAMAILIO
-debug={debug}
-log_stderror=yes
-fork=yes
-# UDP workers: one per core (docs/sip.md, Sizing Kamailio)
-children={children}
-tcp_children=2
-# UDP receive buffer up to 8 MiB (the default cap is 256 KiB): bursts from the gateway
-# (up to sip.max_in_flight requests) must not overflow it (docs/sip.md, Setting it up).
-maxbuffer=8388608
-listen=udp:{host}:{port}
-listen=tcp:{host}:{port}
-# Connections Kamailio opens (to the gateway) start from its own address, not from the
-# host's primary one: the gateway trusts requests by source address (docs/sip.md).
-tcp_source_ipv4={host}
-{tls_listen}alias="{domain}"
-mpath="{modules}/"
-loadmodule "pv.so"
-loadmodule "tm.so"
-loadmodule "sl.so"
-loadmodule "rr.so"
-loadmodule "maxfwd.so"
-loadmodule "usrloc.so"
-loadmodule "registrar.so"
-loadmodule "textops.so"
-loadmodule "siputils.so"
-loadmodule "xlog.so"
-loadmodule "sanity.so"
-loadmodule "db_text.so"
-loadmodule "presence.so"
-loadmodule "presence_xml.so"
-{tls_module}{auth_module}{dispatcher_module}modparam("presence", "db_url", "text://{dbdir}")
-modparam("presence", "server_address", "sip:{host}:{port}")
-modparam("presence", "subs_db_mode", 0)
-modparam("presence_xml", "db_url", "text://{dbdir}")
-modparam("presence_xml", "force_active", 1)
-modparam("usrloc", "db_mode", 0)
-
-request_route {{
-  if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
-  if (!sanity_check()) {{ xlog("L_WARN", "sanity check failed for $rm from $si\\n"); exit; }}
-{auth_route}  if (has_totag()) {{
-    if (is_method("SUBSCRIBE") && uri == myself) {{ route(PRESENCE); }}
-    t_relay();
-    exit;
-  }}
-  if (is_method("REGISTER")) {{ save("location"); exit; }}
-  if ($rd == "{domain}" || uri == myself) {{
-    if (is_method("PUBLISH|SUBSCRIBE")) {{ route(PRESENCE); }}
-    if (is_method("OPTIONS") && $rU == $null) {{ sl_send_reply("200", "OK"); exit; }}
-    if (!lookup("location")) {{ sl_send_reply("404", "Not Found"); exit; }}
-    t_relay();
-    exit;
-  }}
-  # Any other domain is XMPP: the gateway's SIP side.
-{gateway_route}}}
-{failure_route}
-route[PRESENCE] {{
-  if (!t_newtran()) {{ sl_reply_error(); exit; }}
-  if (is_method("PUBLISH")) {{ handle_publish(); }} else {{ handle_subscribe(); }}
-  t_release();
-  exit;
-}}
-"""
-
 
 def _md5(text: str) -> str:
     """HA1 of the subscriber table (RFC 2617 §3.2.2.2), as kamctl writes it."""
     return hashlib.md5(text.encode()).hexdigest()
+
+
+def local_config(values: dict[str, object], features: list[str], *, log_level: int,
+                 children: int) -> str:
+    """A ``kamailio-local.cfg``: one ``#!substdef`` per site value (it replaces the name in
+    quoted strings too), one ``#!define`` per feature, as docs/getting-started.md shows."""
+    for name, value in values.items():
+        if "!" in str(value) or "\n" in str(value):
+            raise ValueError(f"{name}: {value!r} cannot be written in a #!substdef")
+    return "".join([
+        *(f'#!substdef "!{name}!{value}!g"\n' for name, value in values.items()),
+        f"#!define LOG_LEVEL {log_level}\n", f"#!define UDP_CHILDREN {children}\n",
+        *(f"#!define {feature}\n" for feature in features)])
 
 
 def answers_options(host: str, port: int, domain: str) -> bool:
@@ -118,64 +68,6 @@ def answers_options(host: str, port: int, domain: str) -> bool:
     except OSError:
         return False
 
-
-# docs/sip.md "Security": the route that authenticates phones before anything is relayed.
-AUTH_MODULE = """loadmodule "auth.so"
-loadmodule "auth_db.so"
-modparam("auth_db", "db_url", "text://{dbdir}")
-modparam("auth_db", "calculate_ha1", yes)
-modparam("auth_db", "password_column", "password")
-"""
-AUTH_ROUTE = """  # Phones prove who they are (digest, RFC 3261 §22) before anything is relayed; the
-  # gateway's own requests (NOTIFYs, MESSAGEs from XMPP) are not challenged.
-  if ($si != "{gateway_host}" && is_method("REGISTER|MESSAGE|SUBSCRIBE|PUBLISH|NOTIFY")) {{
-    # flag 1: the From (To for REGISTER) user must be the authenticated user
-    if (!auth_check("$fd", "subscriber", "1")) {{
-      auth_challenge("$fd", "1");
-      exit;
-    }}
-    consume_credentials();
-    # RFC 3325 §5: never relay an identity the phone asserted itself; assert ours.
-    remove_hf("P-Asserted-Identity");
-    if (!is_method("REGISTER")) {{
-      append_hf("P-Asserted-Identity: <sip:$fU@$fd>\\r\\n");
-    }}
-  }}
-"""
-
-
-ONE_GATEWAY = """  $du = "sip:{host}:{port};transport={transport}";
-  t_relay();
-  exit;
-"""
-
-# Several gateway nodes (issue 15): dispatcher set 1, round robin, OPTIONS probing; a 503
-# (draining node) or a timeout (dead node) moves the request to the next node.
-DISPATCHER_MODULE = """loadmodule "dispatcher.so"
-modparam("dispatcher", "list_file", "{list_file}")
-modparam("dispatcher", "flags", 2)
-modparam("dispatcher", "ds_ping_interval", 1)
-modparam("dispatcher", "ds_probing_mode", 1)
-modparam("dispatcher", "ds_probing_threshold", 1)
-modparam("dispatcher", "ds_inactive_threshold", 1)
-modparam("dispatcher", "ds_ping_reply_codes", "class=2")
-modparam("dispatcher", "ds_ping_from", "sip:dispatcher@{domain}")
-modparam("tm", "fr_timer", 2000)
-"""
-DISPATCHED = """  if (!ds_select_dst("1", "4")) {{ sl_send_reply("503", "No gateway node"); exit; }}
-  t_on_failure("GATEWAY_FAILOVER");
-  t_relay();
-  exit;
-"""
-FAILOVER = """failure_route[GATEWAY_FAILOVER] {{
-  if (t_is_canceled()) {{ exit; }}
-  if (t_check_status("503|408") && ds_next_dst()) {{
-    xlog("L_INFO", "gateway node failed, next: $du\\n");
-    t_on_failure("GATEWAY_FAILOVER");
-    t_relay();
-  }}
-}}
-"""
 
 TLS_CFG = """[server:default]
 method = TLSv1.2+
@@ -218,7 +110,7 @@ class Kamailio:
         self.children, self.memory_manager = children, memory_manager
         self.tls = tls
         self.ca = ca
-        # users → digest passwords: with any, phones must authenticate (AUTH_ROUTE)
+        # users → digest passwords: with any, phones must authenticate (WITH_AUTH)
         self.passwords = passwords or {}
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "kamailio.log"
@@ -229,14 +121,31 @@ class Kamailio:
 
     @property
     def config_path(self) -> Path:
-        return self.workdir / "kamailio.cfg"
+        """The configuration Kamailio runs: the shipped file, as it is."""
+        return SHIPPED_CONFIG
+
+    @property
+    def local_config_path(self) -> Path:
+        """This run's values, read by the shipped file's ``import_file``."""
+        return self.workdir / "kamailio-local.cfg"
+
+    @property
+    def ctl_socket(self) -> Path:
+        """``kamcmd -s unix:PATH`` reaches this instance (the shipped file loads ctl.so)."""
+        return self.workdir / "ctl.sock"
 
     def write_config(self) -> Path:
+        """Write the db_text tables, tls.cfg / dispatcher.list when used, and
+        ``kamailio-local.cfg``; returns the local file."""
         dbdir = self.workdir / "db"
         dbdir.mkdir(parents=True, exist_ok=True)
         for table in TABLES:
             shutil.copy(DBTEXT_TABLES / table, dbdir / table)
-        tls_listen = tls_module = auth_module = auth_route = ""
+        values = {"SIP_DOMAIN": self.domain, "SIP_ADDR": self.host, "SIP_PORT": self.port,
+                  "SIP_TLS_PORT": self.tls_port, "GW_ADDR": self.gateway[0],
+                  "GW_PORT": self.gateway[1], "GW_TRANSPORT": self.gateway_transport,
+                  "DB_URL": f"text://{dbdir}", "CTL_SOCKET": f"unix:{self.ctl_socket}"}
+        features: list[str] = []
         if self.passwords:
             (dbdir / "subscriber").write_text(
                 (DBTEXT_TABLES / "subscriber").read_text() + "".join(
@@ -244,38 +153,31 @@ class Kamailio:
                     f"{_md5(f'{user}:{self.domain}:{password}')}:"
                     f"{_md5(f'{user}@{self.domain}:{self.domain}:{password}')}\n"
                     for index, (user, password) in enumerate(self.passwords.items(), 1)))
-            auth_module = AUTH_MODULE.format(dbdir=dbdir)
-            auth_route = AUTH_ROUTE.format(gateway_host=self.gateway[0])
+            features.append("WITH_AUTH")
         if self.tls is not None:
             tls_cfg = self.workdir / "tls.cfg"
             tls_cfg.write_text(TLS_CFG.format(
                 certificate=self.tls[0], key=self.tls[1], verify="yes" if self.ca else "no",
                 ca_list=f"ca_list = {self.ca}\n" if self.ca else ""))
-            tls_listen = f"enable_tls=yes\nlisten=tls:{self.host}:{self.tls_port}\n"
-            tls_module = f'loadmodule "tls.so"\nmodparam("tls", "config", "{tls_cfg}")\n'
-        dispatcher_module = failure_route = ""
-        gateway_route = ONE_GATEWAY.format(host=self.gateway[0], port=self.gateway[1],
-                                           transport=self.gateway_transport)
+            values["TLS_CONFIG"] = tls_cfg
+            features.append("WITH_TLS")
         if self.gateways:
             list_file = self.workdir / "dispatcher.list"
             list_file.write_text("".join(
                 f"1 sip:{host}:{port};transport={self.gateway_transport}\n"
                 for host, port in self.gateways))
-            dispatcher_module = DISPATCHER_MODULE.format(list_file=list_file,
-                                                         domain=self.domain)
-            gateway_route, failure_route = DISPATCHED.format(), FAILOVER.format()
-        self.config_path.write_text(CONFIG.format(
-            tls_listen=tls_listen, tls_module=tls_module, auth_module=auth_module,
-            auth_route=auth_route, dispatcher_module=dispatcher_module,
-            gateway_route=gateway_route, failure_route=failure_route,
-            debug=self.debug, children=self.children, host=self.host, port=self.port,
-            domain=self.domain, modules=MODULES, dbdir=dbdir))
-        return self.config_path
+            values["DISPATCHER_LIST"] = list_file
+            features.append("WITH_DISPATCHER")
+        self.local_config_path.write_text(local_config(
+            values, features, log_level=self.debug, children=self.children))
+        return self.local_config_path
 
     def start(self, timeout: float = 15.0) -> Kamailio:
         self.write_config()
+        # Started in the run's directory: the shipped file imports "kamailio-local.cfg"
+        # from the current directory first.
         check = subprocess.run([*self.prefix, "kamailio", "-c", "-f", str(self.config_path)],
-                               capture_output=True, text=True, timeout=30)
+                               capture_output=True, text=True, timeout=30, cwd=self.workdir)
         if check.returncode != 0:
             raise RuntimeError(f"kamailio config check failed:\n{check.stderr[-3000:]}")
         log = self.log_path.open("wb")
@@ -290,7 +192,7 @@ class Kamailio:
             # 63-93 us per relayed MESSAGE with qm, 19-24 us with tlsf (docs/sip.md, Sizing).
             [*self.prefix, "kamailio", "-DD", "-E", "-m", "1024", "-x", self.memory_manager,
              "-f", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT)
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
         self._wait_ready(timeout)
         return self
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import re
 from pathlib import Path
 
 from ruamel.yaml import YAML
@@ -37,7 +38,7 @@ def test_compose_services_and_files() -> None:
             assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
         for volume in service.get("volumes", []):
             source, _target, *mode = volume.split(":")
-            if source.startswith("./"):  # configuration: a file of the repo, read-only
+            if source.startswith(("./", "../")):  # a file of the repo, read-only
                 assert (ROOT / "docker" / source).is_file(), f"{name}: {source} missing"
                 assert mode == ["ro"], f"{name}: {source} must be mounted read-only"
             else:
@@ -55,6 +56,12 @@ def test_gateway_image() -> None:
     assert 'CMD ["xmpp-gateway", "status"]' in text  # asks the admin socket
     health = _compose()["services"]["gateway"]["healthcheck"]["test"]
     assert health == ["CMD", "xmpp-gateway", "status"]
+
+
+def kamailio_values(path: Path) -> dict[str, str]:
+    """The ``#!substdef "!NAME!value!g"`` lines of a kamailio-local.cfg."""
+    found = re.findall(r'^#!substdef "!(\w+)!([^!]*)!g"$', path.read_text(), re.MULTILINE)
+    return dict(found)
 
 
 def test_compose_addresses_agree() -> None:
@@ -76,10 +83,14 @@ def test_compose_addresses_agree() -> None:
     assert config.dns.nameservers == (addresses["dns"],)
     assert (config.sip.backend, config.sip.proxy_host) == ("sip", addresses["kamailio"])
     assert config.sip.local_host == addresses["gateway"]
-    kamailio = (ROOT / "docker" / "config" / "kamailio.cfg").read_text()
-    assert f"listen=udp:{addresses['kamailio']}:{config.sip.proxy_port}" in kamailio
-    assert (f'$du = "sip:{addresses["gateway"]}:{config.sip.local_port};transport=udp"'
-            in kamailio)
+    # Kamailio runs the shipped configuration with the stack's values.
+    kamailio = compose["services"]["kamailio"]["volumes"]
+    assert "../deploy/kamailio/kamailio.cfg:/etc/kamailio/kamailio.cfg:ro" in kamailio
+    values = kamailio_values(ROOT / "docker" / "config" / "kamailio-local.cfg")
+    assert (values["SIP_ADDR"], values["SIP_PORT"]) == (addresses["kamailio"],
+                                                       str(config.sip.proxy_port))
+    assert (values["GW_ADDR"], values["GW_PORT"], values["GW_TRANSPORT"]) == (
+        addresses["gateway"], str(config.sip.local_port), config.sip.transport)
     assert f"{addresses['kamailio']}:{config.sip.proxy_port}" in \
         compose["services"]["sip-ua"]["command"]
 
