@@ -90,6 +90,8 @@ def make_context(config: GatewayConfig, keys: DialbackKeyGenerator,
         check_certificate=certificate_verdict,
         tls=provider,
         limits=config.limits,
+        stream_management=config.federation.stream_management,
+        bidi=config.federation.bidi,
     )
 
 
@@ -232,7 +234,7 @@ class Gateway:
 
         self.store.on_change(changed)
 
-    def _from_xmpp(self, stanza: Element, remote: str, local: str) -> None:
+    def _from_xmpp(self, stanza: Element, remote: str, local: str, on_settled: Any = None) -> None:
         """Inbound stanzas go to the router; in a cluster, presence that a SIP user's
         subscription on *another* node may need also goes to the other nodes.
 
@@ -243,7 +245,7 @@ class Gateway:
         end XMPP→SIP watches, which the node receiving them takes on (the store records
         the new owner and the previous holder ends its dialog, see gateway.cluster)."""
         assert self.router is not None
-        self.router.from_xmpp(stanza, remote, local)
+        self.router.from_xmpp(stanza, remote, local, on_settled)
         if self.cluster is None or stanza.tag != "{jabber:server}presence" or \
                 stanza.get("type", "") not in FORWARDED_PRESENCE:
             return
@@ -440,6 +442,7 @@ class Gateway:
         new_ctx = StreamContext(
             local_domains=old_ctx.local_domains, partner_for=self._partner_for, keys=self.keys,
             check_certificate=certificate_verdict, tls=provider, limits=new.limits,
+            stream_management=new.federation.stream_management, bidi=new.federation.bidi,
         )
         kept_domains = self.config.domains
         listen = self.config.listen

@@ -70,7 +70,7 @@ class Router:
         self.store = store  # AsyncAuthorizationStore
         self.metrics = metrics
         self.s2s: Any = None  # S2SService, set by the daemon
-        self._inbound: asyncio.Queue[tuple[Element, str, str]] = asyncio.Queue()
+        self._inbound: asyncio.Queue[tuple[Element, str, str, Any]] = asyncio.Queue()
         self._outbound: asyncio.Queue[tuple[Element, OnDecided]] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
         self.on_pressure: Callable[[bool], None] | None = None
@@ -116,7 +116,9 @@ class Router:
             if decided is not None:
                 decided()
         while not self._inbound.empty():
-            stanza, remote, _local = self._inbound.get_nowait()
+            stanza, remote, _local, settled = self._inbound.get_nowait()
+            if settled is not None:
+                settled()
             self.drops.record("unrouted-at-stop", direction="inbound", peer=remote,
                               sender=stanza.get("from"), recipient=stanza.get("to"))
         await self.backend.stop()
@@ -129,10 +131,10 @@ class Router:
 
     # ------------------------------------------------------------------ XMPP → local
 
-    def from_xmpp(self, stanza: Element, remote: str, local: str) -> None:
+    def from_xmpp(self, stanza: Element, remote: str, local: str, on_settled: Any = None) -> None:
         """Called by the S2S service for each accepted inbound stanza (never blocks, never
         refuses: above HIGH_WATER the S2S service is told to stop reading)."""
-        self._inbound.put_nowait((stanza, remote, local))
+        self._inbound.put_nowait((stanza, remote, local, on_settled))
         queued = self._inbound.qsize()
         if queued > self.inbound_peak:
             self.inbound_peak = queued
@@ -149,7 +151,7 @@ class Router:
 
     async def _inbound_worker(self) -> None:
         while True:
-            stanza, remote, local = await self._inbound.get()
+            stanza, remote, local, settled = await self._inbound.get()
             try:
                 await self._handle_inbound(stanza, remote, local)
             except StoreError as exc:  # database down (issue 15): say so, keep going
@@ -161,6 +163,8 @@ class Router:
                 self._reply_xmpp(stanza, "internal-server-error", "wait", "")
             finally:
                 self._inbound.task_done()
+                if settled is not None:
+                    settled()
                 if self._pressure and self._inbound.qsize() <= LOW_WATER:
                     self._set_pressure(False)
 

@@ -3,12 +3,14 @@ after every target of it failed (pure, time passed in).
 
 Without it, each stanza toward an unreachable domain starts a new round of DNS lookups
 and connection attempts (and a partner coming back up gets them all at once). After a
-failed round the domain is *backing off*: stanzas toward it are answered at once with
-the last failure (remote-server-not-found, with the reason and when the next attempt
-is) instead of queueing behind attempts bound to fail, and the next round starts no
-earlier than the delay. The delay doubles with each failed round, from FIRST_DELAY up
-to MAX_DELAY, with ±20 % jitter so that many gateways do not retry in step; a round that
-authenticates resets it. ``xmpp-gateway status`` shows it per partner.
+failed round the domain is *backing off*: the next round starts no earlier than the
+delay, which doubles with each failed round from FIRST_DELAY up to MAX_DELAY, with ±20 %
+jitter so that many gateways do not retry in step; a round that authenticates resets
+it. Stanzas toward the domain meanwhile wait for the next round when it is at most
+QUEUE_WAIT away (a partner restarting is back within a few seconds), and are answered
+at once with the last failure otherwise (remote-server-not-found, with the reason and
+when the next attempt is), instead of waiting behind attempts bound to fail — a SIP
+sender would time out first. ``xmpp-gateway status`` shows it per partner.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 FIRST_DELAY = 1.0
 MAX_DELAY = 60.0
 JITTER = 0.2
+QUEUE_WAIT = 5.0
 
 
 @dataclass(slots=True)

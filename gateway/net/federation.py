@@ -39,7 +39,7 @@ from gateway.config.model import GatewayConfig, PartnerPolicy, PartnerType
 from gateway.dns import dane
 from gateway.logs import log_event
 from gateway.net import delivery, happy_eyeballs
-from gateway.net.backoff import Backoff
+from gateway.net.backoff import QUEUE_WAIT, Backoff
 from gateway.net.connection import StreamConnection
 from gateway.xmpp.events import (
     BidiNegotiated,
@@ -192,10 +192,11 @@ class S2SService:
         return ""
 
     def set_reading_paused(self, paused: bool) -> None:
-        """Backpressure from the router: stop (or resume) reading inbound streams."""
+        """Backpressure from the router: stop (or resume) reading the streams that bring
+        stanzas in (inbound ones, and outbound ones with XEP-0288 bidi)."""
         self.reading_paused = paused
         for conn in self.connections:
-            if isinstance(conn.stream, InboundStream):
+            if isinstance(conn.stream, InboundStream) or conn.stream.bidi:
                 conn.set_reading(not paused)
 
     # ------------------------------------------------------------------ sending
@@ -235,9 +236,9 @@ class S2SService:
         if session.connection is None and (session.task is None or session.task.done()):
             self._adopt_bidi(session) or self._piggyback(session)
             waiting = session.backoff.waiting(time.monotonic())
-            if session.connection is None and waiting and not session.queue:
-                # The last round of attempts failed moments ago: answer now rather than
-                # queue behind attempts bound to fail (gateway/net/backoff.py).
+            if session.connection is None and waiting > QUEUE_WAIT and not session.queue:
+                # The last rounds of attempts failed and the next is a while away: answer
+                # now rather than queue behind it (gateway/net/backoff.py).
                 self._bounce(stanza, on_done, "remote-server-not-found",
                              f"{session.backoff.last_failure} (next attempt to {remote} in "
                              f"{waiting:.0f} s)")
@@ -274,7 +275,8 @@ class S2SService:
                   local=session.local, direction="outbound",
                   state="on" if congested else "off", queued=len(session.queue))
         for conn in self.connections:
-            if isinstance(conn.stream, InboundStream) \
+            # Not a bidi stream: it carries the acknowledgements that drain this queue.
+            if isinstance(conn.stream, InboundStream) and not conn.stream.bidi \
                     and conn.stream.remote_domain == session.remote:
                 conn.set_reading(not congested, f"queue-{session.remote}")
         if self.on_congestion is not None:
@@ -304,6 +306,9 @@ class S2SService:
         )
 
     async def _connect(self, session: OutboundSession) -> None:
+        delay = session.backoff.waiting(time.monotonic())
+        if delay:  # the last round failed: the next one starts no earlier than this
+            await asyncio.sleep(delay)
         started = time.monotonic()
         partner = self.partner_for(session.remote)
         if partner is None:
@@ -471,6 +476,8 @@ class S2SService:
                       state="refused by peer", condition=event.condition)
         elif isinstance(event, BidiNegotiated):
             log_event(log, logging.INFO, "s2s.bidi", **conn.log_fields())
+            if isinstance(stream, OutboundStream) and self.reading_paused:
+                conn.set_reading(False)  # it brings stanzas in now: router backpressure
         elif isinstance(event, StreamClosed) and isinstance(stream, OutboundStream):
             session = self.sessions.get((stream.local_domain or "", stream.remote_domain or ""))
             if session is not None and session.attempt is conn and session.outcome is not None \
@@ -714,6 +721,16 @@ class S2SService:
             if session.task is not None and not session.task.done():
                 session.task.cancel()
             self._bounce_queue(session, "remote-server-timeout", "gateway shutting down")
+        # XEP-0198: what was sent and not yet acknowledged gets its acknowledgement
+        # (asked for now) before the links close; what is still unacknowledged then is
+        # bounced by _take_back.
+        budget_end = time.monotonic() + max(0.0, min(grace / 2, deadline - time.monotonic()))
+        while time.monotonic() < budget_end and any(
+                c.stream.unacked and not c.stream.closed for c in self.connections):
+            for conn in self.connections:
+                if conn.stream.unacked:
+                    conn.pump()
+            await asyncio.sleep(0.02)
         for conn in list(self.connections):
             if not conn.stream.closed:
                 conn.stream.close("system-shutdown", "the gateway is shutting down")

@@ -624,6 +624,7 @@ class S2SStream:
         if not self._header_sent:
             # §4.9.1.1: an error before our header still needs a header first.
             self._send_header(from_=self._header_from(), to=None, stream_id=self.stream_id)
+        self._final_ack()  # what we handled is the peer's no more, whatever the error
         self._send(error.to_element())
         self.close_error = error.condition
         self._begin_close(
