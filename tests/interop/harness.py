@@ -202,6 +202,7 @@ class GatewayProcess:
     extra: tuple[str, ...] = ()  # more top-level YAML lines, e.g. "metrics: {enabled: true}"
     # `limits:` entries added or replaced (e.g. max_connections for 10,000 idle sessions)
     limits: dict | None = None
+    dnssec: bool = False  # believe the resolver's AD bit (DANE tests run a validating one)
     process: subprocess.Popen | None = None
     dir: Path = field(init=False)
 
@@ -219,7 +220,8 @@ class GatewayProcess:
                  f"tls: {{certificate: {tls.certificate}, key: {tls.key}, "
                  f"ca_file: {self.pki.root / 'ca.crt'}, use_system_cas: false}}",
                  "dialback: {secret: interop-secret}",
-                 "dns: {nameservers: ['127.0.0.53'], timeout: 3}",
+                 "dns: {nameservers: ['127.0.0.53'], timeout: 3"
+                 + (", dnssec: true}" if self.dnssec else "}"),
                  f"logging: {{level: {self.log_level}}}",
                  "limits: {" + ", ".join(f"{k}: {v}" for k, v in {
                      "negotiation_timeout": 10, "max_connections_per_ip": 5000,
