@@ -203,6 +203,7 @@ class GatewayProcess:
     # `limits:` entries added or replaced (e.g. max_connections for 10,000 idle sessions)
     limits: dict | None = None
     dnssec: bool = False  # believe the resolver's AD bit (DANE tests run a validating one)
+    direct_tls_port: int | None = None  # a second listener, XEP-0368 direct TLS
     process: subprocess.Popen | None = None
     dir: Path = field(init=False)
 
@@ -216,7 +217,9 @@ class GatewayProcess:
         self.dir.mkdir(parents=True)
         tls = self.pki.tls_settings(self.domain, xmpp_addrs=self.xmpp_addrs)
         lines = [f"domains: [{self.domain}]",
-                 f"listen: [{{host: {IPS[self.domain]}, port: 5269}}]",
+                 f"listen: [{{host: {IPS[self.domain]}, port: 5269}}"
+                 + (f", {{host: {IPS[self.domain]}, port: {self.direct_tls_port}, "
+                    "direct_tls: true}" if self.direct_tls_port else "") + "]",
                  f"tls: {{certificate: {tls.certificate}, key: {tls.key}, "
                  f"ca_file: {self.pki.root / 'ca.crt'}, use_system_cas: false}}",
                  "dialback: {secret: interop-secret}",

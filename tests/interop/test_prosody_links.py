@@ -9,8 +9,10 @@ the gateway's ``status`` and Prosody's debug log.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
+from collections.abc import Iterator
 
 from tests.interop.harness import (
     IPS,
@@ -124,3 +126,92 @@ def test_bidi_one_connection_per_pair(ns: Namespace, pki: Pki) -> None:
     finally:
         server.stop()
         gateway.stop()
+
+
+@contextlib.contextmanager
+def dns_records(ns: Namespace, srv: list[tuple[str, str, int, int, int]],
+                hosts: dict[str, str] | None = None) -> Iterator[None]:
+    """The namespace's dnsmasq with other SRV (and more host) records, for one test; the
+    usual records (harness.Namespace.up) again afterwards."""
+    from tests.support.dnsmasq import DnsmasqServer
+
+    def start(workdir: str, srv_records: list, host_records: dict) -> DnsmasqServer:
+        return DnsmasqServer(ns.workdir / workdir, address="127.0.0.53", port=53,
+                             prefix=tuple(ns.exec), host_records=host_records,
+                             srv_records=srv_records).start()
+
+    usual_hosts = {**{f"xmpp.{d}": ip for d, ip in IPS.items()}, **IPS}
+    usual_srv = [(f"_xmpp-server._tcp.{d}", f"xmpp.{d}", 5269, 0, 5) for d in IPS]
+    assert ns.dns is not None
+    ns.dns.stop()
+    ns.dns = start(f"dns-{len(srv)}-{time.monotonic_ns()}", srv, {**usual_hosts,
+                                                                 **(hosts or {})})
+    try:
+        yield
+    finally:
+        ns.dns.stop()
+        ns.dns = start(f"dns-usual-{time.monotonic_ns()}", usual_srv, usual_hosts)
+
+
+def test_direct_tls_both_ways_with_alpn(ns: Namespace, pki: Pki) -> None:
+    """XEP-0368: both domains publish _xmpps-server first; each side connects with TLS
+    from the first byte, naming ALPN 'xmpp-server'."""
+    srv = [(f"_xmpps-server._tcp.{d}", f"xmpp.{d}", 5270, 0, 5) for d in ("a.example",
+                                                                         "gw.example")]
+    srv += [(f"_xmpp-server._tcp.{d}", f"xmpp.{d}", 5269, 10, 5) for d in IPS]
+    with dns_records(ns, srv):
+        server = Prosody(ns, pki, direct_tls_port=5270).start()
+        gateway = GatewayProcess(ns, pki, [SASL], direct_tls_port=5270)
+        try:
+            gateway.start()
+            result = xmpp_client(ns, "user@a.example", IPS["a.example"], "echo@gw.example")
+            why = explain(server, gateway)
+            assert_echo_exchange(result, "user@a.example", why)
+            rows = {s["direction"]: s for s in sessions(gateway)}
+            # Prosody names 'xmpp-server' and we select it; its own direct-TLS listener
+            # selects no protocol (0.12 configures ALPN on its client side only), which
+            # RFC 7301 §3.2 allows: our offer is checked in test_tls_alpn.py.
+            assert rows["inbound"]["alpn"] == "xmpp-server", (rows, why)
+            assert rows["outbound"]["peer_address"] == f"{IPS['a.example']}:5270", why
+            # Both connections went to the direct-TLS ports (none to 5269).
+            assert len(tcp_connections(ns, 5270)) == 2, why
+            assert not tcp_connections(ns, 5269), why
+        finally:
+            server.stop()
+            gateway.stop()
+
+
+def test_resolution_order(ns: Namespace, pki: Pki) -> None:
+    """RFC 6120 §3.2: with SRV records, only their targets are tried — a.example's own
+    address (where Prosody listens) is not a fallback after they fail; without SRV
+    records the domain's own address is used."""
+    dead = [("_xmpp-server._tcp.a.example", "dead.a.example", 5269, 0, 5),
+            ("_xmpp-server._tcp.gw.example", "xmpp.gw.example", 5269, 0, 5)]
+    with dns_records(ns, dead, {"dead.a.example": "127.0.0.9"}):
+        server = Prosody(ns, pki).start()
+        gateway = GatewayProcess(ns, pki, [SASL])
+        try:
+            gateway.start()
+            result = xmpp_client(ns, "user@a.example", IPS["a.example"], "echo@gw.example")
+            why = explain(server, gateway)
+            assert not [m for m in result["messages"] if m["type"] != "error"], why
+            assert "no target could be reached: dead.a.example[127.0.0.9]:5269" in \
+                gateway.log, why
+            assert not [s for s in sessions(gateway) if s["direction"] == "outbound"], why
+        finally:
+            server.stop()
+            gateway.stop()
+    no_srv = [("_xmpp-server._tcp.gw.example", "xmpp.gw.example", 5269, 0, 5)]
+    with dns_records(ns, no_srv):
+        server = Prosody(ns, pki).start()
+        gateway = GatewayProcess(ns, pki, [SASL])
+        try:
+            gateway.start()
+            result = xmpp_client(ns, "user@a.example", IPS["a.example"], "echo@gw.example")
+            why = explain(server, gateway)
+            assert_echo_exchange(result, "user@a.example", why)
+            [outbound] = [s for s in sessions(gateway) if s["direction"] == "outbound"]
+            assert outbound["peer_address"] == f"{IPS['a.example']}:5269", why
+        finally:
+            server.stop()
+            gateway.stop()
