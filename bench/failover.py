@@ -331,3 +331,26 @@ def failover_runs(ns: Namespace, pki: Pki, runs: int, rate: int = 2000, seconds:
             "recovery_s_median": sorted(recoveries)[len(recoveries) // 2] if recoveries
             else None}
     return results
+
+
+def failover_markdown(results: dict[str, Any]) -> list[str]:
+    """The failover row of docs/benchmarks.md."""
+    lines = ["## Failover: SIGKILL of a gateway node under load", "",
+             f"Two gateway nodes on one PostgreSQL store behind one SRV name and Kamailio's "
+             f"dispatcher; Prosody 0.12 with stream management (`smacks_s2s_resend = "
+             f"{str(results['resend']).lower()}`); {results['rate']:,} msg/s for "
+             f"{results['seconds']:g} s per run, the node holding the stream killed 1 s in, "
+             "then started again (bench/failover.py). Lost = neither delivered nor answered "
+             "with an error, counted by index at the receivers; recovery = the longest pause "
+             "in arrivals.", "",
+             "| Direction | Runs | Sent | Lost | Errors to the sender | Duplicates | "
+             "Recovery (median / max) |", "|---|---|---|---|---|---|---|"]
+    for direction, label in (("xmpp_sip", "XMPP → SIP"), ("sip_xmpp", "SIP → XMPP")):
+        row = results.get(direction)
+        if not row:
+            continue
+        median, top = row["recovery_s_median"], row["recovery_s_max"]
+        recovery = f"{median:.2f} s / {top:.2f} s" if median is not None else "—"
+        lines.append(f"| {label} | {row['runs']} | {row['sent']:,} | {row['lost']} | "
+                     f"{row['refused']} | {row['duplicates']} | {recovery} |")
+    return [*lines, ""]
