@@ -38,7 +38,7 @@ from xml.etree.ElementTree import Element
 from gateway.config.model import GatewayConfig, PartnerPolicy, PartnerType
 from gateway.dns import dane
 from gateway.logs import log_event
-from gateway.net import delivery, happy_eyeballs
+from gateway.net import delivery, happy_eyeballs, resent
 from gateway.net.backoff import QUEUE_WAIT, Backoff
 from gateway.net.connection import StreamConnection
 from gateway.xmpp.events import (
@@ -128,6 +128,7 @@ class S2SService:
         self._servers: list[asyncio.base_events.Server] = []
         self._accepting = True
         self._stopping = False  # stop(): what links give back is bounced, not re-sent
+        self.recent = resent.RecentStanzas()  # delivered lately (re-sends recognised)
         self._per_ip: dict[str, int] = {}
         self.reading_paused = False
         # Told when the queue toward a domain goes over (back under) its bound, so the
@@ -450,6 +451,12 @@ class S2SService:
         stream = conn.stream
         if isinstance(event, StanzaReceived):
             self._count("stanzas_in", event.remote_domain)
+            if event.seq >= 0 and self.recent.seen(event.stanza, event.remote_domain):
+                # Sent again after a lost link, and delivered here already (resent.py).
+                self._count("duplicates_dropped", event.remote_domain)
+                stream.stanza_settled(event.seq, asyncio.get_running_loop().time())
+                conn.schedule_pump()
+                return
             # XEP-0198: acknowledged to the peer only once the router settled it.
             settled = None if event.seq < 0 else functools.partial(self._settled, conn,
                                                                    event.seq)
@@ -579,6 +586,7 @@ class S2SService:
                 self._count("bounces", remote)
                 self._bounce(stanza, item.on_done, "remote-server-timeout", reason)
                 continue
+            resent.mark(stanza, local)
             session.queue.appendleft(item)
             session.resent += 1
             self._count("resent", remote)

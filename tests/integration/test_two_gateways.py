@@ -314,3 +314,30 @@ async def test_bidi_between_gateways(pair: Pair) -> None:
             break
         await asyncio.sleep(0.02)
     assert all(row["stream_management"]["unacked"] == 0 for row in rows), rows
+
+
+async def test_resent_stanza_already_delivered_is_not_delivered_twice(pair: Pair) -> None:
+    """A's link to B dies after B delivered a stanza but before B's acknowledgement left:
+    A sends it again over a new link, marked as re-sent (XEP-0203 delay); B recognises
+    it and delivers it once."""
+    await pair.start(partner("b.example", _policy("optional", "optional", True)),
+                     partner("a.example", _policy("optional", "optional", True)),
+                     federation=FederationSettings(bidi=False))
+    await pair.a.backend.inject(message("alice@a.example/pc", "bob@b.example", "warm-up"))
+    await pair.b.backend.next_delivered(10)
+    b_s2s = pair.b.s2s
+    assert b_s2s is not None and pair.a.s2s is not None
+    b_s2s._settled = lambda conn, seq: None  # type: ignore[method-assign]  # no more acks
+    stanza = message("alice@a.example/pc", "bob@b.example", "once")
+    stanza.set("id", "once-1")
+    await pair.a.backend.inject(stanza)
+    assert (await pair.b.backend.next_delivered(10)).findtext("{jabber:server}body") == "once"
+    [out] = [c for c in pair.a.s2s.connections if c.stream.direction == "out"]
+    assert out.stream.unacked == 1
+    del b_s2s._settled  # acknowledgements flow again on the next link
+    out.abort()  # the link dies (RST), B's acknowledgement never came
+    await pair.a.backend.inject(message("alice@a.example/pc", "bob@b.example", "after"))
+    assert (await pair.b.backend.next_delivered(10)).findtext("{jabber:server}body") == "after"
+    assert b_s2s.recent.duplicates == 1
+    bodies = [s.findtext("{jabber:server}body") for s in pair.b.backend.delivered]
+    assert bodies.count("once") == 1, bodies  # it came again, and was not delivered twice
