@@ -200,7 +200,7 @@ class Limits:
     inbound_bytes_per_second: int = setting(0, Whole(0))
     # Stanzas sent under stream management and not yet acknowledged, per stream: no more
     # are written until the peer acknowledges some (they count in max_queue_per_domain).
-    max_unacked: int = 500
+    max_unacked: int = 5000
 
 
 @dataclass(frozen=True, slots=True)

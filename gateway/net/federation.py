@@ -451,11 +451,11 @@ class S2SService:
         stream = conn.stream
         if isinstance(event, StanzaReceived):
             self._count("stanzas_in", event.remote_domain)
-            if event.seq >= 0 and self.recent.seen(event.stanza, event.remote_domain):
+            if self.recent.keys and self.recent.seen(event.stanza, event.remote_domain):
                 # Sent again after a lost link, and delivered here already (resent.py).
                 self._count("duplicates_dropped", event.remote_domain)
-                stream.stanza_settled(event.seq, asyncio.get_running_loop().time())
-                conn.schedule_pump()
+                if stream.stanza_settled(event.seq):
+                    conn.schedule_pump()
                 return
             # XEP-0198: acknowledged to the peer only once the router settled it.
             settled = None if event.seq < 0 else functools.partial(self._settled, conn,
@@ -545,13 +545,11 @@ class S2SService:
                 session.backlog <= self.config.limits.max_queue_per_domain // 2:
             self._set_congested(session, False)
 
-    def _settled(self, conn: StreamConnection, seq: int) -> None:
+    @staticmethod
+    def _settled(conn: StreamConnection, seq: int) -> None:
         """The router is done with received stanza ``seq``: it may be acknowledged."""
-        if conn.stream.closed:
-            conn.stream.stanza_settled(seq, 0.0)  # counted as settled after the close
-            return
-        conn.stream.stanza_settled(seq, asyncio.get_running_loop().time())
-        conn.schedule_pump()
+        if conn.stream.stanza_settled(seq):
+            conn.schedule_pump()
 
     def _on_acked(self, conn: StreamConnection, event: StanzasAcked) -> None:
         """The peer has these stanzas: tell who waited, and let more through the window."""
@@ -673,6 +671,9 @@ class S2SService:
                     (False, "remote-server-not-found", stream.close_reason or "closed",
                      not stream.peer_header_received))
         self._take_back(conn)
+        if stream.sm_in is not None and stream.remote_domain:
+            for stanza in stream.received_unacked():  # the peer sends these again
+                self.recent.remember(stanza, stream.remote_domain)
         for session in carried:
             if session.queue:
                 self._ensure_connecting(session)

@@ -4,12 +4,14 @@ A stanza a link left unacknowledged (XEP-0198) may in fact have been delivered: 
 receiver handled it, and its acknowledgement died with the link. When it comes again it
 must not be delivered twice. Prosody marks what it may send again with a delay
 (XEP-0203) naming its own domain; the gateway does the same with what it re-sends
-(:func:`mark`). A receiving gateway node remembers the (peer domain, sender, id) of
-the stanzas it delivered lately from stream-managed links (:class:`RecentStanzas`) and
-drops, settled and counted, a marked stanza it has already delivered. This catches the
-link that died with the node alive (the common case: a network hiccup, a peer restart);
-a stanza whose first delivery was by a node that died with it is delivered twice and
-counted as re-sent by the sender (docs/delivery.md).
+(:func:`mark`). When a stream-managed link ends, the receiving gateway node remembers
+the (peer domain, sender, id) of the stanzas it had received on it and not yet
+acknowledged — exactly what the peer will send again (:class:`RecentStanzas`) — and
+drops, settled and counted, a marked stanza among them when it comes. Nothing is done
+per stanza while no link has ended lately. This catches the link that died with the
+node alive (the common case: a network hiccup, a peer restart); a stanza whose first
+delivery was by a node that died with it is delivered twice and counted as re-sent by
+the sender (docs/delivery.md).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from xml.etree.ElementTree import Element, SubElement
 
 NS_DELAY = "urn:xmpp:delay"
 TAG_DELAY = f"{{{NS_DELAY}}}delay"
-REMEMBERED = 20_000  # stanzas remembered per node: seconds of traffic at full speed
+REMEMBERED = 20_000  # stanzas remembered per node, the oldest forgotten first
 
 Key = tuple[str, str, str]  # (peer domain, full 'from', 'id')
 
@@ -43,33 +45,39 @@ def marked_by(stanza: Element, domain: str) -> bool:
 
 
 class RecentStanzas:
-    """The last REMEMBERED stanzas (with an id) delivered from stream-managed links."""
+    """Stanzas (with an id) received on stream-managed links that ended before they were
+    acknowledged: the ones their senders will send again. At most ``capacity``."""
 
-    __slots__ = ("_keys", "capacity", "duplicates")
+    __slots__ = ("capacity", "duplicates", "keys")
 
     def __init__(self, capacity: int = REMEMBERED) -> None:
-        self._keys: OrderedDict[Key, None] = OrderedDict()
+        # Empty (falsy) while no stream-managed link has ended lately: the receiving
+        # path then only tests this dict (``if recent.keys``), per stanza.
+        self.keys: OrderedDict[Key, None] = OrderedDict()
         self.capacity = capacity
         self.duplicates = 0
+
 
     @staticmethod
     def key(stanza: Element, remote: str) -> Key | None:
         stanza_id = stanza.get("id")
         return (remote, stanza.get("from", ""), stanza_id) if stanza_id else None
 
-    def seen(self, stanza: Element, remote: str) -> bool:
-        """True for a stanza sent again (marked by ``remote``) that was delivered before;
-        otherwise remember it and say False."""
+    def remember(self, stanza: Element, remote: str) -> None:
         key = self.key(stanza, remote)
         if key is None:
-            return False
-        keys = self._keys
-        if key in keys:
-            if marked_by(stanza, remote):
-                self.duplicates += 1
-                return True
-            return False  # the same id again, not a re-send: a sender reusing ids
+            return
+        keys = self.keys
         keys[key] = None
         if len(keys) > self.capacity:
             keys.popitem(last=False)
-        return False
+
+    def seen(self, stanza: Element, remote: str) -> bool:
+        """True for a stanza sent again (marked by ``remote``) that was received before
+        (then forgotten: a third copy would be new)."""
+        key = self.key(stanza, remote)
+        if key is None or key not in self.keys or not marked_by(stanza, remote):
+            return False
+        del self.keys[key]
+        self.duplicates += 1
+        return True

@@ -18,6 +18,7 @@ The roles live in ``inbound.py`` (receiving and authoritative server) and
 from __future__ import annotations
 
 import secrets
+from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
@@ -129,7 +130,8 @@ class S2SStream:
 
     __slots__ = ("_close_deadline", "_close_when_settled", "_events", "_header_sent",
                  "_last_received", "_last_sent", "_last_stanza", "_negotiation_deadline",
-                 "_now", "_out", "_parser", "_peer_cert", "_release_check", "_restarts",
+                 "_now", "_out", "_parser", "_peer_cert", "_received_unacked",
+                 "_release_check", "_restarts",
                  "_settle_deadline", "_sm_ack_due", "_tls", "_tls_active", "_tls_plain",
                  "bidi", "close_error", "close_reason", "created_at", "ctx", "local_domain",
                  "memory_releases", "pairs", "partner", "peer_address", "phase",
@@ -187,6 +189,9 @@ class S2SStream:
         self.sm_in: sm.ReceivedCounter | None = None
         self.sm_out: sm.SentQueue | None = None
         self._sm_ack_due: float | None = None  # when the next unsolicited <a/> is due
+        # (seq, stanza) received and not yet covered by one of our <a/>: what the peer
+        # sends again if this link ends (see received_unacked). None without SM.
+        self._received_unacked: deque[tuple[int, Element]] | None = None
         # A close waiting for the received stanzas to settle (the reason), and until when.
         self._close_when_settled: str | None = None
         self._settle_deadline: float | None = None
@@ -286,10 +291,11 @@ class S2SStream:
         """
         from_dom = stanza.get("from", "").partition("/")[0].rpartition("@")[2]
         to_dom = stanza.get("to", "").partition("/")[0].rpartition("@")[2]
-        if not self.can_send(from_dom, to_dom):
+        if self.phase is not Phase.OPEN or (to_dom, from_dom) not in self.pairs \
+                or self._close_when_settled is not None or not self._carries_outgoing():
             raise NotAuthenticated(f"{from_dom} → {to_dom} is not authorized on this stream")
         self.stanzas_out += 1
-        self._stanza_activity(self._now)
+        self._last_stanza = self._now
         queue = self.sm_out
         if queue is not None:
             queue.push(stanza, token)
@@ -307,24 +313,37 @@ class S2SStream:
         """Inbound streams carry the peer's stanzas; outbound ones only with XEP-0288."""
         raise NotImplementedError
 
-    def stanza_settled(self, seq: int, now: float) -> None:
+    def stanza_settled(self, seq: int, now: float | None = None) -> bool:
         """The stanza of :class:`StanzaReceived` ``seq`` is safe (delivered, answered with
-        an error, or dropped with a count): it may now be acknowledged (XEP-0198 §4)."""
+        an error, or dropped with a count): it may now be acknowledged (XEP-0198 §4).
+
+        True when the driver has something to do (bytes to send, a timer to arm): most
+        settlements only move a counter, and cost the driver nothing. ``now`` defaults to
+        the time of the last received bytes (the acknowledgement timer need not be more
+        precise than that)."""
         counter = self.sm_in
         if counter is None or seq < 0:
-            return
-        if self.phase in (Phase.CLOSING, Phase.CLOSED):
+            return False
+        if self.phase is not Phase.OPEN:  # stream management is on only once open
             self.settled_after_close += 1
-            return
-        if not counter.settle(seq):
-            return
-        self._now = now
-        if counter.unacked >= sm.ACK_EVERY:
+            return False
+        if seq == counter.handled and counter._early is None:
+            counter.handled = seq + 1  # the common case: in order
+        elif not counter.settle(seq):
+            return False
+        if now is not None:
+            self._now = now
+        busy = True
+        if counter.handled - counter.last_sent >= sm.ACK_EVERY:
             self._send_ack()
         elif self._sm_ack_due is None:
-            self._sm_ack_due = now + sm.ACK_DELAY
+            self._sm_ack_due = self._now + sm.ACK_DELAY
+        else:
+            busy = False  # the acknowledgement timer is armed already
         if self._close_when_settled is not None and not counter.unsettled:
             self._close_gracefully(self._close_when_settled)
+            busy = True
+        return busy
 
     def take_unacked(self) -> list[tuple[Element, Hashable | None]]:
         """The stanzas sent under stream management that the peer never acknowledged
@@ -334,7 +353,8 @@ class S2SStream:
 
     @property
     def unacked(self) -> int:
-        return len(self.sm_out) if self.sm_out is not None else 0
+        queue = self.sm_out
+        return 0 if queue is None else queue.sent - queue.acked
 
     @property
     def stream_management(self) -> bool:
@@ -665,6 +685,17 @@ class S2SStream:
         assert self.sm_in is not None
         self._sm_ack_due = None
         self._send(self.sm_in.ack())
+        kept, handled = self._received_unacked, self.sm_in.handled
+        if kept:
+            while kept and kept[0][0] < handled:
+                kept.popleft()
+            if not kept:
+                self._received_unacked = None  # idle streams keep no deque (0.6 KiB)
+
+    def received_unacked(self) -> list[Element]:
+        """The stanzas received here that our acknowledgements do not cover: when the link
+        has ended, exactly what the peer will send again (gateway/net/resent.py)."""
+        return [stanza for _seq, stanza in self._received_unacked or ()]
 
     def _begin_close(self, reason: str) -> None:
         self._sm_ack_due = self._settle_deadline = None
@@ -758,5 +789,13 @@ class S2SStream:
         self.stanzas_in += 1
         self._stanza_activity(now)
         counter = self.sm_in
-        seq = counter.receive() if counter is not None else -1
+        if counter is None:
+            seq = -1
+        else:
+            seq = counter.received
+            counter.received = seq + 1
+            kept = self._received_unacked
+            if kept is None:
+                kept = self._received_unacked = deque()
+            kept.append((seq, stanza))
         self._events.append(StanzaReceived(stanza, remote, local, seq))

@@ -49,7 +49,7 @@ H_MODULUS = 2**32  # XEP-0198 §4: h is an unsignedInt and wraps
 # one, or ACK_DELAY after the first of them; a peer that asks (<r/>) is answered at once.
 # The sender re-sends or bounces what is unacknowledged when the link dies, so the fewer
 # stanzas wait for an ack, the fewer duplicates a crash can cause (see docs/delivery.md).
-ACK_EVERY = 32
+ACK_EVERY = 64
 ACK_DELAY = 0.05
 # Sender: without an answer to our <r/> for this long the link is taken as dead (the
 # peer stopped processing), and the stream is closed so its stanzas go elsewhere.

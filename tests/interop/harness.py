@@ -195,6 +195,7 @@ class GatewayProcess:
     xmpp_addrs: bool = True
     log_level: str = "debug"
     allow_unlisted: bool = False
+    bidi: bool = True  # XEP-0288 (federation.bidi)
     sip: dict | None = None  # the `sip:` section (backend: sip …); None = development
     # Issue "nothing dropped silently": stop() fails when the gateway logged a dropped
     # stanza, unless the scenario expects drops (and counts them itself).
@@ -229,7 +230,8 @@ class GatewayProcess:
                  "limits: {" + ", ".join(f"{k}: {v}" for k, v in {
                      "negotiation_timeout": 10, "max_connections_per_ip": 5000,
                      **(self.limits or {})}.items()) + "}",
-                 f"federation: {{allow_unlisted: {str(self.allow_unlisted).lower()}}}",
+                 f"federation: {{allow_unlisted: {str(self.allow_unlisted).lower()}, "
+                 f"bidi: {str(self.bidi).lower()}}}",
                  "store: {path: store.sqlite3}", "admin_socket: admin.sock"]
         if self.sip is not None:
             lines.append("sip: {" + ", ".join(f"{k}: {v}" for k, v in self.sip.items()) + "}")

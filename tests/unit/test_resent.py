@@ -22,16 +22,22 @@ def test_mark_once() -> None:
     assert marked_by(element, "a.example") and not marked_by(element, "c.example")  # type: ignore[arg-type]
 
 
-def test_only_a_marked_repeat_is_a_duplicate() -> None:
+def test_only_a_marked_repeat_of_a_remembered_stanza_is_a_duplicate() -> None:
     recent = RecentStanzas(capacity=2)
+    assert not recent.keys
     first = stanza("x")
-    assert not recent.seen(first, "a.example")  # type: ignore[arg-type]
-    assert not recent.seen(stanza("x"), "a.example")  # type: ignore[arg-type]  # unmarked: a sender reusing ids
+    recent.remember(first, "a.example")  # type: ignore[arg-type]
+    assert recent.keys
+    assert not recent.seen(stanza("x"), "a.example")  # type: ignore[arg-type]  # unmarked
     again = stanza("x")
     mark(again, "a.example")  # type: ignore[arg-type]
-    assert recent.seen(again, "a.example") and recent.duplicates == 1  # type: ignore[arg-type]
     assert not recent.seen(again, "c.example")  # type: ignore[arg-type]  # another peer's
-    assert not recent.seen(stanza("no id", None), "a.example")  # type: ignore[arg-type]
-    recent.seen(stanza("y", "m2"), "a.example")  # type: ignore[arg-type]
-    recent.seen(stanza("z", "m3"), "a.example")  # type: ignore[arg-type]  # m1 forgotten
-    assert not recent.seen(again, "a.example")  # type: ignore[arg-type]
+    assert recent.seen(again, "a.example") and recent.duplicates == 1  # type: ignore[arg-type]
+    assert not recent.seen(again, "a.example")  # type: ignore[arg-type]  # once only
+    recent.remember(stanza("no id", None), "a.example")  # type: ignore[arg-type]
+    assert not recent.keys
+    for stanza_id in ("m1", "m2", "m3"):  # m1 forgotten: capacity 2
+        recent.remember(stanza("y", stanza_id), "a.example")  # type: ignore[arg-type]
+    old = stanza("y", "m1")
+    mark(old, "a.example")  # type: ignore[arg-type]
+    assert not recent.seen(old, "a.example")  # type: ignore[arg-type]
