@@ -198,8 +198,10 @@ class Limits:
     # Per inbound stream, bytes/s before reads are paused (0 = unlimited); a flood on one
     # session then slows that peer down through TCP instead of starving the others.
     inbound_bytes_per_second: int = setting(0, Whole(0))
-    # Stanzas sent under stream management and not yet acknowledged, per stream: no more
-    # are written until the peer acknowledges some (they count in max_queue_per_domain).
+    # Stanzas sent under stream management and not yet acknowledged, per stream (the
+    # window): no more are written until the peer acknowledges some; the next ones wait
+    # in the domain's queue (max_queue_per_domain). About what a 1 MiB socket buffer
+    # held of chat messages before acknowledgements.
     max_unacked: int = 5000
 
 

@@ -14,8 +14,9 @@ The orchestration the sans-I/O streams cannot do alone (they know one connection
   server, and its answer goes back to the inbound stream that asked.
 * **Stream management** (XEP-0198): a received stanza is acknowledged only once the
   router settled it; a sent one is kept until the peer acknowledges it, and re-sent over
-  a new link or bounced when its link dies (gateway/net/delivery.py). What is sent and
-  not yet acknowledged counts in the domain's queue bound.
+  a new link or bounced when its link dies (gateway/net/delivery.py). At most
+  ``limits.max_unacked`` are unacknowledged per stream (the window); the rest wait in
+  the domain's queue, whose bound holds the senders back.
 * **Bidi** (XEP-0288): an inbound stream that negotiated it also carries our stanzas
   to its peer; no outbound connection is opened while it lives.
 * **Connecting**: DANE (RFC 7673) per partner policy, the addresses of each target
@@ -87,16 +88,6 @@ class OutboundSession:
     congested: bool = False  # queue over limits.max_queue_per_domain (see S2SService.send)
     backoff: Backoff = field(default_factory=Backoff)
     resent: int = 0  # stanzas sent again after a link died before acknowledging them
-
-    @property
-    def unacked(self) -> int:
-        conn = self.connection
-        return conn.stream.unacked if conn is not None else 0
-
-    @property
-    def backlog(self) -> int:
-        """What counts against limits.max_queue_per_domain: queued plus unacknowledged."""
-        return len(self.queue) + self.unacked
 
 
 def unlisted_partner(domain: str) -> PartnerPolicy:
@@ -248,7 +239,7 @@ class S2SService:
         # domain is congested, which holds back its sources (the local side, and inbound
         # streams from that domain, whose error replies land here) until it drains.
         session.queue.append(stanza if on_done is None else delivery.Pending(stanza, on_done))
-        if not session.congested and session.backlog > self.config.limits.max_queue_per_domain:
+        if not session.congested and len(session.queue) > self.config.limits.max_queue_per_domain:
             self._set_congested(session, True)
         self._ensure_connecting(session)
 
@@ -542,7 +533,7 @@ class S2SService:
             conn.pump()
         conn.pump()
         if session.congested and \
-                session.backlog <= self.config.limits.max_queue_per_domain // 2:
+                len(session.queue) <= self.config.limits.max_queue_per_domain // 2:
             self._set_congested(session, False)
 
     @staticmethod
@@ -559,7 +550,7 @@ class S2SService:
             if session.connection is conn and session.queue:
                 self._flush(session)
             elif session.connection is conn and session.congested \
-                    and session.backlog <= self.config.limits.max_queue_per_domain // 2:
+                    and len(session.queue) <= self.config.limits.max_queue_per_domain // 2:
                 self._set_congested(session, False)
 
     def _take_back(self, conn: StreamConnection) -> None:
