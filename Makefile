@@ -11,7 +11,7 @@ TEST_DEBS := prosody ejabberd dnsmasq-base lua-unbound kamailio kamailio-presenc
              kamailio-tls-modules \
              sip-tester iproute2 openssl postgresql \
              unbound nsd ldnsutils
-# The compose stack's test (issue 16): podman and runc from Debian, debootstrap for the
+# The compose stack's test: podman and runc from Debian, debootstrap for the
 # Debian base image where no registry is reachable; podman-compose from PyPI into the venv
 # (bookworm's 1.0.3 ignores per-network ipv4_address and ipam, which the stack uses).
 COMPOSE_DEBS := podman runc debootstrap
@@ -73,8 +73,14 @@ $(VENV)/.podman-compose: $(VENV)/.installed
 compose-test: compose-debs venv $(VENV)/.podman-compose
 	$(PY) -m pytest -q -s -ra tests/compose
 
+# The contracts between the gateway's parts and the parts built on them, type-checked
+# strictly (imports are followed silently: their own strictness is their modules' matter).
+MYPY_STRICT := gateway/contracts.py gateway/backend.py gateway/store/protocols.py \
+               gateway/router gateway/cluster gateway/assembly.py gateway/daemon.py
+
 test: debs compose-debs venv $(VENV)/.podman-compose
 	$(PY) -m ruff check gateway tests bench demo
+	$(PY) -m mypy --strict --follow-imports=silent $(MYPY_STRICT)
 	$(PY) -m pytest -q -ra
 
 test-unit: venv

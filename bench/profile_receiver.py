@@ -28,8 +28,8 @@ ENTRY_POINTS = (
     ("XML parsing (StreamParser.feed)", "gateway/xmpp/parser.py", "feed"),
     ("S2S stream checks per stanza (InboundStream._on_stanza)", "gateway/xmpp/inbound.py",
      "_on_stanza"),
-    ("router incl. contact rules + backend (Router._handle_inbound)", "gateway/router.py",
-     "_handle_inbound"),
+    ("router incl. contact rules + backend (InboundRouting._route)",
+     "gateway/router/inbound.py", "_route"),
     ("  of which the development backend (deliver)", "gateway/sip/development.py", "deliver"),
 )
 

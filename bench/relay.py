@@ -1,4 +1,4 @@
-"""The relay section of `make bench` (issue 17): the gateway relaying between a real
+"""The relay section of `make bench`: the gateway relaying between a real
 Prosody and SIP, next to Prosody relaying to Prosody, in the same run, on the same load.
 
     Prosody a.example ──S2S (TLS+SASL EXTERNAL)── gateway gw.example ── Kamailio ── SIP UA
@@ -10,6 +10,11 @@ Paths (each: paced runs at several rates, then one free-running burst):
 ``xmpp_xmpp`` c2s writer on a → Prosody a → Prosody b → c2s receiver;
 ``sip_xmpp``  SIP UA (bench/relay_sip.py) → Kamailio → gateway → Prosody a → c2s receiver;
 ``xmpp_xmpp_back`` c2s writer on b → Prosody b → Prosody a → c2s receiver.
+``sip_direct`` SIP UA in the proxy's place (its address) → gateway → Prosody a → c2s
+receiver, each MESSAGE its own datagram: paced at 10,000/s from one socket (what phones
+behind a stateless path produce; Prosody a's cost in the same run is its S2S → c2s path),
+then an open-loop flood with no retransmission (answered / 503 / unanswered, and the
+kernel's drops at the gateway's socket).
 Then the presence storm (bench/relay_storm.py). For each run: sent, delivered, refused
 (stanza errors back to the writer / SIP final answers >= 300), dropped (the rest), rates,
 CPU µs per delivered message of every server process, the gateway's peak RSS, its
@@ -44,6 +49,9 @@ class Sizes:
     burst: int = 100_000  # the free-running run
     storm: int = 5_000  # contacts in the presence storm (each side)
     sip_window: int = 2000  # SIP requests without a final answer, at most (bench/relay_sip)
+    direct_rate: int = 10_000  # sip_direct: the paced run, msg/s, one datagram each
+    direct_seconds: float = 5.0  # its length
+    open_loop: int = 50_000  # sip_direct: the open-loop flood (0: none)
     # XEP-0198 on the S2S links (Prosody's mod_smacks; the gateway enables it where
     # offered): the default, as deployed; off measures the relay without acknowledgements.
     stream_management: bool = True
@@ -56,6 +64,7 @@ class RelayPath:
     writer: tuple[str, str] | None  # (Prosody host, domain) of the c2s writer; None = SIP
     recipient: str
     sink: tuple[str, str] | None  # (Prosody host, domain) of the c2s receiver; None = SIP
+    sip_port: int = KAMAILIO_PORT  # where a SIP writer sends: Kamailio, or the gateway
 
 
 PATHS = {  # Prosody's path first: the gateway's backlog cannot slow it down
@@ -66,6 +75,10 @@ PATHS = {  # Prosody's path first: the gateway's backlog cannot slow it down
                             (IPS["a.example"], "a.example")),
     "sip_xmpp": RelayPath(None, "user@a.example", (IPS["a.example"], "a.example")),
 }
+# The SIP UA in the proxy's place: it sends from the proxy's address (the gateway's
+# trusted source) straight to the gateway's SIP port.
+DIRECT = RelayPath(None, "user@a.example", (IPS["a.example"], "a.example"),
+                   sip_port=GATEWAY_SIP_PORT)
 SETTLE = 40.0  # longest wait for the gateway to finish a path's SIP transactions
 
 
@@ -92,7 +105,8 @@ class RelayWorld:
             sip={"backend": "sip", "proxy_host": GW, "proxy_port": KAMAILIO_PORT,
                  "transport": "udp", "local_host": GW, "local_port": GATEWAY_SIP_PORT},
             extra=("metrics: {enabled: true, host: 127.0.0.1, port: 9269}",),
-            drops_expected=True)  # overload runs report drops (status) instead of failing
+            drops_expected=True,  # overload runs report drops (status) instead of failing
+            record_s2s=False)  # the S2S recording (a test aid) would cost CPU per write
 
     @contextlib.contextmanager
     def running(self) -> Iterator[RelayWorld]:
@@ -196,8 +210,10 @@ class Meter:
         return found
 
 
-def run_path(world: RelayWorld, path: RelayPath, n: int, rate: float, sizes: Sizes) -> dict:
-    """One run on one path: ``n`` messages at ``rate`` msg/s (0: as fast as accepted)."""
+def run_path(world: RelayWorld, path: RelayPath, n: int, rate: float, sizes: Sizes, *,
+             open_loop: bool = False) -> dict:
+    """One run on one path: ``n`` messages at ``rate`` msg/s (0: as fast as accepted);
+    ``open_loop``: a SIP flood with no retransmission and no window (bench/relay_sip)."""
     limit = 20 + n / 2000  # 70 s for a burst of 100,000: bounded even at 1,500 msg/s
     meter = Meter(world)
     with contextlib.ExitStack() as children:  # every child ends with the run, also on error
@@ -222,8 +238,9 @@ def run_path(world: RelayWorld, path: RelayPath, n: int, rate: float, sizes: Siz
         else:
             meter.begin()
             load = children.enter_context(world.child(
-                "bench.relay_sip", "message", GW, KAMAILIO_PORT, n, rate, sizes.sip_window,
-                limit, path.recipient))
+                "bench.relay_sip", "message", GW, path.sip_port, n, rate,
+                0 if open_loop else sizes.sip_window, limit, path.recipient,
+                *(["--open-loop"] if open_loop else [])))
             sent = load.line(limit + 20)
         sink.send(f"{sent['sent']} {QUIET} {limit}")
         arrived = sink.line(limit + 20)
@@ -259,8 +276,11 @@ def run_path(world: RelayWorld, path: RelayPath, n: int, rate: float, sizes: Siz
     }
 
 
-def run_relay(ns: Namespace, pki: Pki, sizes: Sizes) -> dict[str, Any]:
-    """Every path (paced runs, then the burst) and the presence storm, one world."""
+def run_relay(ns: Namespace, pki: Pki, sizes: Sizes,
+              paths: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Every path (paced runs, then the burst), the one-datagram SIP runs and the presence
+    storm, one world; ``paths`` (names of PATHS and ``sip_direct``) runs only those (and
+    the storm only when ``sizes.storm``)."""
     from bench.relay_storm import presence_storm
 
     results: dict[str, Any] = {
@@ -269,6 +289,8 @@ def run_relay(ns: Namespace, pki: Pki, sizes: Sizes) -> dict[str, Any]:
     world = RelayWorld(ns, pki, sizes.stream_management)
     with world.running():
         for name, path in PATHS.items():
+            if paths is not None and name not in paths:
+                continue
             warm = run_path(world, path, 5, 0, sizes)  # S2S sessions up before measuring
             if warm["delivered"] != 5:
                 raise RuntimeError(f"relay warm-up on {name} failed: {warm}\n"
@@ -280,5 +302,26 @@ def run_relay(ns: Namespace, pki: Pki, sizes: Sizes) -> dict[str, Any]:
             runs["burst"] = run_path(world, path, sizes.burst, 0, sizes)
             runs["settle_seconds"] = world.settle()
             results["paths"][name] = runs
-        results["storm"] = presence_storm(world, Meter(world), sizes.storm)
+        if paths is None or "sip_direct" in paths:
+            results["direct"] = direct_runs(world, sizes)
+        if sizes.storm:
+            results["storm"] = presence_storm(world, Meter(world), sizes.storm)
     return results
+
+
+def direct_runs(world: RelayWorld, sizes: Sizes) -> dict[str, Any]:
+    """SIP → XMPP with each MESSAGE its own datagram from the proxy's address: paced from
+    one socket, then (``sizes.open_loop``) an open-loop flood."""
+    warm = run_path(world, DIRECT, 5, 0, sizes)
+    if warm["delivered"] != 5:
+        raise RuntimeError(f"relay warm-up on sip_direct failed: {warm}\n"
+                           f"{world.gateway.log[-3000:]}")
+    found: dict[str, Any] = {"paced": run_path(
+        world, DIRECT, int(sizes.direct_rate * sizes.direct_seconds), sizes.direct_rate,
+        sizes)}
+    found["settle_seconds"] = world.settle()
+    if sizes.open_loop:
+        found["open_loop"] = run_path(world, DIRECT, sizes.open_loop, 0, sizes,
+                                      open_loop=True)
+        found["open_loop_settle_seconds"] = world.settle()
+    return found

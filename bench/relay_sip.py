@@ -7,7 +7,7 @@ A ``503`` with ``Retry-After`` (RFC 3261 §21.5.4: the gateway's way of asking a
 slow down) is not a refusal: the request is sent again, as a new transaction, once the
 time asked for has passed; such answers are counted as ``busy``.
 
-    python -m bench.relay_sip KIND HOST PROXY_PORT N RATE WINDOW LIMIT RECIPIENT
+    python -m bench.relay_sip KIND HOST PROXY_PORT N RATE WINDOW LIMIT RECIPIENT [--open-loop]
 
 KIND: ``message`` (From sip:sipwriter@gw.example, body = monotonic_ns index) or
 ``subscribe`` (From sip:wNNNNN@gw.example, Event: presence; NOTIFYs to it are answered
@@ -15,6 +15,10 @@ KIND: ``message`` (From sip:sipwriter@gw.example, body = monotonic_ns index) or
 many requests without a final answer (0 = no window), LIMIT = wall-clock seconds for the
 whole run. RECIPIENT may hold ``{…}``, formatted with the request's index (one XMPP user
 per watcher: ``u{:05d}@a.example``). Prints one JSON line.
+
+``--open-loop``: a flood, not a phone: N requests as fast as the socket takes them, never
+retransmitted and never sent again after a 503; every final answer is counted by status
+and what got none is ``unanswered`` (the answers are awaited until none came for 3 s).
 """
 
 from __future__ import annotations
@@ -35,9 +39,14 @@ TICK = 0.0005  # the send loop's period: pacing and timer resolution
 DOMAIN = "gw.example"
 
 
+OPEN_LOOP_QUIET = 3.0  # an open-loop run has every answer it will get after this silence
+
+
 class SipLoad:
-    def __init__(self, kind: str, host: str, proxy: tuple[str, int], recipient: str) -> None:
+    def __init__(self, kind: str, host: str, proxy: tuple[str, int], recipient: str,
+                 open_loop: bool = False) -> None:
         self.kind, self.proxy, self.recipient = kind, proxy, recipient
+        self.open_loop = open_loop
         self.sock = sipwire.udp_socket(host)
         self.sock.setblocking(False)
         self.host, self.port = self.sock.getsockname()
@@ -85,9 +94,15 @@ class SipLoad:
 
     def send(self, index: int, now: float) -> None:
         branch, data = self.request(index)
-        self.sock.sendto(data, self.proxy)
+        while True:
+            try:
+                self.sock.sendto(data, self.proxy)
+                break
+            except BlockingIOError:  # our send buffer is full: as fast as it takes them
+                select.select([], [self.sock], [], 0.01)
         self.outstanding[branch] = [data, T1, now + TIMER_F]
-        heapq.heappush(self.timers, (now + T1, branch))
+        if not self.open_loop:
+            heapq.heappush(self.timers, (now + T1, branch))
 
     def resend_deferred(self, now: float) -> None:
         while self.retries and self.retries[0][0] <= now:
@@ -124,7 +139,7 @@ class SipLoad:
             if status:
                 if status >= 200 and self.outstanding.pop(branch, None):
                     index = self.index_of(branch)
-                    if status == 503 and after is not None:
+                    if status == 503 and after is not None and not self.open_loop:
                         self.busy += 1
                         self.attempts[index] += 1
                         heapq.heappush(self.retries, (time.monotonic() + after, index))
@@ -167,7 +182,17 @@ class SipLoad:
             # paced 10,000/s against 16-18 now (Kamailio alone answering at once).
             time.sleep(TICK)
         send_seconds = time.monotonic() - started
+        heard = time.monotonic()
         while (self.outstanding or self.retries) and time.monotonic() < deadline:
+            if self.open_loop:
+                answered = sum(self.finals.values())
+                if select.select([self.sock], [], [], 0.05)[0]:
+                    self.receive()
+                if sum(self.finals.values()) != answered:
+                    heard = time.monotonic()
+                elif time.monotonic() - heard > OPEN_LOOP_QUIET:
+                    break  # the rest will never be answered: nothing is retransmitted
+                continue
             select.select([self.sock], [], [], 0.01)
             self.receive()
             now = time.monotonic()
@@ -181,7 +206,8 @@ class SipLoad:
                     quiet_until = min(deadline, time.monotonic() + 2.0)
         answered = sum(self.finals.values())
         return {
-            "kind": self.kind, "sent": sent, "wanted": n, "started_at": started,
+            "kind": self.kind, "open_loop": self.open_loop, "sent": sent, "wanted": n,
+            "started_at": started,
             "send_seconds": send_seconds, "offered_rate": sent / send_seconds if sent else 0,
             "accepted": sum(c for s, c in self.finals.items() if s < 300),
             "refused": sum(c for s, c in self.finals.items() if s >= 300),
@@ -199,7 +225,7 @@ class SipLoad:
 
 def main() -> None:
     kind, host, port, n, rate, window, limit, recipient = sys.argv[1:9]
-    load = SipLoad(kind, host, (host, int(port)), recipient)
+    load = SipLoad(kind, host, (host, int(port)), recipient, "--open-loop" in sys.argv[9:])
     print(json.dumps(load.run(int(n), float(rate), int(window), float(limit))), flush=True)
 
 

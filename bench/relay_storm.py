@@ -1,4 +1,4 @@
-"""The presence storm of the relay benchmark (issue 17): at the same moment
+"""The presence storm of the relay benchmark: at the same moment
 
 * XMPP side: Prosody user storm@a.example, whose roster holds N SIP users of the gateway
   (sip00000@gw.example …, subscription "both"), logs in; its initial presence makes

@@ -1,5 +1,5 @@
 """`make bench`: the gateway vs Prosody 0.12 and ejabberd 23.01 as the receiving server,
-and the relay section (bench/relay.py, issue 17): a real Prosody sending through the
+and the relay section (bench/relay.py): a real Prosody sending through the
 gateway to SIP and back, next to Prosody relaying to Prosody.
 
 Same machine, same run, same load generator (bench/loadgen.py, our own S2S client
@@ -54,7 +54,7 @@ def loadgen(ns: Namespace, pki: Pki, receiver: str, recipient: str, n: int, k: i
     return data  # type: ignore[no-any-return]
 
 
-# Throughput and handshakes (issue 18): runs per receiver and method, each on a freshly
+# Throughput and handshakes: runs per receiver and method, each on a freshly
 # started receiver; the figures published are their median, with min and max beside it.
 LOAD_RUNS = 3
 LOAD_METRICS = ("messages_per_second", "handshake_p50_ms", "handshake_p99_ms")
@@ -75,8 +75,8 @@ def load_summary(runs: list[dict]) -> dict:
 
 
 def load_figure(data: dict, key: str) -> dict:
-    """Median, min, max and run count of one metric; a results.json written before
-    issue 18 holds a single run per metric, shown as such (min = max = the run)."""
+    """Median, min, max and run count of one metric; an older results.json holds a
+    single run per metric, shown as such (min = max = the run)."""
     if "stats" in data:
         return {**data["stats"][key], "runs": len(data["runs"])}
     if not isinstance(data.get(key), int | float):
@@ -114,7 +114,7 @@ def tree_rss_kib(root: int) -> int:
     return total
 
 
-# Idle memory (issue 18): session totals of each ramp, ramps per receiver, and how long a
+# Idle memory: session totals of each ramp, ramps per receiver, and how long a
 # point is left to settle (more than the gateway's RELEASE_IDLE_AFTER; lets a garbage-
 # collected runtime such as ejabberd's VM give back or take what it will).
 IDLE_COUNTS = (1000, 5000, 10000)
@@ -253,13 +253,13 @@ class Receiver:
 def _gateway(ns: Namespace, pki: Pki, method: str) -> GatewayProcess:
     if method == "idle":  # distinct unlisted peer domains for the idle-session run
         return GatewayProcess(ns, pki, [], log_level="warning", allow_unlisted=True,
-                              drops_expected=True, limits={
+                              drops_expected=True, record_s2s=False, limits={
                                   "max_connections": IDLE_MAX_SESSIONS,
                                   "max_connections_per_ip": IDLE_MAX_SESSIONS}).start()
     rules = ({"tls": "required", "sasl": "required", "dialback": "false"} if method == "sasl"
              else {"tls": "required", "sasl": "optional", "dialback": "true"})
     return GatewayProcess(ns, pki, [{"domain": "load.example", "type": "federated", **rules}],
-                          log_level="warning", drops_expected=True).start()
+                          log_level="warning", drops_expected=True, record_s2s=False).start()
 
 
 RECEIVERS = {
@@ -316,7 +316,8 @@ def sip_latency(ns: Namespace, pki: Pki, n: int, rate: float) -> dict:
                    "sasl": "required", "dialback": "false"}], log_level="warning",
         sip={"backend": "sip", "proxy_host": gw_ip, "proxy_port": kamailio_port,
              "transport": "udp", "local_host": gw_ip, "local_port": gateway_sip_port},
-        drops_expected=True)  # a benchmark reports what it measured instead of failing
+        drops_expected=True,  # a benchmark reports what it measured instead of failing
+        record_s2s=False)  # the S2S recording (a test aid) would cost CPU per write
     sink = None
     try:
         gateway.start()
@@ -416,6 +417,16 @@ def main() -> int:
     parser.add_argument("--failover-runs", type=int, default=10,
                         help="SIGKILL runs per direction")
     parser.add_argument("--failover-rate", type=int, default=2000, help="msg/s offered")
+    parser.add_argument("--relay-paths", default=None,
+                        help="only these relay paths, comma-separated (xmpp_xmpp, xmpp_sip, "
+                             "xmpp_xmpp_back, sip_xmpp, sip_direct); with --relay-storm 0 no "
+                             "storm either")
+    parser.add_argument("--relay-direct-rate", type=int, default=10_000,
+                        help="sip_direct: paced msg/s, one datagram per message")
+    parser.add_argument("--relay-direct-seconds", type=float, default=5.0,
+                        help="sip_direct: length of the paced run")
+    parser.add_argument("--relay-open-loop", type=int, default=50_000,
+                        help="sip_direct: MESSAGEs in the open-loop flood (0: none)")
     parser.add_argument("--out", type=Path, default=None,
                         help="write results.json, benchmarks.md and the plots here instead of "
                              "bench/results and docs/ (smoke runs)")
@@ -433,7 +444,10 @@ def main() -> int:
     results: dict[str, dict] = {}
     sizes = Sizes(rates=tuple(int(r) for r in args.relay_rates.split(",") if r),
                   seconds=args.relay_seconds, burst=args.relay_burst, storm=args.relay_storm,
-                  stream_management=args.relay_stream_management == "on")
+                  stream_management=args.relay_stream_management == "on",
+                  direct_rate=args.relay_direct_rate,
+                  direct_seconds=args.relay_direct_seconds, open_loop=args.relay_open_loop)
+    relay_paths = tuple(args.relay_paths.split(",")) if args.relay_paths else None
     if args.only_failover or not (args.skip_failover or args.only_relay or args.only_sip
                                   or args.only_idle):
         # Its own namespace: the failover world changes DNS and adds a second node address.
@@ -458,7 +472,7 @@ def main() -> int:
                 results["gateway"]["sip"] = sip_latency(ns, pki, args.sip_messages,
                                                         args.sip_rate)
         if not args.skip_relay:
-            results["relay"] = run_relay(ns, pki, sizes)
+            results["relay"] = run_relay(ns, pki, sizes, relay_paths)
     report = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "versions": versions(), "results": results}
     print(json.dumps(report, indent=2))
@@ -556,7 +570,7 @@ def write_markdown(report: dict, args: argparse.Namespace) -> None:
     relay = report["results"].get("relay")
     if relay:
         lines += relay_markdown(relay)
-        lines += ["## Targets (issue 17), from this run", "", "| Target | Measured | Met |",
+        lines += ["## Relay targets, from this run", "", "| Target | Measured | Met |",
                   "|---|---|---|", *relay_target_rows(report), ""]
     failover = report["results"].get("failover")
     if failover:
@@ -567,7 +581,7 @@ def write_markdown(report: dict, args: argparse.Namespace) -> None:
 
 def receiver_markdown(report: dict, args: argparse.Namespace) -> list[str]:
     """The receiver comparison (gateway, Prosody, ejabberd), the XMPP→SIP latency and the
-    issue 8 targets."""
+    targets for throughput, handshakes and idle memory."""
     sasl = report["results"]["gateway"]["sasl"]
     runs = load_figure(sasl, "messages_per_second")["runs"]
     lines = [
@@ -582,7 +596,7 @@ def receiver_markdown(report: dict, args: argparse.Namespace) -> list[str]:
            "with the two methods alternating, with the lowest and highest run in brackets; a "
            "run with fewer messages or handshakes than asked, a zero rate or an impossible "
            "percentile fails the benchmark instead of being published." if runs > 1 else
-           "One run per figure (a report from before issue 18's medians).")
+           "One run per figure (a report from before medians of several runs).")
         + " "
         "Caveat: the gateway's local delivery is an in-process "
         "call to its backend, while Prosody and ejabberd write every message to a c2s socket, "
@@ -626,7 +640,7 @@ def receiver_markdown(report: dict, args: argparse.Namespace) -> list[str]:
             f"| {sip['received']:,} of {sip['expected']:,} | {sip['latency_p50_ms']:.2f} | "
             f"{sip['latency_p90_ms']:.2f} | {sip['latency_p99_ms']:.2f} | "
             f"{sip['latency_max_ms']:.2f} |", ""]
-    lines += ["## Targets (issues 8 and 18), from this run", "", "| Target | Measured | Met |",
+    lines += ["## Targets, from this run", "", "| Target | Measured | Met |",
               "|---|---|---|", *target_rows(report), ""]
     return lines + [f"![{k}](benchmarks/{k}.png)" for k in PLOTS] + [""]
 
@@ -642,7 +656,7 @@ def target_rows(report: dict) -> list[str]:
         ours, theirs = g[method]["handshake_p50_ms"], p[method]["handshake_p50_ms"]
         rows.append(f"| handshake p50 ≤ Prosody's ({label}) | {ours:.1f} vs {theirs:.1f} ms | "
                     f"{'yes' if ours <= theirs else 'no'} |")
-    for total in idle_totals(report):  # issue 18
+    for total in idle_totals(report):
         ours = g["idle"]["at"].get(total)
         theirs = [r[name]["idle"]["at"][total]["median"] for name in ("prosody", "ejabberd")
                   if total in r[name]["idle"]["at"]]

@@ -77,8 +77,8 @@ async def measure(direction: str, n: int, profiler: cProfile.Profile | None) -> 
     backend = SipBackend(["gw.example"], proxy=PROXY, local=("127.0.0.1", 0))
     router = Router(config, backend, store)
     s2s = SerialisingS2S()
-    router.s2s = s2s
-    await router.start()
+    await backend.start(router, watches=store)
+    await router.start(s2s)
     sent: list[bytes] = []
     backend.transport.send = lambda flow, data: sent.append(data)  # type: ignore[method-assign]
     endpoint = backend.endpoint
@@ -139,6 +139,7 @@ async def measure(direction: str, n: int, profiler: cProfile.Profile | None) -> 
                 raise RuntimeError(f"{len(endpoint.layer.clients)} MESSAGEs unanswered")
     finally:
         await router.stop()
+        await backend.stop()
         await store.aclose()
     return cpu / n * 1e6
 

@@ -67,6 +67,9 @@ class Metrics:
         self.sip_untrusted = Tally("xmpp_gateway_sip_untrusted", "SIP messages refused "
                                    "because they did not come from the trusted proxy",
                                    "reason", r)
+        self.sip_malformed = Tally("xmpp_gateway_sip_malformed", "SIP messages refused as "
+                                   "malformed (syntax, framing) or that failed unexpectedly "
+                                   "while being taken in (unexpected)", "reason", r)
         self.handshakes = Histogram("xmpp_gateway_handshake_seconds",
                                     "Outbound connect-to-authenticated time", ["method"],
                                     registry=r)
@@ -74,6 +77,10 @@ class Metrics:
                                  "Stanzas waiting for an outbound session", registry=r)
         self.open_streams = Gauge("xmpp_gateway_streams", "Open S2S streams", registry=r)
         self._server: Any = None
+        # The tallies by the name callers count them under (count("bounces", peer)):
+        # every Tally made above, without a second list to keep in step.
+        self._tallies = {value.name.removeprefix("xmpp_gateway_"): value
+                         for value in vars(self).values() if isinstance(value, Tally)}
 
     def watch(self, queued: Callable[[], int], streams: Callable[[], int]) -> None:
         """Gauges read at scrape time from the live S2S service."""
@@ -95,8 +102,9 @@ class Metrics:
             gauge.set_function(lambda key=key: float(figures().get(key) or 0))
 
     def count(self, what: str, label: str) -> None:
-        tally = getattr(self, what, None)
-        if isinstance(tally, Tally):
+        """Add one to the tally ``what`` (an unknown name counts nothing)."""
+        tally = self._tallies.get(what)
+        if tally is not None:
             tally.inc(label)
 
     def session_authenticated(self, direction: str, method: str) -> None:

@@ -1,9 +1,9 @@
-"""Building keys, certificates and CSRs for XMPP servers (GATEWAY-SPEC §5).
+"""Building keys, certificates and CSRs for XMPP servers (docs/admin-guide.md, "Certificates").
 
 Used by ``xmpp-gateway cert selfsigned`` / ``cert request`` and by the test suite, which
 needs many realistic certificates: a development CA, leaves whose identities are DNS-IDs,
 SRV-IDs and id-on-xmppAddr (RFC 6120 §13.7.1.4, RFC 6125 §6, RFC 7590 §3.1), with or
-without the clientAuth EKU (GATEWAY-SPEC §5: public CAs stop issuing it), expired or not
+without the clientAuth EKU (public CAs stop issuing it), expired or not
 yet valid ones.
 
 XMPP identities that have no native ``GeneralName`` type are ``otherName`` values whose
@@ -14,7 +14,7 @@ content is a DER-encoded string:
 * SRVName (OID 1.3.6.1.5.5.7.8.7, RFC 4985) — ``IA5String`` ``_xmpp-server.DOMAIN``
   (RFC 6125 §6.5.1 ``_service.domain`` form, no ``_tcp``).
 
-RSA is the default key type (what CAs and older peers expect, RSA >= 2048 per spec §5);
+RSA is the default key type (what CAs and older peers expect, at least 2048 bits);
 EC P-256 is much faster to generate, which the tests use.
 """
 
@@ -95,7 +95,7 @@ class CertificateBuildError(ValueError):
 
 
 def generate_private_key(key_type: str = "rsa", key_size: int = 2048) -> PrivateKey:
-    """A new private key: RSA (``key_size`` >= 2048 bits) or EC on P-256 (spec §5)."""
+    """A new private key: RSA (``key_size`` >= 2048 bits) or EC on P-256."""
     if key_type == "rsa":
         if key_size < MIN_RSA_BITS:
             raise CertificateBuildError(
@@ -314,7 +314,7 @@ def issue_certificate(
     """A server certificate for ``domains`` signed by ``ca_cert``/``ca_key``.
 
     ``extended_key_usages=()`` leaves the EKU extension out (any purpose);
-    ``("serverAuth",)`` is the new public-CA profile (GATEWAY-SPEC §5).
+    ``("serverAuth",)`` is the new public-CA profile.
     ``not_before``/``not_after`` are not clamped to the CA's validity, so tests can build
     expired and not-yet-valid certificates.
     """
@@ -385,7 +385,7 @@ def build_csr(
     common_name: str | None = None,
     organization: str | None = None,
 ) -> x509.CertificateSigningRequest:
-    """A CSR for ``domains`` (GATEWAY-SPEC §5): CN = the first domain, a dNSName (and
+    """A CSR for ``domains``: CN = the first domain, a dNSName (and
     id-on-xmppAddr) SAN for every domain, plus ``extra_sans`` as additional dNSNames."""
     if not domains:
         raise CertificateBuildError("a CSR needs at least one domain")
@@ -428,7 +428,7 @@ def certificates_to_pem(certs: Iterable[x509.Certificate]) -> bytes:
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` through a temporary file and ``rename``.
 
-    A reader (a hot reload, GATEWAY-SPEC §5) sees either the old or the new file, never a
+    A reader (a hot reload) sees either the old or the new file, never a
     half-written one; the temporary file is created with ``mode`` from the start, so a
     private key is never readable by others, not even briefly.
     """

@@ -1,7 +1,7 @@
 """Does a peer's certificate name the XMPP domain it claims? (RFC 6125, RFC 7590, XEP-0178)
 
 Pure functions over a :class:`cryptography.x509.Certificate` — no TLS, no I/O — so the
-S2S engine, ``check certs`` and the tests share one rule (GATEWAY-SPEC §5):
+S2S engine, ``check certs`` and the tests share one rule:
 
 * **Identifiers considered** (RFC 6120 §13.7.2.1, RFC 7590 §3.1, RFC 6125 §6.4):
   DNS-ID (``dNSName``), SRV-ID (``SRVName`` otherName, RFC 4985) for the ``_xmpp-server``
@@ -22,8 +22,8 @@ S2S engine, ``check certs`` and the tests share one rule (GATEWAY-SPEC §5):
   its A-label DNS-ID.
 
 Trust (chain, expiry, revocation) is OpenSSL's job; :func:`describe_verify_error` turns its
-error codes into the precise reasons the spec asks for ("certificate expired", "issuer not
-trusted (...)").
+error codes into precise reasons an administrator can act on ("certificate expired",
+"issuer not trusted (...)").
 """
 
 from __future__ import annotations
@@ -503,11 +503,11 @@ def _eku_text(cert: x509.Certificate) -> str:
 
 
 def describe_verify_error(openssl_errno: int, depth: int, cert: object) -> str:
-    """A precise, log-ready reason for an OpenSSL X509 verify error (GATEWAY-SPEC §5).
+    """A precise, log-ready reason for an OpenSSL X509 verify error.
 
     ``cert`` is the certificate OpenSSL complained about (the one at ``depth`` in the
     chain), as a ``cryptography`` certificate or a pyOpenSSL ``X509`` — what a verify
-    callback receives. The message starts with the category the spec names
+    callback receives. The message starts with the category an administrator looks for
     (``certificate expired``, ``certificate not yet valid``, ``issuer not trusted``,
     ``certificate revoked``, ``unsupported certificate purpose``, ...) followed by the
     details that let an administrator fix it (dates, subject, issuer).

@@ -19,7 +19,12 @@ EXPIRY_WARNING = dt.timedelta(days=30)
 
 
 class CertificateRefused(Exception):
-    pass
+    """Why a certificate cannot be used; ``needs_chain`` when its chain does not reach a
+    trusted root (each command says what to do about it in its own options)."""
+
+    def __init__(self, message: str, *, needs_chain: bool = False) -> None:
+        super().__init__(message)
+        self.needs_chain = needs_chain
 
 
 def _load_certs(path: Path) -> list[x509.Certificate]:
@@ -54,13 +59,21 @@ def verify_chain(config: GatewayConfig, leaf: x509.Certificate,
         raise CertificateRefused("no trusted roots configured (tls.ca_file / system CAs) "
                                  "to verify the chain against")
     now = dt.datetime.now(dt.UTC)
+    # The chain alone: verified for a name the leaf carries, so that a name mismatch
+    # (reported on its own, with the names) is not reported twice as a chain problem.
+    try:
+        names = leaf.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        names = []
+    name = next((n for n in names if "*" not in n), config.domains[0].encode("idna").decode())
     verifier = PolicyBuilder().store(Store(roots)).time(now).build_server_verifier(
-        x509.DNSName(config.domains[0].encode("idna").decode()))
+        x509.DNSName(name))
     try:
         verifier.verify(leaf, [c for c in intermediates if c != leaf])
     except VerificationError as exc:
-        raise CertificateRefused(f"the chain does not verify to a trusted root ({exc}); "
-                                 "pass the intermediates with --chain") from None
+        raise CertificateRefused(f"the chain does not verify to a trusted root ({exc})",
+                                 needs_chain=True) from None
 
 
 def check_and_install(config: GatewayConfig, cert_path: Path, key_path: Path | None,
@@ -96,5 +109,5 @@ def check_and_install(config: GatewayConfig, cert_path: Path, key_path: Path | N
     atomic_write(Path(config.tls.certificate), certificates_to_pem([leaf, *intermediates]))
     atomic_write(Path(config.tls.key), key_to_pem(key), mode=0o600)  # type: ignore[arg-type]
     report.append(f"installed {config.tls.certificate} and {config.tls.key}; "
-                  "run `xmpp-gateway reload` to use them")
+                  "next: `xmpp-gateway reload` to use them, then `xmpp-gateway check certs`")
     return report

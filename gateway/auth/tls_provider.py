@@ -10,7 +10,7 @@ Two pieces the sans-I/O core takes as plain callables/objects (``StreamContext``
 * :func:`certificate_verdict` — "does this chain authenticate that domain?" combining
   OpenSSL's chain verification (trust from the system CAs and/or a configured CA file)
   with the RFC 6125 identity check, and wording the refusal precisely enough that an
-  admin can fix it from one log line (GATEWAY-SPEC §5).
+  admin can fix it from one log line (docs/admin-guide.md, "Certificates").
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _base_context(settings: TlsSettings) -> SSL.Context:
     context.set_cipher_list(_TLS12_CIPHERS)
     context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
     # Free each connection's ~34 KiB of TLS record buffers while it is idle: most S2S
-    # sessions are idle most of the time (issue: memory per idle session).
+    # sessions are idle most of the time (docs/performance.md, memory per idle session).
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)
     # The key share of the group used stays in the connection until it is freed: with
     # OpenSSL 3.5+'s default X25519MLKEM768 about 8 KiB per session, 0.1 with X25519

@@ -82,12 +82,72 @@ def register(subparsers: Any) -> None:
         except ModuleNotFoundError as exc:
             if exc.name != module:
                 raise
-    parser = subparsers.add_parser("check", help=f"diagnostics ({', '.join(CHECKS)})")
+    parser = subparsers.add_parser(
+        "check", parents=[config_parent()],
+        help=f"diagnostics ({', '.join(CHECKS)}); without WHAT: all of them",
+        description="Without WHAT, as `prosodyctl check`: config, certs, dns, sip, then "
+                    "connectivity to every partner (through the running gateway), and one "
+                    "verdict.")
     checks = parser.add_subparsers(dest="check_command", metavar="WHAT")
-    checks.required = True
     for check in CHECKS.values():
         _add_parser(checks, check)
+    parser.set_defaults(func=_everything)
     _live[:] = [checks]
+
+
+# ---------------------------------------------------------------- check (everything)
+
+#: What ``check`` alone runs, in order, with the options each runs with: the partners'
+#: certificates are judged by the connectivity checks (a real handshake each).
+EVERYTHING: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("config", ()), ("certs", ("--no-partners",)), ("dns", ()), ("sip", ()))
+
+
+def _everything(args: argparse.Namespace) -> int:
+    """Every check, each under its own heading, then one verdict (exit 0 when all pass)."""
+    from gateway.config.loader import ConfigError, load_config
+    from gateway.net.admin import query
+
+    parsers = _live[-1].choices
+    failed: list[str] = []
+
+    def run(title: str, name: str, argv: list[str]) -> None:
+        print(f"== {title} ==", flush=True)
+        options = parsers[name].parse_args(argv)
+        options.config = args.config
+        if options.func(options) != 0:
+            failed.append(title)
+        print(flush=True)
+
+    for name, argv in EVERYTHING:
+        run(name, name, list(argv))
+        if name == "config" and failed:
+            print(f"verdict: the configuration is invalid; nothing else was checked "
+                  f"({args.config})")
+            return 1
+    try:
+        config = load_config(args.config)
+    except (ConfigError, OSError) as exc:  # changed under our feet: say so, do not guess
+        print(f"verdict: {args.config} could not be read again: {exc}")
+        return 1
+    skipped = ""
+    try:
+        query(config.admin_socket, "status", timeout=5)
+    except OSError as exc:
+        skipped = (f"connectivity not checked: no gateway answering on {config.admin_socket} "
+                   f"({exc.strerror or exc}); start it (xmpp-gateway start) and run check "
+                   "again")
+    if not skipped:
+        for partner in config.partners:
+            run(f"connectivity {partner.primary_domain}", "connectivity",
+                [partner.primary_domain])
+    checked = [name for name, _ in EVERYTHING] + (
+        [f"connectivity to {len(config.partners)} partner(s)"] if not skipped else [])
+    if failed:
+        print(f"verdict: PROBLEMS in {', '.join(failed)} (details above)")
+        return 1
+    print(f"verdict: OK ({', '.join(checked)})" + (f"; {skipped}" if skipped else ""))
+    return 0
 
 
 # ---------------------------------------------------------------- check config
@@ -107,15 +167,29 @@ def _config(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: {args.config}: {exc.strerror or exc}")
         return 1
-    print(f"{args.config}: valid; serving {', '.join(config.domains)}; "
+    from gateway.auth.coverage import coverage_problems
+    from gateway.policy.outcome import in_effect
+
+    # A certificate that does not name a served domain loads and gives TLS, and partners
+    # then quietly fall back to dialback: not a valid configuration for the gateway.
+    problems = coverage_problems(config.tls, config.domains)
+    verdict = "valid" if not problems else "INVALID"
+    print(f"{args.config}: {verdict}; serving {', '.join(config.domains)}; "
           f"{len(config.partners)} partner(s)")
     for partner in config.partners:
         names = ", ".join(partner.domains)
         print(f"  {names} ({partner.partner_type}): tls={partner.tls} sasl={partner.sasl} "
               f"dialback={str(partner.dialback).lower()} → permits "
               f"{partner.negotiation.methods_text}")
+        print(f"    in effect: {in_effect(partner.negotiation)}")
+    for problem in problems:
+        print(f"error: {problem}")
+        print("  fix: xmpp-gateway cert issue (lab CA) or cert request + cert import (public "
+              "CA) for the served domains; confirm with xmpp-gateway check certs")
     for warning in config_warnings(config):
         print(f"warning: {warning}")
+    if problems:
+        return 1
     if getattr(args, "cluster", False):
         from gateway.cli.cluster import check_cluster
 
@@ -139,14 +213,17 @@ def _connectivity(args: argparse.Namespace) -> int:
               "check connectivity runs inside the gateway so that partners doing dialback "
               "can reach it — start it first", file=sys.stderr)
         return 1
+    from gateway.cli.connectivity import explain
+
+    verdict, hint = explain(answer, config, config.domains[0])
     if args.json:
-        print(json.dumps(answer, indent=2))
+        print(json.dumps({**answer, "verdict": verdict, "hint": hint}, indent=2))
         return 0 if answer.get("ok") else 1
     for step in answer.get("steps", []):
         print(f"  - {step}")
-    print(answer.get("verdict") or answer.get("error"))
-    if answer.get("hint"):
-        print(f"hint: {answer['hint']}")
+    print(verdict)
+    if hint:
+        print(f"hint: {hint}")
     return 0 if answer.get("ok") else 1
 
 
@@ -232,10 +309,16 @@ def _certs(args: argparse.Namespace) -> int:
         level = "WARN" if left.days < 30 else "ok  "
         print(f"{level}  our certificate valid until {leaf.not_valid_after_utc:%Y-%m-%d} "
               f"({left.days} days)")
+    uncovered = 0
     for domain in config.domains:
         identity = check_identity(leaf, domain)
         print(f"{'ok  ' if identity.ok else 'FAIL'}  covers {domain}: {identity.reason}")
-        problems += not identity.ok
+        uncovered += not identity.ok
+    if uncovered:
+        print("      partners cannot authenticate us with SASL EXTERNAL; issue a certificate "
+              "naming every served domain: xmpp-gateway cert issue (lab CA), or cert request "
+              "then cert import (public CA)")
+    problems += uncovered
     from gateway.auth.install import CertificateRefused, verify_chain
 
     try:
@@ -243,6 +326,11 @@ def _certs(args: argparse.Namespace) -> int:
         print("ok    chain verifies to a trusted root")
     except CertificateRefused as exc:
         print(f"FAIL  {exc}")
+        if exc.needs_chain:
+            print(f"      if a public CA issued it, {config.tls.certificate} lacks its "
+                  "intermediates: xmpp-gateway cert import CERTIFICATE --chain CHAIN; if it is "
+                  "your own CA, put that CA's certificate in tls.ca_file (and give it to "
+                  "partners)")
         problems += 1
     if not args.no_partners and config.partners:
         from gateway.net.admin import query

@@ -17,9 +17,11 @@ import logging
 import time
 from pathlib import Path
 from typing import Any
+from xml.etree.ElementTree import Element
 
 from gateway.cli.check import add_check
 from gateway.cli.common import load_or_report
+from gateway.contracts import OnDecided
 from gateway.sip.backend import SipBackend
 
 HINTS = {
@@ -28,6 +30,20 @@ HINTS = {
     "tls": "is the proxy listening on TLS there, and does its certificate verify against "
            "tls.ca_file for the name proxy_host?",
 }
+
+
+class _NoRouting:
+    """Stands where the router is during a check: nothing is routed."""
+
+    def submit_local(self, stanza: Element, on_decided: OnDecided = None) -> None:
+        if on_decided is not None:
+            on_decided()
+
+    async def from_local(self, stanza: Element) -> None:
+        pass
+
+    def xmpp_congested(self, domain: str) -> bool:
+        return False
 
 
 def shipped_kamailio_config() -> str:
@@ -47,11 +63,7 @@ async def options_ping(sip: Any, tls: Any, domains: tuple[str, ...],
                        timeout: float) -> dict[str, Any]:
     """One OPTIONS to the proxy; a result dict (never raises for network trouble)."""
     backend = SipBackend.from_settings(dataclasses.replace(sip, local_port=0), domains, tls)
-
-    async def no_local_users(_stanza: Any) -> None:
-        """Nothing is routed during a check."""
-
-    await backend.start(no_local_users)
+    await backend.start(_NoRouting())
     started = time.monotonic()
     try:
         response = await backend.options(timeout)

@@ -1,5 +1,6 @@
 """``xmpp-gateway drain``, ``forget-node``, ``status --cluster`` and ``check config
---cluster`` (issue 15).
+--cluster``: several nodes serving one domain (docs/deploy.md, Several nodes for one
+domain).
 
 ``status --cluster`` and ``check config --cluster`` read the shared store directly (the
 cluster table every node heartbeats into), so they work from any host with the

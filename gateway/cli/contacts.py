@@ -1,8 +1,9 @@
 """``xmpp-gateway contacts allow|revoke|list`` and ``users enable|disable|list``.
 
-The store behind the contact rules (GATEWAY-SPEC §3): which public-unverified XMPP
-contacts a local user has authorized, and the per-user XMPP federation switch. A local user
-is given as ``user@domain`` or just ``user`` (then the first served domain is used).
+The store behind the contact rules (docs/configuration.md, Partner types): which
+public-unverified XMPP contacts a local user has authorized, and the per-user XMPP
+federation switch. A local user is given as ``user@domain`` or just ``user`` (then the first
+served domain is used).
 """
 
 from __future__ import annotations

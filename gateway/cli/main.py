@@ -2,8 +2,10 @@
 
 Each module listed in :data:`COMMAND_MODULES` exposes ``register(subparsers)`` which adds
 its subcommand(s) and sets ``func`` (``(args) -> int`` exit status) on the parser.
-Every subcommand accepts ``-c/--config`` (default ``$XMPP_GATEWAY_CONFIG`` or
-``config/gateway.yaml``).
+Every subcommand accepts ``-c/--config``; without it the file is found as prosodyctl
+finds its own: ``$XMPP_GATEWAY_CONFIG``, else ``/etc/xmpp-gateway/gateway.yaml``, else the
+example ``config/gateway.yaml`` of the checkout the gateway runs from (whatever the
+current directory).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 COMMAND_MODULES: tuple[str, ...] = (
     "gateway.cli.run",
+    "gateway.cli.service",
     "gateway.cli.partner",
     "gateway.cli.check",
     "gateway.cli.cert",
@@ -25,11 +28,23 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gateway.cli.cluster",
 )
 
-DEFAULT_CONFIG = Path("config/gateway.yaml")
+SYSTEM_CONFIG = Path("/etc/xmpp-gateway/gateway.yaml")
+#: The commented example of the checkout (absent from an installed wheel).
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "config" / "gateway.yaml"
+CONFIG_SEARCH = ("$XMPP_GATEWAY_CONFIG, else /etc/xmpp-gateway/gateway.yaml, else "
+                 f"{EXAMPLE_CONFIG}")
 
 
 def default_config_path() -> Path:
-    return Path(os.environ.get("XMPP_GATEWAY_CONFIG") or DEFAULT_CONFIG)
+    """The configuration used without ``-c``: the environment, then the system's, then
+    the checkout's example; the system path when there is none (errors name it)."""
+    from_environment = os.environ.get("XMPP_GATEWAY_CONFIG")
+    if from_environment:
+        return Path(from_environment)
+    for candidate in (SYSTEM_CONFIG, EXAMPLE_CONFIG):
+        if candidate.is_file():
+            return candidate
+    return SYSTEM_CONFIG
 
 
 def config_parent(*, top_level: bool = False) -> argparse.ArgumentParser:
@@ -44,7 +59,7 @@ def config_parent(*, top_level: bool = False) -> argparse.ArgumentParser:
         "--config",
         type=Path,
         default=default_config_path() if top_level else argparse.SUPPRESS,
-        help="configuration file (default: $XMPP_GATEWAY_CONFIG or config/gateway.yaml)",
+        help=f"configuration file (default: {CONFIG_SEARCH})",
     )
     return parent
 

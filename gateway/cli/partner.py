@@ -2,7 +2,8 @@
 
 Mirrors New-/Set-/Get-/Remove-CsXmppAllowedPartner. An invalid (tls, sasl, dialback)
 combination is refused with the negotiation matrix's words and exit status 2, and the file
-is left untouched; a valid one prints the matrix's warnings.
+is left untouched; a valid one prints the matrix's warnings, then what the entry means on
+the wire ("in effect", gateway/policy/outcome.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from gateway.cli.common import load_or_report
 from gateway.cli.main import config_parent
 from gateway.config.model import PartnerPolicy, PartnerType
 from gateway.policy.negotiation import Support, negotiate
+from gateway.policy.outcome import in_effect
 
 SUPPORTS = [s.value for s in Support]
 TYPES = [t.value for t in PartnerType]
@@ -37,7 +39,7 @@ def register(subparsers: Any) -> None:
 
     def policy_options(p: argparse.ArgumentParser, *, creating: bool) -> None:
         p.add_argument("--type", choices=TYPES, required=creating,
-                       help="contact rules (GATEWAY-SPEC §3)")
+                       help="contact rules (docs/configuration.md, Partner types)")
         p.add_argument("--tls", choices=SUPPORTS, help="STARTTLS" + (
             " (default optional)" if creating else ""))
         p.add_argument("--sasl", choices=SUPPORTS, help="SASL EXTERNAL with certificates, "
@@ -88,8 +90,10 @@ def _refuse_combination(tls: Support, sasl: Support, dialback: bool) -> bool:
 
 
 def _print_warnings(policy: PartnerPolicy) -> None:
+    """The matrix's notes as they are, then what they mean for this partner."""
     for warning in policy.negotiation.warnings:
         print(f"warning: {warning}")
+    print(f"in effect: {in_effect(policy.negotiation)}")
 
 
 def _domain(text: str) -> str:
@@ -200,7 +204,8 @@ def _describe(policy: PartnerPolicy) -> dict[str, Any]:
             "type": str(policy.partner_type), "tls": str(policy.tls), "sasl": str(policy.sasl),
             "dialback": policy.dialback, "description": policy.description,
             "permitted_methods": [str(m) for m in policy.negotiation.methods],
-            "warnings": list(policy.negotiation.warnings)}
+            "warnings": list(policy.negotiation.warnings),
+            "in_effect": in_effect(policy.negotiation)}
 
 
 def _show(args: argparse.Namespace) -> int:

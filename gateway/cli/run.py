@@ -1,4 +1,4 @@
-"""``xmpp-gateway run``, ``status`` and ``reload``."""
+"""``xmpp-gateway run``, ``status`` and ``reload`` (``start``/``stop``: gateway/cli/service.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from gateway.cli.common import load_or_report
@@ -15,6 +16,8 @@ from gateway.cli.main import config_parent
 def register(subparsers: Any) -> None:
     run = subparsers.add_parser("run", parents=[config_parent()],
                                 help="run the gateway in the foreground (SIGTERM stops it)")
+    run.add_argument("--pidfile", type=Path, default=None,
+                     help="write the pid here while running (start/stop use it)")
     run.set_defaults(func=_run)
     status = subparsers.add_parser("status", parents=[config_parent()],
                                    help="live S2S sessions of the running gateway")
@@ -33,7 +36,22 @@ def _run(args: argparse.Namespace) -> int:
     config = load_or_report(args)
     if config is None:
         return 2
-    return asyncio.run(run_gateway(config))
+    if args.pidfile is None:
+        return asyncio.run(run_gateway(config))
+    import signal
+
+    from gateway.cli.service import remove_pidfile, write_pidfile
+
+    def stop_early(signum: int, _frame: object) -> None:
+        """A SIGTERM before the gateway handles its own signals: end here, tidily."""
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop_early)
+    write_pidfile(args.pidfile)
+    try:
+        return asyncio.run(run_gateway(config))
+    finally:
+        remove_pidfile(args.pidfile)
 
 
 def _ask(args: argparse.Namespace, command: str) -> dict[str, Any] | None:
@@ -82,6 +100,14 @@ def _status(args: argparse.Namespace) -> int:
               f"SIP users, {backend.get('notifiers', 0)} from SIP users, "
               f"{backend.get('transactions', 0)} requests in flight; "
               f"{backend.get('sent', 0)} sent, {backend.get('received', 0)} received")
+        # what was refused or lost on the way in (docs/sip.md, Security and Flow control)
+        drops = backend.get("udp_drops")
+        print(f"SIP refused: {backend.get('malformed', 0)} malformed, "
+              f"{backend.get('untrusted', 0)} from untrusted sources, "
+              f"{backend.get('unexpected_errors', 0)} failed unexpectedly; overload: "
+              f"{backend.get('busy_answers', 0)} answered 503"
+              + ("" if drops is None else f", {drops} datagrams dropped by the kernel at the "
+                 f"SIP socket (receive buffer {backend.get('udp_receive_buffer', 0)} bytes)"))
     return 0
 
 

@@ -48,7 +48,8 @@ __all__ = [
     "set_partner",
 ]
 
-# Key order of a new entry: the order of GATEWAY-SPEC §2 and of config/gateway.yaml.
+# Key order of a new entry: the order of docs/configuration.md's partner keys and of
+# config/gateway.yaml.
 PARTNER_KEYS = ("domain", "type", "tls", "sasl", "dialback", "additional_domains",
                 "description")
 

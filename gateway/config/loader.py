@@ -381,6 +381,21 @@ class _Checker:
         known = self._specs[cls] = _Spec(converters, tuple(required), names)
         return known
 
+    def _syntax(self, name: str) -> Converter:
+        """The converter a :class:`Syntax` check names (a table, not an attribute lookup:
+        a misspelt name fails here, listing the known ones)."""
+        converters: dict[str, Converter] = {
+            "served_domains": self.served_domains, "domain": self.domain,
+            "located_domains": self.located_domains, "nameservers": self.nameservers,
+            "networks": self.networks, "names": self.names,
+            "database_url": self.database_url, "node_id": self.node_id,
+            "listen": self.listen, "per_domain": self.per_domain, "partners": self.partners}
+        try:
+            return converters[name]
+        except KeyError:
+            raise TypeError(f"unknown syntax {name!r} (known: {', '.join(converters)})") \
+                from None
+
     def converter(self, hint: Any, check: Check | None, where: str) -> Converter:
         """How a value of type ``hint`` is read: the field's own check if it declares
         one, else the one its type implies (see :mod:`gateway.config.fields`)."""
@@ -389,8 +404,7 @@ class _Checker:
         if isinstance(check, Choice):
             return self.choice(check.values)
         if isinstance(check, Syntax):
-            method: Converter = getattr(self, check.name)
-            return method
+            return self._syntax(check.name)
         if check is not None:
             raise TypeError(f"{where}: unknown check {check!r}")
         args = typing.get_args(hint)
@@ -667,9 +681,12 @@ def config_warnings(config: GatewayConfig) -> list[str]:
     for partner in config.partners:
         for text in partner.negotiation.warnings:
             warnings.append(f"partner {partner.primary_domain}: {text}")
-    if not config.dialback.secret:
-        warnings.append("dialback.secret is empty: a random secret is made at each start, so "
-                        "several nodes of this gateway cannot verify each other's keys")
+    if not config.dialback.secret and config.store.url:
+        # A lone node verifies its own keys whatever the secret; only nodes sharing a store
+        # (the same domains) must agree on it.
+        warnings.append("dialback.secret is empty while store.url makes this node one of "
+                        "several: each node makes a random secret at start, so they cannot "
+                        "verify each other's dialback keys; give every node the same secret")
     if not config.tls.use_system_cas and config.tls.ca_file is None:
         warnings.append("tls.use_system_cas is false and no tls.ca_file is set: no peer "
                         "certificate can verify, SASL EXTERNAL will never be used")
@@ -702,7 +719,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def _sip_trust_warnings(config: GatewayConfig) -> list[str]:
-    """Issue 13: the SIP side speaks for local users with our domain's S2S authority."""
+    """The SIP side speaks for local users with our domain's S2S authority: where it trusts
+    more than it can check, say so."""
     sip = config.sip
     if sip.backend != "sip":
         return []

@@ -31,7 +31,7 @@ class DanePolicy(StrEnum):
 
 
 class PartnerType(StrEnum):
-    """Contact rules class of a partner (GATEWAY-SPEC §3)."""
+    """Contact rules class of a partner (docs/configuration.md, "Partner types")."""
 
     FEDERATED = "federated"
     PUBLIC_VERIFIED = "public-verified"
@@ -40,7 +40,8 @@ class PartnerType(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class PartnerPolicy:
-    """One partner entry (GATEWAY-SPEC §2): a partner XMPP deployment and its rules."""
+    """One partner entry (docs/configuration.md, "Partners"): a partner XMPP deployment and
+    its rules."""
 
     primary_domain: str = setting(check=Syntax("domain"), key="domain")
     partner_type: PartnerType = setting(key="type")
@@ -120,7 +121,7 @@ class StoreSettings:
 
 @dataclass(frozen=True, slots=True)
 class ClusterSettings:
-    """Several nodes serving the same domains (issue 15; needs store.url)."""
+    """Several nodes serving the same domains (docs/deploy.md; needs store.url)."""
 
     node_id: str = setting("", Syntax("node_id"))  # empty = the host name
     heartbeat_interval: float = 1.0
@@ -148,7 +149,7 @@ class SipSettings:
     # Lifetime asked for the presence subscriptions the gateway makes and grants
     # (RFC 6665 §4.1.2.1 Expires; refreshed before it runs out).
     subscription_expires: int = setting(3600, Whole(60, 86400))
-    # Trust (issue 13, docs/sip.md "Security"): SIP requests are accepted only from the
+    # Trust (docs/sip.md "Security"): SIP requests are accepted only from the
     # addresses proxy_host resolves to and these addresses/CIDR networks (a proxy pool).
     trusted_sources: tuple[str, ...] = setting((), Syntax("networks"))
     # transport tls: ask the proxy for a client certificate, which must verify against
@@ -207,7 +208,7 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class FederationSettings:
-    # Opt-in: treat domains with no partner entry as public-unverified (GATEWAY-SPEC §2).
+    # Opt-in: treat domains with no partner entry as public-unverified (docs/configuration.md).
     allow_unlisted: bool = False
     # Default for the per-user XMPP federation switch (per-user overrides live in the store).
     users_enabled_by_default: bool = True

@@ -4,7 +4,7 @@ A Unix socket with owner-only permissions (0600 in a 0700 directory): only the g
 own user (or root) can query sessions or trigger a reload. One JSON request line, one
 JSON response line.
 
-The file mode is the first fence; the second does not depend on it (issue 13: a socket
+The file mode is the first fence; the second does not depend on it (a socket
 directory made group-writable, or a mode changed by hand, must not open the gateway to
 other users): each connection's peer credentials (``SO_PEERCRED``, unix(7)) are read and
 a peer whose uid is neither the gateway's nor root's is refused, logged with its uid and

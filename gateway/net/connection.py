@@ -255,7 +255,8 @@ class StreamConnection(asyncio.Protocol):
     def log_fields(self) -> dict[str, Any]:
         stream = self.stream
         return {
-            "peer": stream.remote_domain or getattr(stream, "claimed_domain", None),
+            "peer": stream.remote_domain or (stream.claimed_domain
+                                             if isinstance(stream, InboundStream) else None),
             "local": stream.local_domain,
             "direction": "inbound" if isinstance(stream, InboundStream) else "outbound",
             "stream": stream.stream_id,

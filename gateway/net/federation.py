@@ -33,15 +33,19 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xml.etree.ElementTree import Element
 
+from gateway.auth.dialback_key import DialbackKeyGenerator
 from gateway.config.model import GatewayConfig, PartnerPolicy, PartnerType
+from gateway.contracts import RouterForS2S
 from gateway.dns import dane
+from gateway.dns.resolver import DnsResolutionError, Resolver
 from gateway.logs import log_event
 from gateway.net import delivery, happy_eyeballs, resent
 from gateway.net.backoff import QUEUE_WAIT, Backoff
 from gateway.net.connection import StreamConnection
+from gateway.net.context import stream_context
 from gateway.xmpp.events import (
     BidiNegotiated,
     DialbackVerifyAnswered,
@@ -59,13 +63,13 @@ from gateway.xmpp.events import (
 from gateway.xmpp.inbound import InboundStream
 from gateway.xmpp.jid import JidError, domain_of
 from gateway.xmpp.outbound import OutboundStream
-from gateway.xmpp.stream import StreamContext
+
+if TYPE_CHECKING:
+    from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.s2s")
 
-InboundHandler = Callable[[Element, str, str], None]
 FLUSH_SLICE = 256  # stanzas written between checks of the transport's write buffer
-BounceHandler = Callable[[Element, str, str], None]
 
 
 @dataclass(eq=False)
@@ -91,27 +95,29 @@ class OutboundSession:
 
 
 def unlisted_partner(domain: str) -> PartnerPolicy:
-    """GATEWAY-SPEC §2: with ``federation.allow_unlisted`` an unlisted domain federates as
+    """With ``federation.allow_unlisted`` an unlisted domain federates as
     public-unverified with the default (optional/optional/dialback) settings."""
     return PartnerPolicy(domain, PartnerType.PUBLIC_UNVERIFIED)
 
 
 class S2SService:
+    """The XMPP side (implements :class:`gateway.contracts.S2SControl`): accepted
+    stanzas go to ``router.from_xmpp``, what cannot be sent to ``router.bounce``."""
+
     def __init__(
         self,
         config: GatewayConfig,
-        context: StreamContext,
-        resolver: Any,
+        keys: DialbackKeyGenerator,
+        resolver: Resolver,
+        router: RouterForS2S,
         *,
-        on_stanza: InboundHandler,
-        on_bounce: BounceHandler,
-        metrics: Any = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
-        self.ctx = context
+        self.keys = keys
+        self.ctx = stream_context(config, keys, self.partner_for)
         self.resolver = resolver
-        self.on_stanza = on_stanza
-        self.on_bounce = on_bounce
+        self.router = router
         self.metrics = metrics
         self.connections: set[StreamConnection] = set()
         self.sessions: dict[tuple[str, str], OutboundSession] = {}
@@ -121,10 +127,8 @@ class S2SService:
         self._stopping = False  # stop(): what links give back is bounced, not re-sent
         self.recent = resent.RecentStanzas()  # delivered lately (re-sends recognised)
         self._per_ip: dict[str, int] = {}
+        self._counted_ip: dict[StreamConnection, str] = {}  # admitted inbound connections
         self.reading_paused = False
-        # Told when the queue toward a domain goes over (back under) its bound, so the
-        # local side can hold its senders back: (remote domain, congested).
-        self.on_congestion: Callable[[str, bool], None] | None = None
 
     # ------------------------------------------------------------------ config
 
@@ -148,8 +152,24 @@ class S2SService:
                 log_event(log, logging.INFO, "s2s.listening", address=sock.getsockname()[:2],
                           direct_tls=address.direct_tls or None)
 
+    def apply(self, config: GatewayConfig) -> int:
+        """Reload (see :meth:`gateway.contracts.S2SControl.apply`)."""
+        context = stream_context(config, self.keys, self.partner_for)  # may raise: first
+        self.config, self.ctx = config, context
+
+        def no_longer_permitted(conn: StreamConnection) -> bool:
+            for (remote, _local), method in conn.stream.pairs.items():
+                partner = self.partner_for(remote)
+                if partner is None or not partner.negotiation.permits(method):
+                    return True
+            return False
+
+        return self.close_sessions(
+            no_longer_permitted, "policy-violation",
+            "partner removed or its policy changed by a configuration reload")
+
     def stop_accepting(self) -> None:
-        """Close the listening sockets (drain, issue 15): a partner connecting now is
+        """Close the listening sockets (drain): a partner connecting now is
         refused and tries the next SRV target; established streams carry on."""
         self._accepting = False
         for server in self._servers:
@@ -162,8 +182,8 @@ class S2SService:
     def _accept(self, direct_tls: bool) -> asyncio.Protocol:
         stream = InboundStream(self.ctx, now=asyncio.get_running_loop().time(),
                                direct_tls=direct_tls)
-        rate = getattr(self.config.limits, "inbound_bytes_per_second", 0)
-        conn = StreamConnection(stream, self._on_event, self._on_gone, rate_limit=rate)
+        conn = StreamConnection(stream, self._on_event, self._on_gone,
+                                rate_limit=self.config.limits.inbound_bytes_per_second)
         self.connections.add(conn)
         return _AdmissionGuard(self, conn)
 
@@ -180,7 +200,7 @@ class S2SService:
         if count > limits.max_connections_per_ip:
             return f"more than {limits.max_connections_per_ip} connections from {ip}"
         self._per_ip[ip] = count
-        conn.counted_ip = ip  # type: ignore[attr-defined]
+        self._counted_ip[conn] = ip
         return ""
 
     def set_reading_paused(self, paused: bool) -> None:
@@ -245,7 +265,7 @@ class S2SService:
 
     def _bounce(self, stanza: Element, on_done: delivery.OnDone | None, condition: str,
                 reason: str) -> None:
-        self.on_bounce(stanza, condition, reason)
+        self.router.bounce(stanza, condition, reason)
         if on_done is not None:
             on_done(False)
 
@@ -271,8 +291,7 @@ class S2SService:
             if isinstance(conn.stream, InboundStream) and not conn.stream.bidi \
                     and conn.stream.remote_domain == session.remote:
                 conn.set_reading(not congested, f"queue-{session.remote}")
-        if self.on_congestion is not None:
-            self.on_congestion(session.remote, congested)
+        self.router.s2s_congestion(session.remote, congested)
 
     def _piggyback(self, session: OutboundSession) -> None:
         """Reuse an open stream to the same peer for another local domain (XEP-0220 §2.4)."""
@@ -309,8 +328,8 @@ class S2SService:
         try:
             targets = await self.resolver.resolve_targets(session.remote)
         except Exception as exc:  # DnsResolutionError and anything the resolver raises
-            kind = getattr(exc, "kind", "")
-            condition = "remote-server-timeout" if kind == "timeout" else "remote-server-not-found"
+            timeout = isinstance(exc, DnsResolutionError) and exc.kind == "timeout"
+            condition = "remote-server-timeout" if timeout else "remote-server-not-found"
             self._count("dns_failures", session.remote)
             self._fail_session(session, condition, f"DNS: {exc}")
             return
@@ -431,7 +450,7 @@ class S2SService:
         while session.queue:
             stanza, token = delivery.unpack(session.queue.popleft())
             self._count("bounces", session.remote)
-            self.on_bounce(stanza, condition, reason)
+            self.router.bounce(stanza, condition, reason)
             delivery.settle(token, False)
         if session.congested:
             self._set_congested(session, False)
@@ -451,7 +470,8 @@ class S2SService:
             # XEP-0198: acknowledged to the peer only once the router settled it.
             settled = None if event.seq < 0 else functools.partial(self._settled, conn,
                                                                    event.seq)
-            self.on_stanza(event.stanza, event.remote_domain, event.local_domain, settled)
+            self.router.from_xmpp(event.stanza, event.remote_domain, event.local_domain,
+                                  settled)
         elif isinstance(event, StanzasAcked):
             self._on_acked(conn, event)
         elif isinstance(event, PairAuthenticated):
@@ -642,7 +662,7 @@ class S2SService:
 
     def _on_gone(self, conn: StreamConnection) -> None:
         self.connections.discard(conn)
-        ip = getattr(conn, "counted_ip", None)
+        ip = self._counted_ip.pop(conn, None)
         if ip is not None:
             left = self._per_ip.get(ip, 1) - 1
             if left > 0:
@@ -694,6 +714,28 @@ class S2SService:
         now = time.monotonic()
         return {f"{s.local}->{s.remote}": s.backoff.describe(now)
                 for s in self.sessions.values() if s.backoff.failures}
+
+    @property
+    def streams(self) -> int:
+        return len(self.connections)
+
+    @property
+    def inbound_streams(self) -> int:
+        return sum(1 for c in self.connections if isinstance(c.stream, InboundStream))
+
+    @property
+    def queued(self) -> int:
+        """Stanzas waiting in outbound session queues, all domains."""
+        return sum(len(session.queue) for session in self.sessions.values())
+
+    def queues(self) -> dict[str, int]:
+        return {f"{s.local}->{s.remote}": len(s.queue)
+                for s in self.sessions.values() if s.queue}
+
+    def close_inbound(self, text: str) -> int:
+        """Close every inbound stream gracefully (RFC 6120 §4.4: stanzas already in
+        flight are still read and routed; the partner opens its next stream elsewhere)."""
+        return self.close_sessions(lambda c: isinstance(c.stream, InboundStream), "", text)
 
     def close_sessions(self, predicate: Callable[[StreamConnection], bool], condition: str,
                        text: str) -> int:
@@ -747,6 +789,9 @@ class S2SService:
                 await asyncio.wait_for(server.wait_closed(), 1.0)
 
 
+PEER_NOT_READING = "peer-not-reading"
+
+
 class _AdmissionGuard(asyncio.Protocol):
     """Applies connection limits before handing the transport to the stream connection."""
 
@@ -783,11 +828,17 @@ class _AdmissionGuard(asyncio.Protocol):
         if not self.refused:
             self.conn.connection_lost(exc)
 
+    # The peer does not read what we write (our buffer passed its high-water mark): stop
+    # reading from it too, as one more reason among the connection's others (router
+    # backpressure, the rate limit, a congested queue), so that the buffer draining
+    # resumes reading only when no other reason holds.
     def pause_writing(self) -> None:
-        if not self.refused and self.conn.transport is not None:
-            self.conn.transport.pause_reading()
+        if not self.refused:
+            self.conn.pause_writing()
+            self.conn.set_reading(False, PEER_NOT_READING)
 
     def resume_writing(self) -> None:
-        if not self.refused and self.conn.transport is not None:
-            self.conn.transport.resume_reading()
+        if not self.refused:
+            self.conn.set_reading(True, PEER_NOT_READING)
+            self.conn.resume_writing()
 

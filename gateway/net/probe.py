@@ -155,7 +155,12 @@ async def probe(service: Any, local: str, remote: str, timeout: float = 20.0) ->
 def _narrate(report: ProbeReport, stream: OutboundStream, remote: str) -> None:
     if stream.peer_header_received:
         report.step(f"stream opened, id {stream.stream_id}")
+    # Features come once per stream (re)start (RFC 6120 §4.3.3): at the start, after TLS
+    # (not with XEP-0368 direct TLS, encrypted from the first byte), after SASL.
+    stages = (["over TLS", "after SASL"] if stream.direct_tls
+              else ["", "after TLS", "after SASL"])
     for index, offered in enumerate(stream.offered_features):
+        stage = stages[min(index, len(stages) - 1)]
         parts = []
         if offered.starttls:
             parts.append("STARTTLS" + (" (required)" if offered.starttls_required else ""))
@@ -163,7 +168,7 @@ def _narrate(report: ProbeReport, stream: OutboundStream, remote: str) -> None:
             parts.append("SASL " + " ".join(offered.sasl_mechanisms))
         if offered.dialback_errors:
             parts.append("dialback")
-        report.step(f"features offered{' after TLS' if index else ''}: "
+        report.step(f"features offered{' ' + stage if stage else ''}: "
                     + (", ".join(parts) or "none"))
     if stream.tls_active:
         report.step(f"TLS: {stream.tls_version} {stream.tls_cipher}")

@@ -1,4 +1,4 @@
-"""The contact rules of GATEWAY-SPEC §3 as pure functions.
+"""The contact rules (docs/configuration.md, "Partner types") as pure functions.
 
 The router classifies a stanza (:func:`stanza_kind`), resolves the partner type of the
 remote domain, the per-user federation switch and the local user's authorization of the
@@ -7,14 +7,14 @@ remote contact (the store), and asks :func:`inbound_decision` (XMPP → local us
 deliver or not, strip ``<status/>`` or not, how to refuse, why (for the log), and which
 side effects to apply to the authorization store.
 
-Refusing without revealing whether a local user exists (GATEWAY-SPEC §3): every inbound
+Refusing without revealing whether a local user exists: every inbound
 refusal is made *exactly* like RFC 6121 §8.5.1's handling of a stanza to an account
 that does not exist, so a remote domain cannot tell "refused" from "no such user" (nor,
 for a public-unverified contact, "not authorized" from "no such user"):
 
 * message, iq get/set → ``<service-unavailable/>`` (type cancel) — RFC 6121 §8.5.1
   allows "silently ignore or service-unavailable" for messages and requires
-  service-unavailable for iq; we answer so the sender is told (GATEWAY-SPEC §3 asks for an
+  service-unavailable for iq; we answer so the sender is told (the contact rules ask for an
   error back) while saying nothing specific (RFC 6120 §8.3.3.19 lists it as the
   error that protects against presence leaks);
 * presence subscribe and probe → a presence of type ``unsubscribed`` from the local bare
@@ -26,8 +26,8 @@ for a public-unverified contact, "not authorized" from "no such user"):
 * any stanza of type error, and iq result → silently ignored (RFC 6120 §8.3.1: never
   answer an error with an error; §8.2.3: never answer a response).
 
-Where the spec asks for "a proper XMPP error" and RFC 6121 asks for silence, the RFC wins
-(GATEWAY-SPEC preamble); docs/sip.md records the difference.
+Where the contact rules would give "a proper XMPP error" and RFC 6121 asks for silence, the
+RFC wins; docs/sip.md records the difference.
 
 Outbound refusals go back to our own local user, who may learn why: a disabled user gets
 ``<forbidden/>`` (RFC 6120 §8.3.3.6, lacks permission), an unlisted domain ``<not-allowed/>``
@@ -41,8 +41,8 @@ Authorization: the local user grants it by inviting/adding the contact — an ou
 ``subscribe`` (adding them) or ``subscribed`` (approving their request) — or with the CLI;
 an outgoing ``unsubscribed`` (cancelling the contact's subscription) revokes it. These side
 effects are recorded for every partner type, so a later reclassification of the partner to
-public-unverified keeps what the user did. A message alone does not authorize (spec: "the
-local user invited/added or authorized them").
+public-unverified keeps what the user did. A message alone does not authorize (the partner
+types' table: "only once the local user added/authorized them").
 """
 
 from __future__ import annotations
@@ -149,16 +149,16 @@ def strip_status(stanza: Element) -> Element:
 def effective_partner_type(
     partner_type: PartnerType | None, *, allow_unlisted: bool
 ) -> PartnerType | None:
-    """GATEWAY-SPEC §2: an unlisted domain does not federate, unless the operator opted in
-    to treating unlisted domains as public-unverified."""
+    """An unlisted domain does not federate, unless the operator opted in to treating
+    unlisted domains as public-unverified (docs/configuration.md, "Partner types")."""
     if partner_type is None and allow_unlisted:
         return PartnerType.PUBLIC_UNVERIFIED
     return partner_type
 
 
-# Inbound kinds a public-unverified contact may send only once authorized (spec §3 rows
-# "may subscribe" and "may send IM"; presence and probes follow from a subscription, which
-# itself needs authorization).
+# Inbound kinds a public-unverified contact may send only once authorized (the partner
+# types' columns "Messages" and "Subscriptions"; presence and probes follow from a
+# subscription, which itself needs authorization).
 _NEEDS_AUTHORIZATION = frozenset(
     {
         StanzaKind.MESSAGE,
@@ -239,7 +239,8 @@ def outbound_decision(
 
     Local users may write to any partner (the authorization gate protects *them* from
     unverified senders); ``<status/>`` is stripped from their presence toward
-    public-verified and public-unverified partners (spec §3 "sees status notes: never").
+    public-verified and public-unverified partners (the partner types'
+    column "Sees status notes").
     """
     effective = effective_partner_type(partner_type, allow_unlisted=allow_unlisted)
     if kind in (StanzaKind.ERROR, StanzaKind.IQ_RESPONSE):

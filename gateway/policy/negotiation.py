@@ -1,6 +1,7 @@
 """The negotiation rule: which S2S authentication methods a partner entry permits.
 
-GATEWAY-SPEC §2.1 describes 18 combinations of (tls, sasl, dialback) in a table
+The negotiation matrix (docs/configuration.md, "The negotiation matrix") lists 18 combinations of
+(tls, sasl, dialback) in a table
 (``negotiation-matrix.csv`` beside this module, from the Lync Server 2013 documentation;
 see ``negotiation-matrix.md``). One rule reproduces the whole table, so we implement
 the rule, not the table, and the tests check the rule against every row of the CSV.
@@ -81,7 +82,7 @@ class Negotiation:
         return method in self.methods
 
     def permits_dialback(self, *, over_tls: bool) -> bool:
-        """Is dialback acceptable on a stream in this TLS state (spec §2.2)?"""
+        """Is dialback acceptable on a stream in this TLS state?"""
         return self.permits(AuthMethod.TLS_DIALBACK if over_tls else AuthMethod.TCP_DIALBACK)
 
     @property
@@ -95,7 +96,7 @@ class Negotiation:
 
 
 def _message(tls: Support, sasl: Support, dialback: bool) -> str:
-    """The matrix's text for a combination (GATEWAY-SPEC §2.1)."""
+    """The matrix's text for a combination."""
     if sasl is Support.NOT_SUPPORTED:
         if not dialback:
             return MSG_SASL_OR_DIALBACK
@@ -114,7 +115,7 @@ def _message(tls: Support, sasl: Support, dialback: bool) -> str:
 
 @cache
 def negotiate(tls: Support, sasl: Support, dialback: bool) -> Negotiation:
-    """Apply the rule of GATEWAY-SPEC §2.1.
+    """Apply the rule that reproduces the negotiation matrix.
 
     - SASL over TLS when tls and sasl are both not ``not-supported``;
     - TLS Dialback when tls is not ``not-supported``, dialback is on, and not both

@@ -134,6 +134,15 @@ def sip_to_jid(address: SipAddress, *, resource: str | None = None) -> Jid:
     return Jid(escape_localpart(address.user), address.host, resource)
 
 
+def _percent_decoded(text: str, uri: str) -> str:
+    """RFC 3261 §19.1.2 escapes decoded as UTF-8 (RFC 3986 §2.5), strictly: bytes that are
+    not UTF-8 would otherwise become U+FFFD, silently naming another user."""
+    try:
+        return unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        raise AddressError(f"SIP URI {uri[:80]!r} has escapes that are not UTF-8") from None
+
+
 def parse_sip_uri(uri: str) -> SipAddress:
     """Extract user, host and ``gr`` from a ``sip:``/``sips:`` URI (RFC 3261 §19.1.1),
     ignoring port, password, other parameters and headers."""
@@ -148,15 +157,20 @@ def parse_sip_uri(uri: str) -> SipAddress:
     user = ""
     if "@" in rest:
         userinfo, _, hostport_and_params = rest.rpartition("@")
-        user = unquote(userinfo.split(":", 1)[0])
+        user = _percent_decoded(userinfo.split(":", 1)[0], uri)
     hostport, *params = hostport_and_params.split(";")
-    host = hostport
-    host = host[: host.index("]") + 1] if host.startswith("[") else host.split(":", 1)[0]
-    if not host:
-        raise AddressError(f"SIP URI {uri!r} has no host")
+    if hostport.startswith("["):  # IPv6reference (RFC 3261 §25.1): "[" IPv6address "]"
+        host, closing, _port = hostport.partition("]")
+        if not closing:
+            raise AddressError(f"SIP URI {uri[:80]!r} has an unterminated IPv6 host")
+        host += "]"
+    else:
+        host = hostport.split(":", 1)[0]
+    if not host or host == "[]":
+        raise AddressError(f"SIP URI {uri[:80]!r} has no host")
     gruu = ""
     for param in params:
         name, _, value = param.partition("=")
         if name.lower() == "gr":
-            gruu = unquote(value)
+            gruu = _percent_decoded(value, uri)
     return SipAddress(user, host.lower(), gruu)

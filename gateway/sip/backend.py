@@ -1,4 +1,4 @@
-"""The SIP backend: local users live on a SIP server (GATEWAY-SPEC §6).
+"""The SIP backend: local users live on a SIP server.
 
 The gateway is a SIP user agent beside a SIP proxy/registrar/presence server (Kamailio,
 Asterisk, a Lync edge …). All requests it originates go to that proxy (our outbound
@@ -14,7 +14,7 @@ not serve (the XMPP side). What maps to what lives in one module per job:
 Other requests: ``OPTIONS`` → 200 with ``Allow``; ``INVITE`` → 405 (no media gateway);
 unknown methods → 501. XMPP ``<iq/>`` has no SIP mapping → ``service-unavailable``.
 
-Flow control (issue: SIP at the speed of S2S). XMPP → SIP: :meth:`SipBackend.deliver`
+Flow control. XMPP → SIP: :meth:`SipBackend.deliver`
 waits while the proxy has a window's worth of requests outstanding, so the router stops
 and the S2S streams stop being read. SIP → XMPP: while the XMPP side is congested (the
 router's queue or an S2S queue toward the recipient's domain is full) new MESSAGEs and
@@ -29,18 +29,19 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 from xml.etree.ElementTree import Element
 
-from gateway.backend import DeliveryError, StanzaSink
+from gateway.backend import DeliveryError, Pair
 from gateway.config.model import SipSettings, TlsSettings
+from gateway.contracts import OnDecided, RouterForBackend
 from gateway.domain import normalize_domain
 from gateway.logs import log_event
 from gateway.sip import tls as sip_tls
 from gateway.sip.addresses import AddressError
 from gateway.sip.endpoint import SipEndpoint
-from gateway.sip.message import NameAddr, SipResponse, new_tag
+from gateway.sip.message import NameAddr, RequestHead, SipResponse, new_tag
 from gateway.sip.messaging import MessageRelay
 from gateway.sip.notifying import MIN_EXPIRES, XmppPresenceNotifier
 from gateway.sip.parties import sip_address
@@ -50,6 +51,10 @@ from gateway.sip.trust import RefusalLogBudget, SourceTrust, resolve_addresses
 from gateway.sip.watching import SipPresenceWatches
 from gateway.xmpp.jid import Jid, JidError
 
+if TYPE_CHECKING:
+    from gateway.metrics import Metrics
+    from gateway.store.protocols import AsyncWatchStore
+
 log = logging.getLogger("gateway.sip")
 
 ALLOW = "MESSAGE, SUBSCRIBE, NOTIFY, OPTIONS"
@@ -58,11 +63,13 @@ NOT_HANDLED = ("INVITE", "BYE", "CANCEL", "PUBLISH", "REGISTER", "REFER", "INFO"
 # What the configuration model gives a setting the file leaves out; the backend built in
 # code (tests, tools) uses the same values.
 _DEFAULTS = SipSettings()
-OnDecided = Callable[[], None] | None
+# Settings a reload applies at once: who may speak SIP to us (a proxy taken out of a
+# pool must stop being trusted now). The rest of the SIP side is built at start.
+LIVE_SETTINGS = frozenset({"trusted_sources", "trust_asserted_identity"})
 
 
 class SipBackend:
-    """A :class:`gateway.backend.LocalBackend` speaking SIP to a proxy."""
+    """A :class:`gateway.backend.SipSide` speaking SIP to a proxy."""
 
     def __init__(self, domains: Iterable[str], *, transport: str = _DEFAULTS.transport,
                  proxy: tuple[str, int] = (_DEFAULTS.proxy_host, _DEFAULTS.proxy_port),
@@ -85,6 +92,7 @@ class SipBackend:
                                     udp_receive_buffer=udp_receive_buffer)
         self.endpoint.on_request = self._on_request
         self.endpoint.on_tick = self._on_tick
+        self.endpoint.shed = self._shed
         self.transport = self.endpoint.transport
         self.layer = self.endpoint.layer
         expires = max(MIN_EXPIRES, subscription_expires)
@@ -94,24 +102,23 @@ class SipBackend:
         self.watching = SipPresenceWatches(self.endpoint, self._to_xmpp, expires)
         self.notifying = XmppPresenceNotifier(self.endpoint, self.domains, self._to_xmpp,
                                               expires)
-        self._sink: StanzaSink | None = None
-        self._router: Any = None  # submit_local / xmpp_congested, when the router runs us
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._router: RouterForBackend | None = None  # set by start
         self.busy_answers = 0  # 503 + Retry-After sent while the XMPP side was congested
-        # Trust (issue 13, gateway.sip.trust): sources beyond the proxy, certificate names
+        # Trust (gateway.sip.trust): sources beyond the proxy, certificate names
         # required of inbound TLS peers (None: no client certificate asked), PAI use.
         self.trusted_sources = tuple(trusted_sources)
         self.transport.peer_names = peer_names
         self.transport.on_refused = self._on_untrusted
+        self.transport.on_malformed = self._on_malformed
         self.endpoint.on_misrouted = self._on_misrouted
         self.trust_asserted_identity = trust_asserted_identity
         self.messages.trust_asserted_identity = trust_asserted_identity
         self.notifying.trust_asserted_identity = trust_asserted_identity
-        self.metrics: Any = None
+        self.metrics: Metrics | None = None
         self.untrusted = 0
         self._refusal_log = RefusalLogBudget()
-        # Drain (issue 15): new out-of-dialog requests get 503 so that the proxy's
-        # dispatcher sends them to another node.
+        # Drain: new out-of-dialog requests get 503 so that the proxy's dispatcher sends
+        # them to another node.
         self.draining = False
 
     @classmethod
@@ -152,24 +159,36 @@ class SipBackend:
     def received(self) -> int:
         return self.endpoint.received
 
+    @property
+    def address(self) -> str:
+        local = self.transport.local
+        return f"sip:{local[0]}:{local[1]}" if local else ""
+
+    @property
+    def watch_count(self) -> int:
+        return len(self.watching.watches)
+
+    def is_watching(self, sip_user: str, contact: str) -> bool:
+        return (sip_user, contact) in self.notifying.notifiers
+
     # ------------------------------------------------------------------ lifecycle
 
-    def use_store(self, store: Any) -> None:
-        """Remember active XMPP→SIP presence subscriptions in ``store`` (async
-        ``add_watch``/``remove_watch``/``list_watches``), see :mod:`gateway.sip.watching`."""
-        self.watching.store = store
-
-    def attach_router(self, router: Any) -> None:
-        """Hand SIP users' stanzas to ``router.submit_local`` (decided without a task per
-        stanza) and ask ``router.xmpp_congested`` before taking new SIP work."""
-        self._router = router
-
-    async def start(self, sink: StanzaSink) -> None:
-        if self._sink is not None:
+    async def start(self, router: RouterForBackend, *, watches: AsyncWatchStore | None = None,
+                    metrics: Metrics | None = None) -> None:
+        """SIP users' stanzas go to ``router.submit_local`` (decided without a task per
+        stanza) and ``router.xmpp_congested`` is asked before new SIP work is taken;
+        active XMPP→SIP presence subscriptions are remembered in ``watches`` (see
+        :mod:`gateway.sip.watching`) and those this node holds are subscribed again;
+        ``metrics`` count refused sources and export the flow-control figures."""
+        if self._router is not None:
             raise RuntimeError("SIP backend already started")
+        self.watching.store = watches
+        if metrics is not None:
+            self.metrics = metrics
+            metrics.watch_sip(self.describe)
         await self._trust_proxy()
         await self.endpoint.start()
-        self._sink = sink
+        self._router = router
         restored = await self.watching.restore(self.domains)
         transport = self.transport
         log_event(log, logging.INFO, "sip.started", transport=transport.kind,
@@ -180,25 +199,28 @@ class SipBackend:
                   max_in_flight=self.endpoint.max_in_flight,
                   subscriptions_restored=restored)
 
-    def take_over_watches(self, pairs: Iterable[tuple[str, str]]) -> int:
-        """Subscribe for XMPP→SIP watches another gateway node held (it died or drained,
-        issue 15): the XMPP side still considers itself subscribed, so we must."""
+    def take_over_watches(self, pairs: Iterable[Pair]) -> int:
+        """Subscribe for XMPP→SIP watches another gateway node held (it died or
+        drained): the XMPP side still considers itself subscribed, so we must."""
         return self.watching.take_over(pairs, self.domains)
 
-    def drop_watches(self, pairs: Iterable[tuple[str, str]] | None = None) -> int:
+    def drop_watches(self, pairs: Iterable[Pair] | None = None) -> int:
         """End our XMPP→SIP watch dialogs (all, or those of ``pairs``) on the SIP side but
         leave the store alone: another node holds or takes them over (drain, lost lease,
         an unsubscribe handled by another node)."""
         return self.watching.drop(pairs)
 
-    def held_watches(self) -> list[tuple[str, str]]:
+    def held_watches(self) -> list[Pair]:
         """The (watcher, SIP user) pairs whose subscription is established and recorded."""
         return self.watching.held()
+
+    def set_draining(self) -> None:
+        self.draining = True
 
     async def stop(self, grace: float = 2.0) -> None:
         """End our subscriptions, wait up to ``grace`` for outstanding transactions, then
         close the sockets."""
-        if self._sink is None:
+        if self._router is None:
             return
         self.notifying.stop()
         self.watching.stop()
@@ -207,18 +229,10 @@ class SipBackend:
                       transactions=self.endpoint.in_flight,
                       queued=len(self.endpoint.backlog),
                       reason="no answer from the SIP proxy before shutdown")
-        for task in list(self._tasks):
-            task.cancel()
         await self.endpoint.close()
-        self._sink = None
+        self._router = None
 
-    # ------------------------------------------------------------------ trust (issue 13)
-
-    def use_metrics(self, metrics: Any) -> None:
-        """Count refused untrusted sources on ``metrics.sip_untrusted`` (issue 13) and
-        export the flow-control figures (in flight, backlog, 503s, kernel drops)."""
-        self.metrics = metrics
-        metrics.watch_sip(self.describe)
+    # ------------------------------------------------------------------ trust
 
     async def _trust_proxy(self) -> None:
         """Requests are accepted from the proxy's addresses and ``trusted_sources`` only.
@@ -233,9 +247,9 @@ class SipBackend:
                       reason=str(exc), trusted=",".join(self.trusted_sources) or "nobody")
         self.transport.set_trust(SourceTrust.build(addresses, self.trusted_sources))
 
-    async def update_trust(self, settings: Any) -> None:
+    async def apply(self, settings: SipSettings) -> frozenset[str]:
         """Reload: new ``trusted_sources``/``trust_asserted_identity`` apply at once (the
-        proxy's name is resolved again too)."""
+        proxy's name is resolved again too); the rest changes on restart."""
         self.trusted_sources = tuple(settings.trusted_sources)
         self.trust_asserted_identity = settings.trust_asserted_identity
         self.messages.trust_asserted_identity = settings.trust_asserted_identity
@@ -243,6 +257,7 @@ class SipBackend:
         await self._trust_proxy()
         log_event(log, logging.INFO, "sip.trust_updated",
                   trusted=self.transport.trust.describe() if self.transport.trust else "")
+        return LIVE_SETTINGS
 
     def _on_untrusted(self, transport: str, peer: tuple[str, int], why: str,
                       method: str) -> None:
@@ -259,6 +274,10 @@ class SipBackend:
             self.metrics.count("sip_untrusted", "certificate" if "certificate" in why
                                else "source")
 
+    def _on_malformed(self, _transport: str, label: str) -> None:
+        if self.metrics is not None:
+            self.metrics.count("sip_malformed", label)
+
     def _on_misrouted(self) -> None:
         self.untrusted += 1
         if self.metrics is not None:
@@ -273,37 +292,25 @@ class SipBackend:
     def _to_xmpp(self, stanza: Element, on_decided: OnDecided) -> None:
         """Hand a SIP user's stanza to the router; ``on_decided`` runs once the router
         has decided (its refusal, if any, has reached :meth:`deliver` by then)."""
-        if self._router is not None:
-            self._router.submit_local(stanza, on_decided)
+        router = self._router
+        if router is None:
             return
-        if self._sink is None:
-            return
-        task = asyncio.get_running_loop().create_task(self._through_sink(stanza, on_decided))
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    async def _through_sink(self, stanza: Element, on_decided: OnDecided) -> None:
-        assert self._sink is not None
         try:
-            await self._sink(stanza)
+            router.submit_local(stanza, on_decided)
         except Exception:
             # The SIP request must still get a final answer (500, RFC 7247 §8.1
             # internal-server-error), so the peer stops retransmitting.
             log.exception("SIP stanza handler failed")
             self.messages.failed(stanza)
-        finally:
             if on_decided is not None:
                 on_decided()
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("SIP handler failed", exc_info=task.exception())
-
     def input_paused(self, paused: bool) -> None:
         """The router's word that the XMPP side is (no longer) congested: stream
-        connections from the proxy stop (resume) being read."""
+        connections from the proxy stop (resume) being read, and over UDP new work is
+        answered 503 from the request's head (:meth:`_shed`)."""
         self.transport.pause_input(paused)
+        self.endpoint.shedding = paused
 
     # ------------------------------------------------------------------ SIP input
 
@@ -330,6 +337,23 @@ class SipBackend:
         else:
             self.endpoint.reply(event, 501)
 
+    def _shed(self, head: RequestHead) -> int | None:
+        """The Retry-After to answer a request known by its head with, while overloaded
+        (what :meth:`_busy` decides for a parsed one, asked before parsing), or None."""
+        if (head.method == "SUBSCRIBE" and head.to_tagged) or self.draining:
+            return None  # in-dialog requests are not new work; draining answers itself
+        overloaded = self.transport.backlogged or self.endpoint.overloaded
+        if not overloaded and self._router is not None:
+            try:
+                domain = sip_address(head.uri).domain
+            except AddressError:
+                return None
+            overloaded = self._router.xmpp_congested(domain)
+        if not overloaded:
+            return None
+        self.busy_answers += 1
+        return self.retry_after
+
     def _busy(self, event: RequestReceived) -> bool:
         """Answer 503 + Retry-After to new work from SIP while it cannot move on: the XMPP
         side toward the recipient's domain is congested, or our own requests to the proxy
@@ -355,7 +379,7 @@ class SipBackend:
 
     async def deliver(self, stanza: Element) -> None:
         """Map an XMPP stanza addressed to a local SIP user (see the module docstring)."""
-        if self._sink is None:
+        if self._router is None:
             raise DeliveryError("service-unavailable", "SIP backend not started", "wait")
         try:
             recipient = Jid.parse(stanza.get("to", ""))

@@ -1,7 +1,7 @@
 """In-process development backend: local users without a SIP server.
 
-Why: ``make run`` and the S2S engine's integration tests need a :class:`LocalBackend` that
-needs nothing installed (GATEWAY-SPEC §6). Its behaviour is deliberately simple and fully
+Why: ``make run`` and the S2S engine's integration tests need a SIP side that needs
+nothing installed. Its behaviour is deliberately simple and fully
 determined by the stanzas it gets:
 
 * every ``user@<served domain>`` exists and is online (available presence);
@@ -18,7 +18,9 @@ determined by the stanzas it gets:
   RFC 7247 covers only messages and presence) by raising :class:`DeliveryError`;
 * :meth:`DevelopmentBackend.inject` sends a stanza as if a local user had sent it.
 
-Replies go to the sink (the router), exactly as a real backend's would.
+Replies go to the router, exactly as a real backend's would. It implements the whole
+:class:`gateway.backend.SipSide`; what it has no use for (presence watches held for a
+cluster, input flow control, live settings) does nothing and says so in its answer.
 """
 
 from __future__ import annotations
@@ -26,11 +28,18 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 from xml.etree.ElementTree import Element, SubElement
 
-from gateway.backend import DeliveryError, StanzaSink
+from gateway.backend import DeliveryError, Pair
+from gateway.config.model import SipSettings
+from gateway.contracts import RouterForBackend
 from gateway.domain import normalize_domain
 from gateway.xmpp.jid import Jid, JidError
+
+if TYPE_CHECKING:
+    from gateway.metrics import Metrics
+    from gateway.store.protocols import AsyncWatchStore
 
 NS = "jabber:server"
 MESSAGE = f"{{{NS}}}message"
@@ -59,7 +68,7 @@ def presence(sender: str, recipient: str, presence_type: str | None = None) -> E
 
 
 class DevelopmentBackend:
-    """A :class:`gateway.backend.LocalBackend` whose users live in this process."""
+    """A :class:`gateway.backend.SipSide` whose users live in this process."""
 
     def __init__(
         self,
@@ -76,19 +85,57 @@ class DevelopmentBackend:
         self.delivered: deque[Element] = deque(maxlen=KEPT)
         self._queue: deque[Element] = deque(maxlen=KEPT)  # not yet taken by next_delivered
         self._arrived = asyncio.Event()
-        self._sink: StanzaSink | None = None
+        self._router: RouterForBackend | None = None
 
-    async def start(self, sink: StanzaSink) -> None:
-        if self._sink is not None:
+    async def start(self, router: RouterForBackend, *, watches: AsyncWatchStore | None = None,
+                    metrics: Metrics | None = None) -> None:
+        """Local users' stanzas go to ``router``; there are no presence watches to
+        remember (every user is always available) and no figures for ``metrics``."""
+        if self._router is not None:
             raise RuntimeError("development backend already started")
-        self._sink = sink
+        self._router = router
 
     async def stop(self) -> None:
-        self._sink = None
+        self._router = None
+
+    # -- the rest of SipSide: nothing to do in-process
+
+    def input_paused(self, paused: bool) -> None:
+        """Local users send only through :meth:`inject`, which waits for the router."""
+
+    async def apply(self, settings: SipSettings) -> frozenset[str]:
+        return frozenset()  # nothing of sip.* is used: nothing applies live
+
+    def describe(self) -> dict[str, Any]:
+        return {"delivered": len(self.delivered)}
+
+    @property
+    def address(self) -> str:
+        return ""  # no SIP address: the proxy cannot reach in-process users
+
+    @property
+    def watch_count(self) -> int:
+        return 0
+
+    def held_watches(self) -> list[Pair]:
+        return []
+
+    def take_over_watches(self, pairs: Iterable[Pair]) -> int:
+        return 0  # every user is always available: nothing to subscribe to
+
+    def drop_watches(self, pairs: Iterable[Pair] | None = None) -> int:
+        return 0
+
+    def is_watching(self, sip_user: str, contact: str) -> bool:
+        return False
+
+    def set_draining(self) -> None:
+        """Nobody sends through a proxy that could fail over: nothing to refuse."""
 
     async def deliver(self, stanza: Element) -> None:
         """Record the stanza and act as a local user would (see module docstring)."""
-        if self._sink is None:
+        router = self._router
+        if router is None:
             raise DeliveryError("service-unavailable", "backend not started", "wait")
         recipient = self._local_recipient(stanza)
         self.delivered.append(stanza)
@@ -106,27 +153,27 @@ class DevelopmentBackend:
         if stanza.tag == MESSAGE:
             body = stanza.findtext(BODY)
             if recipient.split("@", 1)[0] == self.echo_user and body is not None:
-                await self._sink(
+                await router.from_local(
                     message(local_jid, sender, body, message_type=stanza_type or "normal")
                 )
             return
         if stanza.tag == PRESENCE:
             bare_sender = Jid.parse(sender).bare
             if stanza_type == "subscribe":
-                await self._sink(presence(recipient, bare_sender, "subscribed"))
-                await self._sink(presence(local_jid, bare_sender))
+                await router.from_local(presence(recipient, bare_sender, "subscribed"))
+                await router.from_local(presence(local_jid, bare_sender))
             elif stanza_type == "probe":
-                await self._sink(presence(local_jid, bare_sender))
+                await router.from_local(presence(local_jid, bare_sender))
 
     async def inject(self, stanza: Element) -> None:
         """Send ``stanza`` toward XMPP as if a local user had sent it (its ``from`` must be a
         local user)."""
-        if self._sink is None:
+        if self._router is None:
             raise RuntimeError("development backend not started")
         sender = Jid.parse(stanza.get("from", ""))
         if not sender.local or sender.domain not in self.domains:
             raise ValueError(f"{stanza.get('from')!r} is not a user of {sorted(self.domains)}")
-        await self._sink(stanza)
+        await self._router.from_local(stanza)
 
     async def next_delivered(self, timeout: float = 5.0) -> Element:
         """The next stanza delivered to any local user; raises TimeoutError after

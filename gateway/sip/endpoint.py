@@ -31,13 +31,16 @@ from gateway.logs import log_event
 from gateway.sip.message import (
     BRANCH_MAGIC,
     NameAddr,
+    RequestHead,
     SipParseError,
     SipRequest,
     SipResponse,
+    head_answer,
     new_branch,
     new_call_id,
     new_tag,
     parse_message,
+    read_head,
     response_wire,
 )
 from gateway.sip.transaction import (
@@ -88,6 +91,19 @@ class SipEndpoint:
         self._started = False
         self.on_tick: Callable[[float], None] | None = None  # once a second
         self.on_misrouted: Callable[[], None] | None = None
+        # Overload (RFC 3261 §21.5.4): while ``shedding`` (set by the backend when
+        # the XMPP side is congested), while the UDP socket is backlogged (the gateway
+        # reads slower than datagrams arrive: transport.py) or while our own backlog
+        # toward the proxy is over its bound, each UDP
+        # request is first read only as far as answering it needs (read_head) and asked
+        # of ``shed``: a Retry-After in seconds means "answer 503 now",
+        # None means "handle it in full". Answering at a few µs instead of a full parse
+        # and the request's handling keeps the socket read while the burst lasts, instead
+        # of leaving it to the kernel to drop what does not fit its buffer. The answer is
+        # kept for Timer J like any other (TransactionLayer.answer_unread).
+        self.shedding = False
+        self.shed: Callable[[RequestHead], int | None] | None = None
+        self.shed_answers = 0
         self.sent = 0
         self.peak_in_flight = 0
         self.received = 0
@@ -126,8 +142,10 @@ class SipEndpoint:
             self._pump_backlog()
             self._flush()
             ticks += 1
-            if ticks % 10 == 0 and self.on_tick is not None:
-                self.on_tick(now)
+            if ticks % 10 == 0:
+                self.transport.sample_drops(now)
+                if self.on_tick is not None:
+                    self.on_tick(now)
 
     # ------------------------------------------------------------------ flow control
 
@@ -233,16 +251,50 @@ class SipEndpoint:
     # ------------------------------------------------------------------ receiving
 
     def _on_bytes(self, data: bytes, flow: Flow, peer: tuple[str, int]) -> None:
+        if (self.shedding or self.transport.backlogged
+                or len(self.backlog) >= OVERLOAD_FACTOR * self.max_in_flight) \
+                and flow[0] == "udp" and self._shed(data, flow):
+            return
         try:
             message = parse_message(data, stream=flow[0] != "udp")
         except SipParseError as exc:
-            self.malformed += 1
-            log_event(log, logging.WARNING, "sip.malformed", peer=f"{peer[0]}:{peer[1]}",
-                      reason=exc.reason, action="dropped")
+            self._refuse_malformed(exc, flow, peer)
             return
         self.received += 1
         self._dispatch(self.layer.receive(message, flow, time.monotonic()))
         self._flush()
+
+    def _shed(self, data: bytes, flow: Flow) -> bool:
+        """Answer ``data`` 503 + Retry-After from its head alone if :attr:`shed` says so
+        (see there); False when it must be handled in full (not a new MESSAGE/SUBSCRIBE,
+        a retransmission of a request we hold a transaction for, not congested)."""
+        shed = self.shed
+        head = read_head(data) if shed is not None else None
+        if head is None or head.transaction in self.layer.servers:
+            return False
+        retry_after = shed(head)  # type: ignore[misc]
+        if retry_after is None:
+            return False
+        self.received += 1
+        self.shed_answers += 1
+        self.layer.answer_unread(head.transaction, flow, head_answer(
+            head, 503, "Service Unavailable", to_tag=new_tag(),
+            extra=[("Retry-After", str(retry_after))]), time.monotonic())
+        self._flush()
+        return True
+
+    def _refuse_malformed(self, exc: SipParseError, flow: Flow, peer: tuple[str, int]) -> None:
+        """A message from a trusted source that does not parse: a request that can be
+        read far enough gets the error's status with a reason phrase naming the problem
+        (RFC 3261 §21.4.1), statelessly (there is no transaction for a request we could
+        not read; a retransmission gets the same answer); anything else is dropped."""
+        self.malformed += 1
+        action = "dropped"
+        if exc.request is not None and exc.status:
+            self.transport.send(flow, response_wire(exc.request, exc.status, exc.phrase,
+                                                    to_tag=new_tag()))
+            action = f"{exc.status} {exc.phrase}"
+        self.transport.report_malformed(peer, exc.reason, action, "syntax")
 
     def _on_flow_lost(self, flow: Flow) -> None:
         if flow == self.transport.proxy_flow:
@@ -264,6 +316,14 @@ class SipEndpoint:
             elif isinstance(event, RequestReceived):
                 try:
                     self.on_request(event)
+                except SipParseError as exc:
+                    # a field the handler needed does not parse (a From that is not an
+                    # address): the request is at fault, not us
+                    self.malformed += 1
+                    self.reply(event, exc.status or 400, exc.phrase)
+                    self.transport.report_malformed(
+                        self.transport.peer_of(event.flow), exc.reason,
+                        f"{exc.status or 400} {exc.phrase}", "syntax")
                 except Exception:
                     # The request still gets a final answer, so the peer stops
                     # retransmitting and our server transaction ends.
@@ -292,5 +352,6 @@ class SipEndpoint:
                 "backlog": len(self.backlog), "max_in_flight": self.max_in_flight,
                 "peak_in_flight": self.peak_in_flight,
                 "sent": self.sent, "received": self.received, "malformed": self.malformed,
+                "busy_answers_from_head": self.shed_answers,
                 "misrouted_responses": self.misrouted,
                 **self.transport.describe()}

@@ -27,8 +27,9 @@ from gateway.sip.message import SipRequest, SipResponse, unique_token
 from gateway.sip.parties import Refused, request_parties
 from gateway.sip.stanzas import BODY, chat_message, error_condition
 from gateway.sip.transaction import RequestReceived
-from gateway.xmpp.errors import make_error_reply
+from gateway.xmpp.errors import make_error_reply, parse_error_child
 from gateway.xmpp.jid import Jid
+from gateway.xmpp.xml import XmlCharacterError, XmlOutputError, check_element
 
 log = logging.getLogger("gateway.sip")
 
@@ -75,9 +76,11 @@ class MessageRelay:
             self.endpoint.reply(event, 400, "Body is not UTF-8")
             return
         stanza_id = f"sip-{next(self._ids)}"
+        stanza = chat_message(sender, recipient, text, stanza_id)
+        if not valid_for_xmpp(self.endpoint, event, stanza):
+            return
         self.inflight[stanza_id] = None
-        self.to_xmpp(chat_message(sender, recipient, text, stanza_id),
-                     lambda: self._answer(event, stanza_id))
+        self.to_xmpp(stanza, lambda: self._answer(event, stanza_id))
 
     def _answer(self, event: RequestReceived, stanza_id: str) -> None:
         condition = self.inflight.pop(stanza_id, None)
@@ -107,8 +110,12 @@ class MessageRelay:
         contact = Jid.parse(stanza.get("from", "")).bare
         text = stanza.findtext(BODY) or ""
         note = f"[message to {contact} not delivered: {condition}]"
+        # The error's own words (RFC 6120 §8.3.2 <text/>): which policy, which failure.
+        reason = parse_error_child(stanza)[1]
+        if reason:
+            note += f" {reason}" + ("" if reason.endswith(".") else ".")
         if text:
-            note += f" {text}"
+            note += f" Your message: {text}" if reason else f" {text}"
         log_event(log, logging.INFO, "sip.delivery_failure_notice", recipient=local_user,
                   contact=contact, condition=condition)
         self.endpoint.send(self.request_to(local_user, contact, note), _ignore)
@@ -150,11 +157,31 @@ class MessageRelay:
             self.to_xmpp(reply, None)
 
 
-def refuse(endpoint: SipEndpoint, event: RequestReceived, refusal: Refused) -> None:
+def refuse(endpoint: SipEndpoint, event: RequestReceived, refusal: Refused,
+           phrase: str | None = None) -> None:
     log_event(log, logging.INFO, "sip.refused", method=event.request.method,
               status=refusal.status, reason=refusal.reason,
               sender=event.request.get("from"), uri=event.request.uri)
-    endpoint.reply(event, refusal.status)
+    endpoint.reply(event, refusal.status, phrase or refusal.phrase or None)
+
+
+def valid_for_xmpp(endpoint: SipEndpoint, event: RequestReceived, stanza: Element) -> bool:
+    """Whether ``stanza`` can be written to a partner as it is; if not, the request is
+    answered ``400`` naming the character (before any 202: a character XML 1.0 forbids
+    would make the partner close the stream every other user's messages travel on, and
+    the serialiser would otherwise replace it, altering what the user wrote)."""
+    try:
+        check_element(stanza)
+    except XmlOutputError as exc:
+        refuse(endpoint, event, Refused(400, str(exc)), _xml_phrase(exc))
+        return False
+    return True
+
+
+def _xml_phrase(exc: XmlOutputError) -> str:
+    if isinstance(exc, XmlCharacterError):
+        return f"U+{exc.code_point:04X} in {exc.where} is not allowed in XML"
+    return "Not representable in XML"
 
 
 def _ignore(_response: SipResponse | None) -> None:

@@ -26,12 +26,14 @@ from gateway.xmpp.jid import JidError
 
 
 class Refused(Exception):
-    """A request the gateway answers with ``status`` instead of relaying it."""
+    """A request the gateway answers with ``status`` instead of relaying it; ``reason``
+    for the log, ``phrase`` (fixed text, RFC 3261 §21.4.1) for the answer."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, phrase: str = "") -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.phrase = phrase
 
 
 def request_parties(request: SipRequest, served: Collection[str], *,
@@ -41,10 +43,13 @@ def request_parties(request: SipRequest, served: Collection[str], *,
     With ``trust_asserted_identity`` a ``P-Asserted-Identity`` (RFC 3325 §9.1) names the
     sender instead of ``From``; call it so only for requests from trusted sources (the
     transport admits nothing else), and the ``From`` must still be in a served domain."""
+    field = "From"
     try:
         sender_uri = request.from_uri
         sender = sip_address(sender_uri)
+        field = "Request-URI"
         recipient = sip_address(request.uri)
+        field = "P-Asserted-Identity"
         asserted = asserted_sender(request) if trust_asserted_identity else None
         if asserted is not None:
             if sender.domain not in served:
@@ -52,15 +57,18 @@ def request_parties(request: SipRequest, served: Collection[str], *,
                                    "gateway")
             sender_uri, sender = asserted, sip_address(asserted)
     except (AddressError, SipParseError) as exc:
-        raise Refused(400, str(exc)) from None
+        raise Refused(400, str(exc), f"Bad {field}") from None
     if sender.domain not in served:
         raise Refused(403, f"sender domain {sender.host} is not served by this gateway")
     if recipient.domain in served:
         raise Refused(404, f"{recipient.host} is a SIP domain, not an XMPP one")
     try:
         return _full_jid(sender_uri), _bare_jid(request.uri)
-    except (AddressError, JidError) as exc:
-        raise Refused(400, str(exc)) from None
+    except JidError as exc:  # RFC 7622 (PRECIS): the reason, in fixed words, for the phone
+        raise Refused(400, str(exc), f"Not a valid XMPP address: {exc.reason}"[:200]) \
+            from None
+    except AddressError as exc:
+        raise Refused(400, str(exc), "Not a valid XMPP address") from None
 
 
 # The same users talk again and again: the URI parsing and XEP-0106 escaping of an

@@ -10,8 +10,18 @@ the transaction layer's outbox. A *flow* names where bytes go:
   re-open on demand. Requests the proxy sends us arrive on connections it opens to our
   listening socket; their responses go back on the same connection (§18.2.2).
 
-A stream connection whose framing breaks (bad Content-Length, oversized head) is closed:
-nothing after it can be trusted to be a message boundary.
+A stream connection whose framing breaks (bad Content-Length, oversized head) is answered
+(400/413 when the request can still be read far enough, 403 when it is not trusted) and
+closed: nothing after it can be trusted to be a message boundary.
+
+This is the boundary between the network and everything else: no exception raised while
+handling what arrived escapes into asyncio's callbacks (where it would be printed on stderr
+with a traceback, outside the log, with no rate limit, and over TCP end the connection).
+What the SIP layer refuses it refuses with its own error (:class:`SipParseError`, a 400);
+anything else is caught here, logged with its traceback at most
+:data:`MALFORMED_LOG_PER_SECOND` times a second (the rest counted as ``suppressed=N``),
+counted on ``xmpp_gateway_sip_malformed_total{reason="unexpected"}``, and the datagram
+dropped (a stream: its connection closed, since its state is unknown).
 
 UDP has no flow control: a burst larger than the socket's receive buffer is dropped by
 the kernel before we see it. The buffer is therefore raised at start to
@@ -20,7 +30,7 @@ when we may (root/CAP_NET_ADMIN) so ``net.core.rmem_max`` does not cap it; what 
 kernel granted is logged, with a warning and the sysctl to fix it when it is less, and
 the socket's own drop counter (``/proc/net/udp``) is shown in ``status``.
 
-Trust (issue 13, :mod:`gateway.sip.trust`): bytes from a source outside
+Trust (:mod:`gateway.sip.trust`, docs/sip.md "Security"): bytes from a source outside
 :attr:`SipTransport.trust` never reach the parser's consumer. A request gets one ``403``
 (UDP: sent once, no transaction, so never retransmitted; TCP/TLS: then the connection is
 closed), anything else is dropped, and :attr:`SipTransport.on_refused` is told (log and
@@ -37,20 +47,38 @@ import logging
 import os
 import socket
 import ssl
+import struct
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.logs import log_event
-from gateway.sip.message import SipParseError, StreamDeframer
-from gateway.sip.trust import SourceTrust, certificate_names_match, refusal_for
+from gateway.logs import FIELDS_ATTR, log_event
+from gateway.sip.message import SipParseError, StreamDeframer, new_tag, response_wire
+from gateway.sip.trust import RefusalLogBudget, SourceTrust, certificate_names_match, refusal_for
 
 log = logging.getLogger("gateway.sip.transport")
 
 PROXY_FLOW = ("tcp", 0)
 UDP_BATCH = 256  # datagrams read per readiness event
+# When the socket's receive queue holds more than BACKLOG_HIGH of its buffer (the gateway
+# reads slower than datagrams arrive: a flood, or a stall), what the buffer cannot hold
+# next is dropped by the kernel unanswered. Until the queue is back under BACKLOG_LOW each
+# batch then handles only UDP_FULL_WHEN_BACKLOGGED datagrams in full; beyond them the
+# transport is marked ``backlogged`` and new MESSAGE/SUBSCRIBEs are answered 503 +
+# Retry-After from their head at a fraction of the cost (gateway/sip/endpoint.py), so that
+# the socket is drained and what is read gets an answer. In-dialog requests, responses and
+# retransmissions of accepted requests are always handled in full. Judged on the queue's
+# depth (SO_MEMINFO, one system call per full batch), not on one full batch: a short stall
+# at a steady rate must not turn into 503s, whose retries would come back together.
+BACKLOG_HIGH, BACKLOG_LOW = 0.5, 0.25
+UDP_FULL_WHEN_BACKLOGGED = 64
+# Linux's SO_MEMINFO (asm-generic/socket.h), which Python's socket module does not name:
+# the socket's memory counters, among them the receive queue's bytes and the drop count.
+SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55 if sys.platform == "linux" else None)
+_MEMINFO = struct.Struct("9I")  # SK_MEMINFO_RMEM_ALLOC, _RCVBUF, ..., _DROPS (index 8)
 UDP_MAX_DATAGRAM = 65535
 VERDICT_CACHE_LIMIT = 4096
 DEFAULT_UDP_RECEIVE_BUFFER = 8 * 1024 * 1024
@@ -63,6 +91,13 @@ FlowLost = Callable[[Flow], None]
 # (transport, peer, why, method): a message from an untrusted source was refused
 Refused = Callable[[str, tuple[str, int], str, str], None]
 UNTRUSTED_GRACE = 5.0  # seconds an untrusted connection may stay open without a request
+MALFORMED_LOG_PER_SECOND = 20
+# The kernel's drop counter at the UDP socket is sampled once a second; while it grows a
+# WARNING says so at once, then at most once per this many seconds (with what it counted
+# in between), so that a flood is visible in the log as it happens, not as one line a second.
+DROP_WARNING_INTERVAL = 10.0
+# (transport, reason label): a message was refused as malformed or failed unexpectedly
+Malformed = Callable[[str, str], None]
 
 
 class _UdpEndpoint:
@@ -83,6 +118,7 @@ class _UdpEndpoint:
         self.flows: dict[Any, tuple[Flow, tuple[str, int]]] = {}
         self._reading = False
         self._deferred: list[tuple[bytes, tuple[str, int]]] = []
+        self.flooded = False  # the receive queue is deep: see BACKLOG_HIGH
         self.loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
@@ -104,10 +140,14 @@ class _UdpEndpoint:
         owner = self.owner
         recvfrom, on_message, admits = self.sock.recvfrom, owner.on_message, owner.admits
         flows = self.flows
-        for _ in range(UDP_BATCH):
+        full_until = UDP_FULL_WHEN_BACKLOGGED if self.flooded else UDP_BATCH
+        for count in range(UDP_BATCH):
+            if count == full_until:
+                owner.backlogged = True
             try:
                 data, addr = recvfrom(UDP_MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
+                self.flooded = owner.backlogged = False  # the queue is empty
                 return
             except OSError as exc:  # ICMP errors reported on the socket, e.g. refused
                 log_event(log, logging.DEBUG, "sip.udp_error", reason=str(exc))
@@ -115,15 +155,35 @@ class _UdpEndpoint:
             if data[:1] in b"\r\n" and not data.strip(b"\r\n"):  # keep-alive (RFC 5626 §4.4.1)
                 continue
             known = flows.get(addr)
-            if known is None:
-                peer = addr[:2]
-                if not admits(peer[0]):
-                    owner.refuse(data, peer, "source not trusted", self.sendto, None)
-                    continue
-                if len(flows) >= VERDICT_CACHE_LIMIT:
-                    flows.clear()
-                known = flows[addr] = (("udp", peer), peer)
-            on_message(data, known[0], known[1])
+            try:
+                if known is None:
+                    peer = addr[:2]
+                    if not admits(peer[0]):
+                        owner.refuse(data, peer, "source not trusted", self.sendto, None)
+                        continue
+                    if len(flows) >= VERDICT_CACHE_LIMIT:
+                        flows.clear()
+                    known = flows[addr] = (("udp", peer), peer)
+                on_message(data, known[0], known[1])
+            except Exception as exc:  # the boundary: see the module docstring
+                owner.unexpected(exc, addr[:2], "datagram dropped")
+        # a full batch: is the queue deep enough to call it a flood (see BACKLOG_HIGH)?
+        memory = self.meminfo()
+        if memory is not None:
+            queued, limit = memory[0], memory[1]
+            self.flooded = queued > limit * (BACKLOG_LOW if self.flooded else BACKLOG_HIGH)
+        owner.backlogged = False
+
+    def meminfo(self) -> tuple[int, ...] | None:
+        """The socket's SK_MEMINFO counters (receive queue bytes, its limit, …, drops), or
+        None where the kernel does not report them."""
+        if SO_MEMINFO is None:
+            return None
+        try:
+            return _MEMINFO.unpack(self.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO,
+                                                        _MEMINFO.size))
+        except (OSError, struct.error):
+            return None
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         if self._reading:
@@ -197,20 +257,36 @@ class _Stream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            messages = self.deframer.feed(data)
-        except SipParseError as exc:
-            log_event(log, logging.WARNING, "sip.framing_error", peer=f"{self.peer[0]}:"
-                      f"{self.peer[1]}", reason=exc.reason, action="connection closed")
+            self._received(data)
+        except Exception as exc:  # the boundary: see the module docstring
+            self.owner.unexpected(exc, self.peer, "connection closed")
             if self.transport is not None:
                 self.transport.close()
-            return
+
+    def _received(self, data: bytes) -> None:
+        deframer = self.deframer
+        messages = deframer.feed(data)
         if self.refusal:
-            if messages and self.transport is not None:
-                self.owner.refuse(messages[0], self.peer, self.refusal, self._write,
-                                  self.transport)
+            if self.transport is not None and (messages or deframer.error is not None):
+                if messages:
+                    self.owner.refuse(messages[0], self.peer, self.refusal, self._write,
+                                      self.transport)
+                else:
+                    self.owner.refuse_unframed(deframer.error, self.peer, self.refusal,
+                                               self._write, self.transport)
             return
         for message in messages:
             self.owner.on_message(message, self.flow, self.peer)
+        error = deframer.error
+        if error is not None and self.transport is not None \
+                and not self.transport.is_closing():
+            action = "connection closed"
+            if error.request is not None and error.status:
+                self._write(response_wire(error.request, error.status, error.phrase,
+                                          to_tag=new_tag()), self.peer)
+                action = f"{error.status} {error.phrase}, connection closed"
+            self.owner.report_malformed(self.peer, error.reason, action, "framing")
+            self.transport.close()
 
     def _write(self, data: bytes, _peer: tuple[str, int]) -> None:
         if self.transport is not None:
@@ -258,9 +334,17 @@ class SipTransport:
         self.trust: SourceTrust | None = None  # None: every source (set by the backend)
         self.peer_names: tuple[str, ...] | None = None  # mutual TLS: names the peer needs
         self.on_refused: Refused | None = None
+        self.on_malformed: Malformed | None = None
+        # UDP: the socket holds more than the gateway reads (see UDP_FULL_WHEN_BACKLOGGED)
+        self.backlogged = False
         self._verdicts: dict[str, bool] = {}  # source address → trusted (cache)
+        self._malformed_log = RefusalLogBudget(MALFORMED_LOG_PER_SECOND)
+        self.unexpected_errors = 0
+        self._drops_reported = 0  # the kernel's count at the last sip.udp_dropped line
+        self._drops_reported_at = float("-inf")
+        self._udp_inode = ""
 
-    # ------------------------------------------------------------------ trust (issue 13)
+    # ------------------------------------------------------------------ trust
 
     def set_trust(self, trust: SourceTrust | None) -> None:
         self.trust = trust
@@ -307,6 +391,45 @@ class SipTransport:
             connection.close()
         if self.on_refused is not None:
             self.on_refused(self.kind, peer, why, method)
+
+    def refuse_unframed(self, error: SipParseError | None, peer: tuple[str, int], why: str,
+                        send: Callable[[bytes, tuple[str, int]], None],
+                        connection: asyncio.BaseTransport) -> None:
+        """:meth:`refuse` for an untrusted connection whose first request lost the
+        framing: answered 403 when it can be read far enough, then closed."""
+        request = error.request if error is not None else None
+        method = "unparseable"
+        if request is not None:
+            method = request.method
+            send(response_wire(request, 403, "Forbidden", to_tag=new_tag()), peer)
+        connection.close()
+        if self.on_refused is not None:
+            self.on_refused(self.kind, peer, why, method)
+
+    def report_malformed(self, peer: tuple[str, int], reason: str, action: str,
+                         label: str, *, exc_info: BaseException | None = None) -> None:
+        """One message refused as malformed (``label``: syntax, framing) or failed
+        unexpectedly: logged at WARNING within :data:`MALFORMED_LOG_PER_SECOND` lines a
+        second, always counted."""
+        allowed, suppressed = self._malformed_log.allow(time.monotonic())
+        if allowed:
+            fields = {"peer": f"{peer[0]}:{peer[1]}", "transport": self.kind,
+                      "reason": reason, "action": action}
+            if suppressed:
+                fields["suppressed"] = str(suppressed)
+            # log_event's fields, plus the traceback of an unexpected error
+            log.warning("sip.unexpected_error" if label == "unexpected" else "sip.malformed",
+                        extra={FIELDS_ATTR: fields}, exc_info=exc_info)
+        if self.on_malformed is not None:
+            self.on_malformed(self.kind, label)
+
+    def unexpected(self, exc: Exception, peer: tuple[str, int], action: str) -> None:
+        """An exception nobody handled while taking in a message (a bug, by definition):
+        see the module docstring. Never raises."""
+        self.unexpected_errors += 1
+        with contextlib.suppress(Exception):
+            self.report_malformed(peer, f"{type(exc).__name__}: {exc}", action, "unexpected",
+                                  exc_info=exc)
 
     @property
     def reliable(self) -> bool:
@@ -396,32 +519,63 @@ class SipTransport:
                   transport=self.kind)
 
     def udp_drops(self) -> int | None:
-        """Datagrams the kernel dropped at our socket because its buffer was full (the
-        ``drops`` column of /proc/net/udp for our socket's inode), None if unknown."""
+        """Datagrams the kernel dropped at our socket because its buffer was full
+        (SO_MEMINFO, or else the ``drops`` column of /proc/net/udp for our socket's
+        inode), None if unknown."""
         if self._udp is None:
             return None
-        sock = self._udp.sock
-        try:
-            inode = str(os.fstat(sock.fileno()).st_ino)
-        except (OSError, ValueError):
-            return None
+        memory = self._udp.meminfo()
+        if memory is not None:
+            return memory[8]
+        if not self._udp_inode:
+            try:
+                self._udp_inode = str(os.fstat(self._udp.sock.fileno()).st_ino)
+            except (OSError, ValueError):
+                return None
+        inode = self._udp_inode
         # thread-self: the namespace of the thread asking (the same as the process's in
         # the daemon; a test may run the gateway in a thread that joined another one)
         for table in ("/proc/thread-self/net/udp", "/proc/thread-self/net/udp6"):
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):
                 for line in Path(table).read_text().splitlines()[1:]:
                     fields = line.split()
                     if len(fields) >= 13 and fields[9] == inode:
                         return int(fields[12])
         return None
 
+    def sample_drops(self, now: float) -> None:
+        """Warn when the kernel dropped datagrams at our socket since the last warning (see
+        :data:`DROP_WARNING_INTERVAL`): the proxy sent faster than the gateway read, and
+        those requests are lost until the sender retransmits them (UDP, RFC 3261 §17.1.2)."""
+        drops = self.udp_drops()
+        if drops is None or drops <= self._drops_reported \
+                or now - self._drops_reported_at < DROP_WARNING_INTERVAL:
+            return
+        log_event(log, logging.WARNING, "sip.udp_dropped", transport=self.kind,
+                  local=f"{self.local[0]}:{self.local[1]}",
+                  dropped=drops - self._drops_reported, total=drops,
+                  receive_buffer=self.udp_buffer_granted,
+                  reason="datagrams arrived faster than the gateway read them and the "
+                         "kernel dropped them at the SIP socket; senders must retransmit",
+                  hint="a burst larger than sip.udp_receive_buffer, or a gateway short of "
+                       "CPU (docs/sip.md, Flow control)")
+        self._drops_reported, self._drops_reported_at = drops, now
+
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"input_paused": self.input_paused, "input_pauses": self.pauses,
-                                "connections": len(self.streams)}
+                                "connections": len(self.streams),
+                                "unexpected_errors": self.unexpected_errors}
         if self.kind == "udp":
             info.update(udp_receive_buffer=self.udp_buffer_granted,
                         udp_drops=self.udp_drops())
         return info
+
+    def peer_of(self, flow: Flow) -> tuple[str, int]:
+        """The address at the other end of ``flow`` (for logs)."""
+        if flow[0] == "udp":
+            return flow[1]
+        stream = self.streams.get(flow)
+        return stream.peer if stream is not None else ("", 0)
 
     def send(self, flow: Flow, data: bytes) -> None:
         if flow[0] == "udp":

@@ -1,4 +1,4 @@
-"""Who may speak SIP to the gateway, and for whom (issue 13).
+"""Who may speak SIP to the gateway, and for whom (docs/sip.md, "Security").
 
 The gateway speaks for its local (SIP) users towards XMPP partners with its domain's S2S
 authority, so a SIP request must only be believed when it comes from the SIP proxy that
@@ -37,6 +37,7 @@ from gateway.config.values import Network, parse_network
 from gateway.sip.message import (
     SipParseError,
     SipRequest,
+    SipResponse,
     new_tag,
     parse_message,
     parse_name_addr,
@@ -115,16 +116,21 @@ async def resolve_addresses(host: str) -> tuple[str, ...]:
 def refusal_for(data: bytes, *, stream: bool) -> tuple[bytes | None, str]:
     """``(403 response bytes or None, method)`` for a message from an untrusted source.
 
-    Only a request that parses gets an answer (RFC 3261 §8.2.6 needs its Via, From, To,
-    Call-ID and CSeq to build one); responses and ACKs are never answered (§17.1.1.3), and
+    Only a request that can be read far enough gets an answer (RFC 3261 §8.2.6 needs its
+    Via, From, To, Call-ID and CSeq to build one; a bad Content-Length or CSeq number does
+    not spare it the 403, which comes first); responses and ACKs are never answered (§17.1.1.3), and
     anything that does not parse is dropped, so the gateway never reflects arbitrary bytes.
     The answer is sent once: there is no server transaction, so a retransmission of the
     request is refused again but nothing is retransmitted by us (§17.2.2 does not apply to
     a request we never accepted)."""
     try:
-        message = parse_message(data, stream=stream)
-    except SipParseError:
-        return None, "unparseable"
+        message: SipRequest | SipResponse = parse_message(data, stream=stream)
+    except SipParseError as exc:
+        # refused for where it comes from, whatever else is wrong with it, when it can be
+        # read far enough to answer
+        if exc.request is None:
+            return None, "unparseable"
+        message = exc.request
     if not isinstance(message, SipRequest):
         return None, "response"
     if message.method == "ACK":

@@ -1,35 +1,34 @@
 """Persistent state of the contact rules (authorizations, per-user federation switches),
 of XMPP->SIP presence watches and of cluster membership.
 
-Two engines behind one Protocol: SQLite (embedded, the default: ``store.path``) and
+Two engines behind one Protocol (:class:`gateway.store.protocols.Store`, split by job):
+SQLite (embedded, the default: ``store.path``) and
 PostgreSQL (``store.url: postgresql://…``, for several nodes serving one domain; needs
 the ``postgresql`` extra: ``pip install 'xmpp-gateway[postgresql]'``).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from gateway.config.model import StoreSettings
 from gateway.store.authorizations import (
     Authorization,
-    AuthorizationStore,
     StoreError,
     UserSetting,
     normalize_bare_jid,
 )
-from gateway.store.membership import ClusterStore, NodeReport, NodeState
+from gateway.store.membership import NodeReport, NodeState
+from gateway.store.protocols import AsyncStore, Store
 from gateway.store.sqlite import SqliteAuthorizationStore
 from gateway.store.threaded import AsyncAuthorizationStore
 
 __all__ = [
     "AsyncAuthorizationStore",
+    "AsyncStore",
     "Authorization",
-    "AuthorizationStore",
-    "ClusterStore",
     "NodeReport",
     "NodeState",
     "SqliteAuthorizationStore",
+    "Store",
     "StoreError",
     "UserSetting",
     "describe_store",
@@ -47,7 +46,7 @@ def describe_store(settings: StoreSettings) -> str:
     return str(settings.path)
 
 
-def open_authorization_store(settings: StoreSettings, node_id: str = "local") -> Any:
+def open_authorization_store(settings: StoreSettings, node_id: str = "local") -> Store:
     """The store the configuration names (``store.url`` if set, else the SQLite file at
     ``store.path``), writing watches and heartbeats as ``node_id``; raises
     :class:`StoreError`."""

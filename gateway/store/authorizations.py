@@ -1,4 +1,4 @@
-"""What the contact rules need to remember (GATEWAY-SPEC §3), behind a Protocol.
+"""What the contact rules need to remember: the records and their normal form.
 
 Two facts per local user, both persistent across restarts:
 
@@ -10,13 +10,13 @@ Two facts per local user, both persistent across restarts:
 
 Addresses are compared in a normalised form (:func:`normalize_bare_jid`): the bare JID
 as RFC 7622 enforces it (PRECIS UsernameCaseMapped localpart, the domain in the gateway's
-one normal form), resource dropped.
+one normal form), resource dropped. The Protocols over these records are in
+:mod:`gateway.store.protocols`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 from gateway.xmpp.jid import Jid, JidError
 
@@ -57,40 +57,3 @@ def normalize_bare_jid(jid: str) -> str:
                          "(it has no localpart)")
     return parsed.bare
 
-
-class AuthorizationStore(Protocol):
-    """Synchronous store interface; see :class:`gateway.store.threaded.AsyncAuthorizationStore`
-    for the awaitable form the router uses."""
-
-    def is_authorized(self, local_user: str, remote_jid: str) -> bool:
-        """Has ``local_user`` authorized the bare JID of ``remote_jid``?"""
-
-    def allow(self, local_user: str, remote_jid: str, source: str = "cli") -> bool:
-        """Record an authorization; False if it already existed (kept with its first date)."""
-
-    def revoke(self, local_user: str, remote_jid: str) -> bool:
-        """Remove an authorization; False if there was none."""
-
-    def list_contacts(self, local_user: str) -> list[Authorization]:
-        """The user's authorizations, sorted by remote JID."""
-
-    def user_enabled(self, local_user: str, default: bool) -> bool:
-        """The per-user federation switch: the override if set, else ``default``."""
-
-    def set_user_enabled(self, local_user: str, enabled: bool | None) -> None:
-        """Set the override; None removes it (the global default applies again)."""
-
-    def list_users(self) -> list[UserSetting]:
-        """Every user with an override, sorted by address."""
-
-    def add_watch(self, watcher: str, sip_user: str) -> None:
-        """Remember that XMPP ``watcher`` is subscribed to ``sip_user``'s presence."""
-
-    def remove_watch(self, watcher: str, sip_user: str) -> None:
-        """Forget that subscription (no error if there was none)."""
-
-    def list_watches(self) -> list[tuple[str, str]]:
-        """Every remembered (watcher, SIP user) subscription."""
-
-    def close(self) -> None:
-        """Release the database."""

@@ -1,12 +1,12 @@
 """Cluster membership and ownership of SIP presence watches, kept in the shared store.
 
-Several gateway nodes serving one domain (issue 15) share one PostgreSQL database. Each
+Several gateway nodes serving one domain share one PostgreSQL database. Each
 node writes a heartbeat row (:class:`NodeReport`) every ``cluster.heartbeat_interval``;
 a node whose last heartbeat is older than ``cluster.lease`` is *dead* to the others
 (:func:`node_status`, a pure function of the row and the database clock). Presence
 watches (XMPP user → SIP user subscriptions) carry the id of the node that holds the SIP
 dialog; when that node dies or drains, a survivor claims them
-(:meth:`ClusterStore.claim_watches`) and subscribes again.
+(:meth:`gateway.store.protocols.Membership.claim_watches`) and subscribes again.
 
 Why the database and not a gossip protocol: the nodes already depend on it for the
 contact rules, it gives one clock (``now()``) and atomic claims (``UPDATE … RETURNING``
@@ -16,9 +16,7 @@ under row locks), and a node that cannot reach it cannot apply the contact rules
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 # A node's own view of its state, written with each heartbeat.
 RUNNING = "running"
@@ -67,39 +65,3 @@ def config_fingerprint(domains: tuple[str, ...], partner_digest: str, secret_dig
     without any node revealing its dialback secret (only a digest leaves the host)."""
     return json.dumps({"domains": sorted(domains), "partners": partner_digest,
                        "secret": secret_digest}, sort_keys=True)
-
-
-ChangeListener = Callable[[str, str], None]  # (table, key) — key "" means "anything"
-
-
-class ClusterStore(Protocol):
-    """What the cluster needs from the store, beside :class:`AuthorizationStore`.
-
-    ``node_id`` is the node this store object writes watches and heartbeats for."""
-
-    node_id: str
-
-    def heartbeat(self, report: NodeReport) -> None:
-        """Insert or replace this node's row, stamping it with the database clock."""
-
-    def list_nodes(self) -> list[NodeState]:
-        """Every node row, sorted by id, with its age by the database clock."""
-
-    def forget_node(self, node_id: str) -> bool:
-        """Delete a node's row (an operator removing a node for good)."""
-
-    def claim_watches(self, lease: float) -> list[tuple[str, str]]:
-        """Atomically take over the watches of nodes whose heartbeat is older than
-        ``lease`` (or that are stopped, or handed over: owner ''); return them."""
-
-    def release_watches(self) -> int:
-        """Hand this node's watches over (owner ''), for a survivor to claim."""
-
-    def publish(self, topic: str, payload: str) -> None:
-        """Deliver ``(topic, payload)`` to the change listeners of every node (engines
-        without notification: nobody)."""
-
-    def on_change(self, listener: ChangeListener) -> None:
-        """Call ``listener(table, key)`` from a background thread when another process
-        changed authorizations or user switches (caches must be dropped). Engines
-        without change notification never call it."""

@@ -1,7 +1,6 @@
 """PostgreSQL implementation of the store, for several gateway nodes serving one domain.
 
-Same Protocol (:class:`~gateway.store.authorizations.AuthorizationStore` and
-:class:`~gateway.store.membership.ClusterStore`), same numbered migrations
+Same Protocol (:class:`~gateway.store.protocols.Store`), same numbered migrations
 (:mod:`gateway.store.schema`) and same results as the SQLite store: the whole store test
 suite runs against both. Choices:
 
@@ -50,7 +49,8 @@ from gateway.store.authorizations import (
     UserSetting,
     normalize_bare_jid,
 )
-from gateway.store.membership import ChangeListener, NodeReport, NodeState
+from gateway.store.membership import NodeReport, NodeState
+from gateway.store.protocols import ChangeListener
 from gateway.store.schema import MIGRATIONS, SCHEMA_VERSION, newer_schema_message
 
 log = logging.getLogger("gateway.store")
@@ -181,6 +181,23 @@ class PostgresAuthorizationStore:
                 return cursor.rowcount == 1
 
         return self._run("record authorization", insert)
+
+    def allow_many(self, pairs: list[tuple[str, str]], source: str = "cli") -> None:
+        """Several authorizations in one transaction (a presence storm records thousands
+        at once; one commit each would make the store the bottleneck)."""
+        now = _now()
+        rows = [(normalize_bare_jid(local), normalize_bare_jid(remote), now, source)
+                for local, remote in pairs]
+
+        def insert(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction(), conn.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO authorizations (local_user, remote_jid, granted_at, source)"
+                    " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING", rows)
+                for user in sorted({row[0] for row in rows}):
+                    self._notify(conn, "authorizations", user)
+
+        self._run("record authorizations", insert)
 
     def revoke(self, local_user: str, remote_jid: str) -> bool:
         key = (normalize_bare_jid(local_user), normalize_bare_jid(remote_jid))

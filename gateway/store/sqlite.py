@@ -1,4 +1,4 @@
-"""SQLite implementation of :class:`~gateway.store.authorizations.AuthorizationStore`.
+"""SQLite implementation of :class:`~gateway.store.protocols.Store`.
 
 Why SQLite: embedded (``make run`` needs nothing else), transactional, and safe for the
 one daemon plus occasional ``xmpp-gateway contacts``/``users`` CLI processes that share
@@ -38,7 +38,8 @@ from gateway.store.authorizations import (
     UserSetting,
     normalize_bare_jid,
 )
-from gateway.store.membership import ChangeListener, NodeReport, NodeState, node_status
+from gateway.store.membership import NodeReport, NodeState, node_status
+from gateway.store.protocols import ChangeListener
 from gateway.store.schema import MIGRATIONS, SCHEMA_VERSION, newer_schema_message
 
 T = TypeVar("T")

@@ -16,16 +16,18 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from gateway.store.authorizations import Authorization, AuthorizationStore, UserSetting
-from gateway.store.membership import ChangeListener, NodeReport, NodeState
+from gateway.store.authorizations import Authorization, UserSetting
+from gateway.store.membership import NodeReport, NodeState
+from gateway.store.protocols import ChangeListener, Pair, Store
 
 T = TypeVar("T")
 
 
 class AsyncAuthorizationStore:
-    """The store's methods as coroutines, each run in the store's own worker thread."""
+    """The store's methods as coroutines, each run in the store's own worker thread
+    (implements :class:`gateway.store.protocols.AsyncStore`)."""
 
-    def __init__(self, store: AuthorizationStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="authz-store")
         self._closed = False
@@ -42,18 +44,9 @@ class AsyncAuthorizationStore:
     async def allow(self, local_user: str, remote_jid: str, source: str = "cli") -> bool:
         return await self._call(self.store.allow, local_user, remote_jid, source)
 
-    async def allow_many(self, pairs: list[tuple[str, str]], source: str = "cli") -> None:
-        """Several authorizations at once (one transaction where the store has one)."""
-        store = self.store
-        if hasattr(store, "allow_many"):
-            await self._call(store.allow_many, pairs, source)
-            return
-
-        def each() -> None:
-            for local_user, remote_jid in pairs:
-                store.allow(local_user, remote_jid, source)
-
-        await self._call(each)
+    async def allow_many(self, pairs: list[Pair], source: str = "cli") -> None:
+        """Several authorizations at once (one transaction)."""
+        await self._call(self.store.allow_many, pairs, source)
 
     async def revoke(self, local_user: str, remote_jid: str) -> bool:
         return await self._call(self.store.revoke, local_user, remote_jid)
@@ -79,30 +72,45 @@ class AsyncAuthorizationStore:
     async def list_watches(self) -> list[tuple[str, str]]:
         return await self._call(self.store.list_watches)
 
-    # -- cluster (gateway.store.membership.ClusterStore) -------------------------------
+    # -- cluster (gateway.store.protocols.Membership, ChangeFeed) ----------------------
 
     @property
     def node_id(self) -> str:
-        return str(getattr(self.store, "node_id", "local"))
+        return self.store.node_id
 
     async def heartbeat(self, report: NodeReport) -> None:
-        await self._call(self.store.heartbeat, report)  # type: ignore[attr-defined]
+        await self._call(self.store.heartbeat, report)
 
     async def list_nodes(self) -> list[NodeState]:
-        return await self._call(self.store.list_nodes)  # type: ignore[attr-defined]
+        return await self._call(self.store.list_nodes)
 
-    async def claim_watches(self, lease: float) -> list[tuple[str, str]]:
-        return await self._call(self.store.claim_watches, lease)  # type: ignore[attr-defined]
+    async def claim_watches(self, lease: float) -> list[Pair]:
+        return await self._call(self.store.claim_watches, lease)
 
     async def release_watches(self) -> int:
-        return await self._call(self.store.release_watches)  # type: ignore[attr-defined]
+        return await self._call(self.store.release_watches)
 
-    async def publish(self, topic: str, payload: str) -> None:
-        await self._call(self.store.publish, topic, payload)  # type: ignore[attr-defined]
+    def publish_in_order(self, topic: str, payload: str,
+                         on_failure: Callable[[BaseException], None]) -> None:
+        """Hand the message to the store's one worker thread now, so messages leave in
+        call order (a task per message would only keep that order by accident); no task
+        is made per message."""
+        if self._closed:
+            on_failure(RuntimeError("authorization store is closed"))
+            return
+        future = asyncio.get_running_loop().run_in_executor(
+            self._executor, self.store.publish, topic, payload)
+
+        def finished(done: asyncio.Future[None]) -> None:
+            error = None if done.cancelled() else done.exception()
+            if error is not None:
+                on_failure(error)
+
+        future.add_done_callback(finished)
 
     def on_change(self, listener: ChangeListener) -> None:
         """Registered directly: the listener runs in the store's notification thread."""
-        self.store.on_change(listener)  # type: ignore[attr-defined]
+        self.store.on_change(listener)
 
     async def aclose(self) -> None:
         """Finish queued calls, close the store, stop the thread."""

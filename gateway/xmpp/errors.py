@@ -1,4 +1,4 @@
-"""Errors as values with the RFC condition they map to (ARCHITECTURE.md).
+"""Errors as values with the RFC condition they map to.
 
 Stream errors (RFC 6120 §4.9) end a stream; stanza errors (RFC 6120 §8.3) answer one
 stanza; dialback errors (XEP-0220 §2.4) answer one domain pair and keep the stream.

@@ -93,9 +93,9 @@ def release_memory_bios(connection: SSL.Connection) -> bool:
     """
     assert _BINDING is not None  # self_test() ran when the TLS provider was built
     lib, ffi = _BINDING
-    ssl = connection._ssl  # type: ignore[attr-defined]
-    into = connection._into_ssl  # type: ignore[attr-defined]
-    out = connection._from_ssl  # type: ignore[attr-defined]
+    ssl = connection._ssl
+    into = connection._into_ssl
+    out = connection._from_ssl
     if (into is None or out is None or lib.SSL_pending(ssl)
             or lib.BIO_get_mem_data(into, ffi.NULL) or lib.BIO_get_mem_data(out, ffi.NULL)):
         return False
@@ -106,8 +106,8 @@ def release_memory_bios(connection: SSL.Connection) -> bool:
                 lib.BIO_free(bio)
         return False
     lib.SSL_set_bio(ssl, new_into, new_out)
-    connection._into_ssl = new_into  # type: ignore[attr-defined]
-    connection._from_ssl = new_out  # type: ignore[attr-defined]
+    connection._into_ssl = new_into
+    connection._from_ssl = new_out
     return True
 
 
@@ -117,7 +117,7 @@ def set_groups(context: SSL.Context, names: list[str] | tuple[str, ...]) -> bool
     assert _BINDING is not None  # self_test() ran when the TLS provider was built
     lib, _ffi = _BINDING
     wanted = ":".join(names).encode("ascii", "replace")
-    return bool(lib.SSL_CTX_set1_curves_list(context._context, wanted) == 1)  # type: ignore[attr-defined]
+    return bool(lib.SSL_CTX_set1_curves_list(context._context, wanted) == 1)
 
 
 def installed_versions() -> dict[str, str]:
@@ -166,10 +166,10 @@ def _exercise() -> list[str]:
     hello = client.bio_read(65536)
     if not hello:
         return [*problems, "a client connection wrote no ClientHello into its memory BIO"]
-    old_into = client._into_ssl  # type: ignore[attr-defined]
+    old_into = client._into_ssl
     if not release_memory_bios(client):
         return [*problems, "releasing the memory BIOs of an idle connection failed"]
-    if client._into_ssl is old_into:  # type: ignore[attr-defined]
+    if client._into_ssl is old_into:
         problems.append("pyOpenSSL did not take the new memory BIO")
     # The start of a record: pyOpenSSL must write it into the new BIO and OpenSSL must
     # read it from there (it consumes the three bytes and waits for the rest).
@@ -180,6 +180,6 @@ def _exercise() -> list[str]:
         pass
     except SSL.Error as exc:
         problems.append(f"the connection failed after its BIOs were replaced: {exc}")
-    if lib.BIO_get_mem_data(client._into_ssl, ffi.NULL) != 0:  # type: ignore[attr-defined]
+    if lib.BIO_get_mem_data(client._into_ssl, ffi.NULL) != 0:
         problems.append("OpenSSL does not read from the BIO pyOpenSSL writes into")
     return problems

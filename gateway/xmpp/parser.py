@@ -138,6 +138,20 @@ class StreamParser:
     depth-1 element depends on (RFC 6120 §4.8.5: stanzas inherit the header's namespaces).
     """
 
+    # Set by _new_parser (each document) and _create_expat (each expat parser).
+    _parser: expat.XMLParserType | None
+    _offset: int  # stream byte offset = expat's CurrentByteIndex + this
+    _replaying: bool
+    _header_qname: str | None  # e.g. "stream:stream", for _recreate
+    _items: list[ParsedItem]
+    _stack: list[Element]
+    _chunks: list[str]  # text since the last tag (see _flush_text)
+    _header_seen: bool
+    _namespaces: dict[str, str]
+    _fed: int  # bytes given to this stream's expat parsers
+    _boundary: int  # byte offset where the current unfinished top-level item began
+    _failed: XmlStreamError | None
+
     def __init__(self, limits: ParserLimits | None = None) -> None:
         self.limits = limits or ParserLimits()
         self._new_parser()
@@ -153,7 +167,8 @@ class StreamParser:
         """Parse ``data``; return the items it completed. Raises :class:`XmlStreamError`."""
         if self._failed is not None:
             raise self._failed
-        items = self._items = []
+        items: list[ParsedItem] = []
+        self._items = items
         try:
             parser = self._parser or self._recreate()
             for start in range(0, len(data), _CHUNK):
@@ -218,17 +233,17 @@ class StreamParser:
 
     def _new_parser(self) -> None:
         self._create_expat()
-        self._offset = 0  # stream byte offset = expat's CurrentByteIndex + this
+        self._offset = 0
         self._replaying = False
-        self._header_qname: str | None = None  # e.g. "stream:stream", for _recreate
-        self._items: list[ParsedItem] = []
-        self._stack: list[Element] = []
-        self._chunks: list[str] = []  # text since the last tag (see _flush_text)
+        self._header_qname = None
+        self._items = []
+        self._stack = []
+        self._chunks = []
         self._header_seen = False
-        self._namespaces: dict[str, str] = {}
-        self._fed = 0  # bytes given to this stream's expat parsers
-        self._boundary = 0  # byte offset where the current unfinished top-level item began
-        self._failed: XmlStreamError | None = None
+        self._namespaces = {}
+        self._fed = 0
+        self._boundary = 0
+        self._failed = None
 
     def _create_expat(self) -> expat.XMLParserType:
         parser = expat.ParserCreate("UTF-8", _SEP)
@@ -252,7 +267,7 @@ class StreamParser:
         parser.ProcessingInstructionHandler = self._forbidden_pi
         parser.CommentHandler = self._forbidden_comment
         parser.SkippedEntityHandler = self._forbidden_skipped
-        self._parser: expat.XMLParserType | None = parser
+        self._parser = parser
         return parser
 
     def _check_pending(self) -> None:

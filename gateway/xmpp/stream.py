@@ -110,6 +110,17 @@ CLOSE_GRACE = 5.0
 # about 25 µs, paid by a stream with gaps of more than 0.5 s between stanzas, and a busy
 # stream's idleness check fires at most once per period.
 RELEASE_IDLE_AFTER = 0.5
+# A debugging aid (gateway/net/s2s_record.py, off unless asked for): called with every
+# byte string a stream writes, as written, before TLS encrypts it.
+_output_tap: Callable[[S2SStream, bytes], None] | None = None
+
+
+def set_output_tap(tap: Callable[[S2SStream, bytes], None] | None) -> None:
+    """Install (or remove, with None) the output tap; see :mod:`gateway.net.s2s_record`."""
+    global _output_tap
+    _output_tap = tap
+
+
 MAX_STREAM_RESTARTS = 4  # STARTTLS + SASL need two; more is a peer looping on us
 # Seconds a stream under stream management waits, before closing, for the stanzas it
 # received to be settled (so that its last <a/> covers them and the peer keeps none it
@@ -581,6 +592,8 @@ class S2SStream:
             # sent before seeing it are still processed (stanzas delivered), but answers
             # to them (e.g. a db:verify) would be junk after the document element.
             return
+        if _output_tap is not None:
+            _output_tap(self, data)
         self._last_sent = self._now
         if self._release_check is None and self.phase is Phase.OPEN:
             self._release_check = self._now + RELEASE_IDLE_AFTER

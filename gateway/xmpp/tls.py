@@ -3,10 +3,10 @@
 Why not the ``ssl`` module / ``loop.start_tls``? Federation must *see* a peer
 certificate that does not verify (untrusted issuer, serverAuth-only EKU, wrong name)
 and then decide by policy — fall back to dialback, or refuse with a precise reason
-(GATEWAY-SPEC §5). ``ssl`` can only abort the handshake on a bad client certificate;
-OpenSSL's verify callback (exposed by pyOpenSSL) lets us record each verification error
-and carry on, as Prosody (LuaSec) and ejabberd (fast_tls) do. Keeping TLS in the core
-also makes every STARTTLS path testable by piping bytes between two cores.
+(docs/admin-guide.md, "Certificates"). ``ssl`` can only abort the handshake on a bad
+client certificate; OpenSSL's verify callback (exposed by pyOpenSSL) lets us record each
+verification error and carry on, as Prosody (LuaSec) and ejabberd (fast_tls) do. Keeping
+TLS in the core also makes every STARTTLS path testable by piping bytes between two cores.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from OpenSSL import SSL
 from gateway.xmpp.openssl_internals import release_memory_bios
 
 # OpenSSL X509_V_ERR_INVALID_PURPOSE: the certificate's EKU does not allow this use.
-# Public CAs now issue serverAuth-only certificates (GATEWAY-SPEC §5); a peer server
+# Public CAs now issue serverAuth-only certificates; a peer server
 # presenting one as its client certificate is still who it claims to be (RFC 6125).
 X509_V_ERR_INVALID_PURPOSE = 26
 
@@ -44,7 +44,7 @@ class PeerCertificate:
 
     Only the leaf's DER is kept and parsed on each use (a few times per stream: at
     authentication and for piggybacked domains): a parsed certificate with its extension
-    objects costs a few KiB per idle session for nothing (issue: memory per session).
+    objects costs a few KiB per idle session for nothing (docs/performance.md).
     """
 
     leaf_der: bytes | None

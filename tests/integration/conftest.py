@@ -14,7 +14,7 @@ from tests.unit.s2s_world import Pki
 @pytest.fixture(autouse=True)
 def no_stanza_dropped(request: pytest.FixtureRequest,
                       monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Router]]:
-    """Every gateway a test starts must end with its drop counter at 0 (issue: nothing
+    """Every gateway a test starts must end with its drop counter at 0 (nothing is
     dropped silently): a test that provokes drops on purpose says so with
     ``@pytest.mark.drops_expected`` and asserts the count itself."""
     routers: list[Router] = []

@@ -1,4 +1,4 @@
-"""Two gateway nodes sharing one PostgreSQL store (issue 15), over real sockets.
+"""Two gateway nodes sharing one PostgreSQL store (docs/deploy.md), over real sockets.
 
 A SIP user agent stands where the proxy and presence server are (as in
 test_sip_backend.py); both nodes send their SIP requests to it. The UA answers over UDP to
@@ -286,12 +286,12 @@ async def test_user_switch_changed_on_one_node_reaches_the_other_within_a_second
     b = await start_node(node_config(tmp_path, pki, "b", cluster_url, ua.port), dns)
     try:
         assert b.router is not None
-        assert await b.router._user_enabled("carol@sip.example") is True  # now cached
+        assert await b.router.switches.enabled("carol@sip.example") is True  # now cached
         started = time.monotonic()
         await a.store.set_user_enabled("carol@sip.example", False)
 
         async def b_sees_it() -> bool:
-            return await b.router._user_enabled("carol@sip.example") is False
+            return await b.router.switches.enabled("carol@sip.example") is False
 
         await wait_for(b_sees_it, 1.0, "node b's router to see the switch")
         assert time.monotonic() - started < 1.0

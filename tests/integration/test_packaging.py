@@ -1,5 +1,5 @@
 """The wheel stands alone: built without deprecation noise, installed into a fresh venv
-outside the checkout, it runs ``--version`` and ``check config`` (issue 14).
+outside the checkout, it runs ``--version`` and ``check config``.
 
 The source tree is copied to a temporary directory first (what ``git clone`` would give,
 without local state), so the build neither writes into the checkout nor can pick up files

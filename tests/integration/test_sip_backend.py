@@ -32,6 +32,7 @@ from gateway.config.model import (
     SipSettings,
     StoreSettings,
 )
+from gateway.contracts import OnDecided
 from gateway.daemon import Gateway
 from gateway.dns.resolver import DnsPythonResolver
 from gateway.policy.negotiation import Support
@@ -47,15 +48,34 @@ SIP_DOMAIN = "sip.example"
 
 
 class Recorder:
-    """The backend's sink: records stanzas; optionally answers some with an error, as
-    the router does for a refused stanza, before returning."""
+    """Stands where the router is (a :class:`gateway.contracts.RouterForBackend`):
+    records the stanzas; optionally answers some with an error, as the router does for a
+    refused stanza, before the stanza counts as decided; ``broken`` makes it raise, as
+    a router with a bug would; ``congested`` is its word on the XMPP side."""
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Element] = asyncio.Queue()
         self.backend: SipBackend | None = None
         self.refuse_with = ""
+        self.broken = False
+        self.congested = False  # what xmpp_congested answers for every domain
+        self._deciding: set[asyncio.Task[None]] = set()
 
-    async def __call__(self, stanza: Element) -> None:
+    def submit_local(self, stanza: Element, on_decided: OnDecided = None) -> None:
+        if self.broken:
+            raise RuntimeError("router exploded")
+        task = asyncio.ensure_future(self._decide(stanza, on_decided))
+        self._deciding.add(task)
+        task.add_done_callback(self._deciding.discard)
+
+    async def _decide(self, stanza: Element, on_decided: OnDecided) -> None:
+        try:
+            await self.from_local(stanza)
+        finally:
+            if on_decided is not None:
+                on_decided()
+
+    async def from_local(self, stanza: Element) -> None:
         await self.queue.put(stanza)
         if self.refuse_with and self.backend is not None:
             error = Element(stanza.tag, {"from": stanza.get("to", ""),
@@ -64,6 +84,9 @@ class Recorder:
             SubElement(SubElement(error, "{jabber:server}error", {"type": "cancel"}),
                        f"{{{STANZAS}}}{self.refuse_with}")
             await self.backend.deliver(error)
+
+    def xmpp_congested(self, domain: str) -> bool:
+        return self.congested
 
     async def next(self, timeout: float = 5.0) -> Element:
         return await asyncio.wait_for(self.queue.get(), timeout)
@@ -502,15 +525,11 @@ async def test_status_reports_the_sip_side(gateway) -> None:
 
 
 async def test_failed_handler_still_answers(backend) -> None:
-    sip, ua, _ = backend
-
-    async def broken_sink(_stanza: Element) -> None:
-        raise RuntimeError("router exploded")
-
-    sip._sink = broken_sink
+    sip, ua, recorder = backend
+    recorder.broken = True
     response = await ua.send_message("sip:bob@xmpp.example", "boom")
     assert response.status == 500
-    assert all(txn.expires is not None for txn in sip.layer.servers.values())
+    assert all(sip.layer.answered(key) for key in sip.layer.servers)
 
 
 async def test_failed_refresh_subscribes_afresh(backend) -> None:
@@ -535,9 +554,8 @@ async def test_subscriptions_to_sip_users_survive_a_restart(tmp_path: Path) -> N
     store = AsyncAuthorizationStore(SqliteAuthorizationStore(tmp_path / "gw.sqlite3"))
     ua = await SipUserAgent("alice", SIP_DOMAIN, ("127.0.0.1", 9)).start()
     first = SipBackend([SIP_DOMAIN], proxy=("127.0.0.1", ua.port), local=("127.0.0.1", 0))
-    first.use_store(store)
     recorder = Recorder()
-    await first.start(recorder)
+    await first.start(recorder, watches=store)
     ua.proxy = first.transport.local
     try:
         await watch_established(first, ua, recorder)
@@ -552,8 +570,7 @@ async def test_subscriptions_to_sip_users_survive_a_restart(tmp_path: Path) -> N
         assert await store.list_watches() == [("bob@xmpp.example", "alice@sip.example")]
 
         second = SipBackend([SIP_DOMAIN], proxy=("127.0.0.1", ua.port), local=("127.0.0.1", 0))
-        second.use_store(store)
-        await second.start(recorder)
+        await second.start(recorder, watches=store)
         ua.proxy = second.transport.local
         try:
             again = await asyncio.wait_for(ua.requests.get(), 5)

@@ -1,4 +1,4 @@
-"""Flow control end to end on the SIP side (issue: the SIP half at the speed of S2S).
+"""Flow control end to end on the SIP side: the SIP half at the speed of S2S.
 
 Two real gateways over loopback: A (a.example, development backend) is the XMPP partner,
 B (b.example, ``sip.backend: sip``) has a SIP user agent in its proxy's place. Every test

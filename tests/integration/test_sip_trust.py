@@ -1,4 +1,4 @@
-"""Issue 13: only the SIP proxy may speak for local users — over real sockets.
+"""Only the SIP proxy may speak for local users — over real sockets.
 
 Addresses on the loopback network stand for the machines of a deployment:
 
@@ -59,10 +59,9 @@ async def sip_backend(transport: str = "udp", *, proxy_port: int = 9,
         trust_asserted_identity=trust_asserted_identity)
     backend = SipBackend.from_settings(settings, [SIP_DOMAIN], tls)
     metrics = Metrics()
-    backend.use_metrics(metrics)
     recorder = Recorder()
     recorder.backend = backend
-    await backend.start(recorder)
+    await backend.start(recorder, metrics=metrics)
     try:
         yield backend, recorder, metrics
     finally:
@@ -252,7 +251,7 @@ async def test_a_source_no_longer_trusted_after_a_reload_is_refused() -> None:
         try:
             assert await exchange() == 202
             assert (await recorder.next()).get("from") == "ceo@sip.example/sip"
-            await backend.update_trust(SipSettings(backend="sip", trusted_sources=()))
+            await backend.apply(SipSettings(backend="sip", trusted_sources=()))
             assert await exchange() == 403
             assert recorder.queue.empty() and untrusted_count(metrics, "source") == 1
         finally:

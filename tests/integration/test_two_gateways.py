@@ -1,6 +1,6 @@
 """Two gateway instances federating over loopback, found through a real DNS server.
 
-Issue 4 "done when": every pairing of valid matrix rows (gateway A's policy for B x B's
+Every pairing of valid matrix rows (gateway A's policy for B x B's
 policy for A x certificates trusted or not) either succeeds with the method an
 independent oracle predicts — asserted on both sides' session records — and carries
 messages both ways, or fails with the bounce and log reason the oracle predicts. DNS is a

@@ -1,4 +1,4 @@
-"""Issue 13, item 5: every other way into a running gateway, reviewed and tested.
+"""Every other way into a running gateway than S2S and SIP, reviewed and tested.
 
 * the admin socket: mode 0600, owned by the gateway's user, and — independently of the
   mode — other uids refused by their peer credentials (SO_PEERCRED); a socket directory

@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.net.s2s_record import ENVIRONMENT as RECORD_S2S
+from gateway.net.s2s_record import split_documents
 from tests.support.dnsmasq import DnsmasqServer
 from tests.unit.s2s_world import Pki
 
@@ -205,12 +207,20 @@ class GatewayProcess:
     limits: dict | None = None
     dnssec: bool = False  # believe the resolver's AD bit (DANE tests run a validating one)
     direct_tls_port: int | None = None  # a second listener, XEP-0368 direct TLS
+    # Every byte the gateway writes on S2S is recorded before TLS (gateway/net/s2s_record.py)
+    # and stop() fails the test on the first one a strict XML parser refuses. Benchmarks
+    # turn it off: the recording costs a system call per write.
+    record_s2s: bool = True
     process: subprocess.Popen | None = None
     dir: Path = field(init=False)
 
     @property
     def config(self) -> Path:
         return self.dir / "gateway.yaml"
+
+    @property
+    def recordings(self) -> Path:
+        return self.dir / "s2s-output"
 
     def start(self) -> GatewayProcess:
         self.dir = self.ns.workdir / "gateway"
@@ -243,9 +253,10 @@ class GatewayProcess:
             lines.append("  - {" + ", ".join(f"{k}: {v}" for k, v in p.items()) + "}")
         self.config.write_text("\n".join(lines) + "\n")
         out = (self.dir / "gateway.log").open("wb")
+        env = {**os.environ, RECORD_S2S: str(self.recordings)} if self.record_s2s else None
         self.process = subprocess.Popen(
             [*self.ns.exec, sys.executable, "-m", "gateway.cli.main", "-c", str(self.config),
-             "run"], stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+             "run"], stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
         deadline = time.monotonic() + 15
         while not (self.dir / "admin.sock").exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -268,6 +279,34 @@ class GatewayProcess:
         if self.process is not None and not self.drops_expected:
             dropped = [line for line in self.log.splitlines() if "stanza.dropped" in line]
             assert not dropped, "the gateway dropped stanzas:\n" + "\n".join(dropped[:20])
+        if self.process is not None and self.record_s2s:
+            assert_well_formed_output(self.recordings)
+
+
+def assert_well_formed_output(directory: Path) -> int:
+    """Check every byte the gateway wrote on each S2S stream (recorded in ``directory``)
+    with expat, as Prosody and ejabberd read it, namespaces included: each document whole
+    when it ended with ``</stream:stream>``, else as far as it went. Returns the number of
+    streams checked; raises AssertionError naming the stream, the offset and the bytes
+    around the first one refused."""
+    from xml.parsers import expat
+
+    files = sorted(directory.glob("*.xml")) if directory.exists() else []
+    for path in files:
+        data = path.read_bytes()
+        offset = 0
+        for document in split_documents(data):
+            parser = expat.ParserCreate(namespace_separator=" ")
+            try:
+                parser.Parse(document, document.endswith(b"</stream:stream>"))
+            except expat.ExpatError as exc:
+                at = offset + parser.CurrentByteIndex
+                raise AssertionError(
+                    f"the gateway wrote XML a partner refuses on {path.name} at byte {at}: "
+                    f"{exc}: "
+                    f"{data[max(0, at - 80):at + 40]!r}") from None
+            offset += len(document)
+    return len(files)
 
 
 CLIENT = r"""

@@ -2,7 +2,7 @@
 `make test`): every receiver, both authentication methods (two runs each, published as
 median [min-max]), idle sessions and the XMPP→SIP latency path through Kamailio must
 produce numbers, written to a temp dir; a report from before the medians still renders;
-and the relay section (a real Prosody through the gateway to SIP and back, issue 17) with
+and the relay section (a real Prosody through the gateway to SIP and back) with
 tiny counts."""
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def test_bench_harness_smoke(tmp_path: Path) -> None:
 
 
 def test_report_only_renders_a_report_without_runs(tmp_path: Path) -> None:
-    """A results.json from before issue 18's medians (one run per figure) is rendered as
+    """A results.json from before medians of several runs (one run per figure) is rendered as
     single runs; one whose figures are missing fails with a message saying so."""
     report = json.loads((REPO / "docs" / "benchmarks" / "results.json").read_text())
     for name in ("gateway", "prosody", "ejabberd"):
@@ -115,7 +115,7 @@ def test_bench_relay_smoke(tmp_path: Path) -> None:
     assert 0 < sip["subscription_requests_stored_by_prosody"] <= 50, sip
     markdown = (tmp_path / "benchmarks.md").read_text()
     assert "## Relay: a real Prosody through the gateway to SIP and back" in markdown
-    assert "## Targets (issue 17), from this run" in markdown
+    assert "## Relay targets, from this run" in markdown
     (tmp_path / "benchmarks.md").unlink()
     again = subprocess.run([sys.executable, "-m", "bench.run", "--report-only", "--out",
                             str(tmp_path)], capture_output=True, text=True, timeout=60, cwd=REPO)

@@ -1,4 +1,4 @@
-"""Two gateway nodes for one domain (issue 15), end to end in a network namespace.
+"""Two gateway nodes for one domain (docs/deploy.md), end to end in a network namespace.
 
     Prosody a.example (127.0.0.2) ──S2S── _xmpp-server._tcp.gw.example:
                                             node a  xmpp1.gw.example 127.0.0.4:5269

@@ -1,4 +1,4 @@
-"""`make demo` and `DEMO=sip make demo` (issue 14): run as a newcomer would, they must print
+"""`make demo` and `DEMO=sip make demo`: run as a newcomer would, they must print
 the whole exchange, exit 0, finish in under a minute, and leave nothing behind.
 
 The demo runs as its own process (``python -m demo``, what the Makefile runs), with its own

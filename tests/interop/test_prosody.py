@@ -145,7 +145,10 @@ def test_check_connectivity_against_prosody(ns: Namespace, pki: Pki) -> None:
 
         good = check()
         assert good.returncode == 0, good.stdout + good.stderr
-        assert "OK: gw.example → a.example authenticated with TCP Dialback" in good.stdout
+        # Authenticated, but not as the policy prefers: called a downgrade, with its cause.
+        assert ("OK via TCP Dialback — SASL EXTERNAL was not possible because a.example "
+                "offered no TLS") in good.stdout
+        assert "hint: ask a.example to enable TLS for server-to-server" in good.stdout
         assert "DNS: xmpp.a.example:5269" in good.stdout
         gateway.stop()
         gateway = GatewayProcess(ns, pki, [

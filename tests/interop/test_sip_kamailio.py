@@ -9,16 +9,16 @@ Topology, all inside the interop network namespace:
                                               │
                                           SIP UA sipuser@gw.example (127.0.0.6, registered)
 
-Trust is enforced (issue 13): Kamailio is the gateway's only trusted SIP source (its
+Trust is enforced (docs/sip.md, "Security"): Kamailio is the gateway's only trusted SIP source (its
 ``proxy_host``), so the phone at 127.0.0.6 reaches the gateway only through Kamailio, and
 the same phone speaking to the gateway directly is refused. Over TLS the leg is mutual
 both ways: Kamailio's tls.so with ``verify_certificate``/``require_certificate`` on in
 its server and client profiles, the gateway with ``require_client_certificate``.
 
 For each partner type of a.example the conversation covers both message directions, a
-subscription each way with PIDF presence, and the status-note rule (GATEWAY-SPEC §3);
-for public-unverified it shows the refusal before, and the success after, the SIP user
-authorizes the contact by subscribing to it (adding it as a contact).
+subscription each way with PIDF presence, and the status-note rule (docs/configuration.md,
+"Partner types"); for public-unverified it shows the refusal before, and the success
+after, the SIP user authorizes the contact by subscribing to it (adding it as a contact).
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ def matrix_rows() -> list[MatrixRow]:
 
 
 def expected_method(a: MatrixRow, b: MatrixRow, trusted: bool) -> str | None:
-    """The method A→B should end up with, from the spec alone (None = must fail).
+    """The method A→B should end up with, from the documented rules alone (None = must fail).
 
     TLS is used when neither side has it not-supported; then SASL EXTERNAL when both permit
     it and the certificates verify, else TLS dialback when both permit it; without TLS only

@@ -1,4 +1,4 @@
-"""An attacker's SIP client: raw requests from a chosen source address (issue 13).
+"""An attacker's SIP client: raw requests from a chosen source address.
 
 What someone who can reach the gateway's SIP port, but is not the proxy, can send: a
 request written by hand (a forged ``From`` of one of our users), over UDP, TCP or TLS,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.auth import devcerts
@@ -94,3 +95,103 @@ def test_install_success_and_refusals(config: Path, tmp_path: Path, capsys) -> N
                  str(tmp_path / "new.key")]) == 0
     assert installed.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
     assert (config.parent / "installed.key").stat().st_mode & 0o777 == 0o600
+
+
+SRV_NAME = x509.ObjectIdentifier("1.3.6.1.5.5.7.8.7")
+
+
+def _sans(path: Path) -> x509.SubjectAlternativeName:
+    cert = x509.load_pem_x509_certificates(path.read_bytes())[0]
+    return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+
+
+def test_lab_ca_issues_for_the_gateway_and_for_partners(config: Path, capsys) -> None:
+    """`cert ca` keeps its key; `cert issue` signs the gateway's certificate (where tls.*
+    point) and partners' (crt, key, and a PEM with both for ejabberd), named by DNS-ID and
+    SRV-ID (RFC 6120 §13.7.1.2, RFC 6125), each verifying with the CA for its domain."""
+    from cryptography.x509.verification import PolicyBuilder, Store
+
+    certs = config.parent.parent / "certs"
+    assert main(["-c", str(config), "cert", "ca"]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote the CA \"gateway.localhost lab CA\": {certs / 'ca.crt'}" in out
+    assert "give " + str(certs / "ca.crt") + " to each partner's server" in out
+    assert (certs / "ca.key").stat().st_mode & 0o777 == 0o600
+    assert main(["-c", str(config), "cert", "ca"]) == 1  # partners may trust it already
+    assert "use --force to replace it" in capsys.readouterr().err
+
+    assert main(["-c", str(config), "cert", "issue"]) == 0
+    assert "wrote the gateway's certificate" in capsys.readouterr().out
+    sans = _sans(certs / "gateway.crt")
+    assert sans.get_values_for_type(x509.DNSName) == ["gateway.localhost"]
+    assert [o.type_id for o in sans.get_values_for_type(x509.OtherName)] == [SRV_NAME]
+    assert (certs / "gateway.key").stat().st_mode & 0o777 == 0o600
+
+    assert main(["-c", str(config), "cert", "issue", "fabrikam.example",
+                 "conference.fabrikam.example", "--xmpp-addr"]) == 0
+    out = capsys.readouterr().out
+    assert 'ejabberd: certfiles: ["fabrikam.example.pem"]' in out
+    assert 'ssl = { certificate = "fabrikam.example.crt"; key = "fabrikam.example.key" }' in out
+    sans = _sans(certs / "fabrikam.example.crt")
+    assert sans.get_values_for_type(x509.DNSName) == ["fabrikam.example",
+                                                      "conference.fabrikam.example"]
+    assert sorted(str(o.type_id.dotted_string) for o in
+                  sans.get_values_for_type(x509.OtherName)) == sorted(
+        [SRV_NAME.dotted_string, XMPP_ADDR.dotted_string] * 2)
+    pem = (certs / "fabrikam.example.pem").read_bytes()
+    assert b"BEGIN CERTIFICATE" in pem and b"PRIVATE KEY" in pem
+    ca = x509.load_pem_x509_certificate((certs / "ca.crt").read_bytes())
+    for name, domain in (("gateway.crt", "gateway.localhost"),
+                         ("fabrikam.example.crt", "fabrikam.example")):
+        leaf = x509.load_pem_x509_certificates((certs / name).read_bytes())[0]
+        verifier = PolicyBuilder().store(Store([ca])).build_server_verifier(
+            x509.DNSName(domain))
+        verifier.verify(leaf, [])  # raises when it does not verify
+    assert main(["-c", str(config), "cert", "issue", "fabrikam.example"]) == 1  # no clobber
+
+
+def test_issue_needs_the_ca(config: Path, capsys) -> None:
+    assert main(["-c", str(config), "cert", "issue", "fabrikam.example"]) == 1
+    assert "make the CA first with `xmpp-gateway cert ca`" in capsys.readouterr().err
+
+
+def test_request_says_what_next_and_import_takes_its_key(config: Path, tmp_path: Path,
+                                                          capsys) -> None:
+    """`cert request` keeps the new key apart (the one in use keeps working) and says what
+    to do next; `cert import` of what the CA returns finds that key by itself."""
+    _use_ca(config)
+    assert main(["-c", str(config), "cert", "request"]) == 0
+    out = capsys.readouterr().out
+    pending = config.parent / "request"
+    assert f"send {pending / 'gateway.csr'} to your CA" in out
+    assert "xmpp-gateway cert import CERTIFICATE.pem --chain CHAIN.pem" in out
+    assert "xmpp-gateway reload" in out
+    ca, ca_key = devcerts.make_ca("public-like CA")
+    (config.parent / "ca.pem").write_bytes(devcerts.certificates_to_pem([ca]))
+    csr = x509.load_pem_x509_csr((pending / "gateway.csr").read_bytes())
+    now = dt.datetime.now(dt.UTC)
+    signed = (x509.CertificateBuilder().subject_name(csr.subject).issuer_name(ca.subject)
+              .public_key(csr.public_key()).serial_number(x509.random_serial_number())
+              .not_valid_before(now - dt.timedelta(hours=1))
+              .not_valid_after(now + dt.timedelta(days=90))
+              .add_extension(csr.extensions.get_extension_for_class(
+                  x509.SubjectAlternativeName).value, critical=False)
+              .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                  ca.public_key()), critical=False)
+              .sign(ca_key, hashes.SHA256()))
+    (tmp_path / "signed.crt").write_bytes(devcerts.certificates_to_pem([signed]))
+    assert main(["-c", str(config), "cert", "import", str(tmp_path / "signed.crt")]) == 0
+    assert "next: `xmpp-gateway reload`" in capsys.readouterr().out
+    assert (config.parent / "installed.crt").read_bytes().startswith(b"-----BEGIN")
+
+
+def test_import_refusal_names_its_own_option(config: Path, tmp_path: Path, capsys) -> None:
+    _use_ca(config)
+    _issue(tmp_path, ["gateway.localhost"])
+    (config.parent / "ca.pem").write_bytes(devcerts.certificates_to_pem(
+        [devcerts.make_ca("unrelated")[0]]))
+    assert main(["-c", str(config), "cert", "import", str(tmp_path / "new.crt"),
+                 str(tmp_path / "new.key")]) == 2
+    err = capsys.readouterr().err
+    assert "does not verify to a trusted root" in err
+    assert "hint: give the CA's intermediate certificates with --chain FILE" in err

@@ -107,3 +107,87 @@ def test_another_module_can_add_a_check(config: Path, capsys) -> None:
     finally:
         check.CHECKS.pop("example-for-test", None)
         check.CHECKS.pop("late-for-test", None)
+
+
+# ------------------------------------------------------------ certificates as they enter
+
+
+def _certificates(config: Path, names: list[str], *, trusted: bool = True) -> None:
+    """A CA and a gateway certificate naming ``names``, where the example config points
+    (../certs); the CA is tls.ca_file only when ``trusted``."""
+    from gateway.auth import devcerts
+
+    certs = config.parent.parent / "certs"
+    ca, ca_key = devcerts.make_ca("check test CA", key_type="ec")
+    cert, key = devcerts.issue_certificate(ca, ca_key, names, key_type="ec")
+    devcerts.write_key_and_cert(certs / "gateway.crt", certs / "gateway.key", cert, key)
+    other = devcerts.make_ca("someone else's CA", key_type="ec")[0]
+    (certs / "ca.crt").write_bytes(devcerts.certificates_to_pem([ca if trusted else other]))
+    config.write_text(config.read_text().replace("use_system_cas: true",
+                                                 "use_system_cas: false"))
+
+
+def test_check_config_refuses_a_certificate_that_does_not_name_the_domain(
+        config: Path, capsys) -> None:
+    """A certificate for gw.gateway.localhost copied in by hand gives TLS but no SASL
+    EXTERNAL: check config says so, with the exact mismatch, and fails."""
+    _certificates(config, ["gw.gateway.localhost"])
+    assert run(config, "check", "config") == 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"{config}: INVALID; serving gateway.localhost; 1 partner(s)"
+    certificate = config.parent.parent / "certs" / "gateway.crt"
+    assert (f"error: tls.certificate {certificate} does not authenticate served domain "
+            "gateway.localhost: name mismatch (presented: gw.gateway.localhost; expected: "
+            "gateway.localhost); partners will refuse SASL EXTERNAL") in out
+    assert "  fix: xmpp-gateway cert issue" in out
+    _certificates(config, ["gateway.localhost"])
+    assert run(config, "check", "config") == 0
+
+
+def test_check_certs_advice_matches_the_problem_and_its_options(config: Path, capsys) -> None:
+    _certificates(config, ["gw.gateway.localhost"])
+    assert run(config, "check", "certs", "--no-partners") == 1
+    out = capsys.readouterr().out
+    assert "FAIL  covers gateway.localhost: name mismatch" in out
+    assert "issue a certificate naming every served domain: xmpp-gateway cert issue" in out
+    assert "--chain" not in out  # nothing to do with a chain, and check certs has no such option
+    _certificates(config, ["gateway.localhost"], trusted=False)
+    assert run(config, "check", "certs", "--no-partners") == 1
+    out = capsys.readouterr().out
+    assert "FAIL  the chain does not verify to a trusted root" in out
+    assert "xmpp-gateway cert import CERTIFICATE --chain CHAIN" in out  # import's option
+    assert "put that CA's certificate in tls.ca_file" in out
+
+
+# ------------------------------------------------------------ check, with no argument
+
+
+def test_check_alone_runs_everything_with_one_verdict(config: Path, capsys,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    _certificates(config, ["gateway.localhost"])
+    config.write_text(config.read_text().replace(
+        "nameservers: []", "nameservers: ['127.0.0.1:9']").replace("timeout: 5.0",
+                                                                   "timeout: 0.2"))
+    assert run(config, "check") == 1
+    out = capsys.readouterr().out
+    headings = [line for line in out.splitlines() if line.startswith("== ")]
+    assert headings == ["== config ==", "== certs ==", "== dns ==", "== sip =="]
+    assert "certificates: OK" in out
+    assert out.splitlines()[-1] == "verdict: PROBLEMS in dns (details above)"
+    # Without that problem (DNS answered here by a stand-in: the real check is tested
+    # against dnsmasq): OK, and it says that connectivity needs the running gateway.
+    monkeypatch.setitem(check.CHECKS, "dns", check.Check("dns", "test", None, lambda _: 0))
+    assert run(config, "check") == 0
+    verdict = capsys.readouterr().out.splitlines()[-1]
+    assert verdict.startswith("verdict: OK (config, certs, dns, sip); connectivity not "
+                              "checked: no gateway answering on ")
+    assert verdict.endswith("start it (xmpp-gateway start) and run check again")
+
+
+def test_check_alone_stops_at_an_invalid_configuration(config: Path, capsys) -> None:
+    config.write_text(config.read_text().replace("level: info", "level: loud"))
+    assert run(config, "check") == 1
+    out = capsys.readouterr().out
+    assert "== certs ==" not in out
+    assert out.splitlines()[-1] == (f"verdict: the configuration is invalid; nothing else "
+                                    f"was checked ({config})")

@@ -37,7 +37,7 @@ def warnings_in(out: str) -> list[str]:
 
 
 def test_the_matrix_splits_13_accepted_5_refused() -> None:
-    # Counted from the normative CSV (the brief of issue 3 said 12/6; the CSV says 13/5).
+    # Counted from the normative CSV: 13 combinations accepted, 5 refused.
     assert sum(r.valid for r in ROWS) == 13 and sum(not r.valid for r in ROWS) == 5
 
 
@@ -132,7 +132,7 @@ def test_add_then_remove_restores_the_file_byte_for_byte(config: Path) -> None:
                "--additional-domain", "muc.x.example", "--description", "X Corp") == 0
     text = config.read_text()
     assert "    additional_domains: [muc.x.example]\n    description: X Corp\n" in text
-    assert "# Federation partners (GATEWAY-SPEC §2)." in text
+    assert "# Federation partners (docs/configuration.md)." in text
     assert "# XEP-0185 secret for dialback keys." in text
     assert "  file: null             # null = standard error" in text
     assert run(config, "partner", "remove", "muc.x.example") == 0
@@ -142,7 +142,7 @@ def test_add_then_remove_restores_the_file_byte_for_byte(config: Path) -> None:
 def test_comments_survive_removing_the_example_partner(config: Path) -> None:
     assert run(config, "partner", "remove", "prosody.localhost") == 0
     text = config.read_text()
-    assert "# Federation partners (GATEWAY-SPEC §2)." in text
+    assert "# Federation partners (docs/configuration.md)." in text
     assert "prosody" not in text.split("# Federation partners")[1]
     assert load_config(config).partners == ()
 
@@ -199,7 +199,10 @@ def test_show(config: Path, capsys) -> None:
         "description": "Example partner: a local Prosody",
         "permitted_methods": ["SASL over TLS", "TLS Dialback", "TCP Dialback"],
         "warnings": ["SASL requires TLS. Allowing TLS to be optional may result in failed "
-                     "session negotiations."]}
+                     "session negotiations."],
+        "in_effect": "this partner will use SASL EXTERNAL over TLS (certificates must verify "
+                     "both ways) when it can, else dialback over TLS, and unencrypted TCP "
+                     "dialback when it offers no TLS"}
 
 
 def test_list_is_an_aligned_table(config: Path, capsys) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
 
 from gateway.cluster import ClusterMember, compare_fingerprints, config_fingerprint
@@ -53,6 +54,33 @@ def test_fingerprint_differences_are_named() -> None:
         "serves northwind.example (this configuration: contoso.example)")
 
 
+class Watches:
+    """The SIP side's watch dialogs, as the member sees them (a
+    :class:`gateway.backend.WatchHolder`): what it was asked to take over or end."""
+
+    def __init__(self, held: list[tuple[str, str]] | None = None) -> None:
+        self.held = held if held is not None else []
+        self.taken: list[list[tuple[str, str]]] = []
+        self.dropped: list[list[tuple[str, str]]] = []
+        self.dropped_all: list[bool] = []
+
+    def held_watches(self) -> list[tuple[str, str]]:
+        return list(self.held)
+
+    def take_over_watches(self, pairs: Iterable[tuple[str, str]]) -> int:
+        self.taken.append(list(pairs))
+        return len(self.taken[-1])
+
+    def drop_watches(self, pairs: Iterable[tuple[str, str]] | None = None) -> int:
+        if pairs is None:
+            self.dropped_all.append(True)
+            return len(self.held)
+        pairs = list(pairs)
+        self.dropped.append(pairs)  # as SipBackend.drop_watches does
+        self.held[:] = [w for w in self.held if (w[0].lower(), w[1].lower()) not in pairs]
+        return len(pairs)
+
+
 def _report(state: str) -> NodeReport:
     return NodeReport("a", "127.0.0.1:5269", "2026-12-02T10:00:00+00:00", state, 0, 0, 0, 1,
                       "{}")
@@ -65,10 +93,10 @@ async def test_a_node_that_cannot_heartbeat_for_a_lease_fences_itself(tmp_path: 
     path = tmp_path / "gw.sqlite3"
     store = AsyncAuthorizationStore(SqliteAuthorizationStore(path, busy_timeout=0.05,
                                                              node_id="a"))
-    claimed: list[list[tuple[str, str]]] = []
-    fenced: list[bool] = []
+    watches = Watches()
+    claimed, fenced = watches.taken, watches.dropped_all
     member = ClusterMember(store, ClusterSettings("a", heartbeat_interval=0.1, lease=0.4),
-                           _report, claimed.append, lambda: fenced.append(True))
+                           _report, watches)
     try:
         assert await member.start() == []
         await store.add_watch("bob@fabrikam.example", "alice@contoso.example")
@@ -103,14 +131,9 @@ async def test_dialogs_whose_row_went_away_are_ended(tmp_path: Path) -> None:
     node_b = SqliteAuthorizationStore(path, node_id="b")
     held = [("Bob@Fabrikam.example", "alice@contoso.example"),
             ("carol@fabrikam.example", "alice@contoso.example")]
-    lost: list[list[tuple[str, str]]] = []
-
-    def end(pairs: list[tuple[str, str]]) -> None:  # as SipBackend.drop_watches does
-        lost.append(pairs)
-        held[:] = [w for w in held if (w[0].lower(), w[1].lower()) not in pairs]
-
-    member = ClusterMember(node_a, ClusterSettings("a"), _report, lambda _: None,
-                           held=lambda: held, on_lost=end)
+    watches = Watches(held)
+    lost = watches.dropped
+    member = ClusterMember(node_a, ClusterSettings("a"), _report, watches)
     try:
         await node_a.add_watch(*held[0])
         await member.reconcile()

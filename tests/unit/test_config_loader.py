@@ -310,8 +310,6 @@ def test_config_warnings(tmp_path: Path) -> None:
     warnings = config_warnings(load_config_text(text, base_dir=tmp_path))
     assert warnings == [
         "partner b.example: TCP Dialback is the only negotiation method available",
-        "dialback.secret is empty: a random secret is made at each start, so several nodes "
-        "of this gateway cannot verify each other's keys",
         "tls.use_system_cas is false and no tls.ca_file is set: no peer certificate can "
         "verify, SASL EXTERNAL will never be used",
         f"tls.certificate {tmp_path / 'none.crt'} does not exist: STARTTLS will not be "
@@ -319,6 +317,20 @@ def test_config_warnings(tmp_path: Path) -> None:
         f"tls.key {tmp_path / 'none.key'} does not exist: STARTTLS will not be offered "
         "(make certs creates development certificates)",
     ]
+
+
+def test_an_empty_dialback_secret_matters_only_to_several_nodes(tmp_path: Path) -> None:
+    """One node verifies its own dialback keys whatever the secret: no warning; nodes
+    sharing a store must share the secret."""
+    alone = "domains: [a.example]\npartners: []\n"
+    assert not any("dialback.secret" in warning for warning in
+                   config_warnings(load_config_text(alone, base_dir=tmp_path)))
+    shared = alone + "store: {url: 'postgresql://gw@db.example/gw'}\n"
+    assert [warning for warning in config_warnings(load_config_text(shared, base_dir=tmp_path))
+            if "dialback.secret" in warning] == [
+        "dialback.secret is empty while store.url makes this node one of several: each node "
+        "makes a random secret at start, so they cannot verify each other's dialback keys; "
+        "give every node the same secret"]
 
 
 def test_a_large_partner_list_loads_in_linear_time() -> None:

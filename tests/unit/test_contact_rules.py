@@ -1,5 +1,5 @@
-"""GATEWAY-SPEC §3 contact rules: every cell of the table, for every partner type, unlisted
-domains and the per-user switch.
+"""Contact rules (docs/configuration.md, "Partner types"): every cell of the table, for
+every partner type, unlisted domains and the per-user switch.
 
 The expectations are written out literally below (not derived from the code under test):
 D = delivered, E = service-unavailable error, U = answered with presence unsubscribed,

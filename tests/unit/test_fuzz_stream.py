@@ -1,4 +1,4 @@
-"""Fuzzing the stream parser and the inbound/outbound state machines (issue 9 item 1).
+"""Fuzzing the stream parser and the inbound/outbound state machines.
 
 Two generators, both deterministic (fixed seed / derandomized hypothesis) so a CI failure
 reproduces locally:

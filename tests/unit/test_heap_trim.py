@@ -1,6 +1,6 @@
 """gateway/net/heap.py: memory freed by idle streams is handed back to the OS with glibc's
 malloc_trim, once per batch of releases and at most every ``min_interval`` seconds
-(issue 18: it walks the allocator's free lists, so it must not run per stream)."""
+(it walks the allocator's free lists, so it must not run per stream)."""
 
 from __future__ import annotations
 

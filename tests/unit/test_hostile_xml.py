@@ -1,4 +1,4 @@
-"""Hostile XML (issue 9 item 2, RFC 6120 §11 and §13.12) at the parser and the stream.
+"""Hostile XML (RFC 6120 §11 and §13.12) at the parser and the stream.
 
 Each input must end in the right stream error — asserted as bytes: our header when none
 was sent yet, the ``<stream:error>``, then ``</stream:stream>`` — and a StreamClosed event;

@@ -5,8 +5,7 @@
 * The TLS engine moves ciphertext through OpenSSL's memory BIOs in bounded slices (a
   memory BIO never shrinks), and large transfers still arrive intact, in order.
 * An idle stream frees its parser and TLS BIOs without changing what is parsed or sent,
-  and an idle authenticated session pair stays within its measured Python allocations
-  (issue 18).
+  and an idle authenticated session pair stays within its measured Python allocations.
 """
 
 from __future__ import annotations
@@ -221,7 +220,7 @@ def _idle_pairs(pki: Pki, count: int) -> tuple[list[tuple[S2SStream, S2SStream]]
 # Python allocations per idle authenticated pair (both ends: streams, parsers' state, TLS
 # engines' Python side, peer certificates), measured with this test's set-up: 7.5 KiB
 # with slotted streams (10.0 with instance dicts; 35.0 KiB when idle streams kept their
-# parsers, before issue 18). OpenSSL's own memory is not seen by tracemalloc
+# parsers). OpenSSL's own memory is not seen by tracemalloc
 # (docs/performance.md has both).
 IDLE_PAIR_BYTES = 7.5 * 1024
 

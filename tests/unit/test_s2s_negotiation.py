@@ -1,12 +1,13 @@
 """Negotiation through two sans-I/O cores for every pairing of valid matrix rows.
 
 A's policy for B x B's policy for A x peer certificates trusted or not (338 pairings).
-The expected outcome comes from an oracle written here from GATEWAY-SPEC §2.1/§2.2 and the
-CSV's ``expected_methods`` column alone — it does not call ``gateway.policy`` — so a
-wrong negotiation rule and a wrong state machine cannot agree by construction:
+The expected outcome comes from an oracle written here from the negotiation rules
+(docs/configuration.md, "The negotiation matrix") and the CSV's ``expected_methods``
+column alone — it does not call ``gateway.policy`` — so a wrong negotiation rule and a
+wrong state machine cannot agree by construction:
 
-1. TLS is used when neither side has tls=not-supported (spec §2.2: "used when the peer
-   offers it"); a side whose permitted set has no method without TLS never talks in the
+1. TLS is used when neither side has tls=not-supported (used when the peer offers it);
+   a side whose permitted set has no method without TLS never talks in the
    clear (never downgrade).
 2. Over TLS: SASL over TLS when both permit it and the certificates verify; else TLS
    Dialback when both permit it; else failure.
@@ -69,7 +70,7 @@ def load_valid_rows() -> list[Row]:
             for r in csv.DictReader(handle)
             if r["valid"].strip() == "yes"
         ]
-    assert len(rows) == 13, "the spec's matrix has 13 valid rows of 18"
+    assert len(rows) == 13, "the matrix has 13 valid rows of 18"
     return rows
 
 
@@ -87,8 +88,8 @@ class Outcome:
 
 
 def oracle(a: Row, b: Row, trusted: bool) -> Outcome:
-    """What GATEWAY-SPEC §2.2 says must happen when A (policy ``a`` for B) connects to B
-    (policy ``b`` for A). Written from the spec text, independent of the implementation."""
+    """What the negotiation rules say must happen when A (policy ``a`` for B) connects to B
+    (policy ``b`` for A). Written from the documented rules, independent of the implementation."""
     a_needs_tls = TCP_DB not in a.methods  # nothing A permits works in the clear
     b_needs_tls = TCP_DB not in b.methods
     if "NotSupported" not in (a.tls, b.tls):

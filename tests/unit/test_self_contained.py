@@ -1,4 +1,4 @@
-"""Nothing in the project reads a file outside the repository (issue 14).
+"""Nothing in the project reads a file outside the repository.
 
 A fresh ``git clone`` has nothing beside it: a test, the daemon or the harness that opens
 ``../shared/…`` (or climbs above the checkout from ``__file__``) works only on the machine

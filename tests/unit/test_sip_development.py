@@ -7,7 +7,8 @@ from xml.etree.ElementTree import Element
 
 import pytest
 
-from gateway.backend import DeliveryError, LocalBackend
+from gateway.backend import DeliveryError, SipSide
+from gateway.contracts import OnDecided
 from gateway.sip.development import (
     BODY,
     IQ,
@@ -18,11 +19,21 @@ from gateway.sip.development import (
 
 
 class Sink:
+    """Stands where the router is: records what local users send."""
+
     def __init__(self) -> None:
         self.stanzas: list[Element] = []
 
-    async def __call__(self, stanza: Element) -> None:
+    def submit_local(self, stanza: Element, on_decided: OnDecided = None) -> None:
         self.stanzas.append(stanza)
+        if on_decided is not None:
+            on_decided()
+
+    async def from_local(self, stanza: Element) -> None:
+        self.submit_local(stanza)
+
+    def xmpp_congested(self, domain: str) -> bool:
+        return False
 
 
 @pytest.fixture
@@ -34,7 +45,7 @@ async def started() -> tuple[DevelopmentBackend, Sink]:
 
 
 def test_satisfies_the_protocol() -> None:
-    backend: LocalBackend = DevelopmentBackend(["contoso.example"])
+    backend: SipSide = DevelopmentBackend(["contoso.example"])
     assert backend.domains == frozenset({"contoso.example"})
 
 

@@ -1,4 +1,4 @@
-"""Issue 13: the SIP trust policy (pure parts) and its configuration keys."""
+"""The SIP trust policy (pure parts) and its configuration keys."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Spoofing and downgrade (issue 9 item 4, RFC 6120 §13.7, XEP-0220 §4): nobody gets in
+"""Spoofing and downgrade (RFC 6120 §13.7, XEP-0220 §4): nobody gets in
 unauthenticated and nothing is sent in the clear when TLS is required."""
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ import pytest
 
 from gateway.store import (
     AsyncAuthorizationStore,
-    AuthorizationStore,
     SqliteAuthorizationStore,
+    Store,
     StoreError,
     normalize_bare_jid,
 )
@@ -77,7 +77,7 @@ def store(open_store: Opener) -> Any:
 
 
 def test_is_an_authorization_store(store: Any) -> None:
-    typed: AuthorizationStore = store
+    typed: Store = store
     assert typed.list_users() == []
 
 
