@@ -205,8 +205,7 @@ async def test_xmpp_burst_to_a_slow_proxy_pauses_s2s_and_loses_nothing(
     """3,000 messages from the partner in one go, a proxy answering 1,000 a second and a
     window of 50: the backend waits for room, the router queue reaches its high-water
     mark, the S2S stream is paused and resumed; every message reaches the proxy once, no
-    error goes back, the queues stay within their bounds. Under stream management the
-    partner's window of unacknowledged stanzas holds it back before the router fills."""
+    error goes back, the queues stay within their bounds; with stream management too."""
     proxy = await PacedProxy("proxy", "b.example", ("127.0.0.1", 9), per_tick=10).start()
     federation = FederationSettings(stream_management=stream_management)
     try:
@@ -220,10 +219,7 @@ async def test_xmpp_burst_to_a_slow_proxy_pauses_s2s_and_loses_nothing(
         assert sorted(proxy.bodies) == sorted(f"m{index}" for index in range(n))
         assert proxy.retransmissions == 0
         assert _errors(a) == []
-        if stream_management:
-            assert b.router.inbound_peak <= Limits().max_unacked
-        else:
-            assert b.router.pressure_episodes >= 1  # the S2S stream was told to stop reading
+        assert b.router.pressure_episodes >= 1  # the S2S stream was told to stop reading
         await _until(lambda: not b.s2s.reading_paused, 5, "reading resumed")
         sip = b.status()["backend"]
         assert sip["peak_in_flight"] <= 50
