@@ -38,7 +38,7 @@ from xml.etree.ElementTree import Element
 
 from gateway.auth.dialback_key import DialbackKeyGenerator
 from gateway.config.model import GatewayConfig, PartnerPolicy, PartnerType
-from gateway.contracts import RouterForS2S
+from gateway.contracts import OnSent, RouterForS2S
 from gateway.dns import dane
 from gateway.dns.resolver import DnsResolutionError, Resolver
 from gateway.logs import log_event
@@ -213,11 +213,13 @@ class S2SService:
 
     # ------------------------------------------------------------------ sending
 
-    def send(self, stanza: Element, on_done: delivery.OnDone | None = None) -> None:
+    def send(self, stanza: Element, on_sent: OnSent = None) -> None:
         """Route one stanza from a local user toward its XMPP domain (never blocks).
 
-        ``on_done`` is told True once the peer server has the stanza (acknowledged under
-        stream management, else written), False once it was bounced to its sender."""
+        ``on_sent`` is told True once the peer server has the stanza (acknowledged under
+        stream management, else written), False once it was bounced to its sender (the
+        error reply delivered)."""
+        on_done = on_sent
         try:
             local = domain_of(stanza.get("from", ""))
             remote = domain_of(stanza.get("to", ""))
@@ -263,11 +265,10 @@ class S2SService:
             self._set_congested(session, True)
         self._ensure_connecting(session)
 
-    def _bounce(self, stanza: Element, on_done: delivery.OnDone | None, condition: str,
-                reason: str) -> None:
-        self.router.bounce(stanza, condition, reason)
-        if on_done is not None:
-            on_done(False)
+    def _bounce(self, stanza: Element, on_done: OnSent, condition: str, reason: str) -> None:
+        """Tell the sender; ``on_done`` learns it once the error reply is delivered."""
+        self.router.bounce(stanza, condition, reason,
+                           None if on_done is None else functools.partial(on_done, False))
 
     def _adopt_bidi(self, session: OutboundSession) -> bool:
         """Send over the peer's inbound stream when it negotiated XEP-0288 for the pair."""
@@ -450,8 +451,9 @@ class S2SService:
         while session.queue:
             stanza, token = delivery.unpack(session.queue.popleft())
             self._count("bounces", session.remote)
-            self.router.bounce(stanza, condition, reason)
-            delivery.settle(token, False)
+            self.router.bounce(stanza, condition, reason,
+                               None if token is None else functools.partial(
+                                   delivery.settle, token, False))
         if session.congested:
             self._set_congested(session, False)
 
