@@ -9,7 +9,7 @@ CONFIG ?= config/gateway.yaml
 # unbound, nsd and ldnsutils: a DNSSEC-signed zone and a validating resolver for DANE.
 TEST_DEBS := prosody ejabberd dnsmasq-base lua-unbound kamailio kamailio-presence-modules \
              kamailio-tls-modules \
-             sip-tester iproute2 openssl postgresql \
+             sip-tester iproute2 openssl postgresql linphone-cli \
              unbound nsd ldnsutils
 # The compose stack's test: podman and runc from Debian, debootstrap for the
 # Debian base image where no registry is reachable; podman-compose from PyPI into the venv

@@ -46,6 +46,12 @@ from gateway.net import delivery, happy_eyeballs, resent
 from gateway.net.backoff import QUEUE_WAIT, Backoff
 from gateway.net.connection import StreamConnection
 from gateway.net.context import stream_context
+from gateway.policy.refusals import (
+    POLICY_VIOLATION,
+    bounce_for,
+    is_policy_failure,
+    setting_to_change,
+)
 from gateway.xmpp.events import (
     BidiNegotiated,
     DialbackVerifyAnswered,
@@ -436,11 +442,14 @@ class S2SService:
     def _fail_session(self, session: OutboundSession, condition: str, reason: str) -> None:
         session.failures += 1
         session.last_failure = reason
+        condition, text = bounce_for(condition, reason, session.local, session.remote)
+        change = setting_to_change(session.remote, self.partner_for(session.remote), reason) \
+            if condition == POLICY_VIOLATION else None
         retry_in = session.backoff.failed(time.monotonic(), reason)
         log_event(log, logging.WARNING, "s2s.outbound_failed", peer=session.remote,
                   local=session.local, direction="outbound", condition=condition, reason=reason,
-                  bounced=len(session.queue), retry_in=f"{retry_in:.1f}s")
-        self._bounce_queue(session, condition, reason)
+                  bounced=len(session.queue), change=change, retry_in=f"{retry_in:.1f}s")
+        self._bounce_queue(session, condition, text)
         for request in session.pending_verifies:
             local, remote, stream_id, _key = request
             self._answer_verify(local, remote, stream_id, None, "remote-connection-failed",
@@ -498,6 +507,8 @@ class S2SService:
             log_event(log, logging.INFO, "s2s.bidi", **conn.log_fields())
             if isinstance(stream, OutboundStream) and self.reading_paused:
                 conn.set_reading(False)  # it brings stanzas in now: router backpressure
+        elif isinstance(event, StreamClosed) and isinstance(stream, InboundStream):
+            self._on_inbound_closed(conn, event)
         elif isinstance(event, StreamClosed) and isinstance(stream, OutboundStream):
             session = self.sessions.get((stream.local_domain or "", stream.remote_domain or ""))
             if session is not None and session.attempt is conn and session.outcome is not None \
@@ -505,6 +516,20 @@ class S2SService:
                 session.outcome.set_result(
                     (False, "remote-server-not-found", event.reason,
                      not stream.peer_header_received))
+
+    def _on_inbound_closed(self, conn: StreamConnection, event: StreamClosed) -> None:
+        """An incoming stream that ended before anything was authenticated because the two
+        policies do not meet (we refused, or the peer gave up on what we offer): a WARNING
+        naming the partner and the setting to change, not just a closed stream."""
+        if conn.stream.pairs or not is_policy_failure(event.reason, event.error):
+            return
+        fields = conn.log_fields()
+        peer = fields.get("peer") or ""
+        log_event(log, logging.WARNING, "s2s.policy_mismatch", **fields,
+                  by="peer" if event.by_peer else "us", error=event.error or None,
+                  reason=event.reason, change=setting_to_change(
+                      peer, self.partner_for(peer) if peer else None,
+                      f"{event.error} {event.reason}"))
 
     def _on_authenticated(self, conn: StreamConnection, event: PairAuthenticated) -> None:
         stream = conn.stream
@@ -629,7 +654,8 @@ class S2SService:
             retry = isinstance(stream, OutboundStream) and not stream.peer_header_received
             session.outcome.set_result((False, event.condition, event.reason, retry))
         elif session.connection is conn:
-            self._bounce_queue(session, event.condition, event.reason)
+            self._bounce_queue(session, *bounce_for(event.condition, event.reason,
+                                                    session.local, session.remote))
             if (event.remote_domain, event.local_domain) != (conn.stream.remote_domain,
                                                              conn.stream.local_domain):
                 session.connection = None  # a piggybacked pair: next time, a new stream

@@ -22,6 +22,7 @@ ALLOWED = {
         "feature detection of pyOpenSSL's and OpenSSL's internals, confined to that module",
     ("sip/transport.py", "SO_RCVBUFFORCE"):
         "the socket module has the constant on Linux builds only",
+    ("sip/transport.py", "SO_MEMINFO"): "the socket module has the constant on Linux builds only",
     ("logs.py", "gw_fields"):
         "structured fields ride on the standard library's LogRecord (logging's extra=)",
     ("cli/check.py", "cluster"): "argparse namespaces: each subcommand defines its own options",
