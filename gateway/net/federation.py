@@ -330,7 +330,7 @@ class S2SService:
         started = time.monotonic()
         partner = self.partner_for(session.remote)
         if partner is None:
-            self._fail_session(session, "not-allowed", f"{session.remote} is no longer a partner")
+            self._unreachable(session, "not-allowed", f"{session.remote} is no longer a partner")
             return
         try:
             targets = await self.resolver.resolve_targets(session.remote)
@@ -338,7 +338,7 @@ class S2SService:
             timeout = isinstance(exc, DnsResolutionError) and exc.kind == "timeout"
             condition = "remote-server-timeout" if timeout else "remote-server-not-found"
             self._count("dns_failures", session.remote)
-            self._fail_session(session, condition, f"DNS: {exc}")
+            self._unreachable(session, condition, f"DNS: {exc}")
             return
         notes: list[str] = []
         loop = asyncio.get_running_loop()
@@ -400,9 +400,9 @@ class S2SService:
                 if not retry:
                     self._fail_session(session, condition, reason)
                     return
-        self._fail_session(session, "remote-server-not-found",
-                           "no target could be reached: " + "; ".join(notes)
-                           if notes else f"no targets for {session.remote}")
+        self._unreachable(session, "remote-server-not-found",
+                          "no target could be reached: " + "; ".join(notes)
+                          if notes else f"no targets for {session.remote}")
 
     async def _dane_for(self, session: OutboundSession, partner: PartnerPolicy, target: Any,
                         notes: list[str]) -> dane.DaneExpectation | bool | None:
@@ -439,10 +439,19 @@ class S2SService:
             pass
         return list(await self.resolver.resolve_addresses(host))
 
-    def _fail_session(self, session: OutboundSession, condition: str, reason: str) -> None:
+    def _unreachable(self, session: OutboundSession, condition: str, reason: str) -> None:
+        """The session failed before any stream negotiated (no partner, DNS, no target
+        answered): counted as an S2S failure, under the condition its stanzas bounce with
+        (a failed negotiation is counted as its pair fails)."""
+        self._fail_session(session, condition, reason, count=True)
+
+    def _fail_session(self, session: OutboundSession, condition: str, reason: str, *,
+                      count: bool = False) -> None:
         session.failures += 1
         session.last_failure = reason
         condition, text = bounce_for(condition, reason, session.local, session.remote)
+        if count:
+            self._count("s2s_failures", condition)
         change = setting_to_change(session.remote, self.partner_for(session.remote), reason) \
             if condition == POLICY_VIOLATION else None
         retry_in = session.backoff.failed(time.monotonic(), reason)
@@ -646,12 +655,17 @@ class S2SService:
                   condition=event.condition, reason=event.reason)
         self._count("refusals", event.reason.split(":")[0][:60])
         session = self.sessions.get((event.local_domain, event.remote_domain))
+        stream = conn.stream
+        retry = isinstance(stream, OutboundStream) and not stream.peer_header_received
+        attempt = session is not None and session.outcome is not None \
+            and not session.outcome.done() and session.attempt is conn
+        if not (attempt and retry):  # else the next target may still succeed
+            self._count("s2s_failures", bounce_for(event.condition, event.reason,
+                                                   event.local_domain, event.remote_domain)[0])
         if session is None:
             return
-        if session.outcome is not None and not session.outcome.done() \
-                and session.attempt is conn:
-            stream = conn.stream
-            retry = isinstance(stream, OutboundStream) and not stream.peer_header_received
+        if attempt:
+            assert session.outcome is not None
             session.outcome.set_result((False, event.condition, event.reason, retry))
         elif session.connection is conn:
             self._bounce_queue(session, *bounce_for(event.condition, event.reason,
