@@ -74,9 +74,11 @@ $(VENV)/.podman-compose: $(VENV)/.installed
 compose-test: compose-debs venv $(VENV)/.podman-compose
 	$(PY) -m pytest -q -s -ra tests/compose
 
-# The contracts between the gateway's parts and the parts built on them, type-checked
-# strictly (imports are followed silently: their own strictness is their modules' matter).
-MYPY_STRICT := gateway/contracts.py gateway/backend.py gateway/store/protocols.py \
+# Type-checked strictly (pyproject.toml [tool.mypy]): the sans-I/O protocol cores, the pure
+# policy, the contracts between the gateway's parts and the parts built on them (imports
+# are followed silently: their own strictness is their modules' matter).
+MYPY_STRICT := gateway/sip gateway/policy \
+               gateway/contracts.py gateway/backend.py gateway/store/protocols.py \
                gateway/router gateway/cluster gateway/assembly.py gateway/daemon.py
 
 test: debs compose-debs venv $(VENV)/.podman-compose
