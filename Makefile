@@ -79,7 +79,8 @@ compose-test: compose-debs venv $(VENV)/.podman-compose
 # are followed silently: their own strictness is their modules' matter).
 MYPY_STRICT := gateway/xmpp gateway/sip gateway/policy \
                gateway/contracts.py gateway/backend.py gateway/store/protocols.py \
-               gateway/router gateway/cluster gateway/assembly.py gateway/daemon.py
+               gateway/router gateway/cluster gateway/assembly.py gateway/daemon.py \
+               gateway/admin_web gateway/config/partner_changes.py
 
 test: debs compose-debs venv $(VENV)/.podman-compose
 	$(PY) -m ruff check gateway tests bench demo
