@@ -39,6 +39,7 @@ from gateway.xmpp.jid import Jid, JidError
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
+    from gateway.store.notifiers import AsyncNotifierStore, NotifierRecord
     from gateway.store.protocols import AsyncWatchStore
     from gateway.store.spellings import AsyncSpellingStore
 
@@ -89,6 +90,7 @@ class DevelopmentBackend:
         self._router: RouterForBackend | None = None
 
     async def start(self, router: RouterForBackend, *, watches: AsyncWatchStore | None = None,
+                    notifiers: AsyncNotifierStore | None = None,
                     metrics: Metrics | None = None,
                     spellings: AsyncSpellingStore | None = None) -> None:
         """Local users' stanzas go to ``router``; there are no presence watches to
@@ -129,6 +131,12 @@ class DevelopmentBackend:
     def drop_watches(self, pairs: Iterable[Pair] | None = None) -> int:
         return 0
 
+    def take_over_notifiers(self, records: Iterable[NotifierRecord]) -> int:
+        return 0  # nobody subscribes through a proxy here: no dialogs to resume
+
+    def drop_notifiers(self) -> int:
+        return 0
+
     def is_watching(self, sip_user: str, contact: str) -> bool:
         return False
 
@@ -156,27 +164,28 @@ class DevelopmentBackend:
         if stanza.tag == MESSAGE:
             body = stanza.findtext(BODY)
             if recipient.split("@", 1)[0] == self.echo_user and body is not None:
-                await router.from_local(
-                    message(local_jid, sender, body, message_type=stanza_type or "normal")
-                )
+                router.submit_local(
+                    message(local_jid, sender, body, message_type=stanza_type or "normal"))
             return
         if stanza.tag == PRESENCE:
             bare_sender = Jid.parse(sender).bare
             if stanza_type == "subscribe":
-                await router.from_local(presence(recipient, bare_sender, "subscribed"))
-                await router.from_local(presence(local_jid, bare_sender))
+                router.submit_local(presence(recipient, bare_sender, "subscribed"))
+                router.submit_local(presence(local_jid, bare_sender))
             elif stanza_type == "probe":
-                await router.from_local(presence(local_jid, bare_sender))
+                router.submit_local(presence(local_jid, bare_sender))
 
     async def inject(self, stanza: Element) -> None:
         """Send ``stanza`` toward XMPP as if a local user had sent it (its ``from`` must be a
-        local user)."""
+        local user). Returns once it is on its way: what became of it arrives as
+        :meth:`deliver` (an error) or not at all, as for a user (a SIP user's answer
+        waits for the partner's acknowledgement: docs/delivery.md)."""
         if self._router is None:
             raise RuntimeError("development backend not started")
         sender = Jid.parse(stanza.get("from", ""))
         if not sender.local or sender.domain not in self.domains:
             raise ValueError(f"{stanza.get('from')!r} is not a user of {sorted(self.domains)}")
-        await self._router.from_local(stanza)
+        self._router.submit_local(stanza)
 
     async def next_delivered(self, timeout: float = 5.0) -> Element:
         """The next stanza delivered to any local user; raises TimeoutError after
