@@ -1,555 +1,99 @@
-"""S2S service: listeners, outbound sessions, queues, dialback routing, bounces.
+"""S2S service: the XMPP side of the gateway, as the rest of it sees it.
 
-The orchestration the sans-I/O streams cannot do alone (they know one connection each):
+The sans-I/O streams know one connection each; this is the orchestration they cannot do
+alone, in two halves kept apart:
 
-* **Outbound sessions** per (local domain, remote domain): stanzas queue while the
-  session is set up (DNS SRV → TCP → negotiation) and flush once the pair is
-  authenticated; on failure every queued stanza is bounced to its sender with the
-  RFC 6120 §8.3.3 condition the core chose (remote-server-not-found, -timeout, …) —
-  nothing is dropped silently. Queues are bounded (``limits.max_queue_per_domain``).
-* **Targets** are tried in DNS order (RFC 2782 / XEP-0368); connection-level failures
-  move on to the next target, policy failures do not (they would fail the same way).
-* **Dialback routing** (XEP-0220 §2.1.2): an inbound stream's ``DialbackVerifyNeeded``
-  becomes a ``db:verify`` on our outbound session to the claimed domain's authoritative
-  server, and its answer goes back to the inbound stream that asked.
+* :mod:`gateway.net.inbound_streams` — listeners, admission limits, the streams partners
+  open to us, what they send (to the router), when to stop reading them;
+* :mod:`gateway.net.outbound_sessions` — one session per (local, remote) domain pair:
+  queues, the connect loop (:mod:`gateway.net.connector`), bounces, congestion.
+
+They meet for dialback (XEP-0220 §2.1.2): a verification an inbound stream needs rides
+on the outbound session to the claimed domain's authoritative server, and its answer
+comes back. The configuration and stream context in force are one
+:class:`gateway.net.context.S2SSetup`, replaced whole on reload.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from xml.etree.ElementTree import Element
 
 from gateway.auth.dialback_key import DialbackKeyGenerator
-from gateway.config.model import GatewayConfig, PartnerPolicy, PartnerType
+from gateway.config.model import GatewayConfig, PartnerPolicy
 from gateway.contracts import RouterForS2S
-from gateway.dns.resolver import DnsResolutionError, Resolver
-from gateway.logs import log_event
+from gateway.dns.resolver import Resolver
 from gateway.net.connection import StreamConnection
-from gateway.net.context import stream_context
-from gateway.xmpp.events import (
-    DialbackVerifyAnswered,
-    DialbackVerifyNeeded,
-    Event,
-    PairAuthenticated,
-    PairFailed,
-    StanzaReceived,
-    StreamClosed,
-    TlsEstablished,
-)
-from gateway.xmpp.inbound import InboundStream
-from gateway.xmpp.jid import JidError, domain_of
-from gateway.xmpp.outbound import NotAuthenticated, OutboundStream
+from gateway.net.context import S2SSetup
+from gateway.net.inbound_streams import InboundStreams
+from gateway.net.outbound_sessions import OutboundSession, OutboundSessions
+from gateway.xmpp.stream import S2SStream, StreamContext
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
 
-log = logging.getLogger("gateway.s2s")
-
-FLUSH_SLICE = 256  # stanzas written between checks of the transport's write buffer
-
-
-@dataclass(eq=False)
-class OutboundSession:
-    """Everything about sending from ``local`` to ``remote``."""
-
-    local: str
-    remote: str
-    queue: deque[Element] = field(default_factory=deque)
-    connection: StreamConnection | None = None
-    task: asyncio.Task[None] | None = None
-    # db:verify requests waiting for a stream: (local, remote, stream_id, key)
-    pending_verifies: list[tuple[str, str, str, str]] = field(default_factory=list)
-    attempt: StreamConnection | None = None  # the connection being set up by _connect
-    failures: int = 0
-    last_failure: str = ""
-    outcome: asyncio.Future[tuple[bool, str, str, bool]] | None = None
-    congested: bool = False  # queue over limits.max_queue_per_domain (see S2SService.send)
-
-
-def unlisted_partner(domain: str) -> PartnerPolicy:
-    """With ``federation.allow_unlisted`` an unlisted domain federates as
-    public-unverified with the default (optional/optional/dialback) settings."""
-    return PartnerPolicy(domain, PartnerType.PUBLIC_UNVERIFIED)
+__all__ = ["OutboundSession", "S2SService"]
 
 
 class S2SService:
     """The XMPP side (implements :class:`gateway.contracts.S2SControl`): accepted
     stanzas go to ``router.from_xmpp``, what cannot be sent to ``router.bounce``."""
 
-    def __init__(
-        self,
-        config: GatewayConfig,
-        keys: DialbackKeyGenerator,
-        resolver: Resolver,
-        router: RouterForS2S,
-        *,
-        metrics: Metrics | None = None,
-    ) -> None:
-        self.config = config
-        self.keys = keys
-        self.ctx = stream_context(config, keys, self.partner_for)
+    def __init__(self, config: GatewayConfig, keys: DialbackKeyGenerator, resolver: Resolver,
+                 router: RouterForS2S, *, metrics: Metrics | None = None) -> None:
+        self.setup = S2SSetup(config, keys)  # raises TlsConfigError
         self.resolver = resolver
-        self.router = router
-        self.metrics = metrics
-        self.connections: set[StreamConnection] = set()
-        self.sessions: dict[tuple[str, str], OutboundSession] = {}
-        self._verify_waiters: dict[tuple[str, str, str], StreamConnection] = {}
-        self._servers: list[asyncio.base_events.Server] = []
-        self._accepting = True
-        self._per_ip: dict[str, int] = {}
-        self._counted_ip: dict[StreamConnection, str] = {}  # admitted inbound connections
-        self.reading_paused = False
+        self.inbound = InboundStreams(self.setup, router, metrics)
+        self.outbound = OutboundSessions(self.setup, resolver, router, self.inbound, metrics)
 
-    # ------------------------------------------------------------------ config
+    @property
+    def config(self) -> GatewayConfig:
+        return self.setup.config
+
+    @property
+    def ctx(self) -> StreamContext:
+        return self.setup.ctx
 
     def partner_for(self, domain: str) -> PartnerPolicy | None:
-        partner = self.config.partner_for(domain)
-        if partner is None and self.config.federation.allow_unlisted:
-            return unlisted_partner(domain)
-        return partner
+        return self.setup.partner_for(domain)
 
-    # ------------------------------------------------------------------ listening
+    # ------------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        for address in self.config.listen:
-            server = await loop.create_server(
-                lambda direct=address.direct_tls: self._accept(direct),
-                host=address.host, port=address.port, reuse_address=True,
-            )
-            self._servers.append(server)
-            for sock in server.sockets:
-                log_event(log, logging.INFO, "s2s.listening", address=sock.getsockname()[:2],
-                          direct_tls=address.direct_tls or None)
+        await self.inbound.start(self.outbound.request_verify)
 
     def apply(self, config: GatewayConfig) -> int:
         """Reload (see :meth:`gateway.contracts.S2SControl.apply`)."""
-        context = stream_context(config, self.keys, self.partner_for)  # may raise: first
-        self.config, self.ctx = config, context
+        self.setup.apply(config)  # raises before changing anything
 
-        def no_longer_permitted(conn: StreamConnection) -> bool:
-            for (remote, _local), method in conn.stream.pairs.items():
-                partner = self.partner_for(remote)
+        def no_longer_permitted(stream: S2SStream) -> bool:
+            for (remote, _local), method in stream.pairs.items():
+                partner = self.setup.partner_for(remote)
                 if partner is None or not partner.negotiation.permits(method):
                     return True
             return False
 
-        return self.close_sessions(
-            no_longer_permitted, "policy-violation",
-            "partner removed or its policy changed by a configuration reload")
+        return self._close(self.connections, no_longer_permitted, "policy-violation",
+                           "partner removed or its policy changed by a configuration reload")
 
     def stop_accepting(self) -> None:
-        """Close the listening sockets (drain): a partner connecting now is
-        refused and tries the next SRV target; established streams carry on."""
-        self._accepting = False
-        for server in self._servers:
-            server.close()
-
-    @property
-    def listening_addresses(self) -> list[tuple[str, int]]:
-        return [s.getsockname()[:2] for server in self._servers for s in server.sockets]
-
-    def _accept(self, direct_tls: bool) -> asyncio.Protocol:
-        stream = InboundStream(self.ctx, now=asyncio.get_running_loop().time(),
-                               direct_tls=direct_tls)
-        conn = StreamConnection(stream, self._on_event, self._on_gone,
-                                rate_limit=self.config.limits.inbound_bytes_per_second)
-        self.connections.add(conn)
-        return _AdmissionGuard(self, conn)
-
-    def admit(self, conn: StreamConnection) -> str:
-        """Connection limits (RFC 6120 §13.12): '' to accept, else the refusal reason."""
-        limits = self.config.limits
-        if not self._accepting:
-            return "shutting down"
-        ip = conn.peer_address.rpartition(":")[0]
-        inbound = sum(1 for c in self.connections if isinstance(c.stream, InboundStream))
-        if inbound > limits.max_connections:
-            return f"more than {limits.max_connections} connections"
-        count = self._per_ip.get(ip, 0) + 1
-        if count > limits.max_connections_per_ip:
-            return f"more than {limits.max_connections_per_ip} connections from {ip}"
-        self._per_ip[ip] = count
-        self._counted_ip[conn] = ip
-        return ""
-
-    def set_reading_paused(self, paused: bool) -> None:
-        """Backpressure from the router: stop (or resume) reading inbound streams."""
-        self.reading_paused = paused
-        for conn in self.connections:
-            if isinstance(conn.stream, InboundStream):
-                conn.set_reading(not paused)
-
-    # ------------------------------------------------------------------ sending
-
-    def send(self, stanza: Element) -> None:
-        """Route one stanza from a local user toward its XMPP domain (never blocks)."""
-        try:
-            local = domain_of(stanza.get("from", ""))
-            remote = domain_of(stanza.get("to", ""))
-        except JidError as exc:
-            self.router.bounce(stanza, "jid-malformed", str(exc))
-            return
-        if remote in self.ctx.local_domains:
-            self.router.bounce(stanza, "service-unavailable", f"{remote} is served here")
-            return
-        if self.partner_for(remote) is None:
-            log_event(log, logging.INFO, "s2s.refused", peer=remote, direction="outbound",
-                      reason="domain is not a federation partner")
-            self.router.bounce(stanza, "not-allowed", f"{remote} is not a federation partner")
-            return
-        session = self.sessions.get((local, remote))
-        if session is None:
-            session = self.sessions[(local, remote)] = OutboundSession(local, remote)
-        conn = session.connection
-        if conn is not None and not session.queue and not conn.write_paused \
-                and isinstance(conn.stream, OutboundStream) \
-                and conn.stream.can_send(local, remote):
-            try:
-                conn.stream.send_stanza(stanza)
-                conn.schedule_pump()
-                self._count("stanzas_out", remote)
-                return
-            except NotAuthenticated:
-                pass
-        if session.connection is None and (session.task is None or session.task.done()):
-            self._piggyback(session)
-        # Never refused for being one too many: the queue is the wait. Over its bound the
-        # domain is congested, which holds back its sources (the local side, and inbound
-        # streams from that domain, whose error replies land here) until it drains.
-        session.queue.append(stanza)
-        if not session.congested and len(session.queue) > self.config.limits.max_queue_per_domain:
-            self._set_congested(session, True)
-        self._ensure_connecting(session)
-
-    def _set_congested(self, session: OutboundSession, congested: bool) -> None:
-        session.congested = congested
-        log_event(log, logging.INFO, "s2s.congestion", peer=session.remote,
-                  local=session.local, direction="outbound",
-                  state="on" if congested else "off", queued=len(session.queue))
-        for conn in self.connections:
-            if isinstance(conn.stream, InboundStream) \
-                    and conn.stream.remote_domain == session.remote:
-                conn.set_reading(not congested, f"queue-{session.remote}")
-        self.router.s2s_congestion(session.remote, congested)
-
-    def _piggyback(self, session: OutboundSession) -> None:
-        """Reuse an open stream to the same peer for another local domain (XEP-0220 §2.4)."""
-        for other in self.sessions.values():
-            conn = other.connection
-            if other is session or other.remote != session.remote or conn is None:
-                continue
-            stream = conn.stream
-            if isinstance(stream, OutboundStream) and stream.add_local_domain(session.local):
-                session.connection = conn
-                conn.pump()
-                log_event(log, logging.DEBUG, "s2s.piggyback", **conn.log_fields(),
-                          added=session.local)
-                return
-
-    def _ensure_connecting(self, session: OutboundSession) -> None:
-        if session.task is not None and not session.task.done():
-            return
-        if session.connection is not None and not session.connection.stream.closed:
-            return  # negotiating; the queue flushes on PairAuthenticated
-        session.task = asyncio.get_running_loop().create_task(
-            self._connect(session), name=f"s2s-connect-{session.local}-{session.remote}"
-        )
-
-    async def _connect(self, session: OutboundSession) -> None:
-        started = time.monotonic()
-        partner = self.partner_for(session.remote)
-        if partner is None:
-            self._fail_session(session, "not-allowed", f"{session.remote} is no longer a partner")
-            return
-        try:
-            targets = await self.resolver.resolve_targets(session.remote)
-        except Exception as exc:  # DnsResolutionError and anything the resolver raises
-            timeout = isinstance(exc, DnsResolutionError) and exc.kind == "timeout"
-            condition = "remote-server-timeout" if timeout else "remote-server-not-found"
-            self._count("dns_failures", session.remote)
-            self._fail_session(session, condition, f"DNS: {exc}")
-            return
-        notes: list[str] = []
-        loop = asyncio.get_running_loop()
-        for target in targets:
-            try:
-                addresses = await self._addresses(target.host)
-            except Exception as exc:
-                notes.append(f"{target.host}: {exc}")
-                continue
-            for address in addresses:
-                stream = OutboundStream(
-                    self.ctx, local_domain=session.local, remote_domain=session.remote,
-                    partner=partner, now=loop.time(), direct_tls=target.direct_tls,
-                )
-                conn = StreamConnection(stream, self._on_event, self._on_gone)
-                conn.on_writable = self._on_writable
-                session.outcome = loop.create_future()
-                session.attempt = conn
-                self.connections.add(conn)
-                where = f"{target.host}[{address}]:{target.port}"
-                try:
-                    await asyncio.wait_for(
-                        loop.create_connection(lambda c=conn: c, address, target.port),
-                        self.config.limits.connect_timeout,
-                    )
-                except (OSError, TimeoutError) as exc:
-                    reason = "timed out" if isinstance(exc, TimeoutError) else \
-                        (exc.strerror or str(exc))
-                    notes.append(f"{where}: {reason}")
-                    log_event(log, logging.INFO, "s2s.connect_failed", peer=session.remote,
-                              direction="outbound", target=where, reason=reason)
-                    self.connections.discard(conn)
-                    continue
-                # Connected: this stream now carries the session, and the db:verify
-                # requests that waited for a connection (XEP-0220 §2.1.2).
-                session.connection = conn
-                for request in session.pending_verifies:
-                    stream.request_verify(*request)
-                session.pending_verifies = []
-                conn.pump()
-                log_event(log, logging.DEBUG, "s2s.connected", peer=session.remote,
-                          direction="outbound", target=where, source=target.source)
-                ok, condition, reason, retry = await session.outcome
-                if ok:
-                    if self.metrics is not None:
-                        self.metrics.handshake(time.monotonic() - started, str(stream.method))
-                    return
-                notes.append(f"{where}: {reason}")
-                session.connection = None
-                if not retry:
-                    self._fail_session(session, condition, reason)
-                    return
-        self._fail_session(session, "remote-server-not-found",
-                           "no target could be reached: " + "; ".join(notes)
-                           if notes else f"no targets for {session.remote}")
-
-    async def _addresses(self, host: str) -> list[str]:
-        import ipaddress
-
-        try:
-            ipaddress.ip_address(host)
-            return [host]
-        except ValueError:
-            pass
-        return list(await self.resolver.resolve_addresses(host))
-
-    def _fail_session(self, session: OutboundSession, condition: str, reason: str) -> None:
-        session.failures += 1
-        session.last_failure = reason
-        log_event(log, logging.WARNING, "s2s.outbound_failed", peer=session.remote,
-                  local=session.local, direction="outbound", condition=condition, reason=reason,
-                  bounced=len(session.queue))
-        self._bounce_queue(session, condition, reason)
-        for request in session.pending_verifies:
-            local, remote, stream_id, _key = request
-            self._answer_verify(local, remote, stream_id, None, "remote-connection-failed",
-                                reason)
-        session.pending_verifies = []
-
-    def _bounce_queue(self, session: OutboundSession, condition: str, reason: str) -> None:
-        while session.queue:
-            stanza = session.queue.popleft()
-            self._count("bounces", session.remote)
-            self.router.bounce(stanza, condition, reason)
-        if session.congested:
-            self._set_congested(session, False)
-
-    # ------------------------------------------------------------------ events
-
-    def _on_event(self, conn: StreamConnection, event: Event) -> None:
-        stream = conn.stream
-        if isinstance(event, StanzaReceived):
-            self._count("stanzas_in", event.remote_domain)
-            self.router.from_xmpp(event.stanza, event.remote_domain, event.local_domain)
-        elif isinstance(event, PairAuthenticated):
-            self._on_authenticated(conn, event)
-        elif isinstance(event, PairFailed):
-            self._on_pair_failed(conn, event)
-        elif isinstance(event, DialbackVerifyNeeded):
-            self._on_verify_needed(conn, event)
-        elif isinstance(event, DialbackVerifyAnswered):
-            self._answer_verify(event.local_domain, event.remote_domain, event.stream_id,
-                                event.valid, "remote-connection-failed", event.error)
-        elif isinstance(event, TlsEstablished):
-            log_event(log, logging.DEBUG, "s2s.tls", **conn.log_fields(), version=event.version,
-                      cipher=event.cipher, peer_cert=event.peer_certificate_present)
-        elif isinstance(event, StreamClosed) and isinstance(stream, OutboundStream):
-            session = self.sessions.get((stream.local_domain or "", stream.remote_domain or ""))
-            if session is not None and session.attempt is conn and session.outcome is not None \
-                    and not session.outcome.done():
-                session.outcome.set_result(
-                    (False, "remote-server-not-found", event.reason,
-                     not stream.peer_header_received))
-
-    def _on_authenticated(self, conn: StreamConnection, event: PairAuthenticated) -> None:
-        stream = conn.stream
-        direction = "inbound" if isinstance(stream, InboundStream) else "outbound"
-        log_event(log, logging.INFO, "s2s.authenticated", peer=event.remote_domain,
-                  local=event.local_domain, direction=direction, stream=stream.stream_id,
-                  method=str(event.method), tls=stream.tls_version or "none",
-                  addr=conn.peer_address)
-        if self.metrics is not None:
-            self.metrics.session_authenticated(direction, str(event.method))
-        if isinstance(stream, OutboundStream):
-            session = self.sessions.get((event.local_domain, event.remote_domain))
-            if session is None:
-                return
-            session.connection = conn
-            if session.outcome is not None and not session.outcome.done():
-                session.outcome.set_result((True, "", "", False))
-            self._flush(session)
-
-    def _flush(self, session: OutboundSession) -> None:
-        """Send what is queued, in slices, until the peer stops taking it (the transport
-        buffer passes its high-water mark: the rest waits for :meth:`_on_writable`)."""
-        conn = session.connection
-        if conn is None or not isinstance(conn.stream, OutboundStream):
-            return
-        stream = conn.stream
-        queue = session.queue
-        while queue and not conn.write_paused and stream.can_send(session.local,
-                                                                  session.remote):
-            for _ in range(min(len(queue), FLUSH_SLICE)):
-                stream.send_stanza(queue.popleft())
-                self._count("stanzas_out", session.remote)
-            conn.pump()
-        conn.pump()
-        if session.congested and len(queue) <= self.config.limits.max_queue_per_domain // 2:
-            self._set_congested(session, False)
-
-    def _on_writable(self, conn: StreamConnection) -> None:
-        for session in list(self.sessions.values()):
-            if session.connection is conn and session.queue:
-                self._flush(session)
-
-    def _on_pair_failed(self, conn: StreamConnection, event: PairFailed) -> None:
-        log_event(log, logging.WARNING, "s2s.refused", **conn.log_fields(),
-                  pair=f"{event.local_domain}->{event.remote_domain}",
-                  condition=event.condition, reason=event.reason)
-        self._count("refusals", event.reason.split(":")[0][:60])
-        session = self.sessions.get((event.local_domain, event.remote_domain))
-        if session is None:
-            return
-        if session.outcome is not None and not session.outcome.done() \
-                and session.attempt is conn:
-            stream = conn.stream
-            retry = isinstance(stream, OutboundStream) and not stream.peer_header_received
-            session.outcome.set_result((False, event.condition, event.reason, retry))
-        elif session.connection is conn:
-            self._bounce_queue(session, event.condition, event.reason)
-            if (event.remote_domain, event.local_domain) != (conn.stream.remote_domain,
-                                                             conn.stream.local_domain):
-                session.connection = None  # a piggybacked pair: next time, a new stream
-
-    def _on_verify_needed(self, conn: StreamConnection, event: DialbackVerifyNeeded) -> None:
-        """Receiving Server role: ask the Authoritative Server (XEP-0220 §2.1.2)."""
-        log_event(log, logging.DEBUG, "s2s.dialback_verify", **conn.log_fields(),
-                  claimed=event.remote_domain)
-        key = (event.local_domain, event.remote_domain, event.stream_id)
-        self._verify_waiters[key] = conn
-        session = self.sessions.get((event.local_domain, event.remote_domain))
-        if session is None:
-            session = OutboundSession(event.local_domain, event.remote_domain)
-            self.sessions[(event.local_domain, event.remote_domain)] = session
-        request = (event.local_domain, event.remote_domain, event.stream_id, event.key)
-        out = session.connection
-        if out is not None and not out.stream.closed and isinstance(out.stream, OutboundStream):
-            out.stream.request_verify(*request)
-            out.pump()
-        else:
-            session.pending_verifies.append(request)
-            self._ensure_connecting(session)
-
-    def _answer_verify(self, local: str, remote: str, stream_id: str, valid: bool | None,
-                       condition: str, text: str) -> None:
-        waiter = self._verify_waiters.pop((local, remote, stream_id), None)
-        if waiter is None or not isinstance(waiter.stream, InboundStream):
-            return
-        waiter.stream.dialback_verified(remote, local, valid,
-                                        condition if valid is None else "", text)
-        waiter.pump()
-
-    def _on_gone(self, conn: StreamConnection) -> None:
-        self.connections.discard(conn)
-        ip = self._counted_ip.pop(conn, None)
-        if ip is not None:
-            left = self._per_ip.get(ip, 1) - 1
-            if left > 0:
-                self._per_ip[ip] = left
-            else:
-                self._per_ip.pop(ip, None)
-        for key, waiter in list(self._verify_waiters.items()):
-            if waiter is conn:
-                del self._verify_waiters[key]
-        stream = conn.stream
-        if isinstance(stream, OutboundStream):
-            for session in self.sessions.values():
-                if session.connection is not conn:
-                    continue
-                session.connection = None
-                if session.outcome is not None and not session.outcome.done():
-                    session.outcome.set_result(
-                        (False, "remote-server-not-found", stream.close_reason or "closed",
-                         not stream.peer_header_received))
-                elif session.queue:
-                    self._ensure_connecting(session)
-
-    def _count(self, what: str, label: str) -> None:
-        if self.metrics is not None:
-            self.metrics.count(what, label)
-
-    # ------------------------------------------------------------------ status, shutdown
-
-    def describe(self) -> list[dict[str, Any]]:
-        rows = []
-        for conn in sorted(self.connections, key=lambda c: c.conn_id):
-            row = conn.describe()
-            stream = conn.stream
-            queue = 0
-            if isinstance(stream, OutboundStream):
-                session = self.sessions.get((stream.local_domain or "", stream.remote_domain or ""))
-                if session is not None and session.connection is conn:
-                    queue = len(session.queue)
-            row["queue"] = queue
-            rows.append(row)
-        return rows
-
-    @property
-    def streams(self) -> int:
-        return len(self.connections)
-
-    @property
-    def inbound_streams(self) -> int:
-        return sum(1 for c in self.connections if isinstance(c.stream, InboundStream))
-
-    @property
-    def queued(self) -> int:
-        """Stanzas waiting in outbound session queues, all domains."""
-        return sum(len(session.queue) for session in self.sessions.values())
-
-    def queues(self) -> dict[str, int]:
-        return {f"{s.local}->{s.remote}": len(s.queue)
-                for s in self.sessions.values() if s.queue}
+        self.inbound.stop_accepting()
 
     def close_inbound(self, text: str) -> int:
         """Close every inbound stream gracefully (RFC 6120 §4.4: stanzas already in
         flight are still read and routed; the partner opens its next stream elsewhere)."""
-        return self.close_sessions(lambda c: isinstance(c.stream, InboundStream), "", text)
+        return self._close(list(self.inbound.streams), lambda _stream: True, "", text)
 
-    def close_sessions(self, predicate: Callable[[StreamConnection], bool], condition: str,
-                       text: str) -> int:
+    @staticmethod
+    def _close(connections: Any, predicate: Callable[[S2SStream], bool], condition: str,
+               text: str) -> int:
         closed = 0
-        for conn in list(self.connections):
-            if not conn.stream.closed and predicate(conn):
+        for conn in list(connections):
+            if not conn.stream.closed and predicate(conn.stream):
                 conn.stream.close(condition, text)
                 conn.pump()
                 closed += 1
@@ -558,84 +102,71 @@ class S2SService:
     async def stop(self, grace: float = 5.0) -> None:
         """Graceful shutdown: stop accepting, give queued stanzas a chance, bounce the rest,
         close every stream with ``</stream:stream>``, then drop what is left."""
-        self._accepting = False
-        for server in self._servers:
-            server.close()
+        self.inbound.stop_accepting()
         deadline = time.monotonic() + grace
-        pending = [s.task for s in self.sessions.values() if s.task and not s.task.done()]
-        if pending:
-            budget = max(0.0, min(grace / 2, deadline - time.monotonic()))
-            await asyncio.wait(pending, timeout=budget)
-        for session in self.sessions.values():
-            if session.task is not None and not session.task.done():
-                session.task.cancel()
-            self._bounce_queue(session, "remote-server-timeout", "gateway shutting down")
-        for conn in list(self.connections):
-            if not conn.stream.closed:
-                conn.stream.close("system-shutdown", "the gateway is shutting down")
-                conn.pump()
-        waits = [c.closed.wait() for c in list(self.connections)]
+        await self.outbound.stop_connecting(max(0.0, min(grace / 2,
+                                                         deadline - time.monotonic())))
+        connections = self.connections
+        self._close(connections, lambda _stream: True, "system-shutdown",
+                    "the gateway is shutting down")
+        waits = [conn.closed.wait() for conn in connections]
         if waits:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*waits),
                                        max(0.1, deadline - time.monotonic()))
-        for conn in list(self.connections):
+        for conn in self.connections:
             conn.abort()
-        for server in self._servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 1.0)
+        await self.inbound.servers_closed()
 
+    # ------------------------------------------------------------------ XmppSide
 
-PEER_NOT_READING = "peer-not-reading"
+    def send(self, stanza: Element) -> None:
+        """Route one stanza from a local user toward its XMPP domain (never blocks)."""
+        self.outbound.send(stanza)
 
+    def set_reading_paused(self, paused: bool) -> None:
+        """Backpressure from the router: stop (or resume) reading inbound streams."""
+        self.inbound.set_reading_paused(paused)
 
-class _AdmissionGuard(asyncio.Protocol):
-    """Applies connection limits before handing the transport to the stream connection."""
+    # ------------------------------------------------------------------ figures
 
-    def __init__(self, service: S2SService, conn: StreamConnection) -> None:
-        self.service = service
-        self.conn = conn
-        self.refused = False
+    @property
+    def connections(self) -> set[StreamConnection]:
+        """Every open connection, both directions."""
+        return {*self.inbound.streams, *self.outbound.streams}
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
-        self.conn.peer_address = f"{peer[0]}:{peer[1]}" if peer else ""
-        refusal = self.service.admit(self.conn)
-        if refusal:
-            self.refused = True
-            log_event(log, logging.WARNING, "s2s.connection_refused", direction="inbound",
-                      addr=self.conn.peer_address, reason=refusal)
-            self.service.connections.discard(self.conn)
-            # RFC 6120 §4.9.3.13 policy-violation would need a header; a limit is cheaper
-            # to enforce by closing at once.
-            transport.close()
-            return
-        self.conn.connection_made(transport)
-        if self.service.reading_paused:
-            self.conn.set_reading(False)
+    @property
+    def sessions(self) -> dict[tuple[str, str], OutboundSession]:
+        return self.outbound.sessions
 
-    def data_received(self, data: bytes) -> None:
-        if not self.refused:
-            self.conn.data_received(data)
+    @property
+    def reading_paused(self) -> bool:
+        return self.inbound.reading_paused
 
-    def eof_received(self) -> bool | None:
-        return None if self.refused else self.conn.eof_received()
+    @property
+    def listening_addresses(self) -> list[tuple[str, int]]:
+        return self.inbound.listening_addresses
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.refused:
-            self.conn.connection_lost(exc)
+    @property
+    def streams(self) -> int:
+        return len(self.inbound.streams) + len(self.outbound.streams)
 
-    # The peer does not read what we write (our buffer passed its high-water mark): stop
-    # reading from it too, as one more reason among the connection's others (router
-    # backpressure, the rate limit, a congested queue), so that the buffer draining
-    # resumes reading only when no other reason holds.
-    def pause_writing(self) -> None:
-        if not self.refused:
-            self.conn.pause_writing()
-            self.conn.set_reading(False, PEER_NOT_READING)
+    @property
+    def inbound_streams(self) -> int:
+        return len(self.inbound.streams)
 
-    def resume_writing(self) -> None:
-        if not self.refused:
-            self.conn.set_reading(True, PEER_NOT_READING)
-            self.conn.resume_writing()
+    @property
+    def queued(self) -> int:
+        """Stanzas waiting in outbound session queues, all domains."""
+        return self.outbound.queued
 
+    def queues(self) -> dict[str, int]:
+        return self.outbound.queues()
+
+    def describe(self) -> list[dict[str, Any]]:
+        rows = []
+        for conn in sorted(self.connections, key=lambda c: c.conn_id):
+            row = conn.describe()
+            row["queue"] = self.outbound.queue_of(conn)
+            rows.append(row)
+        return rows
