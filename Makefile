@@ -74,7 +74,10 @@ compose-test: compose-debs venv $(VENV)/.podman-compose
 # The contracts between the gateway's parts and the parts built on them, type-checked
 # strictly (imports are followed silently: their own strictness is their modules' matter).
 MYPY_STRICT := gateway/contracts.py gateway/backend.py gateway/store/protocols.py \
-               gateway/router gateway/cluster gateway/assembly.py gateway/daemon.py
+               gateway/router gateway/cluster gateway/assembly.py gateway/daemon.py \
+               gateway/net/federation.py gateway/net/inbound_streams.py \
+               gateway/net/outbound_sessions.py gateway/net/connector.py \
+               gateway/net/context.py gateway/net/probe.py
 
 test: debs compose-debs venv $(VENV)/.podman-compose
 	$(PY) -m ruff check gateway tests bench demo
