@@ -8,7 +8,7 @@ CONFIG ?= config/gateway.yaml
 # Debian packages the test suite runs for real (interop, SIP side, DNS, namespaces).
 TEST_DEBS := prosody ejabberd dnsmasq-base lua-unbound kamailio kamailio-presence-modules \
              kamailio-tls-modules \
-             sip-tester iproute2 openssl postgresql
+             sip-tester iproute2 openssl postgresql linphone-cli
 # The compose stack's test: podman and runc from Debian, debootstrap for the
 # Debian base image where no registry is reachable; podman-compose from PyPI into the venv
 # (bookworm's 1.0.3 ignores per-network ipv4_address and ipam, which the stack uses).

@@ -9,12 +9,16 @@ Paths (each: paced runs at several rates, then one free-running burst):
 ``xmpp_sip``  c2s writer on a → Prosody a → gateway → Kamailio → SIP UA;
 ``xmpp_xmpp`` c2s writer on a → Prosody a → Prosody b → c2s receiver;
 ``sip_xmpp``  SIP UA (bench/relay_sip.py) → Kamailio → gateway → Prosody a → c2s receiver;
-``xmpp_xmpp_back`` c2s writer on b → Prosody b → Prosody a → c2s receiver.
+``xmpp_xmpp_back`` c2s writer on b → Prosody b → Prosody a → c2s receiver;
 ``sip_direct`` SIP UA in the proxy's place (its address) → gateway → Prosody a → c2s
 receiver, each MESSAGE its own datagram: paced at 10,000/s from one socket (what phones
 behind a stateless path produce; Prosody a's cost in the same run is its S2S → c2s path),
 then an open-loop flood with no retransmission (answered / 503 / unanswered, and the
-kernel's drops at the gateway's socket).
+kernel's drops at the gateway's socket);
+``xmpp_sip_chat`` the ``xmpp_sip`` path with what a chat client sends around each message
+(bench/relay_xmpp.py ``chat_turn``: typing, receipt request and marker, the receipt and
+marker for the other side's message; 4.5 stanzas per user-visible message), counted and
+measured per user-visible message (a shorter run: ``Sizes.chat_*``).
 Then the presence storm (bench/relay_storm.py). For each run: sent, delivered, refused
 (stanza errors back to the writer / SIP final answers >= 300), dropped (the rest), rates,
 CPU µs per delivered message of every server process, the gateway's peak RSS, its
@@ -52,6 +56,8 @@ class Sizes:
     direct_rate: int = 10_000  # sip_direct: the paced run, msg/s, one datagram each
     direct_seconds: float = 5.0  # its length
     open_loop: int = 50_000  # sip_direct: the open-loop flood (0: none)
+    chat_rates: tuple[int, ...] = (1000,)  # the chat mix: user-visible messages/s offered
+    chat_burst: int = 20_000  # user-visible messages (4.5 stanzas each) in its burst
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,7 @@ class RelayPath:
     recipient: str
     sink: tuple[str, str] | None  # (Prosody host, domain) of the c2s receiver; None = SIP
     sip_port: int = KAMAILIO_PORT  # where a SIP writer sends: Kamailio, or the gateway
+    chat: bool = False  # the writer sends a chat client's turn per message (chat_turn)
 
 
 PATHS = {  # Prosody's path first: the gateway's backlog cannot slow it down
@@ -71,6 +78,8 @@ PATHS = {  # Prosody's path first: the gateway's backlog cannot slow it down
     "xmpp_xmpp_back": RelayPath((IPS["b.example"], "b.example"), "user@a.example",
                             (IPS["a.example"], "a.example")),
     "sip_xmpp": RelayPath(None, "user@a.example", (IPS["a.example"], "a.example")),
+    "xmpp_sip_chat": RelayPath((IPS["a.example"], "a.example"), "user@gw.example", None,
+                               chat=True),
 }
 # The SIP UA in the proxy's place: it sends from the proxy's address (the gateway's
 # trusted source) straight to the gateway's SIP port.
@@ -222,7 +231,7 @@ def run_path(world: RelayWorld, path: RelayPath, n: int, rate: float, sizes: Siz
         if path.writer is not None:
             writer = children.enter_context(world.child(
                 "bench.relay_xmpp", "write", *path.writer, "writer", path.recipient, n, rate,
-                limit))
+                limit, *(["chat"] if path.chat else [])))
             writer.line(30)
             meter.begin()
             writer.send("go")
@@ -288,10 +297,11 @@ def run_relay(ns: Namespace, pki: Pki, sizes: Sizes,
                 raise RuntimeError(f"relay warm-up on {name} failed: {warm}\n"
                                    f"{world.gateway.log[-3000:]}")
             runs: dict[str, Any] = {"paced": []}
-            for rate in sizes.rates:
+            for rate in sizes.chat_rates if path.chat else sizes.rates:
                 n = max(1, int(rate * sizes.seconds))
                 runs["paced"].append(run_path(world, path, n, rate, sizes))
-            runs["burst"] = run_path(world, path, sizes.burst, 0, sizes)
+            runs["burst"] = run_path(world, path, sizes.chat_burst if path.chat
+                                     else sizes.burst, 0, sizes)
             runs["settle_seconds"] = world.settle()
             results["paths"][name] = runs
         if paths is None or "sip_direct" in paths:

@@ -8,6 +8,9 @@ PATH_LABELS = {
     "xmpp_xmpp": "XMPP→XMPP: c2s → Prosody a → S2S → **Prosody b** → c2s",
     "sip_xmpp": "SIP→XMPP: SIP UA → Kamailio → **gateway** → S2S → Prosody a → c2s",
     "xmpp_xmpp_back": "XMPP→XMPP: c2s → **Prosody b** → S2S → Prosody a → c2s",
+    "xmpp_sip_chat": "XMPP→SIP chat mix (per user-visible message: typing 1.5, the message "
+                     "asking a receipt and marker, a receipt and a marker back): c2s → "
+                     "Prosody a → **gateway** → Kamailio → SIP UA",
 }
 PROCESSES = ("gateway", "prosody_a", "prosody_b", "kamailio")
 # (direction, gateway's path, Prosody's path doing the same job, the Prosody process)
@@ -154,6 +157,7 @@ ENDS = {  # (writer, receiver) of each path: the benchmark's own processes
     "xmpp_xmpp": ("c2s writer", "c2s receiver"),
     "sip_xmpp": ("SIP UA", "c2s receiver"),
     "xmpp_xmpp_back": ("c2s writer", "c2s receiver"),
+    "xmpp_sip_chat": ("c2s writer", "SIP UA sink"),
 }
 
 

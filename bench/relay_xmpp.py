@@ -3,7 +3,7 @@ SASL PLAIN), run inside the benchmark namespace, driven over stdin/stdout by
 bench/relay.py:
 
     python -m bench.relay_xmpp sink HOST DOMAIN USER LIMIT
-    python -m bench.relay_xmpp write HOST DOMAIN USER RECIPIENT N RATE LIMIT
+    python -m bench.relay_xmpp write HOST DOMAIN USER RECIPIENT N RATE LIMIT [chat]
 
 ``sink`` logs in (its initial presence is what starts a presence storm when the user's
 roster is large), prints ``{"ready": true}``, then waits for ``EXPECTED QUIET LIMIT`` on
@@ -14,7 +14,8 @@ QUIET seconds, or LIMIT seconds passed.
 chat messages to RECIPIENT as fast as the server reads them (RATE 0: pipelined, waiting
 only on TCP flow control) or paced at RATE msg/s, prints ``{"sent": …}``, keeps counting
 the stanza errors that come back until a line arrives on stdin, then prints them.
-Everything is bounded by LIMIT seconds.
+Everything is bounded by LIMIT seconds. With ``chat``, each of the N messages comes with
+what a chat client sends around it (:func:`chat_turn`): N counts user-visible messages.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import sys
 import time
 
 from bench.c2s_sink import C2SSink
+from gateway.sip.message_ids import stanza_id_for_sip
 
 BATCH = 200
 
@@ -78,8 +80,33 @@ def stanza(recipient: str, run: str, index: int) -> bytes:
             f"{time.monotonic_ns()} {index} relay benchmark message</body></message>").encode()
 
 
+def chat_turn(recipient: str, run: str, index: int) -> bytes:
+    """One user-visible message as Conversations, Dino or Gajim send it in a two-way chat:
+    ``composing`` when the user starts typing, ``paused`` when they stop before sending
+    (every other message here), the message with ``<active/>``, a receipt request
+    (XEP-0184) and ``<markable/>`` (XEP-0333); and, for the message the other side wrote
+    meanwhile (one for each of ours in a two-way chat), the receipt and the displayed
+    marker the client sends back. 4.5 stanzas per visible message; the acknowledged ids
+    are those the gateway gives SIP users' messages, so the receipts cross as IMDNs."""
+    other = stanza_id_for_sip(f"{run}-{index}@bench.sip", cpim=False, sent=int(time.time()))
+    states = "<composing xmlns='http://jabber.org/protocol/chatstates'/>"
+    turn = [f"<message to='{recipient}' type='chat'>{states}</message>"]
+    if index % 2:
+        turn.append(f"<message to='{recipient}' type='chat'><paused xmlns='http://jabber"
+                    ".org/protocol/chatstates'/></message>")
+    turn.append(f"<message to='{recipient}' type='chat' id='{run}-{index}'><body>"
+                f"{time.monotonic_ns()} {index} relay benchmark message</body><active xmlns="
+                "'http://jabber.org/protocol/chatstates'/><request xmlns='urn:xmpp:receipts'/>"
+                "<markable xmlns='urn:xmpp:chat-markers:0'/></message>")
+    turn.append(f"<message to='{recipient}' type='chat'><received xmlns='urn:xmpp:receipts'"
+                f" id='{other}'/></message>")
+    turn.append(f"<message to='{recipient}' type='chat'><displayed xmlns='urn:xmpp:chat-"
+                f"markers:0' id='{other}'/></message>")
+    return "".join(turn).encode()
+
+
 async def write(client: C2SSink, run: str, recipient: str, n: int, rate: float,
-                limit: float) -> None:
+                limit: float, chat: bool = False) -> None:
     await stdin_line(limit)  # "go": the driver has taken its CPU readings
     cpu_started = time.process_time()
     started = time.monotonic()
@@ -89,7 +116,8 @@ async def write(client: C2SSink, run: str, recipient: str, n: int, rate: float,
         due = n if rate <= 0 else min(n, int((time.monotonic() - started) * rate) + 1)
         while sent < due:
             end = min(due, sent + BATCH)
-            client.write(b"".join(stanza(recipient, run, i) for i in range(sent, end)))
+            make = chat_turn if chat else stanza
+            client.write(b"".join(make(recipient, run, i) for i in range(sent, end)))
             sent = end
             await asyncio.wait_for(client.drain(), max(0.1, deadline - time.monotonic()))
         if rate > 0:
@@ -124,7 +152,8 @@ async def main() -> None:
             await sink(client, float(sys.argv[5]))
         else:
             recipient, n, rate, limit = sys.argv[5:9]
-            await write(client, run, recipient, int(n), float(rate), float(limit))
+            await write(client, run, recipient, int(n), float(rate), float(limit),
+                        chat=sys.argv[9:10] == ["chat"])
     finally:
         await client.close()
 

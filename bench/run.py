@@ -406,6 +406,10 @@ def main() -> int:
                         help="length of each paced relay run")
     parser.add_argument("--relay-burst", type=int, default=100_000,
                         help="messages in the free-running relay burst, each path")
+    parser.add_argument("--relay-chat-rates", default="1000",
+                        help="paced runs of the chat mix, user-visible msg/s, comma-separated")
+    parser.add_argument("--relay-chat-burst", type=int, default=20_000,
+                        help="user-visible messages in the chat mix's burst")
     parser.add_argument("--relay-storm", type=int, default=5_000,
                         help="contacts in the presence storm, each side")
     parser.add_argument("--relay-paths", default=None,
@@ -436,7 +440,9 @@ def main() -> int:
     sizes = Sizes(rates=tuple(int(r) for r in args.relay_rates.split(",") if r),
                   seconds=args.relay_seconds, burst=args.relay_burst, storm=args.relay_storm,
                   direct_rate=args.relay_direct_rate,
-                  direct_seconds=args.relay_direct_seconds, open_loop=args.relay_open_loop)
+                  direct_seconds=args.relay_direct_seconds, open_loop=args.relay_open_loop,
+                  chat_rates=tuple(int(r) for r in args.relay_chat_rates.split(",") if r),
+                  chat_burst=args.relay_chat_burst)
     relay_paths = tuple(args.relay_paths.split(",")) if args.relay_paths else None
     with bench_namespace("bench") as (ns, pki):
         if args.only_sip:

@@ -19,6 +19,8 @@ import asyncio
 import cProfile
 import dataclasses
 import gc
+import io
+import pstats
 import resource
 import sys
 import time
@@ -117,6 +119,10 @@ def main() -> int:
     print(result)
     if profiler is not None:
         print(hottest(profiler, 40))
+        if "--cumulative" in sys.argv:
+            buffer = io.StringIO()
+            pstats.Stats(profiler, stream=buffer).sort_stats("cumulative").print_stats(45)
+            print(buffer.getvalue())
     return 0
 
 

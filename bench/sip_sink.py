@@ -40,6 +40,8 @@ class FastSipSink:
         self.call_ids: set[bytes] = set()
         self.latencies_ns: list[int] = []
         self.indices: set[int] = set()  # from bodies "<monotonic_ns> <index> …"
+        # MESSAGEs that are no user-visible message (typing, IMDN), by Content-Type
+        self.notices: dict[str, int] = {}
         self.first_at: float | None = None
         self.last_at: float | None = None
         self.retransmissions = 0
@@ -71,7 +73,7 @@ class FastSipSink:
         sock.settimeout(0.05)
         while True:
             now = time.monotonic()
-            if len(self.call_ids) >= self.expected or now > self.deadline or (
+            if len(self.indices) >= self.expected or now > self.deadline or (
                     self.last_at is not None and now - self.last_at > self.quiet):
                 return
             try:
@@ -94,8 +96,17 @@ class FastSipSink:
             self.last_at = arrived / 1e9
             if self.first_at is None:
                 self.first_at = self.last_at
+            kind = (sipwire.value(headers, b"content-type") or b"").partition(b";")[0]
+            if kind.lower() == b"message/cpim":  # the text inside: after two header blocks
+                parts = body.split(b"\r\n\r\n", 2)
+                kind, body = (b"message/cpim " + parts[1].rpartition(b"Content-Type: ")[2]
+                              .partition(b"\r\n")[0], parts[2]) if len(parts) == 3 \
+                    else (kind, b"")
             stamp, _, rest = body.partition(b" ")
-            if stamp.isdigit():
+            if not stamp.isdigit():
+                name = kind.decode("ascii", "replace")
+                self.notices[name] = self.notices.get(name, 0) + 1
+            else:
                 self.latencies_ns.append(arrived - int(stamp))
                 index = rest.partition(b" ")[0]
                 if index.isdigit():
@@ -104,7 +115,8 @@ class FastSipSink:
     def stats(self) -> dict:
         values = sorted(v / 1e6 for v in self.latencies_ns)
         return {
-            "received": len(self.call_ids), "expected": None if self.expected >= 1 << 62
+            "received": len(self.call_ids), "notices": self.notices,
+            "expected": None if self.expected >= 1 << 62
             else self.expected, "retransmissions_seen": self.retransmissions,
             "first_at": self.first_at, "last_at": self.last_at,
             "latency_p50_ms": statistics.median(values) if values else None,

@@ -154,7 +154,8 @@ class GatewayParts:
         # The SIP side restores the watches this node owns, so it starts after the
         # claims; it sends to the router, whose workers start next, and the router
         # sends to the S2S service, which listens last.
-        await self.backend.start(self.router, watches=self.store, metrics=self.metrics)
+        await self.backend.start(self.router, watches=self.store, metrics=self.metrics,
+                                 spellings=self.store)
         self._started.add("backend")
         await self.router.start(self.s2s)
         self._started.add("router")

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from gateway.contracts import RouterForBackend
     from gateway.metrics import Metrics
     from gateway.store.protocols import AsyncWatchStore
+    from gateway.store.spellings import AsyncSpellingStore
 
 Pair = tuple[str, str]
 
@@ -77,10 +78,12 @@ class SipSide(LocalBackend, WatchHolder, Protocol):
     """The whole SIP-side contract (see the module docstring)."""
 
     async def start(self, router: RouterForBackend, *, watches: AsyncWatchStore | None = None,
-                    metrics: Metrics | None = None) -> None:
+                    metrics: Metrics | None = None,
+                    spellings: AsyncSpellingStore | None = None) -> None:
         """Begin operating: stanzas from local users toward XMPP go to ``router``;
         presence watches are remembered in ``watches`` (and those it holds for this node
-        are subscribed again now); ``metrics`` (None: off) get the backend's figures."""
+        are subscribed again now); how the SIP side spells its users in ``spellings``;
+        ``metrics`` (None: off) get the backend's figures."""
         ...
 
     async def stop(self) -> None:

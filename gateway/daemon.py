@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.assembly import GatewayParts, StartupError, assemble
+from gateway.auth.coverage import coverage_problems
 from gateway.backend import SipSide
 from gateway.cluster import drain
 from gateway.config.model import GatewayConfig
@@ -193,6 +194,11 @@ class Gateway:
             else "served domains and listen addresses change only on restart"
         # Domains and listeners are bound at start: the running ones stay.
         new = dataclasses.replace(new, domains=self.config.domains, listen=self.config.listen)
+        # A certificate that does not authenticate a served domain would quietly turn
+        # SASL EXTERNAL into dialback: keep the running one (gateway/auth/coverage.py).
+        uncovered = coverage_problems(new.tls, new.domains)
+        if uncovered:
+            return self._reload_refused(ValueError("; ".join(map(str, uncovered))))
         try:
             closed, sip_note = await self._running.apply(new)
         except TlsConfigError as exc:

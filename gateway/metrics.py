@@ -67,6 +67,10 @@ class Metrics:
         self.sip_untrusted = Tally("xmpp_gateway_sip_untrusted", "SIP messages refused "
                                    "because they did not come from the trusted proxy",
                                    "reason", r)
+        self.not_crossed = Tally("xmpp_gateway_not_crossed", "Messages or payloads that "
+                                 "could not cross between XMPP and SIP (answered 415 or "
+                                 "feature-not-implemented, or only counted where nobody "
+                                 "waits for an answer)", "content_type", r)
         self.sip_malformed = Tally("xmpp_gateway_sip_malformed", "SIP messages refused as "
                                    "malformed (syntax, framing) or that failed unexpectedly "
                                    "while being taken in (unexpected)", "reason", r)

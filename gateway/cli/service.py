@@ -33,34 +33,32 @@ from gateway.cli.main import config_parent
 
 
 def register(subparsers: Any) -> None:
-    start = subparsers.add_parser("start", parents=[config_parent()],
-                                  help="start the gateway in the background (pidfile)")
-    _common_options(start)
-    start.add_argument("--log", type=Path, default=None,
-                       help="file for the gateway's output (default: logging.file, else "
-                            "gateway.log beside the pidfile)")
-    start.add_argument("--wait", type=float, default=30.0,
-                       help="seconds to wait for it to answer (default 30)")
-    start.set_defaults(func=_start)
-    stop = subparsers.add_parser("stop", parents=[config_parent()],
-                                 help="stop the gateway started with start (SIGTERM, wait)")
-    _common_options(stop)
-    stop.add_argument("--timeout", type=float, default=None,
-                      help="seconds to wait for it to end (default: cluster.drain_timeout "
-                           "+ 15)")
-    stop.set_defaults(func=_stop)
-    restart = subparsers.add_parser("restart", parents=[config_parent()],
-                                    help="stop, then start")
-    _common_options(restart)
-    restart.add_argument("--log", type=Path, default=None)
-    restart.add_argument("--wait", type=float, default=30.0)
-    restart.add_argument("--timeout", type=float, default=None)
-    restart.set_defaults(func=_restart)
+    for name, text, options, handler in (
+            ("start", "start the gateway in the background (pidfile)", (_start_options,),
+             _start),
+            ("stop", "stop the gateway started with start (SIGTERM, wait)", (_stop_options,),
+             _stop),
+            ("restart", "stop, then start", (_stop_options, _start_options), _restart)):
+        parser = subparsers.add_parser(name, parents=[config_parent()], help=text)
+        parser.add_argument("--pidfile", type=Path, default=None,
+                            help="default: gateway.pid beside the admin socket")
+        for add in options:
+            add(parser)
+        parser.set_defaults(func=handler)
 
 
-def _common_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pidfile", type=Path, default=None,
-                        help="default: gateway.pid beside the admin socket")
+def _start_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log", type=Path, default=None,
+                        help="file for the gateway's output (default: logging.file, else "
+                             "gateway.log beside the pidfile)")
+    parser.add_argument("--wait", type=float, default=30.0,
+                        help="seconds to wait for it to answer (default 30)")
+
+
+def _stop_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds to wait for it to end (default: cluster.drain_timeout "
+                             "+ 15)")
 
 
 def pidfile_for(config: Any, given: Path | None) -> Path:

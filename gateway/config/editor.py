@@ -35,8 +35,9 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import CommentMark, YAMLError
 from ruamel.yaml.tokens import CommentToken
 
+from gateway.config.fields import file_keys
 from gateway.config.loader import ConfigError, ConfigProblem, load_config, load_config_text
-from gateway.config.model import GatewayConfig
+from gateway.config.model import GatewayConfig, PartnerPolicy
 from gateway.domain import DomainError, normalize_domain
 
 __all__ = [
@@ -48,10 +49,9 @@ __all__ = [
     "set_partner",
 ]
 
-# Key order of a new entry: the order of docs/configuration.md's partner keys and of
-# config/gateway.yaml.
-PARTNER_KEYS = ("domain", "type", "tls", "sasl", "dialback", "additional_domains",
-                "description")
+# Key order of a new entry: the model's (also that of docs/configuration.md and of
+# config/gateway.yaml).
+PARTNER_KEYS = file_keys(PartnerPolicy)
 
 
 class PartnerNotFound(LookupError):

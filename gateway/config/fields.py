@@ -17,7 +17,7 @@ Pure declarations: nothing here reads files, resolves names or imports the loade
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field
+from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any, Final
 
 CHECK: Final = "check"  # field metadata: the Check that validates the value
@@ -72,3 +72,15 @@ def setting(default: Any = MISSING, check: Check | None = None, *,
     if key is not None:
         metadata[KEY] = key
     return field(default=default, default_factory=factory, metadata=metadata)
+
+
+def file_key(item: Field[Any]) -> str:
+    """The key that sets this field in the file."""
+    key: str = item.metadata.get(KEY, item.name)
+    return key
+
+
+def file_keys(cls: type) -> tuple[str, ...]:
+    """The keys a section of type ``cls`` may have, in the model's order."""
+    return tuple(file_key(item) for item in fields(cls)
+                 if item.init and item.metadata.get(READ, True))

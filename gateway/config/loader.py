@@ -34,7 +34,7 @@ from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.reader import ReaderError
 
-from gateway.config.fields import CHECK, KEY, READ, Check, Choice, Syntax, Whole
+from gateway.config.fields import CHECK, READ, Check, Choice, Syntax, Whole, file_key
 from gateway.config.model import (
     CertificateFiles,
     GatewayConfig,
@@ -372,7 +372,7 @@ class _Checker:
         for f in fields(cls):
             if not f.init or not f.metadata.get(READ, True):
                 continue
-            key = f.metadata.get(KEY, f.name)
+            key = file_key(f)
             converters[key] = self.converter(hints[f.name], f.metadata.get(CHECK),
                                              f"{cls.__name__}.{f.name}")
             names[key] = f.name

@@ -158,6 +158,12 @@ class SipSettings:
     # Seconds a 503 asks the SIP sender to wait while the XMPP side is congested
     # (RFC 3261 §21.5.4 Retry-After).
     retry_after: int = setting(1, Whole(1, 3600))
+    # Largest message body carried either way, in bytes: an XMPP message over it is
+    # refused with policy-violation at once (RFC 7572 §6), a SIP one with 413.
+    max_message_size: int = setting(60_000, Whole(1024, 1 << 20))
+    # Answer an XMPP receipt request from a SIP 200 when the phone cannot send an IMDN
+    # (docs/sip.md "Receipts": honest only if the proxy never answers MESSAGE itself).
+    receipts_from_200: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway.auth.coverage import coverage_problems
 from gateway.auth.dialback_key import DialbackKeyGenerator
 from gateway.auth.tls_provider import OpenSslTlsProvider, certificate_verdict
 from gateway.config.model import GatewayConfig, PartnerPolicy, PartnerType
@@ -30,6 +31,12 @@ def stream_context(config: GatewayConfig, keys: DialbackKeyGenerator,
     if not provider.available:
         log_event(log, logging.WARNING, "tls.unavailable", certificate=str(config.tls.certificate),
                   reason="certificate or key file missing: STARTTLS will not be offered or used")
+    if provider.available:
+        # A certificate that does not name a served domain still gives TLS; partners then
+        # refuse SASL EXTERNAL and fall back to dialback where they may (reload refuses it).
+        for problem in coverage_problems(config.tls, config.domains):
+            log_event(log, logging.WARNING, "tls.certificate_mismatch", domain=problem.domain,
+                      certificate=str(problem.certificate), reason=str(problem))
     if config.tls.ca_file is not None and not Path(config.tls.ca_file).exists():
         log_event(log, logging.WARNING, "tls.ca_missing", ca_file=str(config.tls.ca_file),
                   reason="tls.ca_file does not exist: only the system CAs are trusted")

@@ -26,12 +26,14 @@ from gateway.contracts import RouterForS2S
 from gateway.logs import log_event
 from gateway.net.connection import StreamConnection
 from gateway.net.context import S2SSetup
+from gateway.policy.refusals import is_policy_failure, setting_to_change
 from gateway.xmpp.events import (
     DialbackVerifyNeeded,
     Event,
     PairAuthenticated,
     PairFailed,
     StanzaReceived,
+    StreamClosed,
     TlsEstablished,
 )
 from gateway.xmpp.inbound import InboundStream
@@ -72,6 +74,7 @@ class InboundStreams:
             PairFailed: self._pair_failed,
             DialbackVerifyNeeded: self._verify_needed,
             TlsEstablished: self._tls,
+            StreamClosed: self._closed,
         }
 
     # ------------------------------------------------------------------ listening
@@ -180,6 +183,20 @@ class InboundStreams:
     def _tls(self, conn: StreamConnection, event: TlsEstablished) -> None:
         log_event(log, logging.DEBUG, "s2s.tls", **conn.log_fields(), version=event.version,
                   cipher=event.cipher, peer_cert=event.peer_certificate_present)
+
+    def _closed(self, conn: StreamConnection, event: StreamClosed) -> None:
+        """A stream that ended before anything was authenticated because the two policies
+        do not meet (we refused, or the peer gave up on what we offer): a WARNING naming
+        the partner and the setting to change, not just a closed stream."""
+        if conn.stream.pairs or not is_policy_failure(event.reason, event.error):
+            return
+        fields = conn.log_fields()
+        peer = fields.get("peer") or ""
+        log_event(log, logging.WARNING, "s2s.policy_mismatch", **fields,
+                  by="peer" if event.by_peer else "us", error=event.error or None,
+                  reason=event.reason, change=setting_to_change(
+                      peer, self.setup.partner_for(peer) if peer else None,
+                      f"{event.error} {event.reason}"))
 
     def _verify_needed(self, conn: StreamConnection, event: DialbackVerifyNeeded) -> None:
         """Receiving Server role: ask the Authoritative Server (XEP-0220 §2.1.2)."""

@@ -33,6 +33,7 @@ from gateway.net.connection import StreamConnection
 from gateway.net.connector import Attempt, Outcome, connect
 from gateway.net.context import S2SSetup
 from gateway.net.inbound_streams import InboundStreams
+from gateway.policy.refusals import POLICY_VIOLATION, bounce_for, setting_to_change
 from gateway.xmpp.events import (
     DialbackVerifyAnswered,
     Event,
@@ -219,10 +220,13 @@ class OutboundSessions:
     def _fail(self, session: OutboundSession, condition: str, reason: str) -> None:
         session.failures += 1
         session.last_failure = reason
+        condition, text = bounce_for(condition, reason, session.local, session.remote)
+        change = setting_to_change(session.remote, self.setup.partner_for(session.remote),
+                                   reason) if condition == POLICY_VIOLATION else None
         log_event(log, logging.WARNING, "s2s.outbound_failed", peer=session.remote,
                   local=session.local, direction="outbound", condition=condition, reason=reason,
-                  bounced=len(session.queue))
-        self.bounce_queue(session, condition, reason)
+                  bounced=len(session.queue), change=change)
+        self.bounce_queue(session, condition, text)
         for local, remote, stream_id, _key in session.pending_verifies:
             self.inbound.answer_verify(local, remote, stream_id, None,
                                        "remote-connection-failed", reason)
@@ -285,7 +289,8 @@ class OutboundSessions:
             attempt.settle(Outcome(False, event.condition, event.reason,
                                    retry=not stream.peer_header_received))
         elif session.connection is conn:
-            self.bounce_queue(session, event.condition, event.reason)
+            self.bounce_queue(session, *bounce_for(event.condition, event.reason,
+                                                   session.local, session.remote))
             if (event.remote_domain, event.local_domain) != (stream.remote_domain,
                                                              stream.local_domain):
                 session.uncarried()  # a piggybacked pair: next time, a new stream

@@ -39,6 +39,7 @@ from gateway.router.outbound import OUTBOUND_BATCH, OutboundRouting
 from gateway.router.replies import ErrorReplies
 from gateway.router.switches import USER_CACHE_SECONDS, SwitchCache
 from gateway.store.protocols import AsyncAuthorizations, AsyncUserSwitches
+from gateway.xmpp.jid import JidError, domain_of
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
@@ -116,7 +117,10 @@ class Router:
         reply = self._replies.reply(stanza, condition, text, direction="outbound")
         if reply is None:
             return
-        sender_domain = (stanza.get("from") or "").partition("/")[0].rpartition("@")[2]
+        try:
+            sender_domain = domain_of(stanza.get("from") or "")
+        except JidError:
+            sender_domain = ""
         if sender_domain not in self.config.domains:
             # An error reply we generated toward a remote sender failed too: nobody to
             # tell (never answer an error with an error).

@@ -41,7 +41,7 @@ from gateway.router.replies import ErrorReplies
 from gateway.router.switches import SwitchCache
 from gateway.store.authorizations import StoreError
 from gateway.store.protocols import Pair
-from gateway.xmpp.jid import JidError, bare_jid
+from gateway.xmpp.jid import JidError, bare_jid, domain_of
 
 log = logging.getLogger("gateway.router")
 
@@ -135,7 +135,7 @@ class OutboundRouting:
 
     def _decision(self, kind: StanzaKind, remote_bare: str, enabled: bool) -> ContactDecision:
         config = self.config
-        partner = config.partner_for(remote_bare.rpartition("@")[2])
+        partner = config.partner_for(domain_of(remote_bare))
         return outbound_decision(
             kind, partner.partner_type if partner else None, user_enabled=enabled,
             allow_unlisted=config.federation.allow_unlisted)
@@ -202,7 +202,7 @@ class OutboundRouting:
         decision = self._decision(kind, remote_bare, enabled)
         if not decision.allowed:
             log_event(log, logging.INFO, "contact.refused", direction="outbound",
-                      peer=remote_bare.rpartition("@")[2], sender=local_user,
+                      peer=domain_of(remote_bare), sender=local_user,
                       recipient=remote_bare, kind=str(kind), reason=decision.reason)
             if decision.refusal is Refusal.ERROR:
                 await self._bounce(stanza, decision.error_condition or "not-allowed",

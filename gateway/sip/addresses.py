@@ -52,8 +52,13 @@ _XEP0106_ESCAPES: dict[str, str] = {
 _XEP0106_UNESCAPES: dict[str, str] = {v: k for k, v in _XEP0106_ESCAPES.items()} | {"\\5c": "\\"}
 
 # RFC 3261 §25.1: user = 1*( unreserved / escaped / user-unreserved ), where
-# unreserved = alphanum / mark and user-unreserved = & = + $ , ; ? /
-_SIP_USER_SAFE = "-_.!~*'()&=+$,;?/"
+# unreserved = alphanum / mark and user-unreserved = & = + $ , ; ? /. Of those, ``;``,
+# ``?`` and ``/`` are escaped anyway: raw, they read as the start of URI parameters or
+# headers to many parsers (ours included: ``sip:who?@a.example`` came back as the user
+# ``who`` with headers), and an escaped character is always allowed (RFC 3261 §19.1.2).
+_SIP_USER_SAFE = "-_.!~*'()&=+$,"
+# RFC 5627 §3 gr parameter value (RFC 3261 pvalue: param-unreserved / unreserved / escaped)
+_GRUU_SAFE = "-_.!~*'()[]/:&+$"
 
 
 class AddressError(ValueError):
@@ -112,14 +117,24 @@ class SipAddress:
         """``sip:user@host`` with the user percent-encoded (RFC 3261 §25.1)."""
         return f"sip:{quote(self.user, safe=_SIP_USER_SAFE)}@{self.host}"
 
+    @property
+    def gruu_uri(self) -> str:
+        """:attr:`uri` with the ``gr`` parameter when there is one (RFC 5627 §3): how an
+        XMPP resource travels in SIP (RFC 7572 §4)."""
+        if not self.gruu:
+            return self.uri
+        return f"{self.uri};gr={quote(self.gruu, safe=_GRUU_SAFE)}"
+
 
 def jid_to_sip(jid: str | Jid) -> SipAddress:
     """RFC 7247 §5.2: ``user@domain[/resource]`` → ``sip:user@domain`` (the domain in
-    A-labels). Raises :class:`JidError` for text that is not a JID."""
+    A-labels); the resource, if any, is kept as the GRUU (:attr:`SipAddress.gruu_uri`).
+    Raises :class:`JidError` for text that is not a JID."""
     parsed = jid if isinstance(jid, Jid) else Jid.parse(jid)
     if not parsed.local:
         raise AddressError(f"JID {parsed.full!r} has no localpart; it names a server")
-    return SipAddress(unescape_localpart(parsed.local), to_a_labels(parsed.domain))
+    return SipAddress(unescape_localpart(parsed.local), to_a_labels(parsed.domain),
+                      parsed.resource)
 
 
 def sip_to_jid(address: SipAddress, *, resource: str | None = None) -> Jid:
@@ -152,12 +167,16 @@ def parse_sip_uri(uri: str) -> SipAddress:
     scheme, colon, rest = text.partition(":")
     if not colon or scheme.lower() not in ("sip", "sips"):
         raise AddressError(f"not a SIP URI: {uri!r}")
-    rest = rest.split("?", 1)[0]
     hostport_and_params = rest
     user = ""
-    if "@" in rest:
-        userinfo, _, hostport_and_params = rest.rpartition("@")
+    userinfo, at, after = rest.partition("@")
+    # A user part may hold a raw "?" (RFC 3261 user-unreserved) but no raw "@": the first
+    # "@" ends it, unless what comes before is a host with URI headers (?name=value).
+    question = userinfo.find("?")
+    if at and not (question >= 0 and "=" in userinfo[question:]):
         user = _percent_decoded(userinfo.split(":", 1)[0], uri)
+        hostport_and_params = after
+    hostport_and_params = hostport_and_params.split("?", 1)[0]
     hostport, *params = hostport_and_params.split(";")
     if hostport.startswith("["):  # IPv6reference (RFC 3261 §25.1): "[" IPv6address "]"
         host, closing, _port = hostport.partition("]")

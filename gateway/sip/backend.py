@@ -42,13 +42,14 @@ from gateway.sip import tls as sip_tls
 from gateway.sip.addresses import AddressError
 from gateway.sip.endpoint import SipEndpoint
 from gateway.sip.message import NameAddr, RequestHead, SipResponse, new_tag
-from gateway.sip.messaging import MessageRelay
+from gateway.sip.messaging import ACCEPT_HEADER, MessageRelay
 from gateway.sip.notifying import MIN_EXPIRES, XmppPresenceNotifier
 from gateway.sip.parties import sip_address
 from gateway.sip.stanzas import IQ, MESSAGE, PRESENCE, error_condition
 from gateway.sip.transaction import RequestReceived
 from gateway.sip.trust import RefusalLogBudget, SourceTrust, resolve_addresses
 from gateway.sip.watching import SipPresenceWatches
+from gateway.store.spellings import AsyncSpellingStore
 from gateway.xmpp.jid import Jid, JidError
 
 if TYPE_CHECKING:
@@ -82,7 +83,9 @@ class SipBackend:
                  retry_after: int = _DEFAULTS.retry_after,
                  trusted_sources: Iterable[str] = _DEFAULTS.trusted_sources,
                  peer_names: tuple[str, ...] | None = None,
-                 trust_asserted_identity: bool = _DEFAULTS.trust_asserted_identity) -> None:
+                 trust_asserted_identity: bool = _DEFAULTS.trust_asserted_identity,
+                 max_message_size: int = _DEFAULTS.max_message_size,
+                 receipts_from_200: bool = _DEFAULTS.receipts_from_200) -> None:
         self.domains = frozenset(normalize_domain(d) for d in domains)
         if not self.domains:
             raise ValueError("the SIP backend needs at least one served domain")
@@ -98,7 +101,9 @@ class SipBackend:
         expires = max(MIN_EXPIRES, subscription_expires)
         self.subscription_expires = expires
         self.retry_after = max(1, retry_after)
-        self.messages = MessageRelay(self.endpoint, self.domains, self._to_xmpp)
+        self.messages = MessageRelay(self.endpoint, self.domains, self._to_xmpp,
+                                     max_message_size=max_message_size,
+                                     receipts_from_200=receipts_from_200)
         self.watching = SipPresenceWatches(self.endpoint, self._to_xmpp, expires)
         self.notifying = XmppPresenceNotifier(self.endpoint, self.domains, self._to_xmpp,
                                               expires)
@@ -140,7 +145,9 @@ class SipBackend:
                    retry_after=settings.retry_after,
                    trusted_sources=settings.trusted_sources,
                    peer_names=peer_names,
-                   trust_asserted_identity=settings.trust_asserted_identity)
+                   trust_asserted_identity=settings.trust_asserted_identity,
+                   max_message_size=settings.max_message_size,
+                   receipts_from_200=settings.receipts_from_200)
 
     # Views kept for status, tests and tools.
     @property
@@ -174,17 +181,21 @@ class SipBackend:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, router: RouterForBackend, *, watches: AsyncWatchStore | None = None,
-                    metrics: Metrics | None = None) -> None:
+                    metrics: Metrics | None = None,
+                    spellings: AsyncSpellingStore | None = None) -> None:
         """SIP users' stanzas go to ``router.submit_local`` (decided without a task per
         stanza) and ``router.xmpp_congested`` is asked before new SIP work is taken;
         active XMPP→SIP presence subscriptions are remembered in ``watches`` (see
         :mod:`gateway.sip.watching`) and those this node holds are subscribed again;
-        ``metrics`` count refused sources and export the flow-control figures."""
+        SIP users' spellings in ``spellings`` (:mod:`gateway.sip.spellings`);
+        ``metrics`` count refused sources, what could not cross, and export the
+        flow-control figures."""
         if self._router is not None:
             raise RuntimeError("SIP backend already started")
         self.watching.store = watches
+        self.messages.spellings.store = spellings
         if metrics is not None:
-            self.metrics = metrics
+            self.metrics = self.messages.metrics = metrics
             metrics.watch_sip(self.describe)
         await self._trust_proxy()
         await self.endpoint.start()
@@ -284,6 +295,7 @@ class SipBackend:
             self.metrics.count("sip_untrusted", "response")
 
     def _on_tick(self, now: float) -> None:
+        self.messages.flush_typing(now)
         self.watching.refresh(now)
         self.notifying.expire(now)
 
@@ -331,7 +343,8 @@ class SipBackend:
         elif method == "NOTIFY":
             self.watching.incoming_notify(event)
         elif method == "OPTIONS":
-            self.endpoint.reply(event, 200, headers=[("Allow", ALLOW), ("Accept", "text/plain")])
+            self.endpoint.reply(event, 200, headers=[("Allow", ALLOW),
+                                                     ("Accept", ACCEPT_HEADER)])
         elif method in NOT_HANDLED:
             self.endpoint.reply(event, 405, headers=[("Allow", ALLOW)])
         else:
@@ -404,6 +417,9 @@ class SipBackend:
         if endpoint.backlog or endpoint.in_flight >= endpoint.max_in_flight:
             await endpoint.wait_for_room()  # flow control: the router (and S2S) wait too
         if tag == MESSAGE:
+            spellings = self.messages.spellings
+            if not spellings.known(local_user):
+                await spellings.load(local_user)  # how the SIP side spells the user
             self.messages.outgoing(stanza, sender.full, local_user)
         elif tag == PRESENCE:
             self._xmpp_presence(stanza, sender.bare, sender.resource, local_user)
@@ -435,8 +451,11 @@ class SipBackend:
             "OPTIONS", target,
             NameAddr(f"sip:gateway-check@{self.endpoint.hostport}", params={"tag": new_tag()}),
             NameAddr(target))
-        self.endpoint.send(request,
-                           lambda response: answered.done() or answered.set_result(response))
+        def settle(response: SipResponse | None) -> None:
+            if not answered.done():
+                answered.set_result(response)
+
+        self.endpoint.send(request, settle)
         try:
             return await asyncio.wait_for(asyncio.shield(answered), timeout)
         except TimeoutError:
@@ -445,4 +464,5 @@ class SipBackend:
     def describe(self) -> dict[str, Any]:
         return {**self.endpoint.describe(), "watches": len(self.watches),
                 "notifiers": len(self.notifiers), "transactions": self.endpoint.in_flight,
-                "busy_answers": self.busy_answers, "untrusted": self.untrusted}
+                "busy_answers": self.busy_answers, "untrusted": self.untrusted,
+                **self.messages.describe()}

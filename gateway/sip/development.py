@@ -40,6 +40,7 @@ from gateway.xmpp.jid import Jid, JidError
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
     from gateway.store.protocols import AsyncWatchStore
+    from gateway.store.spellings import AsyncSpellingStore
 
 NS = "jabber:server"
 MESSAGE = f"{{{NS}}}message"
@@ -88,9 +89,11 @@ class DevelopmentBackend:
         self._router: RouterForBackend | None = None
 
     async def start(self, router: RouterForBackend, *, watches: AsyncWatchStore | None = None,
-                    metrics: Metrics | None = None) -> None:
+                    metrics: Metrics | None = None,
+                    spellings: AsyncSpellingStore | None = None) -> None:
         """Local users' stanzas go to ``router``; there are no presence watches to
-        remember (every user is always available) and no figures for ``metrics``."""
+        remember (every user is always available), no spellings to keep (the users are
+        their JIDs) and no figures for ``metrics``."""
         if self._router is not None:
             raise RuntimeError("development backend already started")
         self._router = router

@@ -50,7 +50,7 @@ from gateway.sip.transaction import (
     TransactionLayer,
     TransactionTimedOut,
 )
-from gateway.sip.transport import Flow, SipTransport
+from gateway.sip.transport import PROXY_FLOW, Flow, SipTransport
 
 log = logging.getLogger("gateway.sip")
 
@@ -83,6 +83,7 @@ class SipEndpoint:
         self.layer = TransactionLayer(reliable=self.transport.reliable)
         self.max_in_flight = max_in_flight
         self.backlog: deque[tuple[SipRequest, OnResponse]] = deque()
+        self._streamed: set[str] = set()  # branches of requests marked by over_stream
         self.on_request: RequestHandler = self._no_handler
         self._room = asyncio.Event()
         self._room.set()
@@ -91,16 +92,16 @@ class SipEndpoint:
         self._started = False
         self.on_tick: Callable[[float], None] | None = None  # once a second
         self.on_misrouted: Callable[[], None] | None = None
-        # Overload (RFC 3261 §21.5.4): while ``shedding`` (set by the backend when
-        # the XMPP side is congested), while the UDP socket is backlogged (the gateway
-        # reads slower than datagrams arrive: transport.py) or while our own backlog
-        # toward the proxy is over its bound, each UDP
-        # request is first read only as far as answering it needs (read_head) and asked
-        # of ``shed``: a Retry-After in seconds means "answer 503 now",
-        # None means "handle it in full". Answering at a few µs instead of a full parse
-        # and the request's handling keeps the socket read while the burst lasts, instead
-        # of leaving it to the kernel to drop what does not fit its buffer. The answer is
-        # kept for Timer J like any other (TransactionLayer.answer_unread).
+        # Overload (RFC 3261 §21.5.4): while ``shedding`` (set by the backend when the
+        # XMPP side is congested), while the UDP socket is backlogged (the gateway reads
+        # slower than datagrams arrive: transport.py) or while our own backlog toward the
+        # proxy is over its bound, each UDP request is first read only as far as
+        # answering it needs (read_head) and asked of ``shed``: a Retry-After in seconds
+        # means "answer 503 now", None "handle it in full". Answering at a few µs
+        # instead of a full parse and the request's handling keeps the socket read while
+        # the burst lasts, instead of leaving it to the kernel to drop what does not fit
+        # its buffer. The answer is kept for Timer J like any other
+        # (TransactionLayer.answer_unread).
         self.shedding = False
         self.shed: Callable[[RequestHead], int | None] | None = None
         self.shed_answers = 0
@@ -170,7 +171,7 @@ class SipEndpoint:
         now = time.monotonic()
         while backlog and len(clients) < window:
             request, on_response = backlog.popleft()
-            self.layer.send_request(request, self.transport.proxy_flow, now, on_response)
+            self._start(request, on_response, now)
         if len(clients) > self.peak_in_flight:
             self.peak_in_flight = len(clients)
         if not backlog and len(clients) <= window - max(1, window // 4):
@@ -185,11 +186,32 @@ class SipEndpoint:
         if self.backlog or len(self.layer.clients) >= self.max_in_flight:
             self.backlog.append((request, on_response))
             return
-        self.layer.send_request(request, self.transport.proxy_flow, time.monotonic(),
-                                on_response)
+        self._start(request, on_response, time.monotonic())
         if len(self.layer.clients) > self.peak_in_flight:
             self.peak_in_flight = len(self.layer.clients)
         self._flush()
+
+    def _start(self, request: SipRequest, on_response: OnResponse, now: float) -> None:
+        """Over UDP, a request marked by :meth:`over_stream` goes on a TCP connection to
+        the proxy instead (RFC 3261 §18.1.1), as a reliable transaction."""
+        streamed = self._streamed
+        if streamed and request.branch in streamed:
+            streamed.discard(request.branch)
+            self.layer.send_request(request, PROXY_FLOW, now, on_response, reliable=True)
+        else:
+            self.layer.send_request(request, self.transport.proxy_flow, now, on_response)
+
+    def over_stream(self, request: SipRequest) -> bool:
+        """Mark ``request`` (made by :meth:`new_request`) to be sent over TCP although the
+        configured transport is UDP: its top Via names TCP, which is also what routes
+        its response back on that connection (RFC 3261 §18.2.2). False when the
+        transport is already a stream (nothing to do)."""
+        if self.transport.kind != "udp":
+            return False
+        via = request.get("via") or ""
+        request.set("via", "SIP/2.0/TCP " + via.removeprefix("SIP/2.0/UDP "))
+        self._streamed.add(request.branch)
+        return True
 
     def reply(self, event: RequestReceived, status: int, reason: str | None = None, *,
               to_tag: str = "", headers: Iterable[tuple[str, str]] = ()) -> None:

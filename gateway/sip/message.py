@@ -191,6 +191,9 @@ class SipMessage:
     # writes the real length instead, so that one must be left out.
     _has_length: bool = field(default=False, repr=False, compare=False, kw_only=True)
     _branch: str | None = field(default=None, repr=False, compare=False, kw_only=True)
+    # (branch, sent-by) of the top Via: what a server transaction is keyed by (§17.2.3)
+    _via_key: tuple[str, str] | None = field(default=None, repr=False, compare=False,
+                                             kw_only=True)
     # The long-form key of each entry of ``headers`` (set by the parser; None once the
     # headers change): answering a request copies five of them without normalising
     # every name again.
@@ -237,7 +240,7 @@ class SipMessage:
         if key == "content-length":
             self._has_length = False
         if key == "via":
-            self._via = self._branch = None
+            self._via = self._branch = self._via_key = None
         self._index = None
         self._via = None
         self._cseq = None
@@ -268,6 +271,27 @@ class SipMessage:
                 branch = self.top_via.branch if found is None else found.group(1)
             self._branch = branch
         return branch
+
+    @property
+    def via_key(self) -> tuple[str, str]:
+        """(branch, sent-by) of the top Via, as :attr:`top_via` gives them; read by one
+        regular expression when the Via is spelled the usual way (a server transaction is
+        looked up by it for every request received, and a retransmission too)."""
+        key = self._via_key
+        if key is None:
+            first = self._lookup().get("via") or ""
+            usual = _VIA_USUAL.fullmatch(first)
+            params = usual.group(4) if usual is not None else ""
+            # the branch as _params reads it: once, unquoted, lower-case name, no spaces
+            branch = _BRANCH.search(params) if params.count(";branch=") == 1 \
+                and '"' not in params else None
+            if branch is not None and 0 < int(usual.group(3)) < 65536:  # type: ignore[union-attr]
+                key = (branch.group(1), f"{usual.group(2)}:{usual.group(3)}")  # type: ignore[union-attr]
+            else:
+                via = self.top_via
+                key = (via.branch, via.sent_by)
+            self._via_key = key
+        return key
 
     @property
     def top_via(self) -> Via:
@@ -623,7 +647,7 @@ def _check_message(message: SipRequest | SipResponse, index: dict[str, str], res
                 raise SipParseError(f"missing {spelled} header", phrase=f"Missing {spelled}")
     message._cseq = parse_cseq(index["cseq"])  # validates CSeq
     if isinstance(message, SipRequest):
-        message.top_via  # noqa: B018 - validates the Via we answer to
+        message.via_key  # noqa: B018 - validates the Via we answer to
         if message._cseq[1] != message.method:
             raise SipParseError("CSeq method does not match the request method",
                                 phrase="CSeq method does not match")

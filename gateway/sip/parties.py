@@ -38,7 +38,9 @@ class Refused(Exception):
 
 def request_parties(request: SipRequest, served: Collection[str], *,
                     trust_asserted_identity: bool = False) -> tuple[str, str]:
-    """(full XMPP sender, bare XMPP recipient) of a request from a local SIP user.
+    """(full XMPP sender, XMPP recipient) of a request from a local SIP user: the
+    recipient is a full JID when the Request-URI is a GRUU (RFC 7572 §5: the resource the
+    gateway named in its Contact, RFC 7572 §4), else bare.
 
     With ``trust_asserted_identity`` a ``P-Asserted-Identity`` (RFC 3325 §9.1) names the
     sender instead of ``From``; call it so only for requests from trusted sources (the
@@ -63,12 +65,20 @@ def request_parties(request: SipRequest, served: Collection[str], *,
     if recipient.domain in served:
         raise Refused(404, f"{recipient.host} is a SIP domain, not an XMPP one")
     try:
-        return _full_jid(sender_uri), _bare_jid(request.uri)
+        return _full_jid(sender_uri), _recipient_jid(request.uri)
     except JidError as exc:  # RFC 7622 (PRECIS): the reason, in fixed words, for the phone
         raise Refused(400, str(exc), f"Not a valid XMPP address: {exc.reason}"[:200]) \
             from None
     except AddressError as exc:
         raise Refused(400, str(exc), "Not a valid XMPP address") from None
+
+
+def sender_address(request: SipRequest, *, trust_asserted_identity: bool = False
+                   ) -> SipAddress:
+    """The SIP address :func:`request_parties` took the sender from (call it after that
+    accepted the request): its user part as the SIP side spells it."""
+    asserted = asserted_sender(request) if trust_asserted_identity else None
+    return sip_address(asserted or request.from_uri)
 
 
 # The same users talk again and again: the URI parsing and XEP-0106 escaping of an
@@ -86,5 +96,6 @@ def _full_jid(uri: str) -> str:
 
 
 @lru_cache(maxsize=16384)
-def _bare_jid(uri: str) -> str:
-    return sip_to_jid(sip_address(uri), resource="").bare
+def _recipient_jid(uri: str) -> str:
+    address = sip_address(uri)
+    return sip_to_jid(address, resource=address.gruu).full

@@ -135,15 +135,18 @@ class TransactionLayer:
     # ------------------------------------------------------------------ client side
 
     def send_request(self, request: SipRequest, flow: Any, now: float,
-                     context: Any = None) -> None:
-        """Start a client transaction for ``request`` (its top Via carries the branch)."""
+                     context: Any = None, *, reliable: bool | None = None) -> None:
+        """Start a client transaction for ``request`` (its top Via carries the branch);
+        ``reliable`` overrides the layer's transport for this one request (a request too
+        large for UDP goes over a stream, RFC 3261 §18.1.1, and is never retransmitted)."""
         key = (request.branch, request.method)
         if key in self.clients:
             raise ValueError(f"a client transaction with branch {key[0]} exists")
         wire = request.serialize()
-        txn = ClientTransaction(key, request, flow, self.reliable, context, now,
+        reliable = self.reliable if reliable is None else reliable
+        txn = ClientTransaction(key, request, flow, reliable, context, now,
                                 now + TIMER_F, wire)
-        if not self.reliable:
+        if not reliable:
             txn.next_send = now + T1
             self._first_resends.append(txn)
         self.clients[key] = txn  # insertion order = Timer F order (see handle_timers)
@@ -176,9 +179,9 @@ class TransactionLayer:
     # ------------------------------------------------------------------ server side
 
     def _server_request(self, request: SipRequest, flow: Any) -> list[Event]:
-        via = request.top_via
+        branch, sent_by = request.via_key
         method = "INVITE" if request.method == "ACK" else request.method
-        key = (via.branch, via.sent_by, method)
+        key = (branch, sent_by, method)
         txn = self.servers.get(key)
         if request.method == "ACK":
             return []  # ACK for a non-2xx final answer to an INVITE (§17.2.1): absorbed

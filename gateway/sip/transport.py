@@ -28,7 +28,8 @@ the kernel before we see it. The buffer is therefore raised at start to
 ``sip.udp_receive_buffer`` (as Kamailio does for its own sockets), with SO_RCVBUFFORCE
 when we may (root/CAP_NET_ADMIN) so ``net.core.rmem_max`` does not cap it; what the
 kernel granted is logged, with a warning and the sysctl to fix it when it is less, and
-the socket's own drop counter (``/proc/net/udp``) is shown in ``status``.
+the socket's own drop counter (SO_MEMINFO, else ``/proc/net/udp``) is sampled every second,
+logged at WARNING as it grows (``sip.udp_dropped``) and shown in ``status``.
 
 Trust (:mod:`gateway.sip.trust`, docs/sip.md "Security"): bytes from a source outside
 :attr:`SipTransport.trust` never reach the parser's consumer. A request gets one ``403``

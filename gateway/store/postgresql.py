@@ -264,6 +264,19 @@ class PostgresAuthorizationStore:
         self._run("remove presence subscription", lambda conn: conn.execute(
             "DELETE FROM presence_watches WHERE watcher = %s AND sip_user = %s", key))
 
+    def remember_spelling(self, folded: str, spelled: str) -> None:
+        row = (folded.lower(), spelled, _now())
+        self._run("record a SIP user's spelling", lambda conn: conn.execute(
+            "INSERT INTO sip_user_spellings (folded, spelled, seen_at) VALUES (%s, %s, %s)"
+            " ON CONFLICT (folded) DO UPDATE SET spelled = excluded.spelled,"
+            " seen_at = excluded.seen_at", row))
+
+    def spelling(self, folded: str) -> str | None:
+        row = self._run("read a SIP user's spelling", lambda conn: conn.execute(
+            "SELECT spelled FROM sip_user_spellings WHERE folded = %s", (folded.lower(),)
+        ).fetchone())
+        return row[0] if row else None
+
     def list_watches(self) -> list[tuple[str, str]]:
         rows = self._run("list presence subscriptions", lambda conn: conn.execute(
             "SELECT watcher, sip_user FROM presence_watches WHERE owner = %s"

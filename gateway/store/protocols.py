@@ -28,6 +28,7 @@ from typing import Protocol
 
 from gateway.store.authorizations import Authorization, UserSetting
 from gateway.store.membership import NodeReport, NodeState
+from gateway.store.spellings import SpellingStore
 
 ChangeListener = Callable[[str, str], None]
 """``(table or topic, key)``; key ``""`` means "anything may have changed"."""
@@ -139,7 +140,8 @@ class ChangeFeed(Protocol):
         ...
 
 
-class Store(Authorizations, UserSwitches, WatchStore, Membership, ChangeFeed, Protocol):
+class Store(Authorizations, UserSwitches, WatchStore, Membership, ChangeFeed, SpellingStore,
+            Protocol):
     """A whole storage engine (SQLite, PostgreSQL)."""
 
     def close(self) -> None:

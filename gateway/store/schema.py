@@ -44,9 +44,10 @@ _PRESENCE_WATCHES = """CREATE TABLE presence_watches (
        since TEXT NOT NULL,
        PRIMARY KEY (watcher, sip_user)
    )"""
-# Cluster membership (issue 15): one row per gateway node, rewritten by its heartbeat.
-# last_seen is seconds since the epoch by the *database's* clock where the engine has one
-# (PostgreSQL), so that nodes with skewed clocks still agree on who is alive.
+# Cluster membership (docs/deploy.md, several nodes): one row per gateway node, rewritten
+# by its heartbeat. last_seen is seconds since the epoch by the *database's* clock where
+# the engine has one (PostgreSQL), so that nodes with skewed clocks still agree on who is
+# alive.
 _CLUSTER_NODES = """CREATE TABLE cluster_nodes (
        node_id TEXT PRIMARY KEY NOT NULL,
        addresses TEXT NOT NULL,
@@ -65,6 +66,15 @@ _CLUSTER_NODES = """CREATE TABLE cluster_nodes (
 _WATCH_OWNER = "ALTER TABLE presence_watches ADD COLUMN owner TEXT NOT NULL DEFAULT ''"
 _WATCH_OWNER_INDEX = "CREATE INDEX presence_watches_owner ON presence_watches (owner)"
 
+# SIP user parts as the SIP side spells them (RFC 3261 §19.1.4: user parts compare
+# case-sensitively), keyed by their lower-case form: XMPP servers lower-case localparts
+# (RFC 7622 §3.3), so a reply to ``JSmith`` arrives for ``jsmith``.
+_SIP_USER_SPELLINGS = """CREATE TABLE sip_user_spellings (
+       folded TEXT PRIMARY KEY NOT NULL,
+       spelled TEXT NOT NULL,
+       seen_at TEXT NOT NULL
+   )"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "authorizations and per-user federation switches",
               sqlite=(_AUTHORIZATIONS + " WITHOUT ROWID", _USER_SETTINGS + " WITHOUT ROWID"),
@@ -80,6 +90,9 @@ MIGRATIONS: tuple[Migration, ...] = (
                       _WATCH_OWNER_INDEX),
               postgresql=(_CLUSTER_NODES.format(real="double precision"), _WATCH_OWNER,
                           _WATCH_OWNER_INDEX)),
+    Migration(4, "SIP user spellings",
+              sqlite=(_SIP_USER_SPELLINGS + " WITHOUT ROWID",),
+              postgresql=(_SIP_USER_SPELLINGS,)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -276,6 +276,25 @@ class SqliteAuthorizationStore:
         )
         return [(watcher, sip_user) for watcher, sip_user in rows]
 
+    # -- SIP user spellings (gateway.sip.spellings) ------------------------------------------
+
+    def remember_spelling(self, folded: str, spelled: str) -> None:
+        row = (folded.lower(), spelled, _now())
+
+        def upsert() -> None:
+            with self._write() as db:
+                db.execute("INSERT INTO sip_user_spellings (folded, spelled, seen_at)"
+                           " VALUES (?, ?, ?) ON CONFLICT (folded) DO UPDATE SET"
+                           " spelled = excluded.spelled, seen_at = excluded.seen_at", row)
+
+        self._run("record a SIP user's spelling", upsert)
+
+    def spelling(self, folded: str) -> str | None:
+        row = self._run("read a SIP user's spelling", lambda: self._db.execute(
+            "SELECT spelled FROM sip_user_spellings WHERE folded = ?", (folded.lower(),)
+        ).fetchone())
+        return row[0] if row else None
+
     # -- cluster membership (one host sharing the file; see gateway.store.membership) ------
 
     def heartbeat(self, report: NodeReport) -> None:

@@ -72,6 +72,12 @@ class AsyncAuthorizationStore:
     async def list_watches(self) -> list[tuple[str, str]]:
         return await self._call(self.store.list_watches)
 
+    async def remember_spelling(self, folded: str, spelled: str) -> None:
+        await self._call(self.store.remember_spelling, folded, spelled)
+
+    async def spelling(self, folded: str) -> str | None:
+        return await self._call(self.store.spelling, folded)
+
     # -- cluster (gateway.store.protocols.Membership, ChangeFeed) ----------------------
 
     @property

@@ -122,6 +122,8 @@ async def test_xmpp_message_becomes_sip_message(backend) -> None:
     request = await asyncio.wait_for(ua.messages.get(), 5)
     assert request.uri == "sip:alice@sip.example"
     assert request.from_.uri == "sip:bob@xmpp.example" and request.from_.tag
+    # RFC 7572 §4: the resource of a full JID travels as a GRUU (in Contact, RFC 5627)
+    assert request.get("contact") == "<sip:bob@xmpp.example;gr=phone>"
     assert request.to.uri == "sip:alice@sip.example"
     assert request.get("content-type") == "text/plain;charset=UTF-8"
     assert request.body.decode() == "héllo <3"
@@ -188,8 +190,11 @@ async def test_router_refusal_becomes_sip_error(backend, refusal: str, status: i
 
 async def test_bad_sip_messages_get_precise_answers(backend) -> None:
     _, ua, recorder = backend
-    html = await ua.send_message("sip:bob@xmpp.example", "<b>x</b>", "text/html")
-    assert (html.status, html.get("accept")) == (415, "text/plain")
+    file_transfer = await ua.send_message("sip:bob@xmpp.example", "<file/>",
+                                          "application/vnd.gsma.rcs-ft-http+xml")
+    assert file_transfer.status == 415
+    assert "text/plain" in file_transfer.get("accept") and \
+        "message/cpim" in file_transfer.get("accept")
     own_domain = await ua.send_message("sip:carol@sip.example", "loop?")
     assert own_domain.status == 404
     foreign = SipUserAgent("eve", "evil.example", ua.proxy)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import pytest_asyncio
 from gateway.daemon import Gateway
 from gateway.sip.message import StreamDeframer
 from tests.integration.test_sip_flow import SipPair
+from tests.interop.harness import stop_process
 from tests.support.dnsmasq import free_port
 from tests.unit.s2s_world import Pki
 
@@ -188,13 +188,7 @@ class GatewayProcess:
         return [json.loads(line) for line in fresh.decode().splitlines() if line.strip()]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
 
 
 def start_gateway_b(directory: Path, pki: Pki, dns: str, port: int,
@@ -368,7 +362,7 @@ async def _hostile_then_ordinary(fed: Federation, name: str, spoil: dict,
         # An outsider's connection is not read further; neither is one whose framing is
         # lost (a Content-Length that is not a number). Anything else keeps the connection.
         framing_lost = "content_length" in spoil
-        assert await sender.closed(within=0.5 if trusted and not framing_lost else 2.0) \
+        assert await sender.closed(within=0.25 if trusted and not framing_lost else 2.0) \
             == (framing_lost or not trusted), name
     await fed.ordinary_message()
     assert fed.inbound_streams() == streams, "the partner's stream was replaced"
@@ -384,3 +378,25 @@ async def test_hostile_sip_input_is_refused_and_the_s2s_stream_survives(
     await _hostile_then_ordinary(fed, name, spoil, trusted)
     status = fed.b.process.poll()
     assert status is None, f"gateway exited with {status}"
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_status_sums_up_what_the_sip_side_refused(federations: Federations,
+                                                          transport: str) -> None:
+    """After the cases above, ``xmpp-gateway status`` tells the operator in one line what
+    was refused (malformed, untrusted) and what overload cost (503s, kernel drops)."""
+    fed = await federations.get(transport)
+    for trusted in (True, False):
+        sender = fed.sender(trusted)
+        await sender.exchange(sip_request(sender.source, transport, cseq="\u00b2 MESSAGE"))
+    result = await asyncio.to_thread(subprocess.run, [
+        *CLI, "-c", str(fed.b.directory / "gateway.yaml"), "status"], capture_output=True,
+        text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("SIP refused:")]
+    malformed = int(line.split("SIP refused: ")[1].split(" malformed")[0])
+    untrusted = int(line.split("malformed, ")[1].split(" from untrusted")[0])
+    assert malformed >= 1 and untrusted >= 1, line
+    assert "0 failed unexpectedly" in line and "answered 503" in line
+    if transport == "udp":
+        assert "datagrams dropped by the kernel at the SIP socket" in line

@@ -155,6 +155,10 @@ async def _bounce_and_logs(pair: Pair, caplog: pytest.LogCaptureFixture) -> tupl
     error = bounce.find("{jabber:server}error")
     assert error is not None
     condition = next(c.tag.rpartition("}")[2] for c in error if not c.tag.endswith("}text"))
+    if condition == "policy-violation":
+        # RFC 6120 §8.3.3.12: the policy is named in the error's text.
+        assert (error.findtext("{urn:ietf:params:xml:ns:xmpp-stanzas}text") or "").startswith(
+            "the server policies of a.example and b.example do not allow a connection: ")
     await asyncio.sleep(0.05)  # let the peer log its side of the close
     return condition, "\n".join(
         r.getMessage() + " " + str(getattr(r, "gw_fields", "")) for r in caplog.records
@@ -167,16 +171,20 @@ async def test_tls_required_against_tls_not_supported(pair: Pair, caplog) -> Non
         partner("a.example", _policy(Support.NOT_SUPPORTED, Support.NOT_SUPPORTED, True)),
     )
     condition, logs = await _bounce_and_logs(pair, caplog)
-    assert condition == "remote-server-not-found"
+    assert condition == "policy-violation"  # a policy mismatch, not a missing server
     assert "b.example does not offer STARTTLS; partner policy requires TLS" in logs
     assert "sent stream error <policy-violation/>" in logs
+    # B, whose incoming stream A gave up on, says which of its settings is in the way.
+    assert ("our policy for a.example is tls=not-supported sasl=not-supported dialback=true "
+            "while a.example requires encryption: xmpp-gateway partner set a.example --tls "
+            "optional (or required)") in logs
 
 
 async def test_sasl_required_against_untrusted_certificate(pair: Pair, caplog) -> None:
     policy = _policy(Support.REQUIRED, Support.REQUIRED, False)
     await pair.start(partner("b.example", policy), partner("a.example", policy), a_trusts_b=False)
     condition, logs = await _bounce_and_logs(pair, caplog)
-    assert condition == "remote-server-not-found"
+    assert condition == "policy-violation"
     assert "certificate of b.example: issuer not trusted" in logs
 
 
@@ -184,7 +192,7 @@ async def test_sasl_required_when_the_peer_does_not_trust_us(pair: Pair, caplog)
     policy = _policy(Support.REQUIRED, Support.REQUIRED, False)
     await pair.start(partner("b.example", policy), partner("a.example", policy), trusted=False)
     condition, logs = await _bounce_and_logs(pair, caplog)
-    assert condition == "remote-server-not-found"
+    assert condition == "policy-violation"
     assert "b.example did not offer SASL EXTERNAL" in logs
 
 
@@ -194,15 +202,16 @@ async def test_sasl_required_against_certificate_for_another_domain(pair: Pair, 
         partner("b.example", policy), partner("a.example", policy), b_cert_for="other.example"
     )
     condition, logs = await _bounce_and_logs(pair, caplog)
-    assert condition == "remote-server-not-found"
+    assert condition == "policy-violation"
     assert "name mismatch (presented: other.example; expected: b.example)" in logs
 
 
 async def test_unlisted_domain_is_refused(pair: Pair, caplog) -> None:
     await pair.start(partner("b.example", _policy(Support.OPTIONAL, Support.OPTIONAL, True)), None)
     condition, logs = await _bounce_and_logs(pair, caplog)
-    assert condition == "remote-server-not-found"
+    assert condition == "policy-violation"
     assert "a.example is not a federation partner of this gateway" in logs
+    assert "a.example is not a federation partner: xmpp-gateway partner add a.example" in logs
     assert "sent stream error <policy-violation/>" in logs  # B's side
     assert "peer sent stream error <policy-violation/>" in logs  # A's side
 
@@ -213,7 +222,7 @@ async def test_dialback_disabled_on_a_dialback_only_path(pair: Pair, caplog) -> 
         partner("a.example", _policy(Support.REQUIRED, Support.REQUIRED, False)),
     )
     condition, logs = await _bounce_and_logs(pair, caplog)
-    assert condition == "remote-server-timeout"
+    assert condition == "policy-violation"
     assert (
         "answered dialback with error <not-authorized/>: partner policy for a.example "
         "permits only SASL over TLS (dialback not allowed)"

@@ -76,7 +76,7 @@ def test_report_only_renders_a_report_without_runs(tmp_path: Path) -> None:
 
 # The process doing the relaying in each path (bench/relay.py PATHS).
 RELAYING = {"xmpp_sip": "gateway", "xmpp_xmpp": "prosody_b", "sip_xmpp": "gateway",
-            "xmpp_xmpp_back": "prosody_b"}
+            "xmpp_xmpp_back": "prosody_b", "xmpp_sip_chat": "gateway"}
 
 
 def test_bench_relay_smoke(tmp_path: Path) -> None:
@@ -86,7 +86,10 @@ def test_bench_relay_smoke(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "bench.run", "--only-relay", "--relay-rates", "500",
          "--relay-seconds", "0.5", "--relay-burst", "300", "--relay-storm", "50",
-         "--out", str(tmp_path)], capture_output=True, text=True, timeout=180, cwd=REPO)
+         "--relay-chat-rates", "500", "--relay-chat-burst", "300",
+         "--relay-direct-rate", "500", "--relay-direct-seconds", "0.5",
+         "--relay-open-loop", "300", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=180, cwd=REPO)
     assert run.returncode == 0, run.stderr[-4000:]
     relay = json.loads((tmp_path / "results.json").read_text())["results"]["relay"]
     assert set(relay["paths"]) == set(RELAYING)
@@ -104,6 +107,15 @@ def test_bench_relay_smoke(tmp_path: Path) -> None:
         used = sum(r["cpu_us"][RELAYING[name]] for r in runs)
         assert used > 0 and sum(r["cpu_us"]["prosody_a"] for r in runs) > 0, (name, runs)
         assert path["burst"]["gateway_peak_rss_kib"] > 0
+    # one datagram per message from the proxy's address: all delivered; the open-loop
+    # flood's datagrams each answered or counted as unanswered
+    direct = relay["direct"]
+    paced, flood = direct["paced"], direct["open_loop"]
+    assert paced["sent"] == paced["wanted"] == paced["delivered"] == 250, paced
+    assert paced["cpu_us"]["gateway"] > 0 and paced["cpu_us"]["prosody_a"] > 0, paced
+    finals = flood["writer"]["finals"]
+    assert sum(finals.values()) + flood["writer"]["unanswered"] == flood["sent"] == 300, flood
+    assert "udp_drops_by_socket" in flood, flood
     latency = relay["paths"]["xmpp_sip"]["paced"][0]["receiver"]
     assert 0 < latency["latency_p50_ms"] <= latency["latency_p99_ms"], latency
     storm = relay["storm"]
@@ -116,6 +128,8 @@ def test_bench_relay_smoke(tmp_path: Path) -> None:
     markdown = (tmp_path / "benchmarks.md").read_text()
     assert "## Relay: a real Prosody through the gateway to SIP and back" in markdown
     assert "## Relay targets, from this run" in markdown
+    assert "SIP → XMPP, one datagram per message, paced 500/s" in markdown
+    assert "| open-loop burst of 300 |" in markdown
     (tmp_path / "benchmarks.md").unlink()
     again = subprocess.run([sys.executable, "-m", "bench.run", "--report-only", "--out",
                             str(tmp_path)], capture_output=True, text=True, timeout=60, cwd=REPO)

@@ -90,6 +90,8 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self.notifies: asyncio.Queue[SipRequest] = asyncio.Queue()
         self.requests: asyncio.Queue[SipRequest] = asyncio.Queue()
         self.answers: dict[str, int] = {"MESSAGE": 200, "NOTIFY": 200}
+        # content type → status: a phone that does not read it (Linphone without CPIM: 488)
+        self.refuse: dict[str, int] = {}
         self.dialogs: dict[str, UaDialog] = {}  # by remote AOR (our subscriptions)
         self._waiting: dict[str, asyncio.Future[SipResponse]] = {}
         self._udp: asyncio.DatagramTransport | None = None
@@ -134,7 +136,7 @@ class SipUserAgent(asyncio.DatagramProtocol):
             self._handle(parse_message(data))
 
     def _write(self, data: bytes, connection: _Connection | None = None) -> None:
-        if self._udp is not None:
+        if self._udp is not None and connection is None:
             self._udp.sendto(data, self.proxy)
             return
         target = connection or self._outgoing
@@ -216,12 +218,64 @@ class SipUserAgent(asyncio.DatagramProtocol):
         request.set("expires", str(expires))
         return await self.request(request)
 
-    async def send_message(self, to: str, text: str,
-                           content_type: str = "text/plain;charset=UTF-8") -> SipResponse:
-        request = self._new("MESSAGE", to, to)
+    async def send_message(self, to: str, text: str | bytes,
+                           content_type: str = "text/plain;charset=UTF-8", *,
+                           headers: tuple[tuple[str, str], ...] = (),
+                           call_id: str = "") -> SipResponse:
+        request = self._new("MESSAGE", to, to, call_id=call_id)
         request.add("content-type", content_type)
-        request.body = text.encode()
+        for name, value in headers:
+            request.add(name, value)
+        request.body = text.encode() if isinstance(text, str) else text
         return await self.request(request)
+
+    # What a chat client such as Linphone sends beside text, written out literally here
+    # (not with the gateway's builders): CPIM (RFC 3862), isComposing (RFC 3994), IMDN
+    # (RFC 5438).
+
+    def cpim(self, to: str, content_type: str, body: str, *, message_id: str = "",
+             disposition: str = "", date: str = "2026-12-04T18:00:00Z") -> bytes:
+        imdn = (f"NS: imdn <urn:ietf:params:imdn>\r\nimdn.Message-ID: {message_id}\r\n"
+                if message_id else "")
+        if disposition:
+            imdn += f"imdn.Disposition-Notification: {disposition}\r\n"
+        payload = body.encode()
+        return (f"From: <{self.aor}>\r\nTo: <{to}>\r\nDateTime: {date}\r\n{imdn}\r\n"
+                f"Content-Type: {content_type}\r\nContent-Length: {len(payload)}\r\n\r\n"
+                ).encode() + payload
+
+    async def send_cpim(self, to: str, text: str, *, message_id: str = "",
+                        disposition: str = "", date: str = "2026-12-04T18:00:00Z"
+                        ) -> SipResponse:
+        return await self.send_message(to, self.cpim(
+            to, "text/plain;charset=UTF-8", text, message_id=message_id,
+            disposition=disposition, date=date), "message/cpim")
+
+    async def send_typing(self, to: str, active: bool) -> SipResponse:
+        state = "<state>active</state><refresh>60</refresh>" if active else \
+            "<state>idle</state><lastactive>2026-12-04T18:00:00Z</lastactive>"
+        return await self.send_message(
+            to, '<?xml version="1.0" encoding="UTF-8"?><isComposing xmlns="urn:ietf:params'
+                f':xml:ns:im-iscomposing">{state}<contenttype>text/plain</contenttype>'
+                "</isComposing>", "application/im-iscomposing+xml")
+
+    async def send_imdn(self, to: str, message_id: str, status: str = "delivered", *,
+                        cpim: bool = False) -> SipResponse:
+        kind = "display" if status == "displayed" else "delivery"
+        notice = ('<?xml version="1.0" encoding="UTF-8"?><imdn xmlns="urn:ietf:params:xml:'
+                  f'ns:imdn"><message-id>{message_id}</message-id><datetime>2026-12-04T18:00'
+                  f":00Z</datetime><{kind}-notification><status><{status}/></status></{kind}"
+                  "-notification></imdn>")
+        if not cpim:
+            return await self.send_message(to, notice, "message/imdn+xml")
+        return await self.send_message(to, self.cpim(
+            to, "message/imdn+xml", notice, message_id=secrets.token_hex(6)), "message/cpim")
+
+    async def listen_tcp(self) -> None:
+        """Also accept TCP on our (UDP) port, as a proxy listening on both does: where
+        a gateway sends requests too large for UDP (RFC 3261 §18.1.1)."""
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _Connection(self), self.host, self.port)
 
     async def publish(self, basic: str = "open", note: str = "", activity: str = "",
                       expires: int = 600) -> SipResponse:
@@ -282,6 +336,10 @@ class SipUserAgent(asyncio.DatagramProtocol):
             return
         if connection is not None:
             self._arrived_on[id(message)] = connection
+        refused = self.refuse.get((message.get("content-type") or "").split(";")[0].lower())
+        if message.method == "MESSAGE" and refused:
+            self.reply(message, refused, connection=connection)
+            return
         if message.method in self.answers:
             self.reply(message, self.answers[message.method], connection=connection)
             queue = self.messages if message.method == "MESSAGE" else self.notifies

@@ -277,6 +277,16 @@ def test_presence_watches(store: Any) -> None:
     assert store.list_watches() == [(BOB, "carol@contoso.example")]
 
 
+def test_sip_user_spellings(store: Any) -> None:
+    """A SIP user part keeps the case the SIP side wrote, found from the bare JID."""
+    assert store.spelling("jsmith@gw.example") is None
+    store.remember_spelling("jsmith@gw.example", "JSmith")
+    assert store.spelling("jsmith@gw.example") == "JSmith"
+    assert store.spelling("JSMITH@gw.example") == "JSmith"
+    store.remember_spelling("JSmith@gw.example", "JSMITH")  # re-spelled: the latest wins
+    assert store.spelling("jsmith@gw.example") == "JSMITH"
+
+
 def test_sqlite_version_1_database_is_migrated(tmp_path: Path) -> None:
     """A store written by a gateway before presence watches existed opens, keeps its data
     and gains the table."""
@@ -294,7 +304,7 @@ def test_sqlite_version_1_database_is_migrated(tmp_path: Path) -> None:
                     (ALICE, BOB))
     raw.close()
     with SqliteAuthorizationStore(path) as migrated:
-        assert migrated.schema_version() == SCHEMA_VERSION == 3
+        assert migrated.schema_version() == SCHEMA_VERSION == 4
         assert migrated.claim_watches(10.0) == []  # nothing to claim yet
         assert migrated.is_authorized(ALICE, BOB)
         migrated.add_watch(BOB, ALICE)

@@ -1,0 +1,301 @@
+"""What chat clients send beside text, through the SIP backend over real sockets: typing
+(XEP-0085 ↔ RFC 3994), receipts and markers (XEP-0184/0333 ↔ RFC 5438), CPIM (RFC 3862),
+HTML (XEP-0071), languages and subject (RFC 7572), sizes and TCP (RFC 3261 §18.1.1),
+addresses (RFC 7247 §5), and what cannot cross (415, feature-not-implemented, counted).
+
+The SIP user agent stands where the proxy is (see test_sip_backend.py); what the phone
+sends is written out literally by the UA, not with the gateway's builders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from collections.abc import AsyncIterator
+from xml.etree.ElementTree import Element, SubElement
+
+import pytest
+
+from gateway.sip.backend import SipBackend
+from gateway.sip.cpim import parse_cpim
+from gateway.sip.development import message
+from gateway.sip.imdn import parse_imdn
+from gateway.sip.iscomposing import parse_is_composing
+from gateway.sip.mime import parse_media_type
+from gateway.sip.multipart import parse_multipart
+from tests.integration.test_sip_backend import Recorder, condition
+from tests.support.sip_ua import SipUserAgent
+
+CHATSTATES = "http://jabber.org/protocol/chatstates"
+RECEIPTS = "urn:xmpp:receipts"
+MARKERS = "urn:xmpp:chat-markers:0"
+XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
+BOB = "sip:bob@xmpp.example"
+Setup = tuple[SipBackend, SipUserAgent, Recorder]
+
+
+@pytest.fixture
+async def setup() -> AsyncIterator[Setup]:
+    """The SIP backend with its sink recording, the UA where the proxy would be."""
+    ua = await SipUserAgent("alice", "sip.example", ("127.0.0.1", 9)).start()
+    sip = SipBackend(["sip.example"], proxy=("127.0.0.1", ua.port), local=("127.0.0.1", 0))
+    recorder = Recorder()
+    recorder.backend = sip
+    await sip.start(recorder)
+    ua.proxy = sip.transport.local
+    try:
+        yield sip, ua, recorder
+    finally:
+        await sip.stop(grace=0.5)
+        await ua.close()
+
+
+def xmpp_message(sender: str, recipient: str, body: str | None = None, *,
+                 stanza_id: str = "m1", extras: tuple[str, ...] = (),
+                 bodies: tuple[tuple[str, str], ...] = ()) -> Element:
+    stanza = (message(sender, recipient, body) if body is not None else Element(
+        "{jabber:server}message", {"from": sender, "to": recipient, "type": "chat"}))
+    stanza.set("id", stanza_id)
+    for lang, text in bodies:
+        SubElement(stanza, "{jabber:server}body", {XML_LANG: lang}).text = text
+    for extra in extras:
+        SubElement(stanza, extra, {"id": "x"} if extra.endswith(("received", "displayed"))
+                   else {})
+    return stanza
+
+
+def child(stanza: Element, namespace: str) -> Element | None:
+    return next((c for c in stanza if c.tag.startswith(f"{{{namespace}}}")), None)
+
+
+async def test_cpim_from_a_phone_arrives_as_clean_text_asking_for_receipts(setup: Setup
+                                                                          ) -> None:
+    _, ua, recorder = setup
+    response = await ua.send_cpim(BOB, "hello in CPIM", message_id="Mx1",
+                                  disposition="positive-delivery, display")
+    assert response.status == 202
+    stanza = await recorder.next()
+    assert stanza.findtext("{jabber:server}body") == "hello in CPIM"  # no CPIM headers
+    assert child(stanza, RECEIPTS) is not None and child(stanza, MARKERS) is not None
+    # written long ago (the DateTime is 2026-12-04T18:00:00Z): XEP-0203 delay
+    delay = stanza.find("{urn:xmpp:delay}delay")
+    assert delay is not None and delay.get("stamp") == "2026-12-04T18:00:00Z"
+
+
+async def test_receipt_and_displayed_marker_become_imdn_in_the_phones_form(
+        setup: Setup) -> None:
+    sip, ua, recorder = setup
+    await ua.send_cpim(BOB, "read me", message_id="Mx2", disposition="positive-delivery")
+    stanza = await recorder.next()
+    for extra in (f"{{{RECEIPTS}}}received", f"{{{MARKERS}}}displayed"):
+        answer = xmpp_message("bob@xmpp.example/phone", "alice@sip.example",
+                              stanza_id="r1", extras=(extra,))
+        answer[0].set("id", stanza.get("id", ""))
+        await sip.deliver(answer)
+        request = await asyncio.wait_for(ua.messages.get(), 5)
+        assert request.content_type == "message/cpim"  # the phone spoke CPIM: so do we
+        notice = parse_imdn(parse_cpim(request.body).body)
+        assert notice.message_id == "Mx2"
+        assert notice.status == ("delivered" if extra.endswith("received") else "displayed")
+
+
+async def test_basic_phone_imdn_names_the_call_id(setup: Setup) -> None:
+    """Linphone's basic chat: a plain MESSAGE from the gateway, an IMDN without CPIM whose
+    message id is that MESSAGE's Call-ID; and the standard CPIM form with the
+    imdn.Message-ID. Both find the XMPP stanza id."""
+    sip, ua, recorder = setup
+    await sip.deliver(xmpp_message("bob@xmpp.example/phone", "alice@sip.example", "hi",
+                                   stanza_id="plain-1"))
+    plain = await asyncio.wait_for(ua.messages.get(), 5)
+    assert plain.content_type == "text/plain"
+    # sent where the message came from, as Linphone does: the GRUU of the sending resource
+    assert (await ua.send_imdn(plain.from_.uri, plain.call_id)).status == 202
+    delivered = await recorder.next()
+    assert child(delivered, RECEIPTS).get("id") == "plain-1"
+    assert delivered.get("to") == "bob@xmpp.example/phone"  # the resource that sent it
+
+    await sip.deliver(xmpp_message("bob@xmpp.example/phone", "alice@sip.example", "hi",
+                                   stanza_id="asked-1",
+                                   extras=(f"{{{RECEIPTS}}}request", f"{{{MARKERS}}}markable")))
+    asked = await asyncio.wait_for(ua.messages.get(), 5)
+    wrapped = parse_cpim(asked.body)
+    assert wrapped.disposition_notification == {"positive-delivery", "display"}
+    # CPIM From = SIP From (Linphone checks), the bare address: one conversation per
+    # contact on the phone, whichever resource wrote; the resource is in Contact
+    assert wrapped.sender == "sip:bob@xmpp.example" == asked.from_.uri
+    assert asked.get("contact") == "<sip:bob@xmpp.example;gr=phone>"
+    await ua.send_imdn(wrapped.sender, wrapped.imdn_message_id or "", "displayed", cpim=True)
+    displayed = await recorder.next()
+    assert child(displayed, MARKERS).get("id") == "asked-1"
+
+
+async def test_phone_without_cpim_gets_plain_text(setup: Setup) -> None:
+    """A phone that refuses CPIM (Linphone without it answers 488) gets the message again
+    as plain text, and plain text from then on."""
+    sip, ua, _ = setup
+    ua.refuse["message/cpim"] = 488
+    receipt_asked = (f"{{{RECEIPTS}}}request",)
+    await sip.deliver(xmpp_message("bob@xmpp.example/phone", "alice@sip.example", "one",
+                                   extras=receipt_asked))
+    first = await asyncio.wait_for(ua.messages.get(), 5)
+    assert (first.content_type, first.body) == ("text/plain", b"one")
+    await sip.deliver(xmpp_message("bob@xmpp.example/phone", "alice@sip.example", "two",
+                                   extras=receipt_asked, stanza_id="m2"))
+    second = await asyncio.wait_for(ua.messages.get(), 5)
+    assert (second.content_type, second.body) == ("text/plain", b"two")
+
+
+async def test_typing_both_ways_rate_limited(setup: Setup) -> None:
+    sip, ua, recorder = setup
+    assert (await ua.send_typing(BOB, True)).status == 202
+    composing = await recorder.next()
+    assert child(composing, CHATSTATES).tag.endswith("composing")
+    assert (await ua.send_typing(BOB, True)).status == 200  # a refresh: nothing new
+    sip.messages.typing_in.min_interval = 0.0
+    await ua.send_typing(BOB, False)
+    paused = await recorder.next()
+    assert child(paused, CHATSTATES).tag.endswith("paused")
+
+    # XMPP → SIP: a user flipping between composing and paused 20 times in a second
+    for n in range(20):
+        state = "composing" if n % 2 == 0 else "paused"
+        await sip.deliver(xmpp_message("bob@xmpp.example/phone", "alice@sip.example",
+                                       stanza_id=f"t{n}", extras=(f"{{{CHATSTATES}}}{state}",)))
+    first = await asyncio.wait_for(ua.messages.get(), 5)
+    assert parse_is_composing(first.body).active
+    sip.messages.flush_typing(time.monotonic() + 2.5)  # the interval is over
+    last = await asyncio.wait_for(ua.messages.get(), 5)
+    assert not parse_is_composing(last.body).active  # the final state, paused
+    await asyncio.sleep(0.2)
+    assert ua.messages.empty()  # 2 requests for 20 changes
+
+
+async def test_html_and_languages_from_sip(setup: Setup) -> None:
+    _, ua, recorder = setup
+    await ua.send_message(BOB, "<p>Hello <b>world</b><script>x()</script></p>", "text/html",
+                          headers=(("Content-Language", "en"), ("Subject", "greetings")),
+                          call_id="conversation-7@phone")
+    html = await recorder.next()
+    assert html.findtext("{jabber:server}thread") == "conversation-7@phone"  # RFC 7572 §5
+    assert html.findtext("{jabber:server}body") == "Hello world"
+    assert html.findtext("{jabber:server}subject") == "greetings"
+    assert html.get(XML_LANG) == "en"
+    xhtml = child(html, "http://jabber.org/protocol/xhtml-im")
+    assert xhtml is not None and "script" not in str([e.tag for e in xhtml.iter()])
+
+    boundary = "b0undary"
+    body = (f"--{boundary}\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Language: en"
+            f"\r\n\r\nGood morning\r\n--{boundary}\r\nContent-Type: text/plain;charset=UTF-8"
+            f"\r\nContent-Language: de\r\n\r\nGuten Morgen\r\n--{boundary}--\r\n")
+    await ua.send_message(BOB, body, f"multipart/alternative;boundary={boundary}")
+    both = await recorder.next()
+    bodies = {(b.get(XML_LANG) or both.get(XML_LANG), b.text)
+              for b in both.findall("{jabber:server}body")}
+    assert bodies == {("en", "Good morning"), ("de", "Guten Morgen")}
+
+
+async def test_two_languages_and_subject_to_sip(setup: Setup) -> None:
+    sip, ua, _ = setup
+    stanza = xmpp_message("bob@xmpp.example/phone", "alice@sip.example", "Good morning",
+                          bodies=(("de", "Guten Morgen"),))
+    stanza.set(XML_LANG, "en")
+    SubElement(stanza, "{jabber:server}subject").text = "hi\r\nInjected: header"
+    await sip.deliver(stanza)
+    request = await asyncio.wait_for(ua.messages.get(), 5)
+    assert request.get("subject") == "hi Injected: header" and request.get("injected") is None
+    parts = parse_multipart(parse_media_type(request.get("content-type")), request.body)
+    assert [(p.language, p.body) for p in parts] == [("de", b"Guten Morgen"),
+                                                    ("en", b"Good morning")]
+
+
+async def test_sizes_refused_at_once_and_large_goes_over_tcp(setup: Setup) -> None:
+    sip, ua, recorder = setup
+    started = time.monotonic()
+    await sip.deliver(xmpp_message("bob@xmpp.example/phone", "alice@sip.example", "x" * 100_000))
+    refused = await recorder.next()
+    assert condition(refused) == "policy-violation" and time.monotonic() - started < 1
+
+    # 5 KB: over UDP's 1300 bytes; the "proxy" takes no TCP yet: refused at once, with why
+    started = time.monotonic()
+    await sip.deliver(xmpp_message("bob@xmpp.example/phone", "alice@sip.example", "y" * 5000))
+    no_tcp = await recorder.next()
+    assert condition(no_tcp) == "policy-violation" and time.monotonic() - started < 2
+    assert "takes no TCP" in no_tcp.findtext(".//{urn:ietf:params:xml:ns:xmpp-stanzas}text")
+    sip.messages._tcp_refused_until = 0.0  # it does now
+    await ua.listen_tcp()
+    await sip.deliver(xmpp_message("bob@xmpp.example/phone", "alice@sip.example", "z" * 5000))
+    large = await asyncio.wait_for(ua.messages.get(), 5)
+    assert large.body == b"z" * 5000 and large.top_via.transport == "TCP"
+
+    too_big = await ua.send_message(BOB, "w" * 61_000)
+    assert too_big.status == 413
+
+
+async def test_what_cannot_cross_is_answered_and_counted(setup: Setup) -> None:
+    sip, ua, recorder = setup
+    response = await ua.send_message(BOB, "{}", "application/vnd.gsma.rcs-ft-http+xml")
+    assert response.status == 415 and "message/imdn+xml" in response.get("accept")
+    assert sip.messages.not_crossed["application/vnd.gsma.rcs-ft-http+xml"] == 1
+    # an XMPP call proposal (XEP-0353): its sender waits for an answer
+    await sip.deliver(xmpp_message("bob@xmpp.example/phone", "alice@sip.example",
+                                   extras=("{urn:xmpp:jingle-message:0}propose",)))
+    assert condition(await recorder.next()) == "feature-not-implemented"
+    assert sip.messages.not_crossed["urn:xmpp:jingle-message:0 propose"] == 1
+    assert ua.messages.empty()
+
+
+async def test_deflated_bodies_are_inflated_within_the_limit(setup: Setup) -> None:
+    """Linphone deflates its IMDNs (Content-Encoding: deflate); a small body that would
+    inflate past the size limit is refused 413, an unknown encoding 415."""
+    _, ua, recorder = setup
+    text = "compressed hello " * 10
+    assert (await ua.send_message(BOB, zlib.compress(text.encode()),
+                                  headers=(("Content-Encoding", "deflate"),))).status == 202
+    assert (await recorder.next()).findtext("{jabber:server}body") == text
+    bomb = zlib.compress(b"a" * 10_000_000)  # 10 KB that inflate to 10 MB
+    assert (await ua.send_message(BOB, bomb, headers=(("Content-Encoding", "deflate"),))
+            ).status == 413
+    odd = await ua.send_message(BOB, b"x", headers=(("Content-Encoding", "br"),))
+    assert odd.status == 415 and "deflate" in (odd.get("accept-encoding") or "")
+
+
+async def test_characters_xml_cannot_carry_are_refused_in_every_form(setup: Setup) -> None:
+    """A character XML 1.0 forbids gets the 400 naming it, whichever way the text came:
+    plain, in CPIM, in a multipart part; nothing reaches XMPP."""
+    _, ua, recorder = setup
+    assert (await ua.send_message(BOB, "bell\x07 here")).status == 400
+    assert (await ua.send_cpim(BOB, "nul\x00 inside CPIM")).status == 400
+    body = ("--b\r\nContent-Type: text/plain\r\nContent-Language: en\r\n\r\nesc\x1b\r\n"
+            "--b--\r\n")
+    assert (await ua.send_message(BOB, body, "multipart/alternative;boundary=b")).status == 400
+    assert recorder.queue.empty()
+
+
+async def test_addresses_round_trip(setup: Setup) -> None:
+    """RFC 7247 §5: a '?' in a JID localpart crosses escaped and comes back; a SIP user
+    part keeps the case the SIP side wrote when XMPP answers in lower case."""
+    sip, ua, recorder = setup
+    await sip.deliver(xmpp_message("who?@xmpp.example/phone", "alice@sip.example", "hi"))
+    request = await asyncio.wait_for(ua.messages.get(), 5)
+    assert request.from_.uri == "sip:who%3F@xmpp.example"
+    assert request.get("contact") == "<sip:who%3F@xmpp.example;gr=phone>"
+    assert (await ua.send_message(request.from_.uri, "hello who")).status == 202
+    assert (await recorder.next()).get("to") == "who?@xmpp.example"
+    gruu = request.get("contact").strip("<>")  # RFC 7572 §5: a GRUU names the resource
+    assert (await ua.send_message(gruu, "hello who/phone")).status == 202
+    assert (await recorder.next()).get("to") == "who?@xmpp.example/phone"
+
+    jsmith = await SipUserAgent("JSmith", "sip.example", ua.proxy).start()
+    try:
+        sip.transport.proxy = ("127.0.0.1", jsmith.port)
+        sip.transport._proxy_flow = None
+        sip.transport._udp_proxy = ("127.0.0.1", jsmith.port)
+        await jsmith.send_message(BOB, "from JSmith")
+        # XMPP case-maps the localpart (RFC 7622 §3.3): the gateway writes it lower-case
+        assert (await recorder.next()).get("from") == "jsmith@sip.example/sip"
+        await sip.deliver(xmpp_message("bob@xmpp.example/phone", "jsmith@sip.example", "re"))
+        reply = await asyncio.wait_for(jsmith.messages.get(), 5)
+        assert reply.uri == "sip:JSmith@sip.example"
+    finally:
+        await jsmith.close()

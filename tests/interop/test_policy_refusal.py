@@ -1,0 +1,96 @@
+"""Two servers whose policies do not meet, told as such to the users on both sides and to
+the admin: Prosody requires encrypted server-to-server connections, the gateway's policy
+for it is ``tls=not-supported``.
+
+* The SIP user who writes to the Prosody user is told ``policy-violation`` with the policy
+  in words (RFC 6120 §8.3.3.12), not ``remote-server-not-found`` (there is a server, it
+  answered, the policies differ).
+* When the Prosody user writes to the SIP user, Prosody connects, wants TLS and is refused
+  it (RFC 6120 §5.4.2.2: a bare ``<failure/>``); the gateway logs a WARNING naming the
+  partner and the setting to change, not an INFO line about a closed stream. (What the
+  Prosody user is told is Prosody's to say.)
+
+Prosody 0.12 and Kamailio 5.6 (the shipped configuration) in the interop namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.interop.harness import IPS, GatewayProcess, Namespace, Prosody
+from tests.interop.in_namespace import XmppUser, run_in_namespace
+from tests.support.kamailio import Kamailio
+from tests.support.sip_ua import SipUserAgent
+
+GW = IPS["gw.example"]
+PHONE = "127.0.0.6"
+KAMAILIO_PORT, GATEWAY_SIP_PORT = 5070, 5062
+
+pytestmark = pytest.mark.interop
+
+
+def test_encryption_required_against_tls_not_supported(ns: Namespace, pki) -> None:
+    prosody = Prosody(ns, pki, users=("user",), secure_auth=False, require_encryption=True,
+                      log_level="info").start()
+    workdir = ns.workdir / "kamailio-refusal"
+    workdir.mkdir(exist_ok=True)
+    sip = Kamailio(workdir, domain="gw.example", host=GW, port=KAMAILIO_PORT,
+                   gateway=(GW, GATEWAY_SIP_PORT), prefix=ns.exec).start()
+    gateway = GatewayProcess(
+        ns, pki, [{"domain": "a.example", "type": "federated", "tls": "not-supported",
+                   "sasl": "optional", "dialback": "true"}], log_level="info",
+        sip={"backend": "sip", "proxy_host": GW, "proxy_port": KAMAILIO_PORT,
+             "transport": "udp", "local_host": GW, "local_port": GATEWAY_SIP_PORT},
+    ).start()
+
+    async def scenario() -> dict[str, Any]:
+        phone = await SipUserAgent("carol", "gw.example", (GW, KAMAILIO_PORT),
+                                   host=PHONE).start()
+        xmpp = await XmppUser("user@a.example", IPS["a.example"]).start()
+        try:
+            assert (await phone.register()).status == 200
+            accepted = await phone.send_message("sip:user@a.example", "hello over there")
+            notice = await asyncio.wait_for(phone.messages.get(), 20)
+            # The other way: Prosody connects to us, wants TLS, is not offered any.
+            xmpp.client.send_message(mto="carol@gw.example", mbody="hello", mtype="chat")
+            deadline = asyncio.get_running_loop().time() + 20
+            while "s2s.policy_mismatch" not in gateway.log and \
+                    asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.1)
+            return {"accepted": accepted.status, "notice": notice.body.decode(),
+                    "notice_from": notice.from_.uri}
+        finally:
+            await xmpp.stop()
+            await phone.close()
+
+    try:
+        try:
+            result = run_in_namespace(ns.name, scenario, timeout=90)
+        except BaseException as exc:
+            raise AssertionError(f"{exc!r}\n--- gateway log ---\n{gateway.log[-5000:]}"
+                                 f"\n--- prosody ---\n{prosody.log[-3000:]}") from exc
+        why = (f"\n--- gateway log ---\n{gateway.log[-5000:]}"
+               f"\n--- prosody ---\n{prosody.log[-3000:]}")
+        # Toward the SIP user: the condition that says policy, and the policy in words.
+        assert result["accepted"] == 202, result
+        assert result["notice_from"] == "sip:user@a.example", result
+        assert result["notice"] == (
+            "[message to user@a.example not delivered: policy-violation] the server "
+            "policies of gw.example and a.example do not allow a connection: a.example "
+            "requires TLS but partner policy tls=not-supported. Your message: hello over "
+            "there"), result["notice"] + why
+        # The admin: a WARNING naming the partner and the setting to change.
+        warnings = [line for line in gateway.log.splitlines()
+                    if " WARNING s2s.policy_mismatch " in line and "peer=a.example" in line
+                    and "direction=inbound" in line]
+        assert warnings, why
+        assert ("change=\"our policy for a.example is tls=not-supported sasl=optional "
+                "dialback=true while a.example requires encryption: xmpp-gateway partner "
+                "set a.example --tls optional (or required)\"") in warnings[0], warnings[0]
+    finally:
+        gateway.stop()
+        sip.stop()
+        prosody.stop()
