@@ -94,6 +94,7 @@ def main() -> int:
                     system = after.ru_stime - usage.ru_stime
                 return {"sent": sent["sent"], "delivered": arrived["received"],
                         "finals": sent["finals"], "retransmissions": sent["retransmissions"],
+                        "busy_503_sent_again": sent.get("busy", 0),
                         "gateway_cpu_us_per_message": round(used / max(1, count) * 1e6, 1),
                         "of_which_kernel_us_per_message": round(system / max(1, count) * 1e6,
                                                                 1),

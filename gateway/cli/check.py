@@ -144,7 +144,8 @@ def _everything(args: argparse.Namespace) -> int:
     checked = [name for name, _ in EVERYTHING] + (
         [f"connectivity to {len(config.partners)} partner(s)"] if not skipped else [])
     if failed:
-        print(f"verdict: PROBLEMS in {', '.join(failed)} (details above)")
+        print(f"verdict: PROBLEMS in {', '.join(failed)} (details above)"
+              + (f"; {skipped}" if skipped else ""))
         return 1
     print(f"verdict: OK ({', '.join(checked)})" + (f"; {skipped}" if skipped else ""))
     return 0

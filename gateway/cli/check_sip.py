@@ -54,9 +54,9 @@ def shipped_kamailio_config() -> str:
 
 
 def proxy_advice() -> str:
-    return (f"a Kamailio that does all this (registrar, presence, routing to the gateway, "
-            f"digest authentication): {shipped_kamailio_config()} (its header says how "
-            "to use it)")
+    return (f"a Kamailio configuration made for the gateway (registrar, presence, routing "
+            f"to the gateway, digest authentication): {shipped_kamailio_config()} (its "
+            "header says how to use it)")
 
 
 async def options_ping(sip: Any, tls: Any, domains: tuple[str, ...],

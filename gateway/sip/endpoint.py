@@ -222,17 +222,18 @@ class SipEndpoint:
 
     def new_request(self, method: str, uri: str, sender: NameAddr | str,
                     recipient: NameAddr | str, contact: str | None = None, *,
-                    token: str = "") -> SipRequest:
+                    token: str = "", call_id: str = "") -> SipRequest:
         """An out-of-dialog request (RFC 3261 §8.1.1) with a fresh Call-ID and branch;
         ``sender``/``recipient`` as From/To values (a :class:`NameAddr` or its text);
-        ``token`` (from :func:`unique_token`) makes both when given."""
+        ``token`` (from :func:`unique_token`) makes both when given; ``call_id`` (unique
+        too) is the Call-ID's local part instead."""
         branch = BRANCH_MAGIC + token if token else new_branch()
         headers = [
             ("Via", f"{self._via_prefix}{branch};rport"),
             ("Max-Forwards", "70"),
             ("From", str(sender)),
             ("To", str(recipient)),
-            ("Call-ID", f"{token}@{self.transport.local[0]}" if token
+            ("Call-ID", f"{call_id or token}@{self.transport.local[0]}" if call_id or token
              else new_call_id(self.transport.local[0])),
             ("CSeq", f"1 {method}"),
         ]

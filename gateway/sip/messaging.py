@@ -148,6 +148,11 @@ def _sip_uri(jid: str) -> str:
     return jid_to_sip(jid).uri
 
 
+@lru_cache(maxsize=256)
+def _language_header(language: str) -> str:
+    return clean_header_value(language, 64)
+
+
 @lru_cache(maxsize=65536)
 def _user_part(jid: str) -> str:
     """The SIP user part a JID maps to (RFC 7247 §5.2), cached likewise."""
@@ -518,8 +523,8 @@ class MessageRelay:
     # ------------------------------------------------------------------ XMPP → SIP
 
     def outgoing(self, stanza: Element, sender: str, local_user: str) -> None:
-        if len(stanza) == 1 and stanza[0].tag == BODY and XML_LANG not in stanza.attrib \
-                and XML_LANG not in stanza[0].attrib and local_user not in self.cpim_speakers:
+        if len(stanza) == 1 and stanza[0].tag == BODY and XML_LANG not in stanza[0].attrib \
+                and local_user not in self.cpim_speakers:
             self._outgoing_text(stanza, stanza[0].text or "", sender, local_user)
             return
         parts = read_message(stanza)
@@ -574,6 +579,9 @@ class MessageRelay:
                                 sip_id_for_stanza(stanza.get("id", ""), resource))
         if resource:  # RFC 7572 §4: the resource as a GRUU (RFC 5627: in Contact)
             request.headers.append(("Contact", f"<{_gruu_uri(sender)}>"))
+        language = stanza.get(XML_LANG)
+        if language:  # RFC 7572 §8 (Prosody writes its stream's xml:lang on every stanza)
+            request.headers.append(("Content-Language", _language_header(language)))
         self._send_message(stanza, request, None, sender, local_user, rich=False,
                            asked_imdn=False)
 
@@ -651,11 +659,12 @@ class MessageRelay:
 
     def _request(self, user_uri: str, from_uri: str, content_type: str, body: bytes,
                  message_id: str = "") -> SipRequest:
-        # one unique token as branch, From tag and Call-ID (a message id is one: it
-        # starts with a unique token)
-        token = message_id or unique_token()
+        # one unique token as branch and From tag (and Call-ID, unless the message id
+        # is: it carries the stanza id for Linphone's IMDNs, and starts unique)
+        token = unique_token()
         request = self.endpoint.new_request(
-            "MESSAGE", user_uri, f"<{from_uri}>;tag={token}", f"<{user_uri}>", token=token)
+            "MESSAGE", user_uri, f"<{from_uri}>;tag={token}", f"<{user_uri}>", token=token,
+            call_id=message_id)
         request.headers.append(("Content-Type", content_type))
         request.body = body
         return request

@@ -65,16 +65,19 @@ log = logging.getLogger("gateway.sip.transport")
 PROXY_FLOW = ("tcp", 0)
 UDP_BATCH = 256  # datagrams read per readiness event
 # When the socket's receive queue holds more than BACKLOG_HIGH of its buffer (the gateway
-# reads slower than datagrams arrive: a flood, or a stall), what the buffer cannot hold
-# next is dropped by the kernel unanswered. Until the queue is back under BACKLOG_LOW each
-# batch then handles only UDP_FULL_WHEN_BACKLOGGED datagrams in full; beyond them the
-# transport is marked ``backlogged`` and new MESSAGE/SUBSCRIBEs are answered 503 +
-# Retry-After from their head at a fraction of the cost (gateway/sip/endpoint.py), so that
-# the socket is drained and what is read gets an answer. In-dialog requests, responses and
-# retransmissions of accepted requests are always handled in full. Judged on the queue's
-# depth (SO_MEMINFO, one system call per full batch), not on one full batch: a short stall
-# at a steady rate must not turn into 503s, whose retries would come back together.
-BACKLOG_HIGH, BACKLOG_LOW = 0.5, 0.25
+# reads slower than datagrams arrive: a flood, or a long stall), the kernel is about to
+# drop what comes next, unanswered. Until the queue is back under BACKLOG_LOW each batch
+# then handles only UDP_FULL_WHEN_BACKLOGGED datagrams in full; beyond them the transport
+# is marked ``backlogged`` and new MESSAGE/SUBSCRIBEs are answered 503 + Retry-After from
+# their head at a fraction of the cost (gateway/sip/endpoint.py), so that the socket is
+# drained and what is read gets an answer rather than silence. In-dialog requests,
+# responses and retransmissions of accepted requests are always handled in full. Judged
+# on the queue's depth (SO_MEMINFO, one system call per full batch), and only when it is
+# nearly full: a queue that merely grows (a stall of a few hundred milliseconds at a
+# steady rate) is worked off, because a 503 reaches a phone behind a proxy as a failure
+# (RFC 3261 §16.7) where a delay costs nothing, and the retries of many 503s come back
+# together.
+BACKLOG_HIGH, BACKLOG_LOW = 0.85, 0.5
 UDP_FULL_WHEN_BACKLOGGED = 64
 # Linux's SO_MEMINFO (asm-generic/socket.h), which Python's socket module does not name:
 # the socket's memory counters, among them the receive queue's bytes and the drop count.

@@ -93,7 +93,7 @@ def test_a_gateway_that_cannot_start_says_why(config: Path) -> None:
     assert result.returncode == 1
     assert "the gateway did not start (exit status 1); the end of" in result.stderr
     assert "address already in use" in result.stderr
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started < 30  # not the whole --wait: it said so when it ended
     assert not (config.parent / "run" / "gateway.pid").exists()
 
 

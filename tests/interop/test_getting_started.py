@@ -283,12 +283,12 @@ async def alice(on_message):
     client.add_event_handler("session_start", lambda _: ready.done() or ready.set_result(1))
     client.add_event_handler("message", on_message)
     client.connect("xmpp.fabrikam.example", 5222)
-    await asyncio.wait_for(ready, 15)
+    await asyncio.wait_for(ready, 30)
     client.send_presence()
     return client
 
 
-async def expect(queue, what, timeout=15):
+async def expect(queue, what, timeout=30):
     try:
         return await asyncio.wait_for(queue.get(), timeout)
     except TimeoutError:
@@ -311,7 +311,7 @@ async def main():
     assert registered.status == 200, registered.status
     client.send_message(mto="carol@contoso.example", mbody="Hello Carol", mtype="chat")
     try:
-        to_phone = await asyncio.wait_for(phone.messages.get(), 15)
+        to_phone = await asyncio.wait_for(phone.messages.get(), 30)
     except TimeoutError:
         raise SystemExit("carol's phone got no MESSAGE") from None
     answer = await phone.send_message("sip:alice@fabrikam.example", "Hello Alice")
@@ -320,7 +320,7 @@ async def main():
                                    "body": to_phone.body.decode()},
                       "phone_answer": answer.status, "to_alice": to_alice}), flush=True)
     try:  # now the page has ejabberd write to carol
-        bob = await asyncio.wait_for(phone.messages.get(), 20)
+        bob = await asyncio.wait_for(phone.messages.get(), 30)
     except TimeoutError:
         bob = None
     print(json.dumps({"from_bob": {"from": bob.get("from") or "",

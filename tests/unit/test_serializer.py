@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from xml.etree.ElementTree import Element, SubElement
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.xmpp.errors import StreamError
 from gateway.xmpp.parser import StanzaElement, StreamParser
-from gateway.xmpp.xml import escape_attr, escape_text, serialize, stream_header
+from gateway.xmpp.xml import (
+    XmlCharacterError,
+    XmlNameError,
+    check_element,
+    escape_attr,
+    escape_text,
+    serialize,
+    stream_header,
+)
 
 XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
 HEADER = stream_header(from_="a.example", to="b.example", stream_id="s1")
@@ -136,3 +145,38 @@ def test_serialize_then_parse_round_trips(element: Element) -> None:
     element.tail = None
     assert _tree(again) == _tree(stanza)
     assert serialize(again) == serialize(stanza)
+
+
+def test_forbidden_characters_are_replaced_never_written() -> None:
+    """Whatever the element holds, the bytes are XML 1.0: a character XML forbids (here
+    NUL, ESC, a lone surrogate, U+FFFF) becomes U+FFFD in text and in attribute values,
+    and a carriage return arrives as sent (written as a reference)."""
+    message = Element("{jabber:server}message", {"to": "a\x00b@b.example", "id": "\ud800"})
+    SubElement(message, "{jabber:server}body").text = "x\x1b[0m\uffff\r\ny"
+    data = serialize(message)
+    again = reparse(data)
+    assert again.get("to") == "a\ufffdb@b.example" and again.get("id") == "\ufffd"
+    assert again.findtext("{jabber:server}body") == "x\ufffd[0m\ufffd\r\ny"
+
+
+def test_check_element_names_the_character_and_the_place() -> None:
+    message = Element("{jabber:server}message", {"to": "y@b.example"})
+    SubElement(message, "{jabber:server}body").text = "ok"
+    check_element(message)  # nothing to refuse
+    message.set("to", "a\x01@b.example")
+    with pytest.raises(XmlCharacterError) as refused:
+        check_element(message)
+    assert (refused.value.code_point, refused.value.offset) == (1, 1)
+    assert refused.value.where == "attribute 'to' of message"
+    message.set("to", "y@b.example")
+    message[0].text = "fine\x00"
+    with pytest.raises(XmlCharacterError, match=r"body holds U\+0000 at offset 4"):
+        check_element(message)
+
+
+def test_a_name_that_is_not_an_xml_name_is_refused_not_written() -> None:
+    for element in (Element("{jabber:server}bad name"), Element("{jabber:server}x", {"1a": "v"})):
+        with pytest.raises(XmlNameError):
+            serialize(element)
+        with pytest.raises(XmlNameError):
+            check_element(element)
