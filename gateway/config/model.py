@@ -211,6 +211,29 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminWebSettings:
+    """The browser console (docs/console.md): off by default, bound to localhost by default.
+
+    ``accounts`` is the file ``xmpp-gateway admin-user`` writes (argon2 hashes), beside the
+    configuration file unless given; HTTPS when ``certificate`` and ``key`` are both set."""
+
+    enabled: bool = False
+    listen: str = setting("127.0.0.1:8480", Syntax("host_port"))  # or "[v6 address]:port"
+    accounts: Path = setting(Path("admin-users"), beside=True)
+    certificate: Path | None = None
+    key: Path | None = None
+    session_idle: float = 1800.0  # seconds without a request before logging in again
+    session_lifetime: float = 43200.0  # seconds after login, whatever the activity
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``listen`` as (host, port) (checked when the file was loaded)."""
+        from gateway.config.values import parse_host_port
+
+        return parse_host_port(self.listen)
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     domains: tuple[str, ...] = setting(check=Syntax("served_domains"))
     partners: tuple[PartnerPolicy, ...] = setting((), Syntax("partners"))
@@ -225,6 +248,7 @@ class GatewayConfig:
     limits: Limits = field(default_factory=Limits)
     federation: FederationSettings = field(default_factory=FederationSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    admin_web: AdminWebSettings = field(default_factory=AdminWebSettings)
     admin_socket: Path = Path("run/gateway.sock")
     source: Path | None = setting(None, read=False)  # file this was loaded from, for messages
 

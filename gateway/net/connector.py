@@ -37,6 +37,7 @@ class Outcome:
     retry: bool = False  # nothing was heard from the peer: its next target may do better
     method: str = ""  # how the pair authenticated, when ok
     dns_failed: bool = False  # the peer's targets could not be looked up
+    unreachable: bool = False  # no stream negotiated: DNS failed or no target answered
 
 
 @dataclass(eq=False, slots=True)
@@ -98,7 +99,7 @@ async def connect(remote: str, resolver: Resolver, connect_timeout: float, diale
     except Exception as exc:  # DnsResolutionError and anything the resolver raises
         timeout = isinstance(exc, DnsResolutionError) and exc.kind == "timeout"
         return Outcome(False, "remote-server-timeout" if timeout else "remote-server-not-found",
-                       f"DNS: {exc}", dns_failed=True)
+                       f"DNS: {exc}", dns_failed=True, unreachable=True)
     on_step("DNS: " + ", ".join(
         f"{t.host}:{t.port}{' (direct TLS)' if t.direct_tls else ''} [{t.source}]"
         for t in targets))
@@ -143,7 +144,7 @@ async def connect(remote: str, resolver: Resolver, connect_timeout: float, diale
                 return outcome
     return Outcome(False, "remote-server-not-found",
                    "no target could be reached: " + "; ".join(notes) if notes
-                   else f"no targets for {remote}")
+                   else f"no targets for {remote}", unreachable=True)
 
 
 async def addresses_of(resolver: Resolver, host: str) -> list[str]:

@@ -204,7 +204,8 @@ class OutboundSessions:
         setup = self.setup
         partner = setup.partner_for(session.remote)
         if partner is None:
-            self._fail(session, "not-allowed", f"{session.remote} is no longer a partner")
+            self._fail(session, "not-allowed", f"{session.remote} is no longer a partner",
+                       count=True)
             return
         outcome = await connect(session.remote, self.resolver,
                                 setup.config.limits.connect_timeout,
@@ -215,12 +216,17 @@ class OutboundSessions:
             return
         if outcome.dns_failed:
             self._count("dns_failures", session.remote)
-        self._fail(session, outcome.condition, outcome.reason)
+        # A failed negotiation was counted as its pair failed (_pair_failed); a session
+        # that never got that far is counted here.
+        self._fail(session, outcome.condition, outcome.reason, count=outcome.unreachable)
 
-    def _fail(self, session: OutboundSession, condition: str, reason: str) -> None:
+    def _fail(self, session: OutboundSession, condition: str, reason: str, *,
+              count: bool = False) -> None:
         session.failures += 1
         session.last_failure = reason
         condition, text = bounce_for(condition, reason, session.local, session.remote)
+        if count:
+            self._count("s2s_failures", condition)
         change = setting_to_change(session.remote, self.setup.partner_for(session.remote),
                                    reason) if condition == POLICY_VIOLATION else None
         log_event(log, logging.WARNING, "s2s.outbound_failed", peer=session.remote,
@@ -281,13 +287,17 @@ class OutboundSessions:
                   condition=event.condition, reason=event.reason)
         self._count("refusals", event.reason.split(":")[0][:60])
         session = self.sessions.get((event.local_domain, event.remote_domain))
+        stream = self.streams[conn]
+        retry = not stream.peer_header_received
+        attempt = session.attempt if session is not None else None
+        trying = attempt is not None and attempt.conn is conn and not attempt.outcome.done()
+        if not (trying and retry):  # else the next target may still succeed
+            self._count("s2s_failures", bounce_for(event.condition, event.reason,
+                                                   event.local_domain, event.remote_domain)[0])
         if session is None:
             return
-        stream = self.streams[conn]
-        attempt = session.attempt
-        if attempt is not None and attempt.conn is conn and not attempt.outcome.done():
-            attempt.settle(Outcome(False, event.condition, event.reason,
-                                   retry=not stream.peer_header_received))
+        if trying and attempt is not None:
+            attempt.settle(Outcome(False, event.condition, event.reason, retry=retry))
         elif session.connection is conn:
             self.bounce_queue(session, *bounce_for(event.condition, event.reason,
                                                    session.local, session.remote))

@@ -508,7 +508,8 @@ class SipTransport:
                                            type=socket.SOCK_DGRAM)
         except OSError as exc:
             raise OSError(f"cannot resolve the SIP proxy {host}: {exc}") from None
-        return infos[0][4][0], infos[0][4][1]
+        address = infos[0][4]
+        return str(address[0]), int(address[1])
 
     def pause_input(self, paused: bool) -> None:
         """Stop (or resume) reading every stream connection: TCP flow control then slows
@@ -577,7 +578,8 @@ class SipTransport:
     def peer_of(self, flow: Flow) -> tuple[str, int]:
         """The address at the other end of ``flow`` (for logs)."""
         if flow[0] == "udp":
-            return flow[1]
+            peer: tuple[str, int] = flow[1]
+            return peer
         stream = self.streams.get(flow)
         return stream.peer if stream is not None else ("", 0)
 
