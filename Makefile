@@ -6,11 +6,12 @@ PY := $(VENV)/bin/python
 GW := $(VENV)/bin/xmpp-gateway
 CONFIG ?= config/gateway.yaml
 # Debian packages the test suite runs for real (interop, SIP side, DNS, namespaces; the
-# console in a real browser, the monitoring rules and dashboard in a real Prometheus).
+# console in a real browser, the monitoring rules and dashboard in a real Prometheus;
+# unbound, nsd and ldnsutils: a DNSSEC-signed zone and a validating resolver for DANE).
 TEST_DEBS := prosody ejabberd dnsmasq-base lua-unbound kamailio kamailio-presence-modules \
              kamailio-tls-modules \
              sip-tester iproute2 openssl postgresql linphone-cli \
-             chromium prometheus
+             chromium prometheus unbound nsd ldnsutils
 # The compose stack's test: podman and runc from Debian, debootstrap for the
 # Debian base image where no registry is reachable; podman-compose from PyPI into the venv
 # (bookworm's 1.0.3 ignores per-network ipv4_address and ipam, which the stack uses).
@@ -79,9 +80,8 @@ compose-test: compose-debs venv $(VENV)/.podman-compose
 MYPY_STRICT := gateway/sip gateway/policy \
                gateway/contracts.py gateway/backend.py gateway/store/protocols.py \
                gateway/router gateway/cluster gateway/assembly.py gateway/daemon.py \
-               gateway/net/federation.py gateway/net/inbound_streams.py \
-               gateway/net/outbound_sessions.py gateway/net/connector.py \
-               gateway/net/context.py gateway/net/probe.py
+               gateway/net/federation.py gateway/net/connector.py gateway/net/context.py \
+               gateway/net/probe.py
 
 test: debs compose-debs venv $(VENV)/.podman-compose
 	$(PY) -m ruff check gateway tests bench demo

@@ -3,8 +3,7 @@
 Every S2S stream decides with one context: the served domains, the partner policies,
 the dialback keys, the certificate checks and the TLS provider. The S2S service makes
 it at start and again for each reload (new certificates, limits and partners apply to
-new streams); both go through :func:`stream_context`, held by one :class:`S2SSetup`
-that the service's inbound and outbound parts read.
+new streams); both go through :func:`stream_context`.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from pathlib import Path
 from gateway.auth.coverage import coverage_problems
 from gateway.auth.dialback_key import DialbackKeyGenerator
 from gateway.auth.tls_provider import OpenSslTlsProvider, certificate_verdict
-from gateway.config.model import GatewayConfig, PartnerPolicy, PartnerType
+from gateway.config.model import GatewayConfig, PartnerPolicy
 from gateway.logs import log_event
 from gateway.xmpp.stream import StreamContext
 
@@ -47,32 +46,6 @@ def stream_context(config: GatewayConfig, keys: DialbackKeyGenerator,
         check_certificate=certificate_verdict,
         tls=provider,
         limits=config.limits,
+        stream_management=config.federation.stream_management,
+        bidi=config.federation.bidi,
     )
-
-
-def unlisted_partner(domain: str) -> PartnerPolicy:
-    """With ``federation.allow_unlisted`` an unlisted domain federates as
-    public-unverified with the default (optional/optional/dialback) settings."""
-    return PartnerPolicy(domain, PartnerType.PUBLIC_UNVERIFIED)
-
-
-class S2SSetup:
-    """The configuration and stream context in force (both replaced whole on reload)."""
-
-    __slots__ = ("config", "ctx", "keys")
-
-    def __init__(self, config: GatewayConfig, keys: DialbackKeyGenerator) -> None:
-        self.keys = keys
-        self.config = config
-        self.ctx = stream_context(config, keys, self.partner_for)
-
-    def apply(self, config: GatewayConfig) -> None:
-        """Raises TlsConfigError before changing anything."""
-        ctx = stream_context(config, self.keys, self.partner_for)
-        self.config, self.ctx = config, ctx
-
-    def partner_for(self, domain: str) -> PartnerPolicy | None:
-        partner = self.config.partner_for(domain)
-        if partner is None and self.config.federation.allow_unlisted:
-            return unlisted_partner(domain)
-        return partner

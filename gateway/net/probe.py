@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.auth.tls_provider import certificate_verdict
 from gateway.config.model import PartnerPolicy
+from gateway.dns.dane import DaneExpectation
 from gateway.dns.srv import ConnectTarget
 from gateway.net.connection import StreamConnection
 from gateway.net.connector import Attempt, Outcome, connect
@@ -86,8 +87,9 @@ async def probe(service: S2SService, local: str, remote: str,
                 f"sasl={partner.sasl} dialback={str(partner.dialback).lower()} → permits "
                 f"{partner.negotiation.methods_text}")
     dialer = _ProbeDialer(service.ctx, local, remote, partner, report)
-    outcome = await connect(remote, service.resolver, service.config.limits.connect_timeout,
-                            dialer, on_step=report.step, settle_timeout=timeout)
+    outcome = await connect(remote, partner, service.resolver,
+                            service.config.limits.connect_timeout, dialer,
+                            on_step=report.step, settle_timeout=timeout)
     if outcome.ok:
         report.ok, report.method = True, outcome.method
         report.verdict = f"OK: {local} → {remote} authenticated with {outcome.method}"
@@ -107,11 +109,12 @@ class _ProbeDialer:
         self.report = report
         self._attempts: dict[StreamConnection, Attempt] = {}
 
-    def open(self, target: ConnectTarget, address: str) -> Attempt:
+    def open(self, target: ConnectTarget, address: str,
+             expectation: DaneExpectation | None) -> Attempt:
         loop = asyncio.get_running_loop()
         stream = OutboundStream(self.ctx, local_domain=self.local, remote_domain=self.remote,
                                 partner=self.partner, now=loop.time(),
-                                direct_tls=target.direct_tls)
+                                direct_tls=target.direct_tls, dane_expectation=expectation)
         conn = StreamConnection(stream, self._on_event, self._attempts_gone)
         attempt = Attempt(target, address, stream, conn, loop.create_future())
         self._attempts[conn] = attempt
@@ -133,8 +136,8 @@ class _ProbeDialer:
     def _attempts_gone(self, conn: StreamConnection) -> None:
         self._attempts.pop(conn, None)
 
-    def unreachable(self, attempt: Attempt, reason: str) -> None:
-        self._attempts.pop(attempt.conn, None)
+    def unreachable(self, target: ConnectTarget, address: str, reason: str) -> None:
+        pass  # the loop narrates it
 
     def connected(self, attempt: Attempt) -> None:
         pass
