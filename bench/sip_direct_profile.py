@@ -1,6 +1,7 @@
 """Where the gateway's CPU goes when SIP MESSAGEs arrive one datagram at a time:
 
-    python -m bench.sip_direct_profile [N] [RATE] [--profile]   # default 50,000 at 10,000/s
+    python -m bench.sip_direct_profile [N] [RATE] [--profile [--cumulative]]
+                                       [--stream-management]  # default 50,000 at 10,000/s
 
 The relay benchmark's ``sip_direct`` run (bench/relay.py) with the gateway *in this
 process* (in a thread that joined the benchmark namespace, tests/interop/in_namespace.py):
@@ -61,7 +62,12 @@ def main() -> int:
     collector = GcTime()
     limit = 30 + n / 2000
     with bench_namespace("sipdirect", keep_workdir=False) as (ns, pki):
-        prosody = Prosody(ns, pki, "a.example", log_level="warn", users=("user",)).start()
+        # --stream-management: XEP-0198 on the S2S link (Prosody's mod_smacks), as the
+        # relay benchmark runs by default
+        smacks = "--stream-management" in sys.argv
+        prosody = Prosody(ns, pki, "a.example", log_level="warn", users=("user",),
+                          smacks=smacks, extra=("smacks_max_queue_size = 20000",)
+                          if smacks else ()).start()
         try:
             config = receiver_config(
                 ns, pki, partners=(PartnerPolicy("a.example", PartnerType.FEDERATED,
