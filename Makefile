@@ -5,10 +5,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 GW := $(VENV)/bin/xmpp-gateway
 CONFIG ?= config/gateway.yaml
-# Debian packages the test suite runs for real (interop, SIP side, DNS, namespaces).
+# Debian packages the test suite runs for real (interop, SIP side, DNS, namespaces; the
+# console in a real browser, the monitoring rules and dashboard in a real Prometheus;
+# unbound, nsd and ldnsutils: a DNSSEC-signed zone and a validating resolver for DANE).
 TEST_DEBS := prosody ejabberd dnsmasq-base lua-unbound kamailio kamailio-presence-modules \
              kamailio-tls-modules \
-             sip-tester iproute2 openssl postgresql linphone-cli
+             sip-tester iproute2 openssl postgresql linphone-cli \
+             chromium prometheus unbound nsd ldnsutils
 # The compose stack's test: podman and runc from Debian, debootstrap for the
 # Debian base image where no registry is reachable; podman-compose from PyPI into the venv
 # (bookworm's 1.0.3 ignores per-network ipv4_address and ipam, which the stack uses).
@@ -71,9 +74,11 @@ $(VENV)/.podman-compose: $(VENV)/.installed
 compose-test: compose-debs venv $(VENV)/.podman-compose
 	$(PY) -m pytest -q -s -ra tests/compose
 
-# The contracts between the gateway's parts and the parts built on them, type-checked
-# strictly (imports are followed silently: their own strictness is their modules' matter).
-MYPY_STRICT := gateway/contracts.py gateway/backend.py gateway/store/protocols.py \
+# Type-checked strictly (pyproject.toml [tool.mypy]): the sans-I/O protocol cores, the pure
+# policy, the contracts between the gateway's parts and the parts built on them (imports
+# are followed silently: their own strictness is their modules' matter).
+MYPY_STRICT := gateway/sip gateway/policy \
+               gateway/contracts.py gateway/backend.py gateway/store/protocols.py \
                gateway/router gateway/cluster gateway/assembly.py gateway/daemon.py
 
 test: debs compose-debs venv $(VENV)/.podman-compose

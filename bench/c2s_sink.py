@@ -38,6 +38,7 @@ class C2SSink:
         self.indices: set[int] = set()  # benchmark message indices seen in bodies
         self.first_at: float | None = None  # time.monotonic() of the first/last message
         self.last_at: float | None = None
+        self.max_gap_s = 0.0  # longest pause between two arrivals (a failover's stall)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
@@ -121,6 +122,8 @@ class C2SSink:
             now = time.monotonic()
             if self.first_at is None:
                 self.first_at = now
+            elif self.last_at is not None:
+                self.max_gap_s = max(self.max_gap_s, now - self.last_at)
             self.last_at = now
             self.count += found
 

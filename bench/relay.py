@@ -58,6 +58,9 @@ class Sizes:
     open_loop: int = 50_000  # sip_direct: the open-loop flood (0: none)
     chat_rates: tuple[int, ...] = (1000,)  # the chat mix: user-visible messages/s offered
     chat_burst: int = 20_000  # user-visible messages (4.5 stanzas each) in its burst
+    # XEP-0198 on the S2S links (Prosody's mod_smacks; the gateway enables it where
+    # offered): the default, as deployed; off measures the relay without acknowledgements.
+    stream_management: bool = True
 
 
 @dataclass(frozen=True)
@@ -91,13 +94,18 @@ SETTLE = 40.0  # longest wait for the gateway to finish a path's SIP transaction
 class RelayWorld:
     """Prosody a and b, Kamailio and the gateway, started in ``ns`` and stopped by PID."""
 
-    def __init__(self, ns: Namespace, pki: Pki) -> None:
+    def __init__(self, ns: Namespace, pki: Pki, stream_management: bool = True) -> None:
         self.ns, self.pki = ns, pki
         self.logs = ns.workdir / "relay"
         self.logs.mkdir(exist_ok=True)
+        # Prosody forgets the oldest of more than smacks_max_queue_size unacknowledged
+        # stanzas; a burst of 100,000 outruns the default 500 (docs/delivery.md).
+        smacks = {"smacks": stream_management,
+                  "extra": ("smacks_max_queue_size = 20000",) if stream_management else ()}
         self.a = Prosody(ns, pki, "a.example", log_level="warn",
-                         users=("writer", "user", "storm"))
-        self.b = Prosody(ns, pki, "b.example", log_level="warn", users=("writer", "user"))
+                         users=("writer", "user", "storm"), **smacks)
+        self.b = Prosody(ns, pki, "b.example", log_level="warn", users=("writer", "user"),
+                         **smacks)
         self.kamailio = Kamailio(self.logs, domain="gw.example", host=GW, port=KAMAILIO_PORT,
                                  gateway=(GW, GATEWAY_SIP_PORT), prefix=ns.exec, debug=1)
         self.gateway = GatewayProcess(
@@ -287,7 +295,7 @@ def run_relay(ns: Namespace, pki: Pki, sizes: Sizes,
     results: dict[str, Any] = {
         "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "sizes": sizes.__dict__, "paths": {}}
-    world = RelayWorld(ns, pki)
+    world = RelayWorld(ns, pki, sizes.stream_management)
     with world.running():
         for name, path in PATHS.items():
             if paths is not None and name not in paths:

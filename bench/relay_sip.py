@@ -55,6 +55,7 @@ class SipLoad:
         self.timers: list[tuple[float, bytes]] = []
         self.finals: Counter[int] = Counter()
         self.refused_indices: list[int] = []
+        self.timed_out_indices: list[int] = []  # no final answer within Timer F
         self.retransmissions = 0
         self.timed_out = 0
         self.notify_call_ids: set[bytes] = set()
@@ -117,11 +118,16 @@ class SipLoad:
             if now >= entry[2]:
                 del self.outstanding[branch]
                 self.timed_out += 1
+                self.timed_out_indices.append(self.index_of(branch))
                 continue
             self.sock.sendto(entry[0], self.proxy)
             self.retransmissions += 1
             entry[1] = min(entry[1] * 2, T2)
             heapq.heappush(self.timers, (now + entry[1], branch))
+
+    def index_of(self, branch: bytes) -> int:
+        """The request's index: branch = z9hG4bK<prefix><index>[r<attempt>]."""
+        return int(branch[7 + len(self.prefix):].split(b"r")[0])
 
     def receive(self) -> None:
         while True:
@@ -132,7 +138,7 @@ class SipLoad:
             status, branch, after = sipwire.response_key(data)
             if status:
                 if status >= 200 and self.outstanding.pop(branch, None):
-                    index = int(branch[7 + len(self.prefix):].split(b"r")[0])
+                    index = self.index_of(branch)
                     if status == 503 and after is not None and not self.open_loop:
                         self.busy += 1
                         self.attempts[index] += 1
@@ -212,6 +218,7 @@ class SipLoad:
             "notifies": self.notifies, "notified_subscriptions": len(self.notify_call_ids),
             "notify_states": dict(self.notify_states),
             "refused_indices": sorted(self.refused_indices),
+            "timed_out_indices": sorted(self.timed_out_indices),
             "cpu_s": time.process_time() - cpu_started,  # this UA's own CPU over the run
         }
 

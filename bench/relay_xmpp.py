@@ -37,6 +37,7 @@ def received(client: C2SSink) -> dict:
     client.flush()
     return {"received": client.count, "indices": sorted(client.indices),
             "first_at": client.first_at, "last_at": client.last_at,
+            "max_gap_s": round(client.max_gap_s, 3),
             "counts": {f"{tag}/{kind or 'normal'}": n
                        for (tag, kind), n in sorted(client.counts.items())},
             # distinct remote senders of presence by type (the storm's contacts)

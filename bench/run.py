@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.failover import failover_markdown, failover_runs
 from bench.relay import Sizes, run_relay
 from bench.relay_report import relay_markdown, relay_target_rows
 from bench.setup import bench_namespace
@@ -412,6 +413,14 @@ def main() -> int:
                         help="user-visible messages in the chat mix's burst")
     parser.add_argument("--relay-storm", type=int, default=5_000,
                         help="contacts in the presence storm, each side")
+    parser.add_argument("--relay-stream-management", choices=("on", "off"), default="on",
+                        help="XEP-0198 on the relay's S2S links (Prosody's mod_smacks)")
+    parser.add_argument("--skip-failover", action="store_true", help="no failover row")
+    parser.add_argument("--only-failover", action="store_true",
+                        help="only the failover row (bench/failover.py); prints it")
+    parser.add_argument("--failover-runs", type=int, default=10,
+                        help="SIGKILL runs per direction")
+    parser.add_argument("--failover-rate", type=int, default=2000, help="msg/s offered")
     parser.add_argument("--relay-paths", default=None,
                         help="only these relay paths, comma-separated (xmpp_xmpp, xmpp_sip, "
                              "xmpp_xmpp_back, sip_xmpp, sip_direct); with --relay-storm 0 no "
@@ -439,11 +448,21 @@ def main() -> int:
     results: dict[str, dict] = {}
     sizes = Sizes(rates=tuple(int(r) for r in args.relay_rates.split(",") if r),
                   seconds=args.relay_seconds, burst=args.relay_burst, storm=args.relay_storm,
+                  stream_management=args.relay_stream_management == "on",
                   direct_rate=args.relay_direct_rate,
                   direct_seconds=args.relay_direct_seconds, open_loop=args.relay_open_loop,
                   chat_rates=tuple(int(r) for r in args.relay_chat_rates.split(",") if r),
                   chat_burst=args.relay_chat_burst)
     relay_paths = tuple(args.relay_paths.split(",")) if args.relay_paths else None
+    if args.only_failover or not (args.skip_failover or args.only_relay or args.only_sip
+                                  or args.only_idle):
+        # Its own namespace: the failover world changes DNS and adds a second node address.
+        with bench_namespace("failover") as (ns, pki):
+            results["failover"] = failover_runs(ns, pki, args.failover_runs,
+                                                rate=args.failover_rate)
+        if args.only_failover:
+            print(json.dumps(results, indent=2))
+            return 0
     with bench_namespace("bench") as (ns, pki):
         if args.only_sip:
             results["gateway"] = {"sip": sip_latency(ns, pki, args.sip_messages, args.sip_rate)}
@@ -559,6 +578,9 @@ def write_markdown(report: dict, args: argparse.Namespace) -> None:
         lines += relay_markdown(relay)
         lines += ["## Relay targets, from this run", "", "| Target | Measured | Met |",
                   "|---|---|---|", *relay_target_rows(report), ""]
+    failover = report["results"].get("failover")
+    if failover:
+        lines += failover_markdown(failover)
     target = args.out / "benchmarks.md" if args.out else ROOT / "docs" / "benchmarks.md"
     target.write_text("\n".join(lines))
 

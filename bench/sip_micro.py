@@ -26,6 +26,7 @@ from xml.etree.ElementTree import Element, SubElement
 
 from bench.setup import hottest
 from gateway.config.model import GatewayConfig, PartnerPolicy, PartnerType, StoreSettings
+from gateway.contracts import OnSent
 from gateway.router import Router
 from gateway.sip.backend import SipBackend
 from gateway.sip.message import SipRequest, make_response, parse_message
@@ -42,9 +43,11 @@ class SerialisingS2S:
     def __init__(self) -> None:
         self.sent = 0
 
-    def send(self, stanza: Element) -> None:
+    def send(self, stanza: Element, on_sent: OnSent = None) -> None:
         serialize(stanza)
         self.sent += 1
+        if on_sent is not None:
+            on_sent(True)  # as plain S2S: written is all it knows
 
     def set_reading_paused(self, paused: bool) -> None:
         pass

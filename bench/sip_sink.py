@@ -45,6 +45,7 @@ class FastSipSink:
         self.first_at: float | None = None
         self.last_at: float | None = None
         self.retransmissions = 0
+        self.max_gap_s = 0.0  # longest pause between two arrivals (a failover's stall)
         self.expected = 1 << 62
         self.quiet = float("inf")
         self.deadline = float("inf")
@@ -93,6 +94,8 @@ class FastSipSink:
                 self.retransmissions += 1
                 continue
             self.call_ids.add(call_id)
+            if self.last_at is not None and self.first_at is not None:
+                self.max_gap_s = max(self.max_gap_s, arrived / 1e9 - self.last_at)
             self.last_at = arrived / 1e9
             if self.first_at is None:
                 self.first_at = self.last_at
@@ -119,6 +122,7 @@ class FastSipSink:
             "expected": None if self.expected >= 1 << 62
             else self.expected, "retransmissions_seen": self.retransmissions,
             "first_at": self.first_at, "last_at": self.last_at,
+            "max_gap_s": round(self.max_gap_s, 3),
             "latency_p50_ms": statistics.median(values) if values else None,
             "latency_p90_ms": percentile(values, 0.90) if values else None,
             "latency_p99_ms": percentile(values, 0.99) if values else None,

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.auth.dialback_key import DialbackKeyGenerator
@@ -50,6 +51,7 @@ from gateway.store.membership import RUNNING, STOPPED, NodeReport
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
+    from gateway.sip.health import ProxyHealth
 
 log = logging.getLogger("gateway.daemon")
 
@@ -92,7 +94,7 @@ async def assemble(config: GatewayConfig, *, node_id: str, started_at: str,
     resolver = resolver or make_resolver(config)
     keys = DialbackKeyGenerator(config.dialback.secret or _random_secret())
     metrics = None
-    if config.metrics.enabled:
+    if config.metrics.enabled or config.admin_web.enabled:  # the console shows them too
         from gateway.metrics import Metrics
 
         metrics = Metrics()
@@ -115,8 +117,23 @@ async def assemble(config: GatewayConfig, *, node_id: str, started_at: str,
     if config.store.url:
         parts.member = ClusterMember(store, config.cluster, parts.report, backend)
     if metrics is not None:
-        metrics.watch(lambda: s2s.queued, lambda: s2s.streams)
+        from gateway.sip.health import proxy_health
+
+        metrics.watch(lambda: s2s.queued, lambda: s2s.streams,
+                      lambda: max(s2s.queues().values(), default=0),
+                      lambda: parts.config.limits.max_queue_per_domain)
+        metrics.watch_certificates(lambda: certificate_files(parts.config))
+        # Someone looks at the SIP proxy's health (the metrics, the console): ask it.
+        parts.proxy = proxy_health(backend, config.sip)
+        if parts.proxy is not None:
+            metrics.watch_proxy(parts.proxy.describe)
     return parts
+
+
+def certificate_files(config: GatewayConfig) -> list[tuple[str, Path]]:
+    """(domain, certificate file) the gateway presents: "*" for the default one."""
+    return [("*", config.tls.certificate)] + [
+        (domain, pair.certificate) for domain, pair in config.tls.per_domain.items()]
 
 
 def _random_secret() -> str:
@@ -139,6 +156,7 @@ class GatewayParts:
     s2s: S2SService
     forwarding: PresenceForwarding | None = None
     member: ClusterMember | None = None
+    proxy: ProxyHealth | None = None  # OPTIONS to the SIP proxy, when metrics look at it
     draining: bool = False
     _started: set[str] = dataclasses.field(default_factory=set)
 
@@ -146,7 +164,7 @@ class GatewayParts:
         """Start in dependency order; raises StartupError (what started is stopped by
         :meth:`stop`)."""
         config = self.config
-        if self.metrics is not None:
+        if self.metrics is not None and config.metrics.enabled:
             self.metrics.serve(config.metrics.host, config.metrics.port)
         self._started.add("metrics")
         await self._join_cluster()
@@ -157,6 +175,8 @@ class GatewayParts:
         await self.backend.start(self.router, watches=self.store, metrics=self.metrics,
                                  spellings=self.store)
         self._started.add("backend")
+        if self.proxy is not None:
+            self.proxy.start()
         await self.router.start(self.s2s)
         self._started.add("router")
         try:
@@ -190,6 +210,8 @@ class GatewayParts:
             await self.s2s.stop()
         if "router" in started:
             await self.router.stop(grace=2.0)
+        if self.proxy is not None:
+            await self.proxy.stop()
         if "backend" in started:
             await self.backend.stop()
         if "member" in started and self.member is not None:

@@ -24,6 +24,11 @@ OnSettled = Callable[[], None] | None
 """Called once when the router is done with a stanza (see :class:`RouterForS2S`)."""
 
 OnDecided = Callable[[], None] | None
+
+OnSent = Callable[[bool], None] | None
+"""Told once what became of a stanza handed to the S2S service: True when the peer server
+has it (acknowledged under XEP-0198 stream management, else written to its stream),
+False once its sender was told it could not be sent (the error reply delivered)."""
 """Called once when the router has decided a local user's stanza (see
 :class:`RouterForBackend`)."""
 
@@ -50,10 +55,12 @@ class RouterForS2S(Protocol):
         """
         ...
 
-    def bounce(self, stanza: Element, condition: str, text: str) -> None:
+    def bounce(self, stanza: Element, condition: str, text: str,
+               on_settled: OnSettled = None) -> None:
         """The S2S service could not deliver a local user's ``stanza``: tell the sender
         with an error of RFC 6120 §8.3.3 ``condition`` (in order with everything else
-        delivered to local users), or count the drop when nobody can be told."""
+        delivered to local users), or count the drop when nobody can be told;
+        ``on_settled`` is called once either is done."""
         ...
 
     def s2s_congestion(self, domain: str, congested: bool) -> None:
@@ -66,11 +73,12 @@ class RouterForBackend(Protocol):
     """What a SIP-side backend may ask of the router."""
 
     def submit_local(self, stanza: Element, on_decided: OnDecided = None) -> None:
-        """A local user's stanza toward XMPP. ``on_decided`` is called once the router
-        has decided: the stanza is on its way to the S2S service, or its error reply has
-        already been handed to the backend's ``deliver`` (a SIP backend answers the SIP
-        request with that refusal, RFC 7247 §8.1, instead of a blind 202). Stanzas from
-        one sender to one recipient leave in the order they were submitted."""
+        """A local user's stanza toward XMPP. ``on_decided`` is called once its outcome
+        is known: the partner server has it (acknowledged under XEP-0198, else written to
+        the stream: docs/delivery.md), or its error reply has already been handed to the
+        backend's ``deliver`` (a SIP backend answers the SIP request with that refusal,
+        RFC 7247 §8.1, instead of a blind 202). Stanzas from one sender to one recipient
+        leave in the order they were submitted."""
         ...
 
     async def from_local(self, stanza: Element) -> None:
@@ -85,9 +93,9 @@ class RouterForBackend(Protocol):
 class XmppSide(Protocol):
     """What the router may ask of the S2S service."""
 
-    def send(self, stanza: Element) -> None:
+    def send(self, stanza: Element, on_sent: OnSent = None) -> None:
         """Send a stanza toward its XMPP domain (never blocks; failures come back
-        through :meth:`RouterForS2S.bounce`)."""
+        through :meth:`RouterForS2S.bounce`); ``on_sent`` learns the outcome."""
         ...
 
     def set_reading_paused(self, paused: bool) -> None:

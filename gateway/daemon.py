@@ -19,7 +19,7 @@ import os
 import signal
 import socket
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.assembly import GatewayParts, StartupError, assemble
 from gateway.auth.coverage import coverage_problems
@@ -33,6 +33,9 @@ from gateway.net.admin import AdminServer
 from gateway.net.federation import S2SService
 from gateway.router import Router
 from gateway.store import AsyncAuthorizationStore
+
+if TYPE_CHECKING:
+    from gateway.admin_web.server import AdminWebServer
 
 log = logging.getLogger("gateway.daemon")
 
@@ -49,6 +52,7 @@ class Gateway:
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.parts: GatewayParts | None = None
         self.admin: AdminServer | None = None
+        self.console: AdminWebServer | None = None  # admin_web.enabled
         self.reloads = 0
         self._backend, self._resolver = backend, resolver
         self._stop = asyncio.Event()
@@ -101,6 +105,8 @@ class Gateway:
             await self.admin.start()
         except OSError as exc:
             raise StartupError(f"admin socket {config.admin_socket}: {exc}") from None
+        if config.admin_web.enabled:
+            await self._start_console(self.parts)
         log_event(log, logging.INFO, "gateway.started", domains=",".join(config.domains),
                   partners=len(config.partners), backend=config.sip.backend,
                   listen=" ".join(f"{h}:{p}" for h, p in self.s2s.listening_addresses),
@@ -108,6 +114,8 @@ class Gateway:
 
     async def stop(self) -> None:
         log_event(log, logging.INFO, "gateway.stopping")
+        if self.console is not None:
+            await self.console.stop()
         if self.admin is not None:
             await self.admin.stop()
         if self.parts is not None:
@@ -117,6 +125,30 @@ class Gateway:
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    async def _start_console(self, parts: GatewayParts) -> None:
+        """The admin console (``admin_web``), reading and acting through this object and
+        the parts the CLI's commands reach."""
+        from gateway.admin_web.ports import ConsoleParts
+        from gateway.admin_web.server import AdminWebServer
+        from gateway.cli.main import installed_version
+
+        assert parts.metrics is not None  # made whenever the console is on
+        self.console = AdminWebServer(ConsoleParts(
+            gateway=self, users=parts.store, traffic=parts.metrics,
+            cluster=parts.store if parts.member is not None else None, proxy=parts.proxy,
+            version=installed_version()), self.config.admin_web)
+        where = f"admin_web.listen {self.config.admin_web.listen}"
+        try:
+            await self.console.start()
+        except OSError as exc:  # the port is taken, the address is not ours …
+            raise StartupError(f"{where}: {exc.strerror or exc}") from None
+        except ValueError as exc:  # the certificate or key cannot be loaded
+            raise StartupError(f"{where}: {exc}") from None
+
+    def user_switch_changed(self, local_user: str) -> None:
+        """The console changed a federation switch: the next stanza reads it anew."""
+        self._running.router.forget_cached(local_user)
 
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -185,8 +217,11 @@ class Gateway:
             return self._reload_refused(exc)
         note = "" if (new.domains, new.listen) == (self.config.domains, self.config.listen) \
             else "served domains and listen addresses change only on restart"
-        # Domains and listeners are bound at start: the running ones stay.
-        new = dataclasses.replace(new, domains=self.config.domains, listen=self.config.listen)
+        if new.admin_web != self.config.admin_web:
+            note = "; ".join(filter(None, [note, "admin_web settings change only on restart"]))
+        # Domains, listeners and the console are bound at start: the running ones stay.
+        new = dataclasses.replace(new, domains=self.config.domains, listen=self.config.listen,
+                                  admin_web=self.config.admin_web)
         # A certificate that does not authenticate a served domain would quietly turn
         # SASL EXTERNAL into dialback: keep the running one (gateway/auth/coverage.py).
         uncovered = coverage_problems(new.tls, new.domains)

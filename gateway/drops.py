@@ -21,6 +21,11 @@ from gateway.logs import log_event
 
 log = logging.getLogger("gateway.drops")
 
+# Every reason a stanza is dropped for (a test checks that each ``record`` call names one):
+# exported at 0 from the start so that an alert on increase() has a series to watch.
+REASONS = ("unrouted-at-stop", "error-not-deliverable", "reply-not-deliverable",
+           "bounce-not-deliverable")
+
 
 class DropCounter:
     """Counts drops by reason; mirrors them on the metrics when those are enabled."""

@@ -59,7 +59,17 @@ def _base_context(settings: TlsSettings) -> SSL.Context:
     except SSL.Error as exc:
         raise TlsConfigError(f"cannot load CA file {settings.ca_file}: {exc}") from None
     install_verify_callback(context)
+    # XEP-0368 §3: a direct-TLS client names 'xmpp-server'; accepted when offered.
+    # Anything else offered alone gets no protocol (the stream decides, as over STARTTLS).
+    context.set_alpn_select_callback(_select_alpn)
     return context
+
+
+XMPP_SERVER_ALPN = b"xmpp-server"
+
+
+def _select_alpn(_connection: SSL.Connection, offered: list[bytes]) -> bytes:
+    return XMPP_SERVER_ALPN if XMPP_SERVER_ALPN in offered else SSL.NO_OVERLAPPING_PROTOCOLS
 
 
 def _load_identity(context: SSL.Context, files: CertificateFiles) -> None:
@@ -123,9 +133,10 @@ class OpenSslTlsProvider:
     def server_engine(self) -> TlsEngine:
         return TlsEngine(self._server, server_side=True)
 
-    def client_engine(self, server_name: str, local_domain: str | None = None) -> TlsEngine:
+    def client_engine(self, server_name: str, local_domain: str | None = None,
+                      alpn: tuple[bytes, ...] = ()) -> TlsEngine:
         context = self._client_per_domain.get(local_domain or "", self._client)
-        return TlsEngine(context, server_side=False, server_name=server_name)
+        return TlsEngine(context, server_side=False, server_name=server_name, alpn=alpn)
 
 
 def certificate_verdict(

@@ -2,8 +2,8 @@
 
 The store behind the contact rules (docs/configuration.md, Partner types): which
 public-unverified XMPP contacts a local user has authorized, and the per-user XMPP
-federation switch. A local user is given as ``user@domain`` or just ``user`` (then the first
-served domain is used).
+federation switch. A local user is given as ``user@domain`` or just ``user`` (then the
+first served domain is used).
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any] | None:
         return None
 
 
-def _local(config: Any, user: str) -> str:
+def local_user(config: Any, user: str) -> str:
+    """``user@domain`` of a served domain, or ``user`` alone for the first one."""
     from gateway.store import normalize_bare_jid
 
     user = user if "@" in user else f"{user}@{config.domains[0]}"
@@ -64,6 +65,20 @@ def _local(config: Any, user: str) -> str:
     if bare.partition("@")[2] not in config.domains:
         raise ValueError(f"{bare} is not a user of a served domain ({', '.join(config.domains)})")
     return bare
+
+
+def authorization_words(action: str, local: str, remote: str, changed: bool) -> str:
+    """What ``contacts allow|revoke`` says (the console says the same)."""
+    if action == "allow":
+        return f"{local} {'now authorizes' if changed else 'already authorized'} {remote}"
+    return f"{local} {'no longer authorizes' if changed else 'had not authorized'} {remote}"
+
+
+def switch_words(local: str, value: bool | None, default: bool) -> str:
+    """What ``users enable|disable|default`` says: the switch as it now applies."""
+    effective = default if value is None else value
+    return (f"{local}: XMPP federation {'enabled' if effective else 'disabled'}"
+            + (" (default)" if value is None else ""))
 
 
 def _contacts(args: argparse.Namespace) -> int:
@@ -74,7 +89,7 @@ def _contacts(args: argparse.Namespace) -> int:
         return 1
     config, store = opened
     try:
-        local = _local(config, args.local_user)
+        local = local_user(config, args.local_user)
         if args.action == "list":
             for item in store.list_contacts(local):
                 print(f"{item.remote_jid}  (since {item.granted_at}, by {item.source})")
@@ -82,11 +97,9 @@ def _contacts(args: argparse.Namespace) -> int:
         remote = normalize_bare_jid(args.jid)
         if args.action == "allow":
             changed = store.allow(local, remote, "cli")
-            print(f"{local} {'now authorizes' if changed else 'already authorized'} {remote}")
         else:
             changed = store.revoke(local, remote)
-            print(f"{local} {'no longer authorizes' if changed else 'had not authorized'} "
-                  f"{remote}")
+        print(authorization_words(args.action, local, remote, changed))
         return 0
     except (ValueError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -111,13 +124,10 @@ def _users(args: argparse.Namespace) -> int:
                 print(f"{setting.local_user}  {'enabled' if setting.enabled else 'disabled'}"
                       f"  (since {setting.updated_at})")
             return 0
-        local = _local(config, args.local_user)
+        local = local_user(config, args.local_user)
         value = {"enable": True, "disable": False, "default": None}[args.action]
         store.set_user_enabled(local, value)
-        effective = default if value is None else value
-        print(f"{local}: XMPP federation {'enabled' if effective else 'disabled'}"
-              + (" (default)" if value is None else "")
-              + "; a running gateway applies it within 5 s")
+        print(switch_words(local, value, default) + "; a running gateway applies it within 5 s")
         return 0
     except (ValueError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)

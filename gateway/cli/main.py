@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gateway.cli.cert",
     "gateway.cli.contacts",
     "gateway.cli.cluster",
+    "gateway.admin_web.cli",
 )
 
 SYSTEM_CONFIG = Path("/etc/xmpp-gateway/gateway.yaml")

@@ -16,7 +16,14 @@ from typing import Any
 from gateway.cli.common import load_or_report
 from gateway.cli.main import config_parent
 from gateway.config.model import PartnerPolicy, PartnerType
-from gateway.policy.negotiation import Support, negotiate
+from gateway.config.partner_changes import (
+    PartnerChange,
+    add_partner,
+    partner_domain,
+    remove_partner,
+    update_partner,
+)
+from gateway.policy.negotiation import Support
 from gateway.policy.outcome import in_effect
 
 SUPPORTS = [s.value for s in Support]
@@ -80,123 +87,35 @@ def register(subparsers: Any) -> None:
     remove.set_defaults(func=_remove)
 
 
-def _refuse_combination(tls: Support, sasl: Support, dialback: bool) -> bool:
-    outcome = negotiate(tls, sasl, dialback)
-    if outcome.valid:
-        return False
-    print(f"refused: tls={tls}, sasl={sasl}, dialback={str(dialback).lower()}: "
-          f"{outcome.error}", file=sys.stderr)
-    return True
-
-
-def _print_warnings(policy: PartnerPolicy) -> None:
-    """The matrix's notes as they are, then what they mean for this partner."""
-    for warning in policy.negotiation.warnings:
-        print(f"warning: {warning}")
-    print(f"in effect: {in_effect(policy.negotiation)}")
-
-
-def _domain(text: str) -> str:
-    """Normalised domain, or a DomainError that names the text it was about."""
-    from gateway.domain import DomainError, normalize_domain
-
-    try:
-        return normalize_domain(text)
-    except DomainError as exc:
-        raise DomainError(f"{text!r} is not a valid domain: {exc}") from None
-
-
-def _edit(args: argparse.Namespace, action: Any) -> int:
-    from gateway.config.editor import ConcurrentEdit, PartnerNotFound
-    from gateway.config.loader import ConfigError
-    from gateway.domain import DomainError
-
-    try:
-        return int(action())
-    except PartnerNotFound as exc:
-        print(f"error: {exc} is not a partner in {args.config}", file=sys.stderr)
-        return 1
-    except ConfigError as exc:
-        print(f"refused, {args.config} unchanged:\n{exc}", file=sys.stderr)
-        return 2
-    except DomainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ConcurrentEdit as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"error: {args.config}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+def _report(change: PartnerChange) -> int:
+    """Print an edit's outcome (gateway.config.partner_changes) and return its status."""
+    if change.ok:
+        print(change.message)
+        for warning in change.warnings:
+            print(f"warning: {warning}")
+        if change.in_effect:
+            print(f"in effect: {change.in_effect}")
+    else:
+        print(change.error, file=sys.stderr)
+    return change.status
 
 
 def _add(args: argparse.Namespace) -> int:
-    from gateway.config.editor import add_partner
-
-    tls = Support(args.tls or "optional")
-    sasl = Support(args.sasl or "optional")
-    dialback = True if args.dialback is None else args.dialback
-    if _refuse_combination(tls, sasl, dialback):
-        return 2
-
-    def action() -> int:
-        entry = {"domain": _domain(args.domain), "type": args.type, "tls": str(tls),
-                 "sasl": str(sasl), "dialback": dialback,
-                 "additional_domains": [_domain(d) for d in args.additional_domain] or None,
-                 "description": args.description}
-        config = add_partner(args.config, entry)
-        policy = config.partner_for(entry["domain"])
-        assert policy is not None
-        print(f"added {policy.primary_domain}: permits {policy.negotiation.methods_text}")
-        _print_warnings(policy)
-        return 0
-
-    return _edit(args, action)
+    return _report(add_partner(
+        args.config, args.domain, args.type, tls=args.tls, sasl=args.sasl,
+        dialback=args.dialback, additional_domains=args.additional_domain,
+        description=args.description))
 
 
 def _set(args: argparse.Namespace) -> int:
-    from gateway.config.editor import PartnerNotFound, set_partner
-    from gateway.config.loader import load_config
-
-    changes = (args.type, args.tls, args.sasl, args.dialback, args.description)
-    if all(c is None for c in changes) and not (args.add_domain or args.remove_domain):
-        print("error: nothing to change: give --type, --tls, --sasl, --dialback, "
-              "--description, --add-domain or --remove-domain", file=sys.stderr)
-        return 2
-
-    def action() -> int:
-        current = load_config(args.config).partner_for(_domain(args.domain))
-        if current is None:
-            raise PartnerNotFound(args.domain)
-        tls = Support(args.tls) if args.tls else current.tls
-        sasl = Support(args.sasl) if args.sasl else current.sasl
-        dialback = current.dialback if args.dialback is None else args.dialback
-        if _refuse_combination(tls, sasl, dialback):
-            return 2
-        updates = {"type": args.type, "tls": args.tls, "sasl": args.sasl,
-                   "dialback": args.dialback, "description": args.description}
-        config = set_partner(args.config, args.domain, updates,
-                             [_domain(d) for d in args.add_domain],
-                             [_domain(d) for d in args.remove_domain])
-        policy = config.partner_for(current.primary_domain)
-        assert policy is not None
-        print(f"updated {policy.primary_domain}: permits {policy.negotiation.methods_text}")
-        _print_warnings(policy)
-        return 0
-
-    return _edit(args, action)
+    return _report(update_partner(
+        args.config, args.domain, partner_type=args.type, tls=args.tls, sasl=args.sasl,
+        dialback=args.dialback, description=args.description, add_domains=args.add_domain,
+        remove_domains=args.remove_domain))
 
 
 def _remove(args: argparse.Namespace) -> int:
-    from gateway.config.editor import remove_partner
-
-    def action() -> int:
-        domain = _domain(args.domain)
-        remove_partner(args.config, domain)
-        print(f"removed the partner entry of {domain}")
-        return 0
-
-    return _edit(args, action)
+    return _report(remove_partner(args.config, args.domain))
 
 
 def _describe(policy: PartnerPolicy) -> dict[str, Any]:
@@ -215,7 +134,7 @@ def _show(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     try:
-        policy = config.partner_for(_domain(args.domain))
+        policy = config.partner_for(partner_domain(args.domain))
     except DomainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -61,8 +61,9 @@ class PresenceForwarding:
                                   "xml": tostring(stanza, encoding="unicode")})
             self.feed.publish_in_order(PRESENCE_TOPIC, payload, self._not_forwarded)
 
-    def bounce(self, stanza: Element, condition: str, text: str) -> None:
-        self.router.bounce(stanza, condition, text)
+    def bounce(self, stanza: Element, condition: str, text: str,
+               on_settled: OnSettled = None) -> None:
+        self.router.bounce(stanza, condition, text, on_settled)
 
     def s2s_congestion(self, domain: str, congested: bool) -> None:
         self.router.s2s_congestion(domain, congested)

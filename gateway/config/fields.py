@@ -23,6 +23,7 @@ from typing import Any, Final
 CHECK: Final = "check"  # field metadata: the Check that validates the value
 KEY: Final = "key"  # field metadata: the key in the file, when not the field's name
 READ: Final = "read"  # field metadata: False for fields the file does not set
+BESIDE: Final = "beside"  # field metadata: a default path beside the file, not above it
 
 
 class Check:
@@ -51,7 +52,7 @@ class Syntax(Check):
     ``served_domains``, ``domain``, ``located_domains`` (a list of domains, each with its
     line), ``nameservers``, ``networks`` (IP addresses / CIDR networks), ``names``
     (certificate names: domains or IP addresses), ``database_url``, ``node_id``,
-    ``listen``, ``per_domain``, ``partners``."""
+    ``listen``, ``per_domain``, ``partners``, ``host_port`` (where a service listens)."""
 
     name: str
 
@@ -60,13 +61,18 @@ PORT: Final = Whole(1, 65535)
 
 
 def setting(default: Any = MISSING, check: Check | None = None, *,
-            factory: Any = MISSING, key: str | None = None, read: bool = True) -> Any:
+            factory: Any = MISSING, key: str | None = None, read: bool = True,
+            beside: bool = False) -> Any:
     """A dataclass field with how the loader reads it (see the module docstring).
 
     ``default`` or ``factory`` as for :func:`dataclasses.field`; ``check`` refines the
     check implied by the type; ``key`` names the field in the file; ``read=False`` marks a
-    field the file does not set (it is not a key)."""
+    field the file does not set (it is not a key); ``beside=True`` anchors a relative
+    default path in the configuration file's own directory instead of the one above it
+    (a file that belongs with the configuration, wherever that is installed)."""
     metadata: dict[str, Any] = {READ: read}
+    if beside:
+        metadata[BESIDE] = True
     if check is not None:
         metadata[CHECK] = check
     if key is not None:

@@ -34,7 +34,7 @@ from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.reader import ReaderError
 
-from gateway.config.fields import CHECK, READ, Check, Choice, Syntax, Whole, file_key
+from gateway.config.fields import BESIDE, CHECK, READ, Check, Choice, Syntax, Whole, file_key
 from gateway.config.model import (
     CertificateFiles,
     GatewayConfig,
@@ -42,7 +42,7 @@ from gateway.config.model import (
     PartnerPolicy,
     PartnerType,
 )
-from gateway.config.values import parse_nameserver, parse_network
+from gateway.config.values import parse_host_port, parse_nameserver, parse_network
 from gateway.domain import DomainError, normalize_domain
 from gateway.policy.negotiation import Support
 
@@ -311,6 +311,16 @@ class _Checker:
                 raise _Skip
         return tuple(str(v) for v in value)
 
+    def host_port(self, value: Any, path: str, line: int | None) -> str:
+        """Where a service listens (``admin_web.listen``): ``host:port``."""
+        text = self.string(value, path, line).strip()
+        try:
+            parse_host_port(text)
+            return text
+        except ValueError as exc:
+            self.problem(line, path, str(exc), value)
+            raise _Skip from None
+
     def nameservers(self, value: Any, path: str, line: int | None) -> tuple[str, ...]:
         servers = self.string_list(value, path, line)
         bad = False
@@ -389,7 +399,8 @@ class _Checker:
             "located_domains": self.located_domains, "nameservers": self.nameservers,
             "networks": self.networks, "names": self.names,
             "database_url": self.database_url, "node_id": self.node_id,
-            "listen": self.listen, "per_domain": self.per_domain, "partners": self.partners}
+            "listen": self.listen, "per_domain": self.per_domain, "partners": self.partners,
+            "host_port": self.host_port}
         try:
             return converters[name]
         except KeyError:
@@ -452,7 +463,8 @@ class _Checker:
     def completed(self, cls: type, values: dict[str, Any]) -> dict[str, Any]:
         """``values`` (by field name) with what the file left out: sections built from
         their defaults, and default paths made absolute. A relative default path is
-        relative to the directory above the configuration file (``../certs/…``)."""
+        relative to the directory above the configuration file (``../certs/…``), or to the
+        file's own directory for a field declared ``beside``."""
         for f in fields(cls):
             if f.name in values or not f.init or not f.metadata.get(READ, True):
                 continue
@@ -461,7 +473,8 @@ class _Checker:
                     and f.metadata.get(CHECK) is None:
                 values[f.name] = self.section(hint)(None, f.name, None)
             elif isinstance(f.default, Path) and not f.default.is_absolute():
-                values[f.name] = Path(os.path.normpath(self.base_dir / ".." / f.default))
+                anchor = self.base_dir if f.metadata.get(BESIDE) else self.base_dir / ".."
+                values[f.name] = Path(os.path.normpath(anchor / f.default))
         return values
 
     def listen(self, value: Any, path: str, line: int | None) -> tuple[ListenAddress, ...]:
@@ -578,6 +591,11 @@ class _Checker:
             self.problem(None, "cluster.lease", f"{cluster.lease:g} s is shorter than two "
                          f"heartbeats ({cluster.heartbeat_interval:g} s each): one late "
                          "heartbeat would declare a live node dead", cluster.lease)
+        web = values.get("admin_web")
+        if web is not None and (web.certificate is None) != (web.key is None):
+            missing = "key" if web.key is None else "certificate"
+            self.problem(None, f"admin_web.{missing}", "is required with the other one: set "
+                         "both to serve the console over HTTPS, or neither for plain HTTP")
         tls = values.get("tls")
         if tls is not None and served:
             for domain in tls.per_domain:
@@ -704,6 +722,27 @@ def config_warnings(config: GatewayConfig) -> list[str]:
     if config.metrics.enabled and config.metrics.host not in ("127.0.0.1", "::1", "localhost"):
         warnings.append(f"metrics.host {config.metrics.host} exposes the metrics endpoint "
                         "beyond this host (it has no authentication)")
+    warnings.extend(_admin_web_warnings(config))
+    return warnings
+
+
+def _admin_web_warnings(config: GatewayConfig) -> list[str]:
+    """The console changes partners and drains nodes: who can reach it matters."""
+    web = config.admin_web
+    if not web.enabled:
+        return []
+    warnings = []
+    host, port = web.address
+    if not _is_loopback(host):
+        https = web.certificate is not None
+        warnings.append(f"admin_web.listen {host}:{port} makes the admin console reachable "
+                        "beyond this host" + ("; restrict who can reach it (firewall)" if https
+                                              else ": without admin_web.certificate and key, "
+                                              "passwords and session cookies cross the network "
+                                              "in clear text"))
+    if not Path(web.accounts).is_file():
+        warnings.append(f"admin_web.accounts {web.accounts} does not exist: nobody can log in "
+                        "to the console (create an account: xmpp-gateway admin-user add NAME)")
     return warnings
 
 

@@ -22,6 +22,14 @@ from gateway.config.fields import PORT, Choice, Syntax, Whole, setting
 from gateway.policy.negotiation import Negotiation, Support, negotiate
 
 
+class DanePolicy(StrEnum):
+    """DANE (RFC 7673) for our outbound streams to a partner (gateway.dns.dane)."""
+
+    OFF = "off"
+    OPPORTUNISTIC = "opportunistic"  # secure TLSA records, when there are, must match
+    REQUIRED = "required"  # secure TLSA records must exist and match
+
+
 class PartnerType(StrEnum):
     """Contact rules class of a partner (docs/configuration.md, "Partner types")."""
 
@@ -42,6 +50,9 @@ class PartnerPolicy:
     dialback: bool = True
     additional_domains: tuple[str, ...] = setting((), Syntax("located_domains"))
     description: str = ""
+    # DANE (RFC 7673) for our outbound streams to this partner: off, opportunistic
+    # (TLSA records, when DNSSEC vouches for them, must match) or required.
+    dane: DanePolicy = DanePolicy.OFF
 
     @property
     def domains(self) -> tuple[str, ...]:
@@ -94,6 +105,9 @@ class DnsSettings:
     nameservers: tuple[str, ...] = setting((), Syntax("nameservers"))
     timeout: float = 5.0
     direct_tls: bool = True  # also look up _xmpps-server._tcp (XEP-0368)
+    # Believe the nameservers' DNSSEC validation (the AD bit) for DANE: they must be a
+    # validating resolver reached over a trusted path, e.g. unbound on localhost.
+    dnssec: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +205,11 @@ class Limits:
     # Per inbound stream, bytes/s before reads are paused (0 = unlimited); a flood on one
     # session then slows that peer down through TCP instead of starving the others.
     inbound_bytes_per_second: int = setting(0, Whole(0))
+    # Stanzas sent under stream management and not yet acknowledged, per stream (the
+    # window): no more are written until the peer acknowledges some; the next ones wait
+    # in the domain's queue (max_queue_per_domain). About what a 1 MiB socket buffer
+    # held of chat messages before acknowledgements.
+    max_unacked: int = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +218,14 @@ class FederationSettings:
     allow_unlisted: bool = False
     # Default for the per-user XMPP federation switch (per-user overrides live in the store).
     users_enabled_by_default: bool = True
+    # XEP-0198 stream management on S2S: offered to authenticated peers and enabled where
+    # offered; stanzas are acknowledged only once delivered (docs/delivery.md).
+    stream_management: bool = True
+    # Stanzas a lost link left unacknowledged go again over a new link (True) or are
+    # bounced to their senders with an error (False), as Prosody's smacks_s2s_resend.
+    resend_unacked: bool = True
+    # XEP-0288: one TLS connection carries both directions with partners that support it.
+    bidi: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +235,29 @@ class MetricsSettings:
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = setting(9269, PORT)
+
+
+@dataclass(frozen=True, slots=True)
+class AdminWebSettings:
+    """The browser console (docs/console.md): off by default, bound to localhost by default.
+
+    ``accounts`` is the file ``xmpp-gateway admin-user`` writes (argon2 hashes), beside the
+    configuration file unless given; HTTPS when ``certificate`` and ``key`` are both set."""
+
+    enabled: bool = False
+    listen: str = setting("127.0.0.1:8480", Syntax("host_port"))  # or "[v6 address]:port"
+    accounts: Path = setting(Path("admin-users"), beside=True)
+    certificate: Path | None = None
+    key: Path | None = None
+    session_idle: float = 1800.0  # seconds without a request before logging in again
+    session_lifetime: float = 43200.0  # seconds after login, whatever the activity
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``listen`` as (host, port) (checked when the file was loaded)."""
+        from gateway.config.values import parse_host_port
+
+        return parse_host_port(self.listen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +275,7 @@ class GatewayConfig:
     limits: Limits = field(default_factory=Limits)
     federation: FederationSettings = field(default_factory=FederationSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    admin_web: AdminWebSettings = field(default_factory=AdminWebSettings)
     admin_socket: Path = Path("run/gateway.sock")
     source: Path | None = setting(None, read=False)  # file this was loaded from, for messages
 

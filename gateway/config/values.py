@@ -65,3 +65,17 @@ def parse_network(text: str) -> Network:
         raise ValueError(f"{value!r} is not an IP address or network (CIDR such as "
                          "10.0.0.0/29 or 2001:db8::/64); host names are not accepted here, "
                          "use sip.proxy_host for the proxy's name") from None
+
+
+def parse_host_port(spec: str) -> tuple[str, int]:
+    """``"127.0.0.1:8480"``, ``"name:8480"`` or ``"[::1]:8480"`` → (host, port): where a
+    service listens (``admin_web.listen``). An IPv6 address must be in brackets: without
+    them its last group would read as the port."""
+    text = spec.strip()
+    host, _, port = text.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if not host or (":" in host and not bracketed) or not port.isdigit() \
+            or not 0 < int(port) < 65536:
+        raise ValueError(f"{spec!r} is not host:port (e.g. 127.0.0.1:8480 or [::1]:8480)")
+    return host, int(port)

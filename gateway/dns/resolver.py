@@ -19,12 +19,15 @@ from typing import Literal, Protocol, TypeVar
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
+import dns.message
 import dns.name
 import dns.nameserver
 import dns.resolver
 
 from gateway.config.model import DnsSettings
 from gateway.config.values import parse_nameserver
+from gateway.dns.dane import TlsaAnswer, TlsaRecord, tlsa_name
 from gateway.dns.srv import (
     XMPP_SERVER_SERVICE,
     XMPPS_SERVER_SERVICE,
@@ -75,6 +78,12 @@ class Resolver(Protocol):
         """IPv6 and IPv4 addresses of ``host`` as text, IPv6 first."""
         ...
 
+    async def resolve_tlsa(self, domain: str, target: ConnectTarget) -> TlsaAnswer:
+        """The TLSA records of ``target`` (found for ``domain``) with whether DNSSEC
+        vouches for them (RFC 7673 §3); raises DnsResolutionError when the validating
+        resolver fails the query (bogus data: the target must not be used)."""
+        ...
+
 
 class DnsPythonResolver:
     """:class:`Resolver` on ``dns.asyncresolver``.
@@ -91,6 +100,7 @@ class DnsPythonResolver:
         direct_tls: bool = True,
         rng: random.Random | None = None,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        dnssec: bool = False,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"dns timeout must be positive, not {timeout}")
@@ -115,13 +125,21 @@ class DnsPythonResolver:
         self._resolver.lifetime = timeout
         self._resolver.timeout = min(PER_TRY_TIMEOUT, timeout)
         self._resolver.cache = dns.resolver.LRUCache(cache_size) if cache_size > 0 else None
+        # DANE: ask for DNSSEC (DO, RFC 3225; AD, RFC 6840 §5.7) and believe the AD bit of
+        # the configured nameservers, which must be a validating resolver on a trusted
+        # path (dns.dnssec; docs/dns.md).
+        self.dnssec = dnssec
+        if dnssec:
+            self._resolver.use_edns(0, dns.flags.DO, 1232)
+            self._resolver.flags = dns.flags.RD | dns.flags.AD
         self.timeout = timeout
         self.direct_tls = direct_tls
         self.rng = rng if rng is not None else random.Random()
 
     @classmethod
     def from_settings(cls, settings: DnsSettings) -> DnsPythonResolver:
-        return cls(settings.nameservers, settings.timeout, settings.direct_tls)
+        return cls(settings.nameservers, settings.timeout, settings.direct_tls,
+                   dnssec=settings.dnssec)
 
     async def resolve_targets(self, domain: str) -> list[ConnectTarget]:
         """SRV lookup per RFC 6120 §3.2.1 and XEP-0368, ordered by gateway.dns.srv.
@@ -192,6 +210,48 @@ class DnsPythonResolver:
             "no-address", f"A/AAAA {name}: the name exists but has no A or AAAA record"
         )
 
+    async def resolve_tlsa(self, domain: str, target: ConnectTarget) -> TlsaAnswer:
+        """TLSA at ``_port._tcp.target`` (RFC 7673 §3.2), secure only when the answer
+        that named the target (the SRV RRset, or the domain's own address records for the
+        RFC 6120 §3.2.2 fallback) and the TLSA answer both carry the AD bit."""
+        name = tlsa_name(target.host, target.port)
+        if not self.dnssec:
+            return TlsaAnswer(name, (), False, "dns.dnssec is off: DNSSEC validation "
+                                               "is not asked of the resolver")
+        if target.source.startswith("SRV "):
+            named_by, rdtype = target.source.split()[1], "SRV"
+        else:
+            named_by, rdtype = target.host, "A"
+        if not await self._secure(named_by, rdtype):
+            return TlsaAnswer(name, (), False, f"the {rdtype} answer for {named_by} is not "
+                                               "DNSSEC-validated")
+        absolute = _absolute(name, "TLSA", name)
+        try:
+            answer = await self._resolver.resolve(absolute, "TLSA", search=False,
+                                                  raise_on_no_answer=False)
+        except dns.resolver.NXDOMAIN as exc:
+            secure = any(_authenticated(r) for r in exc.responses().values())
+            return TlsaAnswer(name, (), secure, "no TLSA records (NXDOMAIN)")
+        except dns.exception.DNSException as exc:
+            raise self._failure("TLSA", absolute, exc) from exc
+        secure = _authenticated(answer.response)
+        records = tuple(TlsaRecord(r.usage, r.selector, r.mtype, bytes(r.cert))
+                        for r in (answer.rrset or ()))
+        note = "" if records else "no TLSA records"
+        if records and not secure:
+            note = "the TLSA answer is not DNSSEC-validated"
+        return TlsaAnswer(name, records, secure, note)
+
+    async def _secure(self, name: str, rdtype: str) -> bool:
+        try:
+            answer = await self._resolver.resolve(_absolute(name, rdtype, name), rdtype,
+                                                  search=False, raise_on_no_answer=False)
+        except dns.resolver.NXDOMAIN as exc:
+            return any(_authenticated(r) for r in exc.responses().values())
+        except dns.exception.DNSException as exc:
+            raise self._failure(rdtype, name, exc) from exc
+        return _authenticated(answer.response)
+
     async def _srv(self, name: str) -> list[SrvRecord]:
         """SRV records at ``name``; none when the name or the records do not exist."""
         try:
@@ -235,6 +295,10 @@ class DnsPythonResolver:
             detail = "; ".join(answers) or f"no nameserver answered ({self.nameserver_text})"
             return DnsResolutionError("servfail", f"{query}: server failure: {detail}")
         return DnsResolutionError("servfail", f"{query}: {exc}")
+
+
+def _authenticated(response: dns.message.Message | None) -> bool:
+    return response is not None and bool(response.flags & dns.flags.AD)
 
 
 async def _or_error(lookup: Awaitable[_T]) -> _T | DnsResolutionError:

@@ -245,6 +245,11 @@ class StreamConnection(asyncio.Protocol):
             "stanzas_in": stream.stanzas_in,
             "stanzas_out": stream.stanzas_out,
             "phase": stream.phase.value,
+            # XEP-0198 counters (None: no stream management on this stream), XEP-0288,
+            # the ALPN protocol of direct TLS (XEP-0368).
+            "stream_management": stream.describe_sm(),
+            "bidi": stream.bidi,
+            "alpn": stream.tls_alpn or None,
         }
 
     def log_fields(self) -> dict[str, Any]:

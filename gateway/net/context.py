@@ -46,4 +46,6 @@ def stream_context(config: GatewayConfig, keys: DialbackKeyGenerator,
         check_certificate=certificate_verdict,
         tls=provider,
         limits=config.limits,
+        stream_management=config.federation.stream_management,
+        bidi=config.federation.bidi,
     )

@@ -12,12 +12,22 @@ The orchestration the sans-I/O streams cannot do alone (they know one connection
 * **Dialback routing** (XEP-0220 §2.1.2): an inbound stream's ``DialbackVerifyNeeded``
   becomes a ``db:verify`` on our outbound session to the claimed domain's authoritative
   server, and its answer goes back to the inbound stream that asked.
+* **Stream management** (XEP-0198): a received stanza is acknowledged only once the
+  router settled it; a sent one is kept until the peer acknowledges it, and re-sent over
+  a new link or bounced when its link dies (gateway/net/delivery.py). At most
+  ``limits.max_unacked`` are unacknowledged per stream (the window); the rest wait in
+  the domain's queue, whose bound holds the senders back.
+* **Bidi** (XEP-0288): an inbound stream that negotiated it also carries our stanzas
+  to its peer; no outbound connection is opened while it lives.
+* **Connecting**: DANE (RFC 7673) per partner policy, the addresses of each target
+  raced (Happy Eyeballs, RFC 8305), and a backoff per partner after a failed round.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -28,9 +38,12 @@ from xml.etree.ElementTree import Element
 
 from gateway.auth.dialback_key import DialbackKeyGenerator
 from gateway.config.model import GatewayConfig, PartnerPolicy, PartnerType
-from gateway.contracts import RouterForS2S
+from gateway.contracts import OnSent, RouterForS2S
+from gateway.dns import dane
 from gateway.dns.resolver import DnsResolutionError, Resolver
 from gateway.logs import log_event
+from gateway.net import delivery, happy_eyeballs, resent
+from gateway.net.backoff import QUEUE_WAIT, Backoff
 from gateway.net.connection import StreamConnection
 from gateway.net.context import stream_context
 from gateway.policy.refusals import (
@@ -40,18 +53,22 @@ from gateway.policy.refusals import (
     setting_to_change,
 )
 from gateway.xmpp.events import (
+    BidiNegotiated,
     DialbackVerifyAnswered,
     DialbackVerifyNeeded,
     Event,
     PairAuthenticated,
     PairFailed,
     StanzaReceived,
+    StanzasAcked,
     StreamClosed,
+    StreamManagementEnabled,
+    StreamManagementFailed,
     TlsEstablished,
 )
 from gateway.xmpp.inbound import InboundStream
 from gateway.xmpp.jid import JidError, domain_of
-from gateway.xmpp.outbound import NotAuthenticated, OutboundStream
+from gateway.xmpp.outbound import OutboundStream
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
@@ -67,7 +84,9 @@ class OutboundSession:
 
     local: str
     remote: str
-    queue: deque[Element] = field(default_factory=deque)
+    queue: deque[delivery.Queued] = field(default_factory=deque)
+    # The stream carrying the session: our outbound stream, or the peer's inbound one
+    # when it negotiated bidi (XEP-0288).
     connection: StreamConnection | None = None
     task: asyncio.Task[None] | None = None
     # db:verify requests waiting for a stream: (local, remote, stream_id, key)
@@ -77,6 +96,8 @@ class OutboundSession:
     last_failure: str = ""
     outcome: asyncio.Future[tuple[bool, str, str, bool]] | None = None
     congested: bool = False  # queue over limits.max_queue_per_domain (see S2SService.send)
+    backoff: Backoff = field(default_factory=Backoff)
+    resent: int = 0  # stanzas sent again after a link died before acknowledging them
 
 
 def unlisted_partner(domain: str) -> PartnerPolicy:
@@ -109,6 +130,8 @@ class S2SService:
         self._verify_waiters: dict[tuple[str, str, str], StreamConnection] = {}
         self._servers: list[asyncio.base_events.Server] = []
         self._accepting = True
+        self._stopping = False  # stop(): what links give back is bounced, not re-sent
+        self.recent = resent.RecentStanzas()  # delivered lately (re-sends recognised)
         self._per_ip: dict[str, int] = {}
         self._counted_ip: dict[StreamConnection, str] = {}  # admitted inbound connections
         self.reading_paused = False
@@ -187,53 +210,83 @@ class S2SService:
         return ""
 
     def set_reading_paused(self, paused: bool) -> None:
-        """Backpressure from the router: stop (or resume) reading inbound streams."""
+        """Backpressure from the router: stop (or resume) reading the streams that bring
+        stanzas in (inbound ones, and outbound ones with XEP-0288 bidi)."""
         self.reading_paused = paused
         for conn in self.connections:
-            if isinstance(conn.stream, InboundStream):
+            if isinstance(conn.stream, InboundStream) or conn.stream.bidi:
                 conn.set_reading(not paused)
 
     # ------------------------------------------------------------------ sending
 
-    def send(self, stanza: Element) -> None:
-        """Route one stanza from a local user toward its XMPP domain (never blocks)."""
+    def send(self, stanza: Element, on_sent: OnSent = None) -> None:
+        """Route one stanza from a local user toward its XMPP domain (never blocks).
+
+        ``on_sent`` is told True once the peer server has the stanza (acknowledged under
+        stream management, else written), False once it was bounced to its sender (the
+        error reply delivered)."""
+        on_done = on_sent
         try:
             local = domain_of(stanza.get("from", ""))
             remote = domain_of(stanza.get("to", ""))
         except JidError as exc:
-            self.router.bounce(stanza, "jid-malformed", str(exc))
+            self._bounce(stanza, on_done, "jid-malformed", str(exc))
             return
         if remote in self.ctx.local_domains:
-            self.router.bounce(stanza, "service-unavailable", f"{remote} is served here")
+            self._bounce(stanza, on_done, "service-unavailable", f"{remote} is served here")
             return
         if self.partner_for(remote) is None:
             log_event(log, logging.INFO, "s2s.refused", peer=remote, direction="outbound",
                       reason="domain is not a federation partner")
-            self.router.bounce(stanza, "not-allowed", f"{remote} is not a federation partner")
+            self._bounce(stanza, on_done, "not-allowed", f"{remote} is not a federation partner")
             return
         session = self.sessions.get((local, remote))
         if session is None:
             session = self.sessions[(local, remote)] = OutboundSession(local, remote)
         conn = session.connection
-        if conn is not None and not session.queue and not conn.write_paused \
-                and isinstance(conn.stream, OutboundStream) \
-                and conn.stream.can_send(local, remote):
-            try:
-                conn.stream.send_stanza(stanza)
+        if conn is not None and not session.queue and not conn.write_paused:
+            stream = conn.stream
+            if stream.can_send(local, remote) and stream.unacked < self.config.limits.max_unacked:
+                stream.send_stanza(stanza, on_done)
                 conn.schedule_pump()
                 self._count("stanzas_out", remote)
+                if on_done is not None and stream.sm_out is None:
+                    on_done(True)  # plain S2S: written is all we will ever know
                 return
-            except NotAuthenticated:
-                pass
         if session.connection is None and (session.task is None or session.task.done()):
-            self._piggyback(session)
+            self._adopt_bidi(session) or self._piggyback(session)
+            waiting = session.backoff.waiting(time.monotonic())
+            if session.connection is None and waiting > QUEUE_WAIT and not session.queue:
+                # The last rounds of attempts failed and the next is a while away: answer
+                # now rather than queue behind it (gateway/net/backoff.py).
+                self._bounce(stanza, on_done, "remote-server-not-found",
+                             f"{session.backoff.last_failure} (next attempt to {remote} in "
+                             f"{waiting:.0f} s)")
+                return
         # Never refused for being one too many: the queue is the wait. Over its bound the
         # domain is congested, which holds back its sources (the local side, and inbound
         # streams from that domain, whose error replies land here) until it drains.
-        session.queue.append(stanza)
+        session.queue.append(stanza if on_done is None else delivery.Pending(stanza, on_done))
         if not session.congested and len(session.queue) > self.config.limits.max_queue_per_domain:
             self._set_congested(session, True)
         self._ensure_connecting(session)
+
+    def _bounce(self, stanza: Element, on_done: OnSent, condition: str, reason: str) -> None:
+        """Tell the sender; ``on_done`` learns it once the error reply is delivered."""
+        self.router.bounce(stanza, condition, reason,
+                           None if on_done is None else functools.partial(on_done, False))
+
+    def _adopt_bidi(self, session: OutboundSession) -> bool:
+        """Send over the peer's inbound stream when it negotiated XEP-0288 for the pair."""
+        for conn in self.connections:
+            stream = conn.stream
+            if isinstance(stream, InboundStream) and stream.bidi \
+                    and stream.can_send(session.local, session.remote):
+                session.connection = conn
+                log_event(log, logging.DEBUG, "s2s.bidi_adopted", **conn.log_fields(),
+                          pair=f"{session.local}->{session.remote}")
+                return True
+        return False
 
     def _set_congested(self, session: OutboundSession, congested: bool) -> None:
         session.congested = congested
@@ -241,7 +294,8 @@ class S2SService:
                   local=session.local, direction="outbound",
                   state="on" if congested else "off", queued=len(session.queue))
         for conn in self.connections:
-            if isinstance(conn.stream, InboundStream) \
+            # Not a bidi stream: it carries the acknowledgements that drain this queue.
+            if isinstance(conn.stream, InboundStream) and not conn.stream.bidi \
                     and conn.stream.remote_domain == session.remote:
                 conn.set_reading(not congested, f"queue-{session.remote}")
         self.router.s2s_congestion(session.remote, congested)
@@ -270,10 +324,13 @@ class S2SService:
         )
 
     async def _connect(self, session: OutboundSession) -> None:
+        delay = session.backoff.waiting(time.monotonic())
+        if delay:  # the last round failed: the next one starts no earlier than this
+            await asyncio.sleep(delay)
         started = time.monotonic()
         partner = self.partner_for(session.remote)
         if partner is None:
-            self._fail_session(session, "not-allowed", f"{session.remote} is no longer a partner")
+            self._unreachable(session, "not-allowed", f"{session.remote} is no longer a partner")
             return
         try:
             targets = await self.resolver.resolve_targets(session.remote)
@@ -281,20 +338,41 @@ class S2SService:
             timeout = isinstance(exc, DnsResolutionError) and exc.kind == "timeout"
             condition = "remote-server-timeout" if timeout else "remote-server-not-found"
             self._count("dns_failures", session.remote)
-            self._fail_session(session, condition, f"DNS: {exc}")
+            self._unreachable(session, condition, f"DNS: {exc}")
             return
         notes: list[str] = []
         loop = asyncio.get_running_loop()
         for target in targets:
+            expectation = await self._dane_for(session, partner, target, notes)
+            if expectation is False:
+                continue  # DANE refuses this target (notes say why)
             try:
                 addresses = await self._addresses(target.host)
             except Exception as exc:
                 notes.append(f"{target.host}: {exc}")
                 continue
-            for address in addresses:
+            remaining = list(addresses)
+            while remaining:
+
+                def failed(address: str, reason: str, target: Any = target) -> None:
+                    where = f"{target.host}[{address}]:{target.port}"
+                    notes.append(f"{where}: {reason}")
+                    log_event(log, logging.INFO, "s2s.connect_failed", peer=session.remote,
+                              direction="outbound", target=where, reason=reason)
+
+                # RFC 8305: the addresses raced, IPv6 first, 250 ms apart.
+                race = await happy_eyeballs.race(remaining, target.port,
+                                                 self.config.limits.connect_timeout,
+                                                 on_failure=failed)
+                if race is None:
+                    break
+                for address in [race.address, *(a for a, _r in race.failures)]:
+                    remaining.remove(address)
+                address = race.address
                 stream = OutboundStream(
                     self.ctx, local_domain=session.local, remote_domain=session.remote,
                     partner=partner, now=loop.time(), direct_tls=target.direct_tls,
+                    dane_expectation=expectation or None,
                 )
                 conn = StreamConnection(stream, self._on_event, self._on_gone)
                 conn.on_writable = self._on_writable
@@ -302,19 +380,7 @@ class S2SService:
                 session.attempt = conn
                 self.connections.add(conn)
                 where = f"{target.host}[{address}]:{target.port}"
-                try:
-                    await asyncio.wait_for(
-                        loop.create_connection(lambda c=conn: c, address, target.port),
-                        self.config.limits.connect_timeout,
-                    )
-                except (OSError, TimeoutError) as exc:
-                    reason = "timed out" if isinstance(exc, TimeoutError) else \
-                        (exc.strerror or str(exc))
-                    notes.append(f"{where}: {reason}")
-                    log_event(log, logging.INFO, "s2s.connect_failed", peer=session.remote,
-                              direction="outbound", target=where, reason=reason)
-                    self.connections.discard(conn)
-                    continue
+                race.hand_over(conn)
                 # Connected: this stream now carries the session, and the db:verify
                 # requests that waited for a connection (XEP-0220 §2.1.2).
                 session.connection = conn
@@ -334,9 +400,34 @@ class S2SService:
                 if not retry:
                     self._fail_session(session, condition, reason)
                     return
-        self._fail_session(session, "remote-server-not-found",
-                           "no target could be reached: " + "; ".join(notes)
-                           if notes else f"no targets for {session.remote}")
+        self._unreachable(session, "remote-server-not-found",
+                          "no target could be reached: " + "; ".join(notes)
+                          if notes else f"no targets for {session.remote}")
+
+    async def _dane_for(self, session: OutboundSession, partner: PartnerPolicy, target: Any,
+                        notes: list[str]) -> dane.DaneExpectation | bool | None:
+        """The TLSA records ``target`` must match (RFC 7673), None without DANE, False
+        when DANE refuses the target before connecting (why is added to ``notes``)."""
+        if partner.dane is dane.DanePolicy.OFF:
+            return None
+        where = f"{target.host}:{target.port}"
+        try:
+            answer = await self.resolver.resolve_tlsa(session.remote, target)
+        except Exception as exc:  # bogus (SERVFAIL from the validating resolver), timeout
+            reason = f"DANE: TLSA lookup failed: {exc}"
+        else:
+            expectation = dane.DaneExpectation(partner.dane, answer)
+            refused = dane.precheck(expectation)
+            if refused is None:
+                log_event(log, logging.DEBUG, "s2s.dane", peer=session.remote, target=where,
+                          policy=str(partner.dane), tlsa=answer.name, secure=answer.secure,
+                          records=len(answer.usable), note=answer.note)
+                return expectation
+            reason = refused.reason
+        notes.append(f"{where}: {reason}")
+        log_event(log, logging.WARNING, "s2s.dane_refused", peer=session.remote,
+                  direction="outbound", target=where, policy=str(partner.dane), reason=reason)
+        return False
 
     async def _addresses(self, host: str) -> list[str]:
         import ipaddress
@@ -348,15 +439,25 @@ class S2SService:
             pass
         return list(await self.resolver.resolve_addresses(host))
 
-    def _fail_session(self, session: OutboundSession, condition: str, reason: str) -> None:
+    def _unreachable(self, session: OutboundSession, condition: str, reason: str) -> None:
+        """The session failed before any stream negotiated (no partner, DNS, no target
+        answered): counted as an S2S failure, under the condition its stanzas bounce with
+        (a failed negotiation is counted as its pair fails)."""
+        self._fail_session(session, condition, reason, count=True)
+
+    def _fail_session(self, session: OutboundSession, condition: str, reason: str, *,
+                      count: bool = False) -> None:
         session.failures += 1
         session.last_failure = reason
         condition, text = bounce_for(condition, reason, session.local, session.remote)
+        if count:
+            self._count("s2s_failures", condition)
         change = setting_to_change(session.remote, self.partner_for(session.remote), reason) \
             if condition == POLICY_VIOLATION else None
+        retry_in = session.backoff.failed(time.monotonic(), reason)
         log_event(log, logging.WARNING, "s2s.outbound_failed", peer=session.remote,
                   local=session.local, direction="outbound", condition=condition, reason=reason,
-                  bounced=len(session.queue), change=change)
+                  bounced=len(session.queue), change=change, retry_in=f"{retry_in:.1f}s")
         self._bounce_queue(session, condition, text)
         for request in session.pending_verifies:
             local, remote, stream_id, _key = request
@@ -366,9 +467,11 @@ class S2SService:
 
     def _bounce_queue(self, session: OutboundSession, condition: str, reason: str) -> None:
         while session.queue:
-            stanza = session.queue.popleft()
+            stanza, token = delivery.unpack(session.queue.popleft())
             self._count("bounces", session.remote)
-            self.router.bounce(stanza, condition, reason)
+            self.router.bounce(stanza, condition, reason,
+                               None if token is None else functools.partial(
+                                   delivery.settle, token, False))
         if session.congested:
             self._set_congested(session, False)
 
@@ -378,7 +481,19 @@ class S2SService:
         stream = conn.stream
         if isinstance(event, StanzaReceived):
             self._count("stanzas_in", event.remote_domain)
-            self.router.from_xmpp(event.stanza, event.remote_domain, event.local_domain)
+            if self.recent.keys and self.recent.seen(event.stanza, event.remote_domain):
+                # Sent again after a lost link, and delivered here already (resent.py).
+                self._count("duplicates_dropped", event.remote_domain)
+                if stream.stanza_settled(event.seq):
+                    conn.schedule_pump()
+                return
+            # XEP-0198: acknowledged to the peer only once the router settled it.
+            settled = None if event.seq < 0 else functools.partial(self._settled, conn,
+                                                                   event.seq)
+            self.router.from_xmpp(event.stanza, event.remote_domain, event.local_domain,
+                                  settled)
+        elif isinstance(event, StanzasAcked):
+            self._on_acked(conn, event)
         elif isinstance(event, PairAuthenticated):
             self._on_authenticated(conn, event)
         elif isinstance(event, PairFailed):
@@ -391,6 +506,16 @@ class S2SService:
         elif isinstance(event, TlsEstablished):
             log_event(log, logging.DEBUG, "s2s.tls", **conn.log_fields(), version=event.version,
                       cipher=event.cipher, peer_cert=event.peer_certificate_present)
+        elif isinstance(event, StreamManagementEnabled):
+            log_event(log, logging.INFO, "s2s.stream_management", **conn.log_fields(),
+                      state="enabled", requested_by="us" if event.initiated_by_us else "peer")
+        elif isinstance(event, StreamManagementFailed):
+            log_event(log, logging.INFO, "s2s.stream_management", **conn.log_fields(),
+                      state="refused by peer", condition=event.condition)
+        elif isinstance(event, BidiNegotiated):
+            log_event(log, logging.INFO, "s2s.bidi", **conn.log_fields())
+            if isinstance(stream, OutboundStream) and self.reading_paused:
+                conn.set_reading(False)  # it brings stanzas in now: router backpressure
         elif isinstance(event, StreamClosed) and isinstance(stream, InboundStream):
             self._on_inbound_closed(conn, event)
         elif isinstance(event, StreamClosed) and isinstance(stream, OutboundStream):
@@ -424,32 +549,100 @@ class S2SService:
                   addr=conn.peer_address)
         if self.metrics is not None:
             self.metrics.session_authenticated(direction, str(event.method))
+        session = self.sessions.get((event.local_domain, event.remote_domain))
         if isinstance(stream, OutboundStream):
-            session = self.sessions.get((event.local_domain, event.remote_domain))
             if session is None:
                 return
             session.connection = conn
+            session.backoff.succeeded()
             if session.outcome is not None and not session.outcome.done():
                 session.outcome.set_result((True, "", "", False))
             self._flush(session)
+        elif stream.bidi:
+            # XEP-0288: the peer's stream carries our stanzas to it too.
+            if session is None:
+                session = self.sessions[(event.local_domain, event.remote_domain)] = \
+                    OutboundSession(event.local_domain, event.remote_domain)
+            if session.connection is None or session.connection.stream.closed:
+                session.connection = conn
+                session.backoff.succeeded()
+                self._flush(session)
 
     def _flush(self, session: OutboundSession) -> None:
         """Send what is queued, in slices, until the peer stops taking it (the transport
-        buffer passes its high-water mark: the rest waits for :meth:`_on_writable`)."""
+        buffer passes its high-water mark: the rest waits for :meth:`_on_writable`; or
+        max_unacked stanzas wait for the peer's acknowledgement: :meth:`_on_acked`)."""
         conn = session.connection
-        if conn is None or not isinstance(conn.stream, OutboundStream):
+        if conn is None:
             return
         stream = conn.stream
         queue = session.queue
-        while queue and not conn.write_paused and stream.can_send(session.local,
-                                                                  session.remote):
-            for _ in range(min(len(queue), FLUSH_SLICE)):
-                stream.send_stanza(queue.popleft())
+        window = self.config.limits.max_unacked
+        while queue and not conn.write_paused and stream.unacked < window \
+                and stream.can_send(session.local, session.remote):
+            for _ in range(min(len(queue), FLUSH_SLICE, window - stream.unacked)):
+                stanza, token = delivery.unpack(queue.popleft())
+                stream.send_stanza(stanza, token)
+                if stream.sm_out is None and token is not None:
+                    delivery.settle(token, True)  # plain S2S: written is all we know
                 self._count("stanzas_out", session.remote)
             conn.pump()
         conn.pump()
-        if session.congested and len(queue) <= self.config.limits.max_queue_per_domain // 2:
+        if session.congested and \
+                len(session.queue) <= self.config.limits.max_queue_per_domain // 2:
             self._set_congested(session, False)
+
+    @staticmethod
+    def _settled(conn: StreamConnection, seq: int) -> None:
+        """The router is done with received stanza ``seq``: it may be acknowledged."""
+        if conn.stream.stanza_settled(seq):
+            conn.schedule_pump()
+
+    def _on_acked(self, conn: StreamConnection, event: StanzasAcked) -> None:
+        """The peer has these stanzas: tell who waited, and let more through the window."""
+        for token in event.tokens:
+            delivery.settle(token, True)
+        for session in self.sessions.values():
+            if session.connection is conn and session.queue:
+                self._flush(session)
+            elif session.connection is conn and session.congested \
+                    and len(session.queue) <= self.config.limits.max_queue_per_domain // 2:
+                self._set_congested(session, False)
+
+    def _take_back(self, conn: StreamConnection) -> None:
+        """A stream ended with stanzas the peer never acknowledged: send them again over
+        a new link (``federation.resend_unacked``) or bounce them (delivery.py)."""
+        left = conn.stream.take_unacked()
+        if not left:
+            return
+        peer = conn.stream.remote_domain or ""
+        reason = (f"the link to {peer} ended before it acknowledged the stanza "
+                  f"({conn.stream.close_reason or 'closed'})")
+        resend = self.config.federation.resend_unacked and not self._stopping
+        touched: list[OutboundSession] = []
+        bounced = 0
+        for stanza, token in reversed(left):
+            item = delivery.again(stanza, token)
+            local = domain_of(stanza.get("from", ""))
+            remote = domain_of(stanza.get("to", ""))
+            session = self.sessions.get((local, remote))
+            if not resend or session is None or item.attempts >= delivery.MAX_ATTEMPTS:
+                bounced += 1
+                self._count("bounces", remote)
+                self._bounce(stanza, item.on_done, "remote-server-timeout", reason)
+                continue
+            resent.mark(stanza, local)
+            session.queue.appendleft(item)
+            session.resent += 1
+            self._count("resent", remote)
+            if session not in touched:
+                touched.append(session)
+        log_event(log, logging.WARNING, "s2s.unacked", **conn.log_fields(), left=len(left),
+                  resent=len(left) - bounced, bounced=bounced, reason=reason)
+        for session in touched:
+            if session.connection is conn:
+                session.connection = None
+            self._ensure_connecting(session)
 
     def _on_writable(self, conn: StreamConnection) -> None:
         for session in list(self.sessions.values()):
@@ -462,12 +655,17 @@ class S2SService:
                   condition=event.condition, reason=event.reason)
         self._count("refusals", event.reason.split(":")[0][:60])
         session = self.sessions.get((event.local_domain, event.remote_domain))
+        stream = conn.stream
+        retry = isinstance(stream, OutboundStream) and not stream.peer_header_received
+        attempt = session is not None and session.outcome is not None \
+            and not session.outcome.done() and session.attempt is conn
+        if not (attempt and retry):  # else the next target may still succeed
+            self._count("s2s_failures", bounce_for(event.condition, event.reason,
+                                                   event.local_domain, event.remote_domain)[0])
         if session is None:
             return
-        if session.outcome is not None and not session.outcome.done() \
-                and session.attempt is conn:
-            stream = conn.stream
-            retry = isinstance(stream, OutboundStream) and not stream.peer_header_received
+        if attempt:
+            assert session.outcome is not None
             session.outcome.set_result((False, event.condition, event.reason, retry))
         elif session.connection is conn:
             self._bounce_queue(session, *bounce_for(event.condition, event.reason,
@@ -517,17 +715,21 @@ class S2SService:
             if waiter is conn:
                 del self._verify_waiters[key]
         stream = conn.stream
-        if isinstance(stream, OutboundStream):
-            for session in self.sessions.values():
-                if session.connection is not conn:
-                    continue
-                session.connection = None
-                if session.outcome is not None and not session.outcome.done():
-                    session.outcome.set_result(
-                        (False, "remote-server-not-found", stream.close_reason or "closed",
-                         not stream.peer_header_received))
-                elif session.queue:
-                    self._ensure_connecting(session)
+        carried = [s for s in self.sessions.values() if s.connection is conn]
+        for session in carried:
+            session.connection = None
+            if isinstance(stream, OutboundStream) and session.outcome is not None \
+                    and not session.outcome.done():
+                session.outcome.set_result(
+                    (False, "remote-server-not-found", stream.close_reason or "closed",
+                     not stream.peer_header_received))
+        self._take_back(conn)
+        if stream.sm_in is not None and stream.remote_domain:
+            for stanza in stream.received_unacked():  # the peer sends these again
+                self.recent.remember(stanza, stream.remote_domain)
+        for session in carried:
+            if session.queue:
+                self._ensure_connecting(session)
 
     def _count(self, what: str, label: str) -> None:
         if self.metrics is not None:
@@ -541,13 +743,19 @@ class S2SService:
             row = conn.describe()
             stream = conn.stream
             queue = 0
-            if isinstance(stream, OutboundStream):
-                session = self.sessions.get((stream.local_domain or "", stream.remote_domain or ""))
-                if session is not None and session.connection is conn:
-                    queue = len(session.queue)
+            session = self.sessions.get((stream.local_domain or "", stream.remote_domain or ""))
+            if session is not None and session.connection is conn:
+                queue = len(session.queue)
             row["queue"] = queue
             rows.append(row)
         return rows
+
+    def backoffs(self) -> dict[str, dict[str, object]]:
+        """Partners whose last connection round failed: failures in a row, seconds
+        before the next round may start, and why the last one failed (for ``status``)."""
+        now = time.monotonic()
+        return {f"{s.local}->{s.remote}": s.backoff.describe(now)
+                for s in self.sessions.values() if s.backoff.failures}
 
     @property
     def streams(self) -> int:
@@ -585,6 +793,7 @@ class S2SService:
         """Graceful shutdown: stop accepting, give queued stanzas a chance, bounce the rest,
         close every stream with ``</stream:stream>``, then drop what is left."""
         self._accepting = False
+        self._stopping = True
         for server in self._servers:
             server.close()
         deadline = time.monotonic() + grace
@@ -596,6 +805,16 @@ class S2SService:
             if session.task is not None and not session.task.done():
                 session.task.cancel()
             self._bounce_queue(session, "remote-server-timeout", "gateway shutting down")
+        # XEP-0198: what was sent and not yet acknowledged gets its acknowledgement
+        # (asked for now) before the links close; what is still unacknowledged then is
+        # bounced by _take_back.
+        budget_end = time.monotonic() + max(0.0, min(grace / 2, deadline - time.monotonic()))
+        while time.monotonic() < budget_end and any(
+                c.stream.unacked and not c.stream.closed for c in self.connections):
+            for conn in self.connections:
+                if conn.stream.unacked:
+                    conn.pump()
+            await asyncio.sleep(0.02)
         for conn in list(self.connections):
             if not conn.stream.closed:
                 conn.stream.close("system-shutdown", "the gateway is shutting down")

@@ -111,11 +111,14 @@ class Router:
         """See :meth:`gateway.contracts.RouterForS2S.from_xmpp`."""
         self.inbound.put(stanza, remote, local, on_settled)
 
-    def bounce(self, stanza: Element, condition: str, text: str) -> None:
+    def bounce(self, stanza: Element, condition: str, text: str,
+               on_settled: OnSettled = None) -> None:
         """S2S could not deliver a local user's stanza: tell the sender (RFC 6120 §8.3),
         through the inbound lane, in order with what else reaches local users."""
         reply = self._replies.reply(stanza, condition, text, direction="outbound")
         if reply is None:
+            if on_settled is not None:
+                on_settled()
             return
         try:
             sender_domain = domain_of(stanza.get("from") or "")
@@ -127,8 +130,10 @@ class Router:
             self.drops.record("reply-not-deliverable", direction="outbound",
                               sender=stanza.get("from"), recipient=stanza.get("to"),
                               condition=condition, text=text)
+            if on_settled is not None:
+                on_settled()
             return
-        self.inbound.put(reply, "", "", None, (condition, text))
+        self.inbound.put(reply, "", "", on_settled, (condition, text))
 
     def s2s_congestion(self, domain: str, congested: bool) -> None:
         self.outbound.s2s_congestion(domain, congested)

@@ -22,7 +22,7 @@ from xml.etree.ElementTree import Element
 
 from gateway.backend import LocalBackend
 from gateway.config.model import GatewayConfig
-from gateway.contracts import OnDecided, XmppSide
+from gateway.contracts import OnDecided, OnSent, XmppSide
 from gateway.logs import log_event
 from gateway.policy.contacts import (
     ContactDecision,
@@ -63,7 +63,7 @@ class OutboundRouting:
         self.marks = Watermarks()
         self._congested_domains: set[str] = set()
         self._input_paused = False
-        self._send: Callable[[Element], None] = _not_started
+        self._send: Callable[[Element, OnSent], None] = _not_started
         self._in_hand: deque[Item] = deque()  # the batch the worker is routing
 
     def start(self, xmpp: XmppSide) -> asyncio.Task[None]:
@@ -71,9 +71,7 @@ class OutboundRouting:
         return asyncio.get_running_loop().create_task(self._work(), name="router-outbound")
 
     def submit(self, stanza: Element, on_decided: OnDecided) -> None:
-        if not self.lane.pending and self._route_now(stanza):
-            if on_decided is not None:
-                on_decided()
+        if not self.lane.pending and self._route_now(stanza, on_decided):
             return
         self.lane.put((stanza, on_decided))
         self._update_pressure()
@@ -105,17 +103,19 @@ class OutboundRouting:
 
     # ------------------------------------------------------------------ deciding
 
-    def _route_now(self, stanza: Element) -> bool:
+    def _route_now(self, stanza: Element, on_decided: OnDecided) -> bool:
         """Route ``stanza`` at once if that needs no waiting: a well-formed stanza that
         the contact rules allow with no store side effect, from a user whose federation
-        switch is in the snapshot. False = not handled, queue it."""
+        switch is in the snapshot. False = not handled, queue it. ``on_decided`` then
+        goes with it to the S2S service (see :func:`_sent`)."""
         decided = self._decision_now(stanza)
         if decided is None:
             return False
         decision = decided[2]
         if not decision.allowed or decision.effects:
             return False
-        self._send(strip_status(stanza) if decision.strip_status else stanza)
+        self._send(strip_status(stanza) if decision.strip_status else stanza,
+                   _sent(on_decided))
         return True
 
     def _decision_now(self, stanza: Element) -> tuple[str, str, ContactDecision] | None:
@@ -151,8 +151,9 @@ class OutboundRouting:
                 await self.batch.record_ahead(self._needed_records(batch))
             while batch:
                 stanza, decided = batch[0]
+                sent = False
                 try:
-                    await self._route(stanza)
+                    sent = await self._route(stanza, decided)
                 except StoreError as exc:
                     log_event(log, logging.WARNING, "store.unavailable", direction="outbound",
                               peer=stanza.get("to", ""), reason=str(exc))
@@ -164,8 +165,8 @@ class OutboundRouting:
                     await self._bounce(stanza, "internal-server-error", "")
                 batch.popleft()
                 lane.done()
-                if decided is not None:
-                    decided()
+                if decided is not None and not sent:
+                    decided()  # refused here (its error reply delivered), or failed
             self.batch.clear()
             if self._input_paused:
                 self._update_pressure()
@@ -188,14 +189,16 @@ class OutboundRouting:
                 pairs.append((local_user, remote_bare))
         return pairs
 
-    async def _route(self, stanza: Element) -> None:
+    async def _route(self, stanza: Element, on_decided: OnDecided) -> bool:
+        """Decide ``stanza``; True once handed to the S2S service (with ``on_decided``,
+        which it calls when the outcome is known), False when refused here."""
         try:
             kind = stanza_kind(stanza)
             local_user = bare_jid(stanza.get("from", ""))
             remote_bare = bare_jid(stanza.get("to", ""))
         except (ValueError, JidError) as exc:
             await self._bounce(stanza, "bad-request", str(exc))
-            return
+            return False
         enabled = self.switches.now(local_user)
         if enabled is None:
             enabled = await self.switches.enabled(local_user)
@@ -207,7 +210,7 @@ class OutboundRouting:
             if decision.refusal is Refusal.ERROR:
                 await self._bounce(stanza, decision.error_condition or "not-allowed",
                                    decision.reason)
-            return
+            return False
         # Recorded before the stanza leaves: a failure bounces it, so the sender knows
         # the subscription did not go out.
         for effect in decision.effects:
@@ -215,7 +218,9 @@ class OutboundRouting:
                 await self.batch.record(local_user, remote_bare)
             elif effect is SideEffect.REVOKE_AUTHORIZATION:
                 await self.batch.revoke(local_user, remote_bare)
-        self._send(strip_status(stanza) if decision.strip_status else stanza)
+        self._send(strip_status(stanza) if decision.strip_status else stanza,
+                   _sent(on_decided))
+        return True
 
     async def _bounce(self, stanza: Element, condition: str, text: str) -> None:
         """Refuse a local user's stanza: its error reply reaches the backend before the
@@ -225,5 +230,14 @@ class OutboundRouting:
             await self.replies.to_local(reply, condition, text)
 
 
-def _not_started(stanza: Element) -> None:
+def _sent(on_decided: OnDecided) -> OnSent:
+    """What the S2S service tells once a stanza's outcome is known (the peer server has
+    it, or its error reply reached the backend) is the local sender's decision: a SIP
+    MESSAGE is answered then (docs/delivery.md)."""
+    if on_decided is None:
+        return None
+    return lambda _delivered: on_decided()
+
+
+def _not_started(stanza: Element, on_sent: OnSent = None) -> None:
     raise RuntimeError("the router is not started")

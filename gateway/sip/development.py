@@ -156,27 +156,28 @@ class DevelopmentBackend:
         if stanza.tag == MESSAGE:
             body = stanza.findtext(BODY)
             if recipient.split("@", 1)[0] == self.echo_user and body is not None:
-                await router.from_local(
-                    message(local_jid, sender, body, message_type=stanza_type or "normal")
-                )
+                router.submit_local(
+                    message(local_jid, sender, body, message_type=stanza_type or "normal"))
             return
         if stanza.tag == PRESENCE:
             bare_sender = Jid.parse(sender).bare
             if stanza_type == "subscribe":
-                await router.from_local(presence(recipient, bare_sender, "subscribed"))
-                await router.from_local(presence(local_jid, bare_sender))
+                router.submit_local(presence(recipient, bare_sender, "subscribed"))
+                router.submit_local(presence(local_jid, bare_sender))
             elif stanza_type == "probe":
-                await router.from_local(presence(local_jid, bare_sender))
+                router.submit_local(presence(local_jid, bare_sender))
 
     async def inject(self, stanza: Element) -> None:
         """Send ``stanza`` toward XMPP as if a local user had sent it (its ``from`` must be a
-        local user)."""
+        local user). Returns once it is on its way: what became of it arrives as
+        :meth:`deliver` (an error) or not at all, as for a user (a SIP user's answer
+        waits for the partner's acknowledgement: docs/delivery.md)."""
         if self._router is None:
             raise RuntimeError("development backend not started")
         sender = Jid.parse(stanza.get("from", ""))
         if not sender.local or sender.domain not in self.domains:
             raise ValueError(f"{stanza.get('from')!r} is not a user of {sorted(self.domains)}")
-        await self._router.from_local(stanza)
+        self._router.submit_local(stanza)
 
     async def next_delivered(self, timeout: float = 5.0) -> Element:
         """The next stanza delivered to any local user; raises TimeoutError after

@@ -5,7 +5,7 @@ Everything the SIP handlers (:mod:`gateway.sip.messaging`, :mod:`gateway.sip.wat
 one in a server transaction, building requests, and the one timer that drives
 retransmissions and timeouts (RFC 3261 §17).
 
-Flow control toward the proxy (issue: SIP at the speed of S2S): at most ``max_in_flight``
+Flow control toward the proxy (docs/sip.md, "Flow control"): at most ``max_in_flight``
 client transactions are outstanding; further requests wait in a FIFO backlog and leave it
 as answers come back. The XMPP side waits (:meth:`SipEndpoint.wait_for_room`) while
 the backlog is not empty, which stops the router, which stops reading the S2S streams: a

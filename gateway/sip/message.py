@@ -440,9 +440,9 @@ def parse_via(value: str) -> Via:
     usual = _VIA_USUAL.fullmatch(value)
     if usual is not None:
         transport, host, port_text, params = usual.groups()
-        port = int(port_text)
-        if 0 < port < 65536:
-            return Via(transport, host, port, _params(params))
+        usual_port = int(port_text)
+        if 0 < usual_port < 65536:
+            return Via(transport, host, usual_port, _params(params))
     protocol, _, rest = value.strip().partition(" ")
     parts = protocol.split("/")
     if len(parts) != 3 or parts[0].upper() != "SIP":

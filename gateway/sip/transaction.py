@@ -168,6 +168,7 @@ class TransactionLayer:
                 txn.interval = T2
             return []
         del self.clients[key]  # Timer K only absorbs retransmitted responses; we ignore those
+        assert txn.request is not None  # released only below, once answered
         event = ResponseReceived(response, txn.request, txn.context, now - txn.started)
         # The entry may still wait in the first-retransmission FIFO for up to T1: keep
         # only its shell there, so that the request, its bytes and the caller's context
@@ -264,6 +265,7 @@ class TransactionLayer:
             if txn.deadline > now:
                 break
             del clients[txn.key]
+            assert txn.request is not None  # a transaction in `clients` is unanswered
             events.append(TransactionTimedOut(txn.request, txn.context))
         first = self._first_resends
         while first and (first[0].next_send or 0.0) <= now:
@@ -296,8 +298,9 @@ class TransactionLayer:
         for key, txn in list(self.clients.items()):
             if txn.flow == flow:
                 del self.clients[key]
+                assert txn.request is not None  # a transaction in `clients` is unanswered
                 events.append(TransactionTimedOut(txn.request, txn.context))
-        for key, server in list(self.servers.items()):
+        for server_key, server in list(self.servers.items()):
             if (server[0] if type(server) is tuple else server.flow) == flow:  # type: ignore[union-attr]
-                del self.servers[key]
+                del self.servers[server_key]
         return events

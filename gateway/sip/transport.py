@@ -94,6 +94,7 @@ MessageHandler = Callable[[bytes, Flow, tuple[str, int]], None]
 FlowLost = Callable[[Flow], None]
 # (transport, peer, why, method): a message from an untrusted source was refused
 Refused = Callable[[str, tuple[str, int], str, str], None]
+CONNECT_TIMEOUT = 5.0  # seconds to open the connection to the proxy (TCP, TLS handshake)
 UNTRUSTED_GRACE = 5.0  # seconds an untrusted connection may stay open without a request
 MALFORMED_LOG_PER_SECOND = 20
 # The kernel's drop counter at the UDP socket is sampled once a second; while it grows a
@@ -508,7 +509,8 @@ class SipTransport:
                                            type=socket.SOCK_DGRAM)
         except OSError as exc:
             raise OSError(f"cannot resolve the SIP proxy {host}: {exc}") from None
-        return infos[0][4][0], infos[0][4][1]
+        address = infos[0][4]
+        return str(address[0]), int(address[1])
 
     def pause_input(self, paused: bool) -> None:
         """Stop (or resume) reading every stream connection: TCP flow control then slows
@@ -577,7 +579,8 @@ class SipTransport:
     def peer_of(self, flow: Flow) -> tuple[str, int]:
         """The address at the other end of ``flow`` (for logs)."""
         if flow[0] == "udp":
-            return flow[1]
+            peer: tuple[str, int] = flow[1]
+            return peer
         stream = self.streams.get(flow)
         return stream.peer if stream is not None else ("", 0)
 
@@ -613,13 +616,19 @@ class SipTransport:
             # From our SIP address, not the host's primary one: the proxy may recognise
             # the gateway by source address (docs/sip.md, Security), as we recognise it.
             source = None if self.local[0] in ("", "0.0.0.0", "::") else (self.local[0], 0)
-            await loop.create_connection(
+            # Bounded: a proxy that drops SYNs would otherwise hold the requests waiting
+            # on this connection (a large MESSAGE over TCP, its XMPP sender) for the
+            # kernel's minutes of SYN retries, past their own Timer F.
+            await asyncio.wait_for(loop.create_connection(
                 lambda: stream, self.proxy[0], self.proxy[1], ssl=self.client_ssl,
                 server_hostname=self.proxy[0] if self.client_ssl else None,
-                local_addr=source)
+                local_addr=source), CONNECT_TIMEOUT)
         except (OSError, ssl.SSLError) as exc:
-            self.last_error = (os.strerror(exc.errno) if exc.errno else str(exc)) or \
-                type(exc).__name__
+            if isinstance(exc, TimeoutError):
+                self.last_error = f"no connection within {CONNECT_TIMEOUT:g} s"
+            else:
+                self.last_error = (os.strerror(exc.errno) if exc.errno else str(exc)) or \
+                    type(exc).__name__
             log_event(log, logging.WARNING, "sip.proxy_unreachable",
                       proxy=f"{self.proxy[0]}:{self.proxy[1]}", transport=self.kind,
                       reason=self.last_error)

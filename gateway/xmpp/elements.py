@@ -14,12 +14,15 @@ from xml.etree.ElementTree import Element, SubElement
 
 from gateway.xmpp.errors import error_child
 from gateway.xmpp.namespaces import (
+    NS_BIDI,
+    NS_BIDI_FEATURE,
     NS_DIALBACK,
     NS_DIALBACK_FEATURE,
     NS_SASL,
     NS_STREAMS,
     NS_TLS,
 )
+from gateway.xmpp.stream_management import TAG_SM_FEATURE
 
 TAG_FEATURES = f"{{{NS_STREAMS}}}features"
 TAG_STREAM_ERROR = f"{{{NS_STREAMS}}}error"
@@ -34,6 +37,8 @@ TAG_SUCCESS = f"{{{NS_SASL}}}success"
 TAG_SASL_FAILURE = f"{{{NS_SASL}}}failure"
 TAG_DB_RESULT = f"{{{NS_DIALBACK}}}result"
 TAG_DB_VERIFY = f"{{{NS_DIALBACK}}}verify"
+TAG_BIDI_FEATURE = f"{{{NS_BIDI_FEATURE}}}bidi"
+TAG_BIDI = f"{{{NS_BIDI}}}bidi"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +49,8 @@ class OfferedFeatures:
     starttls_required: bool
     sasl_mechanisms: tuple[str, ...]
     dialback_errors: bool  # XEP-0220 §2.4 feature: graceful dialback errors
+    stream_management: bool = False  # XEP-0198 <sm xmlns='urn:xmpp:sm:3'/>
+    bidi: bool = False  # XEP-0288 <bidi xmlns='urn:xmpp:features:bidi'/>
 
     @classmethod
     def parse(cls, features: Element) -> OfferedFeatures:
@@ -58,11 +65,18 @@ class OfferedFeatures:
             and starttls.find(f"{{{NS_TLS}}}required") is not None,
             sasl_mechanisms=mechanisms,
             dialback_errors=features.find(f"{{{NS_DIALBACK_FEATURE}}}dialback") is not None,
+            stream_management=features.find(TAG_SM_FEATURE) is not None,
+            bidi=features.find(TAG_BIDI_FEATURE) is not None,
         )
 
 
-def features(*, starttls: bool, starttls_required: bool, external: bool, dialback: bool) -> Element:
+def features(*, starttls: bool, starttls_required: bool, external: bool, dialback: bool,
+             stream_management: bool = False, bidi: bool = False) -> Element:
     root = Element(TAG_FEATURES)
+    if bidi:
+        SubElement(root, TAG_BIDI_FEATURE)
+    if stream_management:
+        SubElement(root, TAG_SM_FEATURE)
     if starttls:
         tls = SubElement(root, TAG_STARTTLS)
         if starttls_required:
@@ -76,6 +90,10 @@ def features(*, starttls: bool, starttls_required: bool, external: bool, dialbac
             f"{{{NS_DIALBACK_FEATURE}}}errors",
         )
     return root
+
+
+def bidi_request() -> Element:
+    return Element(TAG_BIDI)
 
 
 def starttls() -> Element:

@@ -92,11 +92,45 @@ class DialbackVerifyAnswered:
 
 @dataclass(frozen=True, slots=True)
 class StanzaReceived:
-    """A stanza that passed the stream-level checks (from authenticated, to served)."""
+    """A stanza that passed the stream-level checks (from authenticated, to served).
+
+    ``seq`` is its number under stream management (XEP-0198), -1 without: the driver
+    hands it back to :meth:`S2SStream.stanza_settled` once the stanza is safe (delivered,
+    answered with an error, or dropped with a count), and only then is it acknowledged.
+    """
 
     stanza: Element
     remote_domain: str
     local_domain: str
+    seq: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class StreamManagementEnabled:
+    """XEP-0198 is on for this stream: stanzas both ways are counted and acknowledged."""
+
+    initiated_by_us: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StreamManagementFailed:
+    """The peer answered our <enable/> with <failed/>: the stream goes on without acks."""
+
+    condition: str
+
+
+@dataclass(frozen=True, slots=True)
+class StanzasAcked:
+    """The peer acknowledged ``count`` more stanzas (XEP-0198 <a/>); ``tokens`` are the
+    driver's tokens of those that had one, oldest first."""
+
+    count: int
+    tokens: tuple[object, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BidiNegotiated:
+    """XEP-0288: this one connection carries stanzas both ways for its domain pairs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +154,10 @@ Event = (
     | DialbackVerifyNeeded
     | DialbackVerifyAnswered
     | StanzaReceived
+    | StreamManagementEnabled
+    | StreamManagementFailed
+    | StanzasAcked
+    | BidiNegotiated
     | StreamClosed
 )
 

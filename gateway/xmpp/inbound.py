@@ -12,6 +12,11 @@ negotiation rule (GATEWAY-SPEC §2.2):
 - Stanzas are accepted only for authenticated (from-domain, to-domain) pairs
   (RFC 6120 §8.1.1.2 / §13.7): otherwise <invalid-from/>, <host-unknown/>,
   <improper-addressing/> or <not-authorized/>.
+- XEP-0288 bidi is offered on TLS streams before authentication; once the peer asked
+  for it, this stream also carries our stanzas to the peer's authenticated domains.
+- XEP-0198 stream management is offered once the peer is authenticated (the features
+  after the SASL restart, as Prosody does); ``<enable/>`` is answered ``<enabled/>``
+  without resumption.
 """
 
 from __future__ import annotations
@@ -22,15 +27,16 @@ from gateway.config.model import PartnerPolicy
 from gateway.domain import normalize_domain
 from gateway.policy.negotiation import AuthMethod, Support
 from gateway.xmpp import elements as el
+from gateway.xmpp import stream_management as sm
 from gateway.xmpp.errors import StreamError
 from gateway.xmpp.events import (
+    BidiNegotiated,
     DialbackVerifyNeeded,
     Direction,
-    StanzaReceived,
+    StreamManagementEnabled,
     StreamOpened,
     is_stanza,
 )
-from gateway.xmpp.jid import JidError, domain_of
 from gateway.xmpp.parser import StreamHeader
 from gateway.xmpp.stream import Phase, S2SStream, StreamContext
 
@@ -189,7 +195,10 @@ class InboundStream(S2SStream):
         )
         dialback = negotiation is None or negotiation.permits(AuthMethod.TLS_DIALBACK)
         return el.features(
-            starttls=False, starttls_required=False, external=external, dialback=dialback
+            starttls=False, starttls_required=False, external=external, dialback=dialback,
+            stream_management=bool(self.pairs) and self.ctx.stream_management
+            and not self.stream_management,
+            bidi=self._offers_bidi(),
         )
 
     def _certificate_ok_for(self, domain: str | None) -> bool:
@@ -201,6 +210,36 @@ class InboundStream(S2SStream):
 
     def _on_tls_ready(self) -> None:
         self.phase = Phase.WAIT_HEADER  # the peer restarts the stream (RFC 6120 §5.4.3.3)
+
+    def _carries_outgoing(self) -> bool:
+        return self.bidi
+
+    def _carries_incoming(self) -> bool:
+        return True
+
+    def _offers_bidi(self) -> bool:
+        """XEP-0288 on TLS streams only, before authentication (as Prosody offers it)."""
+        return self.ctx.bidi and self.tls_active and not self.pairs and not self.bidi
+
+    # XEP-0288 §2
+    def _on_bidi(self) -> None:
+        if not self._offers_bidi():
+            raise StreamError("unsupported-stanza-type", "bidi was not offered on this stream")
+        self.bidi = True
+        self._events.append(BidiNegotiated())
+
+    # XEP-0198 §3
+    def _on_enable(self) -> None:
+        if self.stream_management or not self.pairs or not self.ctx.stream_management:
+            why = "unexpected-request" if self.pairs else "not-authorized"
+            self._send(sm.failed(why if self.ctx.stream_management else "service-unavailable"))
+            return
+        # No resumption on S2S (as Prosody): a lost link's stanzas go over a new one.
+        self.sm_in = sm.ReceivedCounter()
+        self._send(sm.enabled())
+        if self.bidi:  # what we send on this stream is counted from <enabled/> on
+            self.sm_out = sm.SentQueue()
+        self._events.append(StreamManagementEnabled(initiated_by_us=False))
 
     def _on_element(self, element: Element, now: float) -> None:
         if self.phase is Phase.WAIT_HEADER:
@@ -222,6 +261,12 @@ class InboundStream(S2SStream):
             self._on_db_verify(element)
         elif tag in (el.TAG_AUTH, el.TAG_RESPONSE, el.TAG_ABORT):
             self._on_sasl(element)
+        elif tag == sm.TAG_ENABLE:
+            self._on_enable()
+        elif tag == sm.TAG_RESUME:
+            self._send(sm.failed("item-not-found"))  # no resumption on S2S
+        elif tag == el.TAG_BIDI:
+            self._on_bidi()
         else:
             raise StreamError("unsupported-stanza-type", f"unexpected element {tag}")
 
@@ -405,28 +450,3 @@ class InboundStream(S2SStream):
         # The key was made by us as Originating Server for (receiving=remote, us, id).
         valid = self.ctx.keys.verify(key, remote, local, stream_id)
         self._send(el.db_verify_answer(local, remote, stream_id, "valid" if valid else "invalid"))
-
-    # Stanzas — RFC 6120 §8.1.1.2, §13.7
-    def _on_stanza(self, stanza: Element, now: float) -> None:
-        if not self.pairs:
-            raise StreamError("not-authorized", "stanza before the stream was authenticated")
-        from_, to = stanza.get("from"), stanza.get("to")
-        if not from_ or not to:
-            raise StreamError("improper-addressing", "stanza without 'from' or 'to'")
-        try:
-            remote = domain_of(from_)
-        except JidError as exc:
-            raise StreamError("invalid-from", str(exc)) from None
-        try:
-            local = domain_of(to)
-        except JidError as exc:
-            raise StreamError("improper-addressing", str(exc)) from None
-        if local not in self.ctx.local_domains:
-            raise StreamError("host-unknown", f"this gateway does not serve {local}")
-        if (remote, local) not in self.pairs:
-            raise StreamError(
-                "invalid-from", f"{remote} is not authenticated for {local} on this stream"
-            )
-        self.stanzas_in += 1
-        self._stanza_activity(now)
-        self._events.append(StanzaReceived(stanza, remote, local))

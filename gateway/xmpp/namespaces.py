@@ -13,6 +13,9 @@ NS_DIALBACK = "jabber:server:dialback"  # XEP-0220 §2.1: the db: prefix on the 
 NS_DIALBACK_FEATURE = "urn:xmpp:features:dialback"  # XEP-0220 §2.4 (dialback errors)
 NS_XML = "http://www.w3.org/XML/1998/namespace"  # xml:lang
 NS_PING = "urn:xmpp:ping"  # XEP-0199
+NS_BIDI_FEATURE = "urn:xmpp:features:bidi"  # XEP-0288 §2: the stream feature
+NS_BIDI = "urn:xmpp:bidi"  # XEP-0288 §2: the initiating server's request
+NS_SM = "urn:xmpp:sm:3"  # XEP-0198 stream management
 
 # Prefixes fixed by convention on the stream header; the serializer uses them so that the
 # bytes look like what every other server sends (RFC 6120 §4.8.5).

@@ -9,39 +9,57 @@ Negotiation follows the partner's permitted methods (GATEWAY-SPEC §2.2):
   the permitted set holds dialback for the stream's state.
 - The same stream also carries our ``db:verify`` requests when we act as Receiving
   Server for an inbound dialback from this peer (XEP-0220 §2.1.2: reuse allowed).
+- XEP-0288 bidi is requested where offered over TLS when the peer's certificate
+  verifies for its domain (we then take the peer's stanzas on this stream too: the
+  certificate, not DNS, says who is talking).
+- XEP-0198 stream management is enabled where the peer offers it (after SASL, as
+  Prosody offers it); what we send is then kept until acknowledged.
+- Direct TLS (XEP-0368) names the ALPN protocol ``xmpp-server``; DANE (RFC 7673), when
+  the driver found TLSA records for the target, is checked as soon as TLS is up, and a
+  DANE-EE/DANE-TA match authenticates the peer's certificate for its domain.
 """
 
 from __future__ import annotations
 
 from xml.etree.ElementTree import Element
 
+from gateway.auth.identity import check_identity
 from gateway.config.model import PartnerPolicy
+from gateway.dns import dane
 from gateway.domain import normalize_domain
 from gateway.policy.negotiation import AuthMethod, Support
 from gateway.xmpp import elements as el
+from gateway.xmpp import stream_management as sm
 from gateway.xmpp.errors import StreamError, parse_error_child
 from gateway.xmpp.events import (
+    BidiNegotiated,
     DialbackVerifyAnswered,
     Direction,
     PairFailed,
+    StanzasAcked,
+    StreamManagementEnabled,
+    StreamManagementFailed,
     StreamOpened,
     is_stanza,
 )
 from gateway.xmpp.namespaces import NS_DIALBACK
 from gateway.xmpp.parser import StreamHeader
-from gateway.xmpp.stream import Phase, S2SStream, StreamContext
-from gateway.xmpp.xml import serialize
+from gateway.xmpp.stream import (
+    CertificateVerdict,
+    NotAuthenticated,
+    Phase,
+    S2SStream,
+    StreamContext,
+)
 
-
-class NotAuthenticated(Exception):
-    """A stanza was offered for a domain pair this stream is not (yet) authorized for."""
+__all__ = ["NotAuthenticated", "OutboundStream"]
 
 
 class OutboundStream(S2SStream):
     __slots__ = ("_awaiting_tls", "_dialback_channel", "_dialback_sent", "_failure_notes",
                  "_main_failure_reported", "_peer_dialback", "_sasl_done", "_sasl_sent",
-                 "_verify_queue", "_verify_sent", "direct_tls", "offered_features",
-                 "peer_header_received")
+                 "_verify_queue", "_verify_sent", "dane", "dane_verdict", "direct_tls",
+                 "offered_features", "peer_header_received")
     direction = Direction.OUTBOUND
 
     def __init__(
@@ -54,8 +72,11 @@ class OutboundStream(S2SStream):
         now: float,
         peer_address: str = "",
         direct_tls: bool = False,
+        dane_expectation: dane.DaneExpectation | None = None,
     ) -> None:
         super().__init__(context, now=now, peer_address=peer_address)
+        self.dane = dane_expectation
+        self.dane_verdict: dane.DaneVerdict | None = None
         self.local_domain = local_domain
         self.remote_domain = remote_domain
         self.partner = partner
@@ -80,22 +101,10 @@ class OutboundStream(S2SStream):
         """Call once the TCP connection is up."""
         self._now = now
         if self.direct_tls:  # XEP-0368: TLS first, header after the handshake
-            self._start_tls(server_side=False, server_name=self.remote_domain)
+            self._start_tls(server_side=False, server_name=self.remote_domain,
+                            alpn=(b"xmpp-server",))
         else:
             self._open()
-
-    def send_stanza(self, stanza: Element) -> None:
-        """Send one stanza; its from/to domains must be an authorized pair here."""
-        from_dom = stanza.get("from", "").partition("/")[0].rpartition("@")[2]
-        to_dom = stanza.get("to", "").partition("/")[0].rpartition("@")[2]
-        if self.phase is not Phase.OPEN or (to_dom, from_dom) not in self.pairs:
-            raise NotAuthenticated(f"{from_dom} → {to_dom} is not authorized on this stream")
-        self.stanzas_out += 1
-        self._stanza_activity(self._now)
-        self._write(serialize(stanza))
-
-    def can_send(self, local: str, remote: str) -> bool:
-        return self.phase is Phase.OPEN and (remote, local) in self.pairs
 
     def add_local_domain(self, local: str) -> bool:
         """Authenticate another of our domains on this stream (XEP-0220 §2.4 piggybacking).
@@ -130,7 +139,41 @@ class OutboundStream(S2SStream):
         self.phase = Phase.WAIT_HEADER
 
     def _on_tls_ready(self) -> None:
+        if self.dane is not None and not self._check_dane():
+            return
         self._open()  # RFC 6120 §5.4.3.3: a new stream over TLS
+
+    def _check_dane(self) -> bool:
+        """RFC 7673 §3.3: the chain must match the target's TLSA records (when usable)."""
+        assert self._tls is not None and self.remote_domain
+        peer = self._peer_cert
+        leaf = peer.leaf if peer is not None else None
+        name_ok = leaf is not None and check_identity(
+            leaf, self.remote_domain, direct_tls=self.direct_tls).ok
+        pkix_ok = peer is not None and leaf is not None and not peer.chain_errors
+        verdict = dane.verify(self.dane, self._tls.peer_chain_der(), pkix_ok=pkix_ok,
+                              name_ok=name_ok)
+        self.dane_verdict = verdict
+        if verdict.ok:
+            return True
+        # Nothing but TLS has happened: an unauthenticated peer gets no stream.
+        self._report_main_failure("remote-server-not-found", verdict.reason)
+        self._abort(verdict.reason)
+        return False
+
+    def _certificate_verdict(self) -> CertificateVerdict:
+        """Whether the peer's certificate authenticates its domain: DANE's word when a
+        DANE-EE/DANE-TA record matched, else PKIX and the name (RFC 6125)."""
+        if self.dane_verdict is not None and self.dane_verdict.authenticated:
+            return CertificateVerdict(True, self.dane_verdict.reason)
+        assert self._peer_cert is not None and self.remote_domain
+        return self.ctx.check_certificate(self._peer_cert, self.remote_domain)
+
+    def _carries_outgoing(self) -> bool:
+        return True
+
+    def _carries_incoming(self) -> bool:
+        return self.bidi
 
     def _on_header(self, header: StreamHeader, now: float) -> None:
         if self.phase is not Phase.WAIT_HEADER:
@@ -166,9 +209,12 @@ class OutboundStream(S2SStream):
         elif tag == el.TAG_DB_VERIFY:
             self._on_db_verify(element)
         elif is_stanza(element):
-            raise StreamError(
-                "unsupported-stanza-type", "stanza on an outbound stream (no XEP-0288 negotiated)"
-            )
+            self._on_stanza(element, now)
+        elif tag == sm.TAG_ENABLED and self.sm_out is not None and self.sm_in is None:
+            self.sm_in = sm.ReceivedCounter()  # §3: counting what we receive starts now
+            self._events.append(StreamManagementEnabled(initiated_by_us=True))
+        elif tag == sm.TAG_FAILED and self.sm_out is not None and self.sm_in is None:
+            self._on_sm_failed(element)
         else:
             raise StreamError("unsupported-stanza-type", f"unexpected element {tag}")
 
@@ -204,8 +250,19 @@ class OutboundStream(S2SStream):
                     stream_error="policy-violation",
                 )
                 return
+        if (offered.bidi and self.ctx.bidi and self.tls_active and not self.bidi
+                and not self._sasl_done and self._peer_cert is not None
+                and self._certificate_verdict().ok):
+            self._send(el.bidi_request())  # XEP-0288 §2, before authentication
+            self.bidi = True
+            self._events.append(BidiNegotiated())
         if self._sasl_done:
             # Stream restarted after SASL success: the pair is authenticated now.
+            if offered.stream_management and self.ctx.stream_management \
+                    and not self.stream_management:
+                # XEP-0198 §3: what we send from here on is counted and kept.
+                self._send(sm.enable())
+                self.sm_out = sm.SentQueue()
             self._dialback_channel = True
             self._authenticated(self.remote_domain, self.local_domain, AuthMethod.SASL_TLS)
             self._flush_verifies()
@@ -222,8 +279,7 @@ class OutboundStream(S2SStream):
             if "EXTERNAL" not in offered.sasl_mechanisms:
                 self._failure_notes.append(f"{self.remote_domain} did not offer SASL EXTERNAL")
             else:
-                assert self._peer_cert is not None
-                verdict = self.ctx.check_certificate(self._peer_cert, self.remote_domain)
+                verdict = self._certificate_verdict()
                 if verdict.ok:
                     self._send(el.sasl_external_auth(self.local_domain))
                     self._sasl_sent = True
@@ -260,6 +316,17 @@ class OutboundStream(S2SStream):
         key = self.ctx.keys.generate(self.remote_domain, local, self.stream_id)
         self._dialback_sent.add((self.remote_domain, local))
         self._send(el.db_result_key(local, self.remote_domain, key))
+
+    def _on_sm_failed(self, element: Element) -> None:
+        """The peer refused <enable/>: go on as plain S2S. What was sent meanwhile has no
+        acknowledgement coming; it counts as sent, as it would without the attempt."""
+        condition = next((child.tag.rpartition("}")[2] for child in element), "")
+        queue, self.sm_out = self.sm_out, None
+        left = queue.take() if queue is not None else []
+        self._events.append(StreamManagementFailed(condition or "undefined-condition"))
+        if left:
+            self._events.append(StanzasAcked(len(left), tuple(t for _s, t in left
+                                                              if t is not None)))
 
     # SASL EXTERNAL — XEP-0178 §3
     def _on_sasl_success(self) -> None:

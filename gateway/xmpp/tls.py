@@ -98,7 +98,8 @@ class TlsEngine:
                  "_verify_errors")
 
     def __init__(
-        self, context: SSL.Context, *, server_side: bool, server_name: str | None = None
+        self, context: SSL.Context, *, server_side: bool, server_name: str | None = None,
+        alpn: tuple[bytes, ...] = (),
     ) -> None:
         self._conn = SSL.Connection(context, None)
         self._conn.set_app_data(self)
@@ -112,6 +113,8 @@ class TlsEngine:
         else:
             if server_name:
                 self._conn.set_tlsext_host_name(server_name.encode("idna"))
+            if alpn:  # XEP-0368 §3: direct TLS names the protocol, 'xmpp-server'
+                self._conn.set_alpn_protos(list(alpn))
             self._conn.set_connect_state()
             self._advance_handshake()  # produces the ClientHello
 
@@ -142,6 +145,19 @@ class TlsEngine:
             der = leaf.public_bytes(Encoding.DER) if leaf is not None else None
             self._peer = PeerCertificate(der, list(self._verify_errors))
         return self._peer
+
+    @property
+    def alpn_protocol(self) -> str:
+        """The ALPN protocol both ends agreed on ("" when none was)."""
+        if not self._handshake_done:
+            return ""
+        return self._conn.get_alpn_proto_negotiated().decode("ascii", "replace")
+
+    def peer_chain_der(self) -> list[bytes]:
+        """The chain the peer presented, leaf first, as DER (for DANE, RFC 7671); only
+        while the connection lives, not kept (most sessions never need it again)."""
+        chain = self._conn.get_peer_cert_chain(as_cryptography=True) or []
+        return [certificate.public_bytes(Encoding.DER) for certificate in chain]
 
     def _advance_handshake(self) -> None:
         try:
@@ -255,4 +271,5 @@ class TlsProvider(Protocol):
 
     def server_engine(self) -> TlsEngine: ...
 
-    def client_engine(self, server_name: str) -> TlsEngine: ...
+    def client_engine(self, server_name: str, local_domain: str | None = None,
+                      alpn: tuple[bytes, ...] = ()) -> TlsEngine: ...

@@ -9,6 +9,8 @@ import dataclasses
 import logging
 from pathlib import Path
 
+import pytest
+
 from gateway.daemon import Gateway
 from gateway.dns.resolver import DnsPythonResolver
 from gateway.policy.negotiation import Support
@@ -111,16 +113,20 @@ async def test_full_store_bounces_with_an_error_and_keeps_running(pair: Pair) ->
         "still here"
 
 
-async def test_slow_backend_applies_backpressure_and_loses_nothing(pair: Pair,  # noqa: F811
-                                                                   caplog) -> None:
+@pytest.mark.parametrize("stream_management", [False, True], ids=["plain", "xep-0198"])
+async def test_slow_backend_applies_backpressure_and_loses_nothing(
+        pair: Pair, caplog, stream_management: bool) -> None:  # noqa: F811
     """A SIP side that takes 1 ms per stanza: the router queue passes its high-water mark,
     the gateway stops reading the peer's stream (TCP backpressure) instead of buffering
-    without bound, and every stanza is delivered, in order."""
+    without bound, and every stanza is delivered, in order; with stream management too
+    (the sender's window, 5,000 unacknowledged stanzas, is wider than the router's)."""
+    from gateway.config.model import FederationSettings
     from gateway.router import HIGH_WATER
     from gateway.sip.development import DevelopmentBackend
 
     caplog.set_level(logging.INFO, logger="gateway")
-    await pair.start(partner("b.example", OPEN), partner("a.example", OPEN))
+    await pair.start(partner("b.example", OPEN), partner("a.example", OPEN),
+                     federation=FederationSettings(stream_management=stream_management))
     backend = pair.b.backend
     assert isinstance(backend, DevelopmentBackend)
     original = backend.deliver

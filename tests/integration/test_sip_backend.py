@@ -458,14 +458,13 @@ async def test_contact_rules_answer_sip_requests(gateway) -> None:
         await carol.close()
 
 
-async def test_late_xmpp_failure_is_told_to_the_sip_user(gateway) -> None:
+async def test_xmpp_failure_is_the_answer_to_the_sip_user(gateway) -> None:
+    """A MESSAGE is answered once XMPP has it or failed to (docs/delivery.md): a domain
+    that does not exist (DNS) is the final answer, not a 202 and a notice later."""
     _, ua = gateway
-    accepted = await ua.send_message("sip:bob@nowhere.example", "are you there?")
-    assert accepted.status == 202  # on its way; XMPP has no delivery receipts
-    notice = await asyncio.wait_for(ua.messages.get(), 15)  # DNS fails: no such domain
-    assert notice.from_.uri == "sip:bob@nowhere.example"
-    assert notice.body.decode().startswith(
-        "[message to bob@nowhere.example not delivered: remote-server-not-found]")
+    answer = await ua.send_message("sip:bob@nowhere.example", "are you there?")
+    assert (answer.status, answer.reason) == (404, "Remote Server Not Found")
+    assert ua.messages.empty()
 
 
 # ---------------------------------------------------------------------- TLS

@@ -25,6 +25,7 @@ import pytest
 
 from gateway.config.model import (
     DialbackSettings,
+    FederationSettings,
     GatewayConfig,
     Limits,
     ListenAddress,
@@ -198,16 +199,18 @@ def _errors(gateway: Gateway) -> list[Element]:
     return [s for s in gateway.backend.delivered if s.get("type") == "error"]
 
 
+@pytest.mark.parametrize("stream_management", [False, True], ids=["plain", "xep-0198"])
 async def test_xmpp_burst_to_a_slow_proxy_pauses_s2s_and_loses_nothing(
-        sip_pair: SipPair) -> None:
+        sip_pair: SipPair, stream_management: bool) -> None:
     """3,000 messages from the partner in one go, a proxy answering 1,000 a second and a
     window of 50: the backend waits for room, the router queue reaches its high-water
     mark, the S2S stream is paused and resumed; every message reaches the proxy once, no
-    error goes back, the queues stay within their bounds."""
+    error goes back, the queues stay within their bounds; with stream management too."""
     proxy = await PacedProxy("proxy", "b.example", ("127.0.0.1", 9), per_tick=10).start()
+    federation = FederationSettings(stream_management=stream_management)
     try:
-        a = await sip_pair.start_a()
-        b = await sip_pair.start_b(proxy.port, max_in_flight=50)
+        a = await sip_pair.start_a(federation=federation)
+        b = await sip_pair.start_b(proxy.port, max_in_flight=50, federation=federation)
         proxy.proxy = b.backend.transport.local
         n = 3000
         for index in range(n):

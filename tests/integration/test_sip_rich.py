@@ -24,6 +24,7 @@ from gateway.sip.imdn import parse_imdn
 from gateway.sip.iscomposing import parse_is_composing
 from gateway.sip.mime import parse_media_type
 from gateway.sip.multipart import parse_multipart
+from tests.integration import test_sip_backend
 from tests.integration.test_sip_backend import Recorder, condition
 from tests.support.sip_ua import SipUserAgent
 
@@ -33,6 +34,8 @@ MARKERS = "urn:xmpp:chat-markers:0"
 XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
 BOB = "sip:bob@xmpp.example"
 Setup = tuple[SipBackend, SipUserAgent, Recorder]
+# A whole gateway (router, contact rules, store) with sip.backend: sip (test_sip_backend)
+sip_gateway = test_sip_backend.gateway
 
 
 @pytest.fixture
@@ -299,3 +302,11 @@ async def test_addresses_round_trip(setup: Setup) -> None:
         assert reply.uri == "sip:JSmith@sip.example"
     finally:
         await jsmith.close()
+
+
+async def test_typing_obeys_the_contact_rules(sip_gateway) -> None:
+    """Typing is a message stanza to the contact rules: toward a domain that is no
+    partner it is refused as a message would be (403, RFC 7247 §8.1)."""
+    _, ua = sip_gateway
+    assert (await ua.send_typing("sip:bob@unlisted.example", True)).status == 403
+    assert (await ua.send_message("sip:bob@unlisted.example", "hello?")).status == 403

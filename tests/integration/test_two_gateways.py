@@ -18,6 +18,7 @@ import pytest
 
 from gateway.config.model import (
     DialbackSettings,
+    FederationSettings,
     GatewayConfig,
     ListenAddress,
     PartnerPolicy,
@@ -68,6 +69,7 @@ class Pair:
         trusted: bool = True,
         b_cert_for: str | None = None,
         a_trusts_b: bool = True,
+        federation: FederationSettings | None = None,
     ) -> None:
         for domain, policy in (("a.example", policy_a), ("b.example", policy_b)):
             tls = self.pki.tls_settings(
@@ -83,6 +85,7 @@ class Pair:
                 dialback=DialbackSettings(f"secret-of-{domain}"),
                 store=StoreSettings(self.tmp / domain / "store.sqlite3"),
                 admin_socket=self.tmp / domain / "admin.sock",
+                federation=federation or FederationSettings(),
             )
             resolver = DnsPythonResolver(nameservers=(self.dns,), timeout=2.0)
             gateway = Gateway(config, resolver=resolver)
@@ -125,7 +128,10 @@ async def pair(tmp_path: Path, pki: Pki, dns_for_pair: tuple[str, dict[str, int]
 @pytest.mark.parametrize("row_a", ROWS, ids=_label)
 async def test_pairing(pair: Pair, row_a: MatrixRow, row_b: MatrixRow, trusted: bool) -> None:
     expected = oracle(row_a, row_b, trusted)
-    await pair.start(partner("b.example", row_a), partner("a.example", row_b), trusted=trusted)
+    # Each direction negotiates on its own stream here (no XEP-0288 bidi, which would
+    # carry B's answer over A's stream: test_bidi_between_gateways).
+    await pair.start(partner("b.example", row_a), partner("a.example", row_b), trusted=trusted,
+                     federation=FederationSettings(bidi=False))
     await pair.a.backend.inject(message("alice@a.example/pc", "echo@b.example", "ping"))
     if expected is None:
         bounce = await pair.a.backend.next_delivered(10)
@@ -297,3 +303,50 @@ async def test_direct_tls_and_sni_certificate_choice(tmp_path: Path, pki: Pki) -
         finally:
             await a.stop()
             await b.stop()
+
+
+async def test_bidi_between_gateways(pair: Pair) -> None:
+    """XEP-0288 and XEP-0198 between two gateways: A's stream carries B's answer too (one
+    TCP connection), and each side acknowledges what the other sent."""
+    await pair.start(partner("b.example", _policy("optional", "optional", True)),
+                     partner("a.example", _policy("optional", "optional", True)))
+    await pair.a.backend.inject(message("alice@a.example/pc", "echo@b.example", "ping"))
+    assert (await pair.b.backend.next_delivered(10)).findtext("{jabber:server}body") == "ping"
+    echo = await pair.a.backend.next_delivered(10)
+    assert echo.get("type") != "error" and echo.get("from") == "echo@b.example/dev"
+    rows = pair.a.status()["sessions"] + pair.b.status()["sessions"]
+    assert len(pair.a.s2s.connections) == 1 and len(pair.b.s2s.connections) == 1  # type: ignore[union-attr]
+    assert all(row["bidi"] and row["stream_management"] for row in rows), rows
+    for _ in range(100):  # acknowledgements go out within ACK_DELAY of delivery
+        rows = pair.a.status()["sessions"] + pair.b.status()["sessions"]
+        if all(row["stream_management"]["unacked"] == 0 for row in rows):
+            break
+        await asyncio.sleep(0.02)
+    assert all(row["stream_management"]["unacked"] == 0 for row in rows), rows
+
+
+async def test_resent_stanza_already_delivered_is_not_delivered_twice(pair: Pair) -> None:
+    """A's link to B dies after B delivered a stanza but before B's acknowledgement left:
+    A sends it again over a new link, marked as re-sent (XEP-0203 delay); B recognises
+    it and delivers it once."""
+    await pair.start(partner("b.example", _policy("optional", "optional", True)),
+                     partner("a.example", _policy("optional", "optional", True)),
+                     federation=FederationSettings(bidi=False))
+    await pair.a.backend.inject(message("alice@a.example/pc", "bob@b.example", "warm-up"))
+    await pair.b.backend.next_delivered(10)
+    b_s2s = pair.b.s2s
+    assert b_s2s is not None and pair.a.s2s is not None
+    b_s2s._settled = lambda conn, seq: None  # type: ignore[method-assign]  # no more acks
+    stanza = message("alice@a.example/pc", "bob@b.example", "once")
+    stanza.set("id", "once-1")
+    await pair.a.backend.inject(stanza)
+    assert (await pair.b.backend.next_delivered(10)).findtext("{jabber:server}body") == "once"
+    [out] = [c for c in pair.a.s2s.connections if c.stream.direction == "out"]
+    assert out.stream.unacked == 1
+    del b_s2s._settled  # acknowledgements flow again on the next link
+    out.abort()  # the link dies (RST), B's acknowledgement never came
+    await pair.a.backend.inject(message("alice@a.example/pc", "bob@b.example", "after"))
+    assert (await pair.b.backend.next_delivered(10)).findtext("{jabber:server}body") == "after"
+    assert b_s2s.recent.duplicates == 1
+    bodies = [s.findtext("{jabber:server}body") for s in pair.b.backend.delivered]
+    assert bodies.count("once") == 1, bodies  # it came again, and was not delivered twice

@@ -93,14 +93,15 @@ c2s_ports = {{ 5222 }}
 s2s_ports = {{ 5269 }}
 http_ports = {{}}
 https_ports = {{}}
-modules_enabled = {{ "roster", "saslauth", "tls", "dialback", "disco", "ping", "presence" }}
-modules_disabled = {{ "s2s_bidi", {disabled} }}
+modules_enabled = {{ "roster", "saslauth", "tls", "dialback", "disco", "ping", "presence"{more} }}
+modules_disabled = {{ {disabled} }}
 authentication = "internal_plain"
 c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
 s2s_require_encryption = {require_encryption}
 s2s_secure_auth = {secure_auth}
 ssl = {{ certificate = "{cert}"; key = "{key}"; cafile = "{cafile}" }}
+{extra}
 VirtualHost "{domain}"
 """
 
@@ -116,6 +117,14 @@ class Prosody:
     trusts_gateway: bool = True
     log_level: str = "debug"
     users: tuple[str, ...] = ("user",)
+    # XEP-0198 on S2S (mod_smacks; smacks_s2s_resend: re-send unacknowledged stanzas over
+    # a new link instead of bouncing them), XEP-0288 (mod_s2s_bidi), XEP-0368 direct TLS
+    # listener port, and any more global config lines.
+    smacks: bool = False
+    smacks_resend: bool = False
+    bidi: bool = False
+    direct_tls_port: int | None = None
+    extra: tuple[str, ...] = ()
     process: subprocess.Popen | None = None
     dir: Path = field(init=False)
 
@@ -128,9 +137,18 @@ class Prosody:
         for path in (tls.certificate, tls.key):
             os.chmod(path, 0o644)
         config = self.dir / "prosody.cfg.lua"
+        more = "".join(f', "{m}"' for m, on in (("smacks", self.smacks),
+                                                 ("s2s_bidi", self.bidi)) if on)
+        disabled = ", ".join(f'"{m}"' for m, off in (("tls", not self.tls),
+                                                     ("s2s_bidi", not self.bidi)) if off)
+        extra = list(self.extra)
+        if self.smacks:
+            extra.append(f"smacks_s2s_resend = {str(self.smacks_resend).lower()}")
+        if self.direct_tls_port is not None:
+            extra.append(f"s2s_direct_tls_ports = {{ {self.direct_tls_port} }}")
         config.write_text(PROSODY_CFG.format(
             dir=self.dir, ip=IPS[self.domain], domain=self.domain, cert=tls.certificate,
-            key=tls.key, cafile=cafile, disabled='"tls"' if not self.tls else "",
+            key=tls.key, cafile=cafile, disabled=disabled, more=more, extra="\n".join(extra),
             require_encryption=str(self.require_encryption).lower(),
             secure_auth=str(self.secure_auth).lower(), log_level=self.log_level))
         for user in self.users:
@@ -179,6 +197,7 @@ class GatewayProcess:
     xmpp_addrs: bool = True
     log_level: str = "debug"
     allow_unlisted: bool = False
+    bidi: bool = True  # XEP-0288 (federation.bidi)
     sip: dict | None = None  # the `sip:` section (backend: sip …); None = development
     # Issue "nothing dropped silently": stop() fails when the gateway logged a dropped
     # stanza, unless the scenario expects drops (and counts them itself).
@@ -186,6 +205,8 @@ class GatewayProcess:
     extra: tuple[str, ...] = ()  # more top-level YAML lines, e.g. "metrics: {enabled: true}"
     # `limits:` entries added or replaced (e.g. max_connections for 10,000 idle sessions)
     limits: dict | None = None
+    dnssec: bool = False  # believe the resolver's AD bit (DANE tests run a validating one)
+    direct_tls_port: int | None = None  # a second listener, XEP-0368 direct TLS
     # Every byte the gateway writes on S2S is recorded before TLS (gateway/net/s2s_record.py)
     # and stop() fails the test on the first one a strict XML parser refuses. Benchmarks
     # turn it off: the recording costs a system call per write.
@@ -207,16 +228,20 @@ class GatewayProcess:
         self.dir.mkdir(parents=True)
         tls = self.pki.tls_settings(self.domain, xmpp_addrs=self.xmpp_addrs)
         lines = [f"domains: [{self.domain}]",
-                 f"listen: [{{host: {IPS[self.domain]}, port: 5269}}]",
+                 f"listen: [{{host: {IPS[self.domain]}, port: 5269}}"
+                 + (f", {{host: {IPS[self.domain]}, port: {self.direct_tls_port}, "
+                    "direct_tls: true}" if self.direct_tls_port else "") + "]",
                  f"tls: {{certificate: {tls.certificate}, key: {tls.key}, "
                  f"ca_file: {self.pki.root / 'ca.crt'}, use_system_cas: false}}",
                  "dialback: {secret: interop-secret}",
-                 "dns: {nameservers: ['127.0.0.53'], timeout: 3}",
+                 "dns: {nameservers: ['127.0.0.53'], timeout: 3"
+                 + (", dnssec: true}" if self.dnssec else "}"),
                  f"logging: {{level: {self.log_level}}}",
                  "limits: {" + ", ".join(f"{k}: {v}" for k, v in {
                      "negotiation_timeout": 10, "max_connections_per_ip": 5000,
                      **(self.limits or {})}.items()) + "}",
-                 f"federation: {{allow_unlisted: {str(self.allow_unlisted).lower()}}}",
+                 f"federation: {{allow_unlisted: {str(self.allow_unlisted).lower()}, "
+                 f"bidi: {str(self.bidi).lower()}}}",
                  "store: {path: store.sqlite3}", "admin_socket: admin.sock"]
         if self.sip is not None:
             lines.append("sip: {" + ", ".join(f"{k}: {v}" for k, v in self.sip.items()) + "}")

@@ -267,7 +267,7 @@ def test_all_problems_are_reported_at_once() -> None:
                      "partners:\n  - {domain: 'b c', type: friend}\n")
     assert found == [
         "gw.yaml:1: domans: unknown key — did you mean 'domains'? (allowed: admin_socket, "
-        "cluster, dialback, dns, domains, federation, limits, listen, logging, metrics, "
+        "admin_web, cluster, dialback, dns, domains, federation, limits, listen, logging, metrics, "
         "partners, sip, store, tls)",
         "gw.yaml:1: domains: is required",
         "gw.yaml:2: logging.level: 'loud' is not one of debug, info, warning, error",

@@ -13,6 +13,7 @@ from xml.etree.ElementTree import Element
 import pytest
 
 from gateway.config.model import GatewayConfig, PartnerPolicy, PartnerType, StoreSettings
+from gateway.contracts import OnSent
 from gateway.router import Router
 from gateway.sip.development import DevelopmentBackend, message, presence
 from gateway.store import AsyncAuthorizationStore, SqliteAuthorizationStore
@@ -24,8 +25,10 @@ class XmppSide:
     def __init__(self) -> None:
         self.sent: list[Element] = []
 
-    def send(self, stanza: Element) -> None:
+    def send(self, stanza: Element, on_sent: OnSent = None) -> None:
         self.sent.append(stanza)
+        if on_sent is not None:
+            on_sent(True)  # as plain S2S: written is all it knows
 
     def set_reading_paused(self, paused: bool) -> None:
         pass

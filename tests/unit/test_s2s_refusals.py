@@ -114,7 +114,14 @@ def tls_up(peer: RawPeer, pki: Pki, *, cert: str = "a.example", **cert_args: obj
     assert peer.stream.tls_active and peer.tls is not None and peer.tls.handshake_done
     answer = peer.send(PEER_HEADER)
     assert answer.startswith(OUR_HEADER)
-    return answer[len(OUR_HEADER) :]
+    features = answer[len(OUR_HEADER) :]
+    # XEP-0288 bidi is offered on every TLS stream before authentication (its own tests:
+    # test_s2s_bidi.py); the refusals here are about the rest.
+    assert BIDI_FEATURE in features
+    return features.replace(BIDI_FEATURE, b"")
+
+
+BIDI_FEATURE = b'<bidi xmlns="urn:xmpp:features:bidi"/>'
 
 
 # ---------------------------------------------------------------------------- inbound: header
@@ -379,8 +386,10 @@ def test_sasl_with_authzid_succeeds_and_restarts(pki: Pki) -> None:
     [auth] = peer.of(PairAuthenticated)
     assert (auth.remote_domain, auth.local_domain, str(auth.method)) == (
         "a.example", "b.example", "SASL over TLS")
-    # RFC 6120 §6.4.6: the restarted stream offers no SASL any more.
-    assert peer.send(PEER_HEADER) == OUR_HEADER + FEATURES_DIALBACK
+    # RFC 6120 §6.4.6: the restarted stream offers no SASL any more; stream management
+    # now that the peer is authenticated (XEP-0198 §2).
+    assert peer.send(PEER_HEADER) == OUR_HEADER + FEATURES_DIALBACK.replace(
+        b"<stream:features>", b'<stream:features><sm xmlns="urn:xmpp:sm:3"/>')
 
 
 def test_sasl_empty_response_after_challenge(pki: Pki) -> None:

@@ -1,0 +1,100 @@
+"""Memory per partner with and without XEP-0288 bidi: COUNT partner domains each exchange
+a message with the gateway (bench/bidi_load.py sends, the development backend's echo user
+answers), then stay idle; the gateway's settled RSS against the number of partners. With
+bidi each partner costs one S2S connection (the partner's, carrying both directions),
+without it two (the partner's and the gateway's own back to it)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.interop.harness import GatewayProcess, Namespace
+from tests.support.dnsmasq import DnsmasqServer
+from tests.unit.s2s_world import Pki
+
+ROOT = Path(__file__).resolve().parents[1]
+COUNTS = (250, 500, 1000)
+
+
+def wildcard_dns(ns: Namespace) -> None:
+    """Every *.load.example at 127.0.0.5 (where bench/bidi_load.py listens), the rest as
+    the namespace had it."""
+    from tests.interop.harness import IPS
+
+    if ns.dns is not None:
+        ns.dns.stop()
+    ns.dns = DnsmasqServer(
+        ns.workdir / "dns-bidi", address="127.0.0.53", port=53, prefix=tuple(ns.exec),
+        host_records={**{f"xmpp.{d}": ip for d, ip in IPS.items()}, **IPS},
+        srv_records=[(f"_xmpp-server._tcp.{d}", f"xmpp.{d}", 5269, 0, 5) for d in IPS
+                     if d != "load.example"],
+        extra_args=("--address=/load.example/127.0.0.5",)).start()
+
+
+def measure(ns: Namespace, pki: Pki, bidi: bool, counts: tuple[int, ...],
+            settle: float) -> dict[str, Any]:
+    from bench.run import settled_rss, slope
+
+    partners = [{"domain": f"d{i:05d}.load.example", "type": "federated", "tls": "required",
+                 "sasl": "required", "dialback": "false"} for i in range(counts[-1])]
+    gateway = GatewayProcess(ns, pki, partners, log_level="warning", bidi=bidi,
+                             limits={"max_connections": 4 * counts[-1],
+                                     "max_connections_per_ip": 4 * counts[-1]}).start()
+    assert gateway.process is not None
+    root = gateway.process.pid
+    points = [(0, settled_rss(root, settle))]
+    connections: list[int] = []
+    log = (ns.workdir / f"bidi-load-{bidi}.log").open("w")
+    loader = subprocess.Popen(
+        [*ns.exec, sys.executable, "-m", "bench.bidi_load", ",".join(map(str, counts)),
+         "on" if bidi else "off", str(pki.root), str(ns.workdir)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
+    assert loader.stdin is not None and loader.stdout is not None
+    try:
+        for wanted in counts:
+            line = loader.stdout.readline()
+            if not line:
+                raise RuntimeError(f"bench.bidi_load ended before {wanted} partners: "
+                                   f"{(ns.workdir / f'bidi-load-{bidi}.log').read_text()[-2000:]}")
+            reached = json.loads(line)
+            connections.append(len(gateway.status()["sessions"]))
+            points.append((reached["partners"], settled_rss(root, settle)))
+            loader.stdin.write("next\n" if wanted != counts[-1] else "\n")
+            loader.stdin.flush()
+    finally:
+        with contextlib.suppress(BrokenPipeError, OSError):
+            loader.stdin.write("\n")
+            loader.stdin.flush()
+        try:
+            loader.wait(120)
+        except subprocess.TimeoutExpired:
+            loader.kill()
+            loader.wait(10)
+        gateway.stop()
+    return {"points": points, "streams": connections,
+            "kib_per_partner": round(slope(points), 2),
+            "streams_per_partner": round(connections[-1] / counts[-1], 2)}
+
+
+def bidi_memory(ns: Namespace, pki: Pki, counts: tuple[int, ...] = COUNTS,
+                settle: float = 5.0) -> dict[str, Any]:
+    wildcard_dns(ns)
+    return {"counts": list(counts), "with_bidi": measure(ns, pki, True, counts, settle),
+            "without_bidi": measure(ns, pki, False, counts, settle)}
+
+
+def bidi_markdown(result: dict[str, Any]) -> list[str]:
+    rows = [("with bidi (XEP-0288)", result["with_bidi"]),
+            ("without bidi", result["without_bidi"])]
+    return ["## Memory per partner, with and without bidi", "",
+            f"Partners each exchanging a message with the gateway and then idle "
+            f"(bench/bidi_memory.py), up to {result['counts'][-1]:,}; the gateway's "
+            "settled RSS against the number of partners (least squares).", "",
+            "| | S2S streams per partner | KiB per partner |", "|---|---|---|",
+            *(f"| {label} | {r['streams_per_partner']:g} | {r['kib_per_partner']:.1f} |"
+              for label, r in rows), ""]
