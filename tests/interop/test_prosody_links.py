@@ -192,7 +192,8 @@ def test_resolution_order(ns: Namespace, pki: Pki) -> None:
         gateway = GatewayProcess(ns, pki, [SASL])
         try:
             gateway.start()
-            result = xmpp_client(ns, "user@a.example", IPS["a.example"], "echo@gw.example")
+            result = xmpp_client(ns, "user@a.example", IPS["a.example"], "echo@gw.example",
+                                 wait=4)
             why = explain(server, gateway)
             assert not [m for m in result["messages"] if m["type"] != "error"], why
             assert "no target could be reached: dead.a.example[127.0.0.9]:5269" in \
