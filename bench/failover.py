@@ -220,6 +220,8 @@ def run(world: FailoverWorld, direction: str, rate: int, seconds: float,
     stream for ``xmpp_sip``, ``victim`` (or node a) for ``sip_xmpp``."""
     n = int(rate * seconds)
     limit = 30 + n / 1000
+    if direction == "xmpp_sip" and world.holder() is None:
+        warm_up(world)  # the last kill took Prosody's stream: it reconnects on use
     with contextlib.ExitStack() as children:
         if direction == "xmpp_sip":
             sink = children.enter_context(world.child(
@@ -232,7 +234,7 @@ def run(world: FailoverWorld, direction: str, rate: int, seconds: float,
             writer.line(30)
             holder = world.holder()
             if holder is None:
-                raise RuntimeError("no node holds Prosody's stream: warm up first")
+                raise RuntimeError("no node holds Prosody's stream after a warm-up")
             writer.send("go")
             time.sleep(kill_after)
             killed_at = time.monotonic()
