@@ -50,7 +50,7 @@ QUIET = 8.0  # a receiver that saw nothing new for this long has all it will get
 PROSODY_SMACKS_QUEUE = 10_000
 
 
-def node(ns: Namespace, pki: Pki, name: str, store_url: str) -> ClusterNode:
+def failover_node(ns: Namespace, pki: Pki, name: str, store_url: str) -> ClusterNode:
     """A node whose partner a.example must use SASL EXTERNAL (the only method after
     which Prosody offers stream management)."""
     return ClusterNode(ns, pki, name, store_url, prefix="failover-node",
@@ -104,7 +104,7 @@ class FailoverWorld:
             self.database.initdb()
             self.database.start()
             url = self.database.url("postgres")
-            self.nodes = {name: node(self.ns, self.pki, name, url) for name in NODE_IPS}
+            self.nodes = {name: failover_node(self.ns, self.pki, name, url) for name in NODE_IPS}
             self.prosody.start()
             self.kamailio.start()
             for node in self.nodes.values():
