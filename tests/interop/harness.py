@@ -240,8 +240,8 @@ class GatewayProcess:
                  "limits: {" + ", ".join(f"{k}: {v}" for k, v in {
                      "negotiation_timeout": 10, "max_connections_per_ip": 5000,
                      **(self.limits or {})}.items()) + "}",
-                 f"federation: {{allow_unlisted: {str(self.allow_unlisted).lower()}, "
-                 f"bidi: {str(self.bidi).lower()}}}",
+                 f"federation: {{allow_unlisted: {str(self.allow_unlisted).lower()}"
+                 + ("" if self.bidi else ", bidi: false") + "}",
                  "store: {path: store.sqlite3}", "admin_socket: admin.sock"]
         if self.sip is not None:
             lines.append("sip: {" + ", ".join(f"{k}: {v}" for k, v in self.sip.items()) + "}")
