@@ -77,9 +77,10 @@ compose-test: compose-debs venv $(VENV)/.podman-compose
 # Type-checked strictly (pyproject.toml [tool.mypy]): the sans-I/O protocol cores, the pure
 # policy, the contracts between the gateway's parts and the parts built on them (imports
 # are followed silently: their own strictness is their modules' matter).
-MYPY_STRICT := gateway/sip gateway/policy \
+MYPY_STRICT := gateway/xmpp gateway/sip gateway/policy \
                gateway/contracts.py gateway/backend.py gateway/store/protocols.py \
-               gateway/router gateway/cluster gateway/assembly.py gateway/daemon.py
+               gateway/router gateway/cluster gateway/assembly.py gateway/daemon.py \
+               gateway/admin_web gateway/config/partner_changes.py
 
 test: debs compose-debs venv $(VENV)/.podman-compose
 	$(PY) -m ruff check gateway tests bench demo

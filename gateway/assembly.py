@@ -172,8 +172,8 @@ class GatewayParts:
         # The SIP side restores the watches this node owns, so it starts after the
         # claims; it sends to the router, whose workers start next, and the router
         # sends to the S2S service, which listens last.
-        await self.backend.start(self.router, watches=self.store, metrics=self.metrics,
-                                 spellings=self.store)
+        await self.backend.start(self.router, watches=self.store, notifiers=self.store,
+                                 metrics=self.metrics, spellings=self.store)
         self._started.add("backend")
         if self.proxy is not None:
             self.proxy.start()
@@ -193,6 +193,7 @@ class GatewayParts:
         try:
             if self.member is None:
                 await self.store.claim_watches(self.config.cluster.lease)
+                await self.store.claim_notifiers(self.config.cluster.lease)
                 return
             claimed = await self.member.start()
             self._started.add("member")

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from gateway.config.model import SipSettings
     from gateway.contracts import RouterForBackend
     from gateway.metrics import Metrics
+    from gateway.store.notifiers import AsyncNotifierStore, NotifierRecord
     from gateway.store.protocols import AsyncWatchStore
     from gateway.store.spellings import AsyncSpellingStore
 
@@ -73,17 +74,29 @@ class WatchHolder(Protocol):
         another node holds or takes them over. Returns how many were ended."""
         ...
 
+    def take_over_notifiers(self, records: Iterable[NotifierRecord]) -> int:
+        """Go on notifying the phones' subscriptions to XMPP contacts another node held
+        (it died or drained); returns how many dialogs were resumed."""
+        ...
+
+    def drop_notifiers(self) -> int:
+        """Stop notifying the phones' subscriptions held here, telling nobody (another
+        node resumes them: this one lost its lease). Returns how many were dropped."""
+        ...
+
 
 class SipSide(LocalBackend, WatchHolder, Protocol):
     """The whole SIP-side contract (see the module docstring)."""
 
     async def start(self, router: RouterForBackend, *, watches: AsyncWatchStore | None = None,
+                    notifiers: AsyncNotifierStore | None = None,
                     metrics: Metrics | None = None,
                     spellings: AsyncSpellingStore | None = None) -> None:
         """Begin operating: stanzas from local users toward XMPP go to ``router``;
         presence watches are remembered in ``watches`` (and those it holds for this node
-        are subscribed again now); how the SIP side spells its users in ``spellings``;
-        ``metrics`` (None: off) get the backend's figures."""
+        are subscribed again now), the phones' subscriptions to XMPP contacts in
+        ``notifiers`` (and those it holds are resumed now); how the SIP side spells its
+        users in ``spellings``; ``metrics`` (None: off) get the backend's figures."""
         ...
 
     async def stop(self) -> None:

@@ -217,8 +217,11 @@ class Gateway:
             return self._reload_refused(exc)
         note = "" if (new.domains, new.listen) == (self.config.domains, self.config.listen) \
             else "served domains and listen addresses change only on restart"
-        # Domains and listeners are bound at start: the running ones stay.
-        new = dataclasses.replace(new, domains=self.config.domains, listen=self.config.listen)
+        if new.admin_web != self.config.admin_web:
+            note = "; ".join(filter(None, [note, "admin_web settings change only on restart"]))
+        # Domains, listeners and the console are bound at start: the running ones stay.
+        new = dataclasses.replace(new, domains=self.config.domains, listen=self.config.listen,
+                                  admin_web=self.config.admin_web)
         # A certificate that does not authenticate a served domain would quietly turn
         # SASL EXTERNAL into dialback: keep the running one (gateway/auth/coverage.py).
         uncovered = coverage_problems(new.tls, new.domains)

@@ -5,9 +5,9 @@ The same store and the same words as ``xmpp-gateway users enable|disable|default
 store object; a changed switch applies to the next stanza (the router is told at once
 instead of waiting for its periodic re-read).
 
-The store knows the users that have an explicit switch or an authorization; any other
-user of a served domain can be looked up by address (it then follows
-``federation.users_enabled_by_default``).
+The list shows the users that have a switch of their own (the store lists those); any
+other user of a served domain is opened by address, with its authorizations, and follows
+``federation.users_enabled_by_default`` until it is given one.
 """
 
 from __future__ import annotations

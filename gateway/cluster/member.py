@@ -35,13 +35,14 @@ from gateway.config.model import ClusterSettings
 from gateway.logs import log_event
 from gateway.store.authorizations import StoreError, normalize_bare_jid
 from gateway.store.membership import RUNNING, NodeReport
+from gateway.store.notifiers import AsyncNotifierStore, NotifierRecord
 from gateway.store.protocols import AsyncMembership, AsyncWatchStore, Pair
 
 log = logging.getLogger("gateway.cluster")
 RECONCILE_EVERY = 5  # heartbeats
 
 
-class ClusterStore(AsyncMembership, AsyncWatchStore, Protocol):
+class ClusterStore(AsyncMembership, AsyncWatchStore, AsyncNotifierStore, Protocol):
     """What a node's membership reads and writes."""
 
 
@@ -69,6 +70,9 @@ class ClusterMember:
         await self.store.heartbeat(self.report(self.state))
         self._last_beat = time.monotonic()
         claimed = await self.store.claim_watches(self.settings.lease)
+        # The phones' dialogs claimed now are this node's rows: the SIP side resumes
+        # every row it owns when it starts.
+        await self.store.claim_notifiers(self.settings.lease)
         self.claimed += len(claimed)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="cluster")
         return claimed
@@ -83,6 +87,8 @@ class ClusterMember:
             await self.store.heartbeat(self.report(self.state))
             claimed = [] if self.state != RUNNING else \
                 await self.store.claim_watches(self.settings.lease)
+            dialogs: list[NotifierRecord] = [] if self.state != RUNNING else \
+                await self.store.claim_notifiers(self.settings.lease)
         except StoreError as exc:
             silent = time.monotonic() - self._last_beat
             if not self._failing:
@@ -95,7 +101,8 @@ class ClusterMember:
                           silent_seconds=f"{silent:.1f}", reason="no heartbeat within the "
                           "lease: other nodes may have taken over this node's SIP watches")
                 log_event(log, logging.WARNING, "cluster.watches_dropped", node=self.node_id,
-                          count=self.watches.drop_watches())
+                          count=self.watches.drop_watches(),
+                          phone_subscriptions=self.watches.drop_notifiers())
             return
         self._last_beat = time.monotonic()
         if self._failing:
@@ -105,11 +112,19 @@ class ClusterMember:
             self.fenced = False
             # What is still ours (nobody claimed it while we were away) comes back.
             claimed = [*claimed, *await self._own_watches()]
+            dialogs = [*dialogs, *await self._own_notifiers()]
         if claimed:
             self.claimed += len(claimed)
             log_event(log, logging.INFO, "cluster.watches_claimed", node=self.node_id,
                       count=len(claimed))
             self._take_over(claimed)
+        if dialogs:
+            # A dead node's phones learn nothing until a NOTIFY reaches them: go on
+            # notifying them here, in their dialogs (gateway.sip.notifying.resume).
+            resumed = self.watches.take_over_notifiers(dialogs) \
+                if self.state == RUNNING else 0
+            log_event(log, logging.INFO, "cluster.phone_subscriptions_claimed",
+                      node=self.node_id, claimed=len(dialogs), resumed=resumed)
         self._ticks += 1
         if self._ticks % RECONCILE_EVERY == 0 and self.state == RUNNING:
             await self.reconcile()
@@ -135,6 +150,11 @@ class ClusterMember:
                       count=len(lost), reason="unsubscribed through another node, or "
                       "claimed by another node")
             self.watches.drop_watches(lost)
+
+    async def _own_notifiers(self) -> list[NotifierRecord]:
+        with contextlib.suppress(StoreError):
+            return list(await self.store.list_notifiers())
+        return []
 
     async def _own_watches(self) -> list[Pair]:
         with contextlib.suppress(StoreError):

@@ -49,6 +49,7 @@ from gateway.sip.stanzas import IQ, MESSAGE, PRESENCE, error_condition
 from gateway.sip.transaction import RequestReceived
 from gateway.sip.trust import RefusalLogBudget, SourceTrust, resolve_addresses
 from gateway.sip.watching import SipPresenceWatches
+from gateway.store.notifiers import AsyncNotifierStore, NotifierRecord
 from gateway.store.spellings import AsyncSpellingStore
 from gateway.xmpp.jid import Jid, JidError
 
@@ -181,18 +182,21 @@ class SipBackend:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, router: RouterForBackend, *, watches: AsyncWatchStore | None = None,
+                    notifiers: AsyncNotifierStore | None = None,
                     metrics: Metrics | None = None,
                     spellings: AsyncSpellingStore | None = None) -> None:
         """SIP users' stanzas go to ``router.submit_local`` (decided without a task per
         stanza) and ``router.xmpp_congested`` is asked before new SIP work is taken;
         active XMPP→SIP presence subscriptions are remembered in ``watches`` (see
         :mod:`gateway.sip.watching`) and those this node holds are subscribed again;
-        SIP users' spellings in ``spellings`` (:mod:`gateway.sip.spellings`);
-        ``metrics`` count refused sources, what could not cross, and export the
-        flow-control figures."""
+        the phones' subscriptions to XMPP contacts are kept in ``notifiers`` and those
+        this node holds are resumed (:mod:`gateway.sip.notifying`); SIP users' spellings
+        in ``spellings`` (:mod:`gateway.sip.spellings`); ``metrics`` count refused
+        sources, what could not cross, and export the flow-control figures."""
         if self._router is not None:
             raise RuntimeError("SIP backend already started")
         self.watching.store = watches
+        self.notifying.store = notifiers
         self.messages.spellings.store = spellings
         if metrics is not None:
             self.metrics = self.messages.metrics = metrics
@@ -201,6 +205,9 @@ class SipBackend:
         await self.endpoint.start()
         self._router = router
         restored = await self.watching.restore(self.domains)
+        resumed = 0
+        if self.notifying.store is not None:
+            resumed = self.notifying.resume(await self.notifying.store.list_notifiers())
         transport = self.transport
         log_event(log, logging.INFO, "sip.started", transport=transport.kind,
                   trusted=transport.trust.describe() if transport.trust else "",
@@ -208,7 +215,7 @@ class SipBackend:
                   local=f"{transport.local[0]}:{transport.local[1]}",
                   proxy=f"{transport.proxy[0]}:{transport.proxy[1]}",
                   max_in_flight=self.endpoint.max_in_flight,
-                  subscriptions_restored=restored)
+                  subscriptions_restored=restored, phone_subscriptions_resumed=resumed)
 
     def take_over_watches(self, pairs: Iterable[Pair]) -> int:
         """Subscribe for XMPP→SIP watches another gateway node held (it died or
@@ -220,6 +227,16 @@ class SipBackend:
         leave the store alone: another node holds or takes them over (drain, lost lease,
         an unsubscribe handled by another node)."""
         return self.watching.drop(pairs)
+
+    def take_over_notifiers(self, records: Iterable[NotifierRecord]) -> int:
+        """Go on notifying the phones' subscriptions another node held (it died or
+        drained): see :meth:`XmppPresenceNotifier.resume`."""
+        return self.notifying.resume(records)
+
+    def drop_notifiers(self) -> int:
+        """Stop notifying every phone's subscription held here, without a word to the
+        phones or the store: another node takes them over (this one lost its lease)."""
+        return self.notifying.drop()
 
     def held_watches(self) -> list[Pair]:
         """The (watcher, SIP user) pairs whose subscription is established and recorded."""
@@ -233,8 +250,11 @@ class SipBackend:
         close the sockets."""
         if self._router is None:
             return
-        self.notifying.stop()
+        # Draining, the phones must subscribe again elsewhere at once; otherwise their
+        # stored dialogs are resumed by the next start (nothing to tell them).
+        self.notifying.stop(deactivate=self.draining or self.notifying.store is None)
         self.watching.stop()
+        await self.notifying.settle()
         if not await self.endpoint.drain(grace):
             log_event(log, logging.WARNING, "sip.stop_unfinished",
                       transactions=self.endpoint.in_flight,
@@ -436,6 +456,7 @@ class SipBackend:
         elif kind == "error":
             log_event(log, logging.INFO, "sip.presence_error", contact=contact,
                       local_user=local_user, condition=error_condition(stanza))
+            self.notifying.on_xmpp(stanza, kind, contact, resource, local_user)
 
     # ------------------------------------------------------------------ tools
 
@@ -463,6 +484,6 @@ class SipBackend:
 
     def describe(self) -> dict[str, Any]:
         return {**self.endpoint.describe(), "watches": len(self.watches),
-                "notifiers": len(self.notifiers), "transactions": self.endpoint.in_flight,
+                **self.notifying.describe(), "transactions": self.endpoint.in_flight,
                 "busy_answers": self.busy_answers, "untrusted": self.untrusted,
                 **self.messages.describe()}

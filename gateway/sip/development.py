@@ -39,6 +39,7 @@ from gateway.xmpp.jid import Jid, JidError
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
+    from gateway.store.notifiers import AsyncNotifierStore, NotifierRecord
     from gateway.store.protocols import AsyncWatchStore
     from gateway.store.spellings import AsyncSpellingStore
 
@@ -89,6 +90,7 @@ class DevelopmentBackend:
         self._router: RouterForBackend | None = None
 
     async def start(self, router: RouterForBackend, *, watches: AsyncWatchStore | None = None,
+                    notifiers: AsyncNotifierStore | None = None,
                     metrics: Metrics | None = None,
                     spellings: AsyncSpellingStore | None = None) -> None:
         """Local users' stanzas go to ``router``; there are no presence watches to
@@ -127,6 +129,12 @@ class DevelopmentBackend:
         return 0  # every user is always available: nothing to subscribe to
 
     def drop_watches(self, pairs: Iterable[Pair] | None = None) -> int:
+        return 0
+
+    def take_over_notifiers(self, records: Iterable[NotifierRecord]) -> int:
+        return 0  # nobody subscribes through a proxy here: no dialogs to resume
+
+    def drop_notifiers(self) -> int:
         return 0
 
     def is_watching(self, sip_user: str, contact: str) -> bool:

@@ -62,6 +62,10 @@ class WatchDialog(Dialog):
     announced: bool = False  # XMPP was told 'subscribed'
     state: PresenceState = UNAVAILABLE
     refreshing: bool = False
+    remote_cseq: int = -1  # CSeq of the last NOTIFY taken (RFC 3261 §12.2.2)
+    attempts: int = 0  # temporary failures in a row (gateway.sip.watching backoff)
+    retry_at: float = 0.0  # when to subscribe again after one (0: not waiting)
+    probing: bool = False  # made for an XMPP probe: silent unless the SIP side authorizes
 
     @property
     def key(self) -> tuple[str, str]:
@@ -70,12 +74,20 @@ class WatchDialog(Dialog):
 
 @dataclass(slots=True)
 class NotifierDialog(Dialog):
-    """SIP user → XMPP contact (the gateway notifies)."""
+    """SIP user → XMPP contact (the gateway notifies). What the contact's presence and
+    approval are lives in the :class:`gateway.sip.notifying.PresenceView` of the pair; a
+    dialog holds only what one phone's subscription needs (RFC 6665 §4.2.2: one NOTIFY
+    outstanding at a time)."""
 
     sip_watcher: str = ""
     xmpp_contact: str = ""
-    active: bool = False  # the XMPP contact approved ('subscribed')
     expires_in: int = 3600
+    sending: bool = False  # a NOTIFY of this dialog awaits its final answer
+    stale: bool = False  # the state changed since that NOTIFY was built
+    ending: str = ""  # the reason of the final NOTIFY, once decided
+    final_body: bytes = b""  # the state the final NOTIFY carries, if any
+    final_sent: bool = False
+    cseq_limit: float = float("inf")  # highest CSeq stored (gateway.store.notifiers)
 
     @property
     def key(self) -> tuple[str, str]:

@@ -1,8 +1,9 @@
 """Presence documents: XMPP ``<presence/>`` ↔ PIDF (RFC 3863) with RPID (RFC 4480),
-as RFC 7248 §7 (presence notifications) maps them.
+as RFC 8048 §6 (notifications of presence information) maps them.
 
 * availability: XMPP available ↔ a tuple with ``<basic>open</basic>``; unavailable ↔
-  ``closed`` (RFC 7248 §7.2, §7.3);
+  ``closed``; toward SIP one tuple per available XMPP resource (:func:`to_pidf`); from
+  SIP the tuples are aggregated (:func:`parse_pidf`);
 * ``<show/>``: ``away``/``xa`` ↔ RPID ``<rpid:away/>``, ``dnd`` ↔ ``<rpid:busy/>``;
   ``chat`` has no RPID activity and maps to plain ``open``. From SIP,
   ``on-the-phone``/``meeting``/``busy`` read as ``dnd``, ``vacation``/``sleeping`` as
@@ -16,6 +17,8 @@ entities), bounded by the SIP body limit, and anything unreadable counts as "clo
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from xml.etree.ElementTree import Element, SubElement
 from xml.parsers import expat
@@ -68,21 +71,56 @@ class PresenceState:
 UNAVAILABLE = PresenceState(False)
 
 
-def to_pidf(entity: str, state: PresenceState, tuple_id: str = "xmpp") -> bytes:
-    """A PIDF document for ``entity`` (an AOR like ``bob@fabrikam.example``)."""
-    basic = "open" if state.available else "closed"
-    activity = _SHOW_TO_ACTIVITY.get(state.show, "") if state.available else ""
+# How available each <show/> is, most first (RFC 6121 §4.7.2.1): the order in which
+# resources are listed, and which one the person-level activity describes.
+SHOW_RANK = {"chat": 0, "": 1, "away": 2, "xa": 3, "dnd": 4}
+
+
+def most_available(resources: Mapping[str, PresenceState]) -> list[tuple[str, PresenceState]]:
+    """The available resources, most available first (ties: the order they came in)."""
+    available = [(name, state) for name, state in resources.items() if state.available]
+    return sorted(available, key=lambda item: SHOW_RANK.get(item[1].show, 5))
+
+
+def _tuple_id(resource: str) -> str:
+    """A PIDF tuple id (an XML ``ID``, RFC 3863 §4.1.2) for an XMPP resource: the same
+    resource keeps its tuple id across notifications, whatever characters it has."""
+    return "r" + hashlib.blake2s(resource.encode("utf-8"), digest_size=5).hexdigest()
+
+
+def to_pidf(entity: str, state: PresenceState | Mapping[str, PresenceState],
+            tuple_id: str = "xmpp") -> bytes:
+    """A PIDF document for ``entity`` (an AOR like ``bob@fabrikam.example``).
+
+    Given one state, one tuple (``tuple_id``). Given the contact's resources (XMPP
+    resource → presence), one tuple per available resource, most available first, each
+    with its own ``<basic>open</basic>`` and ``<note>`` (a PIDF tuple is one point of
+    contact of the presentity, RFC 3863 §3.1; an XMPP resource is one), and one person
+    element whose RPID activity is the most
+    available resource's (RFC 4480 activities describe the person, not a device). No
+    available resource: a single closed tuple. A watcher that reads only the first tuple
+    therefore sees the most available resource."""
+    if isinstance(state, PresenceState):
+        tuples = [(tuple_id, state)]
+    else:
+        tuples = [(_tuple_id(name), value) for name, value in most_available(state)]
+        if not tuples:
+            tuples = [(tuple_id, UNAVAILABLE)]
+    lead = tuples[0][1]
+    activity = _SHOW_TO_ACTIVITY.get(lead.show, "") if lead.available else ""
     person = ""
     if activity:
-        person = (f'<dm:person id="p-{escape(tuple_id)}"><rpid:activities>'
+        person = (f'<dm:person id="p-{escape(tuples[0][0])}"><rpid:activities>'
                   f"<rpid:{activity}/></rpid:activities></dm:person>")
-    note = f"<note>{escape(state.note)}</note>" if state.note else ""
+    body = "".join(
+        f"<tuple id={quoteattr(ident)}><status><basic>"
+        f"{'open' if value.available else 'closed'}</basic></status>"
+        f"{f'<note>{escape(value.note)}</note>' if value.note else ''}</tuple>"
+        for ident, value in tuples)
     document = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f'<presence xmlns="{NS_PIDF}" xmlns:dm="{NS_DM}" xmlns:rpid="{NS_RPID}" '
-        f"entity={quoteattr('pres:' + entity)}>"
-        f'<tuple id={quoteattr(tuple_id)}><status><basic>{basic}</basic></status>{note}</tuple>'
-        f"{person}</presence>"
+        f"entity={quoteattr('pres:' + entity)}>{body}{person}</presence>"
     )
     return document.encode("utf-8")
 
@@ -95,7 +133,10 @@ class _Reader:
         self.text: list[str] = []
         self.basics: list[str] = []
         self.notes: list[str] = []
+        self.open_notes: list[str] = []  # notes of open tuples (one per SIP device)
         self.activities: list[str] = []
+        self._tuple_basic = ""
+        self._tuple_notes: list[str] = []
 
     def start(self, name: str, _attrs: dict[str, str]) -> None:
         if len(self.path) > 32:
@@ -110,8 +151,14 @@ class _Reader:
         value = "".join(self.text).strip()
         if name == f"{NS_PIDF}}}basic":
             self.basics.append(value.lower())
+            self._tuple_basic = value.lower()
         elif name == f"{NS_PIDF}}}note" and value:
             self.notes.append(value)
+            self._tuple_notes.append(value)
+        elif name == f"{NS_PIDF}}}tuple":
+            if self._tuple_basic == "open":
+                self.open_notes.extend(self._tuple_notes)
+            self._tuple_basic, self._tuple_notes = "", []
         self.text = []
 
     def data(self, text: str) -> None:
@@ -123,8 +170,16 @@ def _refuse_dtd(*_args: object) -> None:
 
 
 def parse_pidf(body: bytes) -> PresenceState:
-    """The aggregated state a PIDF document describes: available if any tuple is open
-    (RFC 3863 §4.1.4), ``show`` from the first RPID activity we know, the first note."""
+    """The aggregated state a PIDF document describes, as one XMPP resource.
+
+    A SIP user with several devices (registrations) publishes a tuple per device, and the
+    presence server notifies them in one document. They are aggregated rather than shown
+    as several XMPP resources because SIP gives no identity that stays the same across
+    publications (tuple ids are the publisher's choice, and Kamailio's documents merge
+    the publications it holds): a resource that changed name at every PUBLISH would look
+    to XMPP like devices coming and going. The rule: available if any tuple is open
+    (RFC 3863 §4.1.4), ``show`` from the first RPID activity we know, the note of the
+    first open tuple (else the first note)."""
     if not body.strip():
         return UNAVAILABLE
     reader = _Reader()
@@ -148,4 +203,5 @@ def parse_pidf(body: bytes) -> PresenceState:
             if activity in _ACTIVITY_TO_SHOW:
                 show = _ACTIVITY_TO_SHOW[activity]
                 break
-    return PresenceState(available, show, reader.notes[0] if reader.notes else "")
+    notes = (reader.open_notes if available else []) or reader.notes
+    return PresenceState(available, show, notes[0] if notes else "")

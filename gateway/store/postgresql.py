@@ -43,6 +43,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from gateway.logs import log_event
+from gateway.store import notifiers
 from gateway.store.authorizations import (
     Authorization,
     StoreError,
@@ -50,6 +51,7 @@ from gateway.store.authorizations import (
     normalize_bare_jid,
 )
 from gateway.store.membership import NodeReport, NodeState
+from gateway.store.notifiers import NotifierRecord, as_row, from_row
 from gateway.store.protocols import ChangeListener
 from gateway.store.schema import MIGRATIONS, SCHEMA_VERSION, newer_schema_message
 
@@ -321,6 +323,36 @@ class PostgresAuthorizationStore:
         return self._run("hand over presence subscriptions", lambda conn: conn.execute(
             "UPDATE presence_watches SET owner = '' WHERE owner = %s",
             (self.node_id,)).rowcount)
+
+    # -- phones' subscriptions to XMPP contacts (gateway.store.notifiers) ----------------
+
+    def save_notifiers(self, records: list[NotifierRecord]) -> None:
+        rows = [as_row(record, self.node_id) for record in records]
+
+        def upsert(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction(), conn.cursor() as cursor:
+                cursor.executemany(notifiers.UPSERT, rows)
+
+        self._run("record phones' presence subscriptions", upsert)
+
+    def remove_notifiers(self, call_ids: list[str]) -> None:
+        self._run("remove phones' presence subscriptions", lambda conn: conn.execute(
+            "DELETE FROM presence_notifiers WHERE call_id = ANY(%s)", (list(call_ids),)))
+
+    def list_notifiers(self) -> list[NotifierRecord]:
+        rows = self._run("list phones' presence subscriptions", lambda conn: conn.execute(
+            f"SELECT {notifiers.COLUMNS} FROM presence_notifiers WHERE owner = %s"
+            " ORDER BY call_id", (self.node_id,)).fetchall())
+        return [from_row(row) for row in rows]
+
+    def claim_notifiers(self, lease: float) -> list[NotifierRecord]:
+        # As claim_watches: row locks make the claim atomic between two survivors.
+        rows = self._run("claim phones' presence subscriptions", lambda conn: conn.execute(
+            "UPDATE presence_notifiers SET owner = %(me)s WHERE owner <> %(me)s"
+            " AND owner NOT IN (SELECT node_id FROM cluster_nodes WHERE state <> 'stopped'"
+            f" AND {_NOW} - last_seen <= %(lease)s) RETURNING {notifiers.COLUMNS}",
+            {"me": self.node_id, "lease": lease}).fetchall())
+        return [from_row(row) for row in sorted(rows)]
 
     # -- change notification ---------------------------------------------------------------
 

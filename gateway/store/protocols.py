@@ -28,6 +28,7 @@ from typing import Protocol
 
 from gateway.store.authorizations import Authorization, UserSetting
 from gateway.store.membership import NodeReport, NodeState
+from gateway.store.notifiers import AsyncNotifierStore, NotifierStore
 from gateway.store.spellings import SpellingStore
 
 ChangeListener = Callable[[str, str], None]
@@ -140,8 +141,8 @@ class ChangeFeed(Protocol):
         ...
 
 
-class Store(Authorizations, UserSwitches, WatchStore, Membership, ChangeFeed, SpellingStore,
-            Protocol):
+class Store(Authorizations, UserSwitches, WatchStore, NotifierStore, Membership, ChangeFeed,
+            SpellingStore, Protocol):
     """A whole storage engine (SQLite, PostgreSQL)."""
 
     def close(self) -> None:
@@ -206,8 +207,8 @@ class AsyncChangeFeed(Protocol):
         ...
 
 
-class AsyncStore(AsyncAuthorizations, AsyncUserSwitches, AsyncWatchStore, AsyncMembership,
-                 AsyncChangeFeed, Protocol):
+class AsyncStore(AsyncAuthorizations, AsyncUserSwitches, AsyncWatchStore, AsyncNotifierStore,
+                 AsyncMembership, AsyncChangeFeed, Protocol):
     """The whole store, awaitable."""
 
     async def aclose(self) -> None: ...

@@ -65,6 +65,22 @@ _CLUSTER_NODES = """CREATE TABLE cluster_nodes (
 # nodes whose heartbeat is older than the lease.
 _WATCH_OWNER = "ALTER TABLE presence_watches ADD COLUMN owner TEXT NOT NULL DEFAULT ''"
 _WATCH_OWNER_INDEX = "CREATE INDEX presence_watches_owner ON presence_watches (owner)"
+# Phones' subscription dialogs to XMPP contacts, resumed after a restart or by the node that
+# takes over (gateway.store.notifiers says why each column is there).
+_PRESENCE_NOTIFIERS = """CREATE TABLE presence_notifiers (
+       call_id TEXT PRIMARY KEY NOT NULL,
+       sip_watcher TEXT NOT NULL,
+       xmpp_contact TEXT NOT NULL,
+       local_tag TEXT NOT NULL,
+       remote TEXT NOT NULL,
+       remote_target TEXT NOT NULL,
+       route_set TEXT NOT NULL,
+       cseq INTEGER NOT NULL,
+       expires_at {real} NOT NULL,
+       approved INTEGER NOT NULL CHECK (approved IN (0, 1)),
+       owner TEXT NOT NULL
+   )"""
+_NOTIFIER_OWNER_INDEX = "CREATE INDEX presence_notifiers_owner ON presence_notifiers (owner)"
 
 # SIP user parts as the SIP side spells them (RFC 3261 §19.1.4: user parts compare
 # case-sensitively), keyed by their lower-case form: XMPP servers lower-case localparts
@@ -93,6 +109,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "SIP user spellings",
               sqlite=(_SIP_USER_SPELLINGS + " WITHOUT ROWID",),
               postgresql=(_SIP_USER_SPELLINGS,)),
+    Migration(5, "phones' presence subscriptions to XMPP contacts",
+              sqlite=(_PRESENCE_NOTIFIERS.format(real="REAL") + " WITHOUT ROWID",
+                      _NOTIFIER_OWNER_INDEX),
+              postgresql=(_PRESENCE_NOTIFIERS.format(real="double precision"),
+                          _NOTIFIER_OWNER_INDEX)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

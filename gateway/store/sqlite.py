@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
+from gateway.store import notifiers
 from gateway.store.authorizations import (
     Authorization,
     StoreError,
@@ -39,6 +40,7 @@ from gateway.store.authorizations import (
     normalize_bare_jid,
 )
 from gateway.store.membership import NodeReport, NodeState, node_status
+from gateway.store.notifiers import NotifierRecord, as_row, from_row
 from gateway.store.protocols import ChangeListener
 from gateway.store.schema import MIGRATIONS, SCHEMA_VERSION, newer_schema_message
 
@@ -324,11 +326,7 @@ class SqliteAuthorizationStore:
     def claim_watches(self, lease: float) -> list[tuple[str, str]]:
         def claim() -> list[tuple[str, str]]:
             with self._write() as db:
-                now = time.time()
-                live = {node for node, state, seen in db.execute(
-                            "SELECT node_id, state, last_seen FROM cluster_nodes")
-                        if node_status(state, now - seen, lease) not in ("dead", "stopped")}
-                live.add(self.node_id)
+                live = self._live_nodes(db, lease)
                 orphans = [(w, u, o) for w, u, o in db.execute(
                                "SELECT watcher, sip_user, owner FROM presence_watches")
                            if o not in live]
@@ -346,6 +344,53 @@ class SqliteAuthorizationStore:
                                   (self.node_id,)).rowcount
 
         return self._run("hand over presence subscriptions", release)
+
+    # -- phones' subscriptions to XMPP contacts (gateway.store.notifiers) ----------------
+
+    def save_notifiers(self, records: list[NotifierRecord]) -> None:
+        rows = [as_row(record, self.node_id) for record in records]
+
+        def upsert() -> None:
+            with self._write() as db:
+                db.executemany(notifiers.UPSERT.replace("%s", "?"), rows)
+
+        self._run("record phones' presence subscriptions", upsert)
+
+    def remove_notifiers(self, call_ids: list[str]) -> None:
+        def delete() -> None:
+            with self._write() as db:
+                db.executemany("DELETE FROM presence_notifiers WHERE call_id = ?",
+                               [(call_id,) for call_id in call_ids])
+
+        self._run("remove phones' presence subscriptions", delete)
+
+    def list_notifiers(self) -> list[NotifierRecord]:
+        rows = self._run("list phones' presence subscriptions", lambda: self._db.execute(
+            f"SELECT {notifiers.COLUMNS} FROM presence_notifiers WHERE owner = ?"
+            " ORDER BY call_id", (self.node_id,)).fetchall())
+        return [from_row(row) for row in rows]
+
+    def claim_notifiers(self, lease: float) -> list[NotifierRecord]:
+        def claim() -> list[NotifierRecord]:
+            with self._write() as db:
+                live = self._live_nodes(db, lease)
+                orphans = [row for row in db.execute(
+                    f"SELECT {notifiers.COLUMNS}, owner FROM presence_notifiers")
+                    if row[-1] not in live]
+                db.executemany("UPDATE presence_notifiers SET owner = ? WHERE call_id = ?"
+                               " AND owner = ?",
+                               [(self.node_id, row[0], row[-1]) for row in orphans])
+                return [from_row(row) for row in sorted(orphans)]
+
+        return self._run("claim phones' presence subscriptions", claim)
+
+    def _live_nodes(self, db: sqlite3.Connection, lease: float) -> set[str]:
+        now = time.time()
+        live = {node for node, state, seen in db.execute(
+                    "SELECT node_id, state, last_seen FROM cluster_nodes")
+                if node_status(state, now - seen, lease) not in ("dead", "stopped")}
+        live.add(self.node_id)
+        return live
 
     def publish(self, topic: str, payload: str) -> None:
         """One process per SQLite file: there are no other nodes to tell."""

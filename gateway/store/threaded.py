@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from gateway.store.authorizations import Authorization, UserSetting
 from gateway.store.membership import NodeReport, NodeState
+from gateway.store.notifiers import NotifierRecord
 from gateway.store.protocols import ChangeListener, Pair, Store
 
 T = TypeVar("T")
@@ -117,6 +118,20 @@ class AsyncAuthorizationStore:
     def on_change(self, listener: ChangeListener) -> None:
         """Registered directly: the listener runs in the store's notification thread."""
         self.store.on_change(listener)
+
+    # -- phones' subscriptions to XMPP contacts (gateway.store.notifiers) ----------------
+
+    async def save_notifiers(self, records: list[NotifierRecord]) -> None:
+        await self._call(self.store.save_notifiers, records)
+
+    async def remove_notifiers(self, call_ids: list[str]) -> None:
+        await self._call(self.store.remove_notifiers, call_ids)
+
+    async def list_notifiers(self) -> list[NotifierRecord]:
+        return await self._call(self.store.list_notifiers)
+
+    async def claim_notifiers(self, lease: float) -> list[NotifierRecord]:
+        return await self._call(self.store.claim_notifiers, lease)
 
     async def aclose(self) -> None:
         """Finish queued calls, close the store, stop the thread."""

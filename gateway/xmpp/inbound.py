@@ -1,7 +1,7 @@
 """Inbound S2S stream: we are the Receiving Server (and the Authoritative Server).
 
 What is offered and accepted follows the partner's permitted methods from the pure
-negotiation rule (GATEWAY-SPEC §2.2):
+negotiation rule (docs/configuration.md, "The negotiation matrix"):
 
 - STARTTLS is offered unless tls=not-supported, with ``<required/>`` when no permitted
   method works without TLS; then nothing but STARTTLS is accepted before TLS.

@@ -1,6 +1,7 @@
 """Outbound S2S stream: we are the Initiating Server (RFC 6120 §4-6, XEP-0220, XEP-0178).
 
-Negotiation follows the partner's permitted methods (GATEWAY-SPEC §2.2):
+Negotiation follows the partner's permitted methods (docs/configuration.md, "The
+negotiation matrix"):
 
 - STARTTLS is used whenever offered unless tls=not-supported; when no permitted method
   works without TLS, a peer that does not offer it is not talked to (never downgrade).
@@ -264,7 +265,9 @@ class OutboundStream(S2SStream):
                 self._send(sm.enable())
                 self.sm_out = sm.SentQueue()
             self._dialback_channel = True
-            self._authenticated(self.remote_domain, self.local_domain, AuthMethod.SASL_TLS)
+            remote, local = self.remote_domain, self.local_domain
+            assert remote is not None and local is not None  # set when the stream was made
+            self._authenticated(remote, local, AuthMethod.SASL_TLS)
             self._flush_verifies()
             return
         self._choose_authentication(offered)

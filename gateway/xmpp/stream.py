@@ -102,13 +102,13 @@ class Phase(Enum):
 CLOSE_GRACE = 5.0
 # Seconds without traffic after which an authenticated stream frees its XML parser and
 # TLS memory BIOs (re-created on the next bytes): most S2S sessions are idle most of the
-# time, and these are about 18 KiB of each (docs/performance.md). Short, because sessions
+# time, and these buffers are a large part of what each holds. Short, because sessions
 # open in bursts (a restart, a peer reconnecting its links): while the first ones still
 # hold their handshake-sized buffers the next ones are allocated around them, and the
-# freed holes stay in the heap. 2 s → 0.5 s took the benchmark's 1,000 sessions opened in
-# a few seconds from 46.1 to 41.9 KiB each. The price is small: re-creating a parser costs
-# about 25 µs, paid by a stream with gaps of more than 0.5 s between stanzas, and a busy
-# stream's idleness check fires at most once per period.
+# freed holes stay in the heap. The price is small: a stream with gaps longer than this
+# between stanzas re-creates its parser, and a busy stream's idleness check fires at most
+# once per period. The figures for both sides are in docs/performance.md ("The idle
+# release after 0.5 s").
 RELEASE_IDLE_AFTER = 0.5
 # A debugging aid (gateway/net/s2s_record.py, off unless asked for): called with every
 # byte string a stream writes, as written, before TLS encrypts it.

@@ -458,3 +458,13 @@ async def test_a_taken_port_is_a_clear_startup_error(tmp_path: Path) -> None:
             await gateway.stop()
     assert str(failed.value).startswith(f"admin_web.listen 127.0.0.1:{port}: ")
     assert "already in use" in str(failed.value)
+
+
+async def test_console_settings_change_on_restart_and_reload_says_so(
+        gateway: Gateway, tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(path.read_text().replace('admin_web: {enabled: true, ',
+                                             'admin_web: {enabled: true, session_idle: 60, '))
+    answer = await gateway.reload()
+    assert answer["ok"] and answer["note"] == "admin_web settings change only on restart"
+    assert gateway.config.admin_web.session_idle == 1800  # the running console's, kept

@@ -242,7 +242,8 @@ async def test_other_methods_and_garbage(backend) -> None:
 async def test_sip_subscription_to_xmpp_contact(backend) -> None:
     sip, ua, recorder = backend
     response = await ua.subscribe("sip:bob@xmpp.example", expires=600)
-    assert (response.status, response.get("expires")) == (202, "600")
+    # 200, not 202: RFC 6665 §4.2.1.1 deprecates 202 for SUBSCRIBE
+    assert (response.status, response.get("expires")) == (200, "600")
     pending = await ua.next_notify()
     assert (pending.get("subscription-state") or "").startswith("pending")
     request = await recorder.next()
@@ -253,31 +254,36 @@ async def test_sip_subscription_to_xmpp_contact(backend) -> None:
     active = await ua.next_notify()
     assert (active.get("subscription-state") or "").startswith("active")
     assert parse_pidf(active.body) == PresenceState(False)
-    # Its presence changes: one NOTIFY each, aggregated over resources.
+    # Its presence changes: one NOTIFY each, a PIDF tuple per available resource, the
+    # most available first.
     busy = presence("bob@xmpp.example/desk", "alice@sip.example")
     SubElement(busy, "{jabber:server}show").text = "dnd"
     SubElement(busy, "{jabber:server}status").text = "writing"
     await sip.deliver(busy)
     assert parse_pidf((await ua.next_notify()).body) == PresenceState(True, "dnd", "writing")
     await sip.deliver(presence("bob@xmpp.example/phone", "alice@sip.example"))
-    assert parse_pidf((await ua.next_notify()).body) == PresenceState(True)  # most available
+    both = (await ua.next_notify()).body
+    assert both.count(b"<tuple ") == 2 and both.count(b"<basic>open</basic>") == 2
+    assert parse_pidf(both) == PresenceState(True, "", "writing")  # the phone leads
     await sip.deliver(presence("bob@xmpp.example/phone", "alice@sip.example", "unavailable"))
     assert parse_pidf((await ua.next_notify()).body).show == "dnd"
-    # Refresh, then unsubscribe (Expires: 0) → terminated + XMPP unsubscribe.
+    # Refresh, then unsubscribe (Expires: 0) → terminated with the last state, and
+    # nothing toward XMPP: ending a dialog is not removing the contact (RFC 6121 §3.3).
     assert (await ua.subscribe("sip:bob@xmpp.example", expires=300)).status == 200
     refreshed = await ua.next_notify()
     assert (refreshed.get("subscription-state") or "").startswith("active")
     assert (await ua.subscribe("sip:bob@xmpp.example", expires=0)).status == 200
     final = await ua.next_notify()
     assert final.get("subscription-state") == "terminated;reason=timeout"
-    unsubscribe = await recorder.next()
-    assert unsubscribe.get("type") == "unsubscribe"
+    assert parse_pidf(final.body).show == "dnd"
+    await asyncio.sleep(0.3)
+    assert recorder.queue.empty()
     assert not sip.notifiers
 
 
 async def test_xmpp_contact_refuses_sip_subscription(backend) -> None:
     sip, ua, recorder = backend
-    assert (await ua.subscribe("sip:bob@xmpp.example")).status == 202
+    assert (await ua.subscribe("sip:bob@xmpp.example")).status == 200
     await ua.next_notify()
     await recorder.next()
     await sip.deliver(presence("bob@xmpp.example", "alice@sip.example", "unsubscribed"))
@@ -304,7 +310,7 @@ async def test_subscription_event_and_interval_checks(backend) -> None:
 
 async def test_stop_deactivates_subscriptions(backend) -> None:
     sip, ua, recorder = backend
-    assert (await ua.subscribe("sip:bob@xmpp.example")).status == 202
+    assert (await ua.subscribe("sip:bob@xmpp.example")).status == 200
     await ua.next_notify()
     await recorder.next()
     await sip.stop(grace=1.0)
@@ -398,7 +404,7 @@ async def test_xmpp_unsubscribe_ends_the_sip_subscription(backend) -> None:
         "SUBSCRIBE", "0", subscribe.call_id, tag)
 
 
-@pytest.mark.parametrize(("status", "expected"), [(403, "unsubscribed"), (500, "error")])
+@pytest.mark.parametrize(("status", "expected"), [(403, "unsubscribed"), (488, "error")])
 async def test_refused_sip_subscription(backend, status: int, expected: str) -> None:
     sip, ua, recorder = backend
     await sip.deliver(presence("bob@xmpp.example", "alice@sip.example", "subscribe"))
@@ -407,7 +413,7 @@ async def test_refused_sip_subscription(backend, status: int, expected: str) -> 
     assert (answer.get("type"), answer.get("from"), answer.get("to")) == (
         expected, "alice@sip.example", "bob@xmpp.example")
     if expected == "error":
-        assert condition(answer) == "internal-server-error"
+        assert condition(answer) == "not-acceptable"
     assert not sip.watches
 
 
@@ -521,11 +527,16 @@ async def test_sip_tls_refuses_an_untrusted_proxy(pki) -> None:
 
 async def test_status_reports_the_sip_side(gateway) -> None:
     gw, ua = gateway
-    assert (await ua.subscribe("sip:bob@nowhere.example")).status == 202
+    assert (await ua.subscribe("sip:bob@nowhere.example")).status == 200
     await ua.next_notify()
     backend = gw.status()["backend"]
     assert (backend["kind"], backend["transport"], backend["notifiers"]) == ("sip", "udp", 1)
     assert backend["received"] >= 1 and backend["sent"] >= 1
+    # nowhere.example has no server: the subscribe bounces (remote-server-not-found) and
+    # the phone learns that the contact does not exist (RFC 6665 noresource).
+    final = await ua.next_notify(state="terminated", timeout=15)
+    assert final.get("subscription-state") == "terminated;reason=noresource"
+    assert gw.status()["backend"]["notifiers"] == 0
 
 
 async def test_failed_handler_still_answers(backend) -> None:

@@ -93,7 +93,8 @@ c2s_ports = {{ 5222 }}
 s2s_ports = {{ 5269 }}
 http_ports = {{}}
 https_ports = {{}}
-modules_enabled = {{ "roster", "saslauth", "tls", "dialback", "disco", "ping", "presence"{more} }}
+modules_enabled = {{ "roster", "saslauth", "tls", "dialback", "disco", "ping", "presence",
+                    "blocklist"{more} }}
 modules_disabled = {{ {disabled} }}
 authentication = "internal_plain"
 c2s_require_encryption = false
@@ -252,7 +253,11 @@ class GatewayProcess:
         for p in self.partners:
             lines.append("  - {" + ", ".join(f"{k}: {v}" for k, v in p.items()) + "}")
         self.config.write_text("\n".join(lines) + "\n")
-        out = (self.dir / "gateway.log").open("wb")
+        self._launch("wb")
+        return self
+
+    def _launch(self, mode: str) -> None:
+        out = (self.dir / "gateway.log").open(mode)
         env = {**os.environ, RECORD_S2S: str(self.recordings)} if self.record_s2s else None
         self.process = subprocess.Popen(
             [*self.ns.exec, sys.executable, "-m", "gateway.cli.main", "-c", str(self.config),
@@ -262,7 +267,17 @@ class GatewayProcess:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"gateway did not start: {self.log}")
             time.sleep(0.05)
-        return self
+
+    def restart(self, *, crash: bool = False) -> None:
+        """Stop (SIGTERM, or SIGKILL with ``crash``) and start again with the same
+        configuration and store, the log going on in the same file; returns once the new
+        process answers."""
+        if crash and self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+        stop_process(self.process)
+        (self.dir / "admin.sock").unlink(missing_ok=True)
+        self._launch("ab")
 
     def status(self) -> dict:
         result = run([sys.executable, "-m", "gateway.cli.main", "-c", str(self.config), "status",

@@ -10,8 +10,9 @@
 Steps: messages and presence flow; node a is drained while messages flow both ways →
 none lost, traffic continues on b, the SIP user's presence still reaches the XMPP
 watcher; node a is started again and node b is killed with SIGKILL while messages flow →
-Prosody reconnects to a via SRV, a takes over the XMPP→SIP presence subscription, and the
-test reports how many stanzas the hard kill lost.
+Prosody reconnects to a via SRV, a takes over the XMPP→SIP presence subscription and the
+phone's subscription to the XMPP user (its next change reaches the phone within the lease
++ 5 s, in the phone's dialog), and the test reports how many stanzas the hard kill lost.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from gateway.sip.pidf import parse_pidf
 from tests.interop.harness import IPS, Namespace, Prosody
 from tests.interop.in_namespace import XmppUser, run_in_namespace
 from tests.support.cluster_node import KAMAILIO, NODE_IPS, SIP_PORT, ClusterNode
@@ -76,8 +78,6 @@ XMPP_URI = "sip:user@a.example"
 
 
 def _active_and_available(notify: object) -> bool:
-    from gateway.sip.pidf import parse_pidf
-
     state = (notify.get("subscription-state") or "").split(";")[0]  # type: ignore[attr-defined]
     return state == "active" and bool(notify.body) and \
         parse_pidf(notify.body).available  # type: ignore[attr-defined]
@@ -256,6 +256,18 @@ def test_drain_then_hard_kill(cluster_ns: Namespace, pki: Pki,
                 await asyncio.sleep(0.5)
                 killed_at = time.time()
                 await loop.run_in_executor(None, second.kill)
+                # The XMPP user's next change reaches the phone, whose subscription was
+                # held by the killed node, without the phone doing anything: the
+                # survivor claims the stored dialog after the lease, probes the user,
+                # and NOTIFYs the phone in the same dialog.
+                changed_at = time.time()
+                xmpp.client.send_presence(pstatus="changed after the kill")
+                seen = await ua.notify_where(
+                    lambda n: bool(n.body) and parse_pidf(n.body).note ==
+                    "changed after the kill", timeout=LEASE + 5)
+                report["phone_saw_the_change_after_kill_s"] = round(
+                    time.time() - changed_at, 2)
+                assert seen.call_id == ua.dialogs[XMPP_URI].call_id  # the same dialog
                 to_sip, to_xmpp, statuses = await traffic
                 got_sip, got_xmpp = await collect(xmpp, ua, "kill", to_sip, to_xmpp, 30)
                 report["kill_lost_xmpp_to_sip"] = sorted(to_sip - got_sip)

@@ -83,7 +83,7 @@ def test_demo_with_kamailio_and_a_sip_phone() -> None:
     assert found[1][2] == ("gateway answered 202 Accepted; alice got it from "
                            "bob@gw.example/sip"), output
     assert found[2][2] == 'subscribed; bob is available, note "at my desk" (from his PIDF)'
-    assert found[3][2].startswith("202 Accepted; NOTIFY active"), output
+    assert found[3][2].startswith("200 OK; NOTIFY active"), output
     assert all(re.fullmatch(r"\d+ ms", s[3]) for s in found), output
 
 

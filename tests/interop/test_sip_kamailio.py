@@ -132,7 +132,7 @@ async def sip_watches_xmpp(xmpp: XmppUser, ua: SipUserAgent) -> None:
     """SIP user subscribes to the Prosody user (slixmpp approves automatically)."""
     contact = f"sip:{xmpp.client.boundjid.user}@a.example"
     response = await ua.subscribe(contact)
-    assert response.status == 202, response
+    assert response.status == 200, response  # RFC 6665 §4.2.1.1
     await ua.notify_where(lambda n: _state(n) == "active" and parse_pidf(n.body).available,
                           timeout=15)
     xmpp.client.send_presence(pshow="away", pstatus="lunch")

@@ -98,10 +98,11 @@ class Kamailio:
                  tls: tuple[Path, Path] | None = None, ca: Path | None = None,
                  passwords: dict[str, str] | None = None,
                  gateways: list[tuple[str, int]] | None = None, children: int = 2,
-                 memory_manager: str = "tlsf") -> None:
+                 memory_manager: str = "tlsf", presence_server: bool = True) -> None:
         """``gateways``: several gateway nodes behind the dispatcher module (``gateway``
         is then ignored). ``children`` (UDP workers) and ``memory_manager`` (``-x``:
-        tlsf, qm or fm) are what bench/kamailio_alone.py varies."""
+        tlsf, qm or fm) are what bench/kamailio_alone.py varies. ``presence_server``
+        False: the phones are their own presence agents (WITH_PHONE_PRESENCE)."""
         self.workdir, self.domain, self.host, self.port = workdir, domain, host, port
         self.gateway, self.gateway_transport = gateway, gateway_transport
         self.gateways = gateways
@@ -112,6 +113,7 @@ class Kamailio:
         self.ca = ca
         # users → digest passwords: with any, phones must authenticate (WITH_AUTH)
         self.passwords = passwords or {}
+        self.presence_server = presence_server
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "kamailio.log"
 
@@ -161,6 +163,8 @@ class Kamailio:
                 ca_list=f"ca_list = {self.ca}\n" if self.ca else ""))
             values["TLS_CONFIG"] = tls_cfg
             features.append("WITH_TLS")
+        if not self.presence_server:
+            features.append("WITH_PHONE_PRESENCE")
         if self.gateways:
             list_file = self.workdir / "dispatcher.list"
             list_file.write_text("".join(

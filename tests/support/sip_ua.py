@@ -8,7 +8,10 @@ transaction/dialog code is tested against something it does not share.
 
 Incoming requests: MESSAGE and NOTIFY are answered at once (``answers`` sets the status,
 default 200) and queued in :attr:`messages` / :attr:`notifies`; everything else is queued
-in :attr:`requests` for the test to answer with :meth:`reply`.
+in :attr:`requests` for the test to answer with :meth:`reply`. With ``presence_agent``
+the UA is its own presence agent, as phones are where the proxy has no presence server:
+it accepts SUBSCRIBEs for itself and NOTIFYs its watchers of :meth:`set_presence`
+(RFC 3856 §5: a PUA that also acts as presence agent).
 """
 
 from __future__ import annotations
@@ -99,6 +102,9 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self._server: asyncio.Server | None = None
         self._etag = ""
         self._arrived_on: dict[int, _Connection] = {}  # request → its TCP connection
+        self.presence_agent = False
+        self.presence_state = ("open", "")  # (basic, note) told to watchers
+        self.watchers: dict[str, UaDialog] = {}  # by Call-ID (subscriptions to us)
 
     # ------------------------------------------------------------------ wiring
 
@@ -336,6 +342,9 @@ class SipUserAgent(asyncio.DatagramProtocol):
             return
         if connection is not None:
             self._arrived_on[id(message)] = connection
+        if message.method == "SUBSCRIBE" and self.presence_agent:
+            self._serve_subscribe(message, connection)
+            return
         refused = self.refuse.get((message.get("content-type") or "").split(";")[0].lower())
         if message.method == "MESSAGE" and refused:
             self.reply(message, refused, connection=connection)
@@ -346,6 +355,50 @@ class SipUserAgent(asyncio.DatagramProtocol):
             queue.put_nowait(message)
             return
         self.requests.put_nowait(message)
+
+    # ------------------------------------------------------------------ presence agent
+
+    def _serve_subscribe(self, request: SipRequest, connection: _Connection | None) -> None:
+        expires = int((request.get("expires") or "3600").strip() or 3600)
+        dialog = self.watchers.get(request.call_id)
+        tag = dialog.local_tag if dialog is not None else secrets.token_hex(4)
+        response = make_response(request, 200, to_tag=tag)
+        response.add("expires", str(expires))
+        response.add("contact", f"<{self.contact}>")
+        self._arrived_on.pop(id(request), None)
+        self._write(response.serialize(), connection)
+        contact = request.get("contact")
+        if dialog is None:
+            dialog = UaDialog(request.call_id, tag, request.from_.tag,
+                              parse_name_addr(contact).uri if contact else request.from_.uri,
+                              self.aor, request.from_.uri, cseq=0,
+                              route=list(request.get_all("record-route")))
+            self.watchers[request.call_id] = dialog
+        elif contact:
+            dialog.target = parse_name_addr(contact).uri
+        if expires == 0:
+            self.watchers.pop(request.call_id, None)
+            self._notify_watcher(dialog, "terminated;reason=timeout")
+        else:
+            self._notify_watcher(dialog, f"active;expires={expires}")
+
+    def _notify_watcher(self, dialog: UaDialog, state: str) -> None:
+        dialog.cseq += 1
+        request = self._new("NOTIFY", dialog.target, dialog.remote_uri,
+                            to_tag=dialog.remote_tag, from_tag=dialog.local_tag,
+                            call_id=dialog.call_id, cseq=dialog.cseq, route=dialog.route)
+        request.add("event", "presence")
+        request.add("subscription-state", state)
+        request.add("content-type", PIDF)
+        basic, note = self.presence_state
+        request.body = pidf(f"{self.user}@{self.domain}", basic, note)
+        self._write(request.serialize())  # answers are not waited for
+
+    def set_presence(self, basic: str = "open", note: str = "") -> None:
+        """Tell every watcher (as presence agent) the new state."""
+        self.presence_state = (basic, note)
+        for dialog in list(self.watchers.values()):
+            self._notify_watcher(dialog, "active")
 
     async def next_notify(self, *, timeout: float = 5.0, state: str = "") -> SipRequest:
         """The next NOTIFY, skipping those whose Subscription-State is not ``state``."""

@@ -19,6 +19,7 @@ from gateway.config.loader import load_config_text
 from gateway.config.model import ClusterSettings
 from gateway.store import AsyncAuthorizationStore, SqliteAuthorizationStore
 from gateway.store.membership import RUNNING, NodeReport
+from gateway.store.notifiers import NotifierRecord
 
 CONFIG = """domains: [contoso.example]
 dialback: {secret: s3cret}
@@ -63,6 +64,8 @@ class Watches:
         self.taken: list[list[tuple[str, str]]] = []
         self.dropped: list[list[tuple[str, str]]] = []
         self.dropped_all: list[bool] = []
+        self.resumed: list[list[NotifierRecord]] = []  # phones' dialogs taken over
+        self.notifiers_dropped = 0
 
     def held_watches(self) -> list[tuple[str, str]]:
         return list(self.held)
@@ -79,6 +82,14 @@ class Watches:
         self.dropped.append(pairs)  # as SipBackend.drop_watches does
         self.held[:] = [w for w in self.held if (w[0].lower(), w[1].lower()) not in pairs]
         return len(pairs)
+
+    def take_over_notifiers(self, records: Iterable[NotifierRecord]) -> int:
+        self.resumed.append(list(records))
+        return len(self.resumed[-1])
+
+    def drop_notifiers(self) -> int:
+        self.notifiers_dropped += 1
+        return 0
 
 
 def _report(state: str) -> NodeReport:
@@ -109,6 +120,7 @@ async def test_a_node_that_cannot_heartbeat_for_a_lease_fences_itself(tmp_path: 
             assert not fenced  # late, but within the lease
             await asyncio.sleep(0.5)
             assert fenced == [True] and member.fenced
+            assert watches.notifiers_dropped == 1  # the phones' dialogs too
         finally:
             other.execute("ROLLBACK")
             other.close()
@@ -147,3 +159,32 @@ async def test_dialogs_whose_row_went_away_are_ended(tmp_path: Path) -> None:
     finally:
         node_b.close()
         await node_a.aclose()
+
+
+async def test_a_dead_nodes_phone_subscriptions_are_resumed_here(tmp_path: Path) -> None:
+    """A node stops heart-beating while it holds a phone's subscription to an XMPP
+    contact: after the lease the member claims the stored dialog and hands it to the SIP
+    side to go on notifying the phone."""
+    path = tmp_path / "gw.sqlite3"
+    dead = SqliteAuthorizationStore(path, node_id="dead")
+    dead.heartbeat(dataclasses.replace(_report(RUNNING), node_id="dead"))
+    record = NotifierRecord("c1@10.0.0.7", "alice@contoso.example", "bob@fabrikam.example",
+                            "t1", "<sip:alice@contoso.example>;tag=p1",
+                            "sip:alice@10.0.0.7:5060", (), 150, 4_000_000_000.0, True)
+    dead.save_notifiers([record])
+    dead.close()
+    store = AsyncAuthorizationStore(SqliteAuthorizationStore(path, node_id="a"))
+    watches = Watches()
+    member = ClusterMember(store, ClusterSettings("a", heartbeat_interval=0.1, lease=0.3),
+                           _report, watches)
+    try:
+        await member.start()
+        await member.tick()
+        assert watches.resumed == []  # the other node is alive
+        await asyncio.sleep(0.4)
+        await member.tick()
+        assert watches.resumed == [[record]]
+        assert await store.list_notifiers() == [record]  # this node's now
+    finally:
+        await member.stop()
+        await store.aclose()

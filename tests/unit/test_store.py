@@ -304,7 +304,7 @@ def test_sqlite_version_1_database_is_migrated(tmp_path: Path) -> None:
                     (ALICE, BOB))
     raw.close()
     with SqliteAuthorizationStore(path) as migrated:
-        assert migrated.schema_version() == SCHEMA_VERSION == 4
+        assert migrated.schema_version() == SCHEMA_VERSION == 5
         assert migrated.claim_watches(10.0) == []  # nothing to claim yet
         assert migrated.is_authorized(ALICE, BOB)
         migrated.add_watch(BOB, ALICE)
