@@ -80,7 +80,9 @@ compose-test: compose-debs venv $(VENV)/.podman-compose
 MYPY_STRICT := gateway/xmpp gateway/sip gateway/policy \
                gateway/contracts.py gateway/backend.py gateway/store/protocols.py \
                gateway/router gateway/cluster gateway/assembly.py gateway/daemon.py \
-               gateway/admin_web gateway/config/partner_changes.py
+               gateway/admin_web gateway/config/partner_changes.py \
+               gateway/net/federation.py gateway/net/connector.py gateway/net/context.py \
+               gateway/net/probe.py
 
 test: debs compose-debs venv $(VENV)/.podman-compose
 	$(PY) -m ruff check gateway tests bench demo

@@ -56,6 +56,7 @@ class Gateway:
         self.reloads = 0
         self._backend, self._resolver = backend, resolver
         self._stop = asyncio.Event()
+        self._started = asyncio.Event()
         self._stopped = asyncio.Event()
         self._drain_task: asyncio.Task[None] | None = None
 
@@ -88,6 +89,11 @@ class Gateway:
         return self.parts is not None and self.parts.draining
 
     @property
+    def started(self) -> asyncio.Event:
+        """Set once :meth:`start` has finished (the gateway serves)."""
+        return self._started
+
+    @property
     def stopped(self) -> asyncio.Event:
         """Set once :meth:`stop` has finished."""
         return self._stopped
@@ -111,6 +117,7 @@ class Gateway:
                   partners=len(config.partners), backend=config.sip.backend,
                   listen=" ".join(f"{h}:{p}" for h, p in self.s2s.listening_addresses),
                   pid=os.getpid())
+        self._started.set()
 
     async def stop(self) -> None:
         log_event(log, logging.INFO, "gateway.stopping")

@@ -39,12 +39,14 @@ from xml.etree.ElementTree import Element
 from gateway.auth.dialback_key import DialbackKeyGenerator
 from gateway.config.model import GatewayConfig, PartnerPolicy, PartnerType
 from gateway.contracts import OnSent, RouterForS2S
-from gateway.dns import dane
-from gateway.dns.resolver import DnsResolutionError, Resolver
+from gateway.dns.dane import DaneExpectation
+from gateway.dns.resolver import Resolver
+from gateway.dns.srv import ConnectTarget
 from gateway.logs import log_event
-from gateway.net import delivery, happy_eyeballs, resent
+from gateway.net import delivery, resent
 from gateway.net.backoff import QUEUE_WAIT, Backoff
 from gateway.net.connection import StreamConnection
+from gateway.net.connector import Attempt, Outcome, connect
 from gateway.net.context import stream_context
 from gateway.policy.refusals import (
     POLICY_VIOLATION,
@@ -91,10 +93,9 @@ class OutboundSession:
     task: asyncio.Task[None] | None = None
     # db:verify requests waiting for a stream: (local, remote, stream_id, key)
     pending_verifies: list[tuple[str, str, str, str]] = field(default_factory=list)
-    attempt: StreamConnection | None = None  # the connection being set up by _connect
+    attempt: Attempt | None = None  # the connection the connect loop is trying
     failures: int = 0
     last_failure: str = ""
-    outcome: asyncio.Future[tuple[bool, str, str, bool]] | None = None
     congested: bool = False  # queue over limits.max_queue_per_domain (see S2SService.send)
     backoff: Backoff = field(default_factory=Backoff)
     resent: int = 0  # stanzas sent again after a link died before acknowledging them
@@ -150,7 +151,7 @@ class S2SService:
         loop = asyncio.get_running_loop()
         for address in self.config.listen:
             server = await loop.create_server(
-                lambda direct=address.direct_tls: self._accept(direct),
+                functools.partial(self._accept, address.direct_tls),
                 host=address.host, port=address.port, reuse_address=True,
             )
             self._servers.append(server)
@@ -254,7 +255,8 @@ class S2SService:
                     on_done(True)  # plain S2S: written is all we will ever know
                 return
         if session.connection is None and (session.task is None or session.task.done()):
-            self._adopt_bidi(session) or self._piggyback(session)
+            if not self._adopt_bidi(session):
+                self._piggyback(session)
             waiting = session.backoff.waiting(time.monotonic())
             if session.connection is None and waiting > QUEUE_WAIT and not session.queue:
                 # The last rounds of attempts failed and the next is a while away: answer
@@ -332,112 +334,19 @@ class S2SService:
         if partner is None:
             self._unreachable(session, "not-allowed", f"{session.remote} is no longer a partner")
             return
-        try:
-            targets = await self.resolver.resolve_targets(session.remote)
-        except Exception as exc:  # DnsResolutionError and anything the resolver raises
-            timeout = isinstance(exc, DnsResolutionError) and exc.kind == "timeout"
-            condition = "remote-server-timeout" if timeout else "remote-server-not-found"
-            self._count("dns_failures", session.remote)
-            self._unreachable(session, condition, f"DNS: {exc}")
+        outcome = await connect(session.remote, partner, self.resolver,
+                                self.config.limits.connect_timeout,
+                                _SessionDialer(self, session, partner))
+        if outcome.ok:
+            if self.metrics is not None:
+                self.metrics.handshake(time.monotonic() - started, outcome.method)
             return
-        notes: list[str] = []
-        loop = asyncio.get_running_loop()
-        for target in targets:
-            expectation = await self._dane_for(session, partner, target, notes)
-            if expectation is False:
-                continue  # DANE refuses this target (notes say why)
-            try:
-                addresses = await self._addresses(target.host)
-            except Exception as exc:
-                notes.append(f"{target.host}: {exc}")
-                continue
-            remaining = list(addresses)
-            while remaining:
-
-                def failed(address: str, reason: str, target: Any = target) -> None:
-                    where = f"{target.host}[{address}]:{target.port}"
-                    notes.append(f"{where}: {reason}")
-                    log_event(log, logging.INFO, "s2s.connect_failed", peer=session.remote,
-                              direction="outbound", target=where, reason=reason)
-
-                # RFC 8305: the addresses raced, IPv6 first, 250 ms apart.
-                race = await happy_eyeballs.race(remaining, target.port,
-                                                 self.config.limits.connect_timeout,
-                                                 on_failure=failed)
-                if race is None:
-                    break
-                for address in [race.address, *(a for a, _r in race.failures)]:
-                    remaining.remove(address)
-                address = race.address
-                stream = OutboundStream(
-                    self.ctx, local_domain=session.local, remote_domain=session.remote,
-                    partner=partner, now=loop.time(), direct_tls=target.direct_tls,
-                    dane_expectation=expectation or None,
-                )
-                conn = StreamConnection(stream, self._on_event, self._on_gone)
-                conn.on_writable = self._on_writable
-                session.outcome = loop.create_future()
-                session.attempt = conn
-                self.connections.add(conn)
-                where = f"{target.host}[{address}]:{target.port}"
-                race.hand_over(conn)
-                # Connected: this stream now carries the session, and the db:verify
-                # requests that waited for a connection (XEP-0220 §2.1.2).
-                session.connection = conn
-                for request in session.pending_verifies:
-                    stream.request_verify(*request)
-                session.pending_verifies = []
-                conn.pump()
-                log_event(log, logging.DEBUG, "s2s.connected", peer=session.remote,
-                          direction="outbound", target=where, source=target.source)
-                ok, condition, reason, retry = await session.outcome
-                if ok:
-                    if self.metrics is not None:
-                        self.metrics.handshake(time.monotonic() - started, str(stream.method))
-                    return
-                notes.append(f"{where}: {reason}")
-                session.connection = None
-                if not retry:
-                    self._fail_session(session, condition, reason)
-                    return
-        self._unreachable(session, "remote-server-not-found",
-                          "no target could be reached: " + "; ".join(notes)
-                          if notes else f"no targets for {session.remote}")
-
-    async def _dane_for(self, session: OutboundSession, partner: PartnerPolicy, target: Any,
-                        notes: list[str]) -> dane.DaneExpectation | bool | None:
-        """The TLSA records ``target`` must match (RFC 7673), None without DANE, False
-        when DANE refuses the target before connecting (why is added to ``notes``)."""
-        if partner.dane is dane.DanePolicy.OFF:
-            return None
-        where = f"{target.host}:{target.port}"
-        try:
-            answer = await self.resolver.resolve_tlsa(session.remote, target)
-        except Exception as exc:  # bogus (SERVFAIL from the validating resolver), timeout
-            reason = f"DANE: TLSA lookup failed: {exc}"
-        else:
-            expectation = dane.DaneExpectation(partner.dane, answer)
-            refused = dane.precheck(expectation)
-            if refused is None:
-                log_event(log, logging.DEBUG, "s2s.dane", peer=session.remote, target=where,
-                          policy=str(partner.dane), tlsa=answer.name, secure=answer.secure,
-                          records=len(answer.usable), note=answer.note)
-                return expectation
-            reason = refused.reason
-        notes.append(f"{where}: {reason}")
-        log_event(log, logging.WARNING, "s2s.dane_refused", peer=session.remote,
-                  direction="outbound", target=where, policy=str(partner.dane), reason=reason)
-        return False
-
-    async def _addresses(self, host: str) -> list[str]:
-        import ipaddress
-
-        try:
-            ipaddress.ip_address(host)
-            return [host]
-        except ValueError:
-            pass
-        return list(await self.resolver.resolve_addresses(host))
+        if outcome.dns_failed:
+            self._count("dns_failures", session.remote)
+        if outcome.unreachable:
+            self._unreachable(session, outcome.condition, outcome.reason)
+        else:  # a failed negotiation: counted as its pair failed
+            self._fail_session(session, outcome.condition, outcome.reason)
 
     def _unreachable(self, session: OutboundSession, condition: str, reason: str) -> None:
         """The session failed before any stream negotiated (no partner, DNS, no target
@@ -520,11 +429,10 @@ class S2SService:
             self._on_inbound_closed(conn, event)
         elif isinstance(event, StreamClosed) and isinstance(stream, OutboundStream):
             session = self.sessions.get((stream.local_domain or "", stream.remote_domain or ""))
-            if session is not None and session.attempt is conn and session.outcome is not None \
-                    and not session.outcome.done():
-                session.outcome.set_result(
-                    (False, "remote-server-not-found", event.reason,
-                     not stream.peer_header_received))
+            attempt = session.attempt if session is not None else None
+            if attempt is not None and attempt.conn is conn:
+                attempt.settle(Outcome(False, "remote-server-not-found", event.reason,
+                                       retry=not stream.peer_header_received))
 
     def _on_inbound_closed(self, conn: StreamConnection, event: StreamClosed) -> None:
         """An incoming stream that ended before anything was authenticated because the two
@@ -555,8 +463,8 @@ class S2SService:
                 return
             session.connection = conn
             session.backoff.succeeded()
-            if session.outcome is not None and not session.outcome.done():
-                session.outcome.set_result((True, "", "", False))
+            if session.attempt is not None:
+                session.attempt.settle(Outcome(True, method=str(event.method)))
             self._flush(session)
         elif stream.bidi:
             # XEP-0288: the peer's stream carries our stanzas to it too.
@@ -657,16 +565,16 @@ class S2SService:
         session = self.sessions.get((event.local_domain, event.remote_domain))
         stream = conn.stream
         retry = isinstance(stream, OutboundStream) and not stream.peer_header_received
-        attempt = session is not None and session.outcome is not None \
-            and not session.outcome.done() and session.attempt is conn
+        trying = session.attempt if session is not None else None
+        attempt = trying is not None and trying.conn is conn and not trying.outcome.done()
         if not (attempt and retry):  # else the next target may still succeed
             self._count("s2s_failures", bounce_for(event.condition, event.reason,
                                                    event.local_domain, event.remote_domain)[0])
         if session is None:
             return
         if attempt:
-            assert session.outcome is not None
-            session.outcome.set_result((False, event.condition, event.reason, retry))
+            assert trying is not None
+            trying.settle(Outcome(False, event.condition, event.reason, retry=retry))
         elif session.connection is conn:
             self._bounce_queue(session, *bounce_for(event.condition, event.reason,
                                                     session.local, session.remote))
@@ -718,11 +626,12 @@ class S2SService:
         carried = [s for s in self.sessions.values() if s.connection is conn]
         for session in carried:
             session.connection = None
-            if isinstance(stream, OutboundStream) and session.outcome is not None \
-                    and not session.outcome.done():
-                session.outcome.set_result(
-                    (False, "remote-server-not-found", stream.close_reason or "closed",
-                     not stream.peer_header_received))
+            attempt = session.attempt
+            if isinstance(stream, OutboundStream) and attempt is not None \
+                    and attempt.conn is conn:
+                attempt.settle(Outcome(False, "remote-server-not-found",
+                                       stream.close_reason or "closed",
+                                       retry=not stream.peer_header_received))
         self._take_back(conn)
         if stream.sm_in is not None and stream.remote_domain:
             for stanza in stream.received_unacked():  # the peer sends these again
@@ -829,6 +738,53 @@ class S2SService:
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
+
+
+class _SessionDialer:
+    """The connect loop's attempts for one session (a :class:`~gateway.net.connector.Dialer`)."""
+
+    def __init__(self, service: S2SService, session: OutboundSession,
+                 partner: PartnerPolicy) -> None:
+        self.service = service
+        self.session = session
+        self.partner = partner
+
+    def open(self, target: ConnectTarget, address: str,
+             expectation: DaneExpectation | None) -> Attempt:
+        service, session = self.service, self.session
+        loop = asyncio.get_running_loop()
+        stream = OutboundStream(
+            service.ctx, local_domain=session.local, remote_domain=session.remote,
+            partner=self.partner, now=loop.time(), direct_tls=target.direct_tls,
+            dane_expectation=expectation,
+        )
+        conn = StreamConnection(stream, service._on_event, service._on_gone)
+        conn.on_writable = service._on_writable
+        service.connections.add(conn)
+        attempt = Attempt(target, address, stream, conn, loop.create_future())
+        session.attempt = attempt
+        return attempt
+
+    def unreachable(self, target: ConnectTarget, address: str, reason: str) -> None:
+        log_event(log, logging.INFO, "s2s.connect_failed", peer=self.session.remote,
+                  direction="outbound", target=f"{target.host}[{address}]:{target.port}",
+                  reason=reason)
+
+    def connected(self, attempt: Attempt) -> None:
+        """This stream now carries the session, and the db:verify requests that waited
+        for a connection (XEP-0220 §2.1.2)."""
+        session = self.session
+        session.connection = attempt.conn
+        for request in session.pending_verifies:
+            attempt.stream.request_verify(*request)
+        session.pending_verifies = []
+        attempt.conn.pump()
+        log_event(log, logging.DEBUG, "s2s.connected", peer=session.remote,
+                  direction="outbound", target=attempt.where, source=attempt.target.source)
+
+    def ended(self, attempt: Attempt, outcome: Outcome) -> None:
+        if not outcome.ok and self.session.connection is attempt.conn:
+            self.session.connection = None
 
 
 PEER_NOT_READING = "peer-not-reading"

@@ -10,14 +10,21 @@ it does not touch the sessions that carry traffic.
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.auth.tls_provider import certificate_verdict
+from gateway.config.model import PartnerPolicy
+from gateway.dns.dane import DaneExpectation
+from gateway.dns.srv import ConnectTarget
 from gateway.net.connection import StreamConnection
+from gateway.net.connector import Attempt, Outcome, connect
 from gateway.xmpp.events import Event, PairAuthenticated, PairFailed, StreamClosed
 from gateway.xmpp.outbound import OutboundStream
+from gateway.xmpp.stream import StreamContext
+
+if TYPE_CHECKING:
+    from gateway.net.federation import S2SService
 
 # (substring of a failure reason, hint) — first match wins.
 HINTS: tuple[tuple[str, str], ...] = (
@@ -66,8 +73,10 @@ class ProbeReport:
                 "method": self.method, "verdict": self.verdict, "hint": self.hint}
 
 
-async def probe(service: Any, local: str, remote: str, timeout: float = 20.0) -> ProbeReport:
-    """Negotiate ``local`` → ``remote`` on a dedicated connection and report each step."""
+async def probe(service: S2SService, local: str, remote: str,
+                timeout: float = 20.0) -> ProbeReport:
+    """Negotiate ``local`` → ``remote`` on a dedicated connection and report each step
+    (the connect loop of the sessions, :func:`gateway.net.connector.connect`)."""
     report = ProbeReport(remote)
     partner = service.partner_for(remote)
     if partner is None:
@@ -77,79 +86,74 @@ async def probe(service: Any, local: str, remote: str, timeout: float = 20.0) ->
     report.step(f"partner policy: type={partner.partner_type} tls={partner.tls} "
                 f"sasl={partner.sasl} dialback={str(partner.dialback).lower()} → permits "
                 f"{partner.negotiation.methods_text}")
-    try:
-        targets = await service.resolver.resolve_targets(remote)
-    except Exception as exc:
-        report.verdict = f"DNS: {exc}"
-        report.hint = hint_for(report.verdict)
+    dialer = _ProbeDialer(service.ctx, local, remote, partner, report)
+    outcome = await connect(remote, partner, service.resolver,
+                            service.config.limits.connect_timeout, dialer,
+                            on_step=report.step, settle_timeout=timeout)
+    if outcome.ok:
+        report.ok, report.method = True, outcome.method
+        report.verdict = f"OK: {local} → {remote} authenticated with {outcome.method}"
         return report
-    report.step("DNS: " + ", ".join(
-        f"{t.host}:{t.port}{' (direct TLS)' if t.direct_tls else ''} [{t.source}]"
-        for t in targets))
-    loop = asyncio.get_running_loop()
-    failures: list[str] = []
-    for target in targets:
-        try:
-            addresses = await service._addresses(target.host)
-        except Exception as exc:
-            failures.append(f"{target.host}: {exc}")
-            report.step(f"address of {target.host}: {exc}")
-            continue
-        for address in addresses:
-            outcome: asyncio.Future[tuple[bool, str]] = loop.create_future()
-            stream = OutboundStream(service.ctx, local_domain=local, remote_domain=remote,
-                                    partner=partner, now=loop.time(),
-                                    direct_tls=target.direct_tls)
-
-            def on_event(conn: StreamConnection, event: Event,
-                         outcome: asyncio.Future[tuple[bool, str]] = outcome) -> None:
-                if isinstance(event, PairAuthenticated) and not outcome.done():
-                    outcome.set_result((True, str(event.method)))
-                elif isinstance(event, PairFailed | StreamClosed) and not outcome.done():
-                    outcome.set_result((False, event.reason))
-                else:
-                    service._on_event(conn, event)  # dialback verify answers etc.
-
-            conn = StreamConnection(stream, on_event, lambda _c: None)
-            started = time.monotonic()
-            where = f"{address}:{target.port}"
-            try:
-                await asyncio.wait_for(
-                    loop.create_connection(lambda c=conn: c, address, target.port),
-                    service.config.limits.connect_timeout)
-            except (OSError, TimeoutError) as exc:
-                why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-                report.step(f"TCP connect {where}: {why}")
-                failures.append(f"{where}: {why}")
-                continue
-            report.step(f"TCP connect {where}: ok in {1000 * (time.monotonic() - started):.0f} ms")
-            try:
-                ok, detail = await asyncio.wait_for(asyncio.shield(outcome), timeout)
-            except TimeoutError:
-                ok, detail = False, f"no result within {timeout:g}s"
-            _narrate(report, stream, remote)
-            if ok:
-                report.ok, report.method = True, detail
-                report.step(f"authenticated: {detail}")
-                report.verdict = f"OK: {local} → {remote} authenticated with {detail}"
-                stream.close()
-                conn.pump()
-                return report
-            notes = "; ".join(stream._failure_notes) if stream._failure_notes else ""
-            report.step(f"failed: {detail}" + (f" ({notes})" if notes and notes not in detail
-                                                 else ""))
-            failures.append(detail)
-            if not stream.closed:
-                stream.close()
-                conn.pump()
-            if stream.peer_header_received:
-                break  # a policy failure: another target would fail the same way
-        else:
-            continue
-        break
-    report.verdict = "FAILED: " + ("; ".join(failures) if failures else "no target reachable")
+    report.verdict = outcome.reason if outcome.dns_failed else f"FAILED: {outcome.reason}"
     report.hint = hint_for(report.verdict)
     return report
+
+
+class _ProbeDialer:
+    """Attempts on connections of their own (no session: nothing queued rides on them),
+    narrated and closed once they have said what they had to say."""
+
+    def __init__(self, ctx: StreamContext, local: str, remote: str, partner: PartnerPolicy,
+                 report: ProbeReport) -> None:
+        self.ctx, self.local, self.remote, self.partner = ctx, local, remote, partner
+        self.report = report
+        self._attempts: dict[StreamConnection, Attempt] = {}
+
+    def open(self, target: ConnectTarget, address: str,
+             expectation: DaneExpectation | None) -> Attempt:
+        loop = asyncio.get_running_loop()
+        stream = OutboundStream(self.ctx, local_domain=self.local, remote_domain=self.remote,
+                                partner=self.partner, now=loop.time(),
+                                direct_tls=target.direct_tls, dane_expectation=expectation)
+        conn = StreamConnection(stream, self._on_event, self._attempts_gone)
+        attempt = Attempt(target, address, stream, conn, loop.create_future())
+        self._attempts[conn] = attempt
+        return attempt
+
+    def _on_event(self, conn: StreamConnection, event: Event) -> None:
+        attempt = self._attempts.get(conn)
+        if attempt is None:
+            return
+        if isinstance(event, PairAuthenticated):
+            attempt.settle(Outcome(True, method=str(event.method)))
+        elif isinstance(event, PairFailed):
+            attempt.settle(Outcome(False, event.condition, event.reason,
+                                   retry=not attempt.stream.peer_header_received))
+        elif isinstance(event, StreamClosed):
+            attempt.settle(Outcome(False, "remote-server-not-found", event.reason,
+                                   retry=not attempt.stream.peer_header_received))
+
+    def _attempts_gone(self, conn: StreamConnection) -> None:
+        self._attempts.pop(conn, None)
+
+    def unreachable(self, target: ConnectTarget, address: str, reason: str) -> None:
+        pass  # the loop narrates it
+
+    def connected(self, attempt: Attempt) -> None:
+        pass
+
+    def ended(self, attempt: Attempt, outcome: Outcome) -> None:
+        report, stream = self.report, attempt.stream
+        _narrate(report, stream, self.remote)
+        if outcome.ok:
+            report.step(f"authenticated: {outcome.method}")
+        else:
+            notes = "; ".join(stream.failure_notes)
+            report.step(f"failed: {outcome.reason}"
+                        + (f" ({notes})" if notes and notes not in outcome.reason else ""))
+        if not stream.closed:
+            stream.close()
+            attempt.conn.pump()
 
 
 def _narrate(report: ProbeReport, stream: OutboundStream, remote: str) -> None:

@@ -98,6 +98,11 @@ _METHODS: dict[str, str] = {}
 # else goes through the general parsers below, which accept every legal spelling.
 _CSEQ_USUAL = re.compile(r"([0-9]{1,10}) ([A-Z]+)")
 _VIA_USUAL = re.compile(r"SIP/2\.0/([A-Z]+) ([A-Za-z0-9.-]+):([0-9]{1,5})((?:;[^;,\s]*)*)")
+# The usual Via as a server transaction key: sent-by and a branch given once, unquoted,
+# as the first parameter (Kamailio, Asterisk and most phones write it so).
+_VIA_KEY_USUAL = re.compile(
+    r"SIP/2\.0/[A-Z]+ ([A-Za-z0-9.-]+:[0-9]{1,5});branch=([^;,\s\"]+)"
+    r"(?:;(?!(?i:branch)=)[^;,\s\"]*)*")
 
 
 def ascii_number(text: str, what: str, *, digits: int = 10) -> int:
@@ -194,6 +199,7 @@ class SipMessage:
     # (branch, sent-by) of the top Via: what a server transaction is keyed by (§17.2.3)
     _via_key: tuple[str, str] | None = field(default=None, repr=False, compare=False,
                                              kw_only=True)
+    _from_uri: str | None = field(default=None, repr=False, compare=False, kw_only=True)
     # The long-form key of each entry of ``headers`` (set by the parser; None once the
     # headers change): answering a request copies five of them without normalising
     # every name again.
@@ -227,6 +233,7 @@ class SipMessage:
     def add(self, name: str, value: str) -> None:
         self.headers.append((canonical_name(name), value))
         self._keys = None
+        self._from_uri = None
         key = header_key(name)
         if self._index is not None:
             self._index.setdefault(key, value)
@@ -241,6 +248,7 @@ class SipMessage:
             self._has_length = False
         if key == "via":
             self._via = self._branch = self._via_key = None
+        self._from_uri = None
         self._index = None
         self._via = None
         self._cseq = None
@@ -279,14 +287,9 @@ class SipMessage:
         looked up by it for every request received, and a retransmission too)."""
         key = self._via_key
         if key is None:
-            first = self._lookup().get("via") or ""
-            usual = _VIA_USUAL.fullmatch(first)
-            params = usual.group(4) if usual is not None else ""
-            # the branch as _params reads it: once, unquoted, lower-case name, no spaces
-            branch = _BRANCH.search(params) if params.count(";branch=") == 1 \
-                and '"' not in params else None
-            if branch is not None and 0 < int(usual.group(3)) < 65536:  # type: ignore[union-attr]
-                key = (branch.group(1), f"{usual.group(2)}:{usual.group(3)}")  # type: ignore[union-attr]
+            usual = _VIA_KEY_USUAL.fullmatch(self._lookup().get("via") or "")
+            if usual is not None and 0 < int(usual.group(1).rpartition(":")[2]) < 65536:
+                key = (usual.group(2), usual.group(1))
             else:
                 via = self.top_via
                 key = (via.branch, via.sent_by)
@@ -311,8 +314,12 @@ class SipMessage:
 
     @property
     def from_uri(self) -> str:
-        """The URI of ``From`` (:func:`address_uri`)."""
-        return address_uri(self._lookup().get("from") or "")
+        """The URI of ``From`` (:func:`address_uri`), read once: the sender is named from
+        it more than once per request."""
+        uri = self._from_uri
+        if uri is None:
+            uri = self._from_uri = address_uri(self._lookup().get("from") or "")
+        return uri
 
     @property
     def to(self) -> NameAddr:

@@ -96,6 +96,11 @@ class OutboundStream(S2SStream):
         self.offered_features: list[el.OfferedFeatures] = []
         self.phase = Phase.CONNECTING
 
+    @property
+    def failure_notes(self) -> tuple[str, ...]:
+        """Why each authentication method was not possible, so far (for diagnostics)."""
+        return tuple(self._failure_notes)
+
     # ------------------------------------------------------------------ driver API
 
     def initiate(self, now: float) -> None:

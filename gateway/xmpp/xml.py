@@ -135,25 +135,37 @@ def check_element(element: Element) -> None:
     places that can still refuse what a user sent instead of delivering it altered: the
     SIP side calls it before answering a request ``202``, so that a request that cannot
     become a valid stanza gets ``400`` naming the character (RFC 3261 §21.4.1)."""
-    tag = element.tag
-    if tag not in _VALID_TAGS:
-        _check_name(_split(tag)[1], "element name")
-        if len(_VALID_TAGS) < _TAG_CACHE_LIMIT:
-            _VALID_TAGS.add(tag)
-    search = _FORBIDDEN.search
+    # One search over every value and text joined (what almost every stanza needs); the
+    # walk that names the place only when it finds something.
+    strings: list[str] = []
+    for node in element.iter():
+        tag = node.tag
+        if tag not in _VALID_TAGS:
+            _check_name(_split(tag)[1], "element name")
+            if len(_VALID_TAGS) < _TAG_CACHE_LIMIT:
+                _VALID_TAGS.add(tag)
+        attributes = node.attrib
+        if attributes:
+            for key in attributes:
+                if key not in _VALID_ATTRIBUTES:
+                    _attribute_name(key, _split(tag)[1])
+            strings.extend(attributes.values())
+    strings.extend(element.itertext())
+    if _FORBIDDEN.search("".join(strings)) is not None:
+        _locate_forbidden(element)
+
+
+def _locate_forbidden(element: Element) -> None:
+    """Raise :class:`XmlCharacterError` for the first forbidden character, depth first."""
+    local = _split(element.tag)[1]
     for key, value in element.attrib.items():
-        if key not in _VALID_ATTRIBUTES:
-            _attribute_name(key, _split(tag)[1])
-        if search(value) is not None:
-            check_text(value, f"attribute {_split(key)[1]!r} of {_split(tag)[1]}")
-    text = element.text
-    if text and search(text) is not None:
-        check_text(text, _split(tag)[1])
+        check_text(value, f"attribute {_split(key)[1]!r} of {local}")
+    if element.text:
+        check_text(element.text, local)
     for child in element:
-        check_element(child)
-        tail = child.tail
-        if tail and search(tail) is not None:
-            check_text(tail, _split(tag)[1])
+        _locate_forbidden(child)
+        if child.tail:
+            check_text(child.tail, local)
 
 
 _VALID_TAGS: set[str] = set()

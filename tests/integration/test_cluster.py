@@ -118,7 +118,10 @@ async def test_drain_hands_the_watch_to_the_survivor(tmp_path: Path, pki: Any, d
     dns, _ = dns_for_pair
     config_a = node_config(tmp_path, pki, "a", cluster_url, ua.port)
     config_b = node_config(tmp_path, pki, "b", cluster_url, ua.port)
-    a = await start_node(config_a, dns)
+    # Node a serves as `xmpp-gateway run` does, signal handlers included.
+    a = Gateway(config_a, resolver=DnsPythonResolver(nameservers=(dns,), timeout=2.0))
+    serving = asyncio.ensure_future(a.serve_forever())
+    await asyncio.wait_for(a.started.wait(), 20)
     b = await start_node(config_b, dns)
     try:
         await a.backend.deliver(presence(*WATCH, "subscribe"))
@@ -129,8 +132,7 @@ async def test_drain_hands_the_watch_to_the_survivor(tmp_path: Path, pki: Any, d
         assert nodes["a"].report.watches == 1 or await _eventually_reports_watch(b)
 
         started = time.monotonic()
-        a._on_terminate()  # what SIGTERM does to a node of a cluster: drain, then stop
-        assert a.draining or a._drain_task is not None
+        os.kill(os.getpid(), signal.SIGTERM)  # a node of a cluster drains, then stops
         ending = await asyncio.wait_for(ua.requests.get(), 5)
         assert (ending.method, ending.get("expires"), ending.call_id) == (
             "SUBSCRIBE", "0", first.call_id)
@@ -147,14 +149,17 @@ async def test_drain_hands_the_watch_to_the_survivor(tmp_path: Path, pki: Any, d
         await wait_for(lambda: _owns(b, WATCH), 5, "node b to own the watch")
 
         # while draining, a new SIP request to A is turned away for the dispatcher
-        assert a.backend.draining
+        assert a.status()["state"] == "draining"
         ua.proxy = sip_address(config_a)
         turned_away = await ua.send_message("sip:bob@nowhere.example", "to a draining node")
         assert turned_away.status == 503
-        await asyncio.wait_for(a._stop.wait(), 10)  # drained: it asks to stop
+        await asyncio.wait_for(serving, 10)  # drained: it stopped by itself
+        assert a.stopped.is_set()
         assert a.start_drain()["state"] == "draining"  # `xmpp-gateway drain` again: no-op
     finally:
-        await a.stop()
+        if not serving.done():
+            a.request_stop()
+            await serving
     try:
         states = {n.report.node_id: n.status(LEASE) for n in await b.store.list_nodes()}
         assert states == {"a": "stopped", "b": "running"}

@@ -10,6 +10,7 @@ inbound stream that asked. No sockets, no clock: ``now`` is a number the test mo
 from __future__ import annotations
 
 import datetime as dt
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from gateway.policy.negotiation import Support
 from gateway.xmpp.events import DialbackVerifyAnswered, DialbackVerifyNeeded, Event
 from gateway.xmpp.inbound import InboundStream
 from gateway.xmpp.outbound import OutboundStream
-from gateway.xmpp.stream import S2SStream, StreamContext
+from gateway.xmpp.stream import S2SStream, StreamContext, set_output_tap
 from gateway.xmpp.tls import TlsEngine
 
 
@@ -123,7 +124,9 @@ class World:
     events: list[tuple[str, S2SStream, Event]] = field(default_factory=list)
     wire: list[tuple[str, bytes]] = field(default_factory=list)  # (direction label, bytes)
     # What each core's XML parser was given, i.e. the wire after TLS decryption:
-    # (receiving domain, stream, bytes). Lets tests assert on bytes sent inside TLS.
+    # (receiving domain, stream, bytes). Lets tests assert on bytes sent inside TLS. It is
+    # what the other end wrote in clear, from the cores' public output tap
+    # (gateway.xmpp.stream.set_output_tap).
     plain: list[tuple[str, S2SStream, bytes]] = field(default_factory=list)
     all_links: list[Link] = field(default_factory=list)  # links stay here after closing
     # A man in the middle: rewrites the bytes of each hop, (label, bytes) -> bytes.
@@ -131,24 +134,23 @@ class World:
     piggyback: bool = False  # a second local domain reuses an open stream (XEP-0220 §2.4)
     _outbound: dict[tuple[str, str], OutboundStream] = field(default_factory=dict)
     _verify_waiters: dict[tuple[str, str, str, str], InboundStream] = field(default_factory=dict)
+    # each linked stream -> (the domain at its other end, the stream there)
+    _peer_of: dict[S2SStream, tuple[str, S2SStream]] = field(default_factory=dict)
 
     def add(self, server: CoreServer) -> CoreServer:
         for domain in server.domains:
             self.servers[domain] = server
         return server
 
-    def _tap(self, owner: CoreServer, stream: S2SStream) -> None:
-        """Record the cleartext each core parses (test tooling). Streams are slotted, so
-        the stream becomes an instance of a subclass with a recording ``_feed_xml`` and
-        no slots of its own (same layout, so ``__class__`` can be swapped)."""
-        world, base = self, type(stream)
+    def __post_init__(self) -> None:
+        _listen(self)
 
-        def _feed_xml(tapped: S2SStream, data: bytes, now: float) -> None:
-            world.plain.append((owner.domain, tapped, data))
-            base._feed_xml(tapped, data, now)
-
-        stream.__class__ = type(f"Tapped{base.__name__}", (base,),
-                                {"__slots__": (), "_feed_xml": _feed_xml})
+    def wrote(self, stream: S2SStream, data: bytes) -> None:
+        """A core wrote ``data`` in clear (before TLS): its peer's parser gets exactly
+        that (what a man in the middle changes is on :attr:`wire`)."""
+        peer = self._peer_of.get(stream)
+        if peer is not None:
+            self.plain.append((*peer, data))
 
     def plaintext_to(self, domain: str, stream: S2SStream | None = None) -> bytes:
         """All cleartext ``domain``'s core parsed (on ``stream`` only, when given)."""
@@ -182,8 +184,8 @@ class World:
     def connect(self, owner: CoreServer, client: OutboundStream, peer: CoreServer) -> Link:
         """Wire ``client`` (of ``owner``) to a new inbound stream of ``peer`` and start it."""
         server = InboundStream(peer.ctx, now=self.now)
-        self._tap(owner, client)
-        self._tap(peer, server)
+        self._peer_of[client] = (peer.domain, server)
+        self._peer_of[server] = (owner.domain, client)
         link = Link(client, server, owner, peer)
         self.links.append(link)
         self.all_links.append(link)
@@ -272,6 +274,30 @@ class World:
 
     def of(self, owner: str, kind: type) -> list:
         return [e for o, _s, e in self.events if o == owner and isinstance(e, kind)]
+
+
+# The worlds of the running test, told what every core writes in clear (one tap for all:
+# the core has one; tests/unit/conftest.py removes it after each test).
+_worlds: list[weakref.ref[World]] = []
+
+
+def _tell_worlds(stream: S2SStream, data: bytes) -> None:
+    for ref in _worlds:
+        world = ref()
+        if world is not None:
+            world.wrote(stream, data)
+
+
+def _listen(world: World) -> None:
+    _worlds.append(weakref.ref(world))
+    set_output_tap(_tell_worlds)
+
+
+def forget_worlds() -> None:
+    """Stop telling worlds (after a test): the tap goes, so nothing else pays for it."""
+    if _worlds:
+        _worlds.clear()
+        set_output_tap(None)
 
 
 class RawPeer:

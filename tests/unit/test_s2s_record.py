@@ -21,10 +21,10 @@ def pki(tmp_path: Path) -> Pki:
 
 def test_every_stream_is_recorded_in_clear_document_by_document(tmp_path: Path,
                                                                  pki: Pki) -> None:
+    world = World()  # before the recorder: the core has one output tap, the recorder's
     recorder = S2SOutputRecorder(tmp_path / "out")
     set_output_tap(recorder)
     try:
-        world = World()
         for here, there in (("a.example", "b.example"), ("b.example", "a.example")):
             world.add(CoreServer(here, [partner(there, "optional", "optional")],
                                  pki.tls_settings(here)))

@@ -424,3 +424,24 @@ def test_tcp_server_forgets_after_final_and_ack_is_absorbed() -> None:
     ack = parse_message(request_bytes(method=b"ACK").replace(b"branch=z9hG4bK1",
                                                              b"branch=z9hG4bKinv"))
     assert layer.receive(ack, "conn", 0.1) == []
+
+
+@pytest.mark.parametrize("via", [
+    "SIP/2.0/UDP h.example:5060;branch=z9hG4bKa;rport",
+    "SIP/2.0/UDP h.example:5060;rport;branch=z9hG4bKa",
+    "SIP/2.0/UDP h.example:5060;branch=z9hG4bKa;Branch=z9hG4bKb",
+    "SIP/2.0/UDP h.example:5060;branch=\"z9hG4bKa\"",
+    "SIP/2.0/UDP h.example:5060 ; branch=z9hG4bKa",
+    "SIP/2.0/UDP h.example;branch=z9hG4bKa",
+    "SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bKa",
+    "SIP/2.0/UDP h.example:5060;branch=z9hG4bKa, SIP/2.0/UDP other:5060;branch=z9hG4bKb",
+])
+def test_the_transaction_key_read_by_the_shortcut_is_the_parsers(via: str) -> None:
+    """A server transaction is keyed by the top Via's branch and sent-by, read by one
+    regular expression when the Via is spelled the usual way: always what the full Via
+    parser reads (a second branch, quotes, spaces, no port, IPv6: the parser's answer)."""
+    data = request_bytes().replace(b"Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1",
+                                   b"Via: " + via.encode())
+    message = parse_message(data)
+    assert isinstance(message, SipRequest)
+    assert message.via_key == (message.top_via.branch, message.top_via.sent_by)
