@@ -29,27 +29,20 @@ each way) and by tests/interop/test_failover_zero_loss.py (one run each way).
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from bench.relay_child import Child
-from tests.interop.harness import IPS, REPO, Namespace, Prosody, stop_process
+from tests.interop.harness import IPS, Namespace, Prosody
+from tests.support.cluster_node import KAMAILIO, NODE_IPS, SIP_PORT, ClusterNode
 from tests.support.dnsmasq import DnsmasqServer
 from tests.support.kamailio import Kamailio
 from tests.support.postgres import PostgresServer, postgres_bindir
 from tests.unit.s2s_world import Pki
 
-NODE_IPS = {"a": "127.0.0.4", "b": "127.0.0.6"}
-KAMAILIO = (IPS["gw.example"], 5070)
-SIP_PORT = 5062
 QUIET = 8.0  # a receiver that saw nothing new for this long has all it will get
 # Prosody keeps at most this many unacknowledged stanzas per stream and forgets the oldest
 # beyond (util/smqueue); at 2,000 msg/s the default 500 is a quarter of a second of
@@ -57,81 +50,13 @@ QUIET = 8.0  # a receiver that saw nothing new for this long has all it will get
 PROSODY_SMACKS_QUEUE = 10_000
 
 
-@dataclass
-class Node:
-    """One gateway node (``xmpp-gateway run`` in the namespace), killed and restarted."""
-
-    ns: Namespace
-    pki: Pki
-    name: str
-    store_url: str
-    process: subprocess.Popen[bytes] | None = None
-    dir: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.dir = self.ns.workdir / f"failover-node-{self.name}"
-        self.dir.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def config(self) -> Path:
-        return self.dir / "gateway.yaml"
-
-    def start(self) -> Node:
-        tls = self.pki.tls_settings("gw.example")
-        ip = NODE_IPS[self.name]
-        self.config.write_text("\n".join([
-            "domains: [gw.example]",
-            f"listen: [{{host: {ip}, port: 5269}}]",
-            f"tls: {{certificate: {tls.certificate}, key: {tls.key}, "
-            f"ca_file: {self.pki.root / 'ca.crt'}, use_system_cas: false}}",
-            "dialback: {secret: failover-secret}",
-            "dns: {nameservers: ['127.0.0.53'], timeout: 3}",
-            "logging: {level: info}",
-            "limits: {negotiation_timeout: 10, max_connections_per_ip: 1000}",
-            f"store: {{url: '{self.store_url}', timeout: 3}}",
-            f"cluster: {{node_id: {self.name}, heartbeat_interval: 0.5, lease: 3, "
-            "drain_timeout: 15, drain_grace: 3}",
-            "admin_socket: admin.sock",
-            f"sip: {{backend: sip, proxy_host: {KAMAILIO[0]}, proxy_port: {KAMAILIO[1]}, "
-            f"transport: udp, local_host: {ip}, local_port: {SIP_PORT}}}",
-            "partners:",
-            "  - {domain: a.example, type: federated, tls: required, sasl: required, "
-            "dialback: false}",
-        ]) + "\n")
-        (self.dir / "admin.sock").unlink(missing_ok=True)
-        with (self.dir / "gateway.log").open("ab") as out:
-            self.process = subprocess.Popen(
-                [*self.ns.exec, sys.executable, "-m", "gateway.cli.main", "-c",
-                 str(self.config), "run"], stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-        deadline = time.monotonic() + 20
-        while not (self.dir / "admin.sock").exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"node {self.name} did not start: {self.log[-3000:]}")
-            time.sleep(0.05)
-        return self
-
-    def status(self) -> dict[str, Any] | None:
-        answer = subprocess.run([*self.ns.exec, sys.executable, "-m", "gateway.cli.main", "-c",
-                                 str(self.config), "status", "--json"], capture_output=True,
-                                text=True, cwd=REPO, timeout=30, check=False)
-        return json.loads(answer.stdout) if answer.returncode == 0 else None
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    @property
-    def log(self) -> str:
-        path = self.dir / "gateway.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def stop(self) -> None:
-        stop_process(self.process, timeout=30)
+def failover_node(ns: Namespace, pki: Pki, name: str, store_url: str) -> ClusterNode:
+    """A node whose partner a.example must use SASL EXTERNAL (the only method after
+    which Prosody offers stream management)."""
+    return ClusterNode(ns, pki, name, store_url, prefix="failover-node",
+                       partner="{domain: a.example, type: federated, tls: required, "
+                               "sasl: required, dialback: false}",
+                       limits="{negotiation_timeout: 10, max_connections_per_ip: 1000}")
 
 
 class FailoverWorld:
@@ -150,7 +75,7 @@ class FailoverWorld:
                                  prefix=ns.exec, debug=1,
                                  gateways=[(NODE_IPS["a"], SIP_PORT), (NODE_IPS["b"], SIP_PORT)])
         self.database: PostgresServer | None = None
-        self.nodes: dict[str, Node] = {}
+        self.nodes: dict[str, ClusterNode] = {}
 
     def _dns(self) -> None:
         ns = self.ns
@@ -179,7 +104,7 @@ class FailoverWorld:
             self.database.initdb()
             self.database.start()
             url = self.database.url("postgres")
-            self.nodes = {name: Node(self.ns, self.pki, name, url) for name in NODE_IPS}
+            self.nodes = {name: failover_node(self.ns, self.pki, name, url) for name in NODE_IPS}
             self.prosody.start()
             self.kamailio.start()
             for node in self.nodes.values():
@@ -195,7 +120,7 @@ class FailoverWorld:
     def child(self, module: str, *args: Any) -> Child:
         return Child(self.ns.exec, module, list(args), self.logs / f"{module}.log")
 
-    def holder(self) -> Node | None:
+    def holder(self) -> ClusterNode | None:
         """The live node with Prosody's authenticated inbound stream."""
         for node in self.nodes.values():
             if not node.alive:
@@ -220,6 +145,8 @@ def run(world: FailoverWorld, direction: str, rate: int, seconds: float,
     stream for ``xmpp_sip``, ``victim`` (or node a) for ``sip_xmpp``."""
     n = int(rate * seconds)
     limit = 30 + n / 1000
+    if direction == "xmpp_sip" and world.holder() is None:
+        warm_up(world)  # the last kill took Prosody's stream: it reconnects on use
     with contextlib.ExitStack() as children:
         if direction == "xmpp_sip":
             sink = children.enter_context(world.child(
@@ -232,7 +159,7 @@ def run(world: FailoverWorld, direction: str, rate: int, seconds: float,
             writer.line(30)
             holder = world.holder()
             if holder is None:
-                raise RuntimeError("no node holds Prosody's stream: warm up first")
+                raise RuntimeError("no node holds Prosody's stream after a warm-up")
             writer.send("go")
             time.sleep(kill_after)
             killed_at = time.monotonic()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.bidi_memory import bidi_markdown, bidi_memory
 from bench.failover import failover_markdown, failover_runs
 from bench.relay import Sizes, run_relay
 from bench.relay_report import relay_markdown, relay_target_rows
@@ -421,6 +422,10 @@ def main() -> int:
     parser.add_argument("--failover-runs", type=int, default=10,
                         help="SIGKILL runs per direction")
     parser.add_argument("--failover-rate", type=int, default=2000, help="msg/s offered")
+    parser.add_argument("--skip-bidi-memory", action="store_true",
+                        help="no memory-per-partner row (with and without XEP-0288 bidi)")
+    parser.add_argument("--only-bidi-memory", action="store_true",
+                        help="only the memory per partner with and without bidi; prints it")
     parser.add_argument("--relay-paths", default=None,
                         help="only these relay paths, comma-separated (xmpp_xmpp, xmpp_sip, "
                              "xmpp_xmpp_back, sip_xmpp, sip_direct); with --relay-storm 0 no "
@@ -454,13 +459,20 @@ def main() -> int:
                   chat_rates=tuple(int(r) for r in args.relay_chat_rates.split(",") if r),
                   chat_burst=args.relay_chat_burst)
     relay_paths = tuple(args.relay_paths.split(",")) if args.relay_paths else None
-    if args.only_failover or not (args.skip_failover or args.only_relay or args.only_sip
-                                  or args.only_idle):
+    partial = any((args.only_relay, args.only_sip, args.only_idle, args.only_failover,
+                   args.only_bidi_memory))
+    if args.only_failover or not (args.skip_failover or partial):
         # Its own namespace: the failover world changes DNS and adds a second node address.
         with bench_namespace("failover") as (ns, pki):
             results["failover"] = failover_runs(ns, pki, args.failover_runs,
                                                 rate=args.failover_rate)
         if args.only_failover:
+            print(json.dumps(results, indent=2))
+            return 0
+    if args.only_bidi_memory or not (args.skip_bidi_memory or partial):
+        with bench_namespace("bidi") as (ns, pki):
+            results["bidi_memory"] = bidi_memory(ns, pki)
+        if args.only_bidi_memory:
             print(json.dumps(results, indent=2))
             return 0
     with bench_namespace("bench") as (ns, pki):
@@ -581,6 +593,8 @@ def write_markdown(report: dict, args: argparse.Namespace) -> None:
     failover = report["results"].get("failover")
     if failover:
         lines += failover_markdown(failover)
+    if report["results"].get("bidi_memory"):
+        lines += bidi_markdown(report["results"]["bidi_memory"])
     target = args.out / "benchmarks.md" if args.out else ROOT / "docs" / "benchmarks.md"
     target.write_text("\n".join(lines))
 

@@ -261,6 +261,8 @@ class GatewayParts:
             "reloads": reloads,
             "sessions": self.s2s.describe(),
             "queues": self.s2s.queues(),
+            # Partners being connected to again after failed rounds (gateway/net/backoff.py).
+            "backoff": self.s2s.backoffs(),
             "router": self.router.describe(),
             # Stanzas neither delivered nor answered, by reason (gateway/drops.py).
             "dropped": self.router.drops.describe(),

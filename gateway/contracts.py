@@ -155,6 +155,11 @@ class S2SControl(XmppSide, Protocol):
         """Non-empty outbound queues by ``local->remote``."""
         ...
 
+    def backoffs(self) -> dict[str, dict[str, object]]:
+        """Partners whose last connection round failed, by ``local->remote``: failures
+        in a row, seconds before the next round, the last failure."""
+        ...
+
     @property
     def listening_addresses(self) -> list[tuple[str, int]]:
         ...

@@ -465,10 +465,11 @@ class _Checker:
         their defaults, and default paths made absolute. A relative default path is
         relative to the directory above the configuration file (``../certs/…``), or to the
         file's own directory for a field declared ``beside``."""
+        hints = typing.get_type_hints(cls)
         for f in fields(cls):
             if f.name in values or not f.init or not f.metadata.get(READ, True):
                 continue
-            hint = typing.get_type_hints(cls)[f.name]
+            hint = hints[f.name]
             if isinstance(hint, type) and dataclasses.is_dataclass(hint) \
                     and f.metadata.get(CHECK) is None:
                 values[f.name] = self.section(hint)(None, f.name, None)

@@ -20,6 +20,8 @@ import time
 from collections import OrderedDict
 from xml.etree.ElementTree import Element, SubElement
 
+from gateway.xmpp.jid import JidError, domain_of
+
 NS_DELAY = "urn:xmpp:delay"
 TAG_DELAY = f"{{{NS_DELAY}}}delay"
 REMEMBERED = 20_000  # stanzas remembered per node, the oldest forgotten first
@@ -39,8 +41,13 @@ def marked_by(stanza: Element, domain: str) -> bool:
     for child in stanza:
         if child.tag == TAG_DELAY:
             holder = child.get("from", "")
-            if holder == domain or holder.rpartition("@")[2].partition("/")[0] == domain:
+            if holder == domain:
                 return True
+            try:
+                if domain_of(holder) == domain:  # a resource may hold '@' and '/' too
+                    return True
+            except JidError:
+                continue
     return False
 
 

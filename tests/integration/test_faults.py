@@ -153,3 +153,19 @@ async def test_slow_backend_applies_backpressure_and_loses_nothing(
     states = [getattr(r, "gw_fields", {}).get("state") for r in caplog.records
               if r.getMessage() == "router.backpressure"]
     assert states[:2] == ["on", "off"]
+
+
+async def test_a_failed_round_backs_off_and_status_shows_it(pair: Pair) -> None:  # noqa: F811
+    """Every target of B failed: the next round waits (1 s, doubling), which `status`
+    shows per partner; a stanza sent meanwhile waits for that round (it is near) and is
+    bounced with the round's failure, not by a round of its own."""
+    await pair.start(partner("b.example", OPEN), partner("a.example", OPEN))
+    await pair.b.stop()
+    await pair.a.backend.inject(message("alice@a.example/pc", "bob@b.example", "m0"))
+    assert condition(await pair.a.backend.next_delivered(15)) == "remote-server-not-found"
+    backoff = pair.a.status()["backoff"]["a.example->b.example"]
+    assert backoff["failures"] == 1 and 0 < backoff["retry_in_seconds"] <= 1.2, backoff
+    assert "refused" in backoff["last_failure"].lower(), backoff
+    await pair.a.backend.inject(message("alice@a.example/pc", "bob@b.example", "m1"))
+    assert condition(await pair.a.backend.next_delivered(15)) == "remote-server-not-found"
+    assert pair.a.status()["backoff"]["a.example->b.example"]["failures"] == 2

@@ -241,8 +241,8 @@ class GatewayProcess:
                  "limits: {" + ", ".join(f"{k}: {v}" for k, v in {
                      "negotiation_timeout": 10, "max_connections_per_ip": 5000,
                      **(self.limits or {})}.items()) + "}",
-                 f"federation: {{allow_unlisted: {str(self.allow_unlisted).lower()}, "
-                 f"bidi: {str(self.bidi).lower()}}}",
+                 f"federation: {{allow_unlisted: {str(self.allow_unlisted).lower()}"
+                 + ("" if self.bidi else ", bidi: false") + "}",
                  "store: {path: store.sqlite3}", "admin_socket: admin.sock"]
         if self.sip is not None:
             lines.append("sip: {" + ", ".join(f"{k}: {v}" for k, v in self.sip.items()) + "}")
@@ -327,6 +327,7 @@ def assert_well_formed_output(directory: Path) -> int:
 CLIENT = r"""
 import asyncio, json, sys, slixmpp
 jid, host, peer = sys.argv[1], sys.argv[2], sys.argv[3]
+wait = float(sys.argv[4]) if len(sys.argv) > 4 else 15.0
 async def main():
     client = slixmpp.ClientXMPP(jid, "pw")
     client.enable_starttls = False
@@ -347,7 +348,7 @@ async def main():
     client.send_presence()
     client.send_message(mto=peer, mbody="hello gateway", mtype="chat")
     client.send_presence(pto=peer.split("/")[0], ptype="subscribe")
-    for _ in range(150):
+    for _ in range(int(wait * 10)):
         if messages and any(p["type"] in ("subscribed", "available") and
                             p["from"].startswith(peer.split("/")[0]) for p in presences):
             break
@@ -375,11 +376,13 @@ def assert_echo_exchange(result: dict, user: str, why: str) -> None:
         f"no subscription approval/presence: {result}\n{why}"
 
 
-def xmpp_client(ns: Namespace, jid: str, host: str, peer: str) -> dict:
+def xmpp_client(ns: Namespace, jid: str, host: str, peer: str, wait: float = 15.0) -> dict:
+    """What ``jid`` received within ``wait`` seconds of writing to ``peer`` (less where
+    nothing is expected to come back)."""
     script = ns.workdir / "client.py"
     script.write_text(CLIENT)
-    result = subprocess.run([*ns.exec, sys.executable, str(script), jid, host, peer],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run([*ns.exec, sys.executable, str(script), jid, host, peer,
+                             str(wait)], capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         raise RuntimeError(f"client failed: {result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

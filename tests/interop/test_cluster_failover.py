@@ -19,29 +19,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
 from gateway.sip.pidf import parse_pidf
-from tests.interop.harness import IPS, REPO, Namespace, Prosody, stop_process
+from tests.interop.harness import IPS, Namespace, Prosody
 from tests.interop.in_namespace import XmppUser, run_in_namespace
+from tests.support.cluster_node import KAMAILIO, NODE_IPS, SIP_PORT, ClusterNode
 from tests.support.dnsmasq import DnsmasqServer
 from tests.support.kamailio import Kamailio
 from tests.support.postgres import PostgresServer, postgres_bindir
 from tests.support.sip_ua import SipUserAgent
 from tests.unit.s2s_world import Pki
 
-NODE_IPS = {"a": "127.0.0.4", "b": "127.0.0.6"}
-KAMAILIO = (IPS["gw.example"], 5070)
-SIP_PORT = 5062
 LEASE = 3.0
 BEAT = 0.5
 
@@ -78,72 +71,7 @@ def database(cluster_ns: Namespace) -> Iterator[PostgresServer]:
         server.cleanup()
 
 
-@dataclass
-class Node:
-    ns: Namespace
-    pki: Pki
-    name: str
-    store_url: str
-    process: subprocess.Popen[bytes] | None = None
-    dir: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.dir = self.ns.workdir / f"node-{self.name}"
-        self.dir.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def config(self) -> Path:
-        return self.dir / "gateway.yaml"
-
-    def start(self) -> Node:
-        tls = self.pki.tls_settings("gw.example")
-        ip = NODE_IPS[self.name]
-        self.config.write_text("\n".join([
-            "domains: [gw.example]",
-            f"listen: [{{host: {ip}, port: 5269}}]",
-            f"tls: {{certificate: {tls.certificate}, key: {tls.key}, "
-            f"ca_file: {self.pki.root / 'ca.crt'}, use_system_cas: false}}",
-            "dialback: {secret: interop-cluster-secret}",
-            "dns: {nameservers: ['127.0.0.53'], timeout: 3}",
-            "logging: {level: info}",
-            "limits: {negotiation_timeout: 10}",
-            f"store: {{url: '{self.store_url}', timeout: 3}}",
-            f"cluster: {{node_id: {self.name}, heartbeat_interval: {BEAT}, lease: {LEASE}, "
-            "drain_timeout: 15, drain_grace: 3}",
-            "admin_socket: admin.sock",
-            f"sip: {{backend: sip, proxy_host: {KAMAILIO[0]}, proxy_port: {KAMAILIO[1]}, "
-            f"transport: udp, local_host: {ip}, local_port: {SIP_PORT}}}",
-            "partners:",
-            "  - {domain: a.example, type: federated}",
-        ]) + "\n")
-        with (self.dir / "gateway.log").open("ab") as out:
-            self.process = subprocess.Popen(
-                [*self.ns.exec, sys.executable, "-m", "gateway.cli.main", "-c",
-                 str(self.config), "run"], stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-        deadline = time.monotonic() + 20
-        while not (self.dir / "admin.sock").exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"node {self.name} did not start: {self.log[-3000:]}")
-            time.sleep(0.05)
-        return self
-
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*self.ns.exec, sys.executable, "-m", "gateway.cli.main", "-c",
-                               str(self.config), *args], capture_output=True, text=True,
-                              cwd=REPO, timeout=timeout, check=False)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    @property
-    def log(self) -> str:
-        path = self.dir / "gateway.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def stop(self) -> None:
-        stop_process(self.process, timeout=30)
+Node = ClusterNode
 
 
 XMPP_URI = "sip:user@a.example"

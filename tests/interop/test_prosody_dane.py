@@ -69,13 +69,13 @@ def zone_for(ns: Namespace, pki: Pki) -> Iterator:
         zone.stop()
 
 
-def run(ns: Namespace, pki: Pki) -> tuple[dict, Prosody, GatewayProcess]:
+def run(ns: Namespace, pki: Pki, wait: float = 15) -> tuple[dict, Prosody, GatewayProcess]:
     server = Prosody(ns, pki).start()
     gateway = GatewayProcess(ns, pki, [PARTNER], dnssec=True)
     try:
         gateway.start()
-        return xmpp_client(ns, "user@a.example", IPS["a.example"], "echo@gw.example"), \
-            server, gateway
+        return xmpp_client(ns, "user@a.example", IPS["a.example"], "echo@gw.example",
+                           wait), server, gateway
     except BaseException:
         server.stop()
         gateway.stop()
@@ -100,7 +100,7 @@ def test_matching_tlsa_is_accepted(ns: Namespace, pki: Pki, zone_for) -> None:
 
 def test_wrong_tlsa_is_refused_when_required(ns: Namespace, pki: Pki, zone_for) -> None:
     zone = zone_for("gw.example")  # a TLSA record for another key than Prosody's
-    result, server, gateway = run(ns, pki)
+    result, server, gateway = run(ns, pki, wait=4)
     try:
         why = f"{gateway.log[-3000:]}\n--- unbound ---\n{zone.log('unbound')}"
         assert not [m for m in result["messages"] if m["type"] != "error"], why

@@ -43,13 +43,26 @@ def sessions(gateway: GatewayProcess, wait_for: str = "") -> list[dict]:
         time.sleep(0.2)
 
 
-def test_stream_management_both_ways(ns: Namespace, pki: Pki) -> None:
-    server = Prosody(ns, pki, smacks=True).start()
-    gateway = GatewayProcess(ns, pki, [SASL])
+@contextlib.contextmanager
+def echo_exchange(ns: Namespace, pki: Pki, wait: float = 15, **prosody: object
+                  ) -> Iterator[tuple[dict, Prosody, GatewayProcess, str]]:
+    """Prosody (``prosody`` options) and the gateway (partner SASL, and a direct-TLS
+    listener when Prosody has one), the echo exchange run once: (what the client got,
+    Prosody, the gateway, the text explaining a failure). Both stopped afterwards."""
+    server = Prosody(ns, pki, **prosody).start()  # type: ignore[arg-type]
+    gateway = GatewayProcess(ns, pki, [SASL],
+                             direct_tls_port=prosody.get("direct_tls_port"))  # type: ignore[arg-type]
     try:
         gateway.start()
-        result = xmpp_client(ns, "user@a.example", IPS["a.example"], "echo@gw.example")
-        why = explain(server, gateway)
+        result = xmpp_client(ns, "user@a.example", IPS["a.example"], "echo@gw.example", wait)
+        yield result, server, gateway, explain(server, gateway)
+    finally:
+        server.stop()
+        gateway.stop()
+
+
+def test_stream_management_both_ways(ns: Namespace, pki: Pki) -> None:
+    with echo_exchange(ns, pki, smacks=True) as (result, server, gateway, why):
         assert_echo_exchange(result, "user@a.example", why)
         rows = {s["direction"]: s for s in sessions(gateway)}
         assert set(rows) == {"inbound", "outbound"}, why
@@ -77,24 +90,13 @@ def test_stream_management_both_ways(ns: Namespace, pki: Pki) -> None:
             (rows, why)
         assert inbound["received"] >= 2 and inbound["acknowledged_to_peer"] == \
             inbound["received"], (rows, why)
-    finally:
-        server.stop()
-        gateway.stop()
 
 
 def test_without_smacks_the_link_is_as_before(ns: Namespace, pki: Pki) -> None:
-    server = Prosody(ns, pki).start()
-    gateway = GatewayProcess(ns, pki, [SASL])
-    try:
-        gateway.start()
-        result = xmpp_client(ns, "user@a.example", IPS["a.example"], "echo@gw.example")
-        why = explain(server, gateway)
+    with echo_exchange(ns, pki) as (result, server, gateway, why):
         assert_echo_exchange(result, "user@a.example", why)
         assert all(s["stream_management"] is None for s in sessions(gateway)), why
         assert "Enabling stream management" not in server.log
-    finally:
-        server.stop()
-        gateway.stop()
 
 
 def tcp_connections(ns: Namespace, port: int) -> set[frozenset[str]]:
@@ -108,12 +110,7 @@ def tcp_connections(ns: Namespace, port: int) -> set[frozenset[str]]:
 
 
 def test_bidi_one_connection_per_pair(ns: Namespace, pki: Pki) -> None:
-    server = Prosody(ns, pki, smacks=True, bidi=True).start()
-    gateway = GatewayProcess(ns, pki, [SASL])
-    try:
-        gateway.start()
-        result = xmpp_client(ns, "user@a.example", IPS["a.example"], "echo@gw.example")
-        why = explain(server, gateway)
+    with echo_exchange(ns, pki, smacks=True, bidi=True) as (result, server, gateway, why):
         assert_echo_exchange(result, "user@a.example", why)
         rows = sessions(gateway)
         assert len(rows) == 1 and rows[0]["bidi"], (rows, why)
@@ -123,9 +120,6 @@ def test_bidi_one_connection_per_pair(ns: Namespace, pki: Pki) -> None:
         assert len(connections) == 1, (connections, why)
         assert "Requesting bidirectional stream" in server.log or \
             "Requested bidirectional stream" in server.log, why
-    finally:
-        server.stop()
-        gateway.stop()
 
 
 @contextlib.contextmanager
@@ -159,26 +153,18 @@ def test_direct_tls_both_ways_with_alpn(ns: Namespace, pki: Pki) -> None:
     srv = [(f"_xmpps-server._tcp.{d}", f"xmpp.{d}", 5270, 0, 5) for d in ("a.example",
                                                                          "gw.example")]
     srv += [(f"_xmpp-server._tcp.{d}", f"xmpp.{d}", 5269, 10, 5) for d in IPS]
-    with dns_records(ns, srv):
-        server = Prosody(ns, pki, direct_tls_port=5270).start()
-        gateway = GatewayProcess(ns, pki, [SASL], direct_tls_port=5270)
-        try:
-            gateway.start()
-            result = xmpp_client(ns, "user@a.example", IPS["a.example"], "echo@gw.example")
-            why = explain(server, gateway)
-            assert_echo_exchange(result, "user@a.example", why)
-            rows = {s["direction"]: s for s in sessions(gateway)}
-            # Prosody names 'xmpp-server' and we select it; its own direct-TLS listener
-            # selects no protocol (0.12 configures ALPN on its client side only), which
-            # RFC 7301 §3.2 allows: our offer is checked in test_tls_alpn.py.
-            assert rows["inbound"]["alpn"] == "xmpp-server", (rows, why)
-            assert rows["outbound"]["peer_address"] == f"{IPS['a.example']}:5270", why
-            # Both connections went to the direct-TLS ports (none to 5269).
-            assert len(tcp_connections(ns, 5270)) == 2, why
-            assert not tcp_connections(ns, 5269), why
-        finally:
-            server.stop()
-            gateway.stop()
+    with dns_records(ns, srv), echo_exchange(ns, pki, direct_tls_port=5270) as (
+            result, _server, gateway, why):
+        assert_echo_exchange(result, "user@a.example", why)
+        rows = {s["direction"]: s for s in sessions(gateway)}
+        # Prosody names 'xmpp-server' and we select it; its own direct-TLS listener
+        # selects no protocol (0.12 configures ALPN on its client side only), which
+        # RFC 7301 §3.2 allows: our offer is checked in test_tls_alpn.py.
+        assert rows["inbound"]["alpn"] == "xmpp-server", (rows, why)
+        assert rows["outbound"]["peer_address"] == f"{IPS['a.example']}:5270", why
+        # Both connections went to the direct-TLS ports (none to 5269).
+        assert len(tcp_connections(ns, 5270)) == 2, why
+        assert not tcp_connections(ns, 5269), why
 
 
 def test_resolution_order(ns: Namespace, pki: Pki) -> None:
@@ -187,31 +173,14 @@ def test_resolution_order(ns: Namespace, pki: Pki) -> None:
     records the domain's own address is used."""
     dead = [("_xmpp-server._tcp.a.example", "dead.a.example", 5269, 0, 5),
             ("_xmpp-server._tcp.gw.example", "xmpp.gw.example", 5269, 0, 5)]
-    with dns_records(ns, dead, {"dead.a.example": "127.0.0.9"}):
-        server = Prosody(ns, pki).start()
-        gateway = GatewayProcess(ns, pki, [SASL])
-        try:
-            gateway.start()
-            result = xmpp_client(ns, "user@a.example", IPS["a.example"], "echo@gw.example")
-            why = explain(server, gateway)
-            assert not [m for m in result["messages"] if m["type"] != "error"], why
-            assert "no target could be reached: dead.a.example[127.0.0.9]:5269" in \
-                gateway.log, why
-            assert not [s for s in sessions(gateway) if s["direction"] == "outbound"], why
-        finally:
-            server.stop()
-            gateway.stop()
+    with dns_records(ns, dead, {"dead.a.example": "127.0.0.9"}), echo_exchange(
+            ns, pki, wait=4) as (result, _server, gateway, why):
+        assert not [m for m in result["messages"] if m["type"] != "error"], why
+        assert "no target could be reached: dead.a.example[127.0.0.9]:5269" in \
+            gateway.log, why
+        assert not [s for s in sessions(gateway) if s["direction"] == "outbound"], why
     no_srv = [("_xmpp-server._tcp.gw.example", "xmpp.gw.example", 5269, 0, 5)]
-    with dns_records(ns, no_srv):
-        server = Prosody(ns, pki).start()
-        gateway = GatewayProcess(ns, pki, [SASL])
-        try:
-            gateway.start()
-            result = xmpp_client(ns, "user@a.example", IPS["a.example"], "echo@gw.example")
-            why = explain(server, gateway)
-            assert_echo_exchange(result, "user@a.example", why)
-            [outbound] = [s for s in sessions(gateway) if s["direction"] == "outbound"]
-            assert outbound["peer_address"] == f"{IPS['a.example']}:5269", why
-        finally:
-            server.stop()
-            gateway.stop()
+    with dns_records(ns, no_srv), echo_exchange(ns, pki) as (result, _server, gateway, why):
+        assert_echo_exchange(result, "user@a.example", why)
+        [outbound] = [s for s in sessions(gateway) if s["direction"] == "outbound"]
+        assert outbound["peer_address"] == f"{IPS['a.example']}:5269", why

@@ -3,6 +3,8 @@ recognised by the receiver only when marked and already delivered."""
 
 from __future__ import annotations
 
+from xml.etree.ElementTree import SubElement
+
 from gateway.net.resent import TAG_DELAY, RecentStanzas, mark, marked_by
 from gateway.sip.development import message
 
@@ -20,6 +22,14 @@ def test_mark_once() -> None:
     mark(element, "a.example")  # type: ignore[arg-type]
     assert len(element.findall(TAG_DELAY)) == 1  # type: ignore[attr-defined]
     assert marked_by(element, "a.example") and not marked_by(element, "c.example")  # type: ignore[arg-type]
+
+
+def test_a_mark_by_a_full_jid_names_its_domain_even_with_at_signs_in_the_resource() -> None:
+    element = stanza("x")
+    SubElement(element, TAG_DELAY,  # type: ignore[arg-type]
+               {"from": "node@a.example/res@c.example", "stamp": "2026-01-01T00:00:00Z"})
+    assert marked_by(element, "a.example")  # type: ignore[arg-type]
+    assert not marked_by(element, "c.example")  # type: ignore[arg-type]
 
 
 def test_only_a_marked_repeat_of_a_remembered_stanza_is_a_duplicate() -> None:
