@@ -16,6 +16,7 @@ Prosody 0.12 and Kamailio 5.6 (the shipped configuration) in the interop namespa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -33,19 +34,28 @@ pytestmark = pytest.mark.interop
 
 
 def test_encryption_required_against_tls_not_supported(ns: Namespace, pki) -> None:
-    prosody = Prosody(ns, pki, users=("user",), secure_auth=False, require_encryption=True,
-                      log_level="info").start()
-    workdir = ns.workdir / "kamailio-refusal"
-    workdir.mkdir(exist_ok=True)
-    sip = Kamailio(workdir, domain="gw.example", host=GW, port=KAMAILIO_PORT,
-                   gateway=(GW, GATEWAY_SIP_PORT), prefix=ns.exec).start()
-    gateway = GatewayProcess(
-        ns, pki, [{"domain": "a.example", "type": "federated", "tls": "not-supported",
-                   "sasl": "optional", "dialback": "true"}], log_level="info",
-        sip={"backend": "sip", "proxy_host": GW, "proxy_port": KAMAILIO_PORT,
-             "transport": "udp", "local_host": GW, "local_port": GATEWAY_SIP_PORT},
-    ).start()
+    with contextlib.ExitStack() as started:  # whatever started is stopped, even mid-way
+        prosody = Prosody(ns, pki, users=("user",), secure_auth=False,
+                          require_encryption=True, log_level="info")
+        started.callback(prosody.stop)
+        prosody.start()
+        workdir = ns.workdir / "kamailio-refusal"
+        workdir.mkdir(exist_ok=True)
+        sip = Kamailio(workdir, domain="gw.example", host=GW, port=KAMAILIO_PORT,
+                       gateway=(GW, GATEWAY_SIP_PORT), prefix=ns.exec)
+        started.callback(sip.stop)
+        sip.start()
+        gateway = GatewayProcess(
+            ns, pki, [{"domain": "a.example", "type": "federated", "tls": "not-supported",
+                       "sasl": "optional", "dialback": "true"}], log_level="info",
+            sip={"backend": "sip", "proxy_host": GW, "proxy_port": KAMAILIO_PORT,
+                 "transport": "udp", "local_host": GW, "local_port": GATEWAY_SIP_PORT})
+        started.callback(gateway.stop)
+        gateway.start()
+        check(ns, prosody, gateway)
 
+
+def check(ns: Namespace, prosody: Prosody, gateway: GatewayProcess) -> None:
     async def scenario() -> dict[str, Any]:
         phone = await SipUserAgent("carol", "gw.example", (GW, KAMAILIO_PORT),
                                    host=PHONE).start()
@@ -72,33 +82,28 @@ def test_encryption_required_against_tls_not_supported(ns: Namespace, pki) -> No
             await phone.close()
 
     try:
-        try:
-            result = run_in_namespace(ns.name, scenario, timeout=90)
-        except BaseException as exc:
-            raise AssertionError(f"{exc!r}\n--- gateway log ---\n{gateway.log[-5000:]}"
-                                 f"\n--- prosody ---\n{prosody.log[-3000:]}") from exc
-        why = (f"\n--- gateway log ---\n{gateway.log[-5000:]}"
-               f"\n--- prosody ---\n{prosody.log[-3000:]}")
-        # Toward the SIP user: the condition that says policy, and the policy in words.
-        policy = ("the server policies of gw.example and a.example do not allow a "
-                  "connection: a.example requires TLS but partner policy tls=not-supported")
-        if result["status"] == 202:
-            assert result["notice_from"] == "sip:user@a.example", result
-            assert result["notice"] == (
-                "[message to user@a.example not delivered: policy-violation] "
-                f"{policy}. Your message: hello over there"), result["notice"] + why
-        else:
-            assert result["status"] == 403, result
-            assert result["warning"] == f'399 gw.example "{policy}"', result
-        # The admin: a WARNING naming the partner and the setting to change.
-        warnings = [line for line in gateway.log.splitlines()
-                    if " WARNING s2s.policy_mismatch " in line and "peer=a.example" in line
-                    and "direction=inbound" in line]
-        assert warnings, why
-        assert ("change=\"our policy for a.example is tls=not-supported sasl=optional "
-                "dialback=true while a.example requires encryption: xmpp-gateway partner "
-                "set a.example --tls optional (or required)\"") in warnings[0], warnings[0]
-    finally:
-        gateway.stop()
-        sip.stop()
-        prosody.stop()
+        result = run_in_namespace(ns.name, scenario, timeout=90)
+    except BaseException as exc:
+        raise AssertionError(f"{exc!r}\n--- gateway log ---\n{gateway.log[-5000:]}"
+                             f"\n--- prosody ---\n{prosody.log[-3000:]}") from exc
+    why = (f"\n--- gateway log ---\n{gateway.log[-5000:]}"
+           f"\n--- prosody ---\n{prosody.log[-3000:]}")
+    # Toward the SIP user: the condition that says policy, and the policy in words.
+    policy = ("the server policies of gw.example and a.example do not allow a "
+              "connection: a.example requires TLS but partner policy tls=not-supported")
+    if result["status"] == 202:
+        assert result["notice_from"] == "sip:user@a.example", result
+        assert result["notice"] == (
+            "[message to user@a.example not delivered: policy-violation] "
+            f"{policy}. Your message: hello over there"), result["notice"] + why
+    else:
+        assert result["status"] == 403, result
+        assert result["warning"] == f'399 gw.example "{policy}"', result
+    # The admin: a WARNING naming the partner and the setting to change.
+    warnings = [line for line in gateway.log.splitlines()
+                if " WARNING s2s.policy_mismatch " in line and "peer=a.example" in line
+                and "direction=inbound" in line]
+    assert warnings, why
+    assert ("change=\"our policy for a.example is tls=not-supported sasl=optional "
+            "dialback=true while a.example requires encryption: xmpp-gateway partner "
+            "set a.example --tls optional (or required)\"") in warnings[0], warnings[0]
