@@ -329,10 +329,11 @@ class SipBackend:
             return
         try:
             router.submit_local(stanza, on_decided)
-        except Exception:
+        except Exception as exc:
             # The SIP request must still get a final answer (500, RFC 7247 §8.1
-            # internal-server-error), so the peer stops retransmitting.
-            log.exception("SIP stanza handler failed")
+            # internal-server-error), so the peer stops retransmitting; the bug is
+            # counted and logged within the transport's budget.
+            self.transport.unexpected(exc, self.transport.proxy, "stanza not routed")
             self.messages.failed(stanza)
             if on_decided is not None:
                 on_decided()

@@ -334,8 +334,10 @@ class SipEndpoint:
                 if callback is not None:
                     try:
                         callback(response)
-                    except Exception:
-                        log.exception("SIP response handler failed")
+                    except Exception as exc:  # a bug: counted and logged as above
+                        self.transport.unexpected(exc, self.transport.proxy,
+                                                  f"answer to {event.request.method} "
+                                                  "not handled")
             elif isinstance(event, RequestReceived):
                 try:
                     self.on_request(event)
@@ -347,10 +349,13 @@ class SipEndpoint:
                     self.transport.report_malformed(
                         self.transport.peer_of(event.flow), exc.reason,
                         f"{exc.status or 400} {exc.phrase}", "syntax")
-                except Exception:
-                    # The request still gets a final answer, so the peer stops
-                    # retransmitting and our server transaction ends.
-                    log.exception("SIP %s handler failed", event.request.method)
+                except Exception as exc:
+                    # A bug, by definition. The request still gets a final answer, so the
+                    # peer stops retransmitting and our server transaction ends; the bug
+                    # is counted and logged within the transport's budget, since a phone
+                    # that found one could otherwise write a traceback per request.
+                    self.transport.unexpected(exc, self.transport.peer_of(event.flow),
+                                              f"{event.request.method} answered 500")
                     self.reply(event, 500)  # no effect if an answer was already sent
             elif isinstance(event, StrayResponse):
                 if event.misrouted:

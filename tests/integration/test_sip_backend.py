@@ -545,6 +545,7 @@ async def test_failed_handler_still_answers(backend) -> None:
     response = await ua.send_message("sip:bob@xmpp.example", "boom")
     assert response.status == 500
     assert all(sip.layer.answered(key) for key in sip.layer.servers)
+    assert sip.transport.unexpected_errors == 1  # counted as the bug it is
 
 
 async def test_failed_refresh_subscribes_afresh(backend) -> None:

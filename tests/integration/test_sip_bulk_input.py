@@ -287,3 +287,27 @@ async def test_a_burst_that_fits_the_buffer_is_worked_off_not_answered_503() -> 
         sender.close()
         assert sent > 256 and [status_of(a) for a in collector.answers] == [202] * sent
         assert backend.endpoint.shed_answers == 0 and recorder.queue.qsize() == sent
+
+
+async def test_a_bug_in_a_request_handler_is_answered_500_counted_and_logged_within_budget(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in the mapping behind the transaction layer (here the MESSAGE handler raises)
+    still answers each request (500: the sender stops retransmitting), and is counted and
+    logged like any bug behind the socket — within the budget, not one traceback per
+    request, which a phone could otherwise provoke at will."""
+    caplog.set_level(logging.INFO)
+    async with sip_backend() as (backend, recorder, metrics):
+        def broken(event) -> None:
+            raise RuntimeError("a bug in the mapping")
+
+        monkeypatch.setattr(backend.messages, "incoming", broken)
+        answers = await _flood(PROXY, backend.transport.local, 200)
+        assert [status_of(a) for a in answers.answers] == [500] * 200
+        assert malformed_count(metrics, "unexpected") == 200
+        assert backend.transport.unexpected_errors == 200
+        assert recorder.queue.empty()
+    lines = [r for r in caplog.records if "a bug in the mapping" in r.getMessage()
+             or (r.exc_info and "a bug in the mapping" in str(r.exc_info[1]))]
+    assert 1 <= len(lines) <= 2 * MALFORMED_LOG_PER_SECOND
+    assert lines[0].getMessage() == "sip.unexpected_error"
+    assert lines[0].levelno == logging.WARNING
