@@ -32,6 +32,7 @@ from gateway.sip.mime import (
     MediaType,
     MimeError,
     clean_header_value,
+    decimal,
     header,
     parse_headers,
     parse_media_type,
@@ -121,9 +122,11 @@ def parse_datetime(value: str) -> datetime | None:
     text += (fraction or "")[:7]  # fromisoformat takes at most microseconds
     text += "+00:00" if zone in ("Z", "z") else zone
     try:
-        return datetime.fromisoformat(text)
-    except ValueError:
+        moment = datetime.fromisoformat(text)
+        moment.astimezone(UTC)  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+    except (ValueError, OverflowError):
         return None
+    return moment
 
 
 def format_datetime(moment: datetime) -> str:
@@ -160,11 +163,12 @@ def parse_cpim(data: bytes) -> CpimMessage:
         content_type = parse_media_type(type_text)
     except MimeError as exc:
         raise CpimError(str(exc)) from None
-    length = header(content_headers, "Content-Length")
-    if length is not None:
-        if not length.strip().isdigit() or int(length) > len(body):
-            raise CpimError(f"bad CPIM Content-Length {length[:20]!r}")
-        body = body[:int(length)]
+    length_text = header(content_headers, "Content-Length")
+    if length_text is not None:
+        length = decimal(length_text)
+        if length is None or length > len(body):
+            raise CpimError(f"bad CPIM Content-Length {length_text[:20]!r}")
+        body = body[:length]
     return CpimMessage(parse_address(sender), parse_address(recipient), content_type, body,
                        headers, content_headers, namespaces)
 

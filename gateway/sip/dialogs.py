@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from gateway.sip.message import NameAddr, SipRequest, Via, new_branch
+from gateway.sip.mime import decimal
 from gateway.sip.pidf import UNAVAILABLE, PresenceState
 
 
@@ -107,9 +108,8 @@ def subscription_state(value: str) -> tuple[str, dict[str, str]]:
 
 def header_int(value: str | None, default: int) -> int:
     """A non-negative integer header value (Expires, RFC 3261 §20.19), or ``default``."""
-    if value is None or not value.strip().isdigit():
-        return default
-    return int(value.strip())
+    number = decimal(value) if value is not None else None
+    return default if number is None else number
 
 
 DialogT = TypeVar("DialogT", WatchDialog, NotifierDialog)

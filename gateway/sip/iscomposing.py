@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.sip.mime import decimal
 from gateway.sip.xmldoc import XmlDocumentError, child_text, parse_document
 
 IS_COMPOSING_TYPE = "application/im-iscomposing+xml"
@@ -52,8 +53,8 @@ def parse_is_composing(body: bytes) -> IsComposing:
     state = (child_text(root, f"{{{NS}}}state") or "").lower()
     if state not in ("active", "idle"):
         raise IsComposingError(f"isComposing state {state[:20]!r} is neither active nor idle")
-    refresh_text = child_text(root, f"{{{NS}}}refresh") or ""
-    refresh = int(refresh_text) if refresh_text.isdigit() and len(refresh_text) < 7 else 0
+    # RFC 3994 §4: a refresh that is not a number is as good as none (the default timeout)
+    refresh = decimal(child_text(root, f"{{{NS}}}refresh") or "", 6) or 0
     return IsComposing(state == "active", refresh,
                        child_text(root, f"{{{NS}}}lastactive") or "",
                        child_text(root, f"{{{NS}}}contenttype") or "")

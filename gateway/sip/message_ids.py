@@ -33,6 +33,7 @@ from functools import lru_cache
 
 from gateway.sip.message import unique_token
 
+LAST_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z, the last time RFC 3339 can write
 MAX_CARRIED = 120  # bytes of foreign id an id carries (base64url: 160 characters)
 
 
@@ -97,7 +98,7 @@ class SipOrigin:
 def stanza_id_for_sip(message_id: str, *, cpim: bool, sent: int) -> str:
     """The stanza id of an XMPP message made from a SIP MESSAGE (see the module doc)."""
     carried = message_id.encode("utf-8")
-    if not carried or len(carried) > MAX_CARRIED or sent < 0:
+    if not carried or len(carried) > MAX_CARRIED or not 0 <= sent <= LAST_SECOND:
         return "r" + secrets.token_hex(12)
     return f"s{'c' if cpim else 'b'}.{_b64(carried)}.{sent:x}"
 
@@ -105,13 +106,18 @@ def stanza_id_for_sip(message_id: str, *, cpim: bool, sent: int) -> str:
 def sip_origin(stanza_id: str) -> SipOrigin | None:
     """What :func:`stanza_id_for_sip` put in ``stanza_id``, None when it is not ours."""
     parts = stanza_id.split(".")
-    if len(parts) != 3 or parts[0] not in ("sc", "sb") or not parts[2].isalnum():
+    # the time: at most 10 hexadecimal digits, up to the last second of year 9999 (what
+    # an IMDN's DateTime can say); the id comes back from XMPP and may have been altered
+    if len(parts) != 3 or parts[0] not in ("sc", "sb") or not 0 < len(parts[2]) <= 10 \
+            or not parts[2].isascii() or not parts[2].isalnum():
         return None
     decoded = _unb64(parts[1])
     if not decoded:
         return None
     try:
-        return SipOrigin(decoded.decode("utf-8"), parts[0] == "sc", int(parts[2], 16))
+        sent = int(parts[2], 16)
+        message_id = decoded.decode("utf-8")
     except (UnicodeDecodeError, ValueError):
         return None
+    return SipOrigin(message_id, parts[0] == "sc", sent) if sent <= LAST_SECOND else None
 

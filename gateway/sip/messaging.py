@@ -186,6 +186,8 @@ def decode_text(body: bytes, media_type: MediaType) -> str:
             raise Unsupported(f"{media_type.type};charset={charset}") from None
     try:
         return body.decode(charset)
+    except LookupError:  # a codec Python has, but of bytes to bytes (base64, rot13 …)
+        raise Unsupported(f"{media_type.type};charset={charset}") from None
     except (UnicodeDecodeError, ValueError):
         raise BadBody(f"body is not valid {charset}") from None
 

@@ -139,6 +139,16 @@ def parse_headers(block: bytes) -> list[tuple[str, str]]:
     return headers
 
 
+def decimal(text: str, digits: int = 10) -> int | None:
+    """``text`` (surrounding white space allowed) as a number of 1 to ``digits`` ASCII
+    digits, None otherwise: ``str.isdigit`` also accepts "²" and "٣", which ``int``
+    then refuses or reads as another number."""
+    value = text.strip(" \t")
+    if 0 < len(value) <= digits and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
 def header(headers: list[tuple[str, str]], name: str) -> str | None:
     """The first value of header ``name`` (case-insensitive), None when absent."""
     wanted = name.lower()

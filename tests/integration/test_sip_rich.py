@@ -310,3 +310,42 @@ async def test_typing_obeys_the_contact_rules(sip_gateway) -> None:
     _, ua = sip_gateway
     assert (await ua.send_typing("sip:bob@unlisted.example", True)).status == 403
     assert (await ua.send_message("sip:bob@unlisted.example", "hello?")).status == 403
+
+
+async def test_odd_numbers_dates_and_charsets_are_answered_not_crashed_on(setup: Setup
+                                                                          ) -> None:
+    """Values a parser reads inside a body or a header — a CPIM Content-Length or an
+    isComposing refresh of "²" (str.isdigit accepts it, int() does not), a charset naming
+    a bytes-to-bytes codec, a CPIM DateTime that leaves the calendar once moved to UTC,
+    an Expires of "²" — get a precise answer, never the transport's 500 for a bug."""
+    sip, ua, recorder = setup
+    cpim = (b"From: <sip:alice@sip.example>\r\nTo: <sip:bob@xmpp.example>\r\n\r\n"
+            b"Content-Type: text/plain\r\nContent-Length: \xc2\xb2\r\n\r\nhi")
+    assert (await ua.send_message(BOB, cpim, "message/cpim")).status == 400
+    typing = ('<isComposing xmlns="urn:ietf:params:xml:ns:im-iscomposing"><state>active'
+              "</state><refresh>²</refresh></isComposing>")
+    assert (await ua.send_message(BOB, typing, "application/im-iscomposing+xml")
+            ).status == 202  # the refresh is ignored (RFC 3994 §4 default), typing shown
+    assert child(await recorder.next(), CHATSTATES) is not None
+    for charset in ("rot13", "base64"):
+        answer = await ua.send_message(BOB, "aGk=", f"text/plain;charset={charset}")
+        assert answer.status == 415 and "text/plain" in answer.get("accept")
+    part = "--b\r\nContent-Type: text/html;charset=hex\r\n\r\n6869\r\n--b--\r\n"
+    assert (await ua.send_message(BOB, part, "multipart/alternative;boundary=b")
+            ).status == 415
+    for date in ("0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59-23:59"):
+        answer = await ua.send_cpim(BOB, "dated oddly", date=date)
+        assert answer.status == 202  # a DateTime that is no moment is no DateTime
+        stanza = await recorder.next()
+        assert stanza.find("{urn:xmpp:delay}delay") is None
+    subscribe = ua._new("SUBSCRIBE", BOB, BOB)
+    subscribe.add("event", "presence")
+    subscribe.add("expires", "²")
+    assert (await ua.request(subscribe)).status == 200  # as if absent: the default
+    # XMPP → SIP: a receipt whose id names a time no calendar holds is no id of ours
+    answer = xmpp_message("bob@xmpp.example/phone", "alice@sip.example", stanza_id="r1",
+                          extras=(f"{{{RECEIPTS}}}received",))
+    answer[0].set("id", "sb.QQ." + "f" * 20)
+    await sip.deliver(answer)
+    assert sip.messages.not_crossed["urn:xmpp:receipts received (unknown id)"] == 1
+    assert sip.transport.unexpected_errors == 0

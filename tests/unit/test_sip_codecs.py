@@ -10,13 +10,15 @@ from __future__ import annotations
 import contextlib
 from datetime import UTC, datetime
 from xml.etree.ElementTree import tostring
+from xml.sax.saxutils import escape
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.sip.composing import ComposingGate
-from gateway.sip.cpim import CpimError, build_cpim, parse_cpim, parse_datetime
+from gateway.sip.cpim import CpimError, build_cpim, format_datetime, parse_cpim, parse_datetime
+from gateway.sip.dialogs import header_int
 from gateway.sip.imdn import Imdn, ImdnError, build_imdn, parse_imdn
 from gateway.sip.iscomposing import IsComposingError, build_is_composing, parse_is_composing
 from gateway.sip.message_ids import (
@@ -25,6 +27,7 @@ from gateway.sip.message_ids import (
     stanza_id_for_sip,
     stanza_id_from_sip_id,
 )
+from gateway.sip.messaging import BadBody, Unsupported, decode_text
 from gateway.sip.mime import MediaType, MimeError, clean_header_value, parse_media_type
 from gateway.sip.multipart import BodyPart, MultipartError, build_multipart, parse_multipart
 from gateway.sip.xhtml import html_to_message
@@ -228,7 +231,7 @@ def test_stanza_id_round_trips_through_a_sip_id(stanza_id: str, resource: str) -
         assert stanza_id_from_sip_id(f"{sip_id}@127.0.0.4") == (stanza_id, resource)
 
 
-@given(st.text(min_size=1, max_size=120), st.booleans(), st.integers(0, 2**40))
+@given(st.text(min_size=1, max_size=120), st.booleans(), st.integers(0, 253_402_300_799))
 def test_sip_id_round_trips_through_a_stanza_id(message_id: str, cpim: bool,
                                                sent: int) -> None:
     stanza_id = stanza_id_for_sip(message_id, cpim=cpim, sent=sent)
@@ -271,3 +274,67 @@ def test_typing_toward_xmpp_times_out_after_the_refresh() -> None:
     assert gate.due(59.0) == []
     assert gate.due(60.0) == [(pair, False)]  # RFC 3994 §4: active ends without refresh
     assert pair not in gate.pairs
+
+
+# Totality over structured input: random bytes almost never make a header block that parses
+# far enough to reach a number or a date, so these generate the structure and vary the
+# values (the non-ASCII digits "²" and "٣" pass str.isdigit; dates near year 1 or 9999
+# overflow once moved to UTC; charsets that name bytes-to-bytes codecs).
+odd_values = st.one_of(
+    st.text(max_size=24),
+    st.sampled_from(["²", "٣", " 12 ", "1²", "99999999999999999999", "-1", "0x10", "",
+                     "0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59-23:59",
+                     "2026-12-04T18:00:00Z"]))
+
+
+@given(odd_values, odd_values, odd_values)
+def test_cpim_numbers_and_dates_are_read_or_refused(length: str, date: str,
+                                                    language: str) -> None:
+    body = (f"From: <sip:a@x>\r\nTo: <sip:b@y>\r\nDateTime: {clean_header_value(date)}\r\n"
+            f"\r\nContent-Type: text/plain\r\nContent-Length: {clean_header_value(length)}\r\n"
+            f"Content-Language: {clean_header_value(language)}\r\n\r\nhello").encode()
+    try:
+        message = parse_cpim(body)
+    except CpimError:
+        return
+    moment = message.datetime
+    if moment is not None:  # usable as the gateway uses it: a timestamp, a stamp
+        int(moment.timestamp())
+        assert parse_datetime(format_datetime(moment)) == moment.replace(microsecond=0)
+
+
+@given(odd_values)
+def test_is_composing_refresh_is_read_or_ignored(refresh: str) -> None:
+    body = ('<isComposing xmlns="urn:ietf:params:xml:ns:im-iscomposing"><state>active</state>'
+            f"<refresh>{escape(refresh)}</refresh></isComposing>").encode()
+    try:
+        indication = parse_is_composing(body)
+    except IsComposingError:
+        return
+    assert 0 <= indication.refresh < 10**7
+
+
+@given(st.one_of(st.none(), odd_values))
+def test_expires_is_a_number_or_the_default(value: str | None) -> None:
+    assert 0 <= header_int(value, 600) < 10**10
+
+
+@given(st.sampled_from(["rot13", "base64", "hex", "zlib", "bz2", "uu", "quopri", "utf-7",
+                        "utf-16", "idna", "punycode", "latin-1", "x-unknown", "mbcs"]),
+       st.binary(max_size=40))
+def test_text_in_any_charset_is_read_or_refused(charset: str, body: bytes) -> None:
+    with contextlib.suppress(BadBody, Unsupported):
+        assert isinstance(decode_text(body, parse_media_type(f"text/plain;charset={charset}")),
+                          str)
+
+
+@given(st.from_regex(r"[A-Za-z0-9_-]{2,12}", fullmatch=True),
+       st.one_of(st.integers(0, 2**160).map(lambda n: f"{n:x}"),
+                 st.text(alphabet="0123456789abcdefABCDEF-+_ ", max_size=40)))
+@example("QQ", "f" * 20).via("an XMPP client answering with an altered id")
+def test_a_receipt_names_a_time_the_gateway_can_write(middle: str, time_text: str) -> None:
+    """A receipt from XMPP names its message by an id the XMPP side could have altered:
+    what :func:`sip_origin` accepts must be a time the IMDN can carry."""
+    origin = sip_origin(f"sb.{middle}.{time_text}")
+    if origin is not None:
+        format_datetime(datetime.fromtimestamp(origin.sent, UTC))
