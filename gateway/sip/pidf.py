@@ -192,8 +192,14 @@ def parse_pidf(body: bytes) -> PresenceState:
     parser.CharacterDataHandler = reader.data
     try:
         parser.Parse(body, True)
+    except PidfError:
+        raise
     except expat.ExpatError as exc:
         raise PidfError(f"PIDF document is not well-formed XML: {exc}") from None
+    except (LookupError, ValueError) as exc:
+        # a declared encoding pyexpat cannot use (it asks Python's codecs): LookupError
+        # for "rot13" or "x-unknown", ValueError for multi-byte ones such as "utf-7"
+        raise PidfError(f"PIDF document has an unusable encoding: {exc}") from None
     if not reader.basics and not reader.activities:
         raise PidfError("PIDF document has no <basic/> status")
     available = "open" in reader.basics or (not reader.basics and bool(reader.activities))

@@ -60,10 +60,16 @@ def parse_document(body: bytes) -> Element:
     parser.CharacterDataHandler = builder.data
     try:
         parser.Parse(body, True)
+    except XmlDocumentError:
+        raise
     except expat.ExpatError as exc:
         raise XmlDocumentError(f"not well-formed XML: {exc}") from None
     except RecursionError:
         raise XmlDocumentError("document nested too deeply") from None
+    except (LookupError, ValueError) as exc:
+        # pyexpat looks a declared encoding up among Python's codecs: one it cannot use
+        # (encoding="rot13", "utf-7", "x-unknown") raises these, not ExpatError
+        raise XmlDocumentError(f"unusable encoding: {exc}") from None
     if builder.root is None:
         raise XmlDocumentError("empty document")
     return builder.root

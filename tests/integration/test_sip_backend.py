@@ -603,3 +603,24 @@ async def test_subscriptions_to_sip_users_survive_a_restart(tmp_path: Path) -> N
     finally:
         await ua.close()
         await store.aclose()
+
+
+async def test_xml_bodies_declaring_an_encoding_expat_cannot_use_are_refused_cleanly(
+        backend) -> None:
+    """A PIDF a phone published (the presence server passes it on in its NOTIFY) or an
+    IMDN declaring ``encoding="rot13"``: pyexpat raised LookupError for it, which escaped
+    the parsers as a bug (500, every NOTIFY of that user). The PIDF counts as
+    unreadable (unavailable), the IMDN gets 400."""
+    sip, ua, recorder = backend
+    subscribe, tag = await watch_established(sip, ua, recorder)
+    odd = pidf("alice@sip.example").replace(b'encoding="UTF-8"', b'encoding="rot13"')
+    answer = await ua.request(notify_for(ua, subscribe, tag, "active;expires=3600", odd,
+                                         cseq=2))
+    assert answer.status == 200
+    assert (await recorder.next()).get("type") == "unavailable"
+    imdn = ('<?xml version="1.0" encoding="base64"?><imdn xmlns="urn:ietf:params:xml:ns:'
+            'imdn"><message-id>x1</message-id><delivery-notification><status><delivered/>'
+            "</status></delivery-notification></imdn>")
+    assert (await ua.send_message("sip:bob@xmpp.example", imdn, "message/imdn+xml")
+            ).status == 400
+    assert sip.transport.unexpected_errors == 0

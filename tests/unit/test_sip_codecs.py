@@ -338,3 +338,19 @@ def test_a_receipt_names_a_time_the_gateway_can_write(middle: str, time_text: st
     origin = sip_origin(f"sb.{middle}.{time_text}")
     if origin is not None:
         format_datetime(datetime.fromtimestamp(origin.sent, UTC))
+
+
+@given(st.sampled_from(["base64", "rot13", "x-unknown", "utf-7", "utf-32", "idna",
+                        "punycode", "latin-1", "UTF-8"]), st.text(max_size=20))
+def test_imdn_and_is_composing_with_any_declared_encoding(encoding: str, text: str) -> None:
+    declaration = f'<?xml version="1.0" encoding="{encoding}"?>'
+    imdn = (declaration + '<imdn xmlns="urn:ietf:params:xml:ns:imdn"><message-id>'
+            f"{escape(text)}x</message-id><delivery-notification><status><delivered/>"
+            "</status></delivery-notification></imdn>").encode()
+    with contextlib.suppress(ImdnError):
+        parse_imdn(imdn)
+    typing = (declaration + '<isComposing xmlns="urn:ietf:params:xml:ns:im-iscomposing">'
+              f"<state>active</state><contenttype>{escape(text)}</contenttype>"
+              "</isComposing>").encode()
+    with contextlib.suppress(IsComposingError):
+        parse_is_composing(typing)

@@ -128,3 +128,17 @@ def test_error_types(condition: str, error_type: str) -> None:
     """The SIP side's errors use the gateway's one condition → type table."""
     assert STANZA_CONDITION_TYPES[condition] == error_type
     assert error_child(condition).get("type") == error_type
+
+
+@pytest.mark.parametrize("encoding", ["base64", "rot13", "x-unknown", "utf-7", "utf-32",
+                                      "idna", "punycode"])
+def test_a_declared_encoding_expat_cannot_use_is_the_documents_fault(encoding: str) -> None:
+    """pyexpat looks a declared encoding up among Python's codecs, and raises LookupError
+    or ValueError (not ExpatError) for one it cannot use: still a PidfError, since a
+    phone publishes the document and the presence server passes it on."""
+    document = (f'<?xml version="1.0" encoding="{encoding}"?><presence xmlns="urn:ietf:'
+                'params:xml:ns:pidf"><tuple id="t"><status><basic>open</basic></status>'
+                "<note>d\u00e9j\u00e0 vu</note></tuple></presence>").encode()
+    with pytest.raises(PidfError):
+        parse_pidf(document)
+    assert parse_pidf(document.replace(encoding.encode(), b"UTF-8")).available
