@@ -108,6 +108,9 @@ class SipBackend:
         self.watching = SipPresenceWatches(self.endpoint, self._to_xmpp, expires)
         self.notifying = XmppPresenceNotifier(self.endpoint, self.domains, self._to_xmpp,
                                               expires)
+        # one memory of how the SIP side spells its users, for every part that writes
+        # to them or learns it from their requests
+        self.watching.spellings = self.notifying.spellings = self.messages.spellings
         self._router: RouterForBackend | None = None  # set by start
         self.busy_answers = 0  # 503 + Retry-After sent while the XMPP side was congested
         # Trust (gateway.sip.trust): sources beyond the proxy, certificate names

@@ -40,7 +40,7 @@ from typing import Any
 from xml.etree.ElementTree import Element, SubElement
 
 from gateway.logs import log_event
-from gateway.sip.addresses import SipAddress, jid_to_sip
+from gateway.sip.addresses import jid_to_sip
 from gateway.sip.composing import ComposingGate
 from gateway.sip.cpim import (
     CPIM_TYPE,
@@ -161,12 +161,6 @@ def _sip_uri(jid: str) -> str:
 @lru_cache(maxsize=256)
 def _language_header(language: str) -> str:
     return clean_header_value(language, 64)
-
-
-@lru_cache(maxsize=65536)
-def _user_part(jid: str) -> str:
-    """The SIP user part a JID maps to (RFC 7247 §5.2), cached likewise."""
-    return jid_to_sip(jid).user
 
 
 @lru_cache(maxsize=65536)
@@ -324,10 +318,7 @@ class MessageRelay:
 
     def _user_uri(self, local_user: str) -> str:
         """The Request-URI of a local SIP user, spelled as the SIP side spells it."""
-        spelled = self.spellings.user_part(local_user)
-        if spelled is None:
-            return _sip_uri(local_user)
-        return SipAddress(spelled, jid_to_sip(local_user).host).uri
+        return self.spellings.uri(local_user)
 
     # ------------------------------------------------------------------ SIP → XMPP
 
@@ -340,10 +331,8 @@ class MessageRelay:
             refuse(self.endpoint, event, refusal)
             return
         bare_sender = sender.partition("/")[0]
-        spelled = sender_address(request,
-                                 trust_asserted_identity=self.trust_asserted_identity).user
-        if self.spellings.user_part(bare_sender) != spelled:
-            self.spellings.seen(bare_sender, spelled, as_jid=spelled == _user_part(sender))
+        self.spellings.learn(bare_sender, sender_address(
+            request, trust_asserted_identity=self.trust_asserted_identity).user)
         type_text = request.get("content-type")
         if type_text in _PLAIN_UTF8 and len(request.body) <= self.max_message_size and \
                 request.get("content-encoding") is None:

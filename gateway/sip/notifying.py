@@ -43,8 +43,9 @@ from gateway.sip.dialogs import NotifierDialog, header_int
 from gateway.sip.endpoint import SipEndpoint
 from gateway.sip.message import NameAddr, SipResponse, new_tag, parse_name_addr
 from gateway.sip.messaging import refuse
-from gateway.sip.parties import Refused, request_parties
+from gateway.sip.parties import Refused, request_parties, sender_address
 from gateway.sip.pidf import PIDF_TYPE, PresenceState, to_pidf
+from gateway.sip.spellings import UserSpellings
 from gateway.sip.stanzas import presence
 from gateway.sip.transaction import RequestReceived
 from gateway.store.authorizations import StoreError
@@ -105,6 +106,7 @@ class XmppPresenceNotifier:
         self.endpoint = endpoint
         self.served = served
         self.trust_asserted_identity = False  # set by the backend
+        self.spellings: UserSpellings | None = None  # shared with the other parts
         self.to_xmpp = to_xmpp
         self.expires = expires
         self.views: dict[Pair, PresenceView] = {}
@@ -217,6 +219,9 @@ class XmppPresenceNotifier:
             refuse(endpoint, event, refusal)
             return
         watcher, contact = Jid.parse(sender).bare, recipient
+        if self.spellings is not None:  # a phone that only watches teaches it as well
+            self.spellings.learn(watcher, sender_address(
+                request, trust_asserted_identity=self.trust_asserted_identity).user)
         remote_contact = request.get("contact")
         if not remote_contact:
             endpoint.reply(event, 400, "Missing Contact")

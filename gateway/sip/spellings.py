@@ -22,15 +22,27 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from functools import lru_cache
 from typing import Any
 
 from gateway.logs import log_event
+from gateway.sip.addresses import SipAddress, jid_to_sip
 from gateway.store.spellings import AsyncSpellingStore
 
 log = logging.getLogger("gateway.sip")
 
 MAX_CACHED = 65_536
 NEGATIVE_TTL = 60.0
+
+
+@lru_cache(maxsize=65536)  # users repeat; the percent-encoding is the slow part
+def _jid_address(bare: str) -> SipAddress:
+    return jid_to_sip(bare)
+
+
+@lru_cache(maxsize=65536)
+def _jid_uri(bare: str) -> str:
+    return _jid_address(bare).uri
 
 
 class UserSpellings:
@@ -44,6 +56,20 @@ class UserSpellings:
         """The SIP user part of the user XMPP calls ``bare`` (a case-mapped JID, as the
         gateway's own :class:`Jid` writes it), None when never seen spelled otherwise."""
         return self._known.get(bare)
+
+    def uri(self, bare: str) -> str:
+        """The SIP URI of the user XMPP calls ``bare``, with the user part spelled as the
+        SIP side spells it (the Request-URI of whatever the gateway sends that user)."""
+        spelled = self._known.get(bare)
+        if spelled is None:
+            return _jid_uri(bare)
+        return SipAddress(spelled, _jid_address(bare).host).uri
+
+    def learn(self, bare: str, user_part: str) -> None:
+        """A request from the SIP side spelled the user XMPP calls ``bare`` ``user_part``
+        (its From, or P-Asserted-Identity where trusted): remembered when new."""
+        if self._known.get(bare) != user_part:
+            self.seen(bare, user_part, as_jid=user_part == _jid_address(bare).user)
 
     def known(self, bare: str) -> bool:
         """Whether :meth:`user_part` can answer without the store (always, without one)."""

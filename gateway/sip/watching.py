@@ -43,6 +43,7 @@ from gateway.sip.endpoint import SipEndpoint
 from gateway.sip.errors import xmpp_condition_for
 from gateway.sip.message import NameAddr, SipResponse, new_call_id, new_tag, parse_name_addr
 from gateway.sip.pidf import PIDF_TYPE, UNAVAILABLE, PidfError, parse_pidf
+from gateway.sip.spellings import UserSpellings
 from gateway.sip.stanzas import presence
 from gateway.sip.transaction import RequestReceived
 from gateway.xmpp.errors import error_child
@@ -75,6 +76,10 @@ class SipPresenceWatches:
         self.by_call_id: dict[str, WatchDialog] = {}
         self.store: Any = None  # async add_watch / remove_watch / list_watches
         self._store_tasks: set[asyncio.Task[Any]] = set()
+        # how the SIP side spells its users (shared with the message relay): the
+        # SUBSCRIBE goes to sip:JSmith@…, not to the case-mapped sip:jsmith@…
+        self.spellings: UserSpellings | None = None
+        self._spelling_loads: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ XMPP side
 
@@ -115,7 +120,8 @@ class SipPresenceWatches:
                 self._announce(existing)
             return  # otherwise the SUBSCRIBE is in flight, or waits for its retry
         contact_uri = jid_to_sip(contact).uri
-        user_uri = jid_to_sip(local_user).uri
+        spellings = self.spellings
+        user_uri = spellings.uri(local_user) if spellings else jid_to_sip(local_user).uri
         endpoint = self.endpoint
         dialog = WatchDialog(new_call_id(endpoint.transport.local[0]),
                              NameAddr(contact_uri, params={"tag": new_tag()}),
@@ -124,6 +130,20 @@ class SipPresenceWatches:
                              announced=announced, attempts=attempts, probing=probing)
         self.watches[key] = dialog
         self.by_call_id[dialog.call_id] = dialog
+        if spellings is None or spellings.known(local_user):
+            self._send_subscribe(dialog, expires=self.expires)
+        else:  # the spelling is in the store (another node, or before a restart)
+            task = asyncio.get_running_loop().create_task(self._spelled_subscribe(dialog))
+            self._spelling_loads.add(task)
+            task.add_done_callback(self._spelling_loads.discard)
+
+    async def _spelled_subscribe(self, dialog: WatchDialog) -> None:
+        assert self.spellings is not None
+        await self.spellings.load(dialog.sip_user)  # never raises: logs and goes on
+        if self.watches.get(dialog.key) is not dialog or dialog.cseq:
+            return  # ended, or already sent, meanwhile
+        user_uri = self.spellings.uri(dialog.sip_user)
+        dialog.remote, dialog.remote_target = NameAddr(user_uri), user_uri
         self._send_subscribe(dialog, expires=self.expires)
 
     def take_over(self, pairs: Iterable[tuple[str, str]], served: frozenset[str]) -> int:

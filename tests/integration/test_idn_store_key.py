@@ -68,7 +68,9 @@ async def test_an_idn_sip_user_and_its_xmpp_contact_meet_at_one_store_key(
                 request = await ua.messages.get()
                 if request.body == b"hi":
                     break
-        assert request.uri == "sip:alice@xn--bcher-kva.example"
+        # the host in A-labels; the user part as the phone spelled it in its SUBSCRIBE
+        # (SIP compares user parts case-sensitively, RFC 3261 §19.1.4)
+        assert request.uri == "sip:Alice@xn--bcher-kva.example"
         assert gateway.router.refused == 0
     finally:
         await gateway.stop()

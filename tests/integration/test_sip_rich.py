@@ -10,6 +10,7 @@ sends is written out literally by the UA, not with the gateway's builders.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -17,15 +18,29 @@ from xml.etree.ElementTree import Element, SubElement
 
 import pytest
 
+from gateway.config.model import (
+    DialbackSettings,
+    GatewayConfig,
+    ListenAddress,
+    PartnerPolicy,
+    PartnerType,
+    SipSettings,
+    StoreSettings,
+)
+from gateway.daemon import Gateway
+from gateway.dns.resolver import DnsPythonResolver
+from gateway.policy.negotiation import Support
 from gateway.sip.backend import SipBackend
 from gateway.sip.cpim import parse_cpim
 from gateway.sip.development import message
+from gateway.sip.development import presence as development_presence
 from gateway.sip.imdn import parse_imdn
 from gateway.sip.iscomposing import parse_is_composing
 from gateway.sip.mime import parse_media_type
 from gateway.sip.multipart import parse_multipart
 from tests.integration import test_sip_backend
-from tests.integration.test_sip_backend import Recorder, condition
+from tests.integration.test_sip_backend import SIP_DOMAIN, Recorder, condition
+from tests.support.dnsmasq import free_port
 from tests.support.sip_ua import SipUserAgent
 
 CHATSTATES = "http://jabber.org/protocol/chatstates"
@@ -349,3 +364,50 @@ async def test_odd_numbers_dates_and_charsets_are_answered_not_crashed_on(setup:
     await sip.deliver(answer)
     assert sip.messages.not_crossed["urn:xmpp:receipts received (unknown id)"] == 1
     assert sip.transport.unexpected_errors == 0
+
+
+async def test_a_mixed_case_user_part_is_kept_for_presence_and_across_a_restart(
+        tmp_path, pki, dns_for_pair) -> None:
+    """SIP user ``JSmith`` (RFC 3261 §19.1.4 compares user parts case-sensitively) is
+    ``jsmith@sip.example`` to XMPP. What the gateway writes toward that user after a
+    restart — a reply, and the SUBSCRIBE of an XMPP contact who wants its presence —
+    must say ``sip:JSmith@…``; and a phone that only subscribes (never writes a message)
+    teaches the spelling as well as one that writes."""
+    dns, _ports = dns_for_pair
+    proxy = await SipUserAgent("JSmith", SIP_DOMAIN, ("127.0.0.1", 9)).start()
+    sip_port = free_port()
+    config = GatewayConfig(
+        domains=(SIP_DOMAIN,), listen=(ListenAddress("127.0.0.1", free_port(
+            kind=socket.SOCK_STREAM)),),
+        partners=(PartnerPolicy("xmpp.example", PartnerType.FEDERATED, Support.OPTIONAL,
+                                Support.OPTIONAL, True),),
+        tls=pki.tls_settings(SIP_DOMAIN), dialback=DialbackSettings("secret"),
+        store=StoreSettings(tmp_path / "store.sqlite3"), admin_socket=tmp_path / "admin.sock",
+        sip=SipSettings(backend="sip", proxy_host="127.0.0.1", proxy_port=proxy.port,
+                        local_host="127.0.0.1", local_port=sip_port))
+    resolver = DnsPythonResolver(nameservers=(dns,), timeout=2.0)
+    proxy.proxy = ("127.0.0.1", sip_port)
+    try:
+        first = Gateway(config, resolver=resolver)
+        await first.start()
+        try:
+            # JSmith's phone watches a contact; it never writes a message
+            assert (await proxy.subscribe("sip:carol@xmpp.example")).status == 200
+        finally:
+            await first.stop()
+        second = Gateway(config, resolver=resolver)
+        await second.start()
+        try:
+            await second.backend.deliver(development_presence(
+                "bob@xmpp.example", "jsmith@sip.example", "subscribe"))
+            subscribe = await asyncio.wait_for(proxy.requests.get(), 5)
+            assert subscribe.method == "SUBSCRIBE" and subscribe.uri == "sip:JSmith@sip.example"
+            assert subscribe.to.uri == "sip:JSmith@sip.example"
+            await second.backend.deliver(xmpp_message("bob@xmpp.example/phone",
+                                                      "jsmith@sip.example", "re"))
+            reply = await asyncio.wait_for(proxy.messages.get(), 5)
+            assert reply.uri == "sip:JSmith@sip.example"
+        finally:
+            await second.stop()
+    finally:
+        await proxy.close()
