@@ -38,10 +38,16 @@ from typing import Any
 from xml.etree.ElementTree import Element
 
 from gateway.logs import log_event
-from gateway.sip.addresses import jid_to_sip
+from gateway.sip.addresses import jid_to_sip, sip_to_jid
 from gateway.sip.dialogs import NotifierDialog, header_int
 from gateway.sip.endpoint import SipEndpoint
-from gateway.sip.message import NameAddr, SipResponse, new_tag, parse_name_addr
+from gateway.sip.message import (
+    NameAddr,
+    SipRequest,
+    SipResponse,
+    new_tag,
+    parse_name_addr,
+)
 from gateway.sip.messaging import refuse
 from gateway.sip.parties import Refused, request_parties, sender_address
 from gateway.sip.pidf import PIDF_TYPE, PresenceState, to_pidf
@@ -257,7 +263,12 @@ class XmppPresenceNotifier:
     def _refresh(self, event: RequestReceived, expires: int) -> None:
         request = event.request
         dialog = self.by_call_id.get(request.call_id)
-        if dialog is None or dialog.local.tag != request.to.tag:
+        if dialog is None or dialog.local.tag != request.to.tag \
+                or dialog.remote.tag != request.from_.tag \
+                or not self._from_watcher(request, dialog):
+            # RFC 3261 §12.2.2: the dialog is Call-ID, our tag and the phone's tag; and
+            # only its own watcher (the From the proxy authenticated) may refresh it
+            # (a target refresh elsewhere would hand that user's view to another)
             self.endpoint.reply(event, 481)
             return
         self.endpoint.reply(event, 200, to_tag=dialog.local.tag,
@@ -277,6 +288,14 @@ class XmppPresenceNotifier:
         if view is not None:
             self._save(dialog, view)
         self._push(dialog)  # RFC 6665 §4.2.1.2: a refresh is answered with a NOTIFY
+
+    def _from_watcher(self, request: SipRequest, dialog: NotifierDialog) -> bool:
+        try:
+            sender = sender_address(request,
+                                    trust_asserted_identity=self.trust_asserted_identity)
+            return sip_to_jid(sender, resource="").bare == dialog.sip_watcher
+        except ValueError:  # AddressError, JidError, SipParseError: not the watcher
+            return False
 
     # ------------------------------------------------------------------ NOTIFY
 

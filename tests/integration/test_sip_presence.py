@@ -477,3 +477,25 @@ async def test_cseq_reservation_moves_ahead_of_what_is_sent(storing_backend) -> 
     await sip.notifying.settle()
     [stored] = await sip.notifying.store.list_notifiers()
     assert stored.cseq > highest
+
+
+async def test_a_refresh_must_come_from_the_dialogs_own_watcher(backend) -> None:
+    """RFC 3261 §12.2.2: an in-dialog request belongs to a dialog only when Call-ID, our
+    tag *and the remote tag* match; a SUBSCRIBE with alice's Call-ID and our tag but
+    bob's From (another tag, another user the proxy authenticated) and bob's Contact is
+    no refresh of alice's dialog: 481, and alice's view of carol never goes to bob's
+    phone by a target refresh."""
+    sip, ua, recorder = backend
+    initial, answer = await approved_watch(sip, ua, recorder, "alice")
+    await sip.deliver(carol("alice", status="for alice only"))
+    assert parse_pidf((await notify_to(ua, "alice")).body).note == "for alice only"
+    for user, tag in (("bob", secrets.token_hex(4)), ("alice", secrets.token_hex(4)),
+                      ("bob", initial.from_.tag)):
+        forged = refresh_of(ua, initial, answer, cseq=5)
+        forged.set("from", f"<sip:{user}@{SIP_DOMAIN}>;tag={tag}")
+        forged.set("contact", f"<sip:{user}@127.0.0.1:9>")
+        assert (await ua.request(forged)).status == 481, (user, tag)
+    await quiet(ua, "alice")
+    # the real refresh still works, and its NOTIFY goes to alice's own phone
+    assert (await ua.request(refresh_of(ua, initial, answer, cseq=6))).status == 200
+    assert parse_pidf((await notify_to(ua, "alice")).body).note == "for alice only"
