@@ -41,7 +41,9 @@ from gateway.sip.mime import (
 
 CPIM_TYPE = "message/cpim"
 NS_IMDN = "urn:ietf:params:imdn"  # RFC 5438 §6.1 namespace of the IMDN headers
-_ADDRESS = re.compile(r'^\s*(?:"?([^"<]*)"?\s*)?<([^<>]*)>\s*$')
+# RFC 3862 §4.1 [Formal-name] "<" URI ">", the name tokens or a quoted String (§3.2),
+# which may hold "<" and backslash escapes
+_ADDRESS = re.compile(r'^\s*(?:"(?:[^"\\]|\\.)*"\s*|[^"<>]*)<([^<>]*)>\s*$')
 _NS_VALUE = re.compile(r"^\s*(?:([A-Za-z0-9_-]+)\s+)?<([^<>]*)>\s*$")
 # RFC 3339 §5.6 date-time; a time zone is required (CPIM DateTime, RFC 3862 §4.4)
 _DATETIME = re.compile(
@@ -107,9 +109,9 @@ class CpimMessage:
 def parse_address(value: str) -> str:
     """The URI of a CPIM ``From``/``To`` value: ``[Formal-name] <URI>`` (§4.1)."""
     found = _ADDRESS.match(value)
-    if found is None or not found.group(2).strip():
+    if found is None or not found.group(1).strip():
         raise CpimError(f"not a CPIM address: {value[:80]!r}")
-    return found.group(2).strip()
+    return found.group(1).strip()
 
 
 def parse_datetime(value: str) -> datetime | None:

@@ -354,3 +354,22 @@ def test_imdn_and_is_composing_with_any_declared_encoding(encoding: str, text: s
               "</isComposing>").encode()
     with contextlib.suppress(IsComposingError):
         parse_is_composing(typing)
+
+
+@pytest.mark.parametrize("value", ['<sip:a@x>', 'Alice <sip:a@x>', '"Alice" <sip:a@x>',
+                                   '"Al<ice>" <sip:a@x>', '"Al\\"ice" <sip:a@x>',
+                                   'Alice Smith <sip:a@x>', '""<sip:a@x>'])
+def test_cpim_formal_names_are_any_rfc_3862_string(value: str) -> None:
+    """RFC 3862 §3.2/§4.1: ``[Formal-name] "<" URI ">"``, the formal name tokens or a
+    quoted string, which may hold ``<`` or an escaped quote."""
+    body = (f"From: {value}\r\nTo: <sip:b@y>\r\n\r\nContent-Type: text/plain\r\n\r\nhi"
+            ).encode()
+    assert parse_cpim(body).sender == "sip:a@x"
+
+
+@pytest.mark.parametrize("value", ['sip:a@x', '<>', '"unterminated <sip:a@x>',
+                                   '<sip:a@x> trailing', 'a"b" <sip:a@x>'])
+def test_cpim_addresses_that_are_not(value: str) -> None:
+    with pytest.raises(CpimError):
+        parse_cpim(f"From: {value}\r\nTo: <sip:b@y>\r\n\r\nContent-Type: text/plain\r\n\r\n"
+                   "hi".encode())
