@@ -88,7 +88,7 @@ from gateway.sip.transaction import RequestReceived
 from gateway.sip.xhtml import html_to_message
 from gateway.xmpp.errors import make_error_reply, parse_error_child
 from gateway.xmpp.jid import Jid
-from gateway.xmpp.xml import XmlCharacterError, XmlOutputError, check_element
+from gateway.xmpp.xml import XmlCharacterError, XmlOutputError, check_element, check_text
 
 log = logging.getLogger("gateway.sip")
 
@@ -186,6 +186,16 @@ def decode_text(body: bytes, media_type: MediaType) -> str:
         raise BadBody(f"body is not valid {charset}") from None
 
 
+def _html_source(body: bytes, media_type: MediaType) -> str:
+    """The HTML as the user wrote it; a character XML cannot carry, written raw, raises
+    :class:`XmlCharacterError` (the same 400 as in plain text: the conversion would
+    replace it, altering the message behind the user's back). Character references to
+    such characters are HTML's own business (HTML 5 replaces or drops them)."""
+    source = decode_text(body, media_type)
+    check_text(source, "body")
+    return source
+
+
 def decoded_body(request: SipRequest, limit: int) -> bytes | None:
     """The body without its Content-Encoding (RFC 3261 §20.12; Linphone deflates its IMDNs),
     None when it is (or inflates to) more than ``limit`` bytes: a few compressed bytes
@@ -219,7 +229,7 @@ def read_sip_content(media_type: MediaType, body: bytes, language: str,
     if kind == "text/plain" or (kind == "" and body):
         return SipContent("message", [(language, decode_text(body, media_type))], cpim=cpim)
     if kind == "text/html":
-        text, xhtml = html_to_message(decode_text(body, media_type), language)
+        text, xhtml = html_to_message(_html_source(body, media_type), language)
         return SipContent("message", [(language, text)], xhtml, cpim=cpim)
     if kind == "multipart/alternative":
         try:
@@ -263,7 +273,7 @@ def _alternatives(parts: list[BodyPart], language: str, cpim: CpimMessage | None
             if (part_language, text) not in bodies:
                 bodies.append((part_language, text))
         elif part.content_type.type == "text/html" and xhtml is None:
-            html_text, xhtml = html_to_message(decode_text(part.body, part.content_type),
+            html_text, xhtml = html_to_message(_html_source(part.body, part.content_type),
                                                part_language)
     if not bodies and (xhtml is not None or html_text):
         bodies.append((language, html_text))
@@ -376,6 +386,9 @@ class MessageRelay:
             return
         except BadBody as exc:
             self.endpoint.reply(event, 400, clean_header_value(str(exc), 100))
+            return
+        except XmlOutputError as exc:
+            refuse(self.endpoint, event, Refused(400, str(exc)), _xml_phrase(exc))
             return
         if content.cpim is not None:
             self._remember(self.cpim_speakers, bare_sender)

@@ -287,6 +287,19 @@ async def test_characters_xml_cannot_carry_are_refused_in_every_form(setup: Setu
     body = ("--b\r\nContent-Type: text/plain\r\nContent-Language: en\r\n\r\nesc\x1b\r\n"
             "--b--\r\n")
     assert (await ua.send_message(BOB, body, "multipart/alternative;boundary=b")).status == 400
+    # HTML is what the user wrote too: the same 400, not a U+FFFD in its place
+    html = await ua.send_message(BOB, "<p>bell\x07 <b>here</b></p>", "text/html")
+    assert (html.status, html.reason) == (400, "U+0007 in body is not allowed in XML")
+    body = ("--b\r\nContent-Type: text/html\r\n\r\n<b>nul\x00</b>\r\n--b--\r\n")
+    assert (await ua.send_message(BOB, body, "multipart/alternative;boundary=b")).status == 400
+    cpim = ua.cpim(BOB, "text/html", "<i>esc\x1b</i>")
+    assert (await ua.send_message(BOB, cpim, "message/cpim")).status == 400
+    # ... and in the headers that become XML: Subject, CPIM Subject, Content-Language
+    assert (await ua.send_message(BOB, "hi", headers=(("Subject", "a\x01b"),))).status == 400
+    cpim = ua.cpim(BOB, "text/plain", "hi").replace(b"DateTime", b"Subject: s\x02\r\nDateTime")
+    assert (await ua.send_message(BOB, cpim, "message/cpim")).status == 400
+    assert (await ua.send_message(BOB, "hi", headers=(("Content-Language", "e\x03n"),))
+            ).status == 400
     assert recorder.queue.empty()
 
 
