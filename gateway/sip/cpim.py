@@ -34,6 +34,7 @@ from gateway.sip.mime import (
     clean_header_value,
     decimal,
     header,
+    language_tag,
     parse_headers,
     parse_media_type,
     split_head,
@@ -82,7 +83,7 @@ class CpimMessage:
 
     @property
     def content_language(self) -> str:
-        return header(self.content_headers, "Content-Language") or ""
+        return language_tag(header(self.content_headers, "Content-Language") or "")
 
     def ns_header(self, namespace: str, name: str) -> str | None:
         """The value of header ``name`` in ``namespace`` (by URN, whatever prefix the sender
@@ -196,8 +197,9 @@ def build_cpim(sender: str, recipient: str, content_type: str, body: bytes, *,
     if disposition:
         lines.append(f"imdn.Disposition-Notification: {', '.join(disposition)}")
     content = [f"Content-Type: {content_type}"]
+    language = language_tag(language)
     if language:
-        content.append(f"Content-Language: {clean_header_value(language, 64)}")
+        content.append(f"Content-Language: {language}")
     content.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n" + "\r\n".join(content) + "\r\n\r\n").encode(
         "utf-8") + body

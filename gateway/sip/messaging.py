@@ -66,7 +66,13 @@ from gateway.sip.message_ids import (
     stanza_id_for_sip,
     stanza_id_from_sip_id,
 )
-from gateway.sip.mime import MediaType, MimeError, clean_header_value, parse_media_type
+from gateway.sip.mime import (
+    MediaType,
+    MimeError,
+    clean_header_value,
+    language_tag,
+    parse_media_type,
+)
 from gateway.sip.multipart import BodyPart, MultipartError, build_multipart, parse_multipart
 from gateway.sip.parties import Refused, request_parties, sender_address
 from gateway.sip.spellings import UserSpellings
@@ -156,11 +162,6 @@ def _sip_uri(jid: str) -> str:
     """``sip:user@domain`` of a (bare or full) JID; cached: users repeat, and the
     percent-encoding of RFC 3261 §25.1 is the slow part."""
     return jid_to_sip(jid).uri
-
-
-@lru_cache(maxsize=256)
-def _language_header(language: str) -> str:
-    return clean_header_value(language, 64)
 
 
 @lru_cache(maxsize=65536)
@@ -354,7 +355,7 @@ class MessageRelay:
                 return
             language = request.get("content-language")
             self._incoming_text(event, sender, recipient, text,
-                                language.split(",")[0].strip() if language else "")
+                                language_tag(language) if language else "")
             return
         try:
             body = decoded_body(request, self.max_message_size)
@@ -372,7 +373,7 @@ class MessageRelay:
             self.endpoint.reply(event, 413)  # RFC 3261 §21.4.11
             return
         language = request.get("content-language")
-        language = language.split(",")[0].strip() if language else ""
+        language = language_tag(language) if language else ""
         try:
             media_type = parse_media_type(type_text) if type_text else _NO_TYPE
             content = read_sip_content(media_type, body, language)
@@ -600,9 +601,9 @@ class MessageRelay:
                                 sip_id_for_stanza(stanza.get("id", ""), resource))
         if resource:  # RFC 7572 §4: the resource as a GRUU (RFC 5627: in Contact)
             request.headers.append(("Contact", f"<{_gruu_uri(sender)}>"))
-        language = stanza.get(XML_LANG)
+        language = language_tag(stanza.get(XML_LANG) or "")
         if language:  # RFC 7572 §8 (Prosody writes its stream's xml:lang on every stanza)
-            request.headers.append(("Content-Language", _language_header(language)))
+            request.headers.append(("Content-Language", language))
         self._send_message(stanza, request, None, sender, local_user, rich=False,
                            asked_imdn=False)
 
@@ -652,8 +653,8 @@ class MessageRelay:
             ordered = sorted(bodies, key=lambda item: (item[0] or language) == language)
             content_type, body = build_multipart("alternative", [
                 BodyPart(MediaType("text/plain", {"charset": "UTF-8"}), text.encode("utf-8"),
-                         [("Content-Language", clean_header_value(lang or language, 64))]
-                         if (lang or language) else [])
+                         [("Content-Language", language_tag(lang or language))]
+                         if language_tag(lang or language) else [])
                 for lang, text in ordered])
             language = ""
         from_uri = _sip_uri(sender)
@@ -672,8 +673,9 @@ class MessageRelay:
         headers = request.headers  # nothing looked up yet: appended as new_request does
         if "/" in sender:  # RFC 7572 §4: the resource as a GRUU (RFC 5627: in Contact)
             headers.append(("Contact", f"<{_gruu_uri(sender)}>"))
+        language = language_tag(language)
         if language:
-            headers.append(("Content-Language", clean_header_value(language, 64)))
+            headers.append(("Content-Language", language))
         if parts.subject:
             headers.append(("Subject", clean_header_value(parts.subject)))
         return request, rich

@@ -8,6 +8,7 @@ function is total: it returns a value or raises :class:`MimeError`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -156,6 +157,19 @@ def header(headers: list[tuple[str, str]], name: str) -> str | None:
         if key.lower() == wanted:
             return value
     return None
+
+
+# RFC 3261 §20.13 language-tag (primary-tag *( "-" subtag ), 1 to 8 characters each),
+# which BCP 47 tags (RFC 6120 §4.7.4: xml:lang) also are
+_LANGUAGE_TAG = re.compile(r"[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*")
+
+
+@lru_cache(maxsize=256)  # a handful of languages, once per message
+def language_tag(value: str) -> str:
+    """The first language of a ``Content-Language`` or ``xml:lang`` value, "" when it
+    is not a language tag: such a value is not carried (the message is)."""
+    first = value.partition(",")[0].strip(" \t")
+    return first if _LANGUAGE_TAG.fullmatch(first) else ""
 
 
 def clean_header_value(text: str, limit: int = 256) -> str:

@@ -16,6 +16,7 @@ from gateway.sip.mime import (
     MediaType,
     MimeError,
     header,
+    language_tag,
     parse_headers,
     parse_media_type,
     split_head,
@@ -36,7 +37,7 @@ class BodyPart:
 
     @property
     def language(self) -> str:
-        return (header(self.headers, "Content-Language") or "").strip()
+        return language_tag(header(self.headers, "Content-Language") or "")
 
 
 def parse_multipart(media_type: MediaType, data: bytes) -> list[BodyPart]:
