@@ -451,3 +451,98 @@ async def test_languages_cross_only_as_language_tags(setup: Setup) -> None:
     both = await asyncio.wait_for(ua.messages.get(), 5)
     parts = parse_multipart(parse_media_type(both.get("content-type")), both.body)
     assert sorted(p.language for p in parts) == ["", "de", "en"]
+
+
+async def test_imdn_failures_processing_and_foreign_ids(setup: Setup) -> None:
+    """RFC 5438 §7.2.1.1: a ``failed`` delivery notification says the message did not
+    arrive (an XMPP error reply to it, RFC 6120 §8.3); ``processing`` notifications and
+    IMDNs naming no message of ours are answered 202 and counted, not relayed."""
+    sip, ua, recorder = setup
+    await sip.deliver(xmpp_message("bob@xmpp.example/phone", "alice@sip.example", "hi",
+                                   stanza_id="lost-1"))
+    sent = await asyncio.wait_for(ua.messages.get(), 5)
+    assert (await ua.send_imdn(sent.from_.uri, sent.call_id, "failed")).status == 202
+    error = await recorder.next()
+    assert (error.get("type"), error.get("id"), error.get("to")) == (
+        "error", "lost-1", "bob@xmpp.example/phone")
+    assert condition(error) == "service-unavailable"
+    processing = ('<imdn xmlns="urn:ietf:params:xml:ns:imdn"><message-id>'
+                  f"{sent.call_id}</message-id><processing-notification><status><processed/>"
+                  "</status></processing-notification></imdn>")
+    assert (await ua.send_message(BOB, processing, "message/imdn+xml")).status == 202
+    assert (await ua.send_imdn(BOB, "not-ours-42")).status == 202
+    assert sip.messages.not_crossed["message/imdn+xml"] == 2
+    assert recorder.queue.empty()
+
+
+async def test_typing_ends_with_a_message_and_needs_an_active_first(setup: Setup) -> None:
+    """RFC 3994 §3.3: a message ends the sender's "active" state (toward XMPP it carries
+    XEP-0085 <active/> after typing); toward SIP, XEP-0085 active/inactive/gone become
+    ``idle`` only when ``active`` was sent before (nothing to end otherwise)."""
+    sip, ua, recorder = setup
+    assert (await ua.send_typing(BOB, True)).status == 202
+    await recorder.next()  # composing
+    assert (await ua.send_message(BOB, "done typing")).status == 202
+    message = await recorder.next()
+    assert child(message, CHATSTATES).tag.endswith("}active")
+    assert (await ua.send_message(BOB, "again")).status == 202
+    assert child(await recorder.next(), CHATSTATES) is None  # no typing since
+
+    for state in ("active", "inactive", "gone"):  # nothing was typed: nothing to end
+        await sip.deliver(xmpp_message("bob@xmpp.example/phone", "alice@sip.example",
+                                       stanza_id=f"s-{state}",
+                                       extras=(f"{{{CHATSTATES}}}{state}",)))
+    await asyncio.sleep(0.2)
+    assert ua.messages.empty()
+    await sip.deliver(xmpp_message("bob@xmpp.example/phone", "alice@sip.example",
+                                   stanza_id="c1", extras=(f"{{{CHATSTATES}}}composing",)))
+    assert parse_is_composing((await asyncio.wait_for(ua.messages.get(), 5)).body).active
+    sip.messages.typing_out.min_interval = 0.0
+    await sip.deliver(xmpp_message("bob@xmpp.example/phone", "alice@sip.example",
+                                   stanza_id="g1", extras=(f"{{{CHATSTATES}}}gone",)))
+    assert not parse_is_composing((await asyncio.wait_for(ua.messages.get(), 5)).body).active
+
+
+@pytest.mark.parametrize("localpart", [
+    "who?", "a\\20b", "quote\\22d", "amp\\26ersand", "apo\\27s", "sl\\2fash", "co\\3alon",
+    "lt\\3cgt\\3e", "at\\40host", "back\\5c20slash", "semi;colon", "per%25cent",
+    "plus+sign", "hash#tag", "ümlaut", "a\\20b\\22c\\26d\\27e\\2ff\\3ag\\3ch\\3ei\\40j"])
+async def test_every_xep_0106_escape_round_trips(setup: Setup, localpart: str) -> None:
+    """RFC 7247 §5: a JID localpart goes to SIP XEP-0106-unescaped and percent-encoded,
+    and the SIP URI the phone answers comes back as the same JID."""
+    sip, ua, recorder = setup
+    jid = f"{localpart}@xmpp.example"
+    await sip.deliver(xmpp_message(f"{jid}/phone", "alice@sip.example", "hi"))
+    request = await asyncio.wait_for(ua.messages.get(), 5)
+    uri = request.from_.uri
+    assert uri.startswith("sip:") and not any(c in uri.partition("@")[0] for c in ' ;?/"<>\\')
+    assert (await ua.send_message(uri, "hello back")).status == 202
+    assert (await recorder.next()).get("to") == jid
+
+
+@pytest.mark.drops_expected  # the refusals' errors to nowhere.example (no server there)
+async def test_a_user_with_federation_switched_off_leaks_no_typing_or_receipts(
+        sip_gateway) -> None:
+    """The per-user federation switch covers what travels with messages: a disabled SIP
+    user's typing and IMDNs are refused (403) like its messages, and an XMPP contact's
+    typing, receipts and markers never reach that user's phone."""
+    gw, ua = sip_gateway
+    await gw.store.set_user_enabled("alice@sip.example", False)
+    gw.router.forget_cached("alice@sip.example")
+    contact = "sip:bob@nowhere.example"
+    assert (await ua.send_typing(contact, True)).status == 403
+    assert (await ua.send_imdn(contact, "x1.aWQ.cGhvbmU")).status == 403
+    assert (await ua.send_imdn(contact, "x1.aWQ.cGhvbmU", "displayed", cpim=True)
+            ).status == 403
+    for extra, attributes in ((f"{{{CHATSTATES}}}composing", {}),
+                              (f"{{{RECEIPTS}}}received", {"id": "sb.aWQ.1"}),
+                              (f"{{{MARKERS}}}displayed", {"id": "sb.aWQ.1"})):
+        stanza = xmpp_message("bob@nowhere.example/phone", "alice@sip.example",
+                              stanza_id="from-bob")
+        SubElement(stanza, extra, attributes)
+        gw.router.from_xmpp(stanza, "nowhere.example", "sip.example")
+    async with asyncio.timeout(10):  # each answered as if alice did not exist
+        while gw.router.drops.by_reason["error-not-deliverable"] < 3:
+            await asyncio.sleep(0.05)
+    assert ua.messages.empty() and ua.requests.empty()
+    assert gw.router.drops.describe() == {"error-not-deliverable": 3}
