@@ -52,16 +52,16 @@ def test_encryption_required_against_tls_not_supported(ns: Namespace, pki) -> No
         xmpp = await XmppUser("user@a.example", IPS["a.example"]).start()
         try:
             assert (await phone.register()).status == 200
-            accepted = await phone.send_message("sip:user@a.example", "hello over there")
-            notice = await asyncio.wait_for(phone.messages.get(), 20)
+            # Answered once XMPP has it or refused it (docs/delivery.md): the refusal.
+            answer = await phone.send_message("sip:user@a.example", "hello over there")
             # The other way: Prosody connects to us, wants TLS, is not offered any.
             xmpp.client.send_message(mto="carol@gw.example", mbody="hello", mtype="chat")
             deadline = asyncio.get_running_loop().time() + 20
             while "s2s.policy_mismatch" not in gateway.log and \
                     asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.1)
-            return {"accepted": accepted.status, "notice": notice.body.decode(),
-                    "notice_from": notice.from_.uri}
+            return {"status": answer.status, "reason": answer.reason,
+                    "warning": answer.get("warning"), "notices": phone.messages.qsize()}
         finally:
             await xmpp.stop()
             await phone.close()
@@ -74,14 +74,14 @@ def test_encryption_required_against_tls_not_supported(ns: Namespace, pki) -> No
                                  f"\n--- prosody ---\n{prosody.log[-3000:]}") from exc
         why = (f"\n--- gateway log ---\n{gateway.log[-5000:]}"
                f"\n--- prosody ---\n{prosody.log[-3000:]}")
-        # Toward the SIP user: the condition that says policy, and the policy in words.
-        assert result["accepted"] == 202, result
-        assert result["notice_from"] == "sip:user@a.example", result
-        assert result["notice"] == (
-            "[message to user@a.example not delivered: policy-violation] the server "
-            "policies of gw.example and a.example do not allow a connection: a.example "
-            "requires TLS but partner policy tls=not-supported. Your message: hello over "
-            "there"), result["notice"] + why
+        # Toward the SIP user: the condition that says policy (RFC 7247 §8.1: 403), and
+        # the policy in words (a Warning header, RFC 3261 §20.43), as the final answer.
+        assert (result["status"], result["reason"]) == (403, "Policy Violation"), result
+        assert result["warning"] == (
+            '399 gw.example "the server policies of gw.example and a.example do not allow '
+            'a connection: a.example requires TLS but partner policy tls=not-supported"'), \
+            str(result) + why
+        assert result["notices"] == 0, result  # no second word on it
         # The admin: a WARNING naming the partner and the setting to change.
         warnings = [line for line in gateway.log.splitlines()
                     if " WARNING s2s.policy_mismatch " in line and "peer=a.example" in line
