@@ -20,7 +20,12 @@ The orchestration the sans-I/O streams cannot do alone (they know one connection
 * **Bidi** (XEP-0288): an inbound stream that negotiated it also carries our stanzas
   to its peer; no outbound connection is opened while it lives.
 * **Connecting**: DANE (RFC 7673) per partner policy, the addresses of each target
-  raced (Happy Eyeballs, RFC 8305), and a backoff per partner after a failed round.
+  raced (Happy Eyeballs, RFC 8305), and a backoff per partner after a failed round; the
+  loop is :mod:`gateway.net.connector`, which ``check connectivity`` runs too.
+
+Inbound and outbound connections are kept apart (:attr:`S2SService.inbound`,
+:attr:`S2SService.outbound`, each stream typed), and each direction has its own table of
+what its streams' events mean, so nothing asks a stream which way it goes.
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.s2s")
 
+EventHandlers = dict[type[Event], Callable[[StreamConnection, Any], None]]
 FLUSH_SLICE = 256  # stanzas written between checks of the transport's write buffer
 
 
@@ -127,6 +133,10 @@ class S2SService:
         self.router = router
         self.metrics = metrics
         self.connections: set[StreamConnection] = set()
+        # The same connections by direction, with their stream typed: nothing asks a
+        # stream which way it goes.
+        self.inbound: dict[StreamConnection, InboundStream] = {}
+        self.outbound: dict[StreamConnection, OutboundStream] = {}
         self.sessions: dict[tuple[str, str], OutboundSession] = {}
         self._verify_waiters: dict[tuple[str, str, str], StreamConnection] = {}
         self._servers: list[asyncio.base_events.Server] = []
@@ -136,6 +146,29 @@ class S2SService:
         self._per_ip: dict[str, int] = {}
         self._counted_ip: dict[StreamConnection, str] = {}  # admitted inbound connections
         self.reading_paused = False
+        # What each event of a stream means, by the stream's direction.
+        common: EventHandlers = {
+            StanzaReceived: self._on_stanza,
+            StanzasAcked: self._on_acked,
+            PairFailed: self._on_pair_failed,
+            DialbackVerifyNeeded: self._on_verify_needed,
+            DialbackVerifyAnswered: self._on_verify_answered,
+            TlsEstablished: self._on_tls,
+            StreamManagementEnabled: self._on_sm_enabled,
+            StreamManagementFailed: self._on_sm_failed,
+        }
+        self._inbound_handlers: EventHandlers = {
+            **common,
+            PairAuthenticated: self._on_inbound_authenticated,
+            BidiNegotiated: self._on_bidi,
+            StreamClosed: self._on_inbound_closed,
+        }
+        self._outbound_handlers: EventHandlers = {
+            **common,
+            PairAuthenticated: self._on_outbound_authenticated,
+            BidiNegotiated: self._on_outbound_bidi,
+            StreamClosed: self._on_outbound_closed,
+        }
 
     # ------------------------------------------------------------------ config
 
@@ -189,10 +222,16 @@ class S2SService:
     def _accept(self, direct_tls: bool) -> asyncio.Protocol:
         stream = InboundStream(self.ctx, now=asyncio.get_running_loop().time(),
                                direct_tls=direct_tls)
-        conn = StreamConnection(stream, self._on_event, self._on_gone,
+        conn = StreamConnection(stream, self._on_inbound_event, self._on_gone,
                                 rate_limit=self.config.limits.inbound_bytes_per_second)
         self.connections.add(conn)
+        self.inbound[conn] = stream
         return _AdmissionGuard(self, conn)
+
+    def refused(self, conn: StreamConnection) -> None:
+        """The admission guard closed ``conn`` at once."""
+        self.connections.discard(conn)
+        self.inbound.pop(conn, None)
 
     def admit(self, conn: StreamConnection) -> str:
         """Connection limits (RFC 6120 §13.12): '' to accept, else the refusal reason."""
@@ -200,8 +239,7 @@ class S2SService:
         if not self._accepting:
             return "shutting down"
         ip = conn.peer_address.rpartition(":")[0]
-        inbound = sum(1 for c in self.connections if isinstance(c.stream, InboundStream))
-        if inbound > limits.max_connections:
+        if len(self.inbound) > limits.max_connections:
             return f"more than {limits.max_connections} connections"
         count = self._per_ip.get(ip, 0) + 1
         if count > limits.max_connections_per_ip:
@@ -214,8 +252,10 @@ class S2SService:
         """Backpressure from the router: stop (or resume) reading the streams that bring
         stanzas in (inbound ones, and outbound ones with XEP-0288 bidi)."""
         self.reading_paused = paused
-        for conn in self.connections:
-            if isinstance(conn.stream, InboundStream) or conn.stream.bidi:
+        for conn in self.inbound:
+            conn.set_reading(not paused)
+        for conn, stream in self.outbound.items():
+            if stream.bidi:
                 conn.set_reading(not paused)
 
     # ------------------------------------------------------------------ sending
@@ -285,10 +325,8 @@ class S2SService:
 
     def _adopt_bidi(self, session: OutboundSession) -> bool:
         """Send over the peer's inbound stream when it negotiated XEP-0288 for the pair."""
-        for conn in self.connections:
-            stream = conn.stream
-            if isinstance(stream, InboundStream) and stream.bidi \
-                    and stream.can_send(session.local, session.remote):
+        for conn, stream in self.inbound.items():
+            if stream.bidi and stream.can_send(session.local, session.remote):
                 session.connection = conn
                 log_event(log, logging.DEBUG, "s2s.bidi_adopted", **conn.log_fields(),
                           pair=f"{session.local}->{session.remote}")
@@ -300,10 +338,9 @@ class S2SService:
         log_event(log, logging.INFO, "s2s.congestion", peer=session.remote,
                   local=session.local, direction="outbound",
                   state="on" if congested else "off", queued=len(session.queue))
-        for conn in self.connections:
+        for conn, stream in self.inbound.items():
             # Not a bidi stream: it carries the acknowledgements that drain this queue.
-            if isinstance(conn.stream, InboundStream) and not conn.stream.bidi \
-                    and conn.stream.remote_domain == session.remote:
+            if not stream.bidi and stream.remote_domain == session.remote:
                 conn.set_reading(not congested, f"queue-{session.remote}")
         self.router.s2s_congestion(session.remote, congested)
 
@@ -313,8 +350,8 @@ class S2SService:
             conn = other.connection
             if other is session or other.remote != session.remote or conn is None:
                 continue
-            stream = conn.stream
-            if isinstance(stream, OutboundStream) and stream.add_local_domain(session.local):
+            stream = self.outbound.get(conn)
+            if stream is not None and stream.add_local_domain(session.local):
                 session.connection = conn
                 conn.pump()
                 log_event(log, logging.DEBUG, "s2s.piggyback", **conn.log_fields(),
@@ -391,53 +428,60 @@ class S2SService:
 
     # ------------------------------------------------------------------ events
 
-    def _on_event(self, conn: StreamConnection, event: Event) -> None:
+    def _on_inbound_event(self, conn: StreamConnection, event: Event) -> None:
+        handler = self._inbound_handlers.get(type(event))
+        if handler is not None:
+            handler(conn, event)
+
+    def _on_outbound_event(self, conn: StreamConnection, event: Event) -> None:
+        handler = self._outbound_handlers.get(type(event))
+        if handler is not None:
+            handler(conn, event)
+
+    def _on_stanza(self, conn: StreamConnection, event: StanzaReceived) -> None:
         stream = conn.stream
-        if isinstance(event, StanzaReceived):
-            self._count("stanzas_in", event.remote_domain)
-            if self.recent.keys and self.recent.seen(event.stanza, event.remote_domain):
-                # Sent again after a lost link, and delivered here already (resent.py).
-                self._count("duplicates_dropped", event.remote_domain)
-                if stream.stanza_settled(event.seq):
-                    conn.schedule_pump()
-                return
-            # XEP-0198: acknowledged to the peer only once the router settled it.
-            settled = None if event.seq < 0 else functools.partial(self._settled, conn,
-                                                                   event.seq)
-            self.router.from_xmpp(event.stanza, event.remote_domain, event.local_domain,
-                                  settled)
-        elif isinstance(event, StanzasAcked):
-            self._on_acked(conn, event)
-        elif isinstance(event, PairAuthenticated):
-            self._on_authenticated(conn, event)
-        elif isinstance(event, PairFailed):
-            self._on_pair_failed(conn, event)
-        elif isinstance(event, DialbackVerifyNeeded):
-            self._on_verify_needed(conn, event)
-        elif isinstance(event, DialbackVerifyAnswered):
-            self._answer_verify(event.local_domain, event.remote_domain, event.stream_id,
-                                event.valid, "remote-connection-failed", event.error)
-        elif isinstance(event, TlsEstablished):
-            log_event(log, logging.DEBUG, "s2s.tls", **conn.log_fields(), version=event.version,
-                      cipher=event.cipher, peer_cert=event.peer_certificate_present)
-        elif isinstance(event, StreamManagementEnabled):
-            log_event(log, logging.INFO, "s2s.stream_management", **conn.log_fields(),
-                      state="enabled", requested_by="us" if event.initiated_by_us else "peer")
-        elif isinstance(event, StreamManagementFailed):
-            log_event(log, logging.INFO, "s2s.stream_management", **conn.log_fields(),
-                      state="refused by peer", condition=event.condition)
-        elif isinstance(event, BidiNegotiated):
-            log_event(log, logging.INFO, "s2s.bidi", **conn.log_fields())
-            if isinstance(stream, OutboundStream) and self.reading_paused:
-                conn.set_reading(False)  # it brings stanzas in now: router backpressure
-        elif isinstance(event, StreamClosed) and isinstance(stream, InboundStream):
-            self._on_inbound_closed(conn, event)
-        elif isinstance(event, StreamClosed) and isinstance(stream, OutboundStream):
-            session = self.sessions.get((stream.local_domain or "", stream.remote_domain or ""))
-            attempt = session.attempt if session is not None else None
-            if attempt is not None and attempt.conn is conn:
-                attempt.settle(Outcome(False, "remote-server-not-found", event.reason,
-                                       retry=not stream.peer_header_received))
+        self._count("stanzas_in", event.remote_domain)
+        if self.recent.keys and self.recent.seen(event.stanza, event.remote_domain):
+            # Sent again after a lost link, and delivered here already (resent.py).
+            self._count("duplicates_dropped", event.remote_domain)
+            if stream.stanza_settled(event.seq):
+                conn.schedule_pump()
+            return
+        # XEP-0198: acknowledged to the peer only once the router settled it.
+        settled = None if event.seq < 0 else functools.partial(self._settled, conn, event.seq)
+        self.router.from_xmpp(event.stanza, event.remote_domain, event.local_domain, settled)
+
+    def _on_verify_answered(self, conn: StreamConnection, event: DialbackVerifyAnswered) -> None:
+        self._answer_verify(event.local_domain, event.remote_domain, event.stream_id,
+                            event.valid, "remote-connection-failed", event.error)
+
+    def _on_tls(self, conn: StreamConnection, event: TlsEstablished) -> None:
+        log_event(log, logging.DEBUG, "s2s.tls", **conn.log_fields(), version=event.version,
+                  cipher=event.cipher, peer_cert=event.peer_certificate_present)
+
+    def _on_sm_enabled(self, conn: StreamConnection, event: StreamManagementEnabled) -> None:
+        log_event(log, logging.INFO, "s2s.stream_management", **conn.log_fields(),
+                  state="enabled", requested_by="us" if event.initiated_by_us else "peer")
+
+    def _on_sm_failed(self, conn: StreamConnection, event: StreamManagementFailed) -> None:
+        log_event(log, logging.INFO, "s2s.stream_management", **conn.log_fields(),
+                  state="refused by peer", condition=event.condition)
+
+    def _on_bidi(self, conn: StreamConnection, event: BidiNegotiated) -> None:
+        log_event(log, logging.INFO, "s2s.bidi", **conn.log_fields())
+
+    def _on_outbound_bidi(self, conn: StreamConnection, event: BidiNegotiated) -> None:
+        self._on_bidi(conn, event)
+        if self.reading_paused:
+            conn.set_reading(False)  # it brings stanzas in now: router backpressure
+
+    def _on_outbound_closed(self, conn: StreamConnection, event: StreamClosed) -> None:
+        stream = self.outbound[conn]
+        session = self.sessions.get((stream.local_domain or "", stream.remote_domain or ""))
+        attempt = session.attempt if session is not None else None
+        if attempt is not None and attempt.conn is conn:
+            attempt.settle(Outcome(False, "remote-server-not-found", event.reason,
+                                   retry=not stream.peer_header_received))
 
     def _on_inbound_closed(self, conn: StreamConnection, event: StreamClosed) -> None:
         """An incoming stream that ended before anything was authenticated because the two
@@ -453,33 +497,42 @@ class S2SService:
                       peer, self.partner_for(peer) if peer else None,
                       f"{event.error} {event.reason}"))
 
-    def _on_authenticated(self, conn: StreamConnection, event: PairAuthenticated) -> None:
+    def _authenticated(self, conn: StreamConnection, event: PairAuthenticated,
+                       direction: str) -> OutboundSession | None:
+        """Log and count an authenticated pair; its session, if there is one."""
         stream = conn.stream
-        direction = "inbound" if isinstance(stream, InboundStream) else "outbound"
         log_event(log, logging.INFO, "s2s.authenticated", peer=event.remote_domain,
                   local=event.local_domain, direction=direction, stream=stream.stream_id,
                   method=str(event.method), tls=stream.tls_version or "none",
                   addr=conn.peer_address)
         if self.metrics is not None:
             self.metrics.session_authenticated(direction, str(event.method))
-        session = self.sessions.get((event.local_domain, event.remote_domain))
-        if isinstance(stream, OutboundStream):
-            if session is None:
-                return
+        return self.sessions.get((event.local_domain, event.remote_domain))
+
+    def _on_outbound_authenticated(self, conn: StreamConnection,
+                                   event: PairAuthenticated) -> None:
+        session = self._authenticated(conn, event, "outbound")
+        if session is None:
+            return
+        session.connection = conn
+        session.backoff.succeeded()
+        if session.attempt is not None:
+            session.attempt.settle(Outcome(True, method=str(event.method)))
+        self._flush(session)
+
+    def _on_inbound_authenticated(self, conn: StreamConnection,
+                                  event: PairAuthenticated) -> None:
+        session = self._authenticated(conn, event, "inbound")
+        if not conn.stream.bidi:
+            return
+        # XEP-0288: the peer's stream carries our stanzas to it too.
+        if session is None:
+            session = self.sessions[(event.local_domain, event.remote_domain)] = \
+                OutboundSession(event.local_domain, event.remote_domain)
+        if session.connection is None or session.connection.stream.closed:
             session.connection = conn
             session.backoff.succeeded()
-            if session.attempt is not None:
-                session.attempt.settle(Outcome(True, method=str(event.method)))
             self._flush(session)
-        elif stream.bidi:
-            # XEP-0288: the peer's stream carries our stanzas to it too.
-            if session is None:
-                session = self.sessions[(event.local_domain, event.remote_domain)] = \
-                    OutboundSession(event.local_domain, event.remote_domain)
-            if session.connection is None or session.connection.stream.closed:
-                session.connection = conn
-                session.backoff.succeeded()
-                self._flush(session)
 
     def _flush(self, session: OutboundSession) -> None:
         """Send what is queued, in slices, until the peer stops taking it (the transport
@@ -568,8 +621,8 @@ class S2SService:
                   condition=event.condition, reason=event.reason)
         self._count("refusals", event.reason.split(":")[0][:60])
         session = self.sessions.get((event.local_domain, event.remote_domain))
-        stream = conn.stream
-        retry = isinstance(stream, OutboundStream) and not stream.peer_header_received
+        outbound = self.outbound.get(conn)
+        retry = outbound is not None and not outbound.peer_header_received
         trying = session.attempt if session is not None else None
         attempt = trying is not None and trying.conn is conn and not trying.outcome.done()
         if not (attempt and retry):  # else the next target may still succeed
@@ -599,8 +652,9 @@ class S2SService:
             self.sessions[(event.local_domain, event.remote_domain)] = session
         request = (event.local_domain, event.remote_domain, event.stream_id, event.key)
         out = session.connection
-        if out is not None and not out.stream.closed and isinstance(out.stream, OutboundStream):
-            out.stream.request_verify(*request)
+        out_stream = self.outbound.get(out) if out is not None else None
+        if out is not None and out_stream is not None and not out_stream.closed:
+            out_stream.request_verify(*request)
             out.pump()
         else:
             session.pending_verifies.append(request)
@@ -609,14 +663,16 @@ class S2SService:
     def _answer_verify(self, local: str, remote: str, stream_id: str, valid: bool | None,
                        condition: str, text: str) -> None:
         waiter = self._verify_waiters.pop((local, remote, stream_id), None)
-        if waiter is None or not isinstance(waiter.stream, InboundStream):
+        stream = self.inbound.get(waiter) if waiter is not None else None
+        if waiter is None or stream is None:
             return
-        waiter.stream.dialback_verified(remote, local, valid,
-                                        condition if valid is None else "", text)
+        stream.dialback_verified(remote, local, valid, condition if valid is None else "", text)
         waiter.pump()
 
     def _on_gone(self, conn: StreamConnection) -> None:
         self.connections.discard(conn)
+        self.inbound.pop(conn, None)
+        outbound = self.outbound.pop(conn, None)
         ip = self._counted_ip.pop(conn, None)
         if ip is not None:
             left = self._per_ip.get(ip, 1) - 1
@@ -632,11 +688,10 @@ class S2SService:
         for session in carried:
             session.connection = None
             attempt = session.attempt
-            if isinstance(stream, OutboundStream) and attempt is not None \
-                    and attempt.conn is conn:
+            if outbound is not None and attempt is not None and attempt.conn is conn:
                 attempt.settle(Outcome(False, "remote-server-not-found",
-                                       stream.close_reason or "closed",
-                                       retry=not stream.peer_header_received))
+                                       outbound.close_reason or "closed",
+                                       retry=not outbound.peer_header_received))
         self._take_back(conn)
         if stream.sm_in is not None and stream.remote_domain:
             for stanza in stream.received_unacked():  # the peer sends these again
@@ -677,7 +732,7 @@ class S2SService:
 
     @property
     def inbound_streams(self) -> int:
-        return sum(1 for c in self.connections if isinstance(c.stream, InboundStream))
+        return len(self.inbound)
 
     @property
     def queued(self) -> int:
@@ -691,7 +746,7 @@ class S2SService:
     def close_inbound(self, text: str) -> int:
         """Close every inbound stream gracefully (RFC 6120 §4.4: stanzas already in
         flight are still read and routed; the partner opens its next stream elsewhere)."""
-        return self.close_sessions(lambda c: isinstance(c.stream, InboundStream), "", text)
+        return self.close_sessions(lambda c: c in self.inbound, "", text)
 
     def close_sessions(self, predicate: Callable[[StreamConnection], bool], condition: str,
                        text: str) -> int:
@@ -763,9 +818,10 @@ class _SessionDialer:
             partner=self.partner, now=loop.time(), direct_tls=target.direct_tls,
             dane_expectation=expectation,
         )
-        conn = StreamConnection(stream, service._on_event, service._on_gone)
+        conn = StreamConnection(stream, service._on_outbound_event, service._on_gone)
         conn.on_writable = service._on_writable
         service.connections.add(conn)
+        service.outbound[conn] = stream
         attempt = Attempt(target, address, stream, conn, loop.create_future())
         session.attempt = attempt
         return attempt
@@ -811,7 +867,7 @@ class _AdmissionGuard(asyncio.Protocol):
             self.refused = True
             log_event(log, logging.WARNING, "s2s.connection_refused", direction="inbound",
                       addr=self.conn.peer_address, reason=refusal)
-            self.service.connections.discard(self.conn)
+            self.service.refused(self.conn)
             # RFC 6120 §4.9.3.13 policy-violation would need a header; a limit is cheaper
             # to enforce by closing at once.
             transport.close()

@@ -108,6 +108,16 @@ MAX_REMEMBERED_USERS = 65_536
 _RICH_REFUSED = (415, 488)  # a phone that does not read CPIM/multipart (Linphone: 488)
 
 
+def warning_header(agent: str, text: str) -> list[tuple[str, str]]:
+    """``Warning: 399 agent "text"`` (RFC 3261 §20.43, "miscellaneous warning ... to be
+    presented to a human user"): the XMPP error's own words, e.g. which policy refused the
+    message; none without a text."""
+    if not text:
+        return []
+    quoted = " ".join(text.split()).replace("\\", "\\\\").replace('"', '\\"')
+    return [("Warning", f'399 {agent} "{quoted}"')]
+
+
 @dataclass(slots=True)
 class SipContent:
     """What a MESSAGE body says, once unwrapped."""
@@ -280,7 +290,9 @@ class MessageRelay:
         self.receipts_from_200 = receipts_from_200
         # SIP→XMPP stanza id → the error condition the router answered with, if any:
         # filled while the router decides (RFC 7247 §8.1 answer instead of a blind 202).
-        self.inflight: dict[str, tuple[str, str] | None] = {}
+        self.inflight: dict[str, str | None] = {}
+        # ... and the error's <text/> when it had one, for the answer's Warning header.
+        self.inflight_text: dict[str, str] = {}
         self.typing_out = ComposingGate()  # XMPP → SIP: the SIP phone times out itself
         self.typing_in = ComposingGate(expire=True)  # SIP → XMPP: XMPP clients do not
         # SIP users whose phone refused CPIM/multipart (plain text from then on), and
@@ -477,32 +489,29 @@ class MessageRelay:
         self.to_xmpp(stanza, lambda: self._answer(event, stanza_id))
 
     def _answer(self, event: RequestReceived, stanza_id: str) -> None:
-        """The final answer, once XMPP has the stanza or refused it (docs/delivery.md):
-        202, or the refusal mapped by RFC 7247 §8.1 with the error's own words in a
-        Warning header (RFC 3261 §20.43: which policy, which failure)."""
-        refused = self.inflight.pop(stanza_id, None)
-        if refused is None:
+        condition = self.inflight.pop(stanza_id, None)
+        text = self.inflight_text.pop(stanza_id, "")
+        if condition:
+            self.endpoint.reply(event, sip_status_for(condition),
+                                condition.replace("-", " ").title(),
+                                headers=warning_header(min(self.served), text))
+        else:
             self.endpoint.reply(event, 202)
-            return
-        condition, text = refused
-        warning = clean_header_value(text.replace('"', "'"), 200)
-        agent = min(self.served) if self.served else "-"
-        self.endpoint.reply(event, sip_status_for(condition),
-                            condition.replace("-", " ").title(),
-                            headers=[("Warning", f'399 {agent} "{warning}"')] if warning
-                            else ())
 
     def failed(self, stanza: Element) -> None:
         """Routing ``stanza`` failed inside the gateway: its SIP answer is a 500."""
         stanza_id = stanza.get("id", "")
         if stanza_id in self.inflight:
-            self.inflight[stanza_id] = ("internal-server-error", "")
+            self.inflight[stanza_id] = "internal-server-error"
 
     def error_reply(self, stanza: Element, local_user: str) -> None:
         """An XMPP error addressed to a local user about a message they sent."""
         stanza_id = stanza.get("id", "")
         if stanza_id in self.inflight:
-            self.inflight[stanza_id] = (error_condition(stanza), parse_error_child(stanza)[1])
+            self.inflight[stanza_id] = error_condition(stanza)
+            text = parse_error_child(stanza)[1]
+            if text:
+                self.inflight_text[stanza_id] = text
             return
         if stanza_id[:1] in ("t", "n"):
             # an error about a typing indication or a receipt: nobody to tell (XEP-0085
