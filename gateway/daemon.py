@@ -253,6 +253,7 @@ class Gateway:
     async def probe(self, domain: str) -> dict[str, Any]:
         """``check connectivity``: a real outbound negotiation narrated step by step."""
         from gateway.domain import DomainError, normalize_domain
+        from gateway.net.downgrade import explain
         from gateway.net.probe import probe
 
         try:
@@ -260,7 +261,10 @@ class Gateway:
         except DomainError as exc:
             return {"ok": False, "error": str(exc)}
         report = await probe(self.s2s, self.config.domains[0], remote)
-        return {**report.as_dict(), "error": "" if report.ok else report.verdict}
+        answer = report.as_dict()
+        # A dialback where SASL EXTERNAL was permitted is a downgrade: say so, and why.
+        answer["verdict"], answer["hint"] = explain(answer, self.config, self.config.domains[0])
+        return {**answer, "error": "" if report.ok else answer["verdict"]}
 
     def status(self) -> dict[str, Any]:
         return self._running.status(self.reloads)

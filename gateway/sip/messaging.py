@@ -108,6 +108,16 @@ MAX_REMEMBERED_USERS = 65_536
 _RICH_REFUSED = (415, 488)  # a phone that does not read CPIM/multipart (Linphone: 488)
 
 
+def warning_header(agent: str, text: str) -> list[tuple[str, str]]:
+    """``Warning: 399 agent "text"`` (RFC 3261 §20.43, "miscellaneous warning ... to be
+    presented to a human user"): the XMPP error's own words, e.g. which policy refused the
+    message; none without a text."""
+    if not text:
+        return []
+    quoted = " ".join(text.split()).replace("\\", "\\\\").replace('"', '\\"')
+    return [("Warning", f'399 {agent} "{quoted}"')]
+
+
 @dataclass(slots=True)
 class SipContent:
     """What a MESSAGE body says, once unwrapped."""
@@ -281,6 +291,8 @@ class MessageRelay:
         # SIP→XMPP stanza id → the error condition the router answered with, if any:
         # filled while the router decides (RFC 7247 §8.1 answer instead of a blind 202).
         self.inflight: dict[str, str | None] = {}
+        # ... and the error's <text/> when it had one, for the answer's Warning header.
+        self.inflight_text: dict[str, str] = {}
         self.typing_out = ComposingGate()  # XMPP → SIP: the SIP phone times out itself
         self.typing_in = ComposingGate(expire=True)  # SIP → XMPP: XMPP clients do not
         # SIP users whose phone refused CPIM/multipart (plain text from then on), and
@@ -478,9 +490,11 @@ class MessageRelay:
 
     def _answer(self, event: RequestReceived, stanza_id: str) -> None:
         condition = self.inflight.pop(stanza_id, None)
+        text = self.inflight_text.pop(stanza_id, "")
         if condition:
             self.endpoint.reply(event, sip_status_for(condition),
-                                condition.replace("-", " ").title())
+                                condition.replace("-", " ").title(),
+                                headers=warning_header(min(self.served), text))
         else:
             self.endpoint.reply(event, 202)
 
@@ -495,6 +509,9 @@ class MessageRelay:
         stanza_id = stanza.get("id", "")
         if stanza_id in self.inflight:
             self.inflight[stanza_id] = error_condition(stanza)
+            text = parse_error_child(stanza)[1]
+            if text:
+                self.inflight_text[stanza_id] = text
             return
         if stanza_id[:1] in ("t", "n"):
             # an error about a typing indication or a receipt: nobody to tell (XEP-0085

@@ -64,20 +64,19 @@ log = logging.getLogger("gateway.sip.transport")
 
 PROXY_FLOW = ("tcp", 0)
 UDP_BATCH = 256  # datagrams read per readiness event
-# When the socket's receive queue holds more than BACKLOG_HIGH of its buffer (the gateway
-# reads slower than datagrams arrive: a flood, or a long stall), the kernel is about to
-# drop what comes next, unanswered. Until the queue is back under BACKLOG_LOW each batch
-# then handles only UDP_FULL_WHEN_BACKLOGGED datagrams in full; beyond them the transport
-# is marked ``backlogged`` and new MESSAGE/SUBSCRIBEs are answered 503 + Retry-After from
-# their head at a fraction of the cost (gateway/sip/endpoint.py), so that the socket is
-# drained and what is read gets an answer rather than silence. In-dialog requests,
-# responses and retransmissions of accepted requests are always handled in full. Judged
-# on the queue's depth (SO_MEMINFO, one system call per full batch), and only when it is
-# nearly full: a queue that merely grows (a stall of a few hundred milliseconds at a
-# steady rate) is worked off, because a 503 reaches a phone behind a proxy as a failure
-# (RFC 3261 §16.7) where a delay costs nothing, and the retries of many 503s come back
-# together.
-BACKLOG_HIGH, BACKLOG_LOW = 0.85, 0.5
+# When the kernel has started dropping datagrams at the socket (its buffer is full: the
+# gateway reads slower than they arrive), what it drops goes unanswered. From then until
+# the queue is back under BACKLOG_LOW of the buffer each batch handles only
+# UDP_FULL_WHEN_BACKLOGGED datagrams in full; beyond them the transport is marked
+# ``backlogged`` and new MESSAGE/SUBSCRIBEs are answered 503 + Retry-After from their head
+# at a fraction of the cost (gateway/sip/endpoint.py), so that the socket is drained and
+# what is read gets an answer rather than silence. In-dialog requests, responses and
+# retransmissions of accepted requests are always handled in full. Judged on the kernel's
+# drop counter (SO_MEMINFO, one system call per full batch), not on the queue's depth: a
+# burst that fits the buffer (5,000 SUBSCRIBEs at once from a proxy) is worked off, since
+# a 503 reaches a phone behind a proxy as a failure (RFC 3261 §16.7) where a delay costs
+# nothing, and the retries of many 503s would come back together.
+BACKLOG_LOW = 0.5
 UDP_FULL_WHEN_BACKLOGGED = 64
 # Linux's SO_MEMINFO (asm-generic/socket.h), which Python's socket module does not name:
 # the socket's memory counters, among them the receive queue's bytes and the drop count.
@@ -123,7 +122,8 @@ class _UdpEndpoint:
         self.flows: dict[Any, tuple[Flow, tuple[str, int]]] = {}
         self._reading = False
         self._deferred: list[tuple[bytes, tuple[str, int]]] = []
-        self.flooded = False  # the receive queue is deep: see BACKLOG_HIGH
+        self.flooded = False  # the kernel drops at this socket: see BACKLOG_LOW
+        self._drops_seen = 0  # its drop counter at the last full batch
         self.loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
@@ -172,11 +172,15 @@ class _UdpEndpoint:
                 on_message(data, known[0], known[1])
             except Exception as exc:  # the boundary: see the module docstring
                 owner.unexpected(exc, addr[:2], "datagram dropped")
-        # a full batch: is the queue deep enough to call it a flood (see BACKLOG_HIGH)?
+        # a full batch: is the kernel dropping what the buffer cannot hold (see BACKLOG_LOW)?
         memory = self.meminfo()
         if memory is not None:
-            queued, limit = memory[0], memory[1]
-            self.flooded = queued > limit * (BACKLOG_LOW if self.flooded else BACKLOG_HIGH)
+            queued, limit, drops = memory[0], memory[1], memory[8]
+            if drops > self._drops_seen:
+                self.flooded = True
+            elif self.flooded and queued < limit * BACKLOG_LOW:
+                self.flooded = False
+            self._drops_seen = drops
         owner.backlogged = False
 
     def meminfo(self) -> tuple[int, ...] | None:

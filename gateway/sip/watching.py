@@ -269,9 +269,9 @@ class SipPresenceWatches:
             return
         number = request.cseq[0]
         if number <= dialog.remote_cseq:
-            # Out of order (RFC 3261 §12.2.2): an older state overtook by the proxy (its
-            # workers relay in parallel). Applying it would leave the contact with stale
-            # presence; the newer NOTIFY already told the truth.
+            # Out of order (RFC 3261 §12.2.2): the proxy's workers relay in parallel, and
+            # this older state came after a newer one. Applying it would leave the contact
+            # with stale presence; the newer NOTIFY already told the truth.
             self.endpoint.reply(event, 500, "Out Of Order")
             return
         dialog.remote_cseq = number

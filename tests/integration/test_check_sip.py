@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.dnsmasq import free_port
+from tests.support.dnsmasq import free_dns_port, free_port
 from tests.support.kamailio import Kamailio
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +34,7 @@ def check(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def kamailio(tmp_path_factory: pytest.TempPathFactory):
-    port = free_port()
+    port = free_dns_port()  # Kamailio listens on UDP and TCP: free for both
     server = Kamailio(tmp_path_factory.mktemp("kamailio"), domain="sip.example", port=port,
                       gateway=("127.0.0.1", free_port()))
     server.start()

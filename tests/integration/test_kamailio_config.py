@@ -15,7 +15,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("features", [[], ["WITH_AUTH"], ["WITH_TLS"], ["WITH_DISPATCHER"],
-                                      ["WITH_AUTH", "WITH_TLS", "WITH_DISPATCHER"]])
+                                      ["WITH_PHONE_PRESENCE"],
+                                      ["WITH_AUTH", "WITH_TLS", "WITH_DISPATCHER",
+                                       "WITH_PHONE_PRESENCE"]])
 def test_kamailio_accepts_the_shipped_configuration(tmp_path: Path,
                                                     features: list[str]) -> None:
     values = {"SIP_DOMAIN": "contoso.example", "SIP_ADDR": "127.0.0.1", "SIP_PORT": 5070,

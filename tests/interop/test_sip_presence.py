@@ -134,6 +134,15 @@ def test_blocked_or_undirected_presence_never_reaches_a_phone(
                 seen.append(bob.notifies.get_nowait())
             leaked = [note(n) for n in seen if note(n) in ("secret plans", "just for alice")]
             assert not leaked, leaked
+            # A second resource of carol's: one PIDF tuple each, the most available first.
+            second = await XmppUser("carol@a.example/phone", IPS["a.example"]).start()
+            try:
+                second.client.send_presence(pshow="chat", pstatus="carol on her phone")
+                both = await alice.notify_where(lambda n: b"carol on her phone" in n.body)
+                assert both.body.count(b"<basic>open</basic>") == 2, both.body
+                assert note(both) == "carol on her phone"  # the chattier one leads
+            finally:
+                await second.stop()
         finally:
             await carol.stop()
             await alice.close()
@@ -204,6 +213,38 @@ def test_an_unregistered_sip_user_is_seen_once_it_registers(
 
     run(ns, gw, sip, prosody, scenario)
     assert "sip.subscribe_deferred" in gw.log and "sip.subscribe_failed" not in gw.log
+
+
+def test_a_sip_user_with_two_devices_is_one_xmpp_resource(
+        ns: Namespace, pki, prosody: Prosody) -> None:
+    """sipmia has a desk phone and a softphone, each publishing its own state; Kamailio
+    notifies the gateway of both tuples in one document, and hank sees one resource
+    (``/sip``), available with the open device's note (docs/sip.md, Aggregation)."""
+    sip = start_kamailio(ns)
+    gw = gateway(ns, pki, "federated")
+
+    async def scenario() -> None:
+        desk, soft = await phone("sipmia"), await phone("sipmia")
+        hank = await XmppUser("hank@a.example", IPS["a.example"]).start()
+        try:
+            assert (await desk.publish("closed", note="desk phone off")).status == 200
+            assert (await soft.publish("open", note="on the softphone")).status == 200
+            hank.client.send_presence(pto="sipmia@gw.example", ptype="subscribe")
+            got = []
+            try:
+                seen = await hank.presence_where(
+                    lambda p: got.append(p) or (p["from"].startswith("sipmia@gw.example/")
+                                                and p["type"] == "available"))
+            except TimeoutError:
+                raise AssertionError(f"hank got {got}") from None
+            assert (seen["from"], seen["status"]) == ("sipmia@gw.example/sip",
+                                                      "on the softphone")
+        finally:
+            await hank.stop()
+            await desk.close()
+            await soft.close()
+
+    run(ns, gw, sip, prosody, scenario)
 
 
 @pytest.mark.parametrize("how", ["crash", "graceful"])

@@ -36,7 +36,8 @@ from gateway.sip.message import (
 PIDF = "application/pidf+xml"
 
 
-def pidf(entity: str, basic: str = "open", note: str = "", activity: str = "") -> bytes:
+def pidf(entity: str, basic: str = "open", note: str = "", activity: str = "",
+         tuple_id: str = "t1") -> bytes:
     person = (f'<dm:person id="p1"><rpid:activities><rpid:{activity}/></rpid:activities>'
               f"</dm:person>") if activity else ""
     note_xml = f"<note>{note}</note>" if note else ""
@@ -45,7 +46,7 @@ def pidf(entity: str, basic: str = "open", note: str = "", activity: str = "") -
         '<presence xmlns="urn:ietf:params:xml:ns:pidf" '
         'xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" '
         'xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid" '
-        f'entity="sip:{entity}"><tuple id="t1"><status><basic>{basic}</basic></status>'
+        f'entity="sip:{entity}"><tuple id="{tuple_id}"><status><basic>{basic}</basic></status>'
         f"{note_xml}</tuple>{person}</presence>"
     ).encode()
 
@@ -291,7 +292,9 @@ class SipUserAgent(asyncio.DatagramProtocol):
         if self._etag:
             request.add("sip-if-match", self._etag)
         request.add("content-type", PIDF)
-        request.body = pidf(f"{self.user}@{self.domain}", basic, note, activity)
+        # each device its own tuple (RFC 3863 §4.1.2: a presence server merges them)
+        request.body = pidf(f"{self.user}@{self.domain}", basic, note, activity,
+                            tuple_id=f"t{self.port}")
         response = await self.request(request)
         self._etag = response.get("sip-etag") or self._etag
         return response

@@ -195,3 +195,61 @@ def test_import_refusal_names_its_own_option(config: Path, tmp_path: Path, capsy
     err = capsys.readouterr().err
     assert "does not verify to a trusted root" in err
     assert "hint: give the CA's intermediate certificates with --chain FILE" in err
+
+
+def _intermediate(root, root_key):
+    """An intermediate CA under ``root``, as public CAs issue from."""
+    key = devcerts.generate_private_key("ec")
+    now = dt.datetime.now(dt.UTC)
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "Issuing CA R3")])
+    root_ski = root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(root.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False,
+                                         False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+                root_ski), critical=False)
+            .sign(root_key, hashes.SHA256()))
+    return cert, key
+
+
+def test_import_a_public_ca_certificate_with_its_chain(config: Path, tmp_path: Path,
+                                                        capsys) -> None:
+    """The CA's root is trusted (system store, here tls.ca_file), its intermediate comes
+    with the certificate: without it the import is refused and says which option brings
+    it; with --chain (or a full-chain file) it is installed leaf first."""
+    _use_ca(config)
+    # A root that allows one intermediate below it (make_ca's roots allow none).
+    root_key = devcerts.generate_private_key("ec")
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "Public Root X1")])
+    now = dt.datetime.now(dt.UTC)
+    root = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(root_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+            .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False,
+                                         False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()),
+                           critical=False)
+            .sign(root_key, hashes.SHA256()))
+    (config.parent / "ca.pem").write_bytes(devcerts.certificates_to_pem([root]))
+    issuing, issuing_key = _intermediate(root, root_key)
+    leaf, leaf_key = devcerts.issue_certificate(issuing, issuing_key, ["gateway.localhost"],
+                                                key_type="ec",
+                                                extended_key_usages=("serverAuth",))
+    devcerts.write_key_and_cert(tmp_path / "leaf.crt", tmp_path / "leaf.key", leaf, leaf_key)
+    (tmp_path / "chain.pem").write_bytes(devcerts.certificates_to_pem([issuing]))
+    assert main(["-c", str(config), "cert", "import", str(tmp_path / "leaf.crt"),
+                 str(tmp_path / "leaf.key")]) == 2
+    assert "hint: give the CA's intermediate certificates with --chain FILE" in \
+        capsys.readouterr().err
+    assert main(["-c", str(config), "cert", "import", str(tmp_path / "leaf.crt"),
+                 str(tmp_path / "leaf.key"), "--chain", str(tmp_path / "chain.pem")]) == 0
+    installed = x509.load_pem_x509_certificates((config.parent / "installed.crt").read_bytes())
+    assert installed == [leaf, issuing]  # leaf first, then the intermediate

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from gateway.auth import devcerts
-from gateway.cli.connectivity import explain
 from gateway.config.loader import load_config_text
+from gateway.net.downgrade import explain
 
 
 def config_with_certificate(tmp_path: Path, names: list[str], sasl: str = "optional"):

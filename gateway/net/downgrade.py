@@ -1,6 +1,8 @@
 """What a ``check connectivity`` result means, in the operator's terms.
 
-The running gateway negotiates for real and reports its steps (gateway/net/probe.py).
+The running gateway negotiates for real and reports its steps (gateway/net/probe.py);
+this module turns the report into a verdict and a hint before it leaves the daemon, so
+the CLI and the admin console say the same thing.
 "OK" is not the whole answer: a partner whose policy permits SASL EXTERNAL but that ends
 up authenticated by dialback has been *downgraded* — TLS may still be there, but the
 certificates did not do their job, and with ``sasl: required`` such a partner would have
