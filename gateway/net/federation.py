@@ -75,7 +75,7 @@ from gateway.xmpp.events import (
 )
 from gateway.xmpp.inbound import InboundStream
 from gateway.xmpp.jid import JidError, domain_of
-from gateway.xmpp.outbound import OutboundStream
+from gateway.xmpp.outbound import NotAuthenticated, OutboundStream
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
@@ -287,13 +287,18 @@ class S2SService:
         conn = session.connection
         if conn is not None and not session.queue and not conn.write_paused:
             stream = conn.stream
-            if stream.can_send(local, remote) and stream.unacked < self.config.limits.max_unacked:
-                stream.send_stanza(stanza, on_done)
-                conn.schedule_pump()
-                self._count("stanzas_out", remote)
-                if on_done is not None and stream.sm_out is None:
-                    on_done(True)  # plain S2S: written is all we will ever know
-                return
+            window = stream.sm_out
+            if window is None or window.sent - window.acked < self.config.limits.max_unacked:
+                try:
+                    stream.send_stanza(stanza, on_done)
+                except NotAuthenticated:
+                    pass  # not (yet, or any more) for this pair: queued below
+                else:
+                    conn.schedule_pump()
+                    self._count("stanzas_out", remote)
+                    if on_done is not None and window is None:
+                        on_done(True)  # plain S2S: written is all we will ever know
+                    return
         if session.connection is None and (session.task is None or session.task.done()):
             if not self._adopt_bidi(session):
                 self._piggyback(session)

@@ -30,12 +30,12 @@ from gateway.xmpp import elements as el
 from gateway.xmpp import stream_management as sm
 from gateway.xmpp.errors import StreamError
 from gateway.xmpp.events import (
+    STANZA_TAGS,
     BidiNegotiated,
     DialbackVerifyNeeded,
     Direction,
     StreamManagementEnabled,
     StreamOpened,
-    is_stanza,
 )
 from gateway.xmpp.parser import StreamHeader
 from gateway.xmpp.stream import Phase, S2SStream, StreamContext
@@ -214,8 +214,6 @@ class InboundStream(S2SStream):
     def _carries_outgoing(self) -> bool:
         return self.bidi
 
-    def _carries_incoming(self) -> bool:
-        return True
 
     def _offers_bidi(self) -> bool:
         """XEP-0288 on TLS streams only, before authentication (as Prosody offers it)."""
@@ -244,11 +242,11 @@ class InboundStream(S2SStream):
     def _on_element(self, element: Element, now: float) -> None:
         if self.phase is Phase.WAIT_HEADER:
             raise StreamError("not-well-formed", "element before the stream header")
-        if self._dispatch_common(element):
-            return
         tag = element.tag
-        if is_stanza(element):
+        if tag in STANZA_TAGS:  # first: nearly every element is one
             self._on_stanza(element, now)
+        elif self._dispatch_common(element):
+            return
         elif tag == el.TAG_STARTTLS:
             self._on_starttls()
         elif self._plaintext_forbidden():

@@ -178,8 +178,6 @@ class OutboundStream(S2SStream):
     def _carries_outgoing(self) -> bool:
         return True
 
-    def _carries_incoming(self) -> bool:
-        return self.bidi
 
     def _on_header(self, header: StreamHeader, now: float) -> None:
         if self.phase is not Phase.WAIT_HEADER:

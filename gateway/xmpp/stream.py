@@ -320,10 +320,6 @@ class S2SStream:
         """Outbound streams carry our stanzas; inbound ones only with XEP-0288."""
         raise NotImplementedError
 
-    def _carries_incoming(self) -> bool:
-        """Inbound streams carry the peer's stanzas; outbound ones only with XEP-0288."""
-        raise NotImplementedError
-
     def stanza_settled(self, seq: int, now: float | None = None) -> bool:
         """The stanza of :class:`StanzaReceived` ``seq`` is safe (delivered, answered with
         an error, or dropped with a count): it may now be acknowledged (XEP-0198 §4).
@@ -771,7 +767,7 @@ class S2SStream:
     def _on_stanza(self, stanza: Element, now: float) -> None:
         """A stanza from the peer — RFC 6120 §8.1.1.2, §13.7: only for an authenticated
         (from-domain, to-domain) pair and a domain served here."""
-        if not self._carries_incoming():
+        if self.direction is not Direction.INBOUND and not self.bidi:
             raise StreamError(
                 "unsupported-stanza-type", "stanza on an outbound stream (no XEP-0288 negotiated)"
             )

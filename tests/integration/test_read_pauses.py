@@ -14,7 +14,6 @@ import asyncio
 import socket
 import ssl
 from pathlib import Path
-from xml.etree.ElementTree import Element
 
 from gateway.config.model import (
     DialbackSettings,
@@ -27,25 +26,14 @@ from gateway.config.model import (
 from gateway.daemon import Gateway
 from gateway.dns.resolver import DnsPythonResolver
 from gateway.router import HIGH_WATER
-from gateway.sip.development import DevelopmentBackend, message
+from gateway.sip.development import message
 from tests.support.dnsmasq import free_port
+from tests.support.held_backend import HeldBackend
 from tests.unit.s2s_world import Pki
 
 HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
           "xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' "
           "to='b.example' from='p.example' version='1.0'>")
-
-
-class HeldBackend(DevelopmentBackend):
-    """A SIP side that takes nothing until released (a proxy that stopped answering)."""
-
-    def __init__(self) -> None:
-        super().__init__(["b.example"])
-        self.released = asyncio.Event()
-
-    async def deliver(self, stanza: Element) -> None:
-        await self.released.wait()
-        await super().deliver(stanza)
 
 
 def verify(stream_id: str) -> bytes:

@@ -15,8 +15,9 @@ import pytest
 from gateway.config.model import GatewayConfig, PartnerPolicy, PartnerType, StoreSettings
 from gateway.contracts import OnSent
 from gateway.router import Router
-from gateway.sip.development import DevelopmentBackend, message, presence
+from gateway.sip.development import message, presence
 from gateway.store import AsyncAuthorizationStore, SqliteAuthorizationStore
+from tests.support.held_backend import HeldBackend
 
 
 class XmppSide:
@@ -32,18 +33,6 @@ class XmppSide:
 
     def set_reading_paused(self, paused: bool) -> None:
         pass
-
-
-class HeldBackend(DevelopmentBackend):
-    """A SIP side that takes nothing until released."""
-
-    def __init__(self) -> None:
-        super().__init__(["b.example"])
-        self.released = asyncio.Event()
-
-    async def deliver(self, stanza: Element) -> None:
-        await self.released.wait()
-        await super().deliver(stanza)
 
 
 @pytest.fixture
