@@ -21,6 +21,7 @@ import socket
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from gateway import gc_tuning
 from gateway.assembly import GatewayParts, StartupError, assemble
 from gateway.auth.coverage import coverage_problems
 from gateway.backend import SipSide
@@ -294,6 +295,7 @@ def _check_fd_limit(maximum: int) -> None:
 async def run_gateway(config: GatewayConfig) -> int:
     configure_logging(config.logging.level, config.logging.format, config.logging.file)
     s2s_record.install_from_environment()  # a debugging aid, off unless asked for
+    gc_tuning.tune_for_daemon()  # the collector's cost under load (see the module)
     gateway = Gateway(config)
     try:
         await gateway.serve_forever()

@@ -230,13 +230,27 @@ class OutboundRouting:
             await self.replies.to_local(reply, condition, text)
 
 
+class _Decided:
+    """An :data:`OnSent` that tells the local sender's :data:`OnDecided`.
+
+    One small object rather than a closure (a function, a cell and a tuple): under
+    stream management it waits for the peer's acknowledgement, per stanza, long enough
+    to be walked by the garbage collector's older generations."""
+
+    __slots__ = ("on_decided",)
+
+    def __init__(self, on_decided: Callable[[], None]) -> None:
+        self.on_decided = on_decided
+
+    def __call__(self, _delivered: bool) -> None:
+        self.on_decided()
+
+
 def _sent(on_decided: OnDecided) -> OnSent:
     """What the S2S service tells once a stanza's outcome is known (the peer server has
     it, or its error reply reached the backend) is the local sender's decision: a SIP
     MESSAGE is answered then (docs/delivery.md)."""
-    if on_decided is None:
-        return None
-    return lambda _delivered: on_decided()
+    return None if on_decided is None else _Decided(on_decided)
 
 
 def _not_started(stanza: Element, on_sent: OnSent = None) -> None:

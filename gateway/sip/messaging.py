@@ -283,6 +283,22 @@ def _alternatives(parts: list[BodyPart], language: str, cpim: CpimMessage | None
     return SipContent("message", bodies, xhtml, cpim=cpim)
 
 
+class _AnswerWhenDecided:
+    """Answers a relayed MESSAGE once the XMPP side has decided its outcome.
+
+    One small object rather than a closure (a function, three cells and a tuple): it
+    waits, per message, for the peer server's acknowledgement (docs/delivery.md), long
+    enough to be walked by the garbage collector's older generations."""
+
+    __slots__ = ("event", "relay", "stanza_id")
+
+    def __init__(self, relay: MessageRelay, event: RequestReceived, stanza_id: str) -> None:
+        self.relay, self.event, self.stanza_id = relay, event, stanza_id
+
+    def __call__(self) -> None:
+        self.relay._answer(self.event, self.stanza_id)
+
+
 class MessageRelay:
     """Both directions of one-to-one messages and what travels with them."""
 
@@ -491,7 +507,7 @@ class MessageRelay:
         if not valid_for_xmpp(self.endpoint, event, stanza):
             return
         self.inflight[stanza_id] = None
-        self.to_xmpp(stanza, lambda: self._answer(event, stanza_id))
+        self.to_xmpp(stanza, _AnswerWhenDecided(self, event, stanza_id))
 
     def _answer(self, event: RequestReceived, stanza_id: str) -> None:
         condition = self.inflight.pop(stanza_id, None)

@@ -331,7 +331,7 @@ class OutboundStream(S2SStream):
         left = queue.take() if queue is not None else []
         self._events.append(StreamManagementFailed(condition or "undefined-condition"))
         if left:
-            self._events.append(StanzasAcked(len(left), tuple(t for _s, t in left
+            self._events.append(StanzasAcked(len(left), tuple(t for _data, t in left
                                                               if t is not None)))
 
     # SASL EXTERNAL — XEP-0178 §3

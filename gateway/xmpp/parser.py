@@ -26,7 +26,7 @@ from xml.etree.ElementTree import Element
 from xml.parsers import expat
 from xml.sax.saxutils import quoteattr
 
-from gateway.xmpp.namespaces import NS_STREAMS
+from gateway.xmpp.namespaces import NS_DIALBACK, NS_STREAMS
 
 if TYPE_CHECKING:
     from gateway.config.model import Limits
@@ -435,3 +435,25 @@ class StreamParser:
         return XmlStreamError(
             "not-well-formed", f"{message} at line {exc.lineno}, column {exc.offset}"
         )
+
+
+def parse_written(data: bytes, default_ns: str) -> Element:
+    """The element whose serialisation on a stream with default namespace ``default_ns``
+    (gateway.xmpp.xml.serialize) is ``data``: the inverse of writing it.
+
+    Stream management keeps what it sent as the bytes written, not as element trees (a
+    tree per unacknowledged stanza is tens of objects for the cyclic garbage collector to
+    walk, per stanza relayed); the rare paths that need the stanza again (a bounce, a
+    re-send over a new link) parse it back here. The header supplies the context the
+    bytes were written in (RFC 6120 §4.8.5); limits are set by the data itself, since
+    these are our own bytes. Raises :class:`XmlStreamError` for bytes that are not one
+    element (a program error)."""
+    size = len(data) + 1
+    parser = StreamParser(ParserLimits(max_stanza_bytes=size, max_depth=size,
+                                       max_attributes=size, max_attribute_bytes=size))
+    header = (f"<stream:stream xmlns={quoteattr(default_ns)} xmlns:stream='{NS_STREAMS}' "
+              f"xmlns:db='{NS_DIALBACK}'>").encode()
+    items = parser.feed(header + data)
+    if len(items) != 2 or not isinstance(items[1], StanzaElement) or parser._stack:
+        raise XmlStreamError("internal-server-error", "not one complete element")
+    return items[1].element

@@ -41,6 +41,7 @@ from gateway.xmpp.events import (
     is_stanza,
 )
 from gateway.xmpp.jid import JidError, domain_of
+from gateway.xmpp.namespaces import NS_SERVER
 from gateway.xmpp.parser import (
     ParserLimits,
     StanzaElement,
@@ -48,6 +49,7 @@ from gateway.xmpp.parser import (
     StreamHeader,
     StreamParser,
     XmlStreamError,
+    parse_written,
 )
 from gateway.xmpp.tls import PeerCertificate, TlsEngine, TlsError, TlsProvider
 from gateway.xmpp.xml import STREAM_CLOSE, serialize, stream_header
@@ -307,10 +309,11 @@ class S2SStream:
             raise NotAuthenticated(f"{from_dom} → {to_dom} is not authorized on this stream")
         self.stanzas_out += 1
         self._last_stanza = self._now
+        data = serialize(stanza)
         queue = self.sm_out
         if queue is not None:
-            queue.push(stanza, token)
-        self._write(serialize(stanza))
+            queue.push(data, token)  # as written: see SentQueue for why not the element
+        self._write(data)
 
     def can_send(self, local: str, remote: str) -> bool:
         return (self.phase is Phase.OPEN and (remote, local) in self.pairs
@@ -355,8 +358,11 @@ class S2SStream:
     def take_unacked(self) -> list[tuple[Element, Hashable | None]]:
         """The stanzas sent under stream management that the peer never acknowledged
         (with their tokens), for the driver to re-send over a new link or bounce once this
-        one is gone. Empty without stream management."""
-        return self.sm_out.take() if self.sm_out is not None else []
+        one is gone. Empty without stream management. The stanzas are parsed back from
+        the bytes that were written (the queue keeps no trees; this path is rare)."""
+        if self.sm_out is None:
+            return []
+        return [(parse_written(data, NS_SERVER), token) for data, token in self.sm_out.take()]
 
     @property
     def unacked(self) -> int:
@@ -757,12 +763,11 @@ class S2SStream:
         if queue is None:
             return
         try:
-            acked = queue.ack(element.get("h"))
+            count, tokens = queue.ack(element.get("h"))
         except sm.AckError as exc:
             raise StreamError("undefined-condition", str(exc)) from None
-        if acked:
-            tokens = tuple(token for _stanza, token in acked if token is not None)
-            self._events.append(StanzasAcked(len(acked), tokens))
+        if count:
+            self._events.append(StanzasAcked(count, tuple(tokens)))
 
     def _on_stanza(self, stanza: Element, now: float) -> None:
         """A stanza from the peer — RFC 6120 §8.1.1.2, §13.7: only for an authenticated

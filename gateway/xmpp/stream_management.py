@@ -121,28 +121,42 @@ class ReceivedCounter:
 class SentQueue:
     """The outbound half: stanzas sent since ``<enable/>`` and not yet acknowledged.
 
-    Each entry keeps the stanza and the driver's token for it (e.g. who to tell once the
-    peer has it); :meth:`ack` returns the entries an ``<a/>`` covers, :meth:`take` what is
-    left when the link is gone (to re-send over a new link or to bounce).
+    Each entry is the stanza *as written* (the serialised bytes) and the driver's token
+    for it (e.g. who to tell once the peer has it); :meth:`ack` returns the tokens an
+    ``<a/>`` covers, :meth:`take` what is left when the link is gone (to re-send over a
+    new link or to bounce).
+
+    Why bytes and two flat deques rather than (element, token) pairs: every stanza
+    relayed waits here for about a round trip of the peer, long enough to be found
+    alive by a young-generation garbage collection and promoted. An element tree is
+    several objects the cyclic collector then walks (and a pair one more), and the older
+    generations' collections, whose cost grows with what was promoted, were most of what
+    stream management cost per relayed message. Bytes are not tracked by the collector
+    at all, and a deque's blocks are not objects. The bytes are parsed back only on the
+    rare paths that need the stanza (a bounce, a re-send: ``parse_written``).
     """
 
-    __slots__ = ("_unacked", "acked", "awaiting_since", "requested_at_count", "sent")
+    __slots__ = ("_tokens", "_unacked", "acked", "awaiting_since", "requested_at_count", "sent")
 
     def __init__(self) -> None:
         self.sent = 0
         self.acked = 0
         # Made on the first stanza and dropped once all are acknowledged: an idle
-        # session's empty deque would be 0.6 KiB of it.
-        self._unacked: deque[tuple[Element, Hashable | None]] | None = None
+        # session's empty deques would be 0.6 KiB each of it.
+        self._unacked: deque[bytes] | None = None
+        self._tokens: deque[Hashable | None] | None = None  # in step with _unacked
         self.awaiting_since: float | None = None  # when our outstanding <r/> went out
         self.requested_at_count = 0  # ``sent`` when we last asked (no re-asking for nothing)
 
-    def push(self, stanza: Element, token: Hashable | None) -> None:
+    def push(self, data: bytes, token: Hashable | None) -> None:
+        """Keep one stanza, as the bytes written for it, until it is acknowledged."""
         self.sent += 1
         unacked = self._unacked
         if unacked is None:
             unacked = self._unacked = deque()
-        unacked.append((stanza, token))
+            self._tokens = deque()
+        unacked.append(data)
+        self._tokens.append(token)  # type: ignore[union-attr]  # made with _unacked
 
     def __len__(self) -> int:
         return self.sent - self.acked
@@ -158,8 +172,9 @@ class SentQueue:
         self.requested_at_count = self.sent
         return Element(TAG_REQUEST)
 
-    def ack(self, h_text: str | None) -> list[tuple[Element, Hashable | None]]:
-        """Apply the peer's ``<a h/>``: the entries it newly acknowledges, oldest first."""
+    def ack(self, h_text: str | None) -> tuple[int, list[Hashable]]:
+        """Apply the peer's ``<a h/>``: how many stanzas it newly acknowledges, and the
+        tokens of those that have one, oldest first."""
         try:
             h = int(h_text or "")
         except ValueError:
@@ -175,19 +190,27 @@ class SentQueue:
             raise AckError(f"the peer acknowledged {h} stanzas; only "
                            f"{self.sent % H_MODULUS} were sent")
         if not newly:
-            return []
+            return 0, []
         self.acked += newly
-        unacked = self._unacked
-        assert unacked is not None
-        acked = [unacked.popleft() for _ in range(newly)]
-        if not unacked:
-            self._unacked = None
-        return acked
+        unacked, tokens = self._unacked, self._tokens
+        assert unacked is not None and tokens is not None
+        if newly == len(unacked):  # the usual case: everything sent so far
+            acked = [token for token in tokens if token is not None]
+            self._unacked = self._tokens = None
+            return newly, acked
+        acked = []
+        for _ in range(newly):
+            unacked.popleft()
+            token = tokens.popleft()
+            if token is not None:
+                acked.append(token)
+        return newly, acked
 
-    def take(self) -> list[tuple[Element, Hashable | None]]:
-        """Everything unacknowledged, oldest first; the queue is empty afterwards."""
-        left = list(self._unacked or ())
-        self._unacked = None
+    def take(self) -> list[tuple[bytes, Hashable | None]]:
+        """Everything unacknowledged (the bytes written, the token), oldest first; the
+        queue is empty afterwards."""
+        left = list(zip(self._unacked or (), self._tokens or (), strict=True))
+        self._unacked = self._tokens = None
         self.acked = self.sent
         return left
 

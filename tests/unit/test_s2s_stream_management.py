@@ -26,6 +26,7 @@ from gateway.xmpp.events import (
 from gateway.xmpp.inbound import InboundStream
 from gateway.xmpp.outbound import OutboundStream
 from gateway.xmpp.stream import SETTLE_GRACE, Phase
+from gateway.xmpp.xml import serialize
 from tests.unit.s2s_world import CoreServer, Pki, RawPeer, World, accepting_stream, partner
 from tests.unit.test_s2s_refusals import (
     AUTH_EXTERNAL,
@@ -275,8 +276,8 @@ def test_impossible_h_is_a_stream_error(pki: Pki, h: str, words: str) -> None:
 def test_h_going_backwards_is_a_stream_error(pki: Pki) -> None:
     queue = sm.SentQueue()
     for _ in range(3):
-        queue.push(body(0), None)  # type: ignore[arg-type]
-    assert len(queue.ack("2")) == 2
+        queue.push(serialize(body(0)), None)  # type: ignore[arg-type]
+    assert queue.ack("2") == (2, [])
     with pytest.raises(sm.AckError, match="less than the 2"):
         queue.ack("1")
     with pytest.raises(sm.AckError, match="only 3 were sent"):
@@ -288,9 +289,9 @@ def test_h_wraps_at_2_to_the_32() -> None:
     queue = sm.SentQueue()
     queue.sent = queue.acked = queue.requested_at_count = sm.H_MODULUS - 2
     for n in range(4):
-        queue.push(body(n), n)  # type: ignore[arg-type]
-    assert [t for _s, t in queue.ack("0")] == [0, 1]
-    assert [t for _s, t in queue.ack("2")] == [2, 3]
+        queue.push(serialize(body(n)), n)  # type: ignore[arg-type]
+    assert queue.ack("0") == (2, [0, 1])
+    assert queue.ack("2") == (2, [2, 3])
     counter = sm.ReceivedCounter()
     counter.received = counter.handled = sm.H_MODULUS - 1
     seq = counter.receive()
