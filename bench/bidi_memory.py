@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.interop.harness import GatewayProcess, Namespace
-from tests.support.dnsmasq import DnsmasqServer
-from tests.unit.s2s_world import Pki
+from testbed.dnsmasq import DnsmasqServer
+from testbed.namespace import Namespace
+from testbed.pki import Pki
+from testbed.servers import GatewayProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 COUNTS = (250, 500, 1000)
@@ -24,7 +25,7 @@ COUNTS = (250, 500, 1000)
 def wildcard_dns(ns: Namespace) -> None:
     """Every *.load.example at 127.0.0.5 (where bench/bidi_load.py listens), the rest as
     the namespace had it."""
-    from tests.interop.harness import IPS
+    from testbed.namespace import IPS
 
     if ns.dns is not None:
         ns.dns.stop()

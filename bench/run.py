@@ -29,9 +29,10 @@ from bench.failover import failover_markdown, failover_runs
 from bench.relay import Sizes, run_relay
 from bench.relay_report import relay_markdown, relay_target_rows
 from bench.setup import bench_namespace
-from tests.interop.harness import Ejabberd, GatewayProcess, Namespace, Prosody
-from tests.support.kamailio import Kamailio
-from tests.unit.s2s_world import Pki
+from testbed.kamailio import Kamailio
+from testbed.namespace import Namespace
+from testbed.pki import Pki
+from testbed.servers import Ejabberd, GatewayProcess, Prosody
 
 ROOT = Path(__file__).resolve().parents[1]
 

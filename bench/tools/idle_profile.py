@@ -1,6 +1,6 @@
 """Memory per idle S2S session of the receiving gateway, with an allocation profile.
 
-    python -m bench.idle_profile [K[,K2,...]] [--trace]
+    python -m bench.tools.idle_profile [K[,K2,...]] [--trace]
 
 Builds the benchmark namespace, runs the receiving gateway (gw.example, accepting unlisted
 domains) *in this process* in a thread that joined the namespace, opens K idle
@@ -22,7 +22,8 @@ import sys
 import tracemalloc
 from pathlib import Path
 
-from bench.setup import bench_namespace, receiver_config
+from bench.setup import bench_namespace
+from bench.tools.in_process import receiver_config
 from gateway.config.model import (
     FederationSettings,
     Limits,
@@ -30,9 +31,9 @@ from gateway.config.model import (
 from gateway.daemon import Gateway
 from gateway.net import heap
 from gateway.xmpp.stream import RELEASE_IDLE_AFTER
-from tests.interop.in_namespace import run_in_namespace
+from testbed.in_namespace import run_in_namespace
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def rss_kib() -> int:

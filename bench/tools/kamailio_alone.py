@@ -1,7 +1,7 @@
 """Kamailio alone in the relay benchmark's two shapes, without Prosody or the gateway: what
 one relayed MESSAGE costs the proxy, and what changes that (docs/sip.md, Sizing Kamailio).
 
-    python -m bench.kamailio_alone to-sip|from-sip [-n N] [--rate R] [--window W]
+    python -m bench.tools.kamailio_alone to-sip|from-sip [-n N] [--rate R] [--window W]
         [--stale K] [--memory-manager qm|fm|tlsf] [--children C] [--debug D]
 
 ``to-sip`` is the XMPP→SIP shape: a SIP UA playing the gateway (bench/relay_sip.py, From a
@@ -36,11 +36,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import relay_proc, sipwire
+from bench import procfs, sipwire
 from bench.relay_child import Child
 from bench.setup import bench_namespace
-from tests.interop.harness import IPS, Namespace
-from tests.support.kamailio import Kamailio
+from testbed.kamailio import Kamailio
+from testbed.namespace import IPS, Namespace
 
 HOST = IPS["gw.example"]
 KAMAILIO_PORT, GATEWAY_PORT = 5070, 5062
@@ -48,7 +48,7 @@ LIMIT = 120.0  # seconds, every child
 
 
 class MeasuredKamailio(Kamailio):
-    """tests/support/kamailio.py's Kamailio (the shipped configuration, whose ctl.so
+    """testbed/kamailio.py's Kamailio (the shipped configuration, whose ctl.so
     ``kamcmd`` reaches through the run's socket)."""
 
     def __init__(self, workdir: Path, ns: Namespace, *, children: int, debug: int,
@@ -96,8 +96,8 @@ def udp_counters(ns: Namespace) -> dict[str, int]:
 
 
 def own_cpu_us(pid: int) -> float:
-    fields = relay_proc._stat(pid)
-    return (int(fields[11]) + int(fields[12])) * relay_proc.TICK_US if fields else 0.0
+    fields = procfs._stat(pid)
+    return (int(fields[11]) + int(fields[12])) * procfs.TICK_US if fields else 0.0
 
 
 def leave_stale_bindings(ns: Namespace, count: int) -> None:
@@ -111,7 +111,7 @@ def leave_stale_bindings(ns: Namespace, count: int) -> None:
             "'gw.example')[0] == 200\n"
             "    s.close()\n")
     subprocess.run([*ns.exec, sys.executable, "-c", code], check=True, timeout=60,
-                   cwd=Path(__file__).resolve().parents[1])
+                   cwd=Path(__file__).resolve().parents[2])
 
 
 def measure(ns: Namespace, args: argparse.Namespace) -> dict[str, Any]:
@@ -129,12 +129,12 @@ def measure(ns: Namespace, args: argparse.Namespace) -> dict[str, Any]:
                 recipient = "user@gw.example"
             else:
                 far = children.enter_context(Child(
-                    ns.exec, "bench.kamailio_alone", ["answer", HOST, GATEWAY_PORT, LIMIT],
+                    ns.exec, "bench.tools.kamailio_alone", ["answer", HOST, GATEWAY_PORT, LIMIT],
                     workdir / "answer.log"))
                 recipient = "user@a.example"
             ready = far.line(30)
             pid = kamailio.process.pid  # type: ignore[union-attr]
-            workers = relay_proc.descendants(pid)
+            workers = procfs.descendants(pid)
             cpu_before = {member: own_cpu_us(member) for member in workers}
             udp_before = udp_counters(ns)
             log_before = len(kamailio.log().splitlines())
@@ -151,7 +151,7 @@ def measure(ns: Namespace, args: argparse.Namespace) -> dict[str, Any]:
                 far.send("stop")
                 arrived = far.line(30)
             cpu = {member: own_cpu_us(member) - cpu_before.get(member, 0.0)
-                   for member in relay_proc.descendants(pid)}
+                   for member in procfs.descendants(pid)}
             udp_after = udp_counters(ns)
             log_lines = len(kamailio.log().splitlines()) - log_before
         n = sent["accepted"] or 1
