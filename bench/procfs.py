@@ -1,7 +1,9 @@
-"""What the relay benchmark reads from /proc about the servers it runs: CPU time
-(utime + stime of /proc/PID/stat, summed over a process and all its descendants, so
-Kamailio's forked workers count), peak RSS (VmHWM, reset between phases through
-/proc/PID/clear_refs, proc(5)) and the kernel's UDP receive-buffer drops in the namespace.
+"""Everything the benchmarks read from /proc (proc(5)) about the servers they run, in one
+place: CPU time (utime + stime of /proc/PID/stat, of one process or summed over it and all
+its descendants, so Kamailio's forked workers and ejabberd's helpers count), RSS (VmRSS of
+a process tree, and once it has settled), peak RSS (VmHWM, reset between phases through
+/proc/PID/clear_refs) and the kernel's UDP counters in a namespace (receive-buffer drops,
+in total and per socket).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import time
 from pathlib import Path
 
 TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
@@ -38,14 +41,48 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def process_cpu_us(pid: int) -> float:
+    """utime + stime of ``pid`` alone, in µs (0 once it has gone)."""
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) * TICK_US if fields else 0.0  # fields 14, 15
+
+
 def cpu_us(pid: int) -> float:
     """utime + stime of ``pid`` and its descendants, in µs (resolution: one clock tick)."""
+    return sum(process_cpu_us(member) for member in descendants(pid))
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of ``pid``; RuntimeError for a process without one (a kernel thread)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def tree_rss_kib(root: int) -> int:
+    """RSS of ``root`` and all its descendants: a server is one process (gateway, Prosody)
+    or several (ejabberd: the Erlang VM beam.smp, its erl_child_setup and port programs,
+    under the ejabberdctl shell), and what the runtime spreads over them all counts."""
     total = 0
-    for member in descendants(pid):
-        fields = _stat(member)
-        if fields is not None:
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    return total * TICK_US
+    for pid in descendants(root):
+        with contextlib.suppress(OSError, RuntimeError):  # exited meanwhile, kernel thread
+            total += rss_kib(pid)
+    return total
+
+
+def settled_rss(root: int, settle: float) -> int:
+    """The process tree's RSS once it stops moving: after ``settle`` seconds, sampled each
+    second until two samples agree within 0.2 % (at most 30 s more)."""
+    time.sleep(settle)
+    previous = tree_rss_kib(root)
+    for _ in range(30):
+        time.sleep(1.0)
+        current = tree_rss_kib(root)
+        if abs(current - previous) <= previous * 0.002:
+            return current
+        previous = current
+    return previous
 
 
 def peak_rss_kib(pid: int) -> int | None:
@@ -65,12 +102,18 @@ def reset_peak_rss(pid: int) -> bool:
         return False
 
 
-def udp_receive_drops(ns_exec: list[str]) -> int:
-    """UDP datagrams dropped for lack of receive buffer in the namespace (RcvbufErrors)."""
+def udp_counters(ns_exec: list[str]) -> dict[str, int]:
+    """The kernel's UDP counters in the namespace (the ``Udp:`` lines of /proc/net/snmp)."""
     snmp = subprocess.run([*ns_exec, "cat", "/proc/net/snmp"], capture_output=True, text=True,
                           timeout=10).stdout.splitlines()
     names, values = (line.split()[1:] for line in snmp if line.startswith("Udp:"))
-    return int(dict(zip(names, values, strict=True))["RcvbufErrors"])
+    return {name: int(value) for name, value in zip(names, values, strict=True)}
+
+
+def udp_receive_drops(ns_exec: list[str]) -> int:
+    """UDP datagrams dropped for lack of receive buffer in the namespace (RcvbufErrors; a
+    lost SIP request costs a retransmission: 500 ms and more of latency)."""
+    return udp_counters(ns_exec)["RcvbufErrors"]
 
 
 def udp_socket_drops(ns_exec: list[str]) -> dict[int, int]:

@@ -18,10 +18,12 @@ import asyncio
 import collections
 import gc
 import json
+import os
 import sys
 import tracemalloc
 from pathlib import Path
 
+from bench import procfs
 from bench.setup import bench_namespace
 from bench.tools.in_process import receiver_config
 from gateway.config.model import (
@@ -34,13 +36,6 @@ from gateway.xmpp.stream import RELEASE_IDLE_AFTER
 from testbed.in_namespace import run_in_namespace
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def main() -> int:
@@ -64,7 +59,7 @@ def main() -> int:
                 if trace:
                     tracemalloc.start(10)
                     before_snapshot = tracemalloc.take_snapshot()
-                before = rss_kib()
+                before = procfs.rss_kib(os.getpid())
                 types_before = collections.Counter(type(o).__name__ for o in gc.get_objects())
                 idle = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "bench.idle", "gw.example", "user@gw.example",
@@ -79,7 +74,7 @@ def main() -> int:
                     # Idle streams free their parser and TLS buffers after RELEASE_IDLE_AFTER.
                     await asyncio.sleep(RELEASE_IDLE_AFTER + 3.0)
                     gc.collect()
-                    after = rss_kib()
+                    after = procfs.rss_kib(os.getpid())
                     print(f"{step} idle sessions: RSS {before} -> {after} KiB, "
                           f"{(after - before) / step:.1f} KiB per session; "
                           f"{(after - previous[1]) / (step - previous[0]):.1f} KiB per session "

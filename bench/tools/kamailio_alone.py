@@ -88,18 +88,6 @@ def answer(host: str, port: int, limit: float) -> None:
           flush=True)
 
 
-def udp_counters(ns: Namespace) -> dict[str, int]:
-    lines = subprocess.run([*ns.exec, "cat", "/proc/net/snmp"], capture_output=True,
-                           text=True, timeout=10).stdout.splitlines()
-    names, values = (line.split()[1:] for line in lines if line.startswith("Udp:"))
-    return {name: int(value) for name, value in zip(names, values, strict=True)}
-
-
-def own_cpu_us(pid: int) -> float:
-    fields = procfs._stat(pid)
-    return (int(fields[11]) + int(fields[12])) * procfs.TICK_US if fields else 0.0
-
-
 def leave_stale_bindings(ns: Namespace, count: int) -> None:
     """``count`` bindings of user@gw.example whose UA is gone (registered, socket closed)."""
     if not count:
@@ -135,8 +123,8 @@ def measure(ns: Namespace, args: argparse.Namespace) -> dict[str, Any]:
             ready = far.line(30)
             pid = kamailio.process.pid  # type: ignore[union-attr]
             workers = procfs.descendants(pid)
-            cpu_before = {member: own_cpu_us(member) for member in workers}
-            udp_before = udp_counters(ns)
+            cpu_before = {member: procfs.process_cpu_us(member) for member in workers}
+            udp_before = procfs.udp_counters(ns.exec)
             log_before = len(kamailio.log().splitlines())
             load = children.enter_context(Child(
                 ns.exec, "bench.relay_sip", ["message", HOST, KAMAILIO_PORT, args.n, args.rate,
@@ -150,9 +138,9 @@ def measure(ns: Namespace, args: argparse.Namespace) -> dict[str, Any]:
                 time.sleep(0.5)  # the last answers relayed
                 far.send("stop")
                 arrived = far.line(30)
-            cpu = {member: own_cpu_us(member) - cpu_before.get(member, 0.0)
+            cpu = {member: procfs.process_cpu_us(member) - cpu_before.get(member, 0.0)
                    for member in procfs.descendants(pid)}
-            udp_after = udp_counters(ns)
+            udp_after = procfs.udp_counters(ns.exec)
             log_lines = len(kamailio.log().splitlines()) - log_before
         n = sent["accepted"] or 1
         return {
