@@ -27,7 +27,8 @@ from gateway.xmpp.inbound import InboundStream
 from gateway.xmpp.outbound import OutboundStream
 from gateway.xmpp.stream import SETTLE_GRACE, Phase
 from gateway.xmpp.xml import serialize
-from tests.unit.s2s_world import CoreServer, Pki, RawPeer, World, accepting_stream, partner
+from testbed.pki import Pki
+from tests.unit.s2s_world import CoreServer, RawPeer, World, accepting_stream, partner
 from tests.unit.test_s2s_refusals import (
     AUTH_EXTERNAL,
     OUR_HEADER,
