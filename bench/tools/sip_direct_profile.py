@@ -1,7 +1,8 @@
 """Where the gateway's CPU goes when SIP MESSAGEs arrive one datagram at a time:
 
     python -m bench.tools.sip_direct_profile [N] [RATE] [--profile [--cumulative]]
-                                       [--stream-management]  # default 50,000 at 10,000/s
+                                       [--stream-management] [--default-gc]
+                                       # default 50,000 at 10,000/s
 
 The relay benchmark's ``sip_direct`` run (bench/relay.py) with the gateway *in this
 process* (in a thread that joined the benchmark namespace, testbed/in_namespace.py):
@@ -11,7 +12,8 @@ EXTERNAL) to a real Prosody a.example, and a c2s receiver there counts them. Pri
 gateway's CPU per message (this process's utime + stime over the run: the event loop's
 wakeups, recvfrom/sendto, parsing, routing, answering, TLS and the S2S writes), and with
 ``--profile`` the functions with the most own time (cProfile inflates Python time; use it
-for where, the plain run for how much).
+for where, the plain run for how much). The garbage collector is tuned as the daemon tunes
+it (gateway/gc_tuning.py) unless ``--default-gc`` keeps CPython's thresholds.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import time
 from bench.relay_child import Child
 from bench.setup import bench_namespace
 from bench.tools.in_process import hottest, receiver_config
+from gateway import gc_tuning
 from gateway.config.model import PartnerPolicy, PartnerType, SipSettings
 from gateway.daemon import Gateway
 from gateway.policy.negotiation import Support
@@ -62,6 +65,8 @@ def main() -> int:
     # CPU time, not wall time: on a shared machine waiting would count as work
     profiler = cProfile.Profile(time.process_time) if "--profile" in sys.argv else None
     collector = GcTime()
+    if "--default-gc" not in sys.argv:
+        gc_tuning.tune_for_daemon()  # as gateway.daemon.run_gateway does
     limit = 30 + n / 2000
     with bench_namespace("sipdirect", keep_workdir=False) as (ns, pki):
         # --stream-management: XEP-0198 on the S2S link (Prosody's mod_smacks), as the
