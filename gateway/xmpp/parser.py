@@ -19,6 +19,7 @@ The output items are :class:`StreamHeader`, :class:`StanzaElement` (an
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -437,23 +438,30 @@ class StreamParser:
         )
 
 
-def parse_written(data: bytes, default_ns: str) -> Element:
-    """The element whose serialisation on a stream with default namespace ``default_ns``
-    (gateway.xmpp.xml.serialize) is ``data``: the inverse of writing it.
+def parse_written(written: Sequence[bytes], default_ns: str) -> list[Element]:
+    """The elements whose serialisations on a stream with default namespace ``default_ns``
+    (gateway.xmpp.xml.serialize) are ``written``, one each: the inverse of writing them.
 
     Stream management keeps what it sent as the bytes written, not as element trees (a
-    tree per unacknowledged stanza is tens of objects for the cyclic garbage collector to
-    walk, per stanza relayed); the rare paths that need the stanza again (a bounce, a
-    re-send over a new link) parse it back here. The header supplies the context the
-    bytes were written in (RFC 6120 §4.8.5); limits are set by the data itself, since
-    these are our own bytes. Raises :class:`XmlStreamError` for bytes that are not one
-    element (a program error)."""
-    size = len(data) + 1
+    tree per unacknowledged stanza is several objects for the cyclic garbage collector
+    to walk, per stanza relayed); the rare paths that need the stanzas again (a bounce,
+    a re-send over a new link) parse them back here, all with one parser (a window of
+    thousands after a lost link). The header supplies the context the bytes were written
+    in (RFC 6120 §4.8.5); limits are set by the data itself, since these are our own
+    bytes. Raises :class:`XmlStreamError` unless each item is one element (a program
+    error)."""
+    if not written:
+        return []
+    size = max(len(data) for data in written) + 1
     parser = StreamParser(ParserLimits(max_stanza_bytes=size, max_depth=size,
                                        max_attributes=size, max_attribute_bytes=size))
     header = (f"<stream:stream xmlns={quoteattr(default_ns)} xmlns:stream='{NS_STREAMS}' "
               f"xmlns:db='{NS_DIALBACK}'>").encode()
-    items = parser.feed(header + data)
-    if len(items) != 2 or not isinstance(items[1], StanzaElement) or parser._stack:
-        raise XmlStreamError("internal-server-error", "not one complete element")
-    return items[1].element
+    items = parser.feed(header)
+    elements = []
+    for data in written:
+        items = parser.feed(data)
+        if len(items) != 1 or not isinstance(items[0], StanzaElement) or parser._stack:
+            raise XmlStreamError("internal-server-error", f"not one element: {data[:80]!r}")
+        elements.append(items[0].element)
+    return elements

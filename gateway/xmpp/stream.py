@@ -362,7 +362,9 @@ class S2SStream:
         the bytes that were written (the queue keeps no trees; this path is rare)."""
         if self.sm_out is None:
             return []
-        return [(parse_written(data, NS_SERVER), token) for data, token in self.sm_out.take()]
+        left = self.sm_out.take()
+        stanzas = parse_written([data for data, _token in left], NS_SERVER)
+        return [(stanza, token) for stanza, (_data, token) in zip(stanzas, left, strict=True)]
 
     @property
     def unacked(self) -> int:
