@@ -1,6 +1,6 @@
 """What XEP-0198 stream management costs per relayed message, in CPU.
 
-    python -m bench.tools.sm_cost [N] [RUNS]      # defaults: 50,000 messages, 3 runs per mode
+    python -m bench.tools.sm_cost [N] [RUNS] [--default-gc]  # defaults: 50,000 messages, 3 runs
 
 Two gateways in this process, in the benchmark namespace: load.example sends N chat
 messages over one TLS + SASL EXTERNAL session to gw.example, whose development backend
@@ -9,6 +9,8 @@ the receiving side of every message, TLS and XML included) per delivered message
 stream management on (the default: the sender asks ``<r/>`` at the end of each burst,
 the receiver acknowledges every 32 settled stanzas or 50 ms after one settled) and off
 (plain S2S), alternating, RUNS times each; medians and their ratio. One line of JSON.
+The garbage collector is tuned as the daemon tunes it (gateway/gc_tuning.py) unless
+``--default-gc`` keeps CPython's thresholds.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 from bench.loadgen import load_gateway
 from bench.setup import bench_namespace
 from bench.tools.in_process import receiver_config
+from gateway import gc_tuning
 from gateway.config.model import FederationSettings
 from gateway.daemon import Gateway
 from gateway.sip.development import message
@@ -68,8 +71,11 @@ def _delivered(gateway: Gateway) -> int:
 
 
 def main() -> int:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
-    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    numbers = [a for a in sys.argv[1:] if not a.startswith("--")]
+    n = int(numbers[0]) if numbers else 50_000
+    runs = int(numbers[1]) if len(numbers) > 1 else 3
+    if "--default-gc" not in sys.argv:
+        gc_tuning.tune_for_daemon()  # as gateway.daemon.run_gateway does
     results: dict[str, list[dict]] = {"on": [], "off": []}
     with bench_namespace("smcost", keep_workdir=False) as (ns, pki):
         for _ in range(runs):
