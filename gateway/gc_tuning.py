@@ -1,31 +1,33 @@
 """How often the daemon's cyclic garbage collector runs, and why not CPython's default.
 
 Almost everything the gateway allocates is freed by reference counting; the cyclic
-collector only finds reference cycles, and the daemon makes few (a handful per minute
-under load). What it costs is the objects it *walks*: every collection of the young
-generation visits every tracked object still alive there. CPython starts one after 700
-net allocations, and frees of older objects count against it, so the young generation
-holds everything allocated since the last collection that is still alive. Under load
-that is the work in flight: a SIP MESSAGE relayed toward XMPP is answered only once the
-peer server acknowledged the stanza (XEP-0198, docs/delivery.md), and until then its SIP
-transaction, request and answer callback are alive — a round trip of the peer, hundreds
-of milliseconds when the peer lags behind. With the default threshold the collector
-walked that whole set again every ~50 messages, promoted it, and ran full collections
-over the whole heap (the SIP transactions kept for Timer J among it) about once per
-5,000 messages: measured at 10,000 MESSAGEs/s, 12 to 13 µs of CPU per message of 67 to 73 in
-all (``python -m bench.sip_direct_profile --stream-management``, docs/performance.md).
+collector only finds reference cycles, and the daemon makes very few: in a run of 20,000
+SIP MESSAGEs relayed to Prosody the collector found 70 unreachable objects in all. What
+it costs is the objects it *walks*: each collection of the young generation visits every
+tracked object still alive there. CPython starts one after 700 net allocations, and the
+frees of older objects count against that, so the young generation holds everything
+allocated since the last collection and still alive. Under load that is the work in
+flight: a SIP MESSAGE relayed toward XMPP is answered only once the peer server has
+acknowledged the stanza (XEP-0198, docs/delivery.md), and until then its SIP
+transaction, request and answer callback are alive, for a round trip of the peer —
+tens to hundreds of milliseconds when the peer lags behind the load. With CPython's
+threshold the collector walked that whole set again every ~50 messages, promoted it,
+and ran full collections over the whole heap every ~5,000: at 10,000 MESSAGEs/s, 17 to
+18 µs of CPU per message went to the collector, of 69 to 74 in all
+(``python -m bench.tools.sip_direct_profile --stream-management --default-gc`` before the
+unacknowledged stanzas were kept as bytes; docs/performance.md has the figures).
 
-A young-generation threshold of GEN0_THRESHOLD allocations walks the same set about 30
-times less often. The price: cyclic garbage waits longer to be freed, at most some
-GEN0_THRESHOLD objects (a few MiB) — nothing next to the daemon's resident size.
-The older generations keep CPython's ratios.
+With a young-generation threshold of GEN0_THRESHOLD the same set is walked about 70 times
+less often; measured the same way, the collector's share fell to 1.5 to 2 µs per message.
+The price is that cyclic garbage waits longer to be freed: at most that many objects,
+and the daemon makes little. The older generations keep CPython's ratios.
 """
 
 from __future__ import annotations
 
 import gc
 
-GEN0_THRESHOLD = 20_000
+GEN0_THRESHOLD = 50_000
 
 
 def tune_for_daemon() -> None:
