@@ -36,7 +36,7 @@ from gateway.contracts import OnSent, RouterForS2S
 from gateway.dns.resolver import Resolver
 from gateway.net.connection import StreamConnection
 from gateway.net.inbound_streams import InboundStreams
-from gateway.net.links import Links, S2SSettings, unlisted_partner
+from gateway.net.links import Links, S2SSettings
 from gateway.net.listeners import Listeners
 from gateway.net.outbound_sessions import OutboundSession, OutboundSessions
 from gateway.net.resent import RecentStanzas
@@ -44,9 +44,6 @@ from gateway.xmpp.stream import StreamContext
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
-
-__all__ = ["OutboundSession", "S2SService", "unlisted_partner"]
-
 
 class S2SService:
     """The XMPP side (implements :class:`gateway.contracts.S2SControl`): accepted
