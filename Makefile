@@ -85,7 +85,7 @@ MYPY_STRICT := gateway/xmpp gateway/sip gateway/policy \
                gateway/net/probe.py
 
 test: debs compose-debs venv $(VENV)/.podman-compose
-	$(PY) -m ruff check gateway tests bench demo
+	$(PY) -m ruff check gateway testbed tests bench demo
 	$(PY) -m mypy --strict --follow-imports=silent $(MYPY_STRICT)
 	$(PY) -m pytest -q -ra
 
@@ -93,7 +93,7 @@ test-unit: venv
 	$(PY) -m pytest -q tests/unit
 
 lint: venv
-	$(PY) -m ruff check gateway tests bench demo
+	$(PY) -m ruff check gateway testbed tests bench demo
 
 bench: debs venv
 	$(PY) -m pip install -q -e '.[test,bench]'
