@@ -82,7 +82,9 @@ MYPY_STRICT := gateway/xmpp gateway/sip gateway/policy \
                gateway/router gateway/cluster gateway/assembly.py gateway/daemon.py \
                gateway/admin_web gateway/config/partner_changes.py \
                gateway/net/federation.py gateway/net/connector.py gateway/net/context.py \
-               gateway/net/probe.py
+               gateway/net/probe.py gateway/net/links.py gateway/net/inbound_streams.py \
+               gateway/net/listeners.py gateway/net/outbound_sessions.py \
+               gateway/net/outbound_links.py
 
 test: debs compose-debs venv $(VENV)/.podman-compose
 	$(PY) -m ruff check gateway testbed tests bench demo
