@@ -10,22 +10,22 @@ import contextlib
 import json
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
-from tests.interop.harness import GatewayProcess, Namespace
-from tests.support.dnsmasq import DnsmasqServer
-from tests.unit.s2s_world import Pki
+from bench import procfs
+from bench.receivers import slope
+from bench.setup import ROOT
+from testbed.dnsmasq import DnsmasqServer
+from testbed.namespace import IPS, Namespace
+from testbed.pki import Pki
+from testbed.servers import GatewayProcess
 
-ROOT = Path(__file__).resolve().parents[1]
 COUNTS = (250, 500, 1000)
 
 
 def wildcard_dns(ns: Namespace) -> None:
     """Every *.load.example at 127.0.0.5 (where bench/bidi_load.py listens), the rest as
     the namespace had it."""
-    from tests.interop.harness import IPS
-
     if ns.dns is not None:
         ns.dns.stop()
     ns.dns = DnsmasqServer(
@@ -38,8 +38,6 @@ def wildcard_dns(ns: Namespace) -> None:
 
 def measure(ns: Namespace, pki: Pki, bidi: bool, counts: tuple[int, ...],
             settle: float) -> dict[str, Any]:
-    from bench.run import settled_rss, slope
-
     partners = [{"domain": f"d{i:05d}.load.example", "type": "federated", "tls": "required",
                  "sasl": "required", "dialback": "false"} for i in range(counts[-1])]
     gateway = GatewayProcess(ns, pki, partners, log_level="warning", bidi=bidi,
@@ -47,7 +45,7 @@ def measure(ns: Namespace, pki: Pki, bidi: bool, counts: tuple[int, ...],
                                      "max_connections_per_ip": 4 * counts[-1]}).start()
     assert gateway.process is not None
     root = gateway.process.pid
-    points = [(0, settled_rss(root, settle))]
+    points = [(0, procfs.settled_rss(root, settle))]
     connections: list[int] = []
     log = (ns.workdir / f"bidi-load-{bidi}.log").open("w")
     loader = subprocess.Popen(
@@ -63,7 +61,7 @@ def measure(ns: Namespace, pki: Pki, bidi: bool, counts: tuple[int, ...],
                                    f"{(ns.workdir / f'bidi-load-{bidi}.log').read_text()[-2000:]}")
             reached = json.loads(line)
             connections.append(len(gateway.status()["sessions"]))
-            points.append((reached["partners"], settled_rss(root, settle)))
+            points.append((reached["partners"], procfs.settled_rss(root, settle)))
             loader.stdin.write("next\n" if wanted != counts[-1] else "\n")
             loader.stdin.flush()
     finally:

@@ -36,12 +36,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from bench.relay_child import Child
-from tests.interop.harness import IPS, Namespace, Prosody
-from tests.support.cluster_node import KAMAILIO, NODE_IPS, SIP_PORT, ClusterNode
-from tests.support.dnsmasq import DnsmasqServer
-from tests.support.kamailio import Kamailio
-from tests.support.postgres import PostgresServer, postgres_bindir
-from tests.unit.s2s_world import Pki
+from testbed.cluster_node import KAMAILIO, NODE_IPS, SIP_PORT, ClusterNode
+from testbed.dnsmasq import DnsmasqServer
+from testbed.kamailio import Kamailio
+from testbed.namespace import IPS, Namespace
+from testbed.pki import Pki
+from testbed.postgres import PostgresServer, postgres_bindir
+from testbed.servers import Prosody
 
 QUIET = 8.0  # a receiver that saw nothing new for this long has all it will get
 # Prosody keeps at most this many unacknowledged stanzas per stream and forgets the oldest

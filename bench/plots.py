@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench.run import load_figure
+from bench.report import load_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ("gateway", "prosody", "ejabberd")

@@ -35,11 +35,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from bench import relay_proc
+from bench import procfs
 from bench.relay_child import Child
-from tests.interop.harness import IPS, GatewayProcess, Namespace, Prosody
-from tests.support.kamailio import Kamailio
-from tests.unit.s2s_world import Pki
+from testbed.kamailio import Kamailio
+from testbed.namespace import IPS, Namespace
+from testbed.pki import Pki
+from testbed.servers import GatewayProcess, Prosody
 
 GW = IPS["gw.example"]
 KAMAILIO_PORT, GATEWAY_SIP_PORT = 5070, 5062
@@ -188,21 +189,21 @@ class Meter:
         self.pids = world.pids()
 
     def begin(self) -> None:
-        self.cpu = {name: relay_proc.cpu_us(pid) for name, pid in self.pids.items()}
-        self.rss_reset = relay_proc.reset_peak_rss(self.pids["gateway"])
-        self.drops = relay_proc.udp_receive_drops(self.world.ns.exec)
-        self.socket_drops = relay_proc.udp_socket_drops(self.world.ns.exec)
+        self.cpu = {name: procfs.cpu_us(pid) for name, pid in self.pids.items()}
+        self.rss_reset = procfs.reset_peak_rss(self.pids["gateway"])
+        self.drops = procfs.udp_receive_drops(self.world.ns.exec)
+        self.socket_drops = procfs.udp_socket_drops(self.world.ns.exec)
         self.before = self.world.counters()
 
     def end(self, delivered: int) -> dict[str, Any]:
-        cpu = {name: relay_proc.cpu_us(pid) - self.cpu[name] for name, pid in self.pids.items()}
+        cpu = {name: procfs.cpu_us(pid) - self.cpu[name] for name, pid in self.pids.items()}
         per_message = {name: (used / delivered if delivered else None)
                        for name, used in cpu.items()}
         return {"cpu_us": cpu, "cpu_us_per_message": per_message,
-                "gateway_peak_rss_kib": relay_proc.peak_rss_kib(self.pids["gateway"]),
+                "gateway_peak_rss_kib": procfs.peak_rss_kib(self.pids["gateway"]),
                 "gateway_peak_rss_since": "run start" if self.rss_reset else "gateway start",
                 "udp_receive_buffer_drops":
-                    relay_proc.udp_receive_drops(self.world.ns.exec) - self.drops,
+                    procfs.udp_receive_drops(self.world.ns.exec) - self.drops,
                 "udp_drops_by_socket": self.socket_drops_since(),
                 "gateway_counters_before": self.before,
                 "gateway_counters_after": self.world.counters()}
@@ -210,7 +211,7 @@ class Meter:
     def socket_drops_since(self) -> dict[str, int]:
         """UDP drops during the run at the gateway's SIP socket, Kamailio's, and the
         benchmark's own UAs (any other port)."""
-        now = relay_proc.udp_socket_drops(self.world.ns.exec)
+        now = procfs.udp_socket_drops(self.world.ns.exec)
         found = {"gateway": 0, "kamailio": 0, "benchmark_uas": 0}
         for port, count in now.items():
             role = {GATEWAY_SIP_PORT: "gateway", KAMAILIO_PORT: "kamailio"}.get(

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.relay import GW, KAMAILIO_PORT, Meter, RelayWorld
-from tests.interop.harness import IPS
+from testbed.namespace import IPS
 
 # Nothing new for this long ends the storm. 2 s was too short on a loaded machine: in one
 # run the gateway was still working through 9,560 queued SIP requests when it was called.

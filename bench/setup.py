@@ -1,37 +1,18 @@
 """What every benchmark run starts from: a network namespace of its own (loopback IPs,
-dnsmasq with the test domains; tests/interop/harness.py) and a PKI holding the load
+dnsmasq with the test domains; testbed/namespace.py) and a PKI holding the load
 generator's certificates."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import cProfile
-import dataclasses
-import io
-import json
 import os
-import pstats
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from gateway.auth import devcerts
-from gateway.config.model import (
-    DialbackSettings,
-    DnsSettings,
-    GatewayConfig,
-    ListenAddress,
-    LoggingSettings,
-    PartnerPolicy,
-    PartnerType,
-    StoreSettings,
-)
-from gateway.policy.negotiation import Support
-from tests.interop.harness import Namespace
-from tests.unit.s2s_world import Pki
+from testbed.namespace import Namespace
+from testbed.pki import Pki
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,40 +46,3 @@ def bench_namespace(kind: str, *, keep_workdir: bool = True) -> Iterator[tuple[N
         ns.down()
         if not keep_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def receiver_config(ns: Namespace, pki: Pki, **changes: Any) -> GatewayConfig:
-    """The receiving gateway (gw.example on 127.0.0.4:5269) for in-process runs: its only
-    partner load.example by TLS + SASL EXTERNAL, quiet logs; ``changes`` replace fields
-    (e.g. no partners and ``allow_unlisted`` for the idle-session run)."""
-    work = ns.workdir
-    config = GatewayConfig(
-        domains=("gw.example",),
-        partners=(PartnerPolicy("load.example", PartnerType.FEDERATED, Support.REQUIRED,
-                                Support.REQUIRED, False),),
-        listen=(ListenAddress("127.0.0.4", 5269),), tls=pki.tls_settings("gw.example"),
-        dialback=DialbackSettings("bench"), dns=DnsSettings(("127.0.0.53",), 3.0),
-        store=StoreSettings(work / "gw.sqlite3"), admin_socket=work / "gw.sock",
-        logging=LoggingSettings(level="warning"))
-    return dataclasses.replace(config, **changes)
-
-
-async def push_load(ns: Namespace, pki: Pki, n: int) -> dict[str, Any]:
-    """bench/loadgen.py pushing ``n`` messages into the in-process receiver (counted by its
-    router over the admin socket); its JSON result."""
-    work = ns.workdir
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.loadgen", "gw.example", "user@gw.example", str(n), "0",
-        str(pki.root), str(work), f"admin:{work / 'gw.sock'}",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT)
-    out, err = await asyncio.wait_for(process.communicate(), 600)
-    if process.returncode != 0:
-        raise RuntimeError(err.decode()[-3000:])
-    return json.loads(out.decode().splitlines()[-1])  # type: ignore[no-any-return]
-
-
-def hottest(profiler: cProfile.Profile, top: int) -> str:
-    """The ``top`` functions of a profile by their own time, as pstats prints them."""
-    buffer = io.StringIO()
-    pstats.Stats(profiler, stream=buffer).sort_stats("tottime").print_stats(top)
-    return buffer.getvalue()

@@ -6,7 +6,7 @@ SIP user agent; then it sends a message each way and a presence subscription, pr
 conversation (who said what to whom, over which S2S authentication method, in how many
 milliseconds) and stops everything. Exit status 0 only when every step worked.
 
-It reuses the interoperability harness of the test suite (tests/interop/harness.py,
-tests/support/) rather than a copy of it, so it runs from a checkout, like ``make test``;
-it is not part of the installed package.
+It reuses the test bed the interop tests and the benchmarks share (testbed/: the namespace,
+Prosody, the gateway, Kamailio) rather than a copy of it, so it runs from a checkout, like
+``make test``; it is not part of the installed package.
 """

@@ -1,4 +1,4 @@
-"""The demo's conversations, run inside the namespace (tests/interop/in_namespace.py).
+"""The demo's conversations, run inside the namespace (testbed/in_namespace.py).
 
 Each step is timed from the moment it is sent until the other side has it, and recorded
 as it finishes, so that a failure still shows what worked before it. A step waits at most
@@ -20,9 +20,9 @@ from collections.abc import Awaitable, Callable
 
 from demo.report import Step
 from gateway.sip.pidf import parse_pidf
-from tests.interop.harness import IPS
-from tests.interop.in_namespace import XmppUser
-from tests.support.sip_ua import SipUserAgent
+from testbed.in_namespace import XmppUser
+from testbed.namespace import IPS
+from testbed.sip_ua import SipUserAgent
 
 STEP_TIMEOUT = 10.0
 ALICE = "alice@a.example"

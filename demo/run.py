@@ -1,11 +1,11 @@
 """Sets the demo's stage, runs the conversation, prints it, and takes everything down.
 
-The stage is the interop harness's (tests/interop/harness.py): a network namespace named
-after our PID with dnsmasq answering for ``*.example``, Prosody for a.example with one user
-(alice), the gateway for gw.example as ``xmpp-gateway run`` and, for ``--sip``, Kamailio as
-registrar, proxy and presence server of gw.example. Every process is our child and is
-stopped by PID; the namespace and the working directory are removed, also on failure,
-Ctrl-C or SIGTERM.
+The stage is the interop tests' (testbed/namespace.py, testbed/servers.py): a network
+namespace named after our PID with dnsmasq answering for ``*.example``, Prosody for
+a.example with one user (alice), the gateway for gw.example as ``xmpp-gateway run`` and,
+for ``--sip``, Kamailio as registrar, proxy and presence server of gw.example. Every process
+is our child and is stopped by PID; the namespace and the working directory are removed,
+also on failure, Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from pathlib import Path
 
 from demo import conversation
 from demo.report import format_report
-from tests.interop.harness import IPS, GatewayProcess, Namespace, Prosody
-from tests.interop.in_namespace import run_in_namespace
-from tests.support.kamailio import Kamailio
-from tests.unit.s2s_world import Pki
+from testbed.in_namespace import run_in_namespace
+from testbed.kamailio import Kamailio
+from testbed.namespace import IPS, Namespace
+from testbed.pki import Pki
+from testbed.servers import GatewayProcess, Prosody
 
 GW = IPS["gw.example"]
 KAMAILIO_PORT = 5070

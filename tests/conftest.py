@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.postgres import PostgresServer, postgres_bindir
+from testbed.postgres import PostgresServer, postgres_bindir
 
 
 @pytest.fixture(scope="session")

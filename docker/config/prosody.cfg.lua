@@ -1,5 +1,5 @@
 -- Prosody a.example in the compose stack (settings of the interop harness,
--- tests/interop/harness.py). Runs as user prosody; data on the prosody-data volume.
+-- testbed/servers.py). Runs as user prosody; data on the prosody-data volume.
 daemonize = false
 pidfile = "/tmp/prosody.pid"
 data_path = "/var/lib/prosody"

@@ -2,7 +2,7 @@
 (PIDF, RFC 3903) and keeps both fresh; ``echo`` answers every MESSAGE (RFC 3428) with a
 MESSAGE carrying the same text back to its sender, the others only record what they get.
 
-Why a UA of our own: it is tests/support/sip_ua.py, the user agent the interop tests run
+Why a UA of our own: it is testbed/sip_ua.py, the user agent the interop tests run
 against Kamailio, so the stack exercises the same SIP behaviour the test suite checks.
 Everything a user receives is printed as one JSON object per line (``podman logs`` /
 ``docker compose logs sip-ua``), which is how the compose test sees what reached SIP.
@@ -18,7 +18,7 @@ import json
 import socket
 import sys
 
-from tests.support.sip_ua import SipUserAgent
+from testbed.sip_ua import SipUserAgent
 
 ECHO_USER = "echo"
 REGISTER_EXPIRES = 300  # seconds asked for; refreshed well before (RFC 3261 §10.2.1)

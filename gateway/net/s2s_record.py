@@ -3,7 +3,7 @@
 With ``XMPP_GATEWAY_RECORD_S2S=<directory>`` in the environment of ``xmpp-gateway run``,
 every byte each S2S stream writes is appended, as written and before TLS encrypts it, to
 a file of its own in ``<directory>``: ``<n>-<inbound|outbound>.xml``, ``n`` counting
-streams from 1. It exists so that a test (tests/interop/harness.py) or an administrator
+streams from 1. It exists so that a test (testbed/servers.py) or an administrator
 chasing a partner's "not well-formed" complaint can check every byte against a strict
 XML parser; nothing else reads it.
 

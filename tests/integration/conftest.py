@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.router import Router
-from tests.support.dnsmasq import DnsmasqServer, free_port
-from tests.unit.s2s_world import Pki
+from testbed.dnsmasq import DnsmasqServer, SilentNameserver, free_port
+from testbed.pki import Pki
 
 
 @pytest.fixture(autouse=True)
@@ -52,3 +54,28 @@ def dns_for_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     )
     with server:
         yield server.nameserver, ports
+
+
+@pytest.fixture
+def dnsmasq_server(tmp_path: Path) -> Iterator[Callable[..., DnsmasqServer]]:
+    """Factory fixture: ``dnsmasq_server(host_records=..., srv_records=..., ...)`` starts a
+    :class:`DnsmasqServer` in the test's tmp_path; all are stopped at teardown."""
+    servers: list[DnsmasqServer] = []
+
+    def start(**kwargs: Any) -> DnsmasqServer:
+        server = DnsmasqServer(tmp_path / f"dnsmasq-{len(servers)}", **kwargs)
+        servers.append(server)
+        return server.start()
+
+    try:
+        yield start
+    finally:
+        for server in reversed(servers):
+            server.stop()
+
+
+@pytest.fixture
+def silent_nameserver() -> Iterator[SilentNameserver]:
+    """A nameserver address that never answers (for timeout tests)."""
+    with SilentNameserver() as server:
+        yield server

@@ -26,8 +26,8 @@ from gateway.config.loader import load_config
 from gateway.daemon import Gateway
 from gateway.logs import KeyValueFormatter
 from gateway.sip.development import message
-from tests.support.dnsmasq import free_port
-from tests.unit.s2s_world import Pki
+from testbed.dnsmasq import free_port
+from testbed.pki import Pki
 
 REPO = Path(__file__).resolve().parents[2]
 # Test accounts hashed with test-sized parameters; real accounts use argon2-cffi's defaults.

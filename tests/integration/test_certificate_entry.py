@@ -13,8 +13,8 @@ import pytest
 
 from gateway.config.loader import load_config
 from gateway.daemon import Gateway
-from tests.support.dnsmasq import free_port
-from tests.unit.s2s_world import Pki
+from testbed.dnsmasq import free_port
+from testbed.pki import Pki
 
 
 def write_config(directory: Path, certificate: Path, key: Path, ca: Path) -> Path:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.dnsmasq import free_dns_port, free_port
-from tests.support.kamailio import Kamailio
+from testbed.dnsmasq import free_dns_port, free_port
+from testbed.kamailio import Kamailio
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli.service import is_gateway
-from tests.support.dnsmasq import free_port
+from testbed.dnsmasq import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

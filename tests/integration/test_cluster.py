@@ -45,9 +45,9 @@ from gateway.dns.resolver import DnsPythonResolver
 from gateway.policy.negotiation import Support
 from gateway.sip.development import presence
 from gateway.sip.message import SipRequest
+from testbed.dnsmasq import free_port
+from testbed.sip_ua import SipUserAgent, pidf
 from tests.integration.test_sip_backend import answer_subscribe, notify_for
-from tests.support.dnsmasq import free_port
-from tests.support.sip_ua import SipUserAgent, pidf
 
 SIP_DOMAIN = "sip.example"
 WATCH = ("bob@xmpp.example", "alice@sip.example")

@@ -18,8 +18,8 @@ from gateway.config.editor import remove_partner
 from gateway.config.loader import load_config
 from gateway.daemon import Gateway
 from gateway.sip.development import message
-from tests.support.dnsmasq import DnsmasqServer, free_port
-from tests.unit.s2s_world import Pki
+from testbed.dnsmasq import DnsmasqServer, free_port
+from testbed.pki import Pki
 
 CLI = [sys.executable, "-m", "gateway.cli.main"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.dns.resolver import DnsPythonResolver, DnsResolutionError
-from tests.support.dnsmasq import free_dns_port
+from testbed.dnsmasq import free_dns_port
 from tests.support.dnssec import SignedZone, tools_missing
 
 LEAF_SPKI = "aa" * 32

@@ -13,11 +13,7 @@ import pytest
 from gateway.config.model import DnsSettings
 from gateway.dns.resolver import DnsPythonResolver, DnsResolutionError, parse_nameserver
 from gateway.dns.srv import ConnectTarget
-from tests.support import dnsmasq as dnsmasq_support
-from tests.support.dnsmasq import DnsmasqServer, SilentNameserver, servfail_dnsmasq
-
-dnsmasq_server = dnsmasq_support.dnsmasq_server  # fixtures
-silent_nameserver = dnsmasq_support.silent_nameserver
+from testbed.dnsmasq import DnsmasqServer, SilentNameserver, servfail_dnsmasq
 
 pytestmark = pytest.mark.integration
 

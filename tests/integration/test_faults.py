@@ -15,8 +15,8 @@ from gateway.daemon import Gateway
 from gateway.dns.resolver import DnsPythonResolver
 from gateway.policy.negotiation import Support
 from gateway.sip.development import message
+from testbed.dnsmasq import SilentNameserver, servfail_dnsmasq
 from tests.integration.test_two_gateways import Pair, _policy, pair, partner  # noqa: F401
-from tests.support.dnsmasq import SilentNameserver, servfail_dnsmasq
 
 OPEN = _policy(Support.OPTIONAL, Support.OPTIONAL, True)
 STANZAS = "{urn:ietf:params:xml:ns:xmpp-stanzas}"

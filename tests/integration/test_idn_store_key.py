@@ -26,8 +26,8 @@ from gateway.daemon import Gateway
 from gateway.dns.resolver import DnsPythonResolver
 from gateway.domain import normalize_domain
 from gateway.sip.development import message
-from tests.support.dnsmasq import free_port
-from tests.support.sip_ua import SipUserAgent
+from testbed.dnsmasq import free_port
+from testbed.sip_ua import SipUserAgent
 
 SERVED = normalize_domain("Bücher.Example")  # as the configuration loader keeps it
 

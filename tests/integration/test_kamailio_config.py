@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.kamailio import SHIPPED_CONFIG, local_config
+from testbed.kamailio import SHIPPED_CONFIG, local_config
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,8 +12,8 @@ from gateway.daemon import Gateway
 from gateway.dns.resolver import DnsPythonResolver
 from gateway.policy.negotiation import Support
 from gateway.sip.development import message
+from testbed.dnsmasq import free_port
 from tests.integration.test_two_gateways import Pair, _policy, pair, partner  # noqa: F401
-from tests.support.dnsmasq import free_port
 
 
 async def test_metrics_after_three_messages(pair: Pair) -> None:  # noqa: F811

@@ -19,9 +19,9 @@ import time
 
 from gateway.sip.development import DevelopmentBackend, presence
 from gateway.sip.message import SipRequest
+from testbed.sip_ua import SipUserAgent, pidf
 from tests.integration.test_sip_backend import notify_for
 from tests.integration.test_sip_flow import SipPair, sip_pair  # noqa: F401 - fixture
-from tests.support.sip_ua import SipUserAgent, pidf
 
 ROUNDS = 1000
 ALICE = "alice@b.example"

@@ -27,9 +27,9 @@ from gateway.daemon import Gateway
 from gateway.dns.resolver import DnsPythonResolver
 from gateway.router import HIGH_WATER
 from gateway.sip.development import message
-from tests.support.dnsmasq import free_port
+from testbed.dnsmasq import free_port
+from testbed.pki import Pki
 from tests.support.held_backend import HeldBackend
-from tests.unit.s2s_world import Pki
 
 HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
           "xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' "

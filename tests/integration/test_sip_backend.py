@@ -40,8 +40,8 @@ from gateway.sip.backend import SipBackend
 from gateway.sip.development import message, presence
 from gateway.sip.message import SipRequest, make_response, new_branch
 from gateway.sip.pidf import PresenceState, parse_pidf
-from tests.support.dnsmasq import free_port
-from tests.support.sip_ua import SipUserAgent, pidf
+from testbed.dnsmasq import free_port
+from testbed.sip_ua import SipUserAgent, pidf
 
 STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 SIP_DOMAIN = "sip.example"

@@ -40,9 +40,9 @@ from gateway.policy.negotiation import Support
 from gateway.router import HIGH_WATER
 from gateway.sip.development import message, presence
 from gateway.sip.message import SipRequest, SipResponse
-from tests.support.dnsmasq import free_port
-from tests.support.sip_ua import SipUserAgent
-from tests.unit.s2s_world import Pki
+from testbed.dnsmasq import free_port
+from testbed.pki import Pki
+from testbed.sip_ua import SipUserAgent
 
 OPEN = dict(tls=Support.OPTIONAL, sasl=Support.OPTIONAL, dialback=True)
 

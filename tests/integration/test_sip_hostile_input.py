@@ -31,10 +31,10 @@ import pytest_asyncio
 
 from gateway.daemon import Gateway
 from gateway.sip.message import StreamDeframer
+from testbed.dnsmasq import free_port
+from testbed.namespace import stop_process
+from testbed.pki import Pki
 from tests.integration.test_sip_flow import SipPair
-from tests.interop.harness import stop_process
-from tests.support.dnsmasq import free_port
-from tests.unit.s2s_world import Pki
 
 PROXY = "127.0.0.1"
 OUTSIDER = "127.0.0.11"

@@ -24,6 +24,7 @@ from gateway.sip.development import presence
 from gateway.sip.message import SipRequest
 from gateway.sip.pidf import PresenceState, parse_pidf
 from gateway.store import AsyncAuthorizationStore, SqliteAuthorizationStore
+from testbed.sip_ua import SipUserAgent, pidf
 from tests.integration import test_sip_backend as base
 from tests.integration.test_sip_backend import (
     SIP_DOMAIN,
@@ -32,7 +33,6 @@ from tests.integration.test_sip_backend import (
     notify_for,
     watch_established,
 )
-from tests.support.sip_ua import SipUserAgent, pidf
 
 STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 CAROL = "carol@xmpp.example"

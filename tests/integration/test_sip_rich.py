@@ -38,10 +38,10 @@ from gateway.sip.imdn import parse_imdn
 from gateway.sip.iscomposing import parse_is_composing
 from gateway.sip.mime import parse_media_type
 from gateway.sip.multipart import parse_multipart
+from testbed.dnsmasq import free_port
+from testbed.sip_ua import SipUserAgent
 from tests.integration import test_sip_backend
 from tests.integration.test_sip_backend import SIP_DOMAIN, Recorder, condition
-from tests.support.dnsmasq import free_port
-from tests.support.sip_ua import SipUserAgent
 
 CHATSTATES = "http://jabber.org/protocol/chatstates"
 RECEIPTS = "urn:xmpp:receipts"

@@ -29,10 +29,10 @@ from gateway.metrics import Metrics
 from gateway.sip.backend import SipBackend
 from gateway.sip.development import message
 from gateway.sip.message import make_response, parse_message
+from testbed.dnsmasq import free_port
+from testbed.sip_ua import SipUserAgent
 from tests.integration.test_sip_backend import Recorder, condition
-from tests.support.dnsmasq import free_port
 from tests.support.sip_attacker import spoofed, status_of, stream_exchange, udp_exchange
-from tests.support.sip_ua import SipUserAgent
 
 GATEWAY = "127.0.0.9"
 PROXY = "127.0.0.10"

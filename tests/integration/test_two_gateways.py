@@ -29,8 +29,8 @@ from gateway.daemon import Gateway
 from gateway.dns.resolver import DnsPythonResolver
 from gateway.policy.negotiation import Support
 from gateway.sip.development import message
+from testbed.pki import Pki
 from tests.support.matrix import MatrixRow, expected_method, matrix_rows
-from tests.unit.s2s_world import Pki
 
 SASL = "SASL over TLS"
 
@@ -256,7 +256,7 @@ async def test_direct_tls_and_sni_certificate_choice(tmp_path: Path, pki: Pki) -
     import socket
 
     from gateway.config.model import CertificateFiles, ListenAddress
-    from tests.support.dnsmasq import DnsmasqServer, free_port
+    from testbed.dnsmasq import DnsmasqServer, free_port
 
     port_a, port_b = free_port(kind=socket.SOCK_STREAM), free_port(kind=socket.SOCK_STREAM)
     dns = DnsmasqServer(

@@ -27,10 +27,10 @@ import pytest
 from gateway.config.loader import load_config
 from gateway.daemon import Gateway, StartupError
 from gateway.net.admin import query
+from testbed.dnsmasq import free_port
+from testbed.pki import Pki
 from tests.integration.test_daemon import write_config
-from tests.support.dnsmasq import free_port
 from tests.support.sip_attacker import spoofed, status_of, udp_exchange
-from tests.unit.s2s_world import Pki
 
 NOBODY = 65534
 SECRET = "secret-of-a.example"  # write_config's dialback secret

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.harness import Namespace
-from tests.unit.s2s_world import Pki
+from testbed.namespace import Namespace
+from testbed.pki import Pki
 
 
 @pytest.fixture(scope="module")

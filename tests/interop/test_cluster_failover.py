@@ -26,14 +26,15 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.sip.pidf import parse_pidf
-from tests.interop.harness import IPS, Namespace, Prosody
-from tests.interop.in_namespace import XmppUser, run_in_namespace
-from tests.support.cluster_node import KAMAILIO, NODE_IPS, SIP_PORT, ClusterNode
-from tests.support.dnsmasq import DnsmasqServer
-from tests.support.kamailio import Kamailio
-from tests.support.postgres import PostgresServer, postgres_bindir
-from tests.support.sip_ua import SipUserAgent
-from tests.unit.s2s_world import Pki
+from testbed.cluster_node import KAMAILIO, NODE_IPS, SIP_PORT, ClusterNode
+from testbed.dnsmasq import DnsmasqServer
+from testbed.in_namespace import XmppUser, run_in_namespace
+from testbed.kamailio import Kamailio
+from testbed.namespace import IPS, Namespace
+from testbed.pki import Pki
+from testbed.postgres import PostgresServer, postgres_bindir
+from testbed.servers import Prosody
+from testbed.sip_ua import SipUserAgent
 
 LEASE = 3.0
 BEAT = 0.5

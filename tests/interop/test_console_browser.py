@@ -33,11 +33,12 @@ from typing import Any
 import pytest
 from playwright import sync_api
 
-from tests.interop.harness import IPS, REPO, Namespace, Prosody, stop_process
-from tests.interop.in_namespace import XmppUser, run_in_namespace
-from tests.support.kamailio import Kamailio
-from tests.support.postgres import PostgresServer, postgres_bindir
-from tests.unit.s2s_world import Pki
+from testbed.in_namespace import XmppUser, run_in_namespace
+from testbed.kamailio import Kamailio
+from testbed.namespace import IPS, REPO, Namespace, stop_process
+from testbed.pki import Pki
+from testbed.postgres import PostgresServer, postgres_bindir
+from testbed.servers import Prosody
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = REPO / "docs" / "console"

@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.interop.harness import (
-    Ejabberd,
-    GatewayProcess,
-    Namespace,
-    assert_echo_exchange,
-    xmpp_client,
-)
+from testbed.namespace import Namespace
+from testbed.pki import Pki
+from testbed.servers import Ejabberd, GatewayProcess
 from tests.interop.test_prosody import methods
-from tests.unit.s2s_world import Pki
+from tests.interop.xmpp_client import assert_echo_exchange, xmpp_client
 
 
 def run_scenario(ns: Namespace, pki: Pki, partner: dict, listed: bool = True, **ejabberd):

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from bench.failover import failover_runs
-from tests.interop.harness import Namespace
-from tests.support.postgres import postgres_bindir
-from tests.unit.s2s_world import Pki
+from testbed.namespace import Namespace
+from testbed.pki import Pki
+from testbed.postgres import postgres_bindir
 
 RATE, SECONDS, KILL_AFTER, QUIET = 2000, 2.0, 0.8, 4.0
 

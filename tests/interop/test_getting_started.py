@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.dnsmasq import DnsmasqServer
+from testbed.dnsmasq import DnsmasqServer
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE = REPO / "docs" / "getting-started.md"
@@ -273,7 +273,7 @@ import slixmpp
 
 CA, STEP, REPO = sys.argv[1], sys.argv[2], sys.argv[3]
 sys.path.insert(0, REPO)
-from tests.support.sip_ua import SipUserAgent  # noqa: E402
+from testbed.sip_ua import SipUserAgent  # noqa: E402
 
 
 async def alice(on_message):

@@ -17,17 +17,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.interop.harness import (
-    IPS,
-    Ejabberd,
-    GatewayProcess,
-    Namespace,
-    Prosody,
-    assert_well_formed_output,
-)
-from tests.interop.in_namespace import XmppUser, run_in_namespace
-from tests.support.sip_ua import SipUserAgent
-from tests.unit.s2s_world import Pki
+from testbed.in_namespace import XmppUser, run_in_namespace
+from testbed.namespace import IPS, Namespace
+from testbed.pki import Pki
+from testbed.servers import Ejabberd, GatewayProcess, Prosody, assert_well_formed_output
+from testbed.sip_ua import SipUserAgent
 
 GW = IPS["gw.example"]
 PROXY = IPS["load.example"]  # the address the gateway trusts as its SIP proxy
@@ -62,7 +56,7 @@ def test_partners_keep_their_stream_through_hostile_sip_messages(
     partner = {"type": "federated", "tls": "optional", "sasl": "optional", "dialback": "true"}
     gateway = GatewayProcess(
         ns, pki, [{"domain": domain, **partner} for domain in PARTNERS], log_level="info",
-        xmpp_addrs=False,  # ejabberd 23.01 and id-on-xmppAddr: see harness.py
+        xmpp_addrs=False,  # ejabberd 23.01 and id-on-xmppAddr: see testbed/servers.py
         sip={"backend": "sip", "proxy_host": PROXY, "proxy_port": 5070, "transport": "udp",
              "local_host": GW, "local_port": 5062}).start()
 

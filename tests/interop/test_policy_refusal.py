@@ -21,10 +21,11 @@ from typing import Any
 
 import pytest
 
-from tests.interop.harness import IPS, GatewayProcess, Namespace, Prosody
-from tests.interop.in_namespace import XmppUser, run_in_namespace
-from tests.support.kamailio import Kamailio
-from tests.support.sip_ua import SipUserAgent
+from testbed.in_namespace import XmppUser, run_in_namespace
+from testbed.kamailio import Kamailio
+from testbed.namespace import IPS, Namespace
+from testbed.servers import GatewayProcess, Prosody
+from testbed.sip_ua import SipUserAgent
 
 GW = IPS["gw.example"]
 PHONE = "127.0.0.6"

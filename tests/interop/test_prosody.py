@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.interop.harness import (
-    GatewayProcess,
-    Namespace,
-    Prosody,
-    assert_echo_exchange,
-    xmpp_client,
-)
-from tests.unit.s2s_world import Pki
+from testbed.namespace import Namespace
+from testbed.pki import Pki
+from testbed.servers import GatewayProcess, Prosody
+from tests.interop.xmpp_client import assert_echo_exchange, xmpp_client
 
 
 def scenario(ns: Namespace, pki: Pki, partner: dict, **prosody) -> tuple[dict, Prosody,
@@ -129,7 +125,7 @@ def test_check_connectivity_against_prosody(ns: Namespace, pki: Pki) -> None:
     import subprocess
     import sys
 
-    from tests.interop.harness import REPO
+    from testbed.namespace import REPO
 
     server = Prosody(ns, pki, tls=False, secure_auth=False, require_encryption=False).start()
     gateway = GatewayProcess(ns, pki, [

@@ -16,16 +16,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from tests.interop.harness import (
-    IPS,
-    GatewayProcess,
-    Namespace,
-    Prosody,
-    assert_echo_exchange,
-    xmpp_client,
-)
+from testbed.namespace import IPS, Namespace
+from testbed.pki import Pki
+from testbed.servers import GatewayProcess, Prosody
+from tests.interop.xmpp_client import assert_echo_exchange, xmpp_client
 from tests.support.dnssec import SignedZone, tools_missing
-from tests.unit.s2s_world import Pki
 
 PARTNER = {"domain": "a.example", "type": "federated", "tls": "required", "sasl": "required",
            "dialback": "false", "dane": "required"}

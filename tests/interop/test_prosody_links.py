@@ -14,15 +14,10 @@ import subprocess
 import time
 from collections.abc import Iterator
 
-from tests.interop.harness import (
-    IPS,
-    GatewayProcess,
-    Namespace,
-    Prosody,
-    assert_echo_exchange,
-    xmpp_client,
-)
-from tests.unit.s2s_world import Pki
+from testbed.namespace import IPS, Namespace
+from testbed.pki import Pki
+from testbed.servers import GatewayProcess, Prosody
+from tests.interop.xmpp_client import assert_echo_exchange, xmpp_client
 
 SASL = {"domain": "a.example", "type": "federated", "tls": "required", "sasl": "required",
         "dialback": "false"}
@@ -127,7 +122,7 @@ def dns_records(ns: Namespace, srv: list[tuple[str, str, int, int, int]],
                 hosts: dict[str, str] | None = None) -> Iterator[None]:
     """The namespace's dnsmasq with other SRV (and more host) records, for one test; the
     usual records (harness.Namespace.up) again afterwards."""
-    from tests.support.dnsmasq import DnsmasqServer
+    from testbed.dnsmasq import DnsmasqServer
 
     def start(workdir: str, srv_records: list, host_records: dict) -> DnsmasqServer:
         return DnsmasqServer(ns.workdir / workdir, address="127.0.0.53", port=53,

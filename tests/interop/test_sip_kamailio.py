@@ -31,11 +31,12 @@ import pytest
 
 from gateway.auth import devcerts
 from gateway.sip.pidf import PresenceState, parse_pidf
-from tests.interop.harness import IPS, GatewayProcess, Namespace, Prosody
-from tests.interop.in_namespace import XmppUser, run_in_namespace
-from tests.support.kamailio import Kamailio
+from testbed.in_namespace import XmppUser, run_in_namespace
+from testbed.kamailio import Kamailio
+from testbed.namespace import IPS, Namespace
+from testbed.servers import GatewayProcess, Prosody
+from testbed.sip_ua import SipUserAgent
 from tests.support.sip_attacker import spoofed, status_of, stream_exchange, udp_exchange
-from tests.support.sip_ua import SipUserAgent
 
 GW = IPS["gw.example"]
 PHONE = "127.0.0.6"  # the SIP phones' host: not trusted by the gateway

@@ -1,6 +1,6 @@
 """Presence that tells each watcher the truth, with the real servers: Prosody 0.12 (with
 mod_blocklist) for a.example, Kamailio 5.6 as registrar/proxy/presence server for
-gw.example, SIP phones (tests/support/sip_ua.py) registered there, and the gateway.
+gw.example, SIP phones (testbed/sip_ua.py) registered there, and the gateway.
 
 Same topology as test_sip_kamailio.py:
 
@@ -28,12 +28,13 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.sip.pidf import parse_pidf
-from tests.interop.harness import IPS, GatewayProcess, Namespace, Prosody
-from tests.interop.in_namespace import XmppUser, run_in_namespace
+from testbed.in_namespace import XmppUser, run_in_namespace
+from testbed.kamailio import Kamailio
+from testbed.namespace import IPS, Namespace
+from testbed.servers import GatewayProcess, Prosody
+from testbed.sip_ua import SipUserAgent
 from tests.interop.test_sip_kamailio import GW, KAMAILIO_PORT, PHONE, explain, gateway
 from tests.support import linphone
-from tests.support.kamailio import Kamailio
-from tests.support.sip_ua import SipUserAgent
 
 USERS = ("carol", "erin", "grace", "hank", "ivy", "olga")
 ROUNDS = 1000

@@ -25,11 +25,12 @@ from gateway.sip.imdn import parse_imdn
 from gateway.sip.iscomposing import parse_is_composing
 from gateway.sip.mime import parse_media_type
 from gateway.sip.multipart import parse_multipart
-from tests.interop.harness import IPS, Namespace, Prosody
-from tests.interop.in_namespace import XmppUser, run_in_namespace
+from testbed.in_namespace import XmppUser, run_in_namespace
+from testbed.namespace import IPS, Namespace
+from testbed.servers import Prosody
+from testbed.sip_ua import SipUserAgent
 from tests.interop.test_sip_kamailio import KAMAILIO_PORT, PHONE, explain, gateway, kamailio
 from tests.support import linphone
-from tests.support.sip_ua import SipUserAgent
 
 GW = IPS["gw.example"]
 USERS = ("rich", "who?", "lpcpim", "lpplain")

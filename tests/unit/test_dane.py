@@ -22,7 +22,8 @@ from gateway.dns.dane import (
 )
 from gateway.xmpp.events import PairAuthenticated, PairFailed
 from gateway.xmpp.outbound import OutboundStream
-from tests.unit.s2s_world import CoreServer, Pki, World, partner
+from testbed.pki import Pki
+from tests.unit.s2s_world import CoreServer, World, partner
 
 NAME = "_5269._tcp.xmpp.b.example"
 

@@ -43,7 +43,8 @@ from gateway.xmpp.outbound import OutboundStream
 from gateway.xmpp.parser import ParserLimits, StanzaElement, StreamEnd, StreamParser
 from gateway.xmpp.parser import XmlStreamError as ParserError
 from gateway.xmpp.stream import S2SStream, StreamContext
-from tests.unit.s2s_world import CoreServer, Pki, World, accepting_stream, partner
+from testbed.pki import Pki
+from tests.unit.s2s_world import CoreServer, World, accepting_stream, partner
 
 SEED = 0x5EED_2026
 SCALE = float(os.environ.get("FUZZ_SCALE", "1"))

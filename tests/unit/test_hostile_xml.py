@@ -16,7 +16,8 @@ from gateway.config.model import Limits
 from gateway.xmpp.events import StreamClosed
 from gateway.xmpp.parser import ParserLimits, StreamParser, XmlStreamError
 from gateway.xmpp.tls import TlsError
-from tests.unit.s2s_world import Pki, partner
+from testbed.pki import Pki
+from tests.unit.s2s_world import partner
 from tests.unit.test_s2s_refusals import (
     ERROR_HEADER,
     OUR_HEADER,

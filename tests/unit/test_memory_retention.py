@@ -27,8 +27,9 @@ from gateway.xmpp.outbound import OutboundStream
 from gateway.xmpp.parser import ParserLimits, StanzaElement, StreamParser, XmlStreamError
 from gateway.xmpp.stream import RELEASE_IDLE_AFTER, S2SStream
 from gateway.xmpp.tls import BIO_SLICE
-from tests.support.tls_pair import TlsPairFactory
-from tests.unit.s2s_world import CoreServer, Pki, partner
+from testbed.pki import Pki
+from testbed.tls_pair import TlsPairFactory
+from tests.unit.s2s_world import CoreServer, partner
 
 HEADER = (b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'"
           b" from='a.example' to='b.example' version='1.0'>")

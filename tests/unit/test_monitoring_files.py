@@ -15,7 +15,7 @@ import pytest
 
 from gateway.drops import REASONS
 from gateway.metrics import Metrics
-from tests.unit.s2s_world import Pki
+from testbed.pki import Pki
 
 MONITORING = Path(__file__).resolve().parents[2] / "deploy" / "monitoring"
 RULES = MONITORING / "xmpp-gateway-rules.yml"

@@ -11,7 +11,8 @@ import pytest
 from gateway.sip.development import message
 from gateway.xmpp.events import BidiNegotiated, StanzaReceived, StanzasAcked, StreamClosed
 from gateway.xmpp.outbound import NotAuthenticated
-from tests.unit.s2s_world import CoreServer, Pki, World, accepting_stream, partner
+from testbed.pki import Pki
+from tests.unit.s2s_world import CoreServer, World, accepting_stream, partner
 
 SASL = ("optional", "optional")
 

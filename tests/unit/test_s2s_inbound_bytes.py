@@ -19,7 +19,8 @@ from gateway.xmpp.events import (
     StreamClosed,
 )
 from gateway.xmpp.inbound import InboundStream
-from tests.unit.s2s_world import CoreServer, Pki, partner
+from testbed.pki import Pki
+from tests.unit.s2s_world import CoreServer, partner
 
 HEADER = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
           b"xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' "

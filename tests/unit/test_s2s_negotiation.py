@@ -29,8 +29,9 @@ from gateway.config.model import PartnerPolicy, PartnerType
 from gateway.policy.negotiation import Support
 from gateway.sip.development import message
 from gateway.xmpp.events import PairAuthenticated, PairFailed, StanzaReceived, StreamClosed
+from testbed.pki import Pki
 from tests.support.matrix import MATRIX
-from tests.unit.s2s_world import CoreServer, Pki, World, accepting_stream
+from tests.unit.s2s_world import CoreServer, World, accepting_stream
 
 SASL, TLS_DB, TCP_DB = "SASL over TLS", "TLS Dialback", "TCP Dialback"
 A, B = "a.example", "b.example"

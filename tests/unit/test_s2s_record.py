@@ -10,8 +10,9 @@ import pytest
 from gateway.net.s2s_record import S2SOutputRecorder, split_documents
 from gateway.sip.development import message
 from gateway.xmpp.stream import set_output_tap
-from tests.interop.harness import assert_well_formed_output
-from tests.unit.s2s_world import CoreServer, Pki, World, partner
+from testbed.pki import Pki
+from testbed.servers import assert_well_formed_output
+from tests.unit.s2s_world import CoreServer, World, partner
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ from gateway.sip.development import message
 from gateway.xmpp.events import PairAuthenticated, PairFailed, StreamClosed, TlsEstablished
 from gateway.xmpp.inbound import InboundStream
 from gateway.xmpp.outbound import NotAuthenticated, OutboundStream
-from tests.unit.s2s_world import CoreServer, Pki, RawPeer, partner
+from testbed.pki import Pki
+from tests.unit.s2s_world import CoreServer, RawPeer, partner
 
 NS_STREAMS_ERR = "urn:ietf:params:xml:ns:xmpp-streams"
 PEER_HEADER = (

@@ -12,7 +12,8 @@ from gateway.sip.development import message, presence
 from gateway.xmpp.events import PairAuthenticated, StanzaReceived, StreamClosed
 from gateway.xmpp.outbound import NotAuthenticated
 from gateway.xmpp.stream import CLOSE_GRACE, RELEASE_IDLE_AFTER
-from tests.unit.s2s_world import CoreServer, Pki, World, accepting_stream, partner
+from testbed.pki import Pki
+from tests.unit.s2s_world import CoreServer, World, accepting_stream, partner
 from tests.unit.test_s2s_dialback import originating
 from tests.unit.test_s2s_refusals import B_FEATURES_DIALBACK, B_HEADER, stream_error
 

@@ -26,7 +26,8 @@ from gateway.xmpp.events import (
 from gateway.xmpp.inbound import InboundStream
 from gateway.xmpp.outbound import OutboundStream
 from gateway.xmpp.stream import SETTLE_GRACE, Phase
-from tests.unit.s2s_world import CoreServer, Pki, RawPeer, World, accepting_stream, partner
+from testbed.pki import Pki
+from tests.unit.s2s_world import CoreServer, RawPeer, World, accepting_stream, partner
 from tests.unit.test_s2s_refusals import (
     AUTH_EXTERNAL,
     OUR_HEADER,

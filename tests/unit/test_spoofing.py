@@ -14,7 +14,8 @@ from gateway.xmpp.events import (
     PairFailed,
     StanzaReceived,
 )
-from tests.unit.s2s_world import CoreServer, Pki, World, accepting_stream, partner
+from testbed.pki import Pki
+from tests.unit.s2s_world import CoreServer, World, accepting_stream, partner
 from tests.unit.test_s2s_dialback import db_result, key_of_a, receiving
 from tests.unit.test_s2s_refusals import (
     AUTH_EXTERNAL,

@@ -432,7 +432,7 @@ def test_watches_from_before_clusters_are_claimed(open_store: Opener) -> None:
 
 def test_postgresql_unreachable_is_a_clear_store_error() -> None:
     from gateway.store.postgresql import PostgresAuthorizationStore
-    from tests.support.dnsmasq import free_port
+    from testbed.dnsmasq import free_port
 
     port = free_port(kind=1)
     started = time.monotonic()

@@ -9,7 +9,7 @@ import pytest
 
 from gateway.auth.tls_provider import OpenSslTlsProvider
 from gateway.xmpp.tls import TlsEngine
-from tests.unit.s2s_world import Pki
+from testbed.pki import Pki
 
 
 @pytest.fixture(scope="module")

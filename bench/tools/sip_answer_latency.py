@@ -1,6 +1,6 @@
 """What answering a SIP MESSAGE only once XMPP has it costs in latency.
 
-    python -m bench.sip_answer_latency [N]     # default 2,000 MESSAGEs per mode
+    python -m bench.tools.sip_answer_latency [N]     # default 2,000 MESSAGEs per mode
 
 The relay world (bench/relay.py: Prosody a.example, Kamailio, the gateway) twice: with
 stream management on the S2S link (the MESSAGE is answered once Prosody acknowledged the

@@ -1,6 +1,6 @@
 """Where an idle S2S session's memory goes: the parts measured one by one.
 
-    python -m bench.memory_profile            # prints one JSON object
+    python -m bench.tools.memory_profile            # prints one JSON object
 
 * ``tls_server_kib`` — one server-side TLS connection after a TLS 1.3 handshake with a
   client certificate (what an inbound SASL EXTERNAL session holds), OpenSSL's default key
@@ -55,8 +55,8 @@ def tls_child(mode: str) -> float:
     from OpenSSL import SSL
 
     from gateway.auth.tls_provider import OpenSslTlsProvider
-    from tests.support.tls_pair import TlsPairFactory
-    from tests.unit.s2s_world import Pki
+    from testbed.pki import Pki
+    from testbed.tls_pair import TlsPairFactory
 
     pki = Pki(Path(tempfile.mkdtemp(prefix="memprofile-")))
     factory = TlsPairFactory(pki)
@@ -126,12 +126,13 @@ def main() -> int:
     if len(sys.argv) > 2 and sys.argv[1] == "--tls-child":
         print(tls_child(sys.argv[2]))
         return 0
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
 
     def child(mode: str) -> float:
-        out = subprocess.run([sys.executable, "-m", "bench.memory_profile", "--tls-child", mode],
-                             capture_output=True, text=True, timeout=300, cwd=root, check=True,
-                             env={**os.environ, "PYTHONMALLOC": "malloc"})
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.tools.memory_profile", "--tls-child", mode],
+            capture_output=True, text=True, timeout=300, cwd=root, check=True,
+            env={**os.environ, "PYTHONMALLOC": "malloc"})
         return round(float(out.stdout.strip().splitlines()[-1]), 1)
 
     parser, parser_released = parser_kib()

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 DBTEXT_TABLES = Path("/usr/share/kamailio/dbtext/kamailio")
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 #: The configuration operators install; the tests, the demo and the benchmarks run it.
 SHIPPED_CONFIG = REPO / "deploy" / "kamailio" / "kamailio.cfg"
 TABLES = ("version", "presentity", "active_watchers", "watchers", "xcap", "location")
@@ -101,7 +101,7 @@ class Kamailio:
                  memory_manager: str = "tlsf", presence_server: bool = True) -> None:
         """``gateways``: several gateway nodes behind the dispatcher module (``gateway``
         is then ignored). ``children`` (UDP workers) and ``memory_manager`` (``-x``:
-        tlsf, qm or fm) are what bench/kamailio_alone.py varies. ``presence_server``
+        tlsf, qm or fm) are what bench/tools/kamailio_alone.py varies. ``presence_server``
         False: the phones are their own presence agents (WITH_PHONE_PRESENCE)."""
         self.workdir, self.domain, self.host, self.port = workdir, domain, host, port
         self.gateway, self.gateway_transport = gateway, gateway_transport
@@ -208,7 +208,7 @@ class Kamailio:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"kamailio exited:\n{self.log()[-3000:]}")
             if self.prefix:
-                code = ("import sys; from tests.support.kamailio import answers_options; "
+                code = ("import sys; from testbed.kamailio import answers_options; "
                         f"sys.exit(0 if answers_options({self.host!r}, {self.port}, "
                         f"{self.domain!r}) else 1)")
                 ready = subprocess.run([*self.prefix, sys.executable, "-c", code],

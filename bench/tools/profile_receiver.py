@@ -1,9 +1,9 @@
 """Where the receiving gateway spends its CPU: cProfile over the inbound hot path.
 
-    python -m bench.profile_receiver [N]        # default N = 50,000 messages
+    python -m bench.tools.profile_receiver [N]        # default N = 50,000 messages
 
 Builds the benchmark namespace, runs the receiving gateway *in this process* (in a thread
-that joined the namespace, see tests/interop/in_namespace.py) under cProfile, and lets
+that joined the namespace, see testbed/in_namespace.py) under cProfile, and lets
 bench/loadgen.py push N messages over one TLS + SASL EXTERNAL session into it. Prints the
 functions with the most own time, and the share of the big groups (TLS, XML parsing,
 stream state machine, router, asyncio) in the total.
@@ -16,9 +16,10 @@ import pstats
 import sys
 import time
 
-from bench.setup import bench_namespace, hottest, push_load, receiver_config
+from bench.setup import bench_namespace
+from bench.tools.in_process import hottest, push_load, receiver_config
 from gateway.daemon import Gateway
-from tests.interop.in_namespace import run_in_namespace
+from testbed.in_namespace import run_in_namespace
 
 # Entry points of the inbound path; their cumulative time (own time + callees, C included)
 # says where a message's cost goes. They nest only where noted.

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.interop.harness import REPO, Namespace, stop_process
-from tests.unit.s2s_world import Pki
+from testbed.namespace import REPO, Namespace, stop_process
+from testbed.pki import Pki
 
 NODE_IPS = {"a": "127.0.0.4", "b": "127.0.0.6"}
 KAMAILIO = ("127.0.0.4", 5070)  # the gateway domain's proxy (Kamailio)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from gateway.auth.tls_provider import OpenSslTlsProvider
 from gateway.xmpp.tls import TlsEngine
-from tests.unit.s2s_world import Pki
+from testbed.pki import Pki
 
 
 class TlsPairFactory:

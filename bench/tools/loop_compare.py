@@ -1,10 +1,10 @@
 """Receiver throughput with the standard asyncio loop and with uvloop, same harness.
 
     .venv/bin/pip install uvloop   # not a dependency of the gateway
-    python -m bench.loop_compare [N] [ROUNDS]
+    python -m bench.tools.loop_compare [N] [ROUNDS]
 
 Runs the receiving gateway in-process (in a thread that joined a benchmark namespace,
-as bench/profile_receiver.py does) under each loop in turn, ROUNDS times, while
+as bench/tools/profile_receiver.py does) under each loop in turn, ROUNDS times, while
 bench/loadgen.py pushes N messages over one TLS + SASL EXTERNAL session; prints msg/s.
 """
 
@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import sys
 
-import tests.interop.in_namespace as in_namespace
-from bench.setup import bench_namespace, push_load, receiver_config
+import testbed.in_namespace as in_namespace
+from bench.setup import bench_namespace
+from bench.tools.in_process import push_load, receiver_config
 from gateway.daemon import Gateway
 
 

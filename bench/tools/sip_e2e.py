@@ -1,12 +1,12 @@
 """CPU per message of the whole XMPP → SIP path inside the gateway, next to the S2S path
 alone, in one run:
 
-    python -m bench.sip_e2e [N] [--profile]      # default N = 50,000
+    python -m bench.tools.sip_e2e [N] [--profile]      # default N = 50,000
 
 The receiving gateway runs in this process (in the benchmark namespace, see
-bench/profile_receiver.py), bench/loadgen.py pushes N messages over one TLS + SASL
+bench/tools/profile_receiver.py), bench/loadgen.py pushes N messages over one TLS + SASL
 EXTERNAL session, and the gateway hands them either to the development backend (S2S path
-only) or, with ``sip.backend: sip`` over UDP, to bench/sip_peer.py answering every MESSAGE
+only) or, with ``sip.backend: sip`` over UDP, to bench/tools/sip_peer.py answering every MESSAGE
 200 at once. CPU is this process's utime+stime over the push, per message.
 """
 
@@ -19,10 +19,11 @@ import subprocess
 import sys
 import time
 
-from bench.setup import ROOT, bench_namespace, hottest, push_load, receiver_config
+from bench.setup import ROOT, bench_namespace
+from bench.tools.in_process import hottest, push_load, receiver_config
 from gateway.config.model import SipSettings
 from gateway.daemon import Gateway
-from tests.interop.in_namespace import run_in_namespace
+from testbed.in_namespace import run_in_namespace
 
 PEER = ("127.0.0.6", 5060)
 
@@ -32,7 +33,7 @@ def main() -> int:
     profiler = cProfile.Profile() if "--profile" in sys.argv else None
     results = {}
     with bench_namespace("sipe2e", keep_workdir=False) as (ns, pki):
-        peer = subprocess.Popen([*ns.exec, sys.executable, "-m", "bench.sip_peer", "answer",
+        peer = subprocess.Popen([*ns.exec, sys.executable, "-m", "bench.tools.sip_peer", "answer",
                                  *map(str, PEER), "600"], stdout=subprocess.PIPE, text=True,
                                 cwd=ROOT)
         try:

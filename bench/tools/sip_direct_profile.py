@@ -1,10 +1,10 @@
 """Where the gateway's CPU goes when SIP MESSAGEs arrive one datagram at a time:
 
-    python -m bench.sip_direct_profile [N] [RATE] [--profile [--cumulative]]
+    python -m bench.tools.sip_direct_profile [N] [RATE] [--profile [--cumulative]]
                                        [--stream-management]  # default 50,000 at 10,000/s
 
 The relay benchmark's ``sip_direct`` run (bench/relay.py) with the gateway *in this
-process* (in a thread that joined the benchmark namespace, tests/interop/in_namespace.py):
+process* (in a thread that joined the benchmark namespace, testbed/in_namespace.py):
 a UA in the proxy's place (bench/relay_sip.py) sends N MESSAGEs paced at RATE from one
 socket straight to the gateway's SIP port, the gateway relays them over S2S (TLS + SASL
 EXTERNAL) to a real Prosody a.example, and a c2s receiver there counts them. Prints the
@@ -27,12 +27,14 @@ import sys
 import time
 
 from bench.relay_child import Child
-from bench.setup import bench_namespace, hottest, receiver_config
+from bench.setup import bench_namespace
+from bench.tools.in_process import hottest, receiver_config
 from gateway.config.model import PartnerPolicy, PartnerType, SipSettings
 from gateway.daemon import Gateway
 from gateway.policy.negotiation import Support
-from tests.interop.harness import IPS, Prosody
-from tests.interop.in_namespace import run_in_namespace
+from testbed.in_namespace import run_in_namespace
+from testbed.namespace import IPS
+from testbed.servers import Prosody
 
 GW = IPS["gw.example"]
 SIP_PORT = 5062

@@ -1,6 +1,6 @@
 """Memory per idle S2S session of the receiving gateway, with an allocation profile.
 
-    python -m bench.idle_profile [K[,K2,...]] [--trace]
+    python -m bench.tools.idle_profile [K[,K2,...]] [--trace]
 
 Builds the benchmark namespace, runs the receiving gateway (gw.example, accepting unlisted
 domains) *in this process* in a thread that joined the namespace, opens K idle
@@ -18,11 +18,14 @@ import asyncio
 import collections
 import gc
 import json
+import os
 import sys
 import tracemalloc
 from pathlib import Path
 
-from bench.setup import bench_namespace, receiver_config
+from bench import procfs
+from bench.setup import bench_namespace
+from bench.tools.in_process import receiver_config
 from gateway.config.model import (
     FederationSettings,
     Limits,
@@ -30,16 +33,9 @@ from gateway.config.model import (
 from gateway.daemon import Gateway
 from gateway.net import heap
 from gateway.xmpp.stream import RELEASE_IDLE_AFTER
-from tests.interop.in_namespace import run_in_namespace
+from testbed.in_namespace import run_in_namespace
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> int:
@@ -63,7 +59,7 @@ def main() -> int:
                 if trace:
                     tracemalloc.start(10)
                     before_snapshot = tracemalloc.take_snapshot()
-                before = rss_kib()
+                before = procfs.rss_kib(os.getpid())
                 types_before = collections.Counter(type(o).__name__ for o in gc.get_objects())
                 idle = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "bench.idle", "gw.example", "user@gw.example",
@@ -78,7 +74,7 @@ def main() -> int:
                     # Idle streams free their parser and TLS buffers after RELEASE_IDLE_AFTER.
                     await asyncio.sleep(RELEASE_IDLE_AFTER + 3.0)
                     gc.collect()
-                    after = rss_kib()
+                    after = procfs.rss_kib(os.getpid())
                     print(f"{step} idle sessions: RSS {before} -> {after} KiB, "
                           f"{(after - before) / step:.1f} KiB per session; "
                           f"{(after - previous[1]) / (step - previous[0]):.1f} KiB per session "

@@ -9,16 +9,8 @@ Also here: :class:`SilentNameserver`, a UDP socket that never answers (timeouts)
 :func:`servfail_dnsmasq`, a validating dnsmasq in front of an unsigned one, which answers
 SERVFAIL because DNSSEC validation of every answer comes out BOGUS.
 
-Use from a test module or conftest (assigned, so ruff does not see the fixture parameters
-as redefined imports)::
-
-    from tests.support import dnsmasq as dnsmasq_support
-
-    dnsmasq_server = dnsmasq_support.dnsmasq_server
-
-    def test_x(dnsmasq_server):
-        dns = dnsmasq_server(host_records={"xmpp.a.example": "127.0.0.2"})
-        resolver = DnsPythonResolver((dns.nameserver,), timeout=1)
+The pytest fixtures built on them (``dnsmasq_server``, ``silent_nameserver``) are in
+tests/integration/conftest.py.
 """
 
 from __future__ import annotations
@@ -29,16 +21,14 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import dns.exception
 import dns.message
 import dns.query
 import dns.rdataclass
-import pytest
 
 from gateway.dns.resolver import parse_nameserver
 
@@ -268,28 +258,3 @@ def servfail_dnsmasq(workdir: Path, address: str = "127.0.0.1") -> Iterator[Dnsm
         )
         with front:
             yield front
-
-
-@pytest.fixture
-def dnsmasq_server(tmp_path: Path) -> Iterator[Callable[..., DnsmasqServer]]:
-    """Factory fixture: ``dnsmasq_server(host_records=..., srv_records=..., ...)`` starts a
-    :class:`DnsmasqServer` in the test's tmp_path; all are stopped at teardown."""
-    servers: list[DnsmasqServer] = []
-
-    def start(**kwargs: Any) -> DnsmasqServer:
-        server = DnsmasqServer(tmp_path / f"dnsmasq-{len(servers)}", **kwargs)
-        servers.append(server)
-        return server.start()
-
-    try:
-        yield start
-    finally:
-        for server in reversed(servers):
-            server.stop()
-
-
-@pytest.fixture
-def silent_nameserver() -> Iterator[SilentNameserver]:
-    """A nameserver address that never answers (for timeout tests)."""
-    with SilentNameserver() as server:
-        yield server

@@ -1,7 +1,7 @@
 """The SIP half's own per-message work, in process and without sockets:
 
-    python -m bench.sip_micro from-sip N [--profile]   # SIP MESSAGE datagram -> S2S bytes
-    python -m bench.sip_micro to-sip N [--profile]     # XMPP stanza -> MESSAGE, 200 back
+    python -m bench.tools.sip_micro from-sip N [--profile]   # SIP MESSAGE datagram -> S2S bytes
+    python -m bench.tools.sip_micro to-sip N [--profile]     # XMPP stanza -> MESSAGE, 200 back
 
 ``from-sip`` hands N MESSAGE datagrams (as Kamailio relays them: two Vias, a From tag, a
 text body) to ``SipEndpoint._on_bytes`` exactly as the UDP reader does; the router
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from xml.etree.ElementTree import Element, SubElement
 
-from bench.setup import hottest
+from bench.tools.in_process import hottest
 from gateway.config.model import GatewayConfig, PartnerPolicy, PartnerType, StoreSettings
 from gateway.contracts import OnSent
 from gateway.router import Router

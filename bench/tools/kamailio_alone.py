@@ -1,7 +1,7 @@
 """Kamailio alone in the relay benchmark's two shapes, without Prosody or the gateway: what
 one relayed MESSAGE costs the proxy, and what changes that (docs/sip.md, Sizing Kamailio).
 
-    python -m bench.kamailio_alone to-sip|from-sip [-n N] [--rate R] [--window W]
+    python -m bench.tools.kamailio_alone to-sip|from-sip [-n N] [--rate R] [--window W]
         [--stale K] [--memory-manager qm|fm|tlsf] [--children C] [--debug D]
 
 ``to-sip`` is the XMPP→SIP shape: a SIP UA playing the gateway (bench/relay_sip.py, From a
@@ -36,11 +36,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import relay_proc, sipwire
+from bench import procfs, sipwire
 from bench.relay_child import Child
 from bench.setup import bench_namespace
-from tests.interop.harness import IPS, Namespace
-from tests.support.kamailio import Kamailio
+from testbed.kamailio import Kamailio
+from testbed.namespace import IPS, Namespace
 
 HOST = IPS["gw.example"]
 KAMAILIO_PORT, GATEWAY_PORT = 5070, 5062
@@ -48,7 +48,7 @@ LIMIT = 120.0  # seconds, every child
 
 
 class MeasuredKamailio(Kamailio):
-    """tests/support/kamailio.py's Kamailio (the shipped configuration, whose ctl.so
+    """testbed/kamailio.py's Kamailio (the shipped configuration, whose ctl.so
     ``kamcmd`` reaches through the run's socket)."""
 
     def __init__(self, workdir: Path, ns: Namespace, *, children: int, debug: int,
@@ -88,18 +88,6 @@ def answer(host: str, port: int, limit: float) -> None:
           flush=True)
 
 
-def udp_counters(ns: Namespace) -> dict[str, int]:
-    lines = subprocess.run([*ns.exec, "cat", "/proc/net/snmp"], capture_output=True,
-                           text=True, timeout=10).stdout.splitlines()
-    names, values = (line.split()[1:] for line in lines if line.startswith("Udp:"))
-    return {name: int(value) for name, value in zip(names, values, strict=True)}
-
-
-def own_cpu_us(pid: int) -> float:
-    fields = relay_proc._stat(pid)
-    return (int(fields[11]) + int(fields[12])) * relay_proc.TICK_US if fields else 0.0
-
-
 def leave_stale_bindings(ns: Namespace, count: int) -> None:
     """``count`` bindings of user@gw.example whose UA is gone (registered, socket closed)."""
     if not count:
@@ -111,7 +99,7 @@ def leave_stale_bindings(ns: Namespace, count: int) -> None:
             "'gw.example')[0] == 200\n"
             "    s.close()\n")
     subprocess.run([*ns.exec, sys.executable, "-c", code], check=True, timeout=60,
-                   cwd=Path(__file__).resolve().parents[1])
+                   cwd=Path(__file__).resolve().parents[2])
 
 
 def measure(ns: Namespace, args: argparse.Namespace) -> dict[str, Any]:
@@ -129,14 +117,14 @@ def measure(ns: Namespace, args: argparse.Namespace) -> dict[str, Any]:
                 recipient = "user@gw.example"
             else:
                 far = children.enter_context(Child(
-                    ns.exec, "bench.kamailio_alone", ["answer", HOST, GATEWAY_PORT, LIMIT],
+                    ns.exec, "bench.tools.kamailio_alone", ["answer", HOST, GATEWAY_PORT, LIMIT],
                     workdir / "answer.log"))
                 recipient = "user@a.example"
             ready = far.line(30)
             pid = kamailio.process.pid  # type: ignore[union-attr]
-            workers = relay_proc.descendants(pid)
-            cpu_before = {member: own_cpu_us(member) for member in workers}
-            udp_before = udp_counters(ns)
+            workers = procfs.descendants(pid)
+            cpu_before = {member: procfs.process_cpu_us(member) for member in workers}
+            udp_before = procfs.udp_counters(ns.exec)
             log_before = len(kamailio.log().splitlines())
             load = children.enter_context(Child(
                 ns.exec, "bench.relay_sip", ["message", HOST, KAMAILIO_PORT, args.n, args.rate,
@@ -150,9 +138,9 @@ def measure(ns: Namespace, args: argparse.Namespace) -> dict[str, Any]:
                 time.sleep(0.5)  # the last answers relayed
                 far.send("stop")
                 arrived = far.line(30)
-            cpu = {member: own_cpu_us(member) - cpu_before.get(member, 0.0)
-                   for member in relay_proc.descendants(pid)}
-            udp_after = udp_counters(ns)
+            cpu = {member: procfs.process_cpu_us(member) - cpu_before.get(member, 0.0)
+                   for member in procfs.descendants(pid)}
+            udp_after = procfs.udp_counters(ns.exec)
             log_lines = len(kamailio.log().splitlines()) - log_before
         n = sent["accepted"] or 1
         return {

@@ -1,9 +1,9 @@
 """A fast stand-in for the SIP proxy side, for profiling the gateway's SIP half.
 
-    python -m bench.sip_peer answer HOST PORT SECONDS
+    python -m bench.tools.sip_peer answer HOST PORT SECONDS
         answer every request arriving on HOST:PORT (UDP) with 200 OK, echoing the
         transaction headers; prints how many it answered.
-    python -m bench.sip_peer send HOST PORT TARGET_HOST TARGET_PORT COUNT RATE SECONDS
+    python -m bench.tools.sip_peer send HOST PORT TARGET_HOST TARGET_PORT COUNT RATE SECONDS
         send COUNT MESSAGE requests (RATE per second, 0 = as fast as possible) from
         HOST:PORT to the gateway at TARGET, retransmitting on 503 after Retry-After,
         and count the final answers by status.

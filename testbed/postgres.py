@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.support.dnsmasq import free_port
+from testbed.dnsmasq import free_port
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0

@@ -1,6 +1,6 @@
 """What one SIP watcher of an XMPP contact costs the gateway in memory.
 
-    python -m bench.presence_memory [N]        # prints one JSON object (N: 5,000)
+    python -m bench.tools.presence_memory [N]        # prints one JSON object (N: 5,000)
 
 A real :class:`gateway.sip.backend.SipBackend` on loopback and a SIP user agent in the
 proxy's place: N phones (p00000@sip.example …) each subscribe to an XMPP contact of their
@@ -27,7 +27,7 @@ from xml.etree.ElementTree import Element, SubElement
 
 from gateway.sip.backend import SipBackend
 from gateway.sip.development import presence
-from tests.support.sip_ua import SipUserAgent
+from testbed.sip_ua import SipUserAgent
 
 DOMAIN = "sip.example"
 

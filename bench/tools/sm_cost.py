@@ -1,6 +1,6 @@
 """What XEP-0198 stream management costs per relayed message, in CPU.
 
-    python -m bench.sm_cost [N] [RUNS]      # defaults: 50,000 messages, 3 runs per mode
+    python -m bench.tools.sm_cost [N] [RUNS]      # defaults: 50,000 messages, 3 runs per mode
 
 Two gateways in this process, in the benchmark namespace: load.example sends N chat
 messages over one TLS + SASL EXTERNAL session to gw.example, whose development backend
@@ -21,13 +21,14 @@ import sys
 import time
 
 from bench.loadgen import load_gateway
-from bench.setup import bench_namespace, receiver_config
+from bench.setup import bench_namespace
+from bench.tools.in_process import receiver_config
 from gateway.config.model import FederationSettings
 from gateway.daemon import Gateway
 from gateway.sip.development import message
-from tests.interop.harness import Namespace
-from tests.interop.in_namespace import run_in_namespace
-from tests.unit.s2s_world import Pki
+from testbed.in_namespace import run_in_namespace
+from testbed.namespace import Namespace
+from testbed.pki import Pki
 
 BATCH = 500
 

@@ -1,9 +1,7 @@
-"""Interop harness: a network namespace with DNS, a real Prosody, and the gateway.
-
-The team's interop recipe (docs/interop.md): namespace with loopback 127.0.0.2-5, dnsmasq on
-127.0.0.53 (``.example`` TLD, ``--local=/example/``), Prosody as a child process with a
-generated config, the gateway as ``xmpp-gateway run``, slixmpp users in the namespace.
-Everything is stopped by PID and the namespace removed, also when a test fails.
+"""The XMPP servers a test or benchmark runs in its namespace (testbed/namespace.py): a real
+Prosody and ejabberd as child processes with generated configurations, and the gateway as
+``xmpp-gateway run`` (docs/interop.md). Everything is stopped by PID, also when the run
+fails.
 """
 
 from __future__ import annotations
@@ -21,65 +19,8 @@ from pathlib import Path
 
 from gateway.net.s2s_record import ENVIRONMENT as RECORD_S2S
 from gateway.net.s2s_record import split_documents
-from tests.support.dnsmasq import DnsmasqServer
-from tests.unit.s2s_world import Pki
-
-REPO = Path(__file__).resolve().parents[2]
-IPS = {"a.example": "127.0.0.2", "b.example": "127.0.0.3", "gw.example": "127.0.0.4",
-       "load.example": "127.0.0.5"}  # load.example: the benchmark load generator
-
-
-def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60, **kwargs)
-
-
-def stop_process(process: subprocess.Popen | None, timeout: float = 10) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
-
-
-@dataclass
-class Namespace:
-    name: str
-    workdir: Path
-    dns: DnsmasqServer | None = None
-
-    @property
-    def exec(self) -> list[str]:
-        return ["ip", "netns", "exec", self.name]
-
-    def up(self) -> None:
-        run(["ip", "netns", "add", self.name])
-        try:
-            run([*self.exec, "ip", "link", "set", "lo", "up"])
-            for ip in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.53"):
-                subprocess.run([*self.exec, "ip", "addr", "add", f"{ip}/8", "dev", "lo"],
-                               capture_output=True)  # 127.0.0.0/8 already covers some
-            etc = Path("/etc/netns") / self.name
-            etc.mkdir(parents=True, exist_ok=True)
-            (etc / "resolv.conf").write_text("nameserver 127.0.0.53\n")
-            (etc / "hosts").write_text("127.0.0.1 localhost\n")
-            self.dns = DnsmasqServer(
-                self.workdir / "dns", address="127.0.0.53", port=53, prefix=tuple(self.exec),
-                host_records={**{f"xmpp.{d}": ip for d, ip in IPS.items()}, **IPS},
-                srv_records=[(f"_xmpp-server._tcp.{d}", f"xmpp.{d}", 5269, 0, 5) for d in IPS],
-            ).start()
-        except BaseException:
-            self.down()
-            raise
-
-    def down(self) -> None:
-        if self.dns is not None:
-            self.dns.stop()
-        subprocess.run(["ip", "netns", "delete", self.name], capture_output=True)
-        shutil.rmtree(Path("/etc/netns") / self.name, ignore_errors=True)
-
+from testbed.namespace import IPS, REPO, Namespace, run, stop_process
+from testbed.pki import Pki
 
 PROSODY_CFG = """
 run_as_root = true
@@ -322,70 +263,6 @@ def assert_well_formed_output(directory: Path) -> int:
                     f"{data[max(0, at - 80):at + 40]!r}") from None
             offset += len(document)
     return len(files)
-
-
-CLIENT = r"""
-import asyncio, json, sys, slixmpp
-jid, host, peer = sys.argv[1], sys.argv[2], sys.argv[3]
-wait = float(sys.argv[4]) if len(sys.argv) > 4 else 15.0
-async def main():
-    client = slixmpp.ClientXMPP(jid, "pw")
-    client.enable_starttls = False
-    client.enable_direct_tls = False
-    client.enable_plaintext = True
-    client.plugin["feature_mechanisms"].unencrypted_plain = True
-    loop = asyncio.get_event_loop()
-    ready, messages, presences = loop.create_future(), [], []
-    client.add_event_handler("session_start", lambda _: ready.done() or ready.set_result(True))
-    client.add_event_handler("message", lambda m: messages.append(
-        {"from": str(m["from"]), "to": str(m["to"]), "type": m["type"], "body": m["body"],
-         "error": m["error"]["condition"] if m["type"] == "error" else ""}))
-    for event in ("presence", "presence_subscribed", "presence_available"):
-        client.add_event_handler(event, lambda p, e=event: presences.append(
-            {"from": str(p["from"]), "type": p["type"], "event": e}))
-    client.connect(host, 5222)
-    await asyncio.wait_for(ready, 10)
-    client.send_presence()
-    client.send_message(mto=peer, mbody="hello gateway", mtype="chat")
-    client.send_presence(pto=peer.split("/")[0], ptype="subscribe")
-    for _ in range(int(wait * 10)):
-        if messages and any(p["type"] in ("subscribed", "available") and
-                            p["from"].startswith(peer.split("/")[0]) for p in presences):
-            break
-        if messages and messages[0]["type"] == "error":
-            break
-        await asyncio.sleep(0.1)
-    print(json.dumps({"messages": messages, "presences": presences}))
-    client.disconnect()
-    await asyncio.sleep(0.2)
-asyncio.run(main())
-"""
-
-
-def assert_echo_exchange(result: dict, user: str, why: str) -> None:
-    """What xmpp_client's run must show when federation works: the echo user's reply to
-    ``user`` and the approval of the subscription (as 'subscribed' or, after the server's
-    roster processing, as the contact's available presence, only sent once approved)."""
-    messages = [m for m in result["messages"] if m["type"] != "error"]
-    assert messages, f"no echo came back: {result}\n{why}"
-    assert messages[0]["from"] == "echo@gw.example/dev" and messages[0]["body"] == \
-        "hello gateway", f"{result}\n{why}"
-    assert messages[0]["to"].startswith(user), why
-    assert any(p["type"] in ("subscribed", "available") and
-               p["from"].startswith("echo@gw.example") for p in result["presences"]), \
-        f"no subscription approval/presence: {result}\n{why}"
-
-
-def xmpp_client(ns: Namespace, jid: str, host: str, peer: str, wait: float = 15.0) -> dict:
-    """What ``jid`` received within ``wait`` seconds of writing to ``peer`` (less where
-    nothing is expected to come back)."""
-    script = ns.workdir / "client.py"
-    script.write_text(CLIENT)
-    result = subprocess.run([*ns.exec, sys.executable, str(script), jid, host, peer,
-                             str(wait)], capture_output=True, text=True, timeout=60)
-    if result.returncode != 0:
-        raise RuntimeError(f"client failed: {result.stderr[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 EJABBERD_YML = """hosts:
