@@ -82,10 +82,12 @@ MYPY_STRICT := gateway/xmpp gateway/sip gateway/policy \
                gateway/router gateway/cluster gateway/assembly.py gateway/daemon.py \
                gateway/admin_web gateway/config/partner_changes.py \
                gateway/net/federation.py gateway/net/connector.py gateway/net/context.py \
-               gateway/net/probe.py
+               gateway/net/probe.py gateway/net/links.py gateway/net/inbound_streams.py \
+               gateway/net/listeners.py gateway/net/outbound_sessions.py \
+               gateway/net/outbound_links.py
 
 test: debs compose-debs venv $(VENV)/.podman-compose
-	$(PY) -m ruff check gateway tests bench demo
+	$(PY) -m ruff check gateway testbed tests bench demo
 	$(PY) -m mypy --strict --follow-imports=silent $(MYPY_STRICT)
 	$(PY) -m pytest -q -ra
 
@@ -93,7 +95,7 @@ test-unit: venv
 	$(PY) -m pytest -q tests/unit
 
 lint: venv
-	$(PY) -m ruff check gateway tests bench demo
+	$(PY) -m ruff check gateway testbed tests bench demo
 
 bench: debs venv
 	$(PY) -m pip install -q -e '.[test,bench]'

@@ -6,15 +6,11 @@ without it two (the partner's and the gateway's own back to it)."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import subprocess
-import sys
 from typing import Any
 
 from bench import procfs
-from bench.receivers import slope
-from bench.setup import ROOT
+from bench.receivers import CLOSE_LIMIT, STEP_LIMIT, slope
+from bench.relay_child import Child
 from testbed.dnsmasq import DnsmasqServer
 from testbed.namespace import IPS, Namespace
 from testbed.pki import Pki
@@ -47,32 +43,18 @@ def measure(ns: Namespace, pki: Pki, bidi: bool, counts: tuple[int, ...],
     root = gateway.process.pid
     points = [(0, procfs.settled_rss(root, settle))]
     connections: list[int] = []
-    log = (ns.workdir / f"bidi-load-{bidi}.log").open("w")
-    loader = subprocess.Popen(
-        [*ns.exec, sys.executable, "-m", "bench.bidi_load", ",".join(map(str, counts)),
-         "on" if bidi else "off", str(pki.root), str(ns.workdir)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
-    assert loader.stdin is not None and loader.stdout is not None
+    loader = Child(ns.exec, "bench.bidi_load", [",".join(map(str, counts)),
+                                                 "on" if bidi else "off", pki.root, ns.workdir],
+                   ns.workdir / f"bidi-load-{bidi}.log")
     try:
         for wanted in counts:
-            line = loader.stdout.readline()
-            if not line:
-                raise RuntimeError(f"bench.bidi_load ended before {wanted} partners: "
-                                   f"{(ns.workdir / f'bidi-load-{bidi}.log').read_text()[-2000:]}")
-            reached = json.loads(line)
+            reached = loader.line(STEP_LIMIT)  # its end or silence fails the row, with why
             connections.append(len(gateway.status()["sessions"]))
             points.append((reached["partners"], procfs.settled_rss(root, settle)))
-            loader.stdin.write("next\n" if wanted != counts[-1] else "\n")
-            loader.stdin.flush()
+            loader.send("next" if wanted != counts[-1] else "")
     finally:
-        with contextlib.suppress(BrokenPipeError, OSError):
-            loader.stdin.write("\n")
-            loader.stdin.flush()
-        try:
-            loader.wait(120)
-        except subprocess.TimeoutExpired:
-            loader.kill()
-            loader.wait(10)
+        loader.send("")
+        loader.close(wait=CLOSE_LIMIT)
         gateway.stop()
     return {"points": points, "streams": connections,
             "kib_per_partner": round(slope(points), 2),

@@ -8,7 +8,6 @@ that cannot be true fails the run instead of being published."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import subprocess
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import procfs
+from bench.relay_child import Child
 from bench.setup import ROOT
 from testbed.kamailio import Kamailio
 from testbed.namespace import Namespace
@@ -76,6 +76,10 @@ IDLE_COUNTS = (1000, 5000, 10000)
 IDLE_RUNS = 3
 IDLE_SETTLE = 10.0
 IDLE_MAX_SESSIONS = 15000  # the receiving gateway's limits.max_connections for the ramp
+# A ramp's child (bench/idle.py, bench/bidi_load.py) gets this long to open the sessions of
+# one step, and to close them all at the end, before it counts as failed and is killed.
+STEP_LIMIT = 900.0
+CLOSE_LIMIT = 120.0
 
 
 def idle_ramp(ns: Namespace, pki: Pki, receiver: str, recipient: str, counts: tuple[int, ...],
@@ -86,41 +90,25 @@ def idle_ramp(ns: Namespace, pki: Pki, receiver: str, recipient: str, counts: tu
     points = [(0, procfs.settled_rss(root, settle))]
     seconds: list[float] = []
     error = None
-    # Its log goes to a file: a pipe nobody reads while the sessions are open would fill
-    # up (a line per closed session at the end) and block it.
-    log_path = ns.workdir / f"idle-{receiver}.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [*ns.exec, sys.executable, "-m", "bench.idle", receiver, recipient,
-             ",".join(map(str, counts)), str(pki.root), str(ns.workdir)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
-    assert process.stdin is not None and process.stdout is not None
+    idle = Child(ns.exec, "bench.idle", [receiver, recipient, ",".join(map(str, counts)),
+                                          pki.root, ns.workdir],
+                 ns.workdir / f"idle-{receiver}.log")
     try:
         for wanted in counts:
-            line = process.stdout.readline()
-            if not line:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(30)
-                error = (f"bench.idle ended before {wanted} sessions: "
-                         f"{log_path.read_text(errors='replace')[-1500:]}")
+            try:
+                opened = idle.line(STEP_LIMIT)
+            except RuntimeError as exc:  # ended or silent: the ramp stops here, with why
+                error = f"bench.idle ended before {wanted} sessions: {exc}"
                 break
-            opened = json.loads(line)
             if "error" in opened or opened["sessions"] != wanted:
                 error = opened.get("error", f"{opened['sessions']} of {wanted} sessions open")
                 break
             seconds.append(opened["seconds_to_open"])
             points.append((wanted, procfs.settled_rss(root, settle)))
-            process.stdin.write("next\n" if wanted != counts[-1] else "\n")
-            process.stdin.flush()
+            idle.send("next" if wanted != counts[-1] else "")
     finally:
-        with contextlib.suppress(BrokenPipeError, OSError):
-            process.stdin.write("\n")
-            process.stdin.flush()
-        try:
-            process.wait(120)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        idle.send("")
+        idle.close(wait=CLOSE_LIMIT)
     return {"points": points, "seconds_to_open": seconds, "error": error}
 
 

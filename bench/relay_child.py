@@ -56,10 +56,10 @@ class Child:
         self._stderr.flush()
         return self.log.read_text(errors="replace")[-3000:]
 
-    def close(self) -> None:
-        """Wait briefly for a clean exit, then kill (never left running)."""
+    def close(self, wait: float = 10.0) -> None:
+        """Wait ``wait`` seconds for a clean exit, then kill (never left running)."""
         try:
-            self.process.wait(10)
+            self.process.wait(wait)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(5)
