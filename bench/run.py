@@ -107,6 +107,9 @@ def main() -> int:
                         help="no memory-per-partner row (with and without XEP-0288 bidi)")
     parser.add_argument("--only-bidi-memory", action="store_true",
                         help="only the memory per partner with and without bidi; prints it")
+    parser.add_argument("--bidi-counts", type=lambda v: tuple(int(c) for c in v.split(",")),
+                        default=(250, 500, 1000),
+                        help="partners at which the bidi memory row samples RSS")
     parser.add_argument("--relay-paths", default=None,
                         help="only these relay paths, comma-separated (xmpp_xmpp, xmpp_sip, "
                              "xmpp_xmpp_back, sip_xmpp, sip_direct); with --relay-storm 0 no "
@@ -152,7 +155,8 @@ def main() -> int:
             return 0
     if args.only_bidi_memory or not (args.skip_bidi_memory or partial):
         with bench_namespace("bidi") as (ns, pki):
-            results["bidi_memory"] = bidi_memory(ns, pki)
+            results["bidi_memory"] = bidi_memory(ns, pki, tuple(args.bidi_counts),
+                                                 settle=min(5.0, args.idle_settle + 2))
         if args.only_bidi_memory:
             print(json.dumps(results, indent=2))
             return 0

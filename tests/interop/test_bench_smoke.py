@@ -20,7 +20,9 @@ def test_bench_harness_smoke(tmp_path: Path) -> None:
         [sys.executable, "-m", "bench.run", "--messages", "1000", "--handshakes", "2",
          "--runs", "2",
          "--idle-counts", "100,200", "--idle-runs", "1", "--idle-settle", "1",
-         "--sip-messages", "200", "--skip-relay", "--out", str(tmp_path)],
+         "--sip-messages", "200", "--skip-relay",
+         # the failover row has its own short test (test_failover_zero_loss.py)
+         "--skip-failover", "--bidi-counts", "10,20", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600, cwd=REPO)
     assert run.returncode == 0, run.stderr[-4000:]
     results = json.loads((tmp_path / "results.json").read_text())["results"]
@@ -41,6 +43,10 @@ def test_bench_harness_smoke(tmp_path: Path) -> None:
         assert [n for n, _ in idle["runs"][0]["points"]] == [0, 100, 200], (name, idle)
     sip = results["gateway"]["sip"]
     assert sip["received"] == sip["expected"] == 200, sip
+    assert sip["notices"] == {"text/plain": 1}, sip  # the warm-up message
+    bidi = results["bidi_memory"]
+    assert bidi["counts"] == [10, 20], bidi
+    assert bidi["with_bidi"]["streams_per_partner"] < bidi["without_bidi"]["streams_per_partner"]
     assert 0 < sip["latency_p50_ms"] <= sip["latency_p99_ms"] <= sip["latency_max_ms"]
     markdown = (tmp_path / "benchmarks.md").read_text()
     assert ("| Inbound throughput, msg/s (higher is better), TLS + dialback (median of 2 "
