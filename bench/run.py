@@ -103,6 +103,10 @@ def main() -> int:
     parser.add_argument("--failover-runs", type=int, default=10,
                         help="SIGKILL runs per direction")
     parser.add_argument("--failover-rate", type=int, default=2000, help="msg/s offered")
+    parser.add_argument("--failover-resend", choices=("on", "off"), default="on",
+                        help="Prosody's smacks_s2s_resend: on re-sends what a dead node left "
+                             "unacknowledged, off bounces it (then only XMPP -> SIP is run: "
+                             "the SIP side's retransmissions do not depend on it)")
     parser.add_argument("--skip-bidi-memory", action="store_true",
                         help="no memory-per-partner row (with and without XEP-0288 bidi)")
     parser.add_argument("--only-bidi-memory", action="store_true",
@@ -148,8 +152,10 @@ def main() -> int:
     if args.only_failover or not (args.skip_failover or partial):
         # Its own namespace: the failover world changes DNS and adds a second node address.
         with bench_namespace("failover") as (ns, pki):
-            results["failover"] = failover_runs(ns, pki, args.failover_runs,
-                                                rate=args.failover_rate)
+            resend = args.failover_resend == "on"
+            results["failover"] = failover_runs(
+                ns, pki, args.failover_runs, rate=args.failover_rate, resend=resend,
+                directions=("xmpp_sip", "sip_xmpp") if resend else ("xmpp_sip",))
         if args.only_failover:
             print(json.dumps(results, indent=2))
             return 0

@@ -85,8 +85,10 @@ class RouterForBackend(Protocol):
         """:meth:`submit_local`, returning once decided (for callers that can await)."""
         ...
 
-    def xmpp_congested(self, domain: str) -> bool:
-        """Whether a new stanza toward ``domain`` should wait (SIP: 503 + Retry-After)."""
+    def xmpp_saturated(self, domain: str) -> bool:
+        """Whether new work toward ``domain`` from a sender that cannot be paused (SIP
+        over UDP) must be refused for now with 503 + Retry-After: past a burst the XMPP
+        side works off (senders that can be paused are, through ``input_paused``)."""
         ...
 
 
@@ -100,6 +102,10 @@ class XmppSide(Protocol):
 
     def set_reading_paused(self, paused: bool) -> None:
         """Stop (resume) reading inbound streams: the router's queue is full (drained)."""
+        ...
+
+    def queues(self) -> dict[str, int]:
+        """Non-empty outbound queues by ``local->remote``."""
         ...
 
 
@@ -149,10 +155,6 @@ class S2SControl(XmppSide, Protocol):
     @property
     def queued(self) -> int:
         """Stanzas waiting in outbound session queues, all domains."""
-        ...
-
-    def queues(self) -> dict[str, int]:
-        """Non-empty outbound queues by ``local->remote``."""
         ...
 
     def backoffs(self) -> dict[str, dict[str, object]]:

@@ -65,7 +65,7 @@ class CountingRouter:
     async def from_local(self, stanza: Element) -> None:
         self.count += 1
 
-    def xmpp_congested(self, domain: str) -> bool:
+    def xmpp_saturated(self, domain: str) -> bool:
         return False
 
 

@@ -52,8 +52,8 @@ class SerialisingS2S:
     def set_reading_paused(self, paused: bool) -> None:
         pass
 
-    def congested(self, domain: str) -> bool:
-        return False
+    def queues(self) -> dict[str, int]:
+        return {}
 
 
 def relayed_message(index: int) -> bytes:

@@ -42,7 +42,7 @@ class _NoRouting:
     async def from_local(self, stanza: Element) -> None:
         pass
 
-    def xmpp_congested(self, domain: str) -> bool:
+    def xmpp_saturated(self, domain: str) -> bool:
         return False
 
 

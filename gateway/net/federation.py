@@ -107,7 +107,7 @@ class S2SService:
         """Backpressure from the router: stop (or resume) reading the streams that bring
         stanzas in (inbound ones, and outbound ones with XEP-0288 bidi)."""
         self.inbound.set_reading_paused(paused)
-        self.outbound.streams.set_reading_paused(paused)
+        self.outbound.set_reading_paused(paused)
 
     @property
     def reading_paused(self) -> bool:

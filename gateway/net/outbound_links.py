@@ -98,6 +98,10 @@ class OutboundLinks:
             StreamClosed: self._on_closed,
         })
 
+    def stream_of(self, conn: StreamConnection) -> OutboundStream | None:
+        """``conn``'s stream when it is one of ours (not a peer's bidi inbound stream)."""
+        return self.streams.get(conn)
+
     def set_reading_paused(self, paused: bool) -> None:
         """Router backpressure: an outbound stream with XEP-0288 bidi brings stanzas in."""
         self.reading_paused = paused

@@ -77,7 +77,11 @@ class OutboundSessions:
         self.inbound = inbound
         self.sessions: dict[tuple[str, str], OutboundSession] = {}
         self.stopping = False  # shutting down: what links give back is bounced, not re-sent
-        self.streams = OutboundLinks(settings, links, inbound, self, resolver)
+        self.out_streams = OutboundLinks(settings, links, inbound, self, resolver)
+
+    def set_reading_paused(self, paused: bool) -> None:
+        """Router backpressure (see :meth:`OutboundLinks.set_reading_paused`)."""
+        self.out_streams.set_reading_paused(paused)
 
     def find(self, local: str, remote: str) -> OutboundSession | None:
         return self.sessions.get((local, remote))
@@ -145,7 +149,7 @@ class OutboundSessions:
         if not session.congested and \
                 len(session.queue) > self.settings.config.limits.max_queue_per_domain:
             self._set_congested(session, True)
-        self.streams.ensure_connecting(session)
+        self.out_streams.ensure_connecting(session)
 
     def _bounce(self, stanza: Element, on_done: OnSent, condition: str, reason: str) -> None:
         """Tell the sender; ``on_done`` learns it once the error reply is delivered."""
@@ -168,7 +172,7 @@ class OutboundSessions:
             conn = other.connection
             if other is session or other.remote != session.remote or conn is None:
                 continue
-            stream = self.streams.streams.get(conn)
+            stream = self.out_streams.stream_of(conn)
             if stream is not None and stream.add_local_domain(session.local):
                 session.connection = conn
                 conn.pump()
@@ -268,7 +272,7 @@ class OutboundSessions:
         self._take_back(conn)
         for session in carried:
             if session.queue:
-                self.streams.ensure_connecting(session)
+                self.out_streams.ensure_connecting(session)
 
     def _take_back(self, conn: StreamConnection) -> None:
         """A stream ended with stanzas the peer never acknowledged: send them again over
@@ -303,7 +307,7 @@ class OutboundSessions:
         for session in touched:
             if session.connection is conn:
                 session.connection = None
-            self.streams.ensure_connecting(session)
+            self.out_streams.ensure_connecting(session)
 
     # ------------------------------------------------------------------ for the inbound side
 
@@ -320,13 +324,13 @@ class OutboundSessions:
         keep it until that session has a stream."""
         session = self._session(local, remote)
         out = session.connection
-        out_stream = self.streams.streams.get(out) if out is not None else None
+        out_stream = self.out_streams.stream_of(out) if out is not None else None
         if out is not None and out_stream is not None and not out_stream.closed:
             out_stream.request_verify(local, remote, stream_id, key)
             out.pump()
         else:
             session.pending_verifies.append((local, remote, stream_id, key))
-            self.streams.ensure_connecting(session)
+            self.out_streams.ensure_connecting(session)
 
     # ------------------------------------------------------------------ status, shutdown
 

@@ -155,7 +155,11 @@ class Router:
         await asyncio.shield(decided)
 
     def xmpp_congested(self, domain: str) -> bool:
+        """Whether senders toward ``domain`` are held back (stream readers paused)."""
         return self.outbound.congested(domain)
+
+    def xmpp_saturated(self, domain: str) -> bool:
+        return self.outbound.saturated(domain)
 
     # ------------------------------------------------------------------ figures
 

@@ -2,9 +2,11 @@
 
 Overload slows senders down instead of refusing their stanzas: the router's queues are
 unbounded because their producers stop at :data:`HIGH_WATER` (the S2S service stops
-reading inbound streams; the SIP side answers 503 + Retry-After or stops reading its
-stream connection) and start again at :data:`LOW_WATER`. The gap between the two keeps
-a queue hovering at the mark from switching its producers on and off per stanza.
+reading inbound streams; the SIP side stops reading its stream connections, and over
+UDP, which cannot be paused, answers 503 + Retry-After only far past the mark:
+:data:`gateway.router.outbound.SATURATED_LANE`) and start again at :data:`LOW_WATER`.
+The gap between the two keeps a queue hovering at the mark from switching its producers
+on and off per stanza.
 """
 
 from __future__ import annotations

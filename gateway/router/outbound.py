@@ -8,8 +8,12 @@ store write). The rest is routed by one worker, in order, in batches whose
 authorization writes share a transaction (:mod:`gateway.router.batch`).
 
 While this queue is above HIGH_WATER, or the S2S queue toward a domain is over
-``limits.max_queue_per_domain``, the backend asks its senders to wait (SIP: 503 +
-Retry-After over UDP, no reading over TCP).
+``limits.max_queue_per_domain``, the backend stops reading its stream senders (SIP over
+TCP/TLS). A sender that cannot be paused (SIP over UDP: what it sends is read or dropped
+by the kernel) is answered 503 + Retry-After only once the wait is no longer a burst
+being worked off (:meth:`OutboundRouting.saturated`): a 503 reaches a phone behind a
+proxy as a failure (Kamailio's tm turns it into 500, RFC 3261 §16.7 step 6), whereas a
+request already read costs less answered and queued than retransmitted.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from gateway.policy.contacts import (
     stanza_kind,
     strip_status,
 )
-from gateway.router.backpressure import Watermarks
+from gateway.router.backpressure import HIGH_WATER, Watermarks
 from gateway.router.batch import AuthorizationBatch
 from gateway.router.inbound import STORE_DOWN
 from gateway.router.lane import Lane
@@ -46,6 +50,13 @@ from gateway.xmpp.jid import JidError, bare_jid, domain_of
 log = logging.getLogger("gateway.router")
 
 OUTBOUND_BATCH = 512  # queued local stanzas whose authorization writes share a transaction
+# When new work from a sender that cannot be paused gets 503 + Retry-After: this many
+# local stanzas waiting for their decision, or a congested domain's S2S queue this many
+# times ``limits.max_queue_per_domain``. A storm of 5,000 phones subscribing at once is a
+# burst (this queue peaks at the 5,000 authorization writes, the S2S queue at what the
+# peer has not acknowledged yet); a partner that stopped acknowledging is not.
+SATURATED_LANE = 8 * HIGH_WATER
+SATURATED_QUEUE_FACTOR = 10
 Item = tuple[Element, OnDecided]
 
 
@@ -64,10 +75,12 @@ class OutboundRouting:
         self._congested_domains: set[str] = set()
         self._input_paused = False
         self._send: Callable[[Element, OnSent], None] = _not_started
+        self._queues: Callable[[], dict[str, int]] = dict
         self._in_hand: deque[Item] = deque()  # the batch the worker is routing
 
     def start(self, xmpp: XmppSide) -> asyncio.Task[None]:
         self._send = xmpp.send
+        self._queues = xmpp.queues
         return asyncio.get_running_loop().create_task(self._work(), name="router-outbound")
 
     def submit(self, stanza: Element, on_decided: OnDecided) -> None:
@@ -80,6 +93,18 @@ class OutboundRouting:
 
     def congested(self, domain: str) -> bool:
         return self.marks.full or domain in self._congested_domains
+
+    def saturated(self, domain: str) -> bool:
+        """Whether new work toward ``domain`` from a sender that cannot be paused must
+        be refused for now: see :data:`SATURATED_LANE` (asked per request only while
+        the backend is told to hold its senders back, so the S2S queues are summed then)."""
+        if self.lane.queued >= SATURATED_LANE:
+            return True
+        if domain not in self._congested_domains:
+            return False
+        suffix = f"->{domain}"
+        waiting = sum(n for pair, n in self._queues().items() if pair.endswith(suffix))
+        return waiting >= SATURATED_QUEUE_FACTOR * self.config.limits.max_queue_per_domain
 
     def s2s_congestion(self, domain: str, congested: bool) -> None:
         if congested:

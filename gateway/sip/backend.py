@@ -17,10 +17,13 @@ unknown methods → 501. XMPP ``<iq/>`` has no SIP mapping → ``service-unavail
 Flow control. XMPP → SIP: :meth:`SipBackend.deliver`
 waits while the proxy has a window's worth of requests outstanding, so the router stops
 and the S2S streams stop being read. SIP → XMPP: while the XMPP side is congested (the
-router's queue or an S2S queue toward the recipient's domain is full) new MESSAGEs and
-SUBSCRIBEs over UDP are answered ``503`` with ``Retry-After`` (RFC 3261 §21.5.4), and
-stream connections from the proxy are no longer read. Nothing is refused for being
-too many; the sender waits.
+router's queue or an S2S queue toward the recipient's domain is full) stream connections
+from the proxy are no longer read; over UDP, which cannot be paused, new MESSAGEs and
+SUBSCRIBEs are taken while the XMPP side works off a burst and answered ``503`` with
+``Retry-After`` (RFC 3261 §21.5.4) only once it is saturated (``router.xmpp_saturated``:
+far past its bounds, a partner that does not acknowledge), or when the gateway cannot
+read its socket fast enough (kernel drops). Nothing is refused for being too many; the
+sender waits.
 """
 
 from __future__ import annotations
@@ -189,7 +192,7 @@ class SipBackend:
                     metrics: Metrics | None = None,
                     spellings: AsyncSpellingStore | None = None) -> None:
         """SIP users' stanzas go to ``router.submit_local`` (decided without a task per
-        stanza) and ``router.xmpp_congested`` is asked before new SIP work is taken;
+        stanza) and ``router.xmpp_saturated`` is asked before new SIP work over UDP is taken;
         active XMPP→SIP presence subscriptions are remembered in ``watches`` (see
         :mod:`gateway.sip.watching`) and those this node holds are subscribed again;
         the phones' subscriptions to XMPP contacts are kept in ``notifiers`` and those
@@ -385,7 +388,7 @@ class SipBackend:
                 domain = sip_address(head.uri).domain
             except AddressError:
                 return None
-            overloaded = self._router.xmpp_congested(domain)
+            overloaded = self._router.xmpp_saturated(domain)
         if not overloaded:
             return None
         self.busy_answers += 1
@@ -393,7 +396,7 @@ class SipBackend:
 
     def _busy(self, event: RequestReceived) -> bool:
         """Answer 503 + Retry-After to new work from SIP while it cannot move on: the XMPP
-        side toward the recipient's domain is congested, or our own requests to the proxy
+        side toward the recipient's domain is saturated, or our own requests to the proxy
         are backed up (RFC 3261 §21.5.4). Over TCP/TLS the connection is paused instead
         (:meth:`input_paused`), so what was read is accepted."""
         overloaded = self.endpoint.overloaded
@@ -402,7 +405,7 @@ class SipBackend:
                 domain = sip_address(event.request.uri).domain
             except AddressError:
                 domain = ""
-            overloaded = self._router.xmpp_congested(domain)
+            overloaded = self._router.xmpp_saturated(domain)
         if not overloaded:
             return False
         self.busy_answers += 1

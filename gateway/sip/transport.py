@@ -518,7 +518,8 @@ class SipTransport:
 
     def pause_input(self, paused: bool) -> None:
         """Stop (or resume) reading every stream connection: TCP flow control then slows
-        the proxy down while the XMPP side cannot take more (UDP uses 503 instead)."""
+        the proxy down while the XMPP side cannot take more (UDP cannot be paused: its
+        requests are taken until the XMPP side is saturated, then answered 503)."""
         if paused == self.input_paused:
             return
         self.input_paused = paused

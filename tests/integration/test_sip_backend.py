@@ -58,7 +58,7 @@ class Recorder:
         self.backend: SipBackend | None = None
         self.refuse_with = ""
         self.broken = False
-        self.congested = False  # what xmpp_congested answers for every domain
+        self.congested = False  # what xmpp_saturated answers for every domain
         self._deciding: set[asyncio.Task[None]] = set()
 
     def submit_local(self, stanza: Element, on_decided: OnDecided = None) -> None:
@@ -85,7 +85,7 @@ class Recorder:
                        f"{{{STANZAS}}}{self.refuse_with}")
             await self.backend.deliver(error)
 
-    def xmpp_congested(self, domain: str) -> bool:
+    def xmpp_saturated(self, domain: str) -> bool:
         return self.congested
 
     async def next(self, timeout: float = 5.0) -> Element:

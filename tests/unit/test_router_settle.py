@@ -34,6 +34,9 @@ class XmppSide:
     def set_reading_paused(self, paused: bool) -> None:
         pass
 
+    def queues(self) -> dict[str, int]:
+        return {}
+
 
 @pytest.fixture
 async def routed(tmp_path: Path):

@@ -32,7 +32,7 @@ class Sink:
     async def from_local(self, stanza: Element) -> None:
         self.submit_local(stanza)
 
-    def xmpp_congested(self, domain: str) -> bool:
+    def xmpp_saturated(self, domain: str) -> bool:
         return False
 
 
