@@ -75,7 +75,7 @@ def presence_storm(world: RelayWorld, meter: Meter, n: int) -> dict[str, Any]:
     with world.child("bench.relay_xmpp", "sink", IPS["a.example"], "a.example",
                      "storm", limit + 30) as sink, \
             world.child("bench.relay_sip", "subscribe", GW, KAMAILIO_PORT, n, 0, 0, limit,
-                        "u{:05d}@a.example") as watchers:
+                        "u{:05d}@a.example", "--notify-quiet", STORM_QUIET) as watchers:
         sink.line(30)
         sip = watchers.line(limit + 20)
         # No count to wait for: the storm is over when nothing new came for STORM_QUIET s.
