@@ -8,6 +8,7 @@ slow down) is not a refusal: the request is sent again, as a new transaction, on
 time asked for has passed; such answers are counted as ``busy``.
 
     python -m bench.relay_sip KIND HOST PROXY_PORT N RATE WINDOW LIMIT RECIPIENT [--open-loop]
+        [--notify-quiet SECONDS]
 
 KIND: ``message`` (From sip:sipwriter@gw.example, body = monotonic_ns index) or
 ``subscribe`` (From sip:wNNNNN@gw.example, Event: presence; NOTIFYs to it are answered
@@ -15,6 +16,10 @@ KIND: ``message`` (From sip:sipwriter@gw.example, body = monotonic_ns index) or
 many requests without a final answer (0 = no window), LIMIT = wall-clock seconds for the
 whole run. RECIPIENT may hold ``{…}``, formatted with the request's index (one XMPP user
 per watcher: ``u{:05d}@a.example``). Prints one JSON line.
+
+``--notify-quiet``: after the last answer, NOTIFYs are still answered and counted until
+none came for this long (default 2 s): a watcher that left early would leave the
+gateway's NOTIFYs to time out at the proxy.
 
 ``--open-loop``: a flood, not a phone: N requests as fast as the socket takes them, never
 retransmitted and never sent again after a 503; every final answer is counted by status
@@ -40,13 +45,14 @@ DOMAIN = "gw.example"
 
 
 OPEN_LOOP_QUIET = 3.0  # an open-loop run has every answer it will get after this silence
+NOTIFY_QUIET = 2.0  # a watcher has every NOTIFY it will get after this silence (by default)
 
 
 class SipLoad:
     def __init__(self, kind: str, host: str, proxy: tuple[str, int], recipient: str,
-                 open_loop: bool = False) -> None:
+                 open_loop: bool = False, notify_quiet: float = NOTIFY_QUIET) -> None:
         self.kind, self.proxy, self.recipient = kind, proxy, recipient
-        self.open_loop = open_loop
+        self.open_loop, self.notify_quiet = open_loop, notify_quiet
         self.sock = sipwire.udp_socket(host)
         self.sock.setblocking(False)
         self.host, self.port = self.sock.getsockname()
@@ -199,11 +205,11 @@ class SipLoad:
             self.retransmit(now)
             self.resend_deferred(now)
         if self.kind == "subscribe":  # NOTIFYs may trail the answers a little
-            quiet_until = min(deadline, time.monotonic() + 2.0)
+            quiet_until = min(deadline, time.monotonic() + self.notify_quiet)
             while time.monotonic() < quiet_until:
                 if select.select([self.sock], [], [], 0.05)[0]:
                     self.receive()
-                    quiet_until = min(deadline, time.monotonic() + 2.0)
+                    quiet_until = min(deadline, time.monotonic() + self.notify_quiet)
         answered = sum(self.finals.values())
         return {
             "kind": self.kind, "open_loop": self.open_loop, "sent": sent, "wanted": n,
@@ -225,7 +231,10 @@ class SipLoad:
 
 def main() -> None:
     kind, host, port, n, rate, window, limit, recipient = sys.argv[1:9]
-    load = SipLoad(kind, host, (host, int(port)), recipient, "--open-loop" in sys.argv[9:])
+    options = sys.argv[9:]
+    quiet = (float(options[options.index("--notify-quiet") + 1])
+             if "--notify-quiet" in options else NOTIFY_QUIET)
+    load = SipLoad(kind, host, (host, int(port)), recipient, "--open-loop" in options, quiet)
     print(json.dumps(load.run(int(n), float(rate), int(window), float(limit))), flush=True)
 
 

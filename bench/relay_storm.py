@@ -68,6 +68,15 @@ def stored_requests(world: RelayWorld, n: int, limit: float) -> int:
     return max(count, 0)
 
 
+def notify_quiet(n: int) -> float:
+    """How long the watchers wait for NOTIFYs after the last one. Each subscription gets a
+    second NOTIFY (Prosody's answer to the gateway's probe), which comes once Prosody and
+    the S2S queue have worked off the storm, up to 6 s after the first ones for 5,000
+    watchers; a watcher gone by then leaves it to time out at Kamailio (32 s holding a
+    slot of the gateway's SIP window). 2 s is ample for a few hundred."""
+    return max(2.0, min(STORM_QUIET, n / 500))
+
+
 def presence_storm(world: RelayWorld, meter: Meter, n: int) -> dict[str, Any]:
     prepare(world, n)
     limit = 60 + n / 100
@@ -75,7 +84,7 @@ def presence_storm(world: RelayWorld, meter: Meter, n: int) -> dict[str, Any]:
     with world.child("bench.relay_xmpp", "sink", IPS["a.example"], "a.example",
                      "storm", limit + 30) as sink, \
             world.child("bench.relay_sip", "subscribe", GW, KAMAILIO_PORT, n, 0, 0, limit,
-                        "u{:05d}@a.example") as watchers:
+                        "u{:05d}@a.example", "--notify-quiet", notify_quiet(n)) as watchers:
         sink.line(30)
         sip = watchers.line(limit + 20)
         # No count to wait for: the storm is over when nothing new came for STORM_QUIET s.

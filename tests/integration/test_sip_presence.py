@@ -441,7 +441,6 @@ async def test_a_surviving_node_resumes_a_dead_nodes_phone_subscriptions(
         assert after.cseq[0] > before.cseq[0]
         assert parse_pidf(after.body).note == "on b"
     finally:
-        dead._sink = None  # its sockets are closed already
         await survivor.stop(grace=0.5)
         await ua.close()
         for store in stores:
