@@ -100,8 +100,12 @@ _CSEQ_USUAL = re.compile(r"([0-9]{1,10}) ([A-Z]+)")
 _VIA_USUAL = re.compile(r"SIP/2\.0/([A-Z]+) ([A-Za-z0-9.-]+):([0-9]{1,5})((?:;[^;,\s]*)*)")
 # The usual Via as a server transaction key: sent-by and a branch given once, unquoted,
 # as the first parameter (Kamailio, Asterisk and most phones write it so).
+# The port is matched as 1-65535 without leading zeros (what ``Via.sent_by`` writes), so
+# the key needs no number conversion and equals what the full parser gives.
+_PORT_USUAL = (r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}"
+               r"|[1-9][0-9]{0,3})")
 _VIA_KEY_USUAL = re.compile(
-    r"SIP/2\.0/[A-Z]+ ([A-Za-z0-9.-]+:[0-9]{1,5});branch=([^;,\s\"]+)"
+    r"SIP/2\.0/[A-Z]+ ([A-Za-z0-9.-]+:" + _PORT_USUAL + r");branch=([^;,\s\"]+)"
     r"(?:;(?!(?i:branch)=)[^;,\s\"]*)*")
 
 
@@ -287,13 +291,7 @@ class SipMessage:
         looked up by it for every request received, and a retransmission too)."""
         key = self._via_key
         if key is None:
-            usual = _VIA_KEY_USUAL.fullmatch(self._lookup().get("via") or "")
-            if usual is not None and 0 < int(usual.group(1).rpartition(":")[2]) < 65536:
-                key = (usual.group(2), usual.group(1))
-            else:
-                via = self.top_via
-                key = (via.branch, via.sent_by)
-            self._via_key = key
+            key = self._via_key = _read_via_key(self, self._lookup().get("via") or "")
         return key
 
     @property
@@ -337,6 +335,17 @@ class SipMessage:
         lines = "".join([f"{name}: {value}\r\n" for name, value in headers])
         return (f"{start_line}\r\n{lines}Content-Length: {len(self.body)}\r\n\r\n"
                 .encode() + self.body)
+
+
+def _read_via_key(message: SipMessage, via: str) -> tuple[str, str]:
+    """:attr:`SipMessage.via_key` from the first Via value ``via``: one regular
+    expression for the usual spelling, the full parser for anything else."""
+    usual = _VIA_KEY_USUAL.fullmatch(via)
+    if usual is not None:
+        sent_by, branch = usual.group(1, 2)
+        return branch, sent_by
+    top = message.top_via
+    return top.branch, top.sent_by
 
 
 @dataclass(slots=True)
@@ -654,7 +663,7 @@ def _check_message(message: SipRequest | SipResponse, index: dict[str, str], res
                 raise SipParseError(f"missing {spelled} header", phrase=f"Missing {spelled}")
     message._cseq = parse_cseq(index["cseq"])  # validates CSeq
     if isinstance(message, SipRequest):
-        message.via_key  # noqa: B018 - validates the Via we answer to
+        message._via_key = _read_via_key(message, index["via"])  # validates the Via
         if message._cseq[1] != message.method:
             raise SipParseError("CSeq method does not match the request method",
                                 phrase="CSeq method does not match")
@@ -861,16 +870,22 @@ def response_wire(request: SipRequest, status: int, reason: str | None = None, *
     names = _RESPONSE_NAMES
     tag = to_tag if status > 100 else ""
     keys = request._keys or [header_key(header) for header, _ in request.headers]
+    append = lines.append
     for key, (_, value) in zip(keys, request.headers):  # noqa: B905 - the same length
         name = names.get(key)
         if name is not None:
             if tag and name == "To":
-                with contextlib.suppress(SipParseError):  # unreadable: copied as it came
-                    value = _with_tag(value, tag)
+                if value[-1:] == ">" and _TAG_ANYWHERE.search(value) is None:
+                    # "<uri>" with no tag anywhere: what _with_tag does, without splitting
+                    value = f"{value};tag={tag}"
+                else:
+                    with contextlib.suppress(SipParseError):  # unreadable: copied as it came
+                        value = _with_tag(value, tag)
                 tag = ""
-            lines.append(f"{name}: {value}\r\n")
-    lines += [f"{canonical_name(name)}: {value}\r\n" for name, value in extra]
-    lines.append("Content-Length: 0\r\n\r\n")
+            append(f"{name}: {value}\r\n")
+    if extra:
+        lines += [f"{canonical_name(name)}: {value}\r\n" for name, value in extra]
+    append("Content-Length: 0\r\n\r\n")
     return "".join(lines).encode()
 
 
