@@ -59,7 +59,7 @@ from gateway.sip.iscomposing import (
     build_is_composing,
     parse_is_composing,
 )
-from gateway.sip.message import SipRequest, SipResponse, unique_token
+from gateway.sip.message import SipParseError, SipRequest, SipResponse, unique_token
 from gateway.sip.message_ids import (
     sip_id_for_stanza,
     sip_origin,
@@ -111,6 +111,7 @@ UDP_LIMIT = 1300
 CLOCK_TOLERANCE = 60.0  # seconds: an older CPIM DateTime is shown as XEP-0203 delay
 TCP_REFUSAL_MEMORY = 60.0  # seconds a proxy that took no TCP is not asked again
 MAX_REMEMBERED_USERS = 65_536
+MAX_REMEMBERED_PARTIES = 4096  # (From URI, Request-URI) pairs named (MessageRelay._parties)
 _RICH_REFUSED = (415, 488)  # a phone that does not read CPIM/multipart (Linphone: 488)
 
 
@@ -325,6 +326,8 @@ class MessageRelay:
         self.not_crossed: Counter[str] = Counter()  # by content type / payload
         self.metrics: Any = None
         self.spellings = UserSpellings()  # SIP users' spelling, memory + store
+        # (From URI, Request-URI) -> what naming the parties gave: see _known_parties
+        self._parties: dict[tuple[str, str], tuple[str, str, str, str]] = {}
         self._tcp_refused_until = 0.0
 
     # ------------------------------------------------------------------ shared
@@ -343,6 +346,20 @@ class MessageRelay:
         if len(table) > MAX_REMEMBERED_USERS:
             table.popitem(last=False)
 
+    def _known_parties(self, request: SipRequest) -> tuple[str, str, str, str] | None:
+        """What :func:`request_parties` and :func:`sender_address` gave for an earlier
+        request with the same From URI and Request-URI (sender, recipient, bare sender,
+        SIP user part), or None: the same few users write again and again, and naming
+        them (URI parsing, domain checks, XEP-0106 escaping) is a pure function of the
+        two URIs and the served domains. Only accepted requests are remembered; with
+        P-Asserted-Identity trusted the sender depends on another header, so nothing is."""
+        if self.trust_asserted_identity:
+            return None
+        try:
+            return self._parties.get((request.from_uri, request.uri))
+        except SipParseError:  # an unreadable From: request_parties answers it
+            return None
+
     def _user_uri(self, local_user: str) -> str:
         """The Request-URI of a local SIP user, spelled as the SIP side spells it."""
         return self.spellings.uri(local_user)
@@ -351,15 +368,25 @@ class MessageRelay:
 
     def incoming(self, event: RequestReceived) -> None:
         request = event.request
-        try:
-            sender, recipient = request_parties(request, self.served,
-                                                trust_asserted_identity=self.trust_asserted_identity)
-        except Refused as refusal:
-            refuse(self.endpoint, event, refusal)
-            return
-        bare_sender = sender.partition("/")[0]
-        self.spellings.learn(bare_sender, sender_address(
-            request, trust_asserted_identity=self.trust_asserted_identity).user)
+        parties = self._known_parties(request)
+        if parties is None:
+            try:
+                sender, recipient = request_parties(
+                    request, self.served, trust_asserted_identity=self.trust_asserted_identity)
+            except Refused as refusal:
+                refuse(self.endpoint, event, refusal)
+                return
+            bare_sender = sender.partition("/")[0]
+            user_part = sender_address(
+                request, trust_asserted_identity=self.trust_asserted_identity).user
+            if not self.trust_asserted_identity:
+                if len(self._parties) >= MAX_REMEMBERED_PARTIES:
+                    self._parties.clear()  # a spray of senders must not grow it
+                self._parties[(request.from_uri, request.uri)] = (sender, recipient,
+                                                                  bare_sender, user_part)
+        else:
+            sender, recipient, bare_sender, user_part = parties
+        self.spellings.learn(bare_sender, user_part)
         type_text = request.get("content-type")
         if type_text in _PLAIN_UTF8 and len(request.body) <= self.max_message_size and \
                 request.get("content-encoding") is None:
@@ -438,7 +465,16 @@ class MessageRelay:
             if pair in typing_pairs:
                 self.typing_in.message_sent(pair)
                 SubElement(stanza, ACTIVE)
-        self._relay(event, stanza_id, stanza)
+        # Every name in this stanza is a constant: its characters are those of these
+        # strings, checked in one search instead of a walk of the tree (check_element
+        # still walks it to name the place when the search finds something).
+        try:
+            check_text("".join((sender, recipient, stanza_id, language, subject or "", text,
+                                call_id)), "message")
+        except XmlCharacterError:
+            self._relay(event, stanza_id, stanza)
+        else:
+            self._relay(event, stanza_id, stanza, checked=True)
 
     def _incoming_message(self, event: RequestReceived, sender: str, recipient: str,
                           content: SipContent, language: str) -> None:
@@ -503,8 +539,11 @@ class MessageRelay:
                              displayed=notice.kind == "display")
         self._relay(event, stanza_id, stanza)
 
-    def _relay(self, event: RequestReceived, stanza_id: str, stanza: Element) -> None:
-        if not valid_for_xmpp(self.endpoint, event, stanza):
+    def _relay(self, event: RequestReceived, stanza_id: str, stanza: Element, *,
+               checked: bool = False) -> None:
+        """Hand ``stanza`` to the router; its answer goes to the SIP request once decided.
+        ``checked``: the caller knows it holds no character XML 1.0 forbids."""
+        if not checked and not valid_for_xmpp(self.endpoint, event, stanza):
             return
         self.inflight[stanza_id] = None
         self.to_xmpp(stanza, _AnswerWhenDecided(self, event, stanza_id))
