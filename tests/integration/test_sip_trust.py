@@ -374,6 +374,19 @@ async def test_asserted_identity_does_not_excuse_a_foreign_from() -> None:
         assert recorder.queue.empty()
 
 
+async def test_a_repeating_sender_is_named_by_each_request() -> None:
+    """The gateway remembers how it named the parties of a (From URI, Request-URI) pair;
+    with P-Asserted-Identity trusted the sender depends on that header too, so the same
+    pair must not be answered from memory."""
+    flow = ("udp", (PROXY, 5060))
+    async with sip_backend(trust_asserted_identity=True) as (backend, recorder, _):
+        for extra, sender in (("", "ceo"), ("P-Asserted-Identity: <sip:cfo@sip.example>",
+                                            "cfo"), ("", "ceo")):
+            backend.endpoint._on_bytes(spoofed("MESSAGE", "udp", flow[1], extra=extra),
+                                       flow, flow[1])
+            assert (await recorder.next()).get("from") == f"{sender}@sip.example/sip"
+
+
 def _presence(sender: str, recipient: str, kind: str):
     from gateway.sip.development import presence
 

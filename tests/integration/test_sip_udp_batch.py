@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from gateway.sip.transport import SipTransport
+from gateway.sip.transport import UDP_READ_INTERVAL, SipTransport
 
 
 async def test_answers_to_a_batch_leave_after_it_in_order() -> None:
@@ -43,3 +43,30 @@ async def test_answers_to_a_batch_leave_after_it_in_order() -> None:
     finally:
         await transport.close()
         client.close()
+
+
+async def test_dense_arrivals_are_read_again_after_the_read_interval() -> None:
+    """A batch of several datagrams pauses the reader for UDP_READ_INTERVAL (fewer
+    wakeups); what arrives meanwhile is read when it resumes, a lone datagram later at
+    once, and closing while paused leaves nothing behind."""
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    client.setblocking(False)
+    transport = SipTransport("udp", ("127.0.0.1", 0), ("127.0.0.1", 9),
+                             lambda data, flow, peer: transport.send(flow, b"re " + data),
+                             lambda flow: None)
+    await transport.start()
+    loop = asyncio.get_running_loop()
+    try:
+        for burst in ([b"a", b"b", b"c"], [b"d", b"e"], [b"f"]):
+            for data in burst:
+                client.sendto(data, transport.local)
+            for data in burst:
+                assert await asyncio.wait_for(loop.sock_recv(client, 100), 5) == b"re " + data
+        client.sendto(b"g", transport.local)
+        client.sendto(b"h", transport.local)
+        assert await asyncio.wait_for(loop.sock_recv(client, 100), 5) == b"re g"
+    finally:
+        await transport.close()  # possibly while the reader is paused
+        client.close()
+    await asyncio.sleep(UDP_READ_INTERVAL * 2)  # a resume left behind would fail here
