@@ -45,7 +45,7 @@ log = logging.getLogger("gateway.s2s")
 FLUSH_SLICE = 256  # stanzas written between checks of the transport's write buffer
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class OutboundSession:
     """Everything about sending from ``local`` to ``remote``."""
 
