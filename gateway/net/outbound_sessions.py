@@ -218,9 +218,7 @@ class OutboundSessions:
         if conn is None:
             return
         stream = conn.stream
-        queue = session.queue
-        if queue is None:
-            return
+        queue = session.queue  # None: nothing queued, but still pump what the stream has
         window = self.settings.config.limits.max_unacked
         while queue and not conn.write_paused and stream.unacked < window \
                 and stream.can_send(session.local, session.remote):
