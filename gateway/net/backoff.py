@@ -22,6 +22,11 @@ FIRST_DELAY = 1.0
 MAX_DELAY = 60.0
 JITTER = 0.2
 QUEUE_WAIT = 5.0
+# One jitter source for every partner's backoff: a ``random.Random`` is about 2.8 KiB
+# (the Mersenne Twister state), and there is a Backoff per outbound session, i.e. per
+# idle S2S session once the peer negotiated bidi (docs/performance.md). The jitter only
+# has to differ between gateways and rounds, not be independent per partner.
+SHARED_RNG = random.Random()
 
 
 @dataclass(slots=True)
@@ -29,7 +34,7 @@ class Backoff:
     failures: int = 0  # consecutive failed rounds
     until: float = 0.0  # no new round before this (monotonic seconds)
     last_failure: str = ""
-    rng: random.Random = field(default_factory=random.Random, repr=False)
+    rng: random.Random = field(default=SHARED_RNG, repr=False)
 
     def failed(self, now: float, reason: str) -> float:
         """A round failed: the delay before the next one."""

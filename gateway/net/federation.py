@@ -168,10 +168,10 @@ class S2SService:
     @property
     def queued(self) -> int:
         """Stanzas waiting in outbound session queues, all domains."""
-        return sum(len(session.queue) for session in self.sessions.values())
+        return sum(session.queued() for session in self.sessions.values())
 
     def queues(self) -> dict[str, int]:
-        return {f"{s.local}->{s.remote}": len(s.queue)
+        return {f"{s.local}->{s.remote}": s.queued()
                 for s in self.sessions.values() if s.queue}
 
     # ------------------------------------------------------------------ shutdown

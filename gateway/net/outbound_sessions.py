@@ -45,13 +45,16 @@ log = logging.getLogger("gateway.s2s")
 FLUSH_SLICE = 256  # stanzas written between checks of the transport's write buffer
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class OutboundSession:
     """Everything about sending from ``local`` to ``remote``."""
 
     local: str
     remote: str
-    queue: deque[delivery.Queued] = field(default_factory=deque)
+    # Stanzas waiting for the stream (or its window); None while there are none: every
+    # inbound session the peer made bidi (XEP-0288) has a session here, mostly idle, and
+    # an empty deque would be 0.6 KiB of each (docs/performance.md).
+    queue: deque[delivery.Queued] | None = None
     # The stream carrying the session: our outbound stream, or the peer's inbound one
     # when it negotiated bidi (XEP-0288).
     connection: StreamConnection | None = None
@@ -64,6 +67,22 @@ class OutboundSession:
     congested: bool = False  # queue over limits.max_queue_per_domain (see send)
     backoff: Backoff = field(default_factory=Backoff)
     resent: int = 0  # stanzas sent again after a link died before acknowledging them
+
+    def queued(self) -> int:
+        return 0 if self.queue is None else len(self.queue)
+
+    def enqueue(self, item: delivery.Queued, *, front: bool = False) -> None:
+        queue = self.queue
+        if queue is None:
+            queue = self.queue = deque()
+        if front:
+            queue.appendleft(item)
+        else:
+            queue.append(item)
+
+    def drop_queue_if_empty(self) -> None:
+        if not self.queue:
+            self.queue = None
 
 
 class OutboundSessions:
@@ -145,9 +164,9 @@ class OutboundSessions:
         # Never refused for being one too many: the queue is the wait. Over its bound the
         # domain is congested, which holds back its sources (the local side, and inbound
         # streams from that domain, whose error replies land here) until it drains.
-        session.queue.append(stanza if on_done is None else delivery.Pending(stanza, on_done))
+        session.enqueue(stanza if on_done is None else delivery.Pending(stanza, on_done))
         if not session.congested and \
-                len(session.queue) > self.settings.config.limits.max_queue_per_domain:
+                session.queued() > self.settings.config.limits.max_queue_per_domain:
             self._set_congested(session, True)
         self.out_streams.ensure_connecting(session)
 
@@ -184,12 +203,12 @@ class OutboundSessions:
         session.congested = congested
         log_event(log, logging.INFO, "s2s.congestion", peer=session.remote,
                   local=session.local, direction="outbound",
-                  state="on" if congested else "off", queued=len(session.queue))
+                  state="on" if congested else "off", queued=session.queued())
         self.inbound.hold_reading_from(session.remote, congested)
         self.links.router.s2s_congestion(session.remote, congested)
 
     def _drained(self, session: OutboundSession) -> bool:
-        return len(session.queue) <= self.settings.config.limits.max_queue_per_domain // 2
+        return session.queued() <= self.settings.config.limits.max_queue_per_domain // 2
 
     def flush(self, session: OutboundSession) -> None:
         """Send what is queued, in slices, until the peer stops taking it (the transport
@@ -199,7 +218,7 @@ class OutboundSessions:
         if conn is None:
             return
         stream = conn.stream
-        queue = session.queue
+        queue = session.queue  # None: nothing queued, but still pump what the stream has
         window = self.settings.config.limits.max_unacked
         while queue and not conn.write_paused and stream.unacked < window \
                 and stream.can_send(session.local, session.remote):
@@ -211,6 +230,7 @@ class OutboundSessions:
                 self.links.count("stanzas_out", session.remote)
             conn.pump()
         conn.pump()
+        session.drop_queue_if_empty()
         if session.congested and self._drained(session):
             self._set_congested(session, False)
 
@@ -245,7 +265,7 @@ class OutboundSessions:
         retry_in = session.backoff.failed(time.monotonic(), reason)
         log_event(log, logging.WARNING, "s2s.outbound_failed", peer=session.remote,
                   local=session.local, direction="outbound", condition=condition, reason=reason,
-                  bounced=len(session.queue), change=change, retry_in=f"{retry_in:.1f}s")
+                  bounced=session.queued(), change=change, retry_in=f"{retry_in:.1f}s")
         self.bounce_queue(session, condition, text)
         for request in session.pending_verifies:
             local, remote, stream_id, _key = request
@@ -260,6 +280,7 @@ class OutboundSessions:
             self.links.router.bounce(stanza, condition, reason,
                                      None if token is None else functools.partial(
                                          delivery.settle, token, False))
+        session.queue = None
         if session.congested:
             self._set_congested(session, False)
 
@@ -297,7 +318,7 @@ class OutboundSessions:
                 self._bounce(stanza, item.on_done, "remote-server-timeout", reason)
                 continue
             resent.mark(stanza, local)
-            session.queue.appendleft(item)
+            session.enqueue(item, front=True)
             session.resent += 1
             self.links.count("resent", remote)
             if session not in touched:
@@ -338,7 +359,7 @@ class OutboundSessions:
         """Stanzas queued for the session ``conn`` carries for its own pair."""
         stream = conn.stream
         session = self.sessions.get((stream.local_domain or "", stream.remote_domain or ""))
-        return len(session.queue) if session is not None and session.connection is conn else 0
+        return session.queued() if session is not None and session.connection is conn else 0
 
     async def give_up(self, budget: float) -> None:
         """Shutting down: let the connect tasks run for ``budget`` seconds, then cancel

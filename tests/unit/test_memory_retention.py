@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from gateway.auth.tls_provider import OpenSslTlsProvider, TlsConfigError
+from gateway.net.outbound_sessions import OutboundSession
 from gateway.sip.development import message
 from gateway.xmpp.events import StanzaReceived
 from gateway.xmpp.inbound import InboundStream
@@ -269,3 +270,17 @@ def test_tls_groups_setting(tmp_path: Path) -> None:
     with pytest.raises(TlsConfigError, match="does not know"):
         OpenSslTlsProvider(dataclasses.replace(pki.tls_settings("b.example"),
                                                groups=("X25519", "no-such-group")))
+
+
+def test_an_idle_outbound_session_holds_no_queue_and_no_random_state() -> None:
+    """Every inbound session a peer made bidi (XEP-0288) gets an OutboundSession: idle, it
+    must not own a deque (0.6 KiB) nor a ``random.Random`` (2.8 KiB) of its own."""
+    session, other = OutboundSession("gw.example", "a.example"), OutboundSession("x", "y")
+    assert session.queue is None and not hasattr(session, "__dict__")
+    assert session.backoff.rng is other.backoff.rng
+    session.enqueue("first")  # type: ignore[arg-type]  # the queue takes any item
+    session.enqueue("zeroth", front=True)  # type: ignore[arg-type]
+    assert list(session.queue or ()) == ["zeroth", "first"] and session.queued() == 2
+    session.queue.clear()  # type: ignore[union-attr]
+    session.drop_queue_if_empty()
+    assert session.queue is None and session.queued() == 0
