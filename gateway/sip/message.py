@@ -489,13 +489,24 @@ def _port(text: str, value: str) -> int:
     return port
 
 
+# CSeq values read before (bounded like the header-name caches): every new MESSAGE a
+# phone sends starts a transaction with "1 MESSAGE".
+_CSEQS: dict[str, tuple[int, str]] = {}
+
+
 def parse_cseq(value: str) -> tuple[int, str]:
     """RFC 3261 §20.16 ``CSeq: 1*DIGIT LWS Method``; the number fits 32 bits (§8.1.1.5)."""
+    known = _CSEQS.get(value)
+    if known is not None:
+        return known
     usual = _CSEQ_USUAL.fullmatch(value)
     if usual is not None:
         sequence = int(usual.group(1))
         if sequence < 1 << 32:
-            return sequence, usual.group(2)
+            known = (sequence, usual.group(2))
+            if len(_CSEQS) < _NAME_CACHE_LIMIT:
+                _CSEQS[value] = known
+            return known
     number, _, method = value.strip().partition(" ")
     method = method.strip()
     sequence = ascii_number(number, "CSeq", digits=10)
