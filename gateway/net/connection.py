@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import socket
+import sys
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -28,6 +30,16 @@ EventHandler = Callable[["StreamConnection", Event], None]
 # Bytes buffered for a slow peer before we stop reading from that peer too (backpressure).
 WRITE_HIGH_WATER = 1024 * 1024
 
+# Under stream management we write <a/> on a stream we otherwise only read, and Linux then
+# takes the connection for an interactive one and delays its TCP ACKs (up to 40 ms and
+# more). A peer that leaves Nagle's algorithm on (Prosody does by default) holds every
+# small write while one is unacknowledged, so its stanzas waited for our next <a/>:
+# 20 ms median, 46 ms p99 at 1,000 msg/s instead of 0.4 / 2 ms without stream management.
+# TCP_QUICKACK after each read sends the pending ACK at once and leaves that mode; it is
+# not sticky (man 7 tcp), and setting it only after our own <a/> writes left half of the
+# stalls in place (measured), so it is set after every read under stream management.
+QUICKACK: int | None = socket.TCP_QUICKACK if sys.platform == "linux" else None
+
 
 class StreamConnection(asyncio.Protocol):
     """One TCP connection carrying one S2S stream.
@@ -38,7 +50,8 @@ class StreamConnection(asyncio.Protocol):
     """
 
     __slots__ = ("_closed_event", "_is_closed", "_loop", "_on_event", "_on_gone",
-                 "_pause_reasons", "_pump_scheduled", "_rate", "_throttled", "_timer",
+                 "_pause_reasons", "_pump_scheduled", "_quickack", "_rate",
+                 "_throttled", "_timer",
                  "_timer_at", "_tokens", "_tokens_at", "authenticated_at", "conn_id",
                  "connected_at", "counted_ip", "on_writable", "peer_address", "stream",
                  "transport", "write_paused")
@@ -58,6 +71,7 @@ class StreamConnection(asyncio.Protocol):
         self._on_event = on_event
         self._on_gone = on_gone
         self.transport: asyncio.Transport | None = None
+        self._quickack: socket.socket | None = None  # the TCP socket, where QUICKACK exists
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -87,6 +101,8 @@ class StreamConnection(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        if QUICKACK is not None:
+            self._quickack = transport.get_extra_info("socket")
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer_address = f"{peer[0]}:{peer[1]}"
@@ -98,9 +114,18 @@ class StreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         now = self._loop.time()
         self.stream.receive_data(data, now)
+        if self._quickack is not None and self.stream.sm_in is not None:
+            self._ack_now()
         self.pump()
         if self._rate:
             self._spend(len(data), now)
+
+    def _ack_now(self) -> None:
+        assert self._quickack is not None and QUICKACK is not None
+        try:
+            self._quickack.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
+        except OSError:  # the socket is closing: nothing more to acknowledge on it
+            self._quickack = None
 
     def _spend(self, size: int, now: float) -> None:
         rate = self._rate
