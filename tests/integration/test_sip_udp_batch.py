@@ -63,6 +63,17 @@ async def test_dense_arrivals_are_read_again_after_the_read_interval() -> None:
                 client.sendto(data, transport.local)
             for data in burst:
                 assert await asyncio.wait_for(loop.sock_recv(client, 100), 5) == b"re " + data
+        # responses complete our client transactions: a batch holding one is not
+        # followed by a pause (the next request to that SIP user waits for it)
+        await asyncio.sleep(UDP_READ_INTERVAL * 2)
+        udp = transport._udp
+        assert udp is not None and udp._resume is None
+        responses = [b"SIP/2.0 200 OK 1", b"SIP/2.0 200 OK 2"]
+        for data in responses:
+            client.sendto(data, transport.local)
+        for data in responses:
+            assert await asyncio.wait_for(loop.sock_recv(client, 100), 5) == b"re " + data
+        assert udp._resume is None
         client.sendto(b"g", transport.local)
         client.sendto(b"h", transport.local)
         assert await asyncio.wait_for(loop.sock_recv(client, 100), 5) == b"re g"
