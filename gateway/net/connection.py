@@ -31,13 +31,11 @@ EventHandler = Callable[["StreamConnection", Event], None]
 WRITE_HIGH_WATER = 1024 * 1024
 
 # Under stream management we write <a/> on a stream we otherwise only read, and Linux then
-# takes the connection for an interactive one and delays its TCP ACKs (up to 40 ms and
-# more). A peer that leaves Nagle's algorithm on (Prosody does by default) holds every
-# small write while one is unacknowledged, so its stanzas waited for our next <a/>:
-# 20 ms median, 46 ms p99 at 1,000 msg/s instead of 0.4 / 2 ms without stream management.
-# TCP_QUICKACK after each read sends the pending ACK at once and leaves that mode; it is
-# not sticky (man 7 tcp), and setting it only after our own <a/> writes left half of the
-# stalls in place (measured), so it is set after every read under stream management.
+# takes the connection for an interactive one and delays its TCP ACKs. A peer that leaves
+# Nagle's algorithm on (Prosody does by default) holds each small write while one is
+# unacknowledged, so its stanzas would wait for our next <a/> (docs/performance.md,
+# "Acknowledgements and Nagle"). TCP_QUICKACK after each read sends the pending ACK at
+# once; it is not sticky (man 7 tcp), hence after every read under stream management.
 QUICKACK: int | None = socket.TCP_QUICKACK if sys.platform == "linux" else None
 
 
