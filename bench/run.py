@@ -114,6 +114,8 @@ def main() -> int:
     parser.add_argument("--bidi-counts", type=lambda v: tuple(int(c) for c in v.split(",")),
                         default=(250, 500, 1000),
                         help="partners at which the bidi memory row samples RSS")
+    parser.add_argument("--bidi-settle", type=float, default=5.0,
+                        help="seconds the bidi memory row lets RSS settle at each sample")
     parser.add_argument("--relay-paths", default=None,
                         help="only these relay paths, comma-separated (xmpp_xmpp, xmpp_sip, "
                              "xmpp_xmpp_back, sip_xmpp, sip_direct); with --relay-storm 0 no "
@@ -162,7 +164,7 @@ def main() -> int:
     if args.only_bidi_memory or not (args.skip_bidi_memory or partial):
         with bench_namespace("bidi") as (ns, pki):
             results["bidi_memory"] = bidi_memory(ns, pki, tuple(args.bidi_counts),
-                                                 settle=min(5.0, args.idle_settle + 2))
+                                                 settle=args.bidi_settle)
         if args.only_bidi_memory:
             print(json.dumps(results, indent=2))
             return 0

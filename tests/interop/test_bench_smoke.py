@@ -22,7 +22,8 @@ def test_bench_harness_smoke(tmp_path: Path) -> None:
          "--idle-counts", "100,200", "--idle-runs", "1", "--idle-settle", "1",
          "--sip-messages", "200", "--skip-relay",
          # the failover row has its own short test (test_failover_zero_loss.py)
-         "--skip-failover", "--bidi-counts", "10,20", "--out", str(tmp_path)],
+         "--skip-failover", "--bidi-counts", "10,20",
+         "--bidi-settle", "3", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600, cwd=REPO)
     assert run.returncode == 0, run.stderr[-4000:]
     results = json.loads((tmp_path / "results.json").read_text())["results"]
