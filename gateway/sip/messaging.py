@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
-from xml.etree.ElementTree import Element, SubElement
+from xml.etree.ElementTree import Element
 
 from gateway.logs import log_event
 from gateway.sip.addresses import jid_to_sip
@@ -80,8 +80,6 @@ from gateway.sip.stanzas import (
     BODY,
     MESSAGE,
     NS_CHATSTATES,
-    SUBJECT,
-    THREAD,
     XML_LANG,
     MessageParts,
     chat_message,
@@ -89,6 +87,7 @@ from gateway.sip.stanzas import (
     error_condition,
     read_message,
     receipt,
+    text_message,
 )
 from gateway.sip.transaction import RequestReceived
 from gateway.sip.xhtml import html_to_message
@@ -450,21 +449,14 @@ class MessageRelay:
         request = event.request
         call_id = request.call_id
         stanza_id = stanza_id_for_sip(call_id, cpim=False, sent=int(time.time()))
-        attributes = {"from": sender, "to": recipient, "type": "chat", "id": stanza_id}
-        if language:
-            attributes[XML_LANG] = language
-        stanza = Element(MESSAGE, attributes)
         subject = request.get("subject")
-        if subject:
-            SubElement(stanza, SUBJECT).text = subject
-        SubElement(stanza, BODY).text = text
-        SubElement(stanza, THREAD).text = call_id
+        active = False
         typing_pairs = self.typing_in.pairs
         if typing_pairs:
             pair = (sender.partition("/")[0], recipient)
             if pair in typing_pairs:
                 self.typing_in.message_sent(pair)
-                SubElement(stanza, ACTIVE)
+                active = True
         # Every name in this stanza is a constant: its characters are those of these
         # strings, checked in one search instead of a walk of the tree (check_element
         # still walks it to name the place when the search finds something).
@@ -472,9 +464,12 @@ class MessageRelay:
             check_text("".join((sender, recipient, stanza_id, language, subject or "", text,
                                 call_id)), "message")
         except XmlCharacterError:
-            self._relay(event, stanza_id, stanza)
+            checked = False
         else:
-            self._relay(event, stanza_id, stanza, checked=True)
+            checked = True
+        self._relay(event, stanza_id, text_message(
+            sender, recipient, text, stanza_id, language=language, subject=subject or "",
+            thread=call_id, active=active), checked=checked)
 
     def _incoming_message(self, event: RequestReceived, sender: str, recipient: str,
                           content: SipContent, language: str) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from xml.etree.ElementTree import Element, SubElement
 
 from gateway.xmpp.errors import parse_error_child
+from gateway.xmpp.xml import PreparedStanza, escape_attr, escape_text
 
 NS = "jabber:server"
 MESSAGE = f"{{{NS}}}message"
@@ -129,6 +130,42 @@ def chat_message(sender: str, recipient: str, text: str | None, stanza_id: str, 
         SubElement(stanza, f"{{{NS_DELAY}}}delay", {"stamp": delay, "from": delay_from}
                    if delay_from else {"stamp": delay})
     return stanza
+
+
+def text_message(sender: str, recipient: str, text: str, stanza_id: str, *,
+                 language: str = "", subject: str = "", thread: str = "",
+                 active: bool = False) -> PreparedStanza:
+    """:func:`chat_message` for a plain text message (one body, no receipt request, no
+    XHTML, no delay; ``active``: an XEP-0085 ``<active/>``), built with its wire form
+    (:class:`gateway.xmpp.xml.PreparedStanza`): the stanza of almost every message a SIP
+    user sends, written once from these strings instead of by walking the tree again."""
+    attributes = {"from": sender, "to": recipient, "type": "chat", "id": stanza_id}
+    head = (f'<message from="{escape_attr(sender)}" to="{escape_attr(recipient)}" '
+            f'type="chat" id="{escape_attr(stanza_id)}"')
+    if language:
+        attributes[XML_LANG] = language
+        head += f' xml:lang="{escape_attr(language)}"'
+    parts = [head, ">"]
+    if subject:
+        parts.append(f"<subject>{escape_text(subject)}</subject>")
+    parts.append(f"<body>{escape_text(text)}</body>" if text else "<body/>")
+    if thread:
+        parts.append(f"<thread>{escape_text(thread)}</thread>")
+    if active:
+        parts.append(_ACTIVE_WIRE)
+    parts.append("</message>")
+    stanza = PreparedStanza(MESSAGE, attributes, "".join(parts).encode())
+    if subject:
+        SubElement(stanza, SUBJECT).text = subject
+    SubElement(stanza, BODY).text = text
+    if thread:
+        SubElement(stanza, THREAD).text = thread
+    if active:
+        SubElement(stanza, f"{{{NS_CHATSTATES}}}active")
+    return stanza
+
+
+_ACTIVE_WIRE = f'<active xmlns="{NS_CHATSTATES}"/>'
 
 
 def chat_state(sender: str, recipient: str, state: str, stanza_id: str) -> Element:

@@ -27,6 +27,7 @@ a local hunt). Wall time on the 2-core CI machine: see docs/sip.md ("How it is t
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass, field
@@ -48,11 +49,13 @@ from gateway.sip.message import (
     read_head,
 )
 from gateway.sip.messaging import MessageRelay
+from gateway.sip.stanzas import text_message
 from gateway.sip.transaction import RequestReceived
 from gateway.sip.xhtml import html_to_message
 from gateway.xmpp.namespaces import NS_SERVER
 from gateway.xmpp.xml import (
     REPLACEMENT,
+    PreparedStanza,
     XmlCharacterError,
     check_element,
     serialize,
@@ -433,6 +436,8 @@ def test_every_stanza_the_sip_side_hands_on_is_valid_xml_carrying_what_was_sent(
         assert status == 202
         assert body is not None  # a body that is not UTF-8 is never handed on
         wire = serialize(stanza)
+        # a stanza built with its wire form is written exactly as the tree walk writes it
+        assert wire == serialize(copy.deepcopy(stanza))
         [read] = expat_stanzas(wire)  # what the partner reads: it must parse
         if request.content_type == "text/html":  # the text of the HTML (RFC 7572 §7)
             body = html_to_message(body)[0]
@@ -501,6 +506,28 @@ def test_the_serialiser_writes_well_formed_xml_whatever_it_is_given(
         except XmlCharacterError:
             refused = True
         assert refused == has_forbidden(stanza)
+    TALLY.add("serialiser", len(blobs))
+
+
+@settings(BASE, max_examples=500 * SCALE)
+@given(BLOBS)
+def test_a_prepared_stanza_is_written_as_the_tree_walk_writes_it(blobs: list[bytes]) -> None:
+    """:func:`text_message` writes its stanza while building it; whatever the strings
+    (markup, forbidden characters, empty text), those bytes are the ones :func:`serialize`
+    writes for the same tree, and a changed attribute is never sent unwritten."""
+    for blob in blobs:
+        read = Reader(blob)
+        stanza = text_message(read.text(), read.text(), read.text(40), read.text(),
+                              language=read.text(4), subject=read.text(),
+                              thread=read.text(), active=read.byte() % 2 == 1)
+        assert isinstance(stanza, PreparedStanza)
+        walked = serialize(copy.deepcopy(stanza))
+        assert type(copy.deepcopy(stanza)) is Element
+        assert serialize(stanza) == walked
+        [parsed] = expat_stanzas(walked)
+        assert same_tree(parsed, forbidden_replaced(stanza))
+        stanza.set("to", read.text())
+        assert serialize(stanza) == serialize(copy.deepcopy(stanza))
     TALLY.add("serialiser", len(blobs))
 
 
