@@ -302,7 +302,10 @@ class SipMessage:
             if first is None:
                 raise SipParseError("no Via header")
             if "," in first:
-                first = split_values(first)[0]
+                values = split_values(first)
+                if not values:  # "Via: ," holds no Via at all
+                    raise SipParseError(f"empty Via {first[:40]!r}", phrase="Bad Via")
+                first = values[0]
             via = self._via = parse_via(first)
         return via
 
@@ -883,27 +886,53 @@ def response_wire(request: SipRequest, status: int, reason: str | None = None, *
     """``make_response(...)`` with ``extra`` headers added, serialised, without building
     the response object: the bytes of every answer the gateway gives a request (a 202
     per relayed MESSAGE)."""
-    lines = [f"SIP/2.0 {status} {reason or REASONS.get(status, 'Unknown')}\r\n"]
-    names = _RESPONSE_NAMES
+    status_line = f"SIP/2.0 {status} {reason or REASONS.get(status, 'Unknown')}\r\n"
     tag = to_tag if status > 100 else ""
-    keys = request._keys or [header_key(header) for header, _ in request.headers]
+    keys, index = request._keys, request._index
+    if keys is not None and index is not None and not extra:
+        # As the parser left it (every message answered gets here): the five fields from
+        # its index, one string. Vias in their order (§8.2.6.2); From, To, Call-ID and
+        # CSeq occur once in a request (§7.3), so the first of each is the one.
+        via = index.get("via")
+        frm, to, call_id, cseq = (index.get("from"), index.get("to"), index.get("call-id"),
+                                  index.get("cseq"))
+        if via is not None and frm is not None and to is not None and call_id is not None \
+                and cseq is not None:
+            if keys.count("via") > 1:
+                via = "\r\nVia: ".join([value for key, (_, value)
+                                         in zip(keys, request.headers)  # noqa: B905
+                                         if key == "via"])
+            if tag:
+                to = _tagged_to(to, tag)
+            return (f"{status_line}Via: {via}\r\nFrom: {frm}\r\nTo: {to}\r\n"
+                    f"Call-ID: {call_id}\r\nCSeq: {cseq}\r\nContent-Length: 0\r\n\r\n"
+                    ).encode()
+    lines = [status_line]
+    names = _RESPONSE_NAMES
+    keys = keys or [header_key(header) for header, _ in request.headers]
     append = lines.append
     for key, (_, value) in zip(keys, request.headers):  # noqa: B905 - the same length
         name = names.get(key)
         if name is not None:
             if tag and name == "To":
-                if value[-1:] == ">" and _TAG_ANYWHERE.search(value) is None:
-                    # "<uri>" with no tag anywhere: what _with_tag does, without splitting
-                    value = f"{value};tag={tag}"
-                else:
-                    with contextlib.suppress(SipParseError):  # unreadable: copied as it came
-                        value = _with_tag(value, tag)
+                value = _tagged_to(value, tag)
                 tag = ""
             append(f"{name}: {value}\r\n")
     if extra:
         lines += [f"{canonical_name(name)}: {value}\r\n" for name, value in extra]
     append("Content-Length: 0\r\n\r\n")
     return "".join(lines).encode()
+
+
+def _tagged_to(value: str, tag: str) -> str:
+    """A To value with our ``tag`` (:func:`_with_tag`), copied as it came when unreadable."""
+    if value[-1:] == ">" and _TAG_ANYWHERE.search(value) is None:
+        # "<uri>" with no tag anywhere: what _with_tag does, without splitting
+        return f"{value};tag={tag}"
+    try:
+        return _with_tag(value, tag)
+    except SipParseError:
+        return value
 
 
 def _response_headers(request: SipRequest, status: int, to_tag: str) -> list[tuple[str, str]]:

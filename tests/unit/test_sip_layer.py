@@ -127,6 +127,18 @@ def test_via_forms() -> None:
             parse_via(bad)
 
 
+@pytest.mark.parametrize("via", [",", " , ,", ", ,  ,"])
+def test_a_via_of_commas_is_the_parsers_error_with_an_answer(via: str) -> None:
+    """Commas with nothing between them are no Via: 400 Bad Via, never
+    an IndexError out of the parser (found by the property tests)."""
+    data = request_bytes().replace(b"Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1",
+                                   b"Via: " + via.encode())
+    with pytest.raises(SipParseError) as refused:
+        parse_message(data)
+    assert (refused.value.status, refused.value.phrase) == (400, "Bad Via")
+    assert refused.value.request is not None  # answerable: the five fields are there
+
+
 def test_name_addr_forms() -> None:
     spec = parse_name_addr("sip:bob@x;tag=77")
     assert (spec.uri, spec.tag) == ("sip:bob@x", "77")
