@@ -50,24 +50,32 @@ def _shared_store(config: Any) -> Any:
         return None
 
 
+def _cluster_nodes(config: Any) -> list[Any] | None:
+    """The rows of the shared store's cluster table; None after saying why not."""
+    from gateway.store import StoreError
+
+    store = _shared_store(config)
+    if store is None:
+        return None
+    try:
+        return list(store.list_nodes())
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    finally:
+        store.close()
+
+
 def cluster_status(args: argparse.Namespace) -> int:
     """``status --cluster``: every node in the cluster table with its state."""
     from gateway.cli.common import load_or_report
-    from gateway.store import StoreError
 
     config = load_or_report(args)
     if config is None:
         return 2
-    store = _shared_store(config)
-    if store is None:
+    nodes = _cluster_nodes(config)
+    if nodes is None:
         return 1
-    try:
-        nodes = store.list_nodes()
-    except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
     lease = config.cluster.lease
     rows = [{**_row(node), "status": node.status(lease)} for node in nodes]
     if getattr(args, "json", False):
@@ -99,18 +107,10 @@ def check_cluster(config: Any) -> int:
     """``check config --cluster``: do the nodes in the cluster table run with the same
     domains, partners and dialback secret (by digest) as this configuration?"""
     from gateway.cluster import compare_fingerprints, config_fingerprint
-    from gateway.store import StoreError
 
-    store = _shared_store(config)
-    if store is None:
+    nodes = _cluster_nodes(config)
+    if nodes is None:
         return 1
-    try:
-        nodes = store.list_nodes()
-    except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
     mine = config_fingerprint(config)
     problems = 0
     if not mine["secret"]:
