@@ -32,7 +32,6 @@ a ``400`` naming the problem (§21.4.1) rather than silence.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import secrets
@@ -908,19 +907,9 @@ def response_wire(request: SipRequest, status: int, reason: str | None = None, *
                     f"Call-ID: {call_id}\r\nCSeq: {cseq}\r\nContent-Length: 0\r\n\r\n"
                     ).encode()
     lines = [status_line]
-    names = _RESPONSE_NAMES
-    keys = keys or [header_key(header) for header, _ in request.headers]
-    append = lines.append
-    for key, (_, value) in zip(keys, request.headers):  # noqa: B905 - the same length
-        name = names.get(key)
-        if name is not None:
-            if tag and name == "To":
-                value = _tagged_to(value, tag)
-                tag = ""
-            append(f"{name}: {value}\r\n")
-    if extra:
-        lines += [f"{canonical_name(name)}: {value}\r\n" for name, value in extra]
-    append("Content-Length: 0\r\n\r\n")
+    lines += [f"{name}: {value}\r\n" for name, value in _response_headers(request, status, tag)]
+    lines += [f"{canonical_name(name)}: {value}\r\n" for name, value in extra]
+    lines.append("Content-Length: 0\r\n\r\n")
     return "".join(lines).encode()
 
 
@@ -946,8 +935,7 @@ def _response_headers(request: SipRequest, status: int, to_tag: str) -> list[tup
     if to_tag and status > 100:
         for position, (name, value) in enumerate(copied):
             if name == "To":
-                with contextlib.suppress(SipParseError):  # unreadable: copied as it came
-                    copied[position] = (name, _with_tag(value, to_tag))
+                copied[position] = (name, _tagged_to(value, to_tag))
                 break
     return copied
 
