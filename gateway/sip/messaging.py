@@ -79,7 +79,6 @@ from gateway.sip.spellings import UserSpellings
 from gateway.sip.stanzas import (
     BODY,
     MESSAGE,
-    NS_CHATSTATES,
     XML_LANG,
     MessageParts,
     chat_message,
@@ -154,7 +153,6 @@ _NO_TYPE = MediaType("")
 _PLAIN_UTF8 = frozenset({"text/plain;charset=UTF-8", "text/plain; charset=UTF-8",
                          "text/plain;charset=utf-8", "text/plain; charset=utf-8",
                          "text/plain", "text/plain;charset=\"UTF-8\""})
-ACTIVE = f"{{{NS_CHATSTATES}}}active"
 
 
 @lru_cache(maxsize=65536)
