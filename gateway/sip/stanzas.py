@@ -154,6 +154,10 @@ def text_message(sender: str, recipient: str, text: str, stanza_id: str, *,
     if active:
         parts.append(_ACTIVE_WIRE)
     parts.append("</message>")
+    # The same tree as chat_message builds, built here: going through chat_message (its
+    # keyword arguments and the branches this shape never takes) cost about 0.7 µs more
+    # per message (``python -m bench.tools.sip_micro from-sip``: 20.6-21.1 against
+    # 19.9-20.4, six runs each); the property tests hold the two to the same tree.
     stanza = PreparedStanza(MESSAGE, attributes, "".join(parts).encode())
     if subject:
         SubElement(stanza, SUBJECT).text = subject

@@ -51,7 +51,7 @@ from gateway.sip.message import (
     response_wire,
 )
 from gateway.sip.messaging import MessageRelay
-from gateway.sip.stanzas import text_message
+from gateway.sip.stanzas import chat_message, text_message
 from gateway.sip.transaction import RequestReceived
 from gateway.sip.xhtml import html_to_message
 from gateway.xmpp.namespaces import NS_SERVER
@@ -538,10 +538,17 @@ def test_a_prepared_stanza_is_written_as_the_tree_walk_writes_it(blobs: list[byt
     writes for the same tree, and a changed attribute is never sent unwritten."""
     for blob in blobs:
         read = Reader(blob)
-        stanza = text_message(read.text(), read.text(), read.text(40), read.text(),
-                              language=read.text(4), subject=read.text(),
-                              thread=read.text(), active=read.byte() % 2 == 1)
+        sender, recipient, text, stanza_id = (read.text(), read.text(), read.text(40),
+                                              read.text())
+        language, subject, thread = read.text(4), read.text(), read.text()
+        active = read.byte() % 2 == 1
+        stanza = text_message(sender, recipient, text, stanza_id, language=language,
+                              subject=subject, thread=thread, active=active)
         assert isinstance(stanza, PreparedStanza)
+        # the tree the general builder makes for the same message
+        assert same_tree(stanza, chat_message(
+            sender, recipient, text, stanza_id, language=language, subject=subject,
+            thread=thread, chat_state="active" if active else ""))
         walked = serialize(copy.deepcopy(stanza))
         assert type(copy.deepcopy(stanza)) is Element
         assert serialize(stanza) == walked
