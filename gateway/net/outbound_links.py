@@ -160,12 +160,9 @@ class OutboundLinks:
     def _on_gone(self, conn: StreamConnection) -> None:
         stream = self.streams.pop(conn, None)
         self.links.ended(conn)
-        for session in self.sessions.carried_by(conn):
-            attempt = session.attempt
-            if stream is not None and attempt is not None and attempt.conn is conn:
-                attempt.settle(Outcome(False, "remote-server-not-found",
-                                       stream.close_reason or "closed",
-                                       retry=not stream.peer_header_received))
+        if stream is not None:
+            for session in self.sessions.carried_by(conn):
+                _attempt_lost(session, conn, stream, stream.close_reason or "closed")
         self.sessions.link_ended(conn)
 
     # ------------------------------------------------------------------ events
@@ -189,10 +186,8 @@ class OutboundLinks:
     def _on_closed(self, conn: StreamConnection, event: StreamClosed) -> None:
         stream = self.streams[conn]
         session = self.sessions.find(stream.local_domain or "", stream.remote_domain or "")
-        attempt = session.attempt if session is not None else None
-        if attempt is not None and attempt.conn is conn:
-            attempt.settle(Outcome(False, "remote-server-not-found", event.reason,
-                                   retry=not stream.peer_header_received))
+        if session is not None:
+            _attempt_lost(session, conn, stream, event.reason)
 
     def _on_verify_answered(self, conn: StreamConnection, event: DialbackVerifyAnswered) -> None:
         self.inbound.answer_verify(event.local_domain, event.remote_domain, event.stream_id,
@@ -222,6 +217,16 @@ class OutboundLinks:
             if (event.remote_domain, event.local_domain) != (conn.stream.remote_domain,
                                                              conn.stream.local_domain):
                 session.connection = None  # a piggybacked pair: next time, a new stream
+
+
+def _attempt_lost(session: OutboundSession, conn: StreamConnection, stream: OutboundStream,
+                  reason: str) -> None:
+    """``conn`` closed while it was the session's connection attempt: the attempt failed,
+    and the connect loop may try the next target if the peer never answered."""
+    attempt = session.attempt
+    if attempt is not None and attempt.conn is conn:
+        attempt.settle(Outcome(False, "remote-server-not-found", reason,
+                               retry=not stream.peer_header_received))
 
 
 class SessionDialer:
