@@ -70,12 +70,15 @@ UDP_BATCH = 256  # datagrams read per readiness event
 # loop's iteration and epoll, the S2S write and its TLS record, the peer's
 # acknowledgement of it, each a context switch: about 140 µs in this VM against 30-40 µs
 # per message), and one datagram per wakeup at a paced 10,000/s made it the larger
-# share. A lone datagram (low rates) is still read at once; a full batch (a flood) is
-# followed at once. At most this much is added to the answer of a request. Not after a
+# share. 5 ms: about 50 datagrams a batch at 10,000/s; against 2 ms (about 20) it took
+# 3-4 µs (a tenth) off each message, in 14 alternating relay runs (docs/performance.md),
+# and 5 ms is nothing beside a SIP timer (T1 500 ms) or a chat user's eye. A lone
+# datagram (low rates) is still read at once; a full batch (a flood) is followed at
+# once. At most this much is added to the answer of a request. Not after a
 # batch that held a response: a response completes one of our client transactions, and
 # the next MESSAGE to the same SIP user waits for it (order per pair), so a delay there
 # slows XMPP → SIP down (measured: 10,000/s paced fell to 8,100/s, p99 42 ms → 1.2 s).
-UDP_READ_INTERVAL = 0.002
+UDP_READ_INTERVAL = 0.005
 # When the kernel has started dropping datagrams at the socket (its buffer is full: the
 # gateway reads slower than they arrive), what it drops goes unanswered. From then until
 # the queue is back under BACKLOG_LOW of the buffer each batch handles only
