@@ -95,6 +95,11 @@ class OutboundSessions:
         self.links = links
         self.inbound = inbound
         self.sessions: dict[tuple[str, str], OutboundSession] = {}
+        # The sessions with a queue or marked congested: the only ones an acknowledgement
+        # or a drained write buffer can have work for. Every <a/> of a busy link looks
+        # here, so it must not walk every session (one per partner and local domain).
+        # Kept by _note wherever a queue fills or empties or congestion changes.
+        self._waiting: set[OutboundSession] = set()
         self.stopping = False  # shutting down: what links give back is bounced, not re-sent
         self.out_streams = OutboundLinks(settings, links, inbound, self, resolver)
 
@@ -113,6 +118,16 @@ class OutboundSessions:
 
     def carried_by(self, conn: StreamConnection) -> list[OutboundSession]:
         return [s for s in self.sessions.values() if s.connection is conn]
+
+    def _note(self, session: OutboundSession) -> None:
+        """Keep :attr:`_waiting` true for ``session`` after its queue or congestion changed."""
+        if session.queue or session.congested:
+            self._waiting.add(session)
+        else:
+            self._waiting.discard(session)
+
+    def _waiting_on(self, conn: StreamConnection) -> list[OutboundSession]:
+        return [s for s in self._waiting if s.connection is conn]
 
     # ------------------------------------------------------------------ sending
 
@@ -165,6 +180,7 @@ class OutboundSessions:
         # domain is congested, which holds back its sources (the local side, and inbound
         # streams from that domain, whose error replies land here) until it drains.
         session.enqueue(stanza if on_done is None else delivery.Pending(stanza, on_done))
+        self._waiting.add(session)
         if not session.congested and \
                 session.queued() > self.settings.config.limits.max_queue_per_domain:
             self._set_congested(session, True)
@@ -201,6 +217,7 @@ class OutboundSessions:
 
     def _set_congested(self, session: OutboundSession, congested: bool) -> None:
         session.congested = congested
+        self._note(session)
         log_event(log, logging.INFO, "s2s.congestion", peer=session.remote,
                   local=session.local, direction="outbound",
                   state="on" if congested else "off", queued=session.queued())
@@ -233,20 +250,23 @@ class OutboundSessions:
         session.drop_queue_if_empty()
         if session.congested and self._drained(session):
             self._set_congested(session, False)
+        self._note(session)
 
     def on_acked(self, conn: StreamConnection, event: StanzasAcked) -> None:
         """The peer has these stanzas: tell who waited, and let more through the window."""
         for token in event.tokens:
             delivery.settle(token, True)
-        for session in self.sessions.values():
-            if session.connection is conn and session.queue:
+        if not self._waiting:
+            return
+        for session in self._waiting_on(conn):
+            if session.queue:
                 self.flush(session)
-            elif session.connection is conn and session.congested and self._drained(session):
+            elif session.congested and self._drained(session):
                 self._set_congested(session, False)
 
     def on_writable(self, conn: StreamConnection) -> None:
-        for session in list(self.sessions.values()):
-            if session.connection is conn and session.queue:
+        for session in self._waiting_on(conn):
+            if session.queue:
                 self.flush(session)
 
     # ------------------------------------------------------------------ failures
@@ -283,6 +303,7 @@ class OutboundSessions:
         session.queue = None
         if session.congested:
             self._set_congested(session, False)
+        self._note(session)
 
     def link_ended(self, conn: StreamConnection) -> None:
         """The sessions ``conn`` carried need another link; what it left unacknowledged
@@ -319,6 +340,7 @@ class OutboundSessions:
                 continue
             resent.mark(stanza, local)
             session.enqueue(item, front=True)
+            self._waiting.add(session)
             session.resent += 1
             self.links.count("resent", remote)
             if session not in touched:

@@ -146,6 +146,43 @@ async def test_stanza_flood_is_throttled_not_dropped(pair: Pair, tmp_path: Path)
     assert [int(x.split()[0]) for x in bodies] == list(range(n))
 
 
+async def test_the_unacknowledged_window_lets_the_queue_through_as_acks_come(
+        pair: Pair) -> None:  # noqa: F811
+    """With limits.max_unacked at 3, A writes 3 stanzas to B under stream management and
+    queues the rest; each acknowledgement from B lets the next ones out of the queue:
+    every stanza arrives, in order, and nothing is left waiting on either side."""
+    await pair.start(partner("b.example", OPEN), partner("a.example", OPEN))
+    config = dataclasses.replace(pair.a.config, limits=Limits(max_unacked=3))
+    await pair.a.stop()
+    a = Gateway(config, resolver=DnsPythonResolver(nameservers=(pair.dns,), timeout=2.0))
+    await a.start()
+    pair.gateways["a.example"] = a
+    await a.backend.inject(message("alice@a.example/pc", "bob@b.example", "warm-up"))
+    await pair.b.backend.next_delivered(10)
+    pair.b.backend.delivered.clear()
+    n = 200
+    for index in range(n):
+        a.s2s.send(message("alice@a.example/pc", "bob@b.example", f"w{index}"))
+    outbound = a.s2s.outbound
+    assert outbound.find("a.example", "b.example").queued() > 0  # the window held them
+    started = time.monotonic()
+    while len(pair.b.backend.delivered) < n:
+        assert time.monotonic() - started < 30, f"{len(pair.b.backend.delivered)} of {n}"
+        await asyncio.sleep(0.02)
+    bodies = [s.findtext("{jabber:server}body") for s in pair.b.backend.delivered]
+    assert bodies == [f"w{index}" for index in range(n)]
+    session = outbound.find("a.example", "b.example")
+    assert session is not None and session.queued() == 0
+    while True:  # B acknowledges the last ones a moment after delivering them
+        rows = [row for row in a.status()["sessions"] if row["direction"] == "outbound"]
+        if rows and all(row["stream_management"]["unacked"] == 0 for row in rows):
+            break
+        assert time.monotonic() - started < 30, rows
+        await asyncio.sleep(0.02)
+    assert not outbound._waiting  # no session left marked as having work
+    assert a.router.drops.total == 0
+
+
 async def test_other_sessions_keep_working_during_a_flood(pair: Pair) -> None:  # noqa: F811
     """While A floods B with 20,000 stanzas, B's own session toward A still delivers
     promptly, every flood stanza arrives, and memory stays bounded (backpressure)."""
