@@ -71,7 +71,7 @@ UDP_BATCH = 256  # datagrams read per readiness event
 # acknowledgement of it, each a context switch: about 140 µs in this VM against 30-40 µs
 # per message), and one datagram per wakeup at a paced 10,000/s made it the larger
 # share. 5 ms: about 50 datagrams a batch at 10,000/s; against 2 ms (about 20) it took
-# 3-4 µs (a tenth) off each message, in 14 alternating relay runs (docs/performance.md),
+# 3-4 µs (a tenth) off each message, in 14 pairs of relay runs (docs/performance.md),
 # and 5 ms is nothing beside a SIP timer (T1 500 ms) or a chat user's eye. A lone
 # datagram (low rates) is still read at once; a full batch (a flood) is followed at
 # once. At most this much is added to the answer of a request. Not after a
